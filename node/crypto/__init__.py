@@ -1,0 +1,1 @@
+"""Cryptography: federation PKI, message signatures, subject tokens, end-to-end sealing."""

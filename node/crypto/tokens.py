@@ -1,0 +1,41 @@
+"""Subject tokens: the pseudonym of a person inside the federation.
+
+A token is HMAC-SHA256 over a domain-separated, normalised ID number, keyed with the
+federation linkage key that only provinces hold. Stores, wires and audit rows carry tokens,
+never ID numbers; the coordinator cannot turn a token back into a person.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+from typing import Final
+
+TOKEN_ALGORITHM: Final[str] = "hmac-sha256"
+TOKEN_LENGTH: Final[int] = 32
+LINKAGE_KEY_LENGTH: Final[int] = 32
+_SUBJECT_PREFIX: Final[bytes] = b"hedui/v1/subject\x00"
+
+
+def subject_token(linkage_key: bytes, id_number: str) -> bytes:
+    """The 32-byte subject token of a validated, normalised ID number."""
+    return hmac.digest(linkage_key, _SUBJECT_PREFIX + id_number.encode("ascii"), "sha256")
+
+
+def new_linkage_key() -> bytes:
+    """A fresh random federation linkage key."""
+    return os.urandom(LINKAGE_KEY_LENGTH)
+
+
+def load_linkage_key(path: Path) -> bytes:
+    """Read a linkage key file (hex text, one line)."""
+    key = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    if len(key) != LINKAGE_KEY_LENGTH:
+        raise ValueError(f"linkage key in {path} must be {LINKAGE_KEY_LENGTH} bytes")
+    return key
+
+
+def token_hex(token: bytes) -> str:
+    """Short display form of a token for logs: the first 8 bytes in hex (still pseudonymous)."""
+    return token[:8].hex()

@@ -1,0 +1,1 @@
+"""Domain rules: ID numbers, regions, the data-item catalogue, purpose policy, predicates."""
