@@ -1,0 +1,267 @@
+"""The national standard catalogue of data items: codes, types, units, calibers, value parsing."""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from node.errors import BadInput, HeduiError
+
+CATALOGUE_FILE: Final[str] = "catalogue.toml"
+
+_CODE_RE: Final[re.Pattern[str]] = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+")
+_DECIMAL_RE: Final[re.Pattern[str]] = re.compile(r"0|[1-9][0-9]{0,18}")
+_ITEM_KEYS: Final[frozenset[str]] = frozenset(
+    {"code", "name_zh", "name_en", "type", "unit", "period", "caliber", "aggregate", "max"}
+)
+_REQUIRED_KEYS: Final[frozenset[str]] = _ITEM_KEYS - {"max"}
+
+
+class UnknownItem(BadInput):
+    """A data-item code is not in the catalogue."""
+
+
+class ConfigError(HeduiError):
+    """A configuration file is missing or malformed (a deployment error, not user input)."""
+
+
+class CatalogueError(ConfigError):
+    """The catalogue file is missing or malformed."""
+
+
+class ItemType(enum.StrEnum):
+    """The value type of a data item; every type is stored as a non-negative integer."""
+
+    MONEY = "money"
+    COUNT = "count"
+    AREA = "area"
+    BOOLEAN = "boolean"
+    MONTHS = "months"
+
+    @property
+    def unit(self) -> str:
+        """The only unit this type may be expressed in."""
+        return _UNITS[self]
+
+    @property
+    def bound(self) -> int:
+        """The largest value the type allows (keeps any sum of a few sources inside int64)."""
+        return _BOUNDS[self]
+
+
+_UNITS: Final[dict[ItemType, str]] = {
+    ItemType.MONEY: "fen",
+    ItemType.COUNT: "1",
+    ItemType.AREA: "0.01 m²",
+    ItemType.BOOLEAN: "0/1",
+    ItemType.MONTHS: "month",
+}
+_BOUNDS: Final[dict[ItemType, int]] = {
+    ItemType.MONEY: 10**15,  # ten trillion yuan
+    ItemType.COUNT: 10**6,
+    ItemType.AREA: 10**11,  # one billion m²
+    ItemType.BOOLEAN: 1,
+    ItemType.MONTHS: 1200,
+}
+_TYPE_WORDS: Final[dict[ItemType, str]] = {
+    ItemType.MONEY: "a non-negative whole number of fen",
+    ItemType.COUNT: "a non-negative whole number",
+    ItemType.AREA: "a non-negative whole number of 0.01 m²",
+    ItemType.BOOLEAN: "0 or 1",
+    ItemType.MONTHS: "a non-negative whole number of months",
+}
+
+
+class Aggregate(enum.StrEnum):
+    """How facts from several sources on the same as-of date combine."""
+
+    SUM = "sum"
+    MAX = "max"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One data item of the catalogue."""
+
+    code: str
+    name_zh: str
+    name_en: str
+    type: ItemType
+    unit: str
+    period: str
+    caliber: str
+    aggregate: Aggregate
+    maximum: int
+
+    @property
+    def category(self) -> str:
+        """The category: the part of the code before the first dot (e.g. `deposit`)."""
+        return self.code.split(".", 1)[0]
+
+    def parse_value(self, text: str) -> int:
+        """Parse a value written as canonical decimal text; the error never repeats the text."""
+        if not isinstance(text, str) or _DECIMAL_RE.fullmatch(text) is None:
+            raise BadInput(self._reason(form=True))
+        return self.check_value(int(text))
+
+    def check_value(self, value: int) -> int:
+        """Check an already-integer value against the type and bound; return it unchanged."""
+        if type(value) is not int:
+            raise BadInput(self._reason(form=True))
+        if not 0 <= value <= self.maximum:
+            raise BadInput(self._reason(form=False))
+        return value
+
+    def _reason(self, *, form: bool) -> str:
+        if self.type is ItemType.BOOLEAN:
+            return f"value of {self.code} must be 0 or 1"
+        if form:
+            return (
+                f"value of {self.code} must be {_TYPE_WORDS[self.type]} written as plain digits"
+                " (no sign, decimal point, exponent, spaces or leading zeros)"
+            )
+        return f"value of {self.code} must be {_TYPE_WORDS[self.type]} not above {self.maximum}"
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """The loaded catalogue: an ordered, immutable set of items indexed by code."""
+
+    items: tuple[Item, ...]
+    version: str = ""
+    _by_code: dict[str, Item] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_code: dict[str, Item] = {}
+        for item in self.items:
+            if item.code in by_code:
+                raise CatalogueError(f"duplicate data item code {item.code!r}")
+            by_code[item.code] = item
+        object.__setattr__(self, "_by_code", by_code)
+
+    def get(self, code: str) -> Item:
+        """The item with this code, or UnknownItem."""
+        try:
+            return self._by_code[code]
+        except (KeyError, TypeError):
+            raise UnknownItem(f"unknown data item {_show(code)}") from None
+
+    def __contains__(self, code: object) -> bool:
+        return isinstance(code, str) and code in self._by_code
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        """All item codes in catalogue order."""
+        return tuple(item.code for item in self.items)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The distinct categories, in order of first appearance."""
+        return tuple(dict.fromkeys(item.category for item in self.items))
+
+    def in_category(self, category: str) -> tuple[Item, ...]:
+        """The items of one category (empty when the category is unknown)."""
+        return tuple(item for item in self.items if item.category == category)
+
+    def aggregates(self) -> dict[str, str]:
+        """code -> "sum" | "max", as the store needs it."""
+        return {item.code: item.aggregate.value for item in self.items}
+
+
+def default_config_dir() -> Path:
+    """The repository's `config/` directory, holding catalogue.toml and policy.toml."""
+    return Path(__file__).resolve().parents[2] / "config"
+
+
+def load_catalogue(path: Path | None = None) -> Catalogue:
+    """Load and validate a catalogue file (default: config/catalogue.toml of the repository)."""
+    path = path or default_config_dir() / CATALOGUE_FILE
+    doc = read_toml(path, "catalogue", CatalogueError)
+    unknown = set(doc) - {"version", "item"}
+    if unknown:
+        raise CatalogueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    version = doc.get("version", "")
+    if not isinstance(version, str):
+        raise CatalogueError(f"{path}: version must be a string")
+    entries = doc.get("item")
+    if not isinstance(entries, list) or not entries:
+        raise CatalogueError(f"{path}: no [[item]] entries")
+    items = tuple(_item(path, n, entry) for n, entry in enumerate(entries, 1))
+    return Catalogue(items, version)
+
+
+def read_toml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """Read a TOML config file, turning every failure into `error` naming the file."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} file {path} is not valid TOML: {exc}") from None
+
+
+def _item(path: Path, n: int, entry: Any) -> Item:
+    where = f"{path}: item #{n}"
+    if not isinstance(entry, dict):
+        raise CatalogueError(f"{where} is not a table")
+    missing = _REQUIRED_KEYS - set(entry)
+    if missing:
+        raise CatalogueError(f"{where} lacks {sorted(missing)}")
+    extra = set(entry) - _ITEM_KEYS
+    if extra:
+        raise CatalogueError(f"{where} has unknown keys {sorted(extra)}")
+    for key in _REQUIRED_KEYS:
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise CatalogueError(f"{where}: {key} must be a non-empty string")
+    code = entry["code"]
+    where = f"{path}: item {code!r}"
+    if _CODE_RE.fullmatch(code) is None:
+        raise CatalogueError(f"{where}: code must look like category.name (lower case)")
+    try:
+        item_type = ItemType(entry["type"])
+    except ValueError:
+        raise CatalogueError(
+            f"{where}: unknown type {entry['type']!r} (one of {[t.value for t in ItemType]})"
+        ) from None
+    try:
+        aggregate = Aggregate(entry["aggregate"])
+    except ValueError:
+        raise CatalogueError(f"{where}: aggregate must be 'sum' or 'max'") from None
+    if entry["unit"] != item_type.unit:
+        raise CatalogueError(f"{where}: unit of a {item_type} item must be {item_type.unit!r}")
+    if item_type is ItemType.BOOLEAN and aggregate is not Aggregate.MAX:
+        raise CatalogueError(f"{where}: a boolean item must aggregate by 'max'")
+    maximum = entry.get("max", item_type.bound)
+    if type(maximum) is not int or not 0 < maximum <= item_type.bound:
+        raise CatalogueError(f"{where}: max must be an integer in 1..{item_type.bound}")
+    return Item(
+        code=code,
+        name_zh=entry["name_zh"],
+        name_en=entry["name_en"],
+        type=item_type,
+        unit=entry["unit"],
+        period=entry["period"],
+        caliber=entry["caliber"],
+        aggregate=aggregate,
+        maximum=maximum,
+    )
+
+
+def _show(code: object) -> str:
+    """A one-line, bounded rendering of a user-supplied code for error messages."""
+    text = repr(code)
+    return text if len(text) <= 70 else text[:67] + "..."
