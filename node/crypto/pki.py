@@ -441,12 +441,12 @@ def cert_fingerprint(cert: x509.Certificate) -> bytes:
     return cert.fingerprint(hashes.SHA256())
 
 
-def load_seal_keys(paths: MemberPaths) -> tuple[x25519.X25519PrivateKey, x25519.X25519PublicKey]:
-    """The member's X25519 sealing key pair; refuses a seal.pub that does not match seal.key."""
-    private = x25519.X25519PrivateKey.from_private_bytes(_read_hex(paths.seal_key, 32))
-    public = x25519.X25519PublicKey.from_public_bytes(_read_hex(paths.seal_pub, 32))
+def load_seal_keys(seal_key: Path, seal_pub: Path) -> tuple[x25519.X25519PrivateKey, x25519.X25519PublicKey]:
+    """A member's X25519 sealing key pair; refuses a seal.pub that does not match seal.key."""
+    private = x25519.X25519PrivateKey.from_private_bytes(_read_hex(seal_key, 32))
+    public = x25519.X25519PublicKey.from_public_bytes(_read_hex(seal_pub, 32))
     if private.public_key() != public:
-        raise PkiError(f"{paths.seal_pub} does not match {paths.seal_key}")
+        raise PkiError(f"{seal_pub} does not match {seal_key}")
     return private, public
 
 

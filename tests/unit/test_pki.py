@@ -270,7 +270,7 @@ def test_province_of_identity() -> None:
 
 def test_seal_keys_load_as_a_matching_pair(p32: pki.MemberPaths) -> None:
     """seal.key and seal.pub load as a matching X25519 pair."""
-    private, public = pki.load_seal_keys(p32)
+    private, public = pki.load_seal_keys(p32.seal_key, p32.seal_pub)
     assert private.public_key() == public
 
 

@@ -1,0 +1,1 @@
+"""The `hedui` command line: one module per command group, wired in node.cli.main."""

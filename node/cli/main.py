@@ -1,0 +1,72 @@
+"""`hedui`: entry point, argument parsing, and the mapping of errors to exit codes.
+
+Exit codes: 0 success; 1 a checked artefact is invalid; 2 bad input; 3 refused by a peer;
+4 peer unreachable or deadline exceeded. User errors print one line on stderr, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from node.errors import BadInput, HeduiError, Refusal
+
+EXIT_OK, EXIT_INVALID, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from node.cli import answer_cmd, consent_cmd, coordinator_cmd, data_cmd, node_cmd, pki_cmd, verify_cmd
+
+    parser = _Parser(prog="hedui", description="Hedui (核对): federated household economic verification")
+    parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in (pki_cmd, node_cmd, coordinator_cmd, data_cmd, consent_cmd, verify_cmd, answer_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from node import logs
+
+    serving = args.command in ("node", "coordinator")
+    logs.configure(args.log_level or ("info" if serving else "warning"))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("hedui: interrupted", file=sys.stderr)
+        return 130
+    except HeduiError as exc:
+        print(f"hedui: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except OSError as exc:
+        print(f"hedui: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def exit_code(exc: HeduiError) -> int:
+    """The exit code of an error, by kind."""
+    from node.client.client import PeerRefused, PeerUnreachable
+
+    if isinstance(exc, PeerUnreachable):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, PeerRefused | Refusal):
+        return EXIT_REFUSED
+    if isinstance(exc, BadInput):
+        return EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

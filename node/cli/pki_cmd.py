@@ -1,0 +1,53 @@
+"""`hedui pki`: the federation CA, member certificates and keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    pki = sub.add_parser("pki", help="federation PKI: CA, member certificates, keys")
+    pki_sub = pki.add_subparsers(dest="pki_command", required=True)
+
+    init = pki_sub.add_parser("init", help="create the federation root CA and linkage key")
+    init.add_argument("--pki", required=True, type=Path, metavar="DIR")
+    init.add_argument("--force", action="store_true", help="replace an existing CA (invalidates every member)")
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(func=_init)
+
+    issue = pki_sub.add_parser("issue", help="issue a province's (or the coordinator's) TLS, signing and sealing keys")
+    who = issue.add_mutually_exclusive_group(required=True)
+    who.add_argument("--province", metavar="CODE", help="two-digit province code, e.g. 32")
+    who.add_argument("--coordinator", action="store_true", help="issue the coordinator's identity")
+    issue.add_argument("--pki", required=True, type=Path, metavar="DIR")
+    issue.add_argument("--host", action="append", default=[], metavar="NAME", help="extra DNS name or IP for the TLS certificate")
+    issue.add_argument("--json", action="store_true")
+    issue.set_defaults(func=_issue)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from node.crypto.pki import init_pki
+
+    init_pki(args.pki, force=args.force)
+    _say(args, {"pki": str(args.pki), "ca": str(args.pki / "ca.pem")}, f"federation CA created in {args.pki}")
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    from node.crypto.pki import issue_member
+
+    member = "coordinator" if args.coordinator else args.province
+    paths = issue_member(args.pki, member, hosts=args.host)
+    _say(
+        args,
+        {"member": member, "tls_cert": str(paths.tls_cert), "sign_cert": str(paths.sign_cert), "seal_pub": str(paths.seal_pub)},
+        f"issued TLS, signing and sealing keys for {member} in {paths.tls_cert.parent}",
+    )
+    return 0
+
+
+def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, ensure_ascii=False) if args.json else text)

@@ -1,0 +1,146 @@
+"""Calling a peer node: a synchronous client for platforms and the CLI, an async one for fan-out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from node.client.query import PreparedQuery, VerifyResult, check_answer, prepare, sign_query
+from node.domain.predicate import Check
+from node.errors import HeduiError
+from node.member import Member
+from node.server import tls
+from node.wire.v1 import verification_pb2, verification_pb2_grpc
+
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class PeerRefused(HeduiError):
+    """The peer refused the request (CLI exit 3). The message is the peer's public reason."""
+
+    def __init__(self, status: str, message: str) -> None:
+        self.status = status
+        super().__init__(f"refused by peer ({status}): {message}")
+
+
+class PeerUnreachable(HeduiError):
+    """The peer could not be reached or did not answer in time (CLI exit 4)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        self.status = status
+        super().__init__(f"peer unreachable ({status}): {message}")
+
+
+def translate(error: grpc.RpcError) -> HeduiError:
+    """A gRPC error as a typed Hedui error with a one-line message."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else None) or ""
+    details = details.splitlines()[0] if details else code.name.lower()
+    if code in _UNREACHABLE:
+        return PeerUnreachable(code.name, details)
+    return PeerRefused(code.name, details)
+
+
+class PeerClient:
+    """Synchronous client for one peer node, over mutual TLS.
+
+    `verify()` validates the input locally (bad ID numbers never leave the machine), turns ID
+    numbers into subject tokens, signs the query, and checks the signed answer it gets back.
+    """
+
+    def __init__(self, member: Member, target: str, *, deadline_s: float | None = None) -> None:
+        self.member = member
+        self.target = target
+        self.deadline_s = deadline_s or member.cfg.limits.default_deadline_s
+        self._channel = grpc.secure_channel(
+            target, tls.channel_credentials(member.cfg), options=tls.channel_options(member.cfg.limits)
+        )
+        self._stub = verification_pb2_grpc.VerificationStub(self._channel)
+
+    @classmethod
+    def from_config(cls, config_path: Path | str, target: str, **kw: Any) -> PeerClient:
+        return cls(Member.from_config(config_path), target, **kw)
+
+    def __enter__(self) -> PeerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def prepare(self, ids: Sequence[str], purpose: str, checks: Sequence[str | Check]) -> PreparedQuery:
+        m = self.member
+        return prepare(
+            requester=m.province, linkage_key=m.linkage_key, ids=ids, purpose=purpose, checks=checks,
+            catalogue=m.catalogue, policy=m.policy,
+            max_subjects=m.cfg.limits.max_subjects, max_checks=m.cfg.limits.max_checks,
+        )
+
+    def verify(
+        self,
+        ids: Sequence[str],
+        purpose: str,
+        checks: Sequence[str | Check],
+        *,
+        consent: verification_pb2.SignedConsent | None = None,
+        audience: str = "",
+    ) -> VerifyResult:
+        """Ask the peer; raises BadInput, PeerRefused or PeerUnreachable."""
+        prepared = self.prepare(ids, purpose, checks)
+        return self.send(prepared, consent=consent, audience=audience)
+
+    def send(self, prepared: PreparedQuery, *, consent: verification_pb2.SignedConsent | None = None,
+             audience: str = "") -> VerifyResult:
+        body = prepared.body(audience=audience, consent=consent)
+        signed = sign_query(self.member.signer, body)
+        try:
+            response = self._stub.Verify(verification_pb2.VerifyRequest(signed=signed), timeout=self.deadline_s)
+        except grpc.RpcError as exc:
+            raise translate(exc) from None
+        answer = check_answer(response.signed, body, signed.body, self.member.verifier,
+                              expect_province=audience or None).with_query(signed.body)
+        return VerifyResult(request_id=body.request_id, answers=[answer], query_body=signed.body)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel is connected (readiness, never a sleep)."""
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+
+class AsyncPeerClient:
+    """Async client for one peer; many concurrent calls share batched query signatures."""
+
+    def __init__(self, member: Member, target: str, *, signer: Any = None) -> None:
+        from node.crypto.signing import AsyncBatchSigner
+
+        self.member = member
+        self._signer = signer or AsyncBatchSigner(member.signer)
+        self._channel = aio.secure_channel(
+            target, tls.channel_credentials(member.cfg), options=tls.channel_options(member.cfg.limits)
+        )
+        self._stub = verification_pb2_grpc.VerificationStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def wait_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    async def send(self, prepared: PreparedQuery, *, consent: verification_pb2.SignedConsent | None = None,
+                   audience: str = "", timeout: float = 10.0, check: bool = True) -> VerifyResult:
+        from node.crypto import signing
+
+        body = prepared.body(audience=audience, consent=consent)
+        raw = body.SerializeToString()
+        signed = verification_pb2.SignedQuery(body=raw, signature=await self._signer.sign(signing.QUERY, raw))
+        try:
+            response = await self._stub.Verify(verification_pb2.VerifyRequest(signed=signed), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise translate(exc) from None
+        answers = [check_answer(response.signed, body, raw, self.member.verifier, expect_province=audience or None)] if check else []
+        return VerifyResult(request_id=body.request_id, answers=answers, query_body=raw)

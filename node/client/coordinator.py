@@ -1,0 +1,141 @@
+"""A province's synchronous client for its coordinator: consents, directory, discovery, routing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+
+from node.client.client import translate
+from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
+from node.coordinator.directory import Entry, verify_directory
+from node.crypto.tokens import subject_token
+from node.domain import idnumber
+from node.errors import BadInput
+from node.member import Member
+from node.server import tls
+from node.service.consent import SALT_BYTES, commitment, parse_receipt
+from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+
+DAY_MS: Final[int] = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class ConsentInfo:
+    """A consent as its registering province sees it (no subject appears here)."""
+
+    consent_id: str
+    state: str
+    purpose: str
+    scopes: tuple[str, ...]
+    subjects: int
+    not_before_ms: int
+    not_after_ms: int
+    case_reference: str
+    evidence_sha256: str
+    ledger_index: int
+    revoked_at_ms: int
+    receipt: verification_pb2.SignedConsent
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "consent_id": self.consent_id, "state": self.state, "purpose": self.purpose, "scopes": list(self.scopes),
+            "subjects": self.subjects, "not_before_ms": self.not_before_ms, "not_after_ms": self.not_after_ms,
+            "case_reference": self.case_reference, "evidence_sha256": self.evidence_sha256,
+            "ledger_index": self.ledger_index, "revoked_at_ms": self.revoked_at_ms or None,
+        }
+
+
+class CoordinatorClient:
+    """Calls the coordinator over mutual TLS as the configured province."""
+
+    def __init__(self, member: Member, *, deadline_s: float | None = None) -> None:
+        if not member.cfg.coordinator:
+            raise BadInput("this node has no coordinator configured (hedui node init --coordinator HOST:PORT)")
+        self.member = member
+        self.deadline_s = deadline_s or member.cfg.limits.default_deadline_s
+        self._channel = grpc.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
+                                            options=tls.channel_options(member.cfg.limits))
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel.close()
+
+    def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout or self.deadline_s)
+        except grpc.RpcError as exc:
+            raise translate(exc) from None
+
+    def grant(self, ids: Sequence[str], purpose: str, *, scopes: Sequence[str] = (), days: int = 30,
+              evidence: Path | None = None, case_reference: str = "") -> ConsentInfo:
+        """Register an applicant household's consent; ID numbers become salted token commitments."""
+        m = self.member
+        if not 1 <= len(ids) <= m.cfg.limits.max_subjects:
+            raise BadInput(f"a consent names 1 to {m.cfg.limits.max_subjects} ID numbers")
+        numbers = []
+        for position, raw in enumerate(ids, start=1):
+            try:
+                numbers.append(idnumber.validate(raw))
+            except idnumber.InvalidIdNumber as exc:
+                raise idnumber.InvalidIdNumber(f"ID number #{position}: {exc}") from None
+        if len(set(numbers)) != len(numbers):
+            raise BadInput("the same ID number is given twice")
+        m.policy.purpose(purpose)
+        for scope in scopes:
+            if scope not in m.catalogue.categories:
+                raise BadInput(f"unknown scope category {scope!r}; known: {', '.join(m.catalogue.categories)}")
+        if not 1 <= days <= 366:
+            raise BadInput("--days must be 1 to 366")
+        digest = b""
+        if evidence is not None:
+            try:
+                digest = hashlib.sha256(evidence.read_bytes()).digest()
+            except OSError as exc:
+                raise BadInput(f"cannot read evidence file {evidence}: {exc.strerror}") from None
+        salt = os.urandom(SALT_BYTES)
+        now_ms = int(time.time() * 1000)
+        body = coordinator_pb2.ConsentRequestBody(
+            requester=m.province, request_id=uuid.uuid4().hex, nonce=os.urandom(16), issued_at_ms=now_ms,
+            purpose=purpose, subject_salt=salt,
+            subject_commitments=[commitment(salt, subject_token(m.linkage_key, n)) for n in numbers],
+            scopes=list(scopes), not_before_ms=now_ms - 60_000, not_after_ms=now_ms + days * DAY_MS,
+            case_reference=case_reference, evidence_algorithm="sha256" if digest else "", evidence_digest=digest,
+        ).SerializeToString()
+        request = coordinator_pb2.RegisterConsentRequest(body=body, signature=m.signer.sign(CONSENT_REQUEST_DOMAIN, body))
+        return self._info(self.call("RegisterConsent", request))
+
+    def revoke(self, consent_id: str, reason: str = "applicant_withdrew") -> ConsentInfo:
+        return self._info(self.call("RevokeConsent", coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, reason=reason)))
+
+    def show(self, consent_id: str) -> ConsentInfo:
+        return self._info(self.call("GetConsent", coordinator_pb2.GetConsentRequest(consent_id=consent_id)))
+
+    def directory(self) -> dict[str, Entry]:
+        return verify_directory(self.call("Directory", coordinator_pb2.DirectoryRequest()), self.member.verifier)
+
+    def _info(self, status: coordinator_pb2.ConsentStatus) -> ConsentInfo:
+        body = parse_receipt(status.receipt, self.member.verifier)
+        return ConsentInfo(
+            consent_id=body.consent_id, state=coordinator_pb2.ConsentState.Name(status.state), purpose=body.purpose,
+            scopes=tuple(body.scopes), subjects=len(body.subject_commitments), not_before_ms=body.not_before_ms,
+            not_after_ms=body.not_after_ms, case_reference=body.case_reference,
+            evidence_sha256=body.evidence_digest.hex(), ledger_index=status.ledger_index,
+            revoked_at_ms=status.revoked_at_ms, receipt=status.receipt,
+        )
+
+
+def fetch_receipt(member: Member, consent_id: str, *, deadline_s: float | None = None) -> verification_pb2.SignedConsent:
+    """The coordinator-signed receipt of one of this province's consents."""
+    with CoordinatorClient(member, deadline_s=deadline_s) as coordinator:
+        return coordinator.show(consent_id).receipt

@@ -1,0 +1,193 @@
+"""Building signed queries and checking signed answers: the requester's side of the protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from node.crypto import signing
+from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.crypto.tokens import subject_token
+from node.domain import idnumber
+from node.domain.catalogue import Catalogue
+from node.domain.policy import Policy, UnknownPurpose
+from node.domain.predicate import Check, Comparator, parse_check
+from node.errors import BadInput
+from node.wire.v1 import common_pb2, verification_pb2
+
+_WIRE_OPS = {
+    Comparator.LT: common_pb2.LT,
+    Comparator.LE: common_pb2.LE,
+    Comparator.EQ: common_pb2.EQ,
+    Comparator.NE: common_pb2.NE,
+    Comparator.GE: common_pb2.GE,
+    Comparator.GT: common_pb2.GT,
+}
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """The outcome of one check for one subject (an index into the caller's list of IDs)."""
+
+    subject: int
+    check: str
+    outcome: str
+    as_of: str | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One holder's signed answer, checked."""
+
+    province: str
+    signature_valid: bool
+    results: tuple[ResultRow, ...]
+    signed: verification_pb2.SignedAnswer | None = None
+    problem: str | None = None
+    query_body: bytes = b""
+
+    def with_query(self, query_body: bytes) -> Answer:
+        """The same answer, keeping the serialized query it answers (for saving as evidence)."""
+        return dataclasses.replace(self, query_body=query_body)
+
+
+@dataclass
+class VerifyResult:
+    """Everything one verification produced: answers by holder, and routing status if routed."""
+
+    request_id: str
+    answers: list[Answer] = field(default_factory=list)
+    routing: dict[str, str] | None = None
+    query_body: bytes = b""
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "request_id": self.request_id,
+            "answers": [
+                {
+                    "province": a.province,
+                    "signature_valid": a.signature_valid,
+                    "results": [
+                        {"subject": r.subject, "check": r.check, "outcome": r.outcome, "as_of": r.as_of}
+                        for r in a.results
+                    ],
+                }
+                for a in self.answers
+            ],
+        }
+        if self.routing is not None:
+            out["routing"] = dict(self.routing)
+        return out
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A validated query ready to sign: tokens instead of ID numbers, typed checks."""
+
+    requester: str
+    purpose: str
+    tokens: tuple[bytes, ...]
+    checks: tuple[Check, ...]
+
+    def body(self, *, audience: str = "", consent: verification_pb2.SignedConsent | None = None,
+             request_id: str | None = None) -> verification_pb2.QueryBody:
+        return verification_pb2.QueryBody(
+            requester=self.requester,
+            request_id=request_id or uuid.uuid4().hex,
+            nonce=os.urandom(16),
+            issued_at_ms=int(time.time() * 1000),
+            purpose=self.purpose,
+            subjects=list(self.tokens),
+            checks=[common_pb2.Check(attribute=c.attribute, op=_WIRE_OPS[c.op], operand=c.operand) for c in self.checks],
+            consent=consent,
+            audience=audience,
+        )
+
+
+def prepare(
+    *,
+    requester: str,
+    linkage_key: bytes,
+    ids: Sequence[str],
+    purpose: str,
+    checks: Sequence[str | Check],
+    catalogue: Catalogue,
+    policy: Policy,
+    max_subjects: int = 16,
+    max_checks: int = 32,
+) -> PreparedQuery:
+    """Validate user input before anything leaves the machine; raise BadInput on the first fault."""
+    if not 1 <= len(ids) <= max_subjects:
+        raise BadInput(f"a query names 1 to {max_subjects} ID numbers")
+    if not 1 <= len(checks) <= max_checks:
+        raise BadInput(f"a query has 1 to {max_checks} checks")
+    numbers = []
+    for position, raw in enumerate(ids, start=1):
+        try:
+            numbers.append(idnumber.validate(raw))
+        except idnumber.InvalidIdNumber as exc:
+            raise idnumber.InvalidIdNumber(f"ID number #{position}: {exc}") from None
+    if len(set(numbers)) != len(numbers):
+        raise BadInput("the same ID number is given twice")
+    if purpose not in policy.purposes:
+        raise UnknownPurpose(f"unknown purpose {purpose!r}; known: {', '.join(sorted(policy.purposes))}")
+    typed = [c if isinstance(c, Check) else parse_check(c) for c in checks]
+    for c in typed:
+        catalogue.get(c.attribute)
+    return PreparedQuery(requester, purpose, tuple(subject_token(linkage_key, n) for n in numbers), tuple(typed))
+
+
+def sign_query(signer: signing.Signer, body: verification_pb2.QueryBody) -> verification_pb2.SignedQuery:
+    """Serialize and sign a query body."""
+    raw = body.SerializeToString()
+    return verification_pb2.SignedQuery(body=raw, signature=signer.sign(signing.QUERY, raw))
+
+
+def check_answer(
+    signed: verification_pb2.SignedAnswer,
+    query: verification_pb2.QueryBody,
+    query_bytes: bytes,
+    verifier: signing.Verifier,
+    *,
+    expect_province: str | None = None,
+) -> Answer:
+    """Verify a holder's answer: signature, binding to our query, and shape of the results."""
+    body = verification_pb2.AnswerBody()
+    try:
+        body.ParseFromString(signed.body)
+    except DecodeError:
+        return Answer(expect_province or "?", False, (), signed, "answer body does not parse")
+    province = body.responder or expect_province or "?"
+    problem = None
+    try:
+        verified = verifier.verify(signed.signature, signing.ANSWER, signed.body)
+        if verified.identity.province != body.responder:
+            problem = "answer signed by another member than its responder"
+        elif expect_province is not None and body.responder != expect_province:
+            problem = "answer comes from another province than asked"
+        elif body.query_digest != signing.digest(query_bytes) or body.request_id != query.request_id:
+            problem = "answer is bound to another query"
+        elif len(body.results) != len(query.subjects) * len(query.checks):
+            problem = "answer does not cover every subject and check"
+    except (SignatureInvalid, CertificateRejected) as exc:
+        problem = str(exc)
+    checks = [f"{c.attribute}{_SYMBOL[c.op]}{c.operand}" for c in query.checks]
+    rows = tuple(
+        ResultRow(
+            subject=r.subject,
+            check=checks[r.check] if r.check < len(checks) else "?",
+            outcome=common_pb2.Outcome.Name(r.outcome),
+            as_of=r.as_of or None,
+        )
+        for r in body.results
+    )
+    return Answer(province, problem is None, rows, signed, problem)
+
+
+_SYMBOL = {common_pb2.LT: "<", common_pb2.LE: "<=", common_pb2.EQ: "==", common_pb2.NE: "!=", common_pb2.GE: ">=", common_pb2.GT: ">"}

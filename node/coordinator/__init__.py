@@ -1,0 +1,1 @@
+"""The coordinator: consent ledger, federation directory, and blind routing between provinces."""

@@ -1,0 +1,179 @@
+"""The consent ledger: registrations and revocations as entries of a hash chain, and their state."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from google.protobuf.message import DecodeError
+
+from node.crypto import signing
+from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain.catalogue import Catalogue
+from node.domain.policy import Policy
+from node.errors import ErrorCode, Refusal
+from node.service.verification import REQUEST_ID_RE, ReplayGuard
+from node.store.chain import HashChain
+from node.wire.v1 import coordinator_pb2, verification_pb2
+
+GRANT: Final[str] = "consent.grant"
+REVOKE: Final[str] = "consent.revoke"
+CONSENT_REQUEST_DOMAIN: Final[str] = "hedui/v1/consent-request"
+MAX_VALIDITY_MS: Final[int] = 366 * 24 * 3600 * 1000
+REVOKE_REASONS: Final[frozenset[str]] = frozenset({"applicant_withdrew", "case_closed", "registered_in_error", "other"})
+_CASE_RE: Final = re.compile(r"[A-Za-z0-9._/-]{0,64}")
+
+
+@dataclass
+class _Consent:
+    receipt: verification_pb2.SignedConsent
+    body: verification_pb2.ConsentBody
+    ledger_index: int
+    revoked_at_ms: int = 0
+
+
+class ConsentRegistry:
+    """Validates, records and answers for consents; every state change is a ledger entry."""
+
+    def __init__(self, chain: HashChain, *, signer: signing.Signer, verifier: signing.Verifier,
+                 catalogue: Catalogue, policy: Policy, replay: ReplayGuard,
+                 clock: Callable[[], float] = time.time, clock_skew_s: int = 300) -> None:
+        self.chain = chain
+        self.signer = signer
+        self.verifier = verifier
+        self.catalogue = catalogue
+        self.policy = policy
+        self.replay = replay
+        self.clock = clock
+        self.clock_skew_ms = clock_skew_s * 1000
+        self._lock = threading.Lock()
+        self._consents: dict[str, _Consent] = {}
+        self._revocations: list[tuple[int, str]] = []
+        for entry in chain.entries():
+            if entry.kind == GRANT:
+                receipt = verification_pb2.SignedConsent.FromString(entry.payload)
+                body = verification_pb2.ConsentBody.FromString(receipt.body)
+                self._consents[entry.key] = _Consent(receipt, body, entry.idx)
+            elif entry.kind == REVOKE and entry.key in self._consents:
+                self._consents[entry.key].revoked_at_ms = entry.at_ms
+                self._revocations.append((entry.idx, entry.key))
+
+    def register(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentStatus:
+        """Record a consent signed by the requesting province; return the coordinator's receipt."""
+        try:
+            verified = self.verifier.verify(request.signature, CONSENT_REQUEST_DOMAIN, request.body)
+        except (SignatureInvalid, CertificateRejected) as exc:
+            raise Refusal(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+        if verified.identity.province != peer_province:
+            raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+        try:
+            req = coordinator_pb2.ConsentRequestBody.FromString(request.body)
+        except DecodeError:
+            raise Refusal(ErrorCode.MALFORMED, "consent request does not parse") from None
+        self._validate(req, peer_province)
+        now_ms = int(self.clock() * 1000)
+        consent_id = "c-" + secrets.token_hex(12)
+        body = verification_pb2.ConsentBody(
+            consent_id=consent_id, requester=req.requester, subject_commitments=list(req.subject_commitments),
+            purpose=req.purpose, scopes=sorted(set(req.scopes)), not_before_ms=req.not_before_ms,
+            not_after_ms=req.not_after_ms, case_reference=req.case_reference,
+            evidence_algorithm=req.evidence_algorithm, evidence_digest=req.evidence_digest,
+            registered_at_ms=now_ms, subject_salt=req.subject_salt,
+        )
+        with self._lock:
+            next_index = self.chain.head()[0] + 1
+            body.ledger_index = next_index
+            raw = body.SerializeToString()
+            receipt = verification_pb2.SignedConsent(body=raw, signature=self.signer.sign(signing.CONSENT, raw))
+            entry = self.chain.append(GRANT, consent_id, receipt.SerializeToString(), at_ms=now_ms)
+            assert entry.idx == next_index
+            self._consents[consent_id] = _Consent(receipt, body, entry.idx)
+        return self._status(self._consents[consent_id])
+
+    def _validate(self, req: coordinator_pb2.ConsentRequestBody, peer_province: str) -> None:
+        if req.requester != peer_province:
+            raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+        if not REQUEST_ID_RE.fullmatch(req.request_id) or not 16 <= len(req.nonce) <= 64:
+            raise Refusal(ErrorCode.MALFORMED, "request id or nonce malformed")
+        now_ms = int(self.clock() * 1000)
+        if abs(now_ms - req.issued_at_ms) > self.clock_skew_ms:
+            raise Refusal(ErrorCode.CLOCK_WINDOW)
+        if req.purpose not in self.policy.purposes:
+            raise Refusal(ErrorCode.UNKNOWN_PURPOSE)
+        if len(req.subject_salt) != 16:
+            raise Refusal(ErrorCode.MALFORMED, "subject salt must be 16 bytes")
+        n = len(req.subject_commitments)
+        if not 1 <= n <= 16 or any(len(c) != 32 for c in req.subject_commitments) or len(set(req.subject_commitments)) != n:
+            raise Refusal(ErrorCode.MALFORMED, "1 to 16 distinct 32-byte subject commitments")
+        unknown = set(req.scopes) - set(self.catalogue.categories)
+        if unknown:
+            raise Refusal(ErrorCode.UNKNOWN_ITEM, "unknown scope category")
+        if not req.not_before_ms < req.not_after_ms or req.not_after_ms - req.not_before_ms > MAX_VALIDITY_MS:
+            raise Refusal(ErrorCode.MALFORMED, "validity window must be positive and at most 366 days")
+        if req.not_after_ms < now_ms:
+            raise Refusal(ErrorCode.CONSENT_EXPIRED)
+        if not _CASE_RE.fullmatch(req.case_reference):
+            raise Refusal(ErrorCode.MALFORMED, "case reference must be up to 64 characters of [A-Za-z0-9._/-]")
+        if req.evidence_digest and (req.evidence_algorithm != "sha256" or len(req.evidence_digest) != 32):
+            raise Refusal(ErrorCode.MALFORMED, "evidence digest must be a SHA-256")
+        if not self.replay.remember(req.requester, req.nonce, req.issued_at_ms):
+            raise Refusal(ErrorCode.REPLAYED)
+
+    def _get(self, peer_province: str, consent_id: str) -> _Consent:
+        consent = self._consents.get(consent_id)
+        if consent is None or consent.body.requester != peer_province:
+            # The same answer for "absent" and "someone else's": no probing of other provinces' consents.
+            raise Refusal(ErrorCode.CONSENT_INVALID, "no such consent for this province")
+        return consent
+
+    def revoke(self, peer_province: str, consent_id: str, reason: str) -> coordinator_pb2.ConsentStatus:
+        """Revoke a consent registered by the same province (idempotent)."""
+        if reason not in REVOKE_REASONS:
+            raise Refusal(ErrorCode.MALFORMED, f"reason must be one of {', '.join(sorted(REVOKE_REASONS))}")
+        with self._lock:
+            consent = self._get(peer_province, consent_id)
+            if not consent.revoked_at_ms:
+                now_ms = int(self.clock() * 1000)
+                entry = self.chain.append(REVOKE, consent_id, reason.encode(), at_ms=now_ms)
+                consent.revoked_at_ms = now_ms
+                self._revocations.append((entry.idx, consent_id))
+        return self._status(consent)
+
+    def status(self, peer_province: str, consent_id: str) -> coordinator_pb2.ConsentStatus:
+        return self._status(self._get(peer_province, consent_id))
+
+    def check_active(self, requester: str, consent_id: str) -> verification_pb2.ConsentBody:
+        """The consent body if `consent_id` is the requester's, current and unrevoked; else Refusal."""
+        consent = self._consents.get(consent_id)
+        if consent is None or consent.body.requester != requester:
+            raise Refusal(ErrorCode.CONSENT_MISSING)
+        if consent.revoked_at_ms:
+            raise Refusal(ErrorCode.CONSENT_REVOKED)
+        now_ms = int(self.clock() * 1000)
+        if not consent.body.not_before_ms <= now_ms <= consent.body.not_after_ms:
+            raise Refusal(ErrorCode.CONSENT_EXPIRED)
+        return consent.body
+
+    def updates(self, after_index: int) -> coordinator_pb2.ConsentUpdatesResponse:
+        """Revocations recorded after `after_index`, and the ledger head."""
+        with self._lock:
+            head = self.chain.head()[0]
+            changes = [(i, c) for i, c in self._revocations if i > after_index]
+        return coordinator_pb2.ConsentUpdatesResponse(
+            updates=[coordinator_pb2.ConsentUpdate(ledger_index=i, consent_id=c, state=coordinator_pb2.REVOKED)
+                     for i, c in changes],
+            head_index=head, as_of_ms=int(self.clock() * 1000),
+        )
+
+    @staticmethod
+    def _status(consent: _Consent) -> coordinator_pb2.ConsentStatus:
+        return coordinator_pb2.ConsentStatus(
+            receipt=consent.receipt,
+            state=coordinator_pb2.REVOKED if consent.revoked_at_ms else coordinator_pb2.ACTIVE,
+            revoked_at_ms=consent.revoked_at_ms, ledger_index=consent.ledger_index,
+        )

@@ -1,0 +1,126 @@
+"""The federation directory: provinces' signed announcements, re-signed as one list by the coordinator.
+
+Each entry keeps the province's own signature, so a member reading the directory can check
+that a sealing key really belongs to that province: the coordinator cannot swap in its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from google.protobuf.message import DecodeError
+
+from node.crypto import signing
+from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain.regions import COORDINATOR_URI
+from node.errors import ErrorCode, Refusal
+from node.wire.v1 import coordinator_pb2
+
+ANNOUNCEMENT: Final[str] = "hedui/v1/announcement"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A verified directory entry."""
+
+    province: str
+    endpoint: str
+    seal_suite: str
+    seal_public_key: bytes
+    tls_cert_sha256: bytes
+
+
+def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: signing.Verifier) -> Entry:
+    """Check a province's signed announcement; Refusal when it does not verify."""
+    try:
+        verified = verifier.verify(signed.signature, ANNOUNCEMENT, signed.body)
+        body = coordinator_pb2.AnnouncementBody.FromString(signed.body)
+    except (SignatureInvalid, CertificateRejected, DecodeError):
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "announcement does not verify") from None
+    if verified.identity.province is None or verified.identity.province != body.province:
+        raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+    if len(body.seal_public_key) != 32 or not body.endpoint or len(body.endpoint) > 255:
+        raise Refusal(ErrorCode.MALFORMED, "announcement lacks endpoint or sealing key")
+    return Entry(body.province, body.endpoint, body.seal_suite, body.seal_public_key, body.tls_cert_sha256)
+
+
+def verify_directory(signed: coordinator_pb2.SignedDirectory, verifier: signing.Verifier) -> dict[str, Entry]:
+    """Check the coordinator's signature and every member's announcement; skip entries that fail."""
+    try:
+        verified = verifier.verify(signed.signature, signing.DIRECTORY, signed.body)
+        body = coordinator_pb2.DirectoryBody.FromString(signed.body)
+    except (SignatureInvalid, CertificateRejected, DecodeError):
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "directory does not verify") from None
+    if verified.identity.identity != COORDINATOR_URI:
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "directory not signed by the coordinator")
+    entries: dict[str, Entry] = {}
+    for announcement in body.members:
+        try:
+            entry = verify_announcement(announcement, verifier)
+        except Refusal:
+            continue
+        entries[entry.province] = entry
+    return entries
+
+
+class Directory:
+    """The coordinator's view of where provinces listen; persisted so a restart keeps it."""
+
+    def __init__(self, path: Path, *, signer: signing.Signer, verifier: signing.Verifier,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.signer = signer
+        self.verifier = verifier
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._announcements: dict[str, coordinator_pb2.SignedAnnouncement] = {}
+        self._entries: dict[str, Entry] = {}
+        self._signed: coordinator_pb2.SignedDirectory | None = None
+        if path.exists():
+            for raw in json.loads(path.read_text()).get("members", []):
+                signed = coordinator_pb2.SignedAnnouncement.FromString(bytes.fromhex(raw))
+                try:
+                    entry = verify_announcement(signed, verifier)
+                except Refusal:
+                    continue
+                self._announcements[entry.province] = signed
+                self._entries[entry.province] = entry
+
+    def announce(self, peer_province: str, signed: coordinator_pb2.SignedAnnouncement) -> Entry:
+        """Accept a province's announcement of itself."""
+        entry = verify_announcement(signed, self.verifier)
+        if entry.province != peer_province:
+            raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+        with self._lock:
+            self._announcements[entry.province] = signed
+            self._entries[entry.province] = entry
+            self._signed = None
+            self._persist()
+        return entry
+
+    def _persist(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"members": [a.SerializeToString().hex() for a in self._announcements.values()]}))
+        os.replace(tmp, self.path)
+
+    def entries(self) -> dict[str, Entry]:
+        with self._lock:
+            return dict(self._entries)
+
+    def signed(self) -> coordinator_pb2.SignedDirectory:
+        """The current directory, signed by the coordinator (re-signed only after a change)."""
+        with self._lock:
+            if self._signed is None:
+                body = coordinator_pb2.DirectoryBody(
+                    issued_at_ms=int(self.clock() * 1000),
+                    members=[self._announcements[p] for p in sorted(self._announcements)],
+                ).SerializeToString()
+                self._signed = coordinator_pb2.SignedDirectory(body=body, signature=self.signer.sign(signing.DIRECTORY, body))
+            return self._signed

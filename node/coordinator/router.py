@@ -1,0 +1,127 @@
+"""Blind fan-out: ask provinces which tokens they hold, forward sealed queries, collect sealed answers.
+
+The router never opens a seal. One dead or slow province never fails a request: every
+province contacted gets a status of its own, within a deadline derived from the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import grpc
+from grpc import aio
+
+from node.config import MemberConfig
+from node.coordinator.directory import Directory
+from node.domain.regions import province_uri
+from node.errors import ErrorCode, Refusal
+from node.server import tls
+from node.wire.v1 import coordinator_pb2, verification_pb2, verification_pb2_grpc
+
+MARGIN_S: Final[float] = 0.05
+MIN_PER_PROVINCE_S: Final[float] = 0.05
+T = TypeVar("T")
+
+
+def status_name(status: int) -> str:
+    """"OK", "NO_MATCH", ... for a RouteStatus value."""
+    return coordinator_pb2.RouteStatus.Name(status).removeprefix("ROUTE_")
+
+
+def _status_of(error: grpc.RpcError) -> tuple[int, str]:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = ((error.details() if hasattr(error, "details") else "") or code.name.lower()).splitlines()[0][:200]
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return coordinator_pb2.ROUTE_DEADLINE_EXCEEDED, "deadline exceeded"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        return coordinator_pb2.ROUTE_UNAVAILABLE, "province unavailable"
+    return coordinator_pb2.ROUTE_DENIED, details
+
+
+def per_province_timeout(remaining: float | None, default: float) -> float:
+    """The deadline given to each province: the caller's remaining time less a margin for the reply."""
+    budget = default if remaining is None else remaining
+    return max(MIN_PER_PROVINCE_S, budget - MARGIN_S)
+
+
+class Router:
+    """Channels to every province in the directory, and the two fan-outs."""
+
+    def __init__(self, cfg: MemberConfig, directory: Directory) -> None:
+        self.cfg = cfg
+        self.directory = directory
+        self._credentials = tls.channel_credentials(cfg)
+        self._channels: dict[str, tuple[str, aio.Channel, verification_pb2_grpc.VerificationStub]] = {}
+
+    def _stub(self, province: str) -> verification_pb2_grpc.VerificationStub | None:
+        entry = self.directory.entries().get(province)
+        if entry is None:
+            return None
+        known = self._channels.get(province)
+        if known is not None and known[0] == entry.endpoint:
+            return known[2]
+        if known is not None:
+            asyncio.get_running_loop().create_task(known[1].close())
+        channel = aio.secure_channel(entry.endpoint, self._credentials, options=tls.channel_options(self.cfg.limits))
+        stub = verification_pb2_grpc.VerificationStub(channel)
+        self._channels[province] = (entry.endpoint, channel, stub)
+        return stub
+
+    async def close(self) -> None:
+        for _, channel, _ in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+    async def _each(self, provinces: Sequence[str], call: Callable[[str], Awaitable[T]]) -> list[T]:
+        return list(await asyncio.gather(*(call(p) for p in provinces)))
+
+    async def discover(self, requester: str, request: coordinator_pb2.DiscoverRequest,
+                       timeout: float) -> coordinator_pb2.DiscoverResponse:
+        """Ask every other province which of the tokens it holds."""
+        provinces = sorted(p for p in self.directory.entries() if p != requester)
+        holds = verification_pb2.HoldsRequest(request_id=request.request_id, tokens=list(request.tokens))
+
+        async def ask(province: str) -> coordinator_pb2.ProvinceStatus:
+            stub = self._stub(province)
+            if stub is None:
+                return coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE)
+            try:
+                reply = await stub.Holds(holds, timeout=timeout)
+            except grpc.RpcError as exc:
+                status, message = _status_of(exc)
+                return coordinator_pb2.ProvinceStatus(province=province, status=status, message=message)
+            status = coordinator_pb2.ROUTE_OK if reply.held else coordinator_pb2.ROUTE_NO_MATCH
+            return coordinator_pb2.ProvinceStatus(province=province, status=status)
+
+        statuses = await self._each(provinces, ask)
+        return coordinator_pb2.DiscoverResponse(
+            holders=[s.province for s in statuses if s.status == coordinator_pb2.ROUTE_OK], statuses=statuses
+        )
+
+    async def route(self, request: coordinator_pb2.RouteRequest, timeout: float) -> coordinator_pb2.RouteResponse:
+        """Forward each sealed query to its province; return every sealed answer unmodified."""
+        seen: set[str] = set()
+        for envelope in request.envelopes:
+            if envelope.province in seen or envelope.query.recipient != province_uri(envelope.province):
+                raise Refusal(ErrorCode.MALFORMED, "one envelope per province, sealed to that province")
+            seen.add(envelope.province)
+
+        async def forward(envelope: Any) -> coordinator_pb2.RoutedAnswer:
+            province = envelope.province
+            stub = self._stub(province)
+            if stub is None:
+                return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE,
+                                                    message="province not in the directory")
+            try:
+                reply = await stub.Verify(verification_pb2.VerifyRequest(sealed=envelope.query), timeout=timeout)
+            except grpc.RpcError as exc:
+                status, message = _status_of(exc)
+                return coordinator_pb2.RoutedAnswer(province=province, status=status, message=message)
+            if reply.WhichOneof("answer") != "sealed":
+                return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_DENIED,
+                                                    message="holder did not seal its answer")
+            return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_OK, answer=reply.sealed)
+
+        return coordinator_pb2.RouteResponse(answers=await self._each(list(request.envelopes), forward))

@@ -1,0 +1,151 @@
+"""The coordinator's gRPC server: thin servicer over the consent registry, directory and router."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from grpc import aio
+
+from node import logs
+from node.config import MemberConfig
+from node.coordinator.consents import ConsentRegistry
+from node.coordinator.directory import Directory
+from node.coordinator.router import Router, per_province_timeout, status_name
+from node.crypto.pki import TrustAnchor, province_of_identity
+from node.errors import ErrorCode, Refusal
+from node.member import Member
+from node.server.base import RunningServer, start_server
+from node.server.edge import edge, peer_identity
+from node.service.verification import MemoryReplayGuard
+from node.store.chain import HashChain
+from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
+MAX_DISCOVERY_TOKENS = 16
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    """Identity from mutual TLS; decisions from ConsentRegistry, Directory and Router."""
+
+    def __init__(self, consents: ConsentRegistry, directory: Directory, router: Router, anchor: TrustAnchor,
+                 cfg: MemberConfig, log: Any) -> None:
+        self.consents = consents
+        self.directory = directory
+        self.router = router
+        self.anchor = anchor
+        self.cfg = cfg
+        self.log = log
+
+    def _province(self, context: aio.ServicerContext) -> str:
+        province = province_of_identity(peer_identity(context, self.anchor))
+        if province is None:
+            raise Refusal(ErrorCode.NOT_AUTHORISED, "only provinces call the coordinator")
+        return province
+
+    def _timeout(self, context: aio.ServicerContext) -> float:
+        return per_province_timeout(context.time_remaining(), self.cfg.limits.default_deadline_s)
+
+    async def RegisterConsent(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            province = self._province(context)
+            status = self.consents.register(province, request)
+            self.log.info("consent_registered", requester=province, consent_id=status.receipt and _cid(status),
+                          ledger_index=status.ledger_index)
+            return status
+
+    async def RevokeConsent(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            province = self._province(context)
+            status = self.consents.revoke(province, request.consent_id, request.reason or "other")
+            self.log.info("consent_revoked", requester=province, consent_id=request.consent_id)
+            return status
+
+    async def GetConsent(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            return self.consents.status(self._province(context), request.consent_id)
+
+    async def ConsentUpdates(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            self._province(context)
+            return self.consents.updates(request.after_index)
+
+    async def Announce(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            province = self._province(context)
+            entry = self.directory.announce(province, request)
+            self.log.info("announced", province=province, endpoint=entry.endpoint)
+            return coordinator_pb2.AnnounceResponse()
+
+    async def Directory(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            self._province(context)
+            return self.directory.signed()
+
+    async def Discover(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            province = self._province(context)
+            self.consents.check_active(province, request.consent_id)
+            if not 1 <= len(request.tokens) <= MAX_DISCOVERY_TOKENS or any(len(t) != 32 for t in request.tokens):
+                raise Refusal(ErrorCode.MALFORMED, f"1 to {MAX_DISCOVERY_TOKENS} subject tokens of 32 bytes")
+            reply = await self.router.discover(province, request, self._timeout(context))
+            self.log.info("discovered", requester=province, consent_id=request.consent_id, request_id=request.request_id,
+                          statuses={s.province: status_name(s.status) for s in reply.statuses})
+            return reply
+
+    async def Route(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            province = self._province(context)
+            self.consents.check_active(province, request.consent_id)
+            if not 1 <= len(request.envelopes) <= 64:
+                raise Refusal(ErrorCode.MALFORMED, "1 to 64 envelopes")
+            reply = await self.router.route(request, self._timeout(context))
+            self.log.info("routed", requester=province, consent_id=request.consent_id, request_id=request.request_id,
+                          statuses={a.province: status_name(a.status) for a in reply.answers})
+            return reply
+
+
+def _cid(status: coordinator_pb2.ConsentStatus) -> str:
+    from node.wire.v1 import verification_pb2
+
+    return verification_pb2.ConsentBody.FromString(status.receipt.body).consent_id
+
+
+@dataclass
+class CoordinatorServer:
+    """The running coordinator. `await start()` returns the bound port."""
+
+    cfg: MemberConfig
+    running: RunningServer | None = None
+    port: int = 0
+    chain: HashChain | None = None
+    router: Router | None = None
+
+    async def start(self, listen: str | None = None) -> int:
+        cfg = self.cfg
+        log = logs.get("coordinator")
+        member = Member(cfg)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.chain = HashChain(cfg.data_dir / "ledger.sqlite", table="ledger")
+        consents = ConsentRegistry(
+            self.chain, signer=member.signer, verifier=member.verifier, catalogue=member.catalogue,
+            policy=member.policy, replay=MemoryReplayGuard(window_ms=cfg.limits.clock_skew_s * 1000),
+            clock_skew_s=cfg.limits.clock_skew_s,
+        )
+        directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)
+        self.router = Router(cfg, directory)
+        servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log)
+        self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
+        self.port = self.running.port
+        log.info("serving", port=self.port, ledger_entries=self.chain.head()[0])
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.running is not None:
+            await self.running.stop(grace)
+            self.running = None
+        if self.router is not None:
+            await self.router.close()
+        if self.chain is not None:
+            self.chain.close()
+            self.chain = None

@@ -1,0 +1,70 @@
+"""Merkle trees for batch signatures: RFC 6962 hashing with a per-leaf salt.
+
+One signature over a root covers many leaves; each leaf carries its salt and audit path so it
+verifies on its own. Salts keep a leaf's siblings from revealing anything about other leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+_LEAF = b"\x00"
+_NODE = b"\x01"
+
+
+def leaf_hash(salt: bytes, data: bytes) -> bytes:
+    """Hash of one leaf: SHA-256(0x00 || salt || data)."""
+    return hashlib.sha256(_LEAF + salt + data).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(_NODE + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """Largest power of two strictly less than n (n >= 2)."""
+    k = 1
+    while k << 1 < n:
+        k <<= 1
+    return k
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """The Merkle tree hash of a non-empty list of leaf hashes."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = _split(len(leaves))
+    return _node(root(leaves[:k]), root(leaves[k:]))
+
+
+def paths(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Audit paths (leaf to root) for every leaf, computed in one pass over the tree."""
+    n = len(leaves)
+    if n == 1:
+        return [[]]
+    k = _split(n)
+    left, right = leaves[:k], leaves[k:]
+    left_root, right_root = root(left), root(right)
+    return [p + [right_root] for p in paths(left)] + [p + [left_root] for p in paths(right)]
+
+
+def root_from_path(leaf: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes | None:
+    """Recompute the root from a leaf and its audit path; None if the path has the wrong shape."""
+    if not 0 <= index < count:
+        return None
+    return _fold(leaf, index, count, list(path))
+
+
+def _fold(leaf: bytes, index: int, count: int, path: list[bytes]) -> bytes | None:
+    if count == 1:
+        return leaf if not path else None
+    if not path:
+        return None
+    k = _split(count)
+    sibling = path[-1]
+    if index < k:
+        sub = _fold(leaf, index, k, path[:-1])
+        return None if sub is None else _node(sub, sibling)
+    sub = _fold(leaf, index - k, count - k, path[:-1])
+    return None if sub is None else _node(sibling, sub)

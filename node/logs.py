@@ -1,0 +1,44 @@
+"""Structured logging: JSON lines when not on a terminal, readable lines on one.
+
+Log events carry request ids, peer provinces, purposes, item codes and outcomes; never an ID
+number, a subject token in full, or a data value. Callers bind context with
+`log.bind(request_id=..., peer=...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
+    """Configure structlog once per process; JSON unless stderr is a terminal."""
+    global _configured
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def get(name: str) -> Any:
+    """A bound logger for one component."""
+    if not _configured:
+        configure()
+    return structlog.get_logger(component=name)

@@ -1,0 +1,62 @@
+"""A federation member's loaded material: keys, trust anchor, catalogue and policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from node import config as config_mod
+from node.config import MemberConfig
+from node.crypto import pki, signing
+from node.crypto.tokens import load_linkage_key
+from node.domain.catalogue import Catalogue, load_catalogue
+from node.domain.policy import Policy, load_policy
+from node.errors import BadInput
+
+
+@dataclass
+class Member:
+    """Loads lazily what a command or server needs from one member config."""
+
+    cfg: MemberConfig
+
+    @classmethod
+    def from_config(cls, path: Path | str) -> Member:
+        return cls(config_mod.load(path))
+
+    @cached_property
+    def anchor(self) -> pki.TrustAnchor:
+        return pki.TrustAnchor.load(self.cfg.ca_cert)
+
+    @cached_property
+    def verifier(self) -> signing.Verifier:
+        return signing.Verifier(self.anchor)
+
+    @cached_property
+    def signer(self) -> signing.Signer:
+        key = pki.load_private_key(self.cfg.sign_key)
+        cert = pki.load_cert(self.cfg.sign_cert)
+        return signing.Signer(key, cert.public_bytes(Encoding.DER))  # type: ignore[arg-type]
+
+    @cached_property
+    def linkage_key(self) -> bytes:
+        if self.cfg.linkage_key is None:
+            raise BadInput("this member holds no linkage key (only provinces do)")
+        return load_linkage_key(self.cfg.linkage_key)
+
+    @cached_property
+    def catalogue(self) -> Catalogue:
+        return load_catalogue(self.cfg.catalogue)
+
+    @cached_property
+    def policy(self) -> Policy:
+        return load_policy(self.cfg.policy, catalogue=self.catalogue)
+
+    @property
+    def province(self) -> str:
+        if self.cfg.province is None:
+            raise BadInput("this config is not a province node's")
+        return self.cfg.province

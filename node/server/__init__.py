@@ -1,0 +1,1 @@
+"""gRPC edge: credentials, servicers (thin adapters), error mapping, server lifecycle."""

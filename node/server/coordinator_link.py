@@ -1,0 +1,137 @@
+"""A node's link to its coordinator: announce itself, follow revocations, read the directory, seal."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any, Final
+
+import grpc
+from cryptography.hazmat.primitives.serialization import Encoding
+from grpc import aio
+
+from node.coordinator.directory import ANNOUNCEMENT, Entry, verify_directory
+from node.crypto import pki, sealing
+from node.crypto.pki import province_of_identity
+from node.domain.regions import COORDINATOR_URI, province_uri
+from node.errors import ErrorCode, Refusal
+from node.member import Member
+from node.server import tls
+from node.service.consent import RevocationView
+from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+
+POLL_INTERVAL_S: Final[float] = 1.0
+DIRECTORY_MAX_AGE_S: Final[float] = 30.0
+
+
+class CoordinatorLink:
+    """Background tasks and lookups a node needs from the coordinator."""
+
+    def __init__(self, member: Member, revocations: RevocationView, log: Any) -> None:
+        assert member.cfg.coordinator, "node has no coordinator configured"
+        self.member = member
+        self.revocations = revocations
+        self.log = log
+        self.identity = province_uri(member.province)
+        self._seal_key, seal_pub = pki.load_seal_keys(member.cfg.seal_key, member.cfg.seal_pub)
+        self.seal_public = sealing.public_bytes(seal_pub)
+        self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
+                                           options=tls.channel_options(member.cfg.limits))
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._directory: dict[str, Entry] = {}
+        self._directory_at = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, endpoint: str) -> bool:
+        """Announce `endpoint` and sync consent state once; keep both going in the background.
+
+        Returns True when both first attempts succeeded (the node is then fully ready).
+        """
+        signed = self.announcement(endpoint)
+        announced = await self._announce_once(signed)
+        try:
+            await self.sync_revocations()
+            synced = True
+        except grpc.RpcError:
+            synced = False
+        self._tasks = [asyncio.create_task(self._poll_loop())]
+        if not announced:
+            self._tasks.append(asyncio.create_task(self._announce_loop(signed)))
+        return announced and synced
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._channel.close()
+
+    def announcement(self, endpoint: str) -> coordinator_pb2.SignedAnnouncement:
+        tls_der = pki.load_cert(self.member.cfg.tls_cert).public_bytes(Encoding.DER)
+        body = coordinator_pb2.AnnouncementBody(
+            province=self.member.province, endpoint=endpoint, seal_suite=sealing.SUITE_NAME,
+            seal_public_key=self.seal_public, tls_cert_sha256=hashlib.sha256(tls_der).digest(),
+            issued_at_ms=int(time.time() * 1000),
+        ).SerializeToString()
+        return coordinator_pb2.SignedAnnouncement(body=body, signature=self.member.signer.sign(ANNOUNCEMENT, body))
+
+    async def _announce_once(self, signed: coordinator_pb2.SignedAnnouncement) -> bool:
+        try:
+            await self._stub.Announce(signed, timeout=5)
+        except grpc.RpcError as exc:
+            self.log.warning("announce_failed", status=exc.code().name if hasattr(exc, "code") else "?")
+            return False
+        self.log.info("announced")
+        return True
+
+    async def _announce_loop(self, signed: coordinator_pb2.SignedAnnouncement) -> None:
+        delay = 0.2
+        while not await self._announce_once(signed):
+            await asyncio.sleep(delay)  # retry backoff, not a readiness wait
+            delay = min(delay * 2, 5.0)
+
+    async def sync_revocations(self) -> None:
+        reply = await self._stub.ConsentUpdates(
+            coordinator_pb2.ConsentUpdatesRequest(after_index=self.revocations.head_index), timeout=3)
+        self.revocations.apply(
+            ((u.ledger_index, u.consent_id, u.state == coordinator_pb2.REVOKED) for u in reply.updates), reply.head_index)
+
+    async def _poll_loop(self) -> None:
+        await asyncio.sleep(POLL_INTERVAL_S)
+        while True:
+            try:
+                await self.sync_revocations()
+            except grpc.RpcError as exc:
+                self.log.warning("consent_sync_failed", status=exc.code().name if hasattr(exc, "code") else "?")
+            await asyncio.sleep(POLL_INTERVAL_S)  # polling period of the revocation feed
+
+    async def directory(self, *, refresh: bool = False) -> dict[str, Entry]:
+        if refresh or not self._directory or time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:
+            signed = await self._stub.Directory(coordinator_pb2.DirectoryRequest(), timeout=5)
+            self._directory = verify_directory(signed, self.member.verifier)
+            self._directory_at = time.monotonic()
+        return self._directory
+
+    # -- sealing, for the Verification servicer ---------------------------------------------
+
+    def open_query(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.SignedQuery, str | None]:
+        """Open a sealed query; the requester is the TLS peer, or None when relayed by the coordinator."""
+        try:
+            raw = sealing.open_sealed(sealed, kind=sealing.QUERY, identity=self.identity, private_key=self._seal_key)
+            query = verification_pb2.SignedQuery.FromString(raw)
+        except Exception:  # noqa: BLE001 - SealError or DecodeError: the same public refusal
+            raise Refusal(ErrorCode.MALFORMED, "sealed query does not open") from None
+        if peer_identity == COORDINATOR_URI:
+            return query, None
+        province = province_of_identity(peer_identity)
+        if province is None:
+            raise Refusal(ErrorCode.NOT_AUTHORISED)
+        return query, province
+
+    async def seal_answer(self, answer: verification_pb2.SignedAnswer, requester: str) -> common_pb2.Sealed:
+        """Seal an answer to the requesting province's announced sealing key."""
+        entry = (await self.directory()).get(requester) or (await self.directory(refresh=True)).get(requester)
+        if entry is None:
+            raise Refusal(ErrorCode.UNAVAILABLE, "requester has no sealing key in the directory")
+        return sealing.seal(answer.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(requester),
+                            public_key=entry.seal_public_key)

@@ -1,0 +1,70 @@
+"""The only place that knows gRPC status codes: refusals in, public statuses out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import grpc
+from grpc import aio
+
+from node.crypto.errors import CertificateRejected
+from node.crypto.pki import TrustAnchor
+from node.errors import ErrorCode, Refusal
+
+STATUS: Final[dict[ErrorCode, grpc.StatusCode]] = {
+    ErrorCode.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.IDENTITY_MISMATCH: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.NOT_ADDRESSED_HERE: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.CLOCK_WINDOW: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.REPLAYED: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.UNKNOWN_PURPOSE: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.UNKNOWN_ITEM: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.TOO_MANY: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.CONSENT_MISSING: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.CONSENT_INVALID: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.CONSENT_REVOKED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.CONSENT_EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.NOT_AUTHORISED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+#: gRPC status -> ErrorCode, for clients turning a status back into a typed refusal.
+CODE_OF_MESSAGE: Final[dict[str, ErrorCode]] = {c.value: c for c in ErrorCode}
+
+
+def public_message(refusal: Refusal) -> str:
+    """The one-line message a caller sees: the catalogue text, refined by a public detail."""
+    return str(refusal).replace("\n", " ")[:300]
+
+
+def peer_identity(context: aio.ServicerContext, anchor: TrustAnchor) -> str:
+    """The federation identity (URI SAN) of the mutually authenticated TLS peer."""
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert")
+    if not pems:
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "no client certificate")
+    try:
+        return anchor.validate_tls_peer_cert(pems[0])
+    except CertificateRejected as exc:
+        raise Refusal(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+
+
+@contextlib.asynccontextmanager
+async def edge(context: aio.ServicerContext, log: Any) -> AsyncIterator[None]:
+    """Run a handler body: refusals become their public status; anything else INTERNAL."""
+    try:
+        yield
+    except aio.AbortError:
+        raise
+    except Refusal as refusal:
+        log.info("refused", reason=refusal.code.name)
+        await context.abort(STATUS[refusal.code], public_message(refusal))
+    except Exception as exc:  # noqa: BLE001 - the edge must never leak internals
+        log.error("internal_error", error_type=type(exc).__name__)
+        await context.abort(grpc.StatusCode.INTERNAL, ErrorCode.INTERNAL.value)

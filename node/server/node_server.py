@@ -1,0 +1,100 @@
+"""A province node: assembles store, keys and services into a running gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+from node import logs
+from node.config import MemberConfig
+from node.crypto import signing
+from node.domain.regions import COORDINATOR_URI
+from node.server.base import RunningServer, start_server
+from node.member import Member
+from node.server.coordinator_link import CoordinatorLink
+from node.server.verification_servicer import VerificationServicer
+from node.service.consent import ReceiptGate, RevocationView
+from node.service.verification import MemoryReplayGuard, VerificationService
+from node.store.store import Store
+from node.wire.v1 import verification_pb2, verification_pb2_grpc
+
+SERVICE_NAME = verification_pb2.DESCRIPTOR.services_by_name["Verification"].full_name
+
+
+@dataclass
+class NodeServer:
+    """One running province node. `await start()` returns the bound port."""
+
+    cfg: MemberConfig
+    running: RunningServer | None = None
+    port: int = 0
+    store: Store | None = None
+    link: CoordinatorLink | None = None
+    revocations: RevocationView = field(default_factory=RevocationView)
+
+    async def start(self, listen: str | None = None) -> int:
+        cfg = self.cfg
+        assert cfg.province is not None, "a node config names its province"
+        log = logs.get("node").bind(province=cfg.province)
+        member = Member(cfg)
+        anchor = member.anchor
+        self.revocations = RevocationView()
+        if cfg.coordinator:
+            self.link = CoordinatorLink(member, self.revocations, log)
+        else:
+            log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
+        self.store = Store.open(cfg.data_dir)
+        self.store.check_integrity()
+        service = VerificationService(
+            province=cfg.province,
+            store=self.store,
+            catalogue=member.catalogue,
+            policy=member.policy,
+            verifier=member.verifier,
+            limits=cfg.limits,
+            consent=ReceiptGate(member.verifier, self.revocations),
+            replay=MemoryReplayGuard(window_ms=cfg.limits.clock_skew_s * 1000),
+        )
+        servicer = VerificationServicer(
+            service, signing.AsyncBatchSigner(member.signer), anchor, log, coordinator_identity=COORDINATOR_URI,
+            unsealer=self.link
+        )
+        self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
+        self.port = self.running.port
+        if self.link is not None:
+            host = (listen or cfg.listen).rpartition(":")[0]
+            if not await self.link.start(f"{cfg.advertise or host}:{self.port}"):
+                log.warning("coordinator_unreachable", note="queries are refused until consent state is confirmed")
+        log.info("serving", port=self.port, subjects=self.store.counts().get("subjects"))
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self.link is not None:
+            await self.link.stop()
+            self.link = None
+        if self.running is not None:
+            await self.running.stop(grace)
+            self.running = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+async def serve_until_signalled(
+    server: Any, listen: str | None = None, *, on_ready: Callable[[int], None] | None = None
+) -> None:
+    """Start a server and run until SIGTERM or SIGINT, then shut down gracefully."""
+    port = await server.start(listen)
+    if on_ready is not None:
+        on_ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logs.get("server").info("shutting_down")
+    await server.stop()

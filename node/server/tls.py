@@ -1,0 +1,86 @@
+"""Mutual-TLS credentials for servers and channels, reloaded when the key files change."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from node.config import Limits, MemberConfig
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+class _ServerCertReloader:
+    """gRPC fetcher: re-reads the certificate files when their modification times change."""
+
+    def __init__(self, ca: Path, cert: Path, key: Path) -> None:
+        self._paths = (ca, cert, key)
+        self._lock = threading.Lock()
+        self._stamp = self._mtimes()
+
+    def _mtimes(self) -> tuple[int, ...]:
+        return tuple(os.stat(p).st_mtime_ns for p in self._paths)
+
+    def config(self) -> Any:
+        ca, cert, key = (_read(p) for p in self._paths)
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def __call__(self) -> Any:
+        try:
+            stamp = self._mtimes()
+        except OSError:
+            return None  # keep serving with what we have
+        with self._lock:
+            if stamp == self._stamp:
+                return None
+            self._stamp = stamp
+        try:
+            return self.config()
+        except OSError:
+            return None
+
+
+def server_credentials(cfg: MemberConfig) -> grpc.ServerCredentials:
+    """Server credentials that require a client certificate from the federation CA."""
+    reloader = _ServerCertReloader(cfg.ca_cert, cfg.tls_cert, cfg.tls_key)
+    return grpc.dynamic_ssl_server_credentials(reloader.config(), reloader, require_client_authentication=True)
+
+
+def channel_credentials(cfg: MemberConfig) -> grpc.ChannelCredentials:
+    """Client credentials presenting this member's TLS certificate."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(cfg.ca_cert),
+        private_key=_read(cfg.tls_key),
+        certificate_chain=_read(cfg.tls_cert),
+    )
+
+
+def server_options(limits: Limits) -> list[tuple[str, Any]]:
+    """Message-size, keepalive and connection-age limits for every server."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_connection_idle_ms", 15 * 60_000),
+        ("grpc.max_connection_age_ms", 60 * 60_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def channel_options(limits: Limits) -> list[tuple[str, Any]]:
+    """Message-size and keepalive limits for every client channel."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]

@@ -1,0 +1,80 @@
+"""gRPC adapter for the Verification service: convert, call the plain service, convert back."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from grpc import aio
+
+from node.crypto import signing
+from node.crypto.pki import TrustAnchor, province_of_identity
+from node.errors import ErrorCode, Refusal
+from node.server.edge import edge, peer_identity
+from node.service.verification import VerificationService
+from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
+
+
+class VerificationServicer(verification_pb2_grpc.VerificationServicer):
+    """Thin servicer: identity from TLS, decisions from VerificationService, batched signing."""
+
+    def __init__(
+        self,
+        service: VerificationService,
+        signer: signing.AsyncBatchSigner,
+        anchor: TrustAnchor,
+        log: Any,
+        *,
+        unsealer: Any = None,
+        coordinator_identity: str | None = None,
+    ) -> None:
+        self.service = service
+        self.signer = signer
+        self.anchor = anchor
+        self.log = log
+        self.unsealer = unsealer
+        self.coordinator_identity = coordinator_identity
+
+    def _peer_province(self, context: aio.ServicerContext) -> str:
+        province = province_of_identity(peer_identity(context, self.anchor))
+        if province is None:
+            raise Refusal(ErrorCode.NOT_AUTHORISED)
+        return province
+
+    async def Verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
+        log = self.log
+        async with edge(context, log):
+            identity = peer_identity(context, self.anchor)
+            sealed = request.WhichOneof("query") == "sealed"
+            requester: str | None
+            if sealed:
+                if self.unsealer is None:
+                    raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
+                signed_query, requester = self.unsealer.open_query(request.sealed, identity)
+            elif request.WhichOneof("query") == "signed":
+                if identity == self.coordinator_identity:
+                    raise Refusal(ErrorCode.MALFORMED, "relayed queries must be sealed")
+                signed_query = request.signed
+                requester = province_of_identity(identity)
+                if requester is None:
+                    raise Refusal(ErrorCode.NOT_AUTHORISED)
+            else:
+                raise Refusal(ErrorCode.MALFORMED, "request carries no query")
+            decided = self.service.decide(signed_query, requester)
+            requester = decided.query.requester
+            log = log.bind(peer=requester, request_id=decided.query.request_id, relayed=identity == self.coordinator_identity)
+            body = decided.answer.SerializeToString()
+            answer = verification_pb2.SignedAnswer(body=body, signature=await self.signer.sign(signing.ANSWER, body))
+            outcomes = Counter(common_pb2.Outcome.Name(r.outcome) for r in decided.answer.results)
+            log.debug("answered", purpose=decided.query.purpose, items=list(decided.items), outcomes=dict(outcomes))
+            if sealed:
+                return verification_pb2.VerifyResponse(sealed=await self.unsealer.seal_answer(answer, requester))
+            return verification_pb2.VerifyResponse(signed=answer)
+
+    async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:
+        async with edge(context, self.log):
+            identity = peer_identity(context, self.anchor)
+            if identity != self.coordinator_identity:
+                raise Refusal(ErrorCode.NOT_AUTHORISED, "only the coordinator may ask which subjects are held")
+            held = self.service.holds(list(request.tokens))
+            return verification_pb2.HoldsResponse(held=held)

@@ -1,0 +1,204 @@
+"""Answering a signed verification query from the local store, disclosing outcomes only."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from google.protobuf.message import DecodeError
+
+from node.config import Limits
+from node.crypto import signing
+from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain.catalogue import Catalogue
+from node.domain.policy import Policy
+from node.domain.predicate import Check, Comparator
+from node.errors import ErrorCode, Refusal
+from node.store.store import Store
+from node.wire.v1 import common_pb2, verification_pb2
+
+REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{8,64}")
+NONCE_MIN, NONCE_MAX = 16, 64
+TOKEN_BYTES: Final[int] = 32
+
+_OPS: Final[dict[int, Comparator]] = {
+    common_pb2.LT: Comparator.LT,
+    common_pb2.LE: Comparator.LE,
+    common_pb2.EQ: Comparator.EQ,
+    common_pb2.NE: Comparator.NE,
+    common_pb2.GE: Comparator.GE,
+    common_pb2.GT: Comparator.GT,
+}
+
+
+class ConsentGate(Protocol):
+    """Decides whether a query's consent receipt authorises it (see node.service.consent)."""
+
+    def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> None:
+        """Raise Refusal when the consent does not authorise the query."""
+
+
+class ReplayGuard(Protocol):
+    """Remembers nonces so a signed query cannot be answered twice."""
+
+    def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
+        """Record the nonce; False when it was already seen."""
+
+
+@dataclass
+class MemoryReplayGuard:
+    """Nonces held in memory for the clock window (the persistent guard is node.store.nonces)."""
+
+    window_ms: int
+    _seen: dict[bytes, int] = field(default_factory=dict)
+
+    def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
+        key = requester.encode() + b"\x00" + nonce
+        if key in self._seen:
+            return False
+        self._seen[key] = issued_at_ms
+        if len(self._seen) > 100_000:
+            horizon = int(time.time() * 1000) - 2 * self.window_ms
+            self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+        return True
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A verified query and the answer body the node will sign."""
+
+    query: verification_pb2.QueryBody
+    query_digest: bytes
+    answer: verification_pb2.AnswerBody
+    items: tuple[str, ...]
+
+
+def parse_checks(body: verification_pb2.QueryBody, catalogue: Catalogue) -> list[Check]:
+    """Typed checks of a query; unknown items or comparators refuse the whole query."""
+    checks: list[Check] = []
+    for c in body.checks:
+        op = _OPS.get(c.op)
+        if op is None:
+            raise Refusal(ErrorCode.MALFORMED, "check has no valid comparator")
+        if c.attribute not in catalogue:
+            raise Refusal(ErrorCode.UNKNOWN_ITEM)
+        checks.append(Check(c.attribute, op, c.operand))
+    return checks
+
+
+class VerificationService:
+    """What a province node does with a verification query; the gRPC servicer only adapts."""
+
+    def __init__(
+        self,
+        *,
+        province: str,
+        store: Store,
+        catalogue: Catalogue,
+        policy: Policy,
+        verifier: signing.Verifier,
+        limits: Limits,
+        consent: ConsentGate | None,
+        replay: ReplayGuard,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.province = province
+        self.store = store
+        self.catalogue = catalogue
+        self.policy = policy
+        self.verifier = verifier
+        self.limits = limits
+        self.consent = consent
+        self.replay = replay
+        self.clock = clock
+
+    def authenticate(self, signed: verification_pb2.SignedQuery, peer_province: str | None) -> verification_pb2.QueryBody:
+        """Check the query's signature and that signer, requester and TLS peer agree.
+
+        `peer_province` is None for a query relayed sealed by the coordinator: the signer is then
+        the requester, and the query must be addressed to this province.
+        """
+        try:
+            verified = self.verifier.verify(signed.signature, signing.QUERY, signed.body)
+        except (SignatureInvalid, CertificateRejected) as exc:
+            raise Refusal(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+        signer = verified.identity.province
+        if signer is None or (peer_province is not None and signer != peer_province):
+            raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+        body = verification_pb2.QueryBody()
+        try:
+            body.ParseFromString(signed.body)
+        except DecodeError:
+            raise Refusal(ErrorCode.MALFORMED, "query body does not parse") from None
+        if body.requester != signer:
+            raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+        if peer_province is None and body.audience != self.province:
+            raise Refusal(ErrorCode.NOT_ADDRESSED_HERE)
+        return body
+
+    def validate(self, body: verification_pb2.QueryBody) -> list[Check]:
+        """Refuse malformed, stale, replayed, misaddressed or oversized queries."""
+        if not REQUEST_ID_RE.fullmatch(body.request_id):
+            raise Refusal(ErrorCode.MALFORMED, "request id must be 8 to 64 characters of [A-Za-z0-9._-]")
+        if not NONCE_MIN <= len(body.nonce) <= NONCE_MAX:
+            raise Refusal(ErrorCode.MALFORMED, "nonce must be 16 to 64 bytes")
+        if body.audience and body.audience != self.province:
+            raise Refusal(ErrorCode.NOT_ADDRESSED_HERE)
+        now_ms = int(self.clock() * 1000)
+        if abs(now_ms - body.issued_at_ms) > self.limits.clock_skew_s * 1000:
+            raise Refusal(ErrorCode.CLOCK_WINDOW)
+        if body.purpose not in self.policy.purposes:
+            raise Refusal(ErrorCode.UNKNOWN_PURPOSE)
+        n_subjects, n_checks = len(body.subjects), len(body.checks)
+        if not 1 <= n_subjects <= self.limits.max_subjects or not 1 <= n_checks <= self.limits.max_checks:
+            raise Refusal(ErrorCode.TOO_MANY, f"1 to {self.limits.max_subjects} subjects and 1 to {self.limits.max_checks} checks")
+        if any(len(s) != TOKEN_BYTES for s in body.subjects):
+            raise Refusal(ErrorCode.MALFORMED, "subject tokens must be 32 bytes")
+        if len(set(body.subjects)) != n_subjects:
+            raise Refusal(ErrorCode.MALFORMED, "subjects must be distinct")
+        checks = parse_checks(body, self.catalogue)
+        if self.consent is not None:
+            self.consent.check(body, checks)
+        if not self.replay.remember(body.requester, body.nonce, body.issued_at_ms):
+            raise Refusal(ErrorCode.REPLAYED)
+        return checks
+
+    def decide(self, signed: verification_pb2.SignedQuery, peer_province: str | None) -> Decided:
+        """Authenticate, validate and evaluate a query; the caller signs the answer."""
+        body = self.authenticate(signed, peer_province)
+        checks = self.validate(body)
+        allowed = [self.policy.allows(body.purpose, c.attribute) for c in checks]
+        attributes = sorted({c.attribute for c, ok in zip(checks, allowed, strict=True) if ok})
+        facts = self.store.lookup(list(body.subjects), attributes) if attributes else {}
+        results = []
+        for s in range(len(body.subjects)):
+            for i, (check, ok) in enumerate(zip(checks, allowed, strict=True)):
+                if not ok:
+                    results.append(verification_pb2.Result(subject=s, check=i, outcome=common_pb2.DENIED))
+                    continue
+                fact = facts.get((s, check.attribute))
+                if fact is None:
+                    results.append(verification_pb2.Result(subject=s, check=i, outcome=common_pb2.NO_RECORD))
+                    continue
+                outcome = common_pb2.SATISFIED if check.evaluate(fact.value) else common_pb2.NOT_SATISFIED
+                results.append(verification_pb2.Result(subject=s, check=i, outcome=outcome, as_of=fact.as_of))
+        query_digest = signing.digest(signed.body)
+        answer = verification_pb2.AnswerBody(
+            responder=self.province,
+            requester=body.requester,
+            request_id=body.request_id,
+            digest_algorithm="sha256",
+            query_digest=query_digest,
+            answered_at_ms=int(self.clock() * 1000),
+            results=results,
+        )
+        return Decided(body, query_digest, answer, tuple(c.attribute for c in checks))
+
+    def holds(self, tokens: list[bytes]) -> list[int]:
+        """Indexes of the tokens this province holds any data on."""
+        if len(tokens) > 4096 or any(len(t) != TOKEN_BYTES for t in tokens):
+            raise Refusal(ErrorCode.MALFORMED, "1 to 4096 tokens of 32 bytes")
+        return [i for i, held in enumerate(self.store.holds(tokens)) if held]

@@ -1,0 +1,236 @@
+from node.wire.v1 import common_pb2 as _common_pb2
+from node.wire.v1 import verification_pb2 as _verification_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ConsentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSENT_STATE_UNSPECIFIED: _ClassVar[ConsentState]
+    ACTIVE: _ClassVar[ConsentState]
+    REVOKED: _ClassVar[ConsentState]
+
+class RouteStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUTE_STATUS_UNSPECIFIED: _ClassVar[RouteStatus]
+    ROUTE_OK: _ClassVar[RouteStatus]
+    ROUTE_NO_MATCH: _ClassVar[RouteStatus]
+    ROUTE_UNAVAILABLE: _ClassVar[RouteStatus]
+    ROUTE_DEADLINE_EXCEEDED: _ClassVar[RouteStatus]
+    ROUTE_DENIED: _ClassVar[RouteStatus]
+CONSENT_STATE_UNSPECIFIED: ConsentState
+ACTIVE: ConsentState
+REVOKED: ConsentState
+ROUTE_STATUS_UNSPECIFIED: RouteStatus
+ROUTE_OK: RouteStatus
+ROUTE_NO_MATCH: RouteStatus
+ROUTE_UNAVAILABLE: RouteStatus
+ROUTE_DEADLINE_EXCEEDED: RouteStatus
+ROUTE_DENIED: RouteStatus
+
+class ConsentRequestBody(_message.Message):
+    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subject_salt", "subject_commitments", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest")
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_SALT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    CASE_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    requester: str
+    request_id: str
+    nonce: bytes
+    issued_at_ms: int
+    purpose: str
+    subject_salt: bytes
+    subject_commitments: _containers.RepeatedScalarFieldContainer[bytes]
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    not_before_ms: int
+    not_after_ms: int
+    case_reference: str
+    evidence_algorithm: str
+    evidence_digest: bytes
+    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subject_salt: _Optional[bytes] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ...) -> None: ...
+
+class RegisterConsentRequest(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class RevokeConsentRequest(_message.Message):
+    __slots__ = ("consent_id", "reason")
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    reason: str
+    def __init__(self, consent_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetConsentRequest(_message.Message):
+    __slots__ = ("consent_id",)
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    def __init__(self, consent_id: _Optional[str] = ...) -> None: ...
+
+class ConsentStatus(_message.Message):
+    __slots__ = ("receipt", "state", "revoked_at_ms", "ledger_index")
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    receipt: _verification_pb2.SignedConsent
+    state: ConsentState
+    revoked_at_ms: int
+    ledger_index: int
+    def __init__(self, receipt: _Optional[_Union[_verification_pb2.SignedConsent, _Mapping]] = ..., state: _Optional[_Union[ConsentState, str]] = ..., revoked_at_ms: _Optional[int] = ..., ledger_index: _Optional[int] = ...) -> None: ...
+
+class ConsentUpdatesRequest(_message.Message):
+    __slots__ = ("after_index",)
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    after_index: int
+    def __init__(self, after_index: _Optional[int] = ...) -> None: ...
+
+class ConsentUpdate(_message.Message):
+    __slots__ = ("ledger_index", "consent_id", "state")
+    LEDGER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ledger_index: int
+    consent_id: str
+    state: ConsentState
+    def __init__(self, ledger_index: _Optional[int] = ..., consent_id: _Optional[str] = ..., state: _Optional[_Union[ConsentState, str]] = ...) -> None: ...
+
+class ConsentUpdatesResponse(_message.Message):
+    __slots__ = ("updates", "head_index", "as_of_ms")
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_MS_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[ConsentUpdate]
+    head_index: int
+    as_of_ms: int
+    def __init__(self, updates: _Optional[_Iterable[_Union[ConsentUpdate, _Mapping]]] = ..., head_index: _Optional[int] = ..., as_of_ms: _Optional[int] = ...) -> None: ...
+
+class AnnouncementBody(_message.Message):
+    __slots__ = ("province", "endpoint", "seal_suite", "seal_public_key", "tls_cert_sha256", "issued_at_ms")
+    PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    SEAL_SUITE_FIELD_NUMBER: _ClassVar[int]
+    SEAL_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    province: str
+    endpoint: str
+    seal_suite: str
+    seal_public_key: bytes
+    tls_cert_sha256: bytes
+    issued_at_ms: int
+    def __init__(self, province: _Optional[str] = ..., endpoint: _Optional[str] = ..., seal_suite: _Optional[str] = ..., seal_public_key: _Optional[bytes] = ..., tls_cert_sha256: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ...) -> None: ...
+
+class SignedAnnouncement(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class AnnounceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DirectoryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DirectoryBody(_message.Message):
+    __slots__ = ("issued_at_ms", "members")
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    issued_at_ms: int
+    members: _containers.RepeatedCompositeFieldContainer[SignedAnnouncement]
+    def __init__(self, issued_at_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ...) -> None: ...
+
+class SignedDirectory(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class DiscoverRequest(_message.Message):
+    __slots__ = ("consent_id", "request_id", "tokens")
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    request_id: str
+    tokens: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, consent_id: _Optional[str] = ..., request_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ProvinceStatus(_message.Message):
+    __slots__ = ("province", "status", "message")
+    PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    province: str
+    status: RouteStatus
+    message: str
+    def __init__(self, province: _Optional[str] = ..., status: _Optional[_Union[RouteStatus, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class DiscoverResponse(_message.Message):
+    __slots__ = ("holders", "statuses")
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    holders: _containers.RepeatedScalarFieldContainer[str]
+    statuses: _containers.RepeatedCompositeFieldContainer[ProvinceStatus]
+    def __init__(self, holders: _Optional[_Iterable[str]] = ..., statuses: _Optional[_Iterable[_Union[ProvinceStatus, _Mapping]]] = ...) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("province", "query")
+    PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    province: str
+    query: _common_pb2.Sealed
+    def __init__(self, province: _Optional[str] = ..., query: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
+class RouteRequest(_message.Message):
+    __slots__ = ("consent_id", "request_id", "envelopes")
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    request_id: str
+    envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, consent_id: _Optional[str] = ..., request_id: _Optional[str] = ..., envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+
+class RoutedAnswer(_message.Message):
+    __slots__ = ("province", "status", "message", "answer")
+    PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    province: str
+    status: RouteStatus
+    message: str
+    answer: _common_pb2.Sealed
+    def __init__(self, province: _Optional[str] = ..., status: _Optional[_Union[RouteStatus, str]] = ..., message: _Optional[str] = ..., answer: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
+class RouteResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[RoutedAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[RoutedAnswer, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,144 @@
+from node.wire.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class QueryBody(_message.Message):
+    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subjects", "checks", "consent", "audience")
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    requester: str
+    request_id: str
+    nonce: bytes
+    issued_at_ms: int
+    purpose: str
+    subjects: _containers.RepeatedScalarFieldContainer[bytes]
+    checks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Check]
+    consent: SignedConsent
+    audience: str
+    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subjects: _Optional[_Iterable[bytes]] = ..., checks: _Optional[_Iterable[_Union[_common_pb2.Check, _Mapping]]] = ..., consent: _Optional[_Union[SignedConsent, _Mapping]] = ..., audience: _Optional[str] = ...) -> None: ...
+
+class SignedQuery(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("subject", "check", "outcome", "as_of")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    subject: int
+    check: int
+    outcome: _common_pb2.Outcome
+    as_of: str
+    def __init__(self, subject: _Optional[int] = ..., check: _Optional[int] = ..., outcome: _Optional[_Union[_common_pb2.Outcome, str]] = ..., as_of: _Optional[str] = ...) -> None: ...
+
+class AnswerBody(_message.Message):
+    __slots__ = ("responder", "requester", "request_id", "digest_algorithm", "query_digest", "answered_at_ms", "results")
+    RESPONDER_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    QUERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    responder: str
+    requester: str
+    request_id: str
+    digest_algorithm: str
+    query_digest: bytes
+    answered_at_ms: int
+    results: _containers.RepeatedCompositeFieldContainer[Result]
+    def __init__(self, responder: _Optional[str] = ..., requester: _Optional[str] = ..., request_id: _Optional[str] = ..., digest_algorithm: _Optional[str] = ..., query_digest: _Optional[bytes] = ..., answered_at_ms: _Optional[int] = ..., results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ...) -> None: ...
+
+class SignedAnswer(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("signed", "sealed")
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    signed: SignedQuery
+    sealed: _common_pb2.Sealed
+    def __init__(self, signed: _Optional[_Union[SignedQuery, _Mapping]] = ..., sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("signed", "sealed")
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    signed: SignedAnswer
+    sealed: _common_pb2.Sealed
+    def __init__(self, signed: _Optional[_Union[SignedAnswer, _Mapping]] = ..., sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
+class HoldsRequest(_message.Message):
+    __slots__ = ("request_id", "tokens")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    tokens: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, request_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class HoldsResponse(_message.Message):
+    __slots__ = ("held",)
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    held: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, held: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ConsentBody(_message.Message):
+    __slots__ = ("consent_id", "requester", "subject_commitments", "purpose", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "registered_at_ms", "ledger_index", "subject_salt")
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_MS_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    CASE_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_SALT_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    requester: str
+    subject_commitments: _containers.RepeatedScalarFieldContainer[bytes]
+    purpose: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    not_before_ms: int
+    not_after_ms: int
+    case_reference: str
+    evidence_algorithm: str
+    evidence_digest: bytes
+    registered_at_ms: int
+    ledger_index: int
+    subject_salt: bytes
+    def __init__(self, consent_id: _Optional[str] = ..., requester: _Optional[str] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., purpose: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., registered_at_ms: _Optional[int] = ..., ledger_index: _Optional[int] = ..., subject_salt: _Optional[bytes] = ...) -> None: ...
+
+class SignedConsent(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
