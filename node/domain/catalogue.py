@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from node.errors import BadInput, HeduiError
+from node.errors import BadInput
 
 CATALOGUE_FILE: Final[str] = "catalogue.toml"
 
@@ -26,12 +26,8 @@ class UnknownItem(BadInput):
     """A data-item code is not in the catalogue."""
 
 
-class ConfigError(HeduiError):
-    """A configuration file is missing or malformed (a deployment error, not user input)."""
-
-
-class CatalogueError(ConfigError):
-    """The catalogue file is missing or malformed."""
+class CatalogueError(BadInput):
+    """The catalogue file is missing or malformed (operator input: CLI exit 2)."""
 
 
 class ItemType(enum.StrEnum):
@@ -201,7 +197,7 @@ def load_catalogue(path: Path | None = None) -> Catalogue:
     return Catalogue(items, version)
 
 
-def read_toml(path: Path, what: str, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+def read_toml(path: Path, what: str, error: type[BadInput] = CatalogueError) -> dict[str, Any]:
     """Read a TOML config file, turning every failure into `error` naming the file."""
     try:
         with path.open("rb") as fh:

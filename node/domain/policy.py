@@ -11,7 +11,6 @@ from typing import Any, Final
 
 from node.domain.catalogue import (
     Catalogue,
-    ConfigError,
     default_config_dir,
     load_catalogue,
     read_toml,
@@ -27,8 +26,8 @@ class UnknownPurpose(BadInput):
     """A purpose code is not defined by the policy."""
 
 
-class PolicyError(ConfigError):
-    """The policy file is missing or malformed, or names items the catalogue lacks."""
+class PolicyError(BadInput):
+    """The policy file is missing or malformed, or names items the catalogue lacks (CLI exit 2)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,406 @@
+"""The fact store: SQLite (WAL) keyed by subject tokens; raw ID numbers are never stored.
+
+Schema (version 1):
+
+    meta(key, value)                       schema_version
+    subjects(id, token UNIQUE)             token = 32-byte HMAC subject token
+    facts(subject_id, attribute, as_of, source, value)   PK(subject_id, attribute, as_of, source)
+    attributes(code, aggregate)            'sum' | 'max', written from the catalogue at ingest
+
+The facts columns are declared in primary-key order: SQLite 3.40's quick_check reports false
+"NULL value" errors for a WITHOUT ROWID table whose non-key column precedes a key column.
+
+A lookup answers with each attribute's latest as-of date; several sources reporting on that
+date are combined by the attribute's aggregate. Reads use one connection per thread
+(query_only); writes go through one writer connection under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from node.store.errors import StoreCorrupt, StoreError
+
+STORE_FILE: Final[str] = "store.sqlite"
+SCHEMA_VERSION: Final[int] = 1
+TOKEN_BYTES: Final[int] = 32
+_CHUNK: Final[int] = 500  # tokens per statement (well under SQLite's variable limit)
+_BUSY_TIMEOUT_S: Final[float] = 30.0
+_READ_CACHE_KIB: Final[int] = 8 * 1024  # page cache per reading thread
+_READ_MMAP_BYTES: Final[int] = 64 * 1024 * 1024
+_WRITE_CACHE_KIB: Final[int] = 128 * 1024
+_WAL_LIMIT_BYTES: Final[int] = 64 * 1024 * 1024
+
+_SCHEMA: Final[str] = f"""
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE subjects(
+    id INTEGER PRIMARY KEY,
+    token BLOB NOT NULL UNIQUE CHECK (length(token) = {TOKEN_BYTES})
+);
+CREATE TABLE facts(
+    subject_id INTEGER NOT NULL REFERENCES subjects(id),
+    attribute TEXT NOT NULL,
+    as_of TEXT NOT NULL,
+    source TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (subject_id, attribute, as_of, source)
+) WITHOUT ROWID;
+CREATE TABLE attributes(
+    code TEXT PRIMARY KEY,
+    aggregate TEXT NOT NULL CHECK (aggregate IN ('sum', 'max'))
+) WITHOUT ROWID;
+INSERT INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""
+_TABLES: Final[frozenset[str]] = frozenset({"meta", "subjects", "facts", "attributes"})
+
+# Per (subject, attribute): the latest as_of by one index seek, then that date's rows (one per
+# source) with the attribute's aggregate; the few rows are combined in Python.
+_LOOKUP_SQL: Final[str] = """
+WITH want(attribute) AS (VALUES {attrs})
+SELECT s.token, w.attribute, f.as_of, f.value, a.aggregate
+FROM subjects s CROSS JOIN want w
+JOIN facts f ON f.subject_id = s.id AND f.attribute = w.attribute
+    AND f.as_of = (SELECT max(g.as_of) FROM facts g
+                   WHERE g.subject_id = s.id AND g.attribute = w.attribute)
+LEFT JOIN attributes a ON a.code = w.attribute
+WHERE s.token IN ({tokens})
+"""
+_HOLDS_SQL: Final[str] = """
+SELECT s.token FROM subjects s
+WHERE s.token IN ({tokens}) AND EXISTS (SELECT 1 FROM facts f WHERE f.subject_id = s.id)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """The value of one attribute of one subject, and the as-of date it describes."""
+
+    value: int
+    as_of: str
+
+
+class Store:
+    """The fact store of one province node; safe to use from many threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()  # guards _readers and _closed
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._sql: dict[tuple[int, int], str] = {}
+        self._writer = self._open_writer()
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Store:
+        """Open (creating if needed) the store `<data_dir>/store.sqlite`."""
+        data_dir = Path(data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
+        return cls(data_dir / STORE_FILE)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection; the store cannot be used afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+        with self._write_lock:
+            self._writer.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            try:  # create the file private before SQLite does (its -wal/-shm copy the mode)
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise StoreError(f"cannot create store {self.path}: {exc.strerror}") from None
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"store {self.path} cannot use WAL journal mode")
+            for pragma in (
+                "synchronous=NORMAL",
+                f"journal_size_limit={_WAL_LIMIT_BYTES}",
+                f"cache_size=-{_WRITE_CACHE_KIB}",
+                f"temp.cache_size=-{_WRITE_CACHE_KIB}",
+            ):
+                conn.execute(f"PRAGMA {pragma}")
+            self._ensure_schema(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreCorrupt(f"{self.path} is not a usable Hedui store: {exc}") from None
+        except StoreError:
+            conn.close()
+            raise
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        if not self._tables(conn):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not self._tables(conn):  # nobody created it meanwhile
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if not _TABLES <= self._tables(conn):
+            raise StoreCorrupt(f"{self.path} is an SQLite file but not a Hedui store")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            found = "none" if row is None else row[0]
+            raise StoreError(
+                f"store {self.path} has schema version {found}; this node needs {SCHEMA_VERSION}"
+            )
+
+    @staticmethod
+    def _tables(conn: sqlite3.Connection) -> set[str]:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=_BUSY_TIMEOUT_S,
+                    isolation_level=None,
+                    check_same_thread=False,  # used by its own thread only; closed by close()
+                    cached_statements=256,
+                )
+                for pragma in (
+                    "query_only=ON",
+                    f"cache_size=-{_READ_CACHE_KIB}",
+                    f"mmap_size={_READ_MMAP_BYTES}",
+                ):
+                    conn.execute(f"PRAGMA {pragma}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open store {self.path} for reading: {exc}") from None
+            self._readers.append(conn)
+        self._local.conn = conn
+        return conn
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def lookup(
+        self, tokens: Sequence[bytes], attributes: Sequence[str]
+    ) -> dict[tuple[int, str], Fact]:
+        """(index into tokens, attribute) -> latest Fact; absent keys have no record."""
+        if not tokens or not attributes:
+            return {}
+        attrs = list(dict.fromkeys(attributes))
+        where: dict[bytes, list[int]] = {}
+        for i, token in enumerate(tokens):
+            where.setdefault(bytes(token), []).append(i)
+        distinct = list(where)
+        combined: dict[tuple[bytes, str], list[Any]] = {}
+        conn = self._reader()
+        try:
+            for start in range(0, len(distinct), _CHUNK):
+                chunk = distinct[start : start + _CHUNK]
+                sql = self._lookup_sql(len(chunk), len(attrs))
+                for token, attribute, as_of, value, aggregate in conn.execute(sql, (*attrs, *chunk)):
+                    key = (token, attribute)
+                    acc = combined.get(key)
+                    if acc is None:
+                        combined[key] = [value, as_of]
+                    elif aggregate == "sum":
+                        acc[0] += value
+                    elif value > acc[0]:
+                        acc[0] = value
+        except sqlite3.Error as exc:
+            raise StoreError(f"store lookup failed: {type(exc).__name__}") from None
+        out: dict[tuple[int, str], Fact] = {}
+        for (token, attribute), (value, as_of) in combined.items():
+            fact = Fact(value, as_of)
+            for i in where[token]:
+                out[(i, attribute)] = fact
+        return out
+
+    def _lookup_sql(self, n_tokens: int, n_attrs: int) -> str:
+        key = (n_tokens, n_attrs)
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = _LOOKUP_SQL.format(
+                attrs=",".join(["(?)"] * n_attrs), tokens=",".join(["?"] * n_tokens)
+            )
+            if len(self._sql) < 1024:
+                self._sql[key] = sql
+        return sql
+
+    def holds(self, tokens: Sequence[bytes]) -> list[bool]:
+        """For each token, whether this store has any fact about that subject."""
+        if not tokens:
+            return []
+        distinct = list(dict.fromkeys(bytes(t) for t in tokens))
+        held: set[bytes] = set()
+        conn = self._reader()
+        try:
+            for start in range(0, len(distinct), _CHUNK):
+                chunk = distinct[start : start + _CHUNK]
+                sql = _HOLDS_SQL.format(tokens=",".join(["?"] * len(chunk)))
+                held.update(row[0] for row in conn.execute(sql, chunk))
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+        return [bytes(t) in held for t in tokens]
+
+    def counts(self) -> dict[str, int]:
+        """Numbers of subjects and facts held (for `hedui node status`)."""
+        conn = self._reader()
+        try:
+            subjects = conn.execute("SELECT count(*) FROM subjects").fetchone()[0]
+            facts = conn.execute("SELECT count(*) FROM facts").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+        return {"subjects": subjects, "facts": facts}
+
+    def check_integrity(self) -> None:
+        """Run SQLite's quick_check; raise StoreCorrupt when the file is damaged."""
+        conn = self._reader()
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+            tables = self._tables(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"store {self.path} integrity check failed: {exc}") from None
+        if rows != ["ok"]:
+            raise StoreCorrupt(f"store {self.path} integrity check failed: {'; '.join(rows)}")
+        if not _TABLES <= tables:
+            raise StoreCorrupt(f"store {self.path} lacks tables {sorted(_TABLES - tables)}")
+
+    # -- writes ----------------------------------------------------------------------------
+
+    @contextmanager
+    def writer(self) -> Iterator[Writer]:
+        """One write transaction: committed when the block ends normally, rolled back on error.
+
+        Only one writer runs at a time (per process by a lock, across processes by SQLite's
+        write lock); readers keep seeing the previous state until the commit.
+        """
+        with self._write_lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot start a store write: {exc}") from None
+            try:
+                yield Writer(conn)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store write failed: {exc}") from None
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass  # a checkpoint is an optimisation; the next one will catch up
+
+
+class Writer:
+    """Writes inside one open transaction (see Store.writer)."""
+
+    _SELECT_SUBJECT: Final[str] = "SELECT id FROM subjects WHERE token = ?"
+    _INSERT_SUBJECTS: Final[str] = "INSERT INTO subjects(id, token) VALUES (?, ?)"
+    _UPSERT_FACT: Final[str] = (
+        "INSERT INTO facts(subject_id, attribute, as_of, source, value) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT(subject_id, attribute, as_of, source)"
+        " DO UPDATE SET value = excluded.value WHERE facts.value IS NOT excluded.value"
+    )
+    _FLUSH_AT: Final[int] = 8192
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._cursor = conn.cursor()
+        # The transaction holds the write lock, so ids can be allocated here and inserted in
+        # batches (one executemany instead of one INSERT per new subject).
+        self._next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM subjects").fetchone()[0]) + 1
+        self._pending: dict[bytes, int] = {}
+        self.new_subjects = 0
+
+    def subject_id(self, token: bytes) -> int:
+        """The id of the subject with this token, allocating one when the subject is new."""
+        sid = self._pending.get(token)
+        if sid is not None:
+            return sid
+        row = self._cursor.execute(self._SELECT_SUBJECT, (token,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        if len(token) != TOKEN_BYTES:
+            raise StoreError(f"subject tokens must be {TOKEN_BYTES} bytes")
+        sid = self._pending[token] = self._next_id
+        self._next_id += 1
+        self.new_subjects += 1
+        if len(self._pending) >= self._FLUSH_AT:
+            self.flush()
+        return sid
+
+    def flush(self) -> None:
+        """Insert the subjects allocated so far (done before every fact write completes)."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self._conn.executemany(self._INSERT_SUBJECTS, ((i, t) for t, i in pending.items()))
+
+    def upsert_facts(self, rows: Iterable[tuple[int, str, str, str, int]]) -> int:
+        """Upsert (subject_id, attribute, as_of, source, value) rows; the number inserted or changed.
+
+        `rows` may call subject_id() while it is being consumed.
+        """
+        self.flush()
+        before_changes, before_subjects = self._conn.total_changes, self.new_subjects
+        self._conn.executemany(self._UPSERT_FACT, rows)
+        self.flush()
+        subjects_inserted = self.new_subjects - before_subjects
+        return self._conn.total_changes - before_changes - subjects_inserted
+
+    def set_aggregates(self, aggregates: Mapping[str, str]) -> None:
+        """Record how each attribute's same-date facts combine ('sum' or 'max')."""
+        self._conn.executemany(
+            "INSERT INTO attributes(code, aggregate) VALUES (?, ?) ON CONFLICT(code)"
+            " DO UPDATE SET aggregate = excluded.aggregate"
+            " WHERE attributes.aggregate IS NOT excluded.aggregate",
+            sorted(aggregates.items()),
+        )
