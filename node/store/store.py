@@ -34,8 +34,8 @@ SCHEMA_VERSION: Final[int] = 1
 TOKEN_BYTES: Final[int] = 32
 _CHUNK: Final[int] = 500  # tokens per statement (well under SQLite's variable limit)
 _BUSY_TIMEOUT_S: Final[float] = 30.0
-_READ_CACHE_KIB: Final[int] = 8 * 1024  # page cache per reading thread
-_READ_MMAP_BYTES: Final[int] = 64 * 1024 * 1024
+_READ_CACHE_KIB: Final[int] = 4 * 1024  # private page cache per reading thread
+_READ_MMAP_BYTES: Final[int] = 0
 _WRITE_CACHE_KIB: Final[int] = 128 * 1024
 _WAL_LIMIT_BYTES: Final[int] = 64 * 1024 * 1024
 
