@@ -111,7 +111,7 @@ def parse_check(expr: str) -> Check:
         raise MalformedCheck(f"check {shown} has no operand after the comparator")
     if _OPERAND_RE.fullmatch(operand) is None:
         raise MalformedCheck(
-            f"check {shown}: operand must be a whole number (no decimals, exponents or spaces)"
+            f"check {shown}: operand must be an integer (no decimals, exponents or spaces)"
         )
     value = int(operand)
     if not INT64_MIN <= value <= INT64_MAX:

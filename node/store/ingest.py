@@ -137,6 +137,8 @@ class _Job:
             suspects.clear()
             for _ in facts(validator.rows(self.path, self.jsonl, strict_text=False)):
                 pass
+            if not validator.errors:  # cannot happen: UTF-8 errors never span lines
+                validator.errors.append((0, "file is not valid UTF-8"))
         self.rows = validator.n_rows
         errors = validator.errors
         if suspects:

@@ -162,7 +162,10 @@ class Store:
             ):
                 conn.execute(f"PRAGMA {pragma}")
             self._ensure_schema(conn)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # locked, read-only, I/O error...
+            conn.close()
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
             conn.close()
             raise StoreCorrupt(f"{self.path} is not a usable Hedui store: {exc}") from None
         except StoreError:
@@ -196,8 +199,9 @@ class Store:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
 
     def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection, opened on first use."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
+        if conn is not None and not self._closed:
             return conn
         with self._lock:
             if self._closed:
@@ -227,7 +231,11 @@ class Store:
     def lookup(
         self, tokens: Sequence[bytes], attributes: Sequence[str]
     ) -> dict[tuple[int, str], Fact]:
-        """(index into tokens, attribute) -> latest Fact; absent keys have no record."""
+        """(index into tokens, attribute) -> Fact at the latest as-of date; absent = no record.
+
+        Same-date facts from several sources combine by the attribute's recorded aggregate
+        ('sum' or 'max'; 'max' when none is recorded). One statement per 500 tokens.
+        """
         if not tokens or not attributes:
             return {}
         attrs = list(dict.fromkeys(attributes))
@@ -290,8 +298,9 @@ class Store:
         """Numbers of subjects and facts held (for `hedui node status`)."""
         conn = self._reader()
         try:
-            subjects = conn.execute("SELECT count(*) FROM subjects").fetchone()[0]
-            facts = conn.execute("SELECT count(*) FROM facts").fetchone()[0]
+            subjects, facts = conn.execute(
+                "SELECT (SELECT count(*) FROM subjects), (SELECT count(*) FROM facts)"
+            ).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {type(exc).__name__}") from None
         return {"subjects": subjects, "facts": facts}
