@@ -96,7 +96,7 @@ class PreparedQuery:
     checks: tuple[Check, ...]
 
     def body(self, *, audience: str = "", consent: verification_pb2.SignedConsent | None = None,
-             request_id: str | None = None) -> verification_pb2.QueryBody:
+             request_id: str | None = None, reply_key: bytes = b"", reply_suite: str = "") -> verification_pb2.QueryBody:
         return verification_pb2.QueryBody(
             requester=self.requester,
             request_id=request_id or uuid.uuid4().hex,
@@ -107,6 +107,8 @@ class PreparedQuery:
             checks=[common_pb2.Check(attribute=c.attribute, op=_WIRE_OPS[c.op], operand=c.operand) for c in self.checks],
             consent=consent,
             audience=audience,
+            reply_seal_suite=reply_suite,
+            reply_seal_key=reply_key,
         )
 
 

@@ -10,10 +10,12 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from node.client.coordinator import CoordinatorClient
 from node.client.query import Answer, VerifyResult, check_answer, prepare
 from node.coordinator.router import status_name
-from node.crypto import pki, sealing, signing
+from node.crypto import sealing, signing
 from node.domain.predicate import Check
 from node.domain.regions import province_uri
 from node.errors import BadInput
@@ -55,7 +57,10 @@ def routed_verify(
         holders = [h for h in found.holders if h in directory]
         for h in set(found.holders) - set(holders):
             routing[h] = "UNAVAILABLE"
-        bodies = {h: prepared.body(audience=h, consent=consent, request_id=request_id) for h in holders}
+        reply_key = X25519PrivateKey.generate()  # per request: answers stay private even if a long-term key leaks
+        reply_public = sealing.public_bytes(reply_key.public_key())
+        bodies = {h: prepared.body(audience=h, consent=consent, request_id=request_id, reply_key=reply_public,
+                                   reply_suite=sealing.SUITE_NAME) for h in holders}
         raws = {h: b.SerializeToString() for h, b in bodies.items()}
         signatures = m.signer.sign_many([(signing.QUERY, raws[h]) for h in holders])
         envelopes = [
@@ -66,7 +71,6 @@ def routed_verify(
         ]
         reply = coordinator.call("Route", coordinator_pb2.RouteRequest(
             consent_id=consent_id, request_id=request_id, envelopes=envelopes), timeout=remaining())
-    seal_key, _ = pki.load_seal_keys(m.cfg.seal_key, m.cfg.seal_pub)
     answers: list[Answer] = []
     for routed in reply.answers:
         routing[routed.province] = status_name(routed.status)
@@ -74,7 +78,7 @@ def routed_verify(
             continue
         try:
             raw = sealing.open_sealed(routed.answer, kind=sealing.ANSWER, identity=province_uri(m.province),
-                                      private_key=seal_key)
+                                      private_key=reply_key)
             signed = verification_pb2.SignedAnswer.FromString(raw)
         except Exception:  # noqa: BLE001 - a seal that does not open is an invalid answer, not a crash
             answers.append(Answer(routed.province, False, (), None, "sealed answer does not open"))

@@ -128,10 +128,10 @@ class CoordinatorLink:
             raise Refusal(ErrorCode.NOT_AUTHORISED)
         return query, province
 
-    async def seal_answer(self, answer: verification_pb2.SignedAnswer, requester: str) -> common_pb2.Sealed:
-        """Seal an answer to the requesting province's announced sealing key."""
-        entry = (await self.directory()).get(requester) or (await self.directory(refresh=True)).get(requester)
-        if entry is None:
-            raise Refusal(ErrorCode.UNAVAILABLE, "requester has no sealing key in the directory")
-        return sealing.seal(answer.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(requester),
-                            public_key=entry.seal_public_key)
+    @staticmethod
+    def seal_answer(answer: verification_pb2.SignedAnswer, query: verification_pb2.QueryBody) -> common_pb2.Sealed:
+        """Seal an answer to the reply key the requester signed into its query."""
+        if query.reply_seal_suite != sealing.SUITE_NAME or len(query.reply_seal_key) != 32:
+            raise Refusal(ErrorCode.MALFORMED, "sealed query names no usable reply key")
+        return sealing.seal(answer.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(query.requester),
+                            public_key=query.reply_seal_key)

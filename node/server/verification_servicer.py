@@ -68,7 +68,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             outcomes = Counter(common_pb2.Outcome.Name(r.outcome) for r in decided.answer.results)
             log.debug("answered", purpose=decided.query.purpose, items=list(decided.items), outcomes=dict(outcomes))
             if sealed:
-                return verification_pb2.VerifyResponse(sealed=await self.unsealer.seal_answer(answer, requester))
+                return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query))
             return verification_pb2.VerifyResponse(signed=answer)
 
     async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:

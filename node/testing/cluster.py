@@ -200,5 +200,5 @@ def run_cluster(
                 fed.start_node(code)
             yield fed
         finally:
-            for code in list(fed.servers):
+            for code in sorted(fed.servers, key=lambda c: c == "coordinator"):
                 fed.stop_node(code)

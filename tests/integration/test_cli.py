@@ -27,10 +27,10 @@ def hedui(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess
 
 
 class Serving:
-    """A `hedui node serve` subprocess; ready once it logged the port it bound."""
+    """A `hedui node|coordinator serve` subprocess; ready once it logged the port it bound."""
 
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen([*HEDUI, "node", "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
+    def __init__(self, config: Path, kind: str = "node") -> None:
+        self.proc = subprocess.Popen([*HEDUI, kind, "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
                                      stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         self.log: list[str] = []
@@ -56,15 +56,24 @@ def setup(tmp_path_factory: pytest.TempPathFactory, planted: dict[str, Path]) ->
     root = tmp_path_factory.mktemp("cli")
     pki = root / "pki"
     hedui("pki", "init", "--pki", pki, check=True)
+    hedui("pki", "issue", "--pki", pki, "--coordinator", check=True)
+    hedui("coordinator", "init", "--pki", pki, "--listen", "127.0.0.1:0", "--data-dir", root / "coord",
+          "--config", root / "coord.toml", check=True)
+    coordinator = Serving(root / "coord.toml", "coordinator")
     for code in ("44", "51"):
         hedui("pki", "issue", "--pki", pki, "--province", code, "--host", f"node{code}.example", check=True)
         hedui("node", "init", "--pki", pki, "--province", code, "--listen", "127.0.0.1:0",
-              "--data-dir", root / f"data{code}", "--config", root / f"node{code}.toml", check=True)
+              "--data-dir", root / f"data{code}", "--config", root / f"node{code}.toml",
+              "--coordinator", coordinator.address, check=True)
     hedui("ingest", "--config", root / "node44.toml", planted["44"], check=True)
     server = Serving(root / "node44.toml")
+    granted = hedui("consent", "grant", "--config", root / "node51.toml", "--id", WORKER, "--id", STRANGER,
+                    "--purpose", "dibao", "--json", check=True)
+    consent_id = json.loads(granted.stdout)["consent_id"]
     yield {"root": root, "pki": pki, "cfg44": root / "node44.toml", "cfg51": root / "node51.toml",
-           "addr": Path(server.address)}
+           "addr": Path(server.address), "consent": Path(consent_id), "coord": root / "coord.toml"}
     assert server.stop() == 0, "node did not shut down cleanly on SIGTERM"
+    assert coordinator.stop() == 0, "coordinator did not shut down cleanly on SIGTERM"
 
 
 def test_private_keys_are_created_owner_only(setup: dict[str, Path]) -> None:
@@ -77,7 +86,8 @@ def test_private_keys_are_created_owner_only(setup: dict[str, Path]) -> None:
 def test_verify_prints_json_with_subject_indexes(setup: dict[str, Path]) -> None:
     """`hedui verify --json` prints the contract shape and never an ID number."""
     proc = hedui("verify", "--config", setup["cfg51"], "--to", str(setup["addr"]), "--id", WORKER, "--id", STRANGER,
-                 "--purpose", "dibao", "--check", "deposit.balance_total<=2000000", "--json")
+                 "--purpose", "dibao", "--check", "deposit.balance_total<=2000000", "--json",
+                 "--consent", str(setup["consent"]))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert set(out) == {"request_id", "answers"}
@@ -94,7 +104,8 @@ def test_verify_table_and_saved_answer_checks_offline(setup: dict[str, Path], tm
     """The readable table names the province; the saved answer verifies offline and fails when edited."""
     saved = tmp_path / "answer.json"
     proc = hedui("verify", "--config", setup["cfg51"], "--to", str(setup["addr"]), "--id", WORKER,
-                 "--purpose", "dibao", "--check", "income.wage_monthly < 300000", "--save", saved)
+                 "--purpose", "dibao", "--check", "income.wage_monthly < 300000", "--save", saved,
+                 "--consent", str(setup["consent"]))
     assert proc.returncode == 0, proc.stderr
     assert "province 44 (Guangdong): signature valid" in proc.stdout
     assert "NOT_SATISFIED" in proc.stdout
@@ -102,9 +113,9 @@ def test_verify_table_and_saved_answer_checks_offline(setup: dict[str, Path], tm
     data = json.loads(saved.read_text())
     import base64
 
-    raw = bytearray(base64.b64decode(data["answers"][0]))
+    raw = bytearray(base64.b64decode(data["answers"][0]["answer"]))
     raw[12] ^= 0x01
-    data["answers"][0] = base64.b64encode(bytes(raw)).decode()
+    data["answers"][0]["answer"] = base64.b64encode(bytes(raw)).decode()
     saved.write_text(json.dumps(data))
     bad = hedui("answer", "verify", "--pki", setup["pki"], saved)
     assert bad.returncode == 1 and "INVALID" in bad.stdout
@@ -132,10 +143,42 @@ def test_bad_input_exits_2_with_one_line(setup: dict[str, Path], args: list[str]
     assert WORKER not in proc.stderr
 
 
+def test_routed_verify_through_the_coordinator(setup: dict[str, Path]) -> None:
+    """Without --to the query is routed: the JSON gains a routing status per province contacted."""
+    proc = hedui("verify", "--config", setup["cfg51"], "--id", WORKER, "--purpose", "dibao",
+                 "--check", "deposit.balance_total<=2000000", "--consent", str(setup["consent"]), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["routing"] == {"44": "OK"}
+    assert [a["province"] for a in out["answers"]] == ["44"]
+    assert out["answers"][0]["results"][0]["outcome"] == "NOT_SATISFIED"
+
+
+def test_revoked_consent_is_refused_with_exit_3(setup: dict[str, Path]) -> None:
+    """After `hedui consent revoke`, a verification under that consent exits 3 (refused)."""
+    granted = hedui("consent", "grant", "--config", setup["cfg51"], "--id", WORKER, "--purpose", "dibao", "--json",
+                    check=True)
+    consent_id = json.loads(granted.stdout)["consent_id"]
+    assert hedui("consent", "revoke", "--config", setup["cfg51"], consent_id, check=True).returncode == 0
+    shown = json.loads(hedui("consent", "show", "--config", setup["cfg51"], consent_id, "--json", check=True).stdout)
+    assert shown["state"] == "REVOKED" and shown["subjects"] == 1
+    proc = hedui("verify", "--config", setup["cfg51"], "--id", WORKER, "--purpose", "dibao",
+                 "--check", "deposit.balance_total<=2000000", "--consent", consent_id)
+    assert proc.returncode == 3 and "revoked" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ledger_verify_reports_an_intact_chain(setup: dict[str, Path]) -> None:
+    """`hedui ledger verify` on the running coordinator's ledger exits 0 and counts the entries."""
+    proc = hedui("ledger", "verify", "--config", setup["coord"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True and report["entries"] >= 1
+
+
 def test_unreachable_peer_exits_4(setup: dict[str, Path]) -> None:
     """A peer that is not listening gives exit code 4."""
     proc = hedui("verify", "--config", setup["cfg51"], "--to", "127.0.0.1:1", "--deadline", "2", "--id", WORKER,
-                 "--purpose", "dibao", "--check", "deposit.balance_total<=2000000")
+                 "--purpose", "dibao", "--check", "deposit.balance_total<=2000000", "--consent", str(setup["consent"]))
     assert proc.returncode == 4 and len(proc.stderr.strip().splitlines()) == 1
 
 

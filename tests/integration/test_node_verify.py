@@ -23,10 +23,24 @@ from tests.conftest import CANARY_DEPOSIT, SPOUSE, STRANGER, WORKER
 CHECKS = ["deposit.balance_total<=2000000", "income.wage_monthly<300000", "social_insurance.contributing==1"]
 
 
+HOUSEHOLD = [WORKER, SPOUSE, STRANGER]
+
+
 @pytest.fixture(scope="module")
 def fed(planted: dict[str, Path]) -> Iterator[Federation]:
     with run_cluster(["32", "44", "51"], data=planted) as federation:
         yield federation
+
+
+@pytest.fixture(scope="module")
+def consents(fed: Federation) -> dict[str, verification_pb2.SignedConsent]:
+    """Receipts of consents registered by 51 and 44 for the household, by requester and purpose."""
+    out = {}
+    for code in ("51", "44", "32"):
+        for purpose in ("dibao", "education"):
+            info = fed.grant(code, HOUSEHOLD, purpose)
+            out[f"{code}:{purpose}"] = info.receipt
+    return out
 
 
 def _outcomes(result, province: str) -> list[tuple[int, str, str, str | None]]:
@@ -34,10 +48,10 @@ def _outcomes(result, province: str) -> list[tuple[int, str, str, str | None]]:
     return [(r.subject, r.check, r.outcome, r.as_of) for r in answer.results]
 
 
-def test_correct_query_is_answered_with_outcomes_only(fed: Federation) -> None:
+def test_correct_query_is_answered_with_outcomes_only(fed: Federation, consents: dict) -> None:
     """A province asks another about a household and gets a signed outcome per subject and check."""
     with fed.client("51", to="44") as peer:
-        result = peer.verify([WORKER, STRANGER], "dibao", CHECKS)
+        result = peer.verify([WORKER, STRANGER], "dibao", CHECKS, consent=consents["51:dibao"])
     (answer,) = result.answers
     assert answer.province == "44" and answer.signature_valid and answer.problem is None
     assert _outcomes(result, "44") == [
@@ -51,10 +65,10 @@ def test_correct_query_is_answered_with_outcomes_only(fed: Federation) -> None:
     assert str(CANARY_DEPOSIT).encode() not in answer.signed.SerializeToString()
 
 
-def test_answer_signature_verifies_offline_and_binds_the_query(fed: Federation) -> None:
+def test_answer_signature_verifies_offline_and_binds_the_query(fed: Federation, consents: dict) -> None:
     """The answer verifies against the CA alone and names the digest of the query it answers."""
     with fed.client("51", to="44") as peer:
-        result = peer.verify([WORKER], "dibao", CHECKS[:1])
+        result = peer.verify([WORKER], "dibao", CHECKS[:1], consent=consents["51:dibao"])
     signed = result.answers[0].signed
     body = verification_pb2.AnswerBody.FromString(signed.body)
     assert body.query_digest == signing.digest(result.query_body)
@@ -66,18 +80,20 @@ def test_answer_signature_verifies_offline_and_binds_the_query(fed: Federation) 
         offline.verify(signed.signature, signing.ANSWER, bytes(tampered))
 
 
-def test_check_outside_purpose_is_denied(fed: Federation) -> None:
+def test_check_outside_purpose_is_denied(fed: Federation, consents: dict) -> None:
     """Education assistance may not look at securities: that check is DENIED, the rest answered."""
     with fed.client("51", to="44") as peer:
-        result = peer.verify([WORKER], "education", ["securities.value_total<=100", "income.wage_monthly>=1"])
+        result = peer.verify([WORKER], "education", ["securities.value_total<=100", "income.wage_monthly>=1"],
+                             consent=consents["51:education"])
     assert [r.outcome for r in result.answers[0].results] == ["DENIED", "SATISFIED"]
     assert result.answers[0].results[0].as_of is None
 
 
-def test_household_members_are_answered_by_the_province_holding_them(fed: Federation) -> None:
+def test_household_members_are_answered_by_the_province_holding_them(fed: Federation, consents: dict) -> None:
     """Sichuan holds the spouse's deposit; the answer says so with the data's as-of date."""
     with fed.client("44", to="51") as peer:
-        result = peer.verify([WORKER, SPOUSE], "dibao", ["deposit.balance_total<=2000000", "hukou.registered==1"])
+        result = peer.verify([WORKER, SPOUSE], "dibao", ["deposit.balance_total<=2000000", "hukou.registered==1"],
+                             consent=consents["44:dibao"])
     assert _outcomes(result, "51") == [
         (0, "deposit.balance_total<=2000000", "NO_RECORD", None),
         (0, "hukou.registered==1", "SATISFIED", "2026-11-20"),
@@ -92,12 +108,21 @@ def _channel(fed: Federation, target: str, *, cert: bytes | None, key: bytes | N
     return grpc.secure_channel(fed.addresses[target], creds)
 
 
+_RECEIPTS: dict[str, verification_pb2.SignedConsent] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _share_receipts(consents: dict) -> None:
+    _RECEIPTS.update(consents)
+
+
 def _signed_query(member: Member, *, requester: str | None = None, signer: signing.Signer | None = None) -> verification_pb2.SignedQuery:
     from node.client.query import prepare
 
-    prepared = prepare(requester=requester or member.province, linkage_key=member.linkage_key, ids=[WORKER],
+    requester = requester or member.province
+    prepared = prepare(requester=requester, linkage_key=member.linkage_key, ids=[WORKER],
                        purpose="dibao", checks=CHECKS, catalogue=member.catalogue, policy=member.policy)
-    return sign_query(signer or member.signer, prepared.body())
+    return sign_query(signer or member.signer, prepared.body(consent=_RECEIPTS[f"{requester}:dibao"]))
 
 
 def _call(channel: grpc.Channel, query: verification_pb2.SignedQuery) -> verification_pb2.VerifyResponse:
@@ -216,10 +241,10 @@ def test_stale_query_is_refused(fed: Federation) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_unreachable_peer_raises_peer_unreachable(fed: Federation) -> None:
+def test_unreachable_peer_raises_peer_unreachable(fed: Federation, consents: dict) -> None:
     """Calling an address where no node listens is reported as unreachable, not refused."""
     with fed.client("51", to="127.0.0.1:1", deadline_s=2) as peer, pytest.raises(PeerUnreachable):
-        peer.verify([WORKER], "dibao", CHECKS)
+        peer.verify([WORKER], "dibao", CHECKS, consent=consents["51:dibao"])
 
 
 def test_unknown_item_is_refused_by_the_client(fed: Federation) -> None:
@@ -228,4 +253,10 @@ def test_unknown_item_is_refused_by_the_client(fed: Federation) -> None:
 
     with fed.client("51", to="44") as peer, pytest.raises(BadInput):
         peer.verify([WORKER], "dibao", ["salary.secret<=1"])
-    _ = PeerRefused  # the refused path is covered above with raw stubs
+
+
+def test_query_without_consent_is_refused(fed: Federation) -> None:
+    """A correctly signed query that carries no consent receipt is refused by the holder."""
+    with fed.client("51", to="44") as peer, pytest.raises(PeerRefused) as err:
+        peer.verify([WORKER], "dibao", CHECKS)
+    assert err.value.status == "PERMISSION_DENIED" and "consent" in str(err.value)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from node.wire.v1 import common_pb2 as node_dot_wire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnode/wire/v1/verification.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\"\xd7\x01\n\tQueryBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08subjects\x18\x06 \x03(\x0c\x12\x1f\n\x06\x63hecks\x18\x07 \x03(\x0b\x32\x0f.hedui.v1.Check\x12(\n\x07\x63onsent\x18\x08 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12\x10\n\x08\x61udience\x18\t \x01(\t\"C\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"[\n\x06Result\x12\x0f\n\x07subject\x18\x01 \x01(\r\x12\r\n\x05\x63heck\x18\x02 \x01(\r\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.hedui.v1.Outcome\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\"\xb1\x01\n\nAnswerBody\x12\x11\n\tresponder\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x18\n\x10\x64igest_algorithm\x18\x04 \x01(\t\x12\x14\n\x0cquery_digest\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61nswered_at_ms\x18\x06 \x01(\x03\x12!\n\x07results\x18\x07 \x03(\x0b\x32\x10.hedui.v1.Result\"D\n\x0cSignedAnswer\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"e\n\rVerifyRequest\x12\'\n\x06signed\x18\x01 \x01(\x0b\x32\x15.hedui.v1.SignedQueryH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x42\x07\n\x05query\"h\n\x0eVerifyResponse\x12(\n\x06signed\x18\x01 \x01(\x0b\x32\x16.hedui.v1.SignedAnswerH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x42\x08\n\x06\x61nswer\"2\n\x0cHoldsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x0c\"\x1d\n\rHoldsResponse\x12\x0c\n\x04held\x18\x01 \x03(\r\"\xb2\x02\n\x0b\x43onsentBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x1b\n\x13subject_commitments\x18\x03 \x03(\x0c\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x15\n\rnot_before_ms\x18\x06 \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\t \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\n \x01(\x0c\x12\x18\n\x10registered_at_ms\x18\x0b \x01(\x03\x12\x14\n\x0cledger_index\x18\x0c \x01(\x04\x12\x14\n\x0csubject_salt\x18\r \x01(\x0c\"E\n\rSignedConsent\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature2\x85\x01\n\x0cVerification\x12;\n\x06Verify\x12\x17.hedui.v1.VerifyRequest\x1a\x18.hedui.v1.VerifyResponse\x12\x38\n\x05Holds\x12\x16.hedui.v1.HoldsRequest\x1a\x17.hedui.v1.HoldsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnode/wire/v1/verification.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\"\x89\x02\n\tQueryBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08subjects\x18\x06 \x03(\x0c\x12\x1f\n\x06\x63hecks\x18\x07 \x03(\x0b\x32\x0f.hedui.v1.Check\x12(\n\x07\x63onsent\x18\x08 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12\x10\n\x08\x61udience\x18\t \x01(\t\x12\x18\n\x10reply_seal_suite\x18\n \x01(\t\x12\x16\n\x0ereply_seal_key\x18\x0b \x01(\x0c\"C\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"[\n\x06Result\x12\x0f\n\x07subject\x18\x01 \x01(\r\x12\r\n\x05\x63heck\x18\x02 \x01(\r\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.hedui.v1.Outcome\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\"\xb1\x01\n\nAnswerBody\x12\x11\n\tresponder\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x18\n\x10\x64igest_algorithm\x18\x04 \x01(\t\x12\x14\n\x0cquery_digest\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61nswered_at_ms\x18\x06 \x01(\x03\x12!\n\x07results\x18\x07 \x03(\x0b\x32\x10.hedui.v1.Result\"D\n\x0cSignedAnswer\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"e\n\rVerifyRequest\x12\'\n\x06signed\x18\x01 \x01(\x0b\x32\x15.hedui.v1.SignedQueryH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x42\x07\n\x05query\"h\n\x0eVerifyResponse\x12(\n\x06signed\x18\x01 \x01(\x0b\x32\x16.hedui.v1.SignedAnswerH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x42\x08\n\x06\x61nswer\"2\n\x0cHoldsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x0c\"\x1d\n\rHoldsResponse\x12\x0c\n\x04held\x18\x01 \x03(\r\"\xb2\x02\n\x0b\x43onsentBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x1b\n\x13subject_commitments\x18\x03 \x03(\x0c\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x15\n\rnot_before_ms\x18\x06 \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\t \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\n \x01(\x0c\x12\x18\n\x10registered_at_ms\x18\x0b \x01(\x03\x12\x14\n\x0cledger_index\x18\x0c \x01(\x04\x12\x14\n\x0csubject_salt\x18\r \x01(\x0c\"E\n\rSignedConsent\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature2\x85\x01\n\x0cVerification\x12;\n\x06Verify\x12\x17.hedui.v1.VerifyRequest\x1a\x18.hedui.v1.VerifyResponse\x12\x38\n\x05Holds\x12\x16.hedui.v1.HoldsRequest\x1a\x17.hedui.v1.HoldsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'node.wire.v1.verification_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_QUERYBODY']._serialized_start=73
-  _globals['_QUERYBODY']._serialized_end=288
-  _globals['_SIGNEDQUERY']._serialized_start=290
-  _globals['_SIGNEDQUERY']._serialized_end=357
-  _globals['_RESULT']._serialized_start=359
-  _globals['_RESULT']._serialized_end=450
-  _globals['_ANSWERBODY']._serialized_start=453
-  _globals['_ANSWERBODY']._serialized_end=630
-  _globals['_SIGNEDANSWER']._serialized_start=632
-  _globals['_SIGNEDANSWER']._serialized_end=700
-  _globals['_VERIFYREQUEST']._serialized_start=702
-  _globals['_VERIFYREQUEST']._serialized_end=803
-  _globals['_VERIFYRESPONSE']._serialized_start=805
-  _globals['_VERIFYRESPONSE']._serialized_end=909
-  _globals['_HOLDSREQUEST']._serialized_start=911
-  _globals['_HOLDSREQUEST']._serialized_end=961
-  _globals['_HOLDSRESPONSE']._serialized_start=963
-  _globals['_HOLDSRESPONSE']._serialized_end=992
-  _globals['_CONSENTBODY']._serialized_start=995
-  _globals['_CONSENTBODY']._serialized_end=1301
-  _globals['_SIGNEDCONSENT']._serialized_start=1303
-  _globals['_SIGNEDCONSENT']._serialized_end=1372
-  _globals['_VERIFICATION']._serialized_start=1375
-  _globals['_VERIFICATION']._serialized_end=1508
+  _globals['_QUERYBODY']._serialized_end=338
+  _globals['_SIGNEDQUERY']._serialized_start=340
+  _globals['_SIGNEDQUERY']._serialized_end=407
+  _globals['_RESULT']._serialized_start=409
+  _globals['_RESULT']._serialized_end=500
+  _globals['_ANSWERBODY']._serialized_start=503
+  _globals['_ANSWERBODY']._serialized_end=680
+  _globals['_SIGNEDANSWER']._serialized_start=682
+  _globals['_SIGNEDANSWER']._serialized_end=750
+  _globals['_VERIFYREQUEST']._serialized_start=752
+  _globals['_VERIFYREQUEST']._serialized_end=853
+  _globals['_VERIFYRESPONSE']._serialized_start=855
+  _globals['_VERIFYRESPONSE']._serialized_end=959
+  _globals['_HOLDSREQUEST']._serialized_start=961
+  _globals['_HOLDSREQUEST']._serialized_end=1011
+  _globals['_HOLDSRESPONSE']._serialized_start=1013
+  _globals['_HOLDSRESPONSE']._serialized_end=1042
+  _globals['_CONSENTBODY']._serialized_start=1045
+  _globals['_CONSENTBODY']._serialized_end=1351
+  _globals['_SIGNEDCONSENT']._serialized_start=1353
+  _globals['_SIGNEDCONSENT']._serialized_end=1422
+  _globals['_VERIFICATION']._serialized_start=1425
+  _globals['_VERIFICATION']._serialized_end=1558
 # @@protoc_insertion_point(module_scope)

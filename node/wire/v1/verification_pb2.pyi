@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QueryBody(_message.Message):
-    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subjects", "checks", "consent", "audience")
+    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subjects", "checks", "consent", "audience", "reply_seal_suite", "reply_seal_key")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,8 @@ class QueryBody(_message.Message):
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     CONSENT_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    REPLY_SEAL_SUITE_FIELD_NUMBER: _ClassVar[int]
+    REPLY_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
     requester: str
     request_id: str
     nonce: bytes
@@ -27,7 +29,9 @@ class QueryBody(_message.Message):
     checks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Check]
     consent: SignedConsent
     audience: str
-    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subjects: _Optional[_Iterable[bytes]] = ..., checks: _Optional[_Iterable[_Union[_common_pb2.Check, _Mapping]]] = ..., consent: _Optional[_Union[SignedConsent, _Mapping]] = ..., audience: _Optional[str] = ...) -> None: ...
+    reply_seal_suite: str
+    reply_seal_key: bytes
+    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subjects: _Optional[_Iterable[bytes]] = ..., checks: _Optional[_Iterable[_Union[_common_pb2.Check, _Mapping]]] = ..., consent: _Optional[_Union[SignedConsent, _Mapping]] = ..., audience: _Optional[str] = ..., reply_seal_suite: _Optional[str] = ..., reply_seal_key: _Optional[bytes] = ...) -> None: ...
 
 class SignedQuery(_message.Message):
     __slots__ = ("body", "signature")
