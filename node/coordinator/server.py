@@ -118,6 +118,7 @@ class CoordinatorServer:
     cfg: MemberConfig
     running: RunningServer | None = None
     port: int = 0
+    servicer: Any = None
     chain: HashChain | None = None
     router: Router | None = None
 
@@ -135,6 +136,7 @@ class CoordinatorServer:
         directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)
         self.router = Router(cfg, directory)
         servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log)
+        self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
         self.port = self.running.port
         log.info("serving", port=self.port, ledger_entries=self.chain.head()[0])

@@ -32,6 +32,7 @@ class NodeServer:
     cfg: MemberConfig
     running: RunningServer | None = None
     port: int = 0
+    servicer: Any = None
     store: Store | None = None
     link: CoordinatorLink | None = None
     revocations: RevocationView = field(default_factory=RevocationView)
@@ -63,6 +64,7 @@ class NodeServer:
             service, signing.AsyncBatchSigner(member.signer), anchor, log, coordinator_identity=COORDINATOR_URI,
             unsealer=self.link
         )
+        self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
         self.port = self.running.port
         if self.link is not None:
