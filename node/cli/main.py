@@ -8,11 +8,15 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from node.errors import BadInput, HeduiError, Refusal
+
+# gRPC's C core logs connection chatter (GOAWAY on shutdown) at INFO; keep the CLI's output clean.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 EXIT_OK, EXIT_INVALID, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_INTERNAL = 0, 1, 2, 3, 4, 70
 
@@ -25,12 +29,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from node.cli import answer_cmd, consent_cmd, coordinator_cmd, data_cmd, node_cmd, pki_cmd, verify_cmd
+    from node.cli import answer_cmd, consent_cmd, coordinator_cmd, data_cmd, demo_cmd, node_cmd, pki_cmd, verify_cmd
 
     parser = _Parser(prog="hedui", description="Hedui (核对): federated household economic verification")
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (pki_cmd, node_cmd, coordinator_cmd, data_cmd, consent_cmd, verify_cmd, answer_cmd):
+    for module in (pki_cmd, node_cmd, coordinator_cmd, data_cmd, consent_cmd, verify_cmd, answer_cmd, demo_cmd):
         module.register(sub)
     return parser
 
