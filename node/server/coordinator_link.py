@@ -101,8 +101,13 @@ class CoordinatorLink:
         while True:
             try:
                 await self.sync_revocations()
+                if time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:
+                    members = await self.directory(refresh=True)
+                    self.log.debug("directory_refreshed", members=len(members))
             except grpc.RpcError as exc:
                 self.log.warning("consent_sync_failed", status=exc.code().name if hasattr(exc, "code") else "?")
+            except Refusal as exc:
+                self.log.warning("directory_rejected", reason=exc.code.name)
             await asyncio.sleep(POLL_INTERVAL_S)  # polling period of the revocation feed
 
     async def directory(self, *, refresh: bool = False) -> dict[str, Entry]:

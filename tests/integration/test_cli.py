@@ -219,3 +219,15 @@ def test_no_traceback_for_missing_config(tmp_path: Path) -> None:
     proc = hedui("node", "status", "--config", tmp_path / "nope.toml")
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
     _ = os
+
+
+def test_synth_writes_ingestible_csv_per_province(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`hedui synth` writes one CSV per province that `hedui ingest` accepts."""
+    proc = hedui("synth", "--provinces", "44,51", "--households", "5", "--seed", "3", "--out", tmp_path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["households"] == 10 and summary["members"] >= 10
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["44.csv", "51.csv", "households.csv", "members.csv"]
+    assert hedui("ingest", "--config", setup["cfg51"], tmp_path / "51.csv").returncode == 0
+    bad = hedui("synth", "--provinces", "44,99", "--households", "5", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
