@@ -29,7 +29,16 @@ class Member:
 
     @cached_property
     def anchor(self) -> pki.TrustAnchor:
-        return pki.TrustAnchor.load(self.cfg.ca_cert)
+        """The federation CA, with the latest revocation list this member has seen applied."""
+        from node.crypto import revocation
+
+        anchor = pki.TrustAnchor.load(self.cfg.ca_cert)
+        revocation.CrlFile(self.crl_path, anchor).refresh()
+        return anchor
+
+    @property
+    def crl_path(self) -> Path:
+        return self.cfg.data_dir / "crl.pem"
 
     @cached_property
     def verifier(self) -> signing.Verifier:

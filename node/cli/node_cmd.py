@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     serve.add_argument("--port-file", type=Path, metavar="FILE", help="write the bound port here once serving")
     serve.set_defaults(func=_serve)
 
+    rotate = node_sub.add_parser("rotate", help="install the province's newly issued keys; a running node picks them up")
+    rotate.add_argument("--config", required=True, type=Path, metavar="FILE")
+    rotate.add_argument("--pki", required=True, type=Path, metavar="DIR")
+    rotate.set_defaults(func=_rotate)
+
     status = node_sub.add_parser("status", help="show the node's identity and store size")
     status.add_argument("--config", required=True, type=Path, metavar="FILE")
     status.add_argument("--json", action="store_true")
@@ -118,6 +123,16 @@ def _serve(args: argparse.Namespace) -> int:
             args.port_file.write_text(f"{port}\n")
 
     asyncio.run(serve_until_signalled(server, args.listen, on_ready=ready))
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from node import config
+
+    cfg = config.load(args.config)
+    member = cfg.province or "coordinator"
+    install_member_keys(args.pki, member, cfg.data_dir, linkage=cfg.linkage_key is not None)
+    print(f"installed new keys for {member} in {cfg.data_dir / 'keys'}; a running server uses them within seconds")
     return 0
 
 

@@ -27,6 +27,43 @@ def register(sub: Any) -> None:
     issue.add_argument("--json", action="store_true")
     issue.set_defaults(func=_issue)
 
+    _register_revoke(pki_sub)
+
+
+def _register_revoke(pki_sub: Any) -> None:
+    revoke = pki_sub.add_parser("revoke", help="revoke a member's certificates (or serials) in the federation CRL")
+    revoke.add_argument("--pki", required=True, type=Path, metavar="DIR")
+    who = revoke.add_mutually_exclusive_group(required=True)
+    who.add_argument("--province", metavar="CODE")
+    who.add_argument("--coordinator", action="store_true")
+    who.add_argument("--serial", type=int, action="append", metavar="N", help="certificate serial number (repeatable)")
+    revoke.add_argument("--publish", type=Path, metavar="COORD_CONFIG",
+                        help="also install the CRL at this coordinator, which distributes it to every node")
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(func=_revoke)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    import shutil
+
+    from node import config
+    from node.crypto.revocation import CRL_FILE, revoke
+
+    member = "coordinator" if args.coordinator else args.province
+    report = revoke(args.pki, member=member, serials=args.serial or ())
+    published = None
+    if args.publish:
+        cfg = config.load(args.publish)
+        published = cfg.data_dir / CRL_FILE
+        tmp = published.with_name(CRL_FILE + ".tmp")
+        shutil.copyfile(report.path, tmp)
+        tmp.replace(published)
+    _say(args, {"crl": str(report.path), "crl_number": report.crl_number, "revoked": list(report.serials),
+                "published": str(published) if published else None},
+         f"CRL #{report.crl_number} lists {len(report.serials)} revoked certificate(s): {report.path}"
+         + (f"; published to {published}" if published else ""))
+    return 0
+
 
 def _init(args: argparse.Namespace) -> int:
     from node.crypto.pki import init_pki

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,8 @@ from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
 from node.coordinator.router import Router, per_province_timeout, status_name
 from node.crypto.pki import TrustAnchor, province_of_identity
-from node.errors import ErrorCode, Refusal
+from node.crypto.revocation import CrlFile
+from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server.base import RunningServer, start_server
 from node.server.edge import edge, peer_identity
@@ -29,7 +31,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     """Identity from mutual TLS; decisions from ConsentRegistry, Directory and Router."""
 
     def __init__(self, consents: ConsentRegistry, directory: Directory, router: Router, anchor: TrustAnchor,
-                 cfg: MemberConfig, log: Any) -> None:
+                 cfg: MemberConfig, log: Any, crl: CrlFile) -> None:
+        self.crl = crl
         self.consents = consents
         self.directory = directory
         self.router = router
@@ -105,6 +108,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             return reply
 
 
+    async def Revocations(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log):
+            peer_identity(context, self.anchor)
+            self.crl.refresh()
+            if not self.crl.der or request.known_sha256 == self.crl.digest:
+                return coordinator_pb2.RevocationList(sha256=self.crl.digest)
+            return coordinator_pb2.RevocationList(crl_der=self.crl.der, sha256=self.crl.digest)
+
+
 def _cid(status: coordinator_pb2.ConsentStatus) -> str:
     from node.wire.v1 import verification_pb2
 
@@ -119,6 +131,8 @@ class CoordinatorServer:
     running: RunningServer | None = None
     port: int = 0
     servicer: Any = None
+    crl: CrlFile | None = None
+    _crl_task: asyncio.Task[None] | None = None
     chain: HashChain | None = None
     router: Router | None = None
 
@@ -135,14 +149,30 @@ class CoordinatorServer:
         )
         directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)
         self.router = Router(cfg, directory)
-        servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log)
+        self.crl = CrlFile(member.crl_path, member.anchor)
+        self.crl.refresh()
+        servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl)
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
         self.port = self.running.port
+        self._crl_task = asyncio.create_task(self._watch_crl(log))
         log.info("serving", port=self.port, ledger_entries=self.chain.head()[0])
         return self.port
 
+    async def _watch_crl(self, log: Any) -> None:
+        """Apply a newly published CRL within a second, to the coordinator's own peer checks too."""
+        while True:
+            await asyncio.sleep(1.0)  # polling period of the CRL file
+            try:
+                if self.crl.refresh():
+                    log.info("revocations_applied", revoked=len(self.crl.anchor.revoked_serials))
+            except HeduiError as exc:
+                log.error("revocation_list_rejected", reason=str(exc))
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self._crl_task is not None:
+            self._crl_task.cancel()
+            self._crl_task = None
         if self.running is not None:
             await self.running.stop(grace)
             self.running = None

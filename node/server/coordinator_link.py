@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from typing import Any, Final
 
@@ -15,7 +16,7 @@ from node.coordinator.directory import ANNOUNCEMENT, Entry, verify_directory
 from node.crypto import pki, sealing
 from node.crypto.pki import province_of_identity
 from node.domain.regions import COORDINATOR_URI, province_uri
-from node.errors import ErrorCode, Refusal
+from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
 from node.service.consent import RevocationView
@@ -42,6 +43,7 @@ class CoordinatorLink:
         self._directory: dict[str, Entry] = {}
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._crl_digest = b""
 
     async def start(self, endpoint: str) -> bool:
         """Announce `endpoint` and sync consent state once; keep both going in the background.
@@ -52,13 +54,22 @@ class CoordinatorLink:
         announced = await self._announce_once(signed)
         try:
             await self.sync_revocations()
+            await self.sync_certificate_revocations()
             synced = True
-        except grpc.RpcError:
+        except (grpc.RpcError, HeduiError):
             synced = False
         self._tasks = [asyncio.create_task(self._poll_loop())]
         if not announced:
             self._tasks.append(asyncio.create_task(self._announce_loop(signed)))
         return announced and synced
+
+    def redial(self) -> None:
+        """Reconnect to the coordinator with the (rotated) TLS certificate."""
+        old = self._channel
+        self._channel = aio.secure_channel(self.member.cfg.coordinator, tls.channel_credentials(self.member.cfg),
+                                           options=tls.channel_options(self.member.cfg.limits))
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        asyncio.get_running_loop().create_task(old.close(grace=5))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -90,6 +101,22 @@ class CoordinatorLink:
             await asyncio.sleep(delay)  # retry backoff, not a readiness wait
             delay = min(delay * 2, 5.0)
 
+    async def sync_certificate_revocations(self) -> None:
+        """Fetch the federation CRL when it changed; apply it and keep a copy for the CLI."""
+        from node.crypto import revocation
+
+        reply = await self._stub.Revocations(coordinator_pb2.RevocationsRequest(known_sha256=self._crl_digest), timeout=3)
+        if reply.crl_der and reply.sha256 != self._crl_digest:
+            count = revocation.apply(self.member.anchor, reply.crl_der)
+            tmp = self.member.crl_path.with_name("crl.pem.tmp")
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            tmp.write_bytes(x509.load_der_x509_crl(reply.crl_der).public_bytes(Encoding.PEM))
+            os.replace(tmp, self.member.crl_path)
+            self._crl_digest = reply.sha256
+            self.log.info("revocations_applied", revoked=count)
+
     async def sync_revocations(self) -> None:
         reply = await self._stub.ConsentUpdates(
             coordinator_pb2.ConsentUpdatesRequest(after_index=self.revocations.head_index), timeout=3)
@@ -101,6 +128,7 @@ class CoordinatorLink:
         while True:
             try:
                 await self.sync_revocations()
+                await self.sync_certificate_revocations()
                 if time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:
                     members = await self.directory(refresh=True)
                     self.log.debug("directory_refreshed", members=len(members))
@@ -108,6 +136,8 @@ class CoordinatorLink:
                 self.log.warning("consent_sync_failed", status=exc.code().name if hasattr(exc, "code") else "?")
             except Refusal as exc:
                 self.log.warning("directory_rejected", reason=exc.code.name)
+            except HeduiError as exc:
+                self.log.error("revocation_list_rejected", reason=str(exc))
             await asyncio.sleep(POLL_INTERVAL_S)  # polling period of the revocation feed
 
     async def directory(self, *, refresh: bool = False) -> dict[str, Entry]:

@@ -13,6 +13,7 @@ from node import logs
 from node.config import MemberConfig
 from node.crypto import signing
 from node.domain.regions import COORDINATOR_URI
+from node.errors import HeduiError
 from node.server.base import RunningServer, start_server
 from node.member import Member
 from node.server.coordinator_link import CoordinatorLink
@@ -33,6 +34,8 @@ class NodeServer:
     running: RunningServer | None = None
     port: int = 0
     servicer: Any = None
+    batch_signer: signing.AsyncBatchSigner | None = None
+    _watch: asyncio.Task[None] | None = None
     store: Store | None = None
     link: CoordinatorLink | None = None
     revocations: RevocationView = field(default_factory=RevocationView)
@@ -60,8 +63,9 @@ class NodeServer:
             consent=ReceiptGate(member.verifier, self.revocations),
             replay=MemoryReplayGuard(window_ms=cfg.limits.clock_skew_s * 1000),
         )
+        self.batch_signer = signing.AsyncBatchSigner(member.signer)
         servicer = VerificationServicer(
-            service, signing.AsyncBatchSigner(member.signer), anchor, log, coordinator_identity=COORDINATOR_URI,
+            service, self.batch_signer, anchor, log, coordinator_identity=COORDINATOR_URI,
             unsealer=self.link
         )
         self.servicer = servicer
@@ -71,10 +75,38 @@ class NodeServer:
             host = (listen or cfg.listen).rpartition(":")[0]
             if not await self.link.start(f"{cfg.advertise or host}:{self.port}"):
                 log.warning("coordinator_unreachable", note="queries are refused until consent state is confirmed")
+        self._watch = asyncio.create_task(self._watch_keys(member, log))
         log.info("serving", port=self.port, subjects=self.store.counts().get("subjects"))
         return self.port
 
+    async def _watch_keys(self, member: Member, log: Any) -> None:
+        """Rotation without restart: a new signing key is used, and the coordinator link redialled,
+        within a second of `hedui node rotate`. (TLS server credentials reload on the next handshake.)"""
+        paths = (self.cfg.sign_key, self.cfg.sign_cert, self.cfg.tls_cert, self.cfg.tls_key)
+
+        def stamp() -> tuple[int, ...]:
+            return tuple(p.stat().st_mtime_ns for p in paths)
+
+        seen = stamp()
+        while True:
+            await asyncio.sleep(1.0)  # polling period of the key files
+            try:
+                now = stamp()
+                if now == seen:
+                    continue
+                seen = now
+                member.__dict__.pop("signer", None)
+                self.batch_signer.signer = member.signer
+                if self.link is not None:
+                    self.link.redial()
+                log.info("keys_rotated")
+            except (OSError, HeduiError, ValueError) as exc:
+                log.error("key_rotation_failed", error_type=type(exc).__name__)
+
     async def stop(self, grace: float = 5.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self.link is not None:
             await self.link.stop()
             self.link = None

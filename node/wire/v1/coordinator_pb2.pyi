@@ -234,3 +234,35 @@ class RouteResponse(_message.Message):
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
     answers: _containers.RepeatedCompositeFieldContainer[RoutedAnswer]
     def __init__(self, answers: _Optional[_Iterable[_Union[RoutedAnswer, _Mapping]]] = ...) -> None: ...
+
+class RevocationsRequest(_message.Message):
+    __slots__ = ("known_sha256",)
+    KNOWN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    known_sha256: bytes
+    def __init__(self, known_sha256: _Optional[bytes] = ...) -> None: ...
+
+class RevocationList(_message.Message):
+    __slots__ = ("crl_der", "sha256")
+    CRL_DER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    crl_der: bytes
+    sha256: bytes
+    def __init__(self, crl_der: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class AuditCheckpoint(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class CheckpointAck(_message.Message):
+    __slots__ = ("ledger_index",)
+    LEDGER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ledger_index: int
+    def __init__(self, ledger_index: _Optional[int] = ...) -> None: ...
+
+class LatestCheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

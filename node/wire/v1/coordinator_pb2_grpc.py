@@ -74,6 +74,21 @@ class CoordinatorStub:
                 request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteRequest.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteResponse.FromString,
                 _registered_method=True)
+        self.Revocations = channel.unary_unary(
+                '/hedui.v1.Coordinator/Revocations',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RevocationsRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RevocationList.FromString,
+                _registered_method=True)
+        self.SubmitCheckpoint = channel.unary_unary(
+                '/hedui.v1.Coordinator/SubmitCheckpoint',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.CheckpointAck.FromString,
+                _registered_method=True)
+        self.LatestCheckpoint = channel.unary_unary(
+                '/hedui.v1.Coordinator/LatestCheckpoint',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.LatestCheckpointRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -127,6 +142,26 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Revocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitCheckpoint(self, request, context):
+        """A node lodges the head of its audit chain, so a rewritten history is caught later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LatestCheckpoint(self, request, context):
+        """The latest checkpoint the coordinator holds for the calling node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +204,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Route,
                     request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteRequest.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteResponse.SerializeToString,
+            ),
+            'Revocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revocations,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RevocationsRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RevocationList.SerializeToString,
+            ),
+            'SubmitCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitCheckpoint,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.CheckpointAck.SerializeToString,
+            ),
+            'LatestCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.LatestCheckpoint,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.LatestCheckpointRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +437,87 @@ class Coordinator:
             '/hedui.v1.Coordinator/Route',
             node_dot_wire_dot_v1_dot_coordinator__pb2.RouteRequest.SerializeToString,
             node_dot_wire_dot_v1_dot_coordinator__pb2.RouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/Revocations',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.RevocationsRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.RevocationList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/SubmitCheckpoint',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.CheckpointAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LatestCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/LatestCheckpoint',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.LatestCheckpointRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.FromString,
             options,
             channel_credentials,
             insecure,
