@@ -25,6 +25,9 @@ class Limits:
     max_checks: int = 32
     clock_skew_s: int = 300
     default_deadline_s: float = 10.0
+    rate_per_peer_per_s: float = 5000.0
+    rate_burst: int = 10000
+    max_concurrent_rpcs: int = 512
 
 
 @dataclass(frozen=True)

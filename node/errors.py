@@ -46,6 +46,7 @@ class ErrorCode(enum.Enum):
     NOT_AUTHORISED = "caller is not authorised for this call"
     RATE_LIMITED = "too many requests from this peer"
     OVERLOADED = "server is at its concurrency limit"
+    DEADLINE = "deadline exceeded"
     UNAVAILABLE = "service temporarily unavailable"
     INTERNAL = "internal error"
 

@@ -18,8 +18,9 @@ from node.crypto.revocation import CrlFile
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server.base import RunningServer, start_server
-from node.server.edge import edge, peer_identity
-from node.service.verification import MemoryReplayGuard
+from node.server.admission import Admission
+from node.server.edge import edge
+from node.store.nonces import NonceStore
 from node.store.chain import HashChain
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -33,6 +34,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, consents: ConsentRegistry, directory: Directory, router: Router, anchor: TrustAnchor,
                  cfg: MemberConfig, log: Any, crl: CrlFile) -> None:
         self.crl = crl
+        self.admission = Admission(anchor, cfg.limits)
         self.consents = consents
         self.directory = directory
         self.router = router
@@ -41,7 +43,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.log = log
 
     def _province(self, context: aio.ServicerContext) -> str:
-        province = province_of_identity(peer_identity(context, self.anchor))
+        province = province_of_identity(self.admission.admit(context))
         if province is None:
             raise Refusal(ErrorCode.NOT_AUTHORISED, "only provinces call the coordinator")
         return province
@@ -110,7 +112,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def Revocations(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log):
-            peer_identity(context, self.anchor)
+            self.admission.admit(context)
             self.crl.refresh()
             if not self.crl.der or request.known_sha256 == self.crl.digest:
                 return coordinator_pb2.RevocationList(sha256=self.crl.digest)
@@ -144,7 +146,7 @@ class CoordinatorServer:
         self.chain = HashChain(cfg.data_dir / "ledger.sqlite", table="ledger")
         consents = ConsentRegistry(
             self.chain, signer=member.signer, verifier=member.verifier, catalogue=member.catalogue,
-            policy=member.policy, replay=MemoryReplayGuard(window_ms=cfg.limits.clock_skew_s * 1000),
+            policy=member.policy, replay=NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000),
             clock_skew_s=cfg.limits.clock_skew_s,
         )
         directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)

@@ -31,7 +31,7 @@ class RunningServer:
 async def start_server(cfg: MemberConfig, listen: str | None, service_name: str,
                        register: Callable[[aio.Server], None]) -> RunningServer:
     """Create, bind (mutual TLS, dynamic credentials) and start a server; mark it SERVING."""
-    server = aio.server(options=tls.server_options(cfg.limits))
+    server = aio.server(options=tls.server_options(cfg.limits), maximum_concurrent_rpcs=cfg.limits.max_concurrent_rpcs)
     register(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

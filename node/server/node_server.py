@@ -14,12 +14,14 @@ from node.config import MemberConfig
 from node.crypto import signing
 from node.domain.regions import COORDINATOR_URI
 from node.errors import HeduiError
+from node.server.admission import Admission
 from node.server.base import RunningServer, start_server
 from node.member import Member
 from node.server.coordinator_link import CoordinatorLink
 from node.server.verification_servicer import VerificationServicer
 from node.service.consent import ReceiptGate, RevocationView
-from node.service.verification import MemoryReplayGuard, VerificationService
+from node.service.verification import VerificationService
+from node.store.nonces import NonceStore
 from node.store.store import Store
 from node.wire.v1 import verification_pb2, verification_pb2_grpc
 
@@ -36,6 +38,7 @@ class NodeServer:
     servicer: Any = None
     batch_signer: signing.AsyncBatchSigner | None = None
     _watch: asyncio.Task[None] | None = None
+    _nonces: NonceStore | None = None
     store: Store | None = None
     link: CoordinatorLink | None = None
     revocations: RevocationView = field(default_factory=RevocationView)
@@ -53,6 +56,7 @@ class NodeServer:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self.store = Store.open(cfg.data_dir)
         self.store.check_integrity()
+        self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
         service = VerificationService(
             province=cfg.province,
             store=self.store,
@@ -61,11 +65,11 @@ class NodeServer:
             verifier=member.verifier,
             limits=cfg.limits,
             consent=ReceiptGate(member.verifier, self.revocations),
-            replay=MemoryReplayGuard(window_ms=cfg.limits.clock_skew_s * 1000),
+            replay=self._nonces,
         )
         self.batch_signer = signing.AsyncBatchSigner(member.signer)
         servicer = VerificationServicer(
-            service, self.batch_signer, anchor, log, coordinator_identity=COORDINATOR_URI,
+            service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
             unsealer=self.link
         )
         self.servicer = servicer
@@ -116,6 +120,9 @@ class NodeServer:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._nonces is not None:
+            self._nonces.close()
+            self._nonces = None
 
 
 async def serve_until_signalled(

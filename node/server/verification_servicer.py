@@ -10,7 +10,8 @@ from grpc import aio
 from node.crypto import signing
 from node.crypto.pki import TrustAnchor, province_of_identity
 from node.errors import ErrorCode, Refusal
-from node.server.edge import edge, peer_identity
+from node.server.admission import Admission, check_deadline
+from node.server.edge import edge
 from node.service.verification import VerificationService
 from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 
@@ -23,6 +24,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         service: VerificationService,
         signer: signing.AsyncBatchSigner,
         anchor: TrustAnchor,
+        admission: Admission,
         log: Any,
         *,
         unsealer: Any = None,
@@ -31,20 +33,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         self.service = service
         self.signer = signer
         self.anchor = anchor
+        self.admission = admission
         self.log = log
         self.unsealer = unsealer
         self.coordinator_identity = coordinator_identity
 
-    def _peer_province(self, context: aio.ServicerContext) -> str:
-        province = province_of_identity(peer_identity(context, self.anchor))
-        if province is None:
-            raise Refusal(ErrorCode.NOT_AUTHORISED)
-        return province
-
     async def Verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
         log = self.log
         async with edge(context, log):
-            identity = peer_identity(context, self.anchor)
+            identity = self.admission.admit(context)
             sealed = request.WhichOneof("query") == "sealed"
             requester: str | None
             if sealed:
@@ -61,6 +58,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             else:
                 raise Refusal(ErrorCode.MALFORMED, "request carries no query")
             decided = self.service.decide(signed_query, requester)
+            check_deadline(context)
             requester = decided.query.requester
             log = log.bind(peer=requester, request_id=decided.query.request_id, relayed=identity == self.coordinator_identity)
             body = decided.answer.SerializeToString()
@@ -73,7 +71,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
 
     async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:
         async with edge(context, self.log):
-            identity = peer_identity(context, self.anchor)
+            identity = self.admission.admit(context)
             if identity != self.coordinator_identity:
                 raise Refusal(ErrorCode.NOT_AUTHORISED, "only the coordinator may ask which subjects are held")
             held = self.service.holds(list(request.tokens))

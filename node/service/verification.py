@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from google.protobuf.message import DecodeError
@@ -46,24 +46,6 @@ class ReplayGuard(Protocol):
 
     def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
         """Record the nonce; False when it was already seen."""
-
-
-@dataclass
-class MemoryReplayGuard:
-    """Nonces held in memory for the clock window (the persistent guard is node.store.nonces)."""
-
-    window_ms: int
-    _seen: dict[bytes, int] = field(default_factory=dict)
-
-    def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
-        key = requester.encode() + b"\x00" + nonce
-        if key in self._seen:
-            return False
-        self._seen[key] = issued_at_ms
-        if len(self._seen) > 100_000:
-            horizon = int(time.time() * 1000) - 2 * self.window_ms
-            self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
-        return True
 
 
 @dataclass(frozen=True)
