@@ -73,7 +73,9 @@ class CoordinatorClient:
 
     def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         try:
-            return getattr(self.stub, method)(request, timeout=timeout or self.deadline_s)
+            # wait_for_ready: a coordinator that is restarting is waited for within the deadline;
+            # nothing is sent twice, so a retry after a restart is safe.
+            return getattr(self.stub, method)(request, timeout=timeout or self.deadline_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             raise translate(exc) from None
 

@@ -6,13 +6,58 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from node.config import MemberConfig
+from node.errors import ErrorCode
 from node.server import tls
+
+
+class _Malformed:
+    """Stands for a request whose bytes did not decode."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _safe_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A unary handler whose undecodable requests get INVALID_ARGUMENT, never a parser message or a trace."""
+    decode = handler.request_deserializer
+    behavior = handler.unary_unary
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception:  # noqa: BLE001 - any decoding failure is the same public refusal
+            return _MALFORMED
+
+    async def guarded(request: Any, context: aio.ServicerContext) -> Any:
+        if request is _MALFORMED:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ErrorCode.MALFORMED.value)
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=deserialize,
+                                               response_serializer=handler.response_serializer)
+
+
+class _SafeRegistrar:
+    """Passed to generated `add_*Servicer_to_server` functions: wraps every method handler."""
+
+    def __init__(self, server: aio.Server) -> None:
+        self._server = server
+        self._wrapped: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: the same handlers arrive through add_registered_method_handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: _safe_handler(h) for name, h in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self._server.add_registered_method_handlers(service, wrapped)
 
 
 @dataclass
@@ -32,7 +77,7 @@ async def start_server(cfg: MemberConfig, listen: str | None, service_name: str,
                        register: Callable[[aio.Server], None]) -> RunningServer:
     """Create, bind (mutual TLS, dynamic credentials) and start a server; mark it SERVING."""
     server = aio.server(options=tls.server_options(cfg.limits), maximum_concurrent_rpcs=cfg.limits.max_concurrent_rpcs)
-    register(server)
+    register(_SafeRegistrar(server))  # type: ignore[arg-type]
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((service_name, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
