@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"hedui: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, details only with --log-level debug
+        print(f"hedui: internal error ({type(exc).__name__}); rerun with --log-level debug for details",
+              file=sys.stderr)
+        if (args.log_level or "").lower() == "debug":
+            raise
+        return EXIT_INTERNAL
 
 
 def exit_code(exc: HeduiError) -> int:

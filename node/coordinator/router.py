@@ -35,7 +35,8 @@ def _status_of(error: grpc.RpcError) -> tuple[int, str]:
     details = ((error.details() if hasattr(error, "details") else "") or code.name.lower()).splitlines()[0][:200]
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return coordinator_pb2.ROUTE_DEADLINE_EXCEEDED, "deadline exceeded"
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+                grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return coordinator_pb2.ROUTE_UNAVAILABLE, "province unavailable"
     return coordinator_pb2.ROUTE_DENIED, details
 

@@ -20,6 +20,7 @@ from node.member import Member
 from node.server.base import RunningServer, start_server
 from node.server.admission import Admission
 from node.server.edge import edge
+from node.service.consent import commitment
 from node.store.nonces import NonceStore
 from node.store.chain import HashChain
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -90,9 +91,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Discover(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log):
             province = self._province(context)
-            self.consents.check_active(province, request.consent_id)
+            consent = self.consents.check_active(province, request.consent_id)
             if not 1 <= len(request.tokens) <= MAX_DISCOVERY_TOKENS or any(len(t) != 32 for t in request.tokens):
                 raise Refusal(ErrorCode.MALFORMED, f"1 to {MAX_DISCOVERY_TOKENS} subject tokens of 32 bytes")
+            covered = set(consent.subject_commitments)
+            if any(commitment(consent.subject_salt, t) not in covered for t in request.tokens):
+                # Discovery only for the household the applicant consented for: no probing of others.
+                raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject")
             reply = await self.router.discover(province, request, self._timeout(context))
             self.log.info("discovered", requester=province, consent_id=request.consent_id, request_id=request.request_id,
                           statuses={s.province: status_name(s.status) for s in reply.statuses})

@@ -271,3 +271,17 @@ def _varint(n: int) -> bytes:
         out.append(b | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def test_discovery_is_limited_to_the_consented_household(fed: Federation, consent: str) -> None:
+    """A province cannot use a consent to find where someone outside that household holds data."""
+    from node.client.coordinator import CoordinatorClient
+    from node.crypto.tokens import subject_token
+    from node.wire.v1 import coordinator_pb2
+
+    outsider = idnumber.make("440305", dt.date(1979, 3, 3), 555)
+    m = fed.member("51")
+    with CoordinatorClient(m) as c, pytest.raises(PeerRefused) as err:
+        c.call("Discover", coordinator_pb2.DiscoverRequest(consent_id=consent, request_id="probe-0001",
+                                                           tokens=[subject_token(m.linkage_key, outsider)]))
+    assert "every subject" in str(err.value)
