@@ -52,6 +52,7 @@ class MemberConfig:
     catalogue: Path | None = None
     policy: Path | None = None
     log_level: str = "info"
+    metrics_listen: str | None = None  # HOST:PORT for Prometheus metrics; None = off
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -99,6 +100,7 @@ def load(path: Path | str) -> MemberConfig:
             catalogue=opt("catalogue"),
             policy=opt("policy"),
             log_level=str(raw.get("logging", {}).get("level", "info")),
+            metrics_listen=raw.get("metrics", {}).get("listen") or None,
             limits=limits,
         )
     except KeyError as exc:

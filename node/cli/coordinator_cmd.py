@@ -23,6 +23,7 @@ def register(sub: Any) -> None:
     serve = coord_sub.add_parser("serve", help="run the coordinator until SIGTERM/SIGINT")
     serve.add_argument("--config", required=True, type=Path, metavar="FILE")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
+    serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (overrides [metrics] listen)")
     serve.set_defaults(func=_serve)
 
     ledger = sub.add_parser("ledger", help="the coordinator's consent ledger")
@@ -59,6 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
     from node.server.node_server import serve_until_signalled
 
     cfg = config.load(args.config)
+    if getattr(args, "metrics", None):
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, metrics_listen=args.metrics)
     if not cfg.is_coordinator:
         raise BadInput("this config is a province node's (use `hedui node serve`)")
     logs.configure(args.log_level or cfg.log_level)

@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
     serve = node_sub.add_parser("serve", help="run the node until SIGTERM/SIGINT")
     serve.add_argument("--config", required=True, type=Path, metavar="FILE")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
+    serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (overrides [metrics] listen)")
     serve.add_argument("--port-file", type=Path, metavar="FILE", help="write the bound port here once serving")
     serve.set_defaults(func=_serve)
 
@@ -113,6 +114,10 @@ def _serve(args: argparse.Namespace) -> int:
     from node.server.node_server import NodeServer, serve_until_signalled
 
     cfg = config.load(args.config)
+    if getattr(args, "metrics", None):
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, metrics_listen=args.metrics)
     if cfg.province is None:
         raise BadInput("this config is not a province node's (use `hedui coordinator serve`)")
     logs.configure(args.log_level or cfg.log_level)

@@ -20,6 +20,8 @@ from node.member import Member
 from node.server.base import RunningServer, start_server
 from node.server.admission import Admission
 from node.server.edge import edge
+from node.server import metrics
+from node.server.metrics import MemberMetrics
 from node.service.consent import commitment
 from node.store.nonces import NonceStore
 from node.store.chain import HashChain
@@ -36,6 +38,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                  cfg: MemberConfig, log: Any, crl: CrlFile) -> None:
         self.crl = crl
         self.admission = Admission(anchor, cfg.limits)
+        self.metrics = MemberMetrics(cfg.identity)
         self.consents = consents
         self.directory = directory
         self.router = router
@@ -53,7 +56,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return per_province_timeout(context.time_remaining(), self.cfg.limits.default_deadline_s)
 
     async def RegisterConsent(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "RegisterConsent", self.metrics):
             province = self._province(context)
             status = self.consents.register(province, request)
             self.log.info("consent_registered", requester=province, consent_id=status.receipt and _cid(status),
@@ -61,35 +64,35 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             return status
 
     async def RevokeConsent(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "RevokeConsent", self.metrics):
             province = self._province(context)
             status = self.consents.revoke(province, request.consent_id, request.reason or "other")
             self.log.info("consent_revoked", requester=province, consent_id=request.consent_id)
             return status
 
     async def GetConsent(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "GetConsent", self.metrics):
             return self.consents.status(self._province(context), request.consent_id)
 
     async def ConsentUpdates(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "ConsentUpdates", self.metrics):
             self._province(context)
             return self.consents.updates(request.after_index)
 
     async def Announce(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "Announce", self.metrics):
             province = self._province(context)
             entry = self.directory.announce(province, request)
             self.log.info("announced", province=province, endpoint=entry.endpoint)
             return coordinator_pb2.AnnounceResponse()
 
     async def Directory(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "Directory", self.metrics):
             self._province(context)
             return self.directory.signed()
 
     async def Discover(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "Discover", self.metrics):
             province = self._province(context)
             consent = self.consents.check_active(province, request.consent_id)
             if not 1 <= len(request.tokens) <= MAX_DISCOVERY_TOKENS or any(len(t) != 32 for t in request.tokens):
@@ -99,24 +102,28 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 # Discovery only for the household the applicant consented for: no probing of others.
                 raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject")
             reply = await self.router.discover(province, request, self._timeout(context))
+            for st in reply.statuses:
+                self.metrics.fanout(st.province, status_name(st.status))
             self.log.info("discovered", requester=province, consent_id=request.consent_id, request_id=request.request_id,
                           statuses={s.province: status_name(s.status) for s in reply.statuses})
             return reply
 
     async def Route(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "Route", self.metrics):
             province = self._province(context)
             self.consents.check_active(province, request.consent_id)
             if not 1 <= len(request.envelopes) <= 64:
                 raise Refusal(ErrorCode.MALFORMED, "1 to 64 envelopes")
             reply = await self.router.route(request, self._timeout(context))
+            for answer in reply.answers:
+                self.metrics.fanout(answer.province, status_name(answer.status))
             self.log.info("routed", requester=province, consent_id=request.consent_id, request_id=request.request_id,
                           statuses={a.province: status_name(a.status) for a in reply.answers})
             return reply
 
 
     async def Revocations(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "Revocations", self.metrics):
             self.admission.admit(context)
             self.crl.refresh()
             if not self.crl.der or request.known_sha256 == self.crl.digest:
@@ -138,6 +145,8 @@ class CoordinatorServer:
     running: RunningServer | None = None
     port: int = 0
     servicer: Any = None
+    metrics_port: int | None = None
+    _metrics_server: Any = None
     crl: CrlFile | None = None
     _crl_task: asyncio.Task[None] | None = None
     chain: HashChain | None = None
@@ -162,6 +171,8 @@ class CoordinatorServer:
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
         self.port = self.running.port
+        if cfg.metrics_listen and self.metrics_port is None:
+            self._metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
         self._crl_task = asyncio.create_task(self._watch_crl(log))
         log.info("serving", port=self.port, ledger_entries=self.chain.head()[0])
         return self.port
@@ -177,6 +188,9 @@ class CoordinatorServer:
                 log.error("revocation_list_rejected", reason=str(exc))
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server, self.metrics_port = None, None
         if self._crl_task is not None:
             self._crl_task.cancel()
             self._crl_task = None

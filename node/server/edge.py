@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -57,15 +58,28 @@ def peer_identity(context: aio.ServicerContext, anchor: TrustAnchor) -> str:
 
 
 @contextlib.asynccontextmanager
-async def edge(context: aio.ServicerContext, log: Any) -> AsyncIterator[None]:
-    """Run a handler body: refusals become their public status; anything else INTERNAL."""
+async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics: Any = None) -> AsyncIterator[None]:
+    """Run a handler body: refusals become their public status; anything else INTERNAL.
+
+    With `metrics` (a MemberMetrics), the call's latency is recorded by method and status.
+    """
+    started = time.perf_counter()
+    status = "OK"
     try:
         yield
     except aio.AbortError:
+        status = "ABORTED"
         raise
     except Refusal as refusal:
+        status = STATUS[refusal.code].name
         log.info("refused", reason=refusal.code.name)
+        if metrics is not None:
+            metrics.refusal(refusal.code.name)
         await context.abort(STATUS[refusal.code], public_message(refusal))
     except Exception as exc:  # noqa: BLE001 - the edge must never leak internals
+        status = "INTERNAL"
         log.error("internal_error", error_type=type(exc).__name__)
         await context.abort(grpc.StatusCode.INTERNAL, ErrorCode.INTERNAL.value)
+    finally:
+        if metrics is not None:
+            metrics.call(method, status, time.perf_counter() - started)

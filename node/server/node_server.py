@@ -16,6 +16,8 @@ from node.domain.regions import COORDINATOR_URI
 from node.errors import HeduiError
 from node.server.admission import Admission
 from node.server.base import RunningServer, start_server
+from node.server import metrics
+from node.server.metrics import MemberMetrics
 from node.member import Member
 from node.server.coordinator_link import CoordinatorLink
 from node.server.verification_servicer import VerificationServicer
@@ -36,6 +38,8 @@ class NodeServer:
     running: RunningServer | None = None
     port: int = 0
     servicer: Any = None
+    metrics_port: int | None = None
+    _metrics_server: Any = None
     batch_signer: signing.AsyncBatchSigner | None = None
     _watch: asyncio.Task[None] | None = None
     _nonces: NonceStore | None = None
@@ -70,11 +74,13 @@ class NodeServer:
         self.batch_signer = signing.AsyncBatchSigner(member.signer)
         servicer = VerificationServicer(
             service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
-            unsealer=self.link
+            unsealer=self.link, metrics=MemberMetrics(cfg.identity),
         )
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
         self.port = self.running.port
+        if cfg.metrics_listen and self.metrics_port is None:
+            self._metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
         if self.link is not None:
             host = (listen or cfg.listen).rpartition(":")[0]
             if not await self.link.start(f"{cfg.advertise or host}:{self.port}"):
@@ -108,6 +114,9 @@ class NodeServer:
                 log.error("key_rotation_failed", error_type=type(exc).__name__)
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server, self.metrics_port = None, None
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None

@@ -29,7 +29,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         *,
         unsealer: Any = None,
         coordinator_identity: str | None = None,
+        metrics: Any = None,
     ) -> None:
+        self.metrics = metrics
         self.service = service
         self.signer = signer
         self.anchor = anchor
@@ -40,7 +42,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
 
     async def Verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
         log = self.log
-        async with edge(context, log):
+        async with edge(context, log, "Verify", self.metrics):
             identity = self.admission.admit(context)
             sealed = request.WhichOneof("query") == "sealed"
             requester: str | None
@@ -65,12 +67,14 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             answer = verification_pb2.SignedAnswer(body=body, signature=await self.signer.sign(signing.ANSWER, body))
             outcomes = Counter(common_pb2.Outcome.Name(r.outcome) for r in decided.answer.results)
             log.debug("answered", purpose=decided.query.purpose, items=list(decided.items), outcomes=dict(outcomes))
+            if self.metrics is not None:
+                self.metrics.outcomes(outcomes)
             if sealed:
                 return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query))
             return verification_pb2.VerifyResponse(signed=answer)
 
     async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:
-        async with edge(context, self.log):
+        async with edge(context, self.log, "Holds", self.metrics):
             identity = self.admission.admit(context)
             if identity != self.coordinator_identity:
                 raise Refusal(ErrorCode.NOT_AUTHORISED, "only the coordinator may ask which subjects are held")

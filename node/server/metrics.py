@@ -1,0 +1,53 @@
+"""Prometheus metrics of a node or coordinator, served on their own (configurable) port.
+
+Labels carry method names, statuses, outcomes, province codes and refusal reasons: never a
+subject, a token or a value. Several members in one process (tests, demos) share a registry
+and are told apart by the `member` label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CALLS = Histogram("hedui_call_seconds", "Handler latency by method and status", ["member", "method", "status"],
+                  registry=REGISTRY, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
+OUTCOMES = Counter("hedui_outcomes_total", "Check outcomes answered", ["member", "outcome"], registry=REGISTRY)
+FANOUT = Counter("hedui_fanout_total", "Routed calls by destination province and status",
+                 ["member", "province", "status"], registry=REGISTRY)
+REFUSALS = Counter("hedui_refusals_total", "Refused calls by reason", ["member", "reason"], registry=REGISTRY)
+AUDIT_LENGTH = Gauge("hedui_audit_chain_length", "Entries in the audit chain", ["member"], registry=REGISTRY)
+
+
+@dataclass(frozen=True)
+class MemberMetrics:
+    """The metrics of one member, labelled with its identity."""
+
+    member: str
+
+    def call(self, method: str, status: str, seconds: float) -> None:
+        CALLS.labels(self.member, method, status).observe(seconds)
+
+    def refusal(self, reason: str) -> None:
+        REFUSALS.labels(self.member, reason).inc()
+
+    def outcomes(self, counts: dict[str, int]) -> None:
+        for outcome, n in counts.items():
+            OUTCOMES.labels(self.member, outcome).inc(n)
+
+    def fanout(self, province: str, status: str) -> None:
+        FANOUT.labels(self.member, province, status).inc()
+
+    def audit_length(self, n: int) -> None:
+        AUDIT_LENGTH.labels(self.member).set(n)
+
+
+def serve(listen: str) -> tuple[Any, int]:
+    """Expose the registry over HTTP at HOST:PORT (port 0 picks one); return (server, port)."""
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
+    return server, server.server_port
