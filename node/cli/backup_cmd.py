@@ -1,0 +1,94 @@
+"""`hedui backup` and `hedui restore`: consistent copies of a member's databases, and putting them back.
+
+`hedui backup` is safe while the node (or coordinator) runs. `hedui restore` needs it stopped:
+restore refuses when a database it would replace is open by another process, but a server
+started during the restore is not prevented. Key material (the data dir's keys/) is never part
+of a backup; the PKI owner backs it up separately (see node.store.backup).
+
+Exit codes: 0 done; 1 the backup (or the copy just made) fails its checks; 2 bad input or
+refused (missing config, non-empty --out, existing data without --force, node running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+_EXIT_INVALID = 1  # node.cli.main.EXIT_INVALID: a checked artefact is invalid
+
+
+def register(sub: Any) -> None:
+    backup = sub.add_parser(
+        "backup", help="copy a member's databases and state consistently (safe while it runs)",
+        description="Copy store, audit and ledger databases (whichever exist) with SQLite's online backup "
+                    "API, plus directory.json and audit-checkpoints.jsonl, into a new directory with a "
+                    "MANIFEST.json; every copy is integrity-checked and hash chains verified. Keys are not "
+                    "included: the PKI owner backs them up separately.")
+    backup.add_argument("--config", required=True, type=Path, metavar="FILE")
+    backup.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="new directory to create (must not exist, or be empty)")
+    backup.add_argument("--json", action="store_true")
+    backup.set_defaults(func=_backup)
+
+    restore = sub.add_parser(
+        "restore", help="restore a backup into a stopped member's data dir",
+        description="Check a backup (manifest SHA-256s, integrity, hash chains) and install it into the "
+                    "config's data dir. The node must be stopped. Existing databases are refused unless "
+                    "--force, which moves them (with their -wal/-shm) to DATA_DIR/pre-restore-<time>/.")
+    restore.add_argument("--config", required=True, type=Path, metavar="FILE")
+    restore.add_argument("--from", dest="backup_dir", required=True, type=Path, metavar="DIR")
+    restore.add_argument("--force", action="store_true",
+                         help="replace existing databases, moving them aside (never deleting them)")
+    restore.add_argument("--json", action="store_true")
+    restore.set_defaults(func=_restore)
+
+
+def _invalid(exc: Exception) -> int:
+    print(f"hedui: {exc}", file=sys.stderr)
+    return _EXIT_INVALID
+
+
+def _describe(f: Any) -> str:
+    extra = f", {f.chain_entries} {f.chain_table} entries" if f.chain_table else ""
+    return f"  {f.name}: {f.size} bytes{extra}, sha256 {f.sha256[:16]}"
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from node import config
+    from node.store.backup import BackupCorrupt, backup
+
+    cfg = config.load(args.config)
+    try:
+        report = backup(cfg.data_dir, args.out, identity=cfg.identity)
+    except BackupCorrupt as exc:
+        return _invalid(exc)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(f"backup of {cfg.identity} written to {report.out}")
+        print("\n".join(_describe(f) for f in report.files))
+        print(f"keys are not included: back up {cfg.data_dir / 'keys'} with the PKI owner's procedure")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from node import config
+    from node.store.backup import BackupCorrupt, restore
+
+    cfg = config.load(args.config)
+    try:
+        report = restore(args.backup_dir, cfg.data_dir, force=args.force, expect_identity=cfg.identity)
+    except BackupCorrupt as exc:
+        return _invalid(exc)
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(f"restored backup of {report.identity or 'unknown member'} made {report.created_at} "
+              f"into {report.data_dir}")
+        print("\n".join(_describe(f) for f in report.files))
+        if report.moved_aside is not None:
+            print(f"previous files moved to {report.moved_aside}")
+    return 0
