@@ -51,6 +51,8 @@ class NodeServer:
         cfg = self.cfg
         assert cfg.province is not None, "a node config names its province"
         log = logs.get("node").bind(province=cfg.province)
+        self.store = Store.open(cfg.data_dir)
+        self.store.check_integrity()  # refuse a corrupt store before anything else
         member = Member(cfg)
         anchor = member.anchor
         self.revocations = RevocationView()
@@ -58,8 +60,6 @@ class NodeServer:
             self.link = CoordinatorLink(member, self.revocations, log)
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
-        self.store = Store.open(cfg.data_dir)
-        self.store.check_integrity()
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
         service = VerificationService(
             province=cfg.province,
