@@ -289,11 +289,14 @@ def coordinator_event(decision: str, *, requester: str, request_id: str = "", co
     """A coordinator decision: consent.grant / consent.revoke / route / discover, or refused(code).
 
     `statuses` maps province code -> public status name (e.g. {"44": "OK", "51": "UNREACHABLE"}).
+    The peer-supplied `request_id`, `consent_id`, `purpose` and `items` are kept only when well
+    formed (else recorded empty), so a malformed request is still audited; `decision`,
+    `requester` and `statuses` come from the coordinator itself and must be well formed.
     """
     return AuditRecord(
-        at_ms=_now_ms() if at_ms is None else at_ms, request_id=request_id, requester=requester,
-        decision=decision, purpose=purpose, consent_id=consent_id, items=tuple(items),
-        extra=dict(statuses or {}),
+        at_ms=_now_ms() if at_ms is None else at_ms, request_id=_clean(request_id, _ID_RE), requester=requester,
+        decision=decision, purpose=_clean(purpose, _PURPOSE_RE), consent_id=_clean(consent_id, _ID_RE),
+        items=tuple(i for i in items if _clean(i, _ITEM_RE))[:_MAX_ITEMS], extra=dict(statuses or {}),
     )  # fmt: skip
 
 

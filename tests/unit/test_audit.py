@@ -370,8 +370,11 @@ def test_retention_is_read_from_config_and_bounded(tmp_path: Path) -> None:
         AuditLog(tmp_path / "a.sqlite", retention_days=7)
 
 
-def test_coordinator_identity_records(log: AuditLog) -> None:
-    """Coordinator consent events carry the consent id as key and no request id."""
+def test_coordinator_records(log: AuditLog) -> None:
+    """Coordinator events are keyed by consent id when there is no request id; malformed peer fields are blanked."""
     entry = log.record(coordinator_event("consent.grant", requester="51", consent_id="c-0011", purpose="dibao"))
     assert entry.key == "c-0011" and AuditRecord.from_json(entry.payload).requester == "51"
     assert AuditRecord(at_ms=1, request_id="", requester=COORDINATOR_URI, decision="route").key == ""
+    malformed = coordinator_event(refused(ErrorCode.MALFORMED), requester="51", request_id="bad id!",
+                                  consent_id=WORKER, statuses={"call": "route"})
+    assert (malformed.request_id, malformed.consent_id, malformed.extra) == ("", "", {"call": "route"})
