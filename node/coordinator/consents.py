@@ -6,7 +6,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -65,6 +65,40 @@ class ConsentRegistry:
 
     def register(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentStatus:
         """Record a consent signed by the requesting province; return the coordinator's receipt."""
+        (result,) = self.register_many(peer_province, [request])
+        if isinstance(result, Refusal):
+            raise result
+        return result
+
+    def register_many(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
+                      ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
+        """Record many consents in one ledger transaction, with one (batch) signature over the receipts."""
+        results: list[coordinator_pb2.ConsentStatus | Refusal | None] = [None] * len(requests)
+        accepted: list[tuple[int, coordinator_pb2.ConsentRequestBody]] = []
+        for position, request in enumerate(requests):
+            try:
+                accepted.append((position, self._accept(peer_province, request)))
+            except Refusal as refusal:
+                results[position] = refusal
+        if accepted:
+            now_ms = int(self.clock() * 1000)
+            with self._lock:
+                first = self.chain.head()[0] + 1
+                bodies = [self._body(req, "c-" + secrets.token_hex(12), now_ms, first + k)
+                          for k, (_, req) in enumerate(accepted)]
+                raws = [b.SerializeToString() for b in bodies]
+                signatures = self.signer.sign_many([(signing.CONSENT, raw) for raw in raws])
+                receipts = [verification_pb2.SignedConsent(body=raw, signature=sig) for raw, sig in zip(raws, signatures, strict=True)]
+                entries = self.chain.append_many([(GRANT, b.consent_id, r.SerializeToString()) for b, r in zip(bodies, receipts, strict=True)],
+                                                 at_ms=now_ms)
+                for (position, _), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
+                    assert entry.idx == body.ledger_index, "ledger written by another process"
+                    consent = _Consent(receipt, body, entry.idx)
+                    self._consents[body.consent_id] = consent
+                    results[position] = self._status(consent)
+        return [r for r in results if r is not None]
+
+    def _accept(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentRequestBody:
         try:
             verified = self.verifier.verify(request.signature, CONSENT_REQUEST_DOMAIN, request.body)
         except (SignatureInvalid, CertificateRejected) as exc:
@@ -76,24 +110,17 @@ class ConsentRegistry:
         except DecodeError:
             raise Refusal(ErrorCode.MALFORMED, "consent request does not parse") from None
         self._validate(req, peer_province)
-        now_ms = int(self.clock() * 1000)
-        consent_id = "c-" + secrets.token_hex(12)
-        body = verification_pb2.ConsentBody(
+        return req
+
+    @staticmethod
+    def _body(req: coordinator_pb2.ConsentRequestBody, consent_id: str, now_ms: int, index: int) -> verification_pb2.ConsentBody:
+        return verification_pb2.ConsentBody(
             consent_id=consent_id, requester=req.requester, subject_commitments=list(req.subject_commitments),
             purpose=req.purpose, scopes=sorted(set(req.scopes)), not_before_ms=req.not_before_ms,
             not_after_ms=req.not_after_ms, case_reference=req.case_reference,
             evidence_algorithm=req.evidence_algorithm, evidence_digest=req.evidence_digest,
-            registered_at_ms=now_ms, subject_salt=req.subject_salt,
+            registered_at_ms=now_ms, subject_salt=req.subject_salt, ledger_index=index,
         )
-        with self._lock:
-            next_index = self.chain.head()[0] + 1
-            body.ledger_index = next_index
-            raw = body.SerializeToString()
-            receipt = verification_pb2.SignedConsent(body=raw, signature=self.signer.sign(signing.CONSENT, raw))
-            entry = self.chain.append(GRANT, consent_id, receipt.SerializeToString(), at_ms=now_ms)
-            assert entry.idx == next_index
-            self._consents[consent_id] = _Consent(receipt, body, entry.idx)
-        return self._status(self._consents[consent_id])
 
     def _validate(self, req: coordinator_pb2.ConsentRequestBody, peer_province: str) -> None:
         if req.requester != peer_province:

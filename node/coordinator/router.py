@@ -78,11 +78,12 @@ class Router:
     async def _each(self, provinces: Sequence[str], call: Callable[[str], Awaitable[T]]) -> list[T]:
         return list(await asyncio.gather(*(call(p) for p in provinces)))
 
-    async def discover(self, requester: str, request: coordinator_pb2.DiscoverRequest,
-                       timeout: float) -> coordinator_pb2.DiscoverResponse:
-        """Ask every other province which of the tokens it holds."""
+    async def holds(self, requester: str, tokens: Sequence[bytes], request_id: str,
+                    timeout: float) -> tuple[dict[str, set[int]], list[coordinator_pb2.ProvinceStatus]]:
+        """Ask every other province, once each, which of the tokens it holds (indexes per province)."""
         provinces = sorted(p for p in self.directory.entries() if p != requester)
-        holds = verification_pb2.HoldsRequest(request_id=request.request_id, tokens=list(request.tokens))
+        holds = verification_pb2.HoldsRequest(request_id=request_id, tokens=list(tokens))
+        held: dict[str, set[int]] = {}
 
         async def ask(province: str) -> coordinator_pb2.ProvinceStatus:
             stub = self._stub(province)
@@ -93,16 +94,22 @@ class Router:
             except grpc.RpcError as exc:
                 status, message = _status_of(exc)
                 return coordinator_pb2.ProvinceStatus(province=province, status=status, message=message)
+            if reply.held:
+                held[province] = {i for i in reply.held if i < len(tokens)}
             status = coordinator_pb2.ROUTE_OK if reply.held else coordinator_pb2.ROUTE_NO_MATCH
             return coordinator_pb2.ProvinceStatus(province=province, status=status)
 
         statuses = await self._each(provinces, ask)
-        return coordinator_pb2.DiscoverResponse(
-            holders=[s.province for s in statuses if s.status == coordinator_pb2.ROUTE_OK], statuses=statuses
-        )
+        return held, statuses
 
-    async def route(self, request: coordinator_pb2.RouteRequest, timeout: float) -> coordinator_pb2.RouteResponse:
-        """Forward each sealed query to its province; return every sealed answer unmodified."""
+    async def discover(self, requester: str, request: coordinator_pb2.DiscoverRequest,
+                       timeout: float) -> coordinator_pb2.DiscoverResponse:
+        """Which other provinces hold any of one household's tokens."""
+        held, statuses = await self.holds(requester, request.tokens, request.request_id, timeout)
+        return coordinator_pb2.DiscoverResponse(holders=sorted(held), statuses=statuses)
+
+    async def route(self, request: Any, timeout: float, *, batch: bool = False) -> Any:
+        """Forward each sealed query (or query batch) to its province; return every sealed answer unmodified."""
         seen: set[str] = set()
         for envelope in request.envelopes:
             if envelope.province in seen or envelope.query.recipient != province_uri(envelope.province):
@@ -116,13 +123,19 @@ class Router:
                 return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE,
                                                     message="province not in the directory")
             try:
-                reply = await stub.Verify(verification_pb2.VerifyRequest(sealed=envelope.query), timeout=timeout)
+                if batch:
+                    reply = await stub.VerifyBatch(verification_pb2.VerifyBatchRequest(sealed=envelope.query), timeout=timeout)
+                else:
+                    reply = await stub.Verify(verification_pb2.VerifyRequest(sealed=envelope.query), timeout=timeout)
             except grpc.RpcError as exc:
                 status, message = _status_of(exc)
                 return coordinator_pb2.RoutedAnswer(province=province, status=status, message=message)
-            if reply.WhichOneof("answer") != "sealed":
+            if not batch and reply.WhichOneof("answer") != "sealed":
                 return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_DENIED,
                                                     message="holder did not seal its answer")
             return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_OK, answer=reply.sealed)
 
-        return coordinator_pb2.RouteResponse(answers=await self._each(list(request.envelopes), forward))
+        answers = await self._each(list(request.envelopes), forward)
+        if batch:
+            return coordinator_pb2.RouteBatchResponse(answers=answers)
+        return coordinator_pb2.RouteResponse(answers=answers)

@@ -24,18 +24,23 @@ from node.server import metrics
 from node.server.metrics import MemberMetrics
 from node.service.consent import commitment
 from node.store.nonces import NonceStore
+from node.store import audit
 from node.store.chain import HashChain
-from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
+from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_DISCOVERY_TOKENS = 16
+MAX_BATCH = 512  # households per batch message
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     """Identity from mutual TLS; decisions from ConsentRegistry, Directory and Router."""
 
     def __init__(self, consents: ConsentRegistry, directory: Directory, router: Router, anchor: TrustAnchor,
-                 cfg: MemberConfig, log: Any, crl: CrlFile) -> None:
+                 cfg: MemberConfig, log: Any, crl: CrlFile, *, auditor: audit.AsyncAuditor,
+                 checkpoints: audit.CheckpointStore) -> None:
+        self.auditor = auditor
+        self.checkpoints = checkpoints
         self.crl = crl
         self.admission = Admission(anchor, cfg.limits)
         self.metrics = MemberMetrics(cfg.identity)
@@ -56,17 +61,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return per_province_timeout(context.time_remaining(), self.cfg.limits.default_deadline_s)
 
     async def RegisterConsent(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log, "RegisterConsent", self.metrics):
+        async with edge(context, self.log, "RegisterConsent", self.metrics, self._refusal_hook("RegisterConsent", request, context)):
             province = self._province(context)
             status = self.consents.register(province, request)
+            body = verification_pb2.ConsentBody.FromString(status.receipt.body)
+            await self._audit(audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=body.consent_id,
+                                                      purpose=body.purpose))
             self.log.info("consent_registered", requester=province, consent_id=status.receipt and _cid(status),
                           ledger_index=status.ledger_index)
             return status
 
     async def RevokeConsent(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log, "RevokeConsent", self.metrics):
+        async with edge(context, self.log, "RevokeConsent", self.metrics, self._refusal_hook("RevokeConsent", request, context)):
             province = self._province(context)
             status = self.consents.revoke(province, request.consent_id, request.reason or "other")
+            await self._audit(audit.coordinator_event(audit.CONSENT_REVOKE, requester=province, consent_id=request.consent_id))
             self.log.info("consent_revoked", requester=province, consent_id=request.consent_id)
             return status
 
@@ -92,16 +101,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             return self.directory.signed()
 
     async def Discover(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log, "Discover", self.metrics):
+        async with edge(context, self.log, "Discover", self.metrics, self._refusal_hook("Discover", request, context)):
             province = self._province(context)
-            consent = self.consents.check_active(province, request.consent_id)
-            if not 1 <= len(request.tokens) <= MAX_DISCOVERY_TOKENS or any(len(t) != 32 for t in request.tokens):
-                raise Refusal(ErrorCode.MALFORMED, f"1 to {MAX_DISCOVERY_TOKENS} subject tokens of 32 bytes")
-            covered = set(consent.subject_commitments)
-            if any(commitment(consent.subject_salt, t) not in covered for t in request.tokens):
-                # Discovery only for the household the applicant consented for: no probing of others.
-                raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject")
+            self._check_discovery(province, request.consent_id, request.tokens)
             reply = await self.router.discover(province, request, self._timeout(context))
+            await self._audit(audit.coordinator_event(
+                audit.DISCOVER, requester=province, request_id=request.request_id, consent_id=request.consent_id,
+                statuses={s.province: status_name(s.status) for s in reply.statuses}))
             for st in reply.statuses:
                 self.metrics.fanout(st.province, status_name(st.status))
             self.log.info("discovered", requester=province, consent_id=request.consent_id, request_id=request.request_id,
@@ -109,18 +115,126 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             return reply
 
     async def Route(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log, "Route", self.metrics):
+        async with edge(context, self.log, "Route", self.metrics, self._refusal_hook("Route", request, context)):
             province = self._province(context)
             self.consents.check_active(province, request.consent_id)
             if not 1 <= len(request.envelopes) <= 64:
                 raise Refusal(ErrorCode.MALFORMED, "1 to 64 envelopes")
             reply = await self.router.route(request, self._timeout(context))
+            await self._audit(audit.coordinator_event(
+                audit.ROUTE, requester=province, request_id=request.request_id, consent_id=request.consent_id,
+                statuses={a.province: status_name(a.status) for a in reply.answers}))
             for answer in reply.answers:
                 self.metrics.fanout(answer.province, status_name(answer.status))
             self.log.info("routed", requester=province, consent_id=request.consent_id, request_id=request.request_id,
                           statuses={a.province: status_name(a.status) for a in reply.answers})
             return reply
 
+
+    async def RegisterConsentBatch(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "RegisterConsentBatch", self.metrics, self._refusal_hook("RegisterConsentBatch", request, context)):
+            province = self._province(context)
+            if not 1 <= len(request.requests) <= MAX_BATCH:
+                raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents per batch")
+            results = self.consents.register_many(province, list(request.requests))
+            await asyncio.gather(*(self._audit(audit.coordinator_event(
+                audit.CONSENT_GRANT, requester=province, consent_id=_cid(r), purpose=verification_pb2.ConsentBody.FromString(r.receipt.body).purpose))
+                for r in results if not isinstance(r, Refusal)))
+            items = [coordinator_pb2.ConsentBatchItem(error_code=r.code.name, error=str(r)) if isinstance(r, Refusal)
+                     else coordinator_pb2.ConsentBatchItem(status=r) for r in results]
+            self.log.info("consents_registered", requester=province, count=sum(1 for i in items if not i.error_code),
+                          refused=sum(1 for i in items if i.error_code))
+            return coordinator_pb2.RegisterConsentBatchResponse(items=items)
+
+    async def DiscoverBatch(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "DiscoverBatch", self.metrics, self._refusal_hook("DiscoverBatch", request, context)):
+            province = self._province(context)
+            if not 1 <= len(request.households) <= MAX_BATCH:
+                raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} households per batch")
+            replies: list[coordinator_pb2.HouseholdHolders] = []
+            tokens: list[bytes] = []
+            spans: list[tuple[int, int] | None] = []
+            for household in request.households:
+                try:
+                    self._check_discovery(province, household.consent_id, household.tokens)
+                except Refusal as refusal:
+                    replies.append(coordinator_pb2.HouseholdHolders(error_code=refusal.code.name, error=str(refusal)))
+                    spans.append(None)
+                    continue
+                replies.append(coordinator_pb2.HouseholdHolders())
+                spans.append((len(tokens), len(tokens) + len(household.tokens)))
+                tokens.extend(household.tokens)
+            statuses: list[coordinator_pb2.ProvinceStatus] = []
+            if tokens:
+                held, statuses = await self.router.holds(province, tokens, request.request_id, self._timeout(context))
+                await self._audit(audit.coordinator_event(
+                    audit.DISCOVER, requester=province, request_id=request.request_id,
+                    statuses={s.province: status_name(s.status) for s in statuses}))
+                for reply, span in zip(replies, spans, strict=True):
+                    if span is not None:
+                        reply.holders.extend(p for p, idx in sorted(held.items()) if any(span[0] <= i < span[1] for i in idx))
+            for st in statuses:
+                self.metrics.fanout(st.province, status_name(st.status))
+            self.log.info("discovered_batch", requester=province, request_id=request.request_id,
+                          households=len(replies), statuses={s.province: status_name(s.status) for s in statuses})
+            return coordinator_pb2.DiscoverBatchResponse(households=replies, statuses=statuses)
+
+    async def RouteBatch(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "RouteBatch", self.metrics, self._refusal_hook("RouteBatch", request, context)):
+            province = self._province(context)
+            if not 1 <= len(request.consent_ids) <= MAX_BATCH or not 1 <= len(request.envelopes) <= 64:
+                raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents and 1 to 64 envelopes per batch")
+            for consent_id in request.consent_ids:
+                self.consents.check_active(province, consent_id)
+            reply = await self.router.route(request, self._timeout(context), batch=True)
+            await self._audit(audit.coordinator_event(
+                audit.ROUTE, requester=province, request_id=request.request_id,
+                statuses={a.province: status_name(a.status) for a in reply.answers}))
+            for answer in reply.answers:
+                self.metrics.fanout(answer.province, status_name(answer.status))
+            self.log.info("routed_batch", requester=province, request_id=request.request_id,
+                          households=len(request.consent_ids),
+                          statuses={a.province: status_name(a.status) for a in reply.answers})
+            return reply
+
+    async def SubmitCheckpoint(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "SubmitCheckpoint", self.metrics):
+            identity = self.admission.admit(context)
+            entry = self.checkpoints.receive(request, identity)
+            return coordinator_pb2.CheckpointAck(ledger_index=entry.idx)
+
+    async def LatestCheckpoint(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "LatestCheckpoint", self.metrics):
+            signed = self.checkpoints.latest_signed(self.admission.admit(context))
+            return signed.message if signed is not None else coordinator_pb2.AuditCheckpoint()
+
+    async def _audit(self, record: audit.AuditRecord) -> None:
+        await self.auditor.record(record)
+
+    def _refusal_hook(self, method: str, request: Any, context: aio.ServicerContext) -> Any:
+        async def record(refusal: Refusal) -> None:
+            try:
+                requester = province_of_identity(self.admission.anchor.validate_tls_peer_cert(
+                    context.auth_context()["x509_pem_cert"][0])) or ""
+            except (HeduiError, KeyError, IndexError):
+                requester = ""
+            try:
+                event = audit.coordinator_event(audit.refused(refusal.code), requester=requester,
+                                                request_id=getattr(request, "request_id", ""),
+                                                consent_id=getattr(request, "consent_id", ""), statuses={"call": method})
+            except ValueError:
+                event = audit.coordinator_event(audit.refused(refusal.code), requester=requester, statuses={"call": method})
+            await self._audit(event)
+        return record
+
+    def _check_discovery(self, province: str, consent_id: str, tokens: Any) -> None:
+        consent = self.consents.check_active(province, consent_id)
+        if not 1 <= len(tokens) <= MAX_DISCOVERY_TOKENS or any(len(t) != 32 for t in tokens):
+            raise Refusal(ErrorCode.MALFORMED, f"1 to {MAX_DISCOVERY_TOKENS} subject tokens of 32 bytes")
+        covered = set(consent.subject_commitments)
+        if any(commitment(consent.subject_salt, t) not in covered for t in tokens):
+            # Discovery only for the household the applicant consented for: no probing of others.
+            raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject")
 
     async def Revocations(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Revocations", self.metrics):
@@ -148,6 +262,8 @@ class CoordinatorServer:
     metrics_port: int | None = None
     _metrics_server: Any = None
     crl: CrlFile | None = None
+    audit_log: audit.AuditLog | None = None
+    auditor: audit.AsyncAuditor | None = None
     _crl_task: asyncio.Task[None] | None = None
     chain: HashChain | None = None
     router: Router | None = None
@@ -167,7 +283,11 @@ class CoordinatorServer:
         self.router = Router(cfg, directory)
         self.crl = CrlFile(member.crl_path, member.anchor)
         self.crl.refresh()
-        servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl)
+        self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
+        self.auditor = audit.AsyncAuditor(self.audit_log)
+        checkpoints = audit.CheckpointStore(self.chain, member.verifier, clock_skew_s=cfg.limits.clock_skew_s)
+        servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl,
+                                       auditor=self.auditor, checkpoints=checkpoints)
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
         self.port = self.running.port
@@ -199,6 +319,12 @@ class CoordinatorServer:
             self.running = None
         if self.router is not None:
             await self.router.close()
+        if self.auditor is not None:
+            await self.auditor.aclose()
+            self.auditor = None
+        if self.audit_log is not None:
+            self.audit_log.close()
+            self.audit_log = None
         if self.chain is not None:
             self.chain.close()
             self.chain = None

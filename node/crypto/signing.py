@@ -120,6 +120,18 @@ class AsyncBatchSigner:
         self._pending.append((domain, body, future))
         return await future
 
+    async def sign_many(self, items: Sequence[tuple[str, bytes]]) -> list[common_pb2.Signature]:
+        """Several signatures, coalesced with whatever else is signed in this loop turn."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[common_pb2.Signature]] = []
+        if items and not self._pending:
+            loop.call_soon(self._flush)
+        for domain, body in items:
+            future: asyncio.Future[common_pb2.Signature] = loop.create_future()
+            self._pending.append((domain, body, future))
+            futures.append(future)
+        return list(await asyncio.gather(*futures))
+
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         try:

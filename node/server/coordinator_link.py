@@ -20,16 +20,19 @@ from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
 from node.service.consent import RevocationView
+from node.store import audit
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 POLL_INTERVAL_S: Final[float] = 1.0
+CHECKPOINT_EVERY_S: Final[float] = 60.0
 DIRECTORY_MAX_AGE_S: Final[float] = 30.0
 
 
 class CoordinatorLink:
     """Background tasks and lookups a node needs from the coordinator."""
 
-    def __init__(self, member: Member, revocations: RevocationView, log: Any) -> None:
+    def __init__(self, member: Member, revocations: RevocationView, log: Any, *,
+                 audit_log: audit.AuditLog | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> None:
         assert member.cfg.coordinator, "node has no coordinator configured"
         self.member = member
         self.revocations = revocations
@@ -44,6 +47,9 @@ class CoordinatorLink:
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._crl_digest = b""
+        self.checkpoint_every_s = checkpoint_every_s
+        self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
+            audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
 
     async def start(self, endpoint: str) -> bool:
         """Announce `endpoint` and sync consent state once; keep both going in the background.
@@ -59,6 +65,8 @@ class CoordinatorLink:
         except (grpc.RpcError, HeduiError):
             synced = False
         self._tasks = [asyncio.create_task(self._poll_loop())]
+        if self.checkpointer is not None:
+            self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         if not announced:
             self._tasks.append(asyncio.create_task(self._announce_loop(signed)))
         return announced and synced
@@ -100,6 +108,19 @@ class CoordinatorLink:
         while not await self._announce_once(signed):
             await asyncio.sleep(delay)  # retry backoff, not a readiness wait
             delay = min(delay * 2, 5.0)
+
+    async def checkpoint_once(self) -> None:
+        """Sign the audit chain's head (if it moved) and lodge it with the coordinator."""
+        if self.checkpointer is not None:
+            await self.checkpointer.run_once(lambda m: self._stub.SubmitCheckpoint(m, timeout=5))
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_every_s)  # checkpoint period
+            try:
+                await self.checkpoint_once()
+            except (grpc.RpcError, HeduiError) as exc:
+                self.log.warning("checkpoint_failed", error_type=type(exc).__name__)
 
     async def sync_certificate_revocations(self) -> None:
         """Fetch the federation CRL when it changed; apply it and keep a copy for the CLI."""
@@ -162,6 +183,28 @@ class CoordinatorLink:
         if province is None:
             raise Refusal(ErrorCode.NOT_AUTHORISED)
         return query, province
+
+    def open_batch(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.QueryBatch, str | None]:
+        """Open a sealed query batch; the requester is the TLS peer, or None when relayed."""
+        try:
+            raw = sealing.open_sealed(sealed, kind=sealing.QUERY, identity=self.identity, private_key=self._seal_key)
+            batch = verification_pb2.QueryBatch.FromString(raw)
+        except Exception:  # noqa: BLE001 - SealError or DecodeError: the same public refusal
+            raise Refusal(ErrorCode.MALFORMED, "sealed query batch does not open") from None
+        if peer_identity == COORDINATOR_URI:
+            return batch, None
+        province = province_of_identity(peer_identity)
+        if province is None:
+            raise Refusal(ErrorCode.NOT_AUTHORISED)
+        return batch, province
+
+    @staticmethod
+    def seal_answer_batch(batch: verification_pb2.AnswerBatch, query: verification_pb2.QueryBody) -> common_pb2.Sealed:
+        """Seal a batch of answers to the reply key the requester signed into its queries."""
+        if query.reply_seal_suite != sealing.SUITE_NAME or len(query.reply_seal_key) != 32:
+            raise Refusal(ErrorCode.MALFORMED, "sealed query names no usable reply key")
+        return sealing.seal(batch.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(query.requester),
+                            public_key=query.reply_seal_key)
 
     @staticmethod
     def seal_answer(answer: verification_pb2.SignedAnswer, query: verification_pb2.QueryBody) -> common_pb2.Sealed:

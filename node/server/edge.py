@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc
@@ -58,10 +58,12 @@ def peer_identity(context: aio.ServicerContext, anchor: TrustAnchor) -> str:
 
 
 @contextlib.asynccontextmanager
-async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics: Any = None) -> AsyncIterator[None]:
+async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics: Any = None,
+               on_refusal: Callable[[Refusal], Awaitable[None]] | None = None) -> AsyncIterator[None]:
     """Run a handler body: refusals become their public status; anything else INTERNAL.
 
-    With `metrics` (a MemberMetrics), the call's latency is recorded by method and status.
+    With `metrics` (a MemberMetrics), the call's latency is recorded by method and status;
+    `on_refusal` is awaited before a refusal is returned (the coordinator audits them).
     """
     started = time.perf_counter()
     status = "OK"
@@ -75,6 +77,8 @@ async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics
         log.info("refused", reason=refusal.code.name)
         if metrics is not None:
             metrics.refusal(refusal.code.name)
+        if on_refusal is not None:
+            await on_refusal(refusal)
         await context.abort(STATUS[refusal.code], public_message(refusal))
     except Exception as exc:  # noqa: BLE001 - the edge must never leak internals
         status = "INTERNAL"

@@ -23,6 +23,7 @@ from node.server.coordinator_link import CoordinatorLink
 from node.server.verification_servicer import VerificationServicer
 from node.service.consent import ReceiptGate, RevocationView
 from node.service.verification import VerificationService
+from node.store import audit
 from node.store.nonces import NonceStore
 from node.store.store import Store
 from node.wire.v1 import verification_pb2, verification_pb2_grpc
@@ -43,6 +44,8 @@ class NodeServer:
     batch_signer: signing.AsyncBatchSigner | None = None
     _watch: asyncio.Task[None] | None = None
     _nonces: NonceStore | None = None
+    audit_log: audit.AuditLog | None = None
+    auditor: audit.AsyncAuditor | None = None
     store: Store | None = None
     link: CoordinatorLink | None = None
     revocations: RevocationView = field(default_factory=RevocationView)
@@ -53,11 +56,13 @@ class NodeServer:
         log = logs.get("node").bind(province=cfg.province)
         self.store = Store.open(cfg.data_dir)
         self.store.check_integrity()  # refuse a corrupt store before anything else
+        self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
+        self.auditor = audit.AsyncAuditor(self.audit_log)
         member = Member(cfg)
         anchor = member.anchor
         self.revocations = RevocationView()
         if cfg.coordinator:
-            self.link = CoordinatorLink(member, self.revocations, log)
+            self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log)
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
@@ -74,7 +79,7 @@ class NodeServer:
         self.batch_signer = signing.AsyncBatchSigner(member.signer)
         servicer = VerificationServicer(
             service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
-            unsealer=self.link, metrics=MemberMetrics(cfg.identity),
+            unsealer=self.link, metrics=MemberMetrics(cfg.identity), auditor=self.auditor,
         )
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
@@ -126,6 +131,12 @@ class NodeServer:
         if self.running is not None:
             await self.running.stop(grace)
             self.running = None
+        if self.auditor is not None:
+            await self.auditor.aclose()
+            self.auditor = None
+        if self.audit_log is not None:
+            self.audit_log.close()
+            self.audit_log = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -11,9 +12,13 @@ from node.crypto import signing
 from node.crypto.pki import TrustAnchor, province_of_identity
 from node.errors import ErrorCode, Refusal
 from node.server.admission import Admission, check_deadline
-from node.server.edge import edge
-from node.service.verification import VerificationService
+from node.server.edge import edge, public_message
+from node.service.verification import Decided, VerificationService
+from node.store import audit
 from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
+
+
+MAX_BATCH = 512
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServicer):
@@ -30,8 +35,10 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         unsealer: Any = None,
         coordinator_identity: str | None = None,
         metrics: Any = None,
+        auditor: audit.AsyncAuditor | None = None,
     ) -> None:
         self.metrics = metrics
+        self.auditor = auditor
         self.service = service
         self.signer = signer
         self.anchor = anchor
@@ -43,28 +50,38 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
     async def Verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
         log = self.log
         async with edge(context, log, "Verify", self.metrics):
-            identity = self.admission.admit(context)
+            identity = ""
+            requester: str | None = None
+            signed_query: verification_pb2.SignedQuery | None = None
             sealed = request.WhichOneof("query") == "sealed"
-            requester: str | None
-            if sealed:
-                if self.unsealer is None:
-                    raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
-                signed_query, requester = self.unsealer.open_query(request.sealed, identity)
-            elif request.WhichOneof("query") == "signed":
-                if identity == self.coordinator_identity:
-                    raise Refusal(ErrorCode.MALFORMED, "relayed queries must be sealed")
-                signed_query = request.signed
-                requester = province_of_identity(identity)
-                if requester is None:
-                    raise Refusal(ErrorCode.NOT_AUTHORISED)
-            else:
-                raise Refusal(ErrorCode.MALFORMED, "request carries no query")
-            decided = self.service.decide(signed_query, requester)
-            check_deadline(context)
+            try:
+                identity = self.admission.admit(context)
+                if sealed:
+                    if self.unsealer is None:
+                        raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
+                    signed_query, requester = self.unsealer.open_query(request.sealed, identity)
+                elif request.WhichOneof("query") == "signed":
+                    if identity == self.coordinator_identity:
+                        raise Refusal(ErrorCode.MALFORMED, "relayed queries must be sealed")
+                    signed_query = request.signed
+                    requester = province_of_identity(identity)
+                    if requester is None:
+                        raise Refusal(ErrorCode.NOT_AUTHORISED)
+                else:
+                    raise Refusal(ErrorCode.MALFORMED, "request carries no query")
+                decided = self.service.decide(signed_query, requester)
+                check_deadline(context)
+            except Refusal as refusal:
+                await self._audit_refusal(refusal, signed_query, requester, identity)
+                raise
             requester = decided.query.requester
-            log = log.bind(peer=requester, request_id=decided.query.request_id, relayed=identity == self.coordinator_identity)
+            relayed = identity == self.coordinator_identity
+            log = log.bind(peer=requester, request_id=decided.query.request_id, relayed=relayed)
             body = decided.answer.SerializeToString()
-            answer = verification_pb2.SignedAnswer(body=body, signature=await self.signer.sign(signing.ANSWER, body))
+            # The answer leaves only once its audit record is durable (AuditUnavailable otherwise).
+            signature, _ = await asyncio.gather(self.signer.sign(signing.ANSWER, body),
+                                                self._audit(audit.answered(decided, body, relayed=relayed)))
+            answer = verification_pb2.SignedAnswer(body=body, signature=signature)
             outcomes = Counter(common_pb2.Outcome.Name(r.outcome) for r in decided.answer.results)
             log.debug("answered", purpose=decided.query.purpose, items=list(decided.items), outcomes=dict(outcomes))
             if self.metrics is not None:
@@ -72,6 +89,65 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             if sealed:
                 return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query))
             return verification_pb2.VerifyResponse(signed=answer)
+
+    async def _audit(self, record: audit.AuditRecord) -> None:
+        if self.auditor is not None:
+            await self.auditor.record(record)
+
+    async def _audit_refusal(self, refusal: Refusal, signed_query: verification_pb2.SignedQuery | None,
+                             requester: str | None, identity: str) -> None:
+        try:
+            record = audit.refusal(refusal.code, query=signed_query.body if signed_query is not None else None,
+                                   requester=requester or (province_of_identity(identity) or ""),
+                                   relayed=identity == self.coordinator_identity)
+        except ValueError:  # a field the auditor will not store (e.g. looks like an ID number): record without it
+            record = audit.refusal(refusal.code, query=None, requester=requester or "")
+        await self._audit(record)
+
+    async def VerifyBatch(self, request: verification_pb2.VerifyBatchRequest,
+                          context: aio.ServicerContext) -> verification_pb2.VerifyBatchResponse:
+        async with edge(context, self.log, "VerifyBatch", self.metrics):
+            identity = self.admission.admit(context)
+            if self.unsealer is None:
+                raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
+            batch, requester = self.unsealer.open_batch(request.sealed, identity)
+            if not 1 <= len(batch.queries) <= MAX_BATCH:
+                raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} queries per batch")
+            items: list[verification_pb2.BatchItem] = []
+            decided: list[tuple[int, Decided]] = []
+            refusals: list[audit.AuditRecord] = []
+            for index, query in enumerate(batch.queries):
+                try:
+                    decided.append((index, self.service.decide(query, requester)))
+                except Refusal as refusal:
+                    items.append(verification_pb2.BatchItem(index=index, error_code=refusal.code.name,
+                                                            error=public_message(refusal)))
+                    try:
+                        refusals.append(audit.refusal(refusal.code, query=query.body, requester=requester or "",
+                                                      relayed=requester is None))
+                    except ValueError:
+                        refusals.append(audit.refusal(refusal.code, query=None, requester=requester or ""))
+            if not decided:
+                await asyncio.gather(*(self._audit(r) for r in refusals))
+                raise Refusal(ErrorCode.MALFORMED, "no query of the batch could be answered")
+            first = decided[0][1].query
+            if any((d.query.requester, d.query.reply_seal_key) != (first.requester, first.reply_seal_key) for _, d in decided):
+                raise Refusal(ErrorCode.MALFORMED, "a batch has one requester and one reply key")
+            check_deadline(context)
+            bodies = [d.answer.SerializeToString() for _, d in decided]
+            records = refusals + [audit.answered(d, b, relayed=requester is None) for (_, d), b in zip(decided, bodies, strict=True)]
+            signatures, *_ = await asyncio.gather(self.signer.sign_many([(signing.ANSWER, b) for b in bodies]),
+                                                  *(self._audit(r) for r in records))
+            outcomes: Counter[str] = Counter()
+            for (index, d), body, signature in zip(decided, bodies, signatures, strict=True):
+                items.append(verification_pb2.BatchItem(index=index, answer=verification_pb2.SignedAnswer(body=body, signature=signature)))
+                outcomes.update(common_pb2.Outcome.Name(r.outcome) for r in d.answer.results)
+            items.sort(key=lambda item: item.index)
+            self.log.debug("answered_batch", peer=first.requester, queries=len(batch.queries), answered=len(decided))
+            if self.metrics is not None:
+                self.metrics.outcomes(outcomes)
+            return verification_pb2.VerifyBatchResponse(
+                sealed=self.unsealer.seal_answer_batch(verification_pb2.AnswerBatch(items=items), first))
 
     async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:
         async with edge(context, self.log, "Holds", self.metrics):

@@ -266,3 +266,75 @@ class CheckpointAck(_message.Message):
 class LatestCheckpointRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RegisterConsentBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[RegisterConsentRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[RegisterConsentRequest, _Mapping]]] = ...) -> None: ...
+
+class ConsentBatchItem(_message.Message):
+    __slots__ = ("status", "error_code", "error")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    status: ConsentStatus
+    error_code: str
+    error: str
+    def __init__(self, status: _Optional[_Union[ConsentStatus, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RegisterConsentBatchResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ConsentBatchItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ConsentBatchItem, _Mapping]]] = ...) -> None: ...
+
+class HouseholdDiscovery(_message.Message):
+    __slots__ = ("consent_id", "tokens")
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    tokens: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, consent_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class DiscoverBatchRequest(_message.Message):
+    __slots__ = ("request_id", "households")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOUSEHOLDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    households: _containers.RepeatedCompositeFieldContainer[HouseholdDiscovery]
+    def __init__(self, request_id: _Optional[str] = ..., households: _Optional[_Iterable[_Union[HouseholdDiscovery, _Mapping]]] = ...) -> None: ...
+
+class HouseholdHolders(_message.Message):
+    __slots__ = ("holders", "error_code", "error")
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    holders: _containers.RepeatedScalarFieldContainer[str]
+    error_code: str
+    error: str
+    def __init__(self, holders: _Optional[_Iterable[str]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DiscoverBatchResponse(_message.Message):
+    __slots__ = ("households", "statuses")
+    HOUSEHOLDS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    households: _containers.RepeatedCompositeFieldContainer[HouseholdHolders]
+    statuses: _containers.RepeatedCompositeFieldContainer[ProvinceStatus]
+    def __init__(self, households: _Optional[_Iterable[_Union[HouseholdHolders, _Mapping]]] = ..., statuses: _Optional[_Iterable[_Union[ProvinceStatus, _Mapping]]] = ...) -> None: ...
+
+class RouteBatchRequest(_message.Message):
+    __slots__ = ("request_id", "consent_ids", "envelopes")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    consent_ids: _containers.RepeatedScalarFieldContainer[str]
+    envelopes: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, request_id: _Optional[str] = ..., consent_ids: _Optional[_Iterable[str]] = ..., envelopes: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+
+class RouteBatchResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[RoutedAnswer]
+    def __init__(self, answers: _Optional[_Iterable[_Union[RoutedAnswer, _Mapping]]] = ...) -> None: ...

@@ -89,6 +89,21 @@ class CoordinatorStub:
                 request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.LatestCheckpointRequest.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.FromString,
                 _registered_method=True)
+        self.RegisterConsentBatch = channel.unary_unary(
+                '/hedui.v1.Coordinator/RegisterConsentBatch',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RegisterConsentBatchRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RegisterConsentBatchResponse.FromString,
+                _registered_method=True)
+        self.DiscoverBatch = channel.unary_unary(
+                '/hedui.v1.Coordinator/DiscoverBatch',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.DiscoverBatchRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.DiscoverBatchResponse.FromString,
+                _registered_method=True)
+        self.RouteBatch = channel.unary_unary(
+                '/hedui.v1.Coordinator/RouteBatch',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -162,6 +177,24 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterConsentBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscoverBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RouteBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +252,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.LatestCheckpoint,
                     request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.LatestCheckpointRequest.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.SerializeToString,
+            ),
+            'RegisterConsentBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterConsentBatch,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RegisterConsentBatchRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RegisterConsentBatchResponse.SerializeToString,
+            ),
+            'DiscoverBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscoverBatch,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.DiscoverBatchRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.DiscoverBatchResponse.SerializeToString,
+            ),
+            'RouteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RouteBatch,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +566,87 @@ class Coordinator:
             '/hedui.v1.Coordinator/LatestCheckpoint',
             node_dot_wire_dot_v1_dot_coordinator__pb2.LatestCheckpointRequest.SerializeToString,
             node_dot_wire_dot_v1_dot_coordinator__pb2.AuditCheckpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterConsentBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/RegisterConsentBatch',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.RegisterConsentBatchRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.RegisterConsentBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscoverBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/DiscoverBatch',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.DiscoverBatchRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.DiscoverBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/RouteBatch',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -109,6 +109,42 @@ class HoldsResponse(_message.Message):
     held: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, held: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class QueryBatch(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[SignedQuery]
+    def __init__(self, queries: _Optional[_Iterable[_Union[SignedQuery, _Mapping]]] = ...) -> None: ...
+
+class BatchItem(_message.Message):
+    __slots__ = ("index", "answer", "error_code", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    answer: SignedAnswer
+    error_code: str
+    error: str
+    def __init__(self, index: _Optional[int] = ..., answer: _Optional[_Union[SignedAnswer, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class AnswerBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[BatchItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[BatchItem, _Mapping]]] = ...) -> None: ...
+
+class VerifyBatchRequest(_message.Message):
+    __slots__ = ("sealed",)
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    sealed: _common_pb2.Sealed
+    def __init__(self, sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
+class VerifyBatchResponse(_message.Message):
+    __slots__ = ("sealed",)
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    sealed: _common_pb2.Sealed
+    def __init__(self, sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
 class ConsentBody(_message.Message):
     __slots__ = ("consent_id", "requester", "subject_commitments", "purpose", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "registered_at_ms", "ledger_index", "subject_salt")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class VerificationStub:
                 request_serializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsRequest.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsResponse.FromString,
                 _registered_method=True)
+        self.VerifyBatch = channel.unary_unary(
+                '/hedui.v1.Verification/VerifyBatch',
+                request_serializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
+                _registered_method=True)
 
 
 class VerificationServicer:
@@ -63,6 +68,13 @@ class VerificationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyBatch(self, request, context):
+        """Answer a sealed batch of queries (relayed by the coordinator, or sent directly).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerificationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_VerificationServicer_to_server(servicer, server):
                     servicer.Holds,
                     request_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsRequest.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsResponse.SerializeToString,
+            ),
+            'VerifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyBatch,
+                    request_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyBatchRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class Verification:
             '/hedui.v1.Verification/Holds',
             node_dot_wire_dot_v1_dot_verification__pb2.HoldsRequest.SerializeToString,
             node_dot_wire_dot_v1_dot_verification__pb2.HoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Verification/VerifyBatch',
+            node_dot_wire_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_verification__pb2.VerifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

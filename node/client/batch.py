@@ -1,0 +1,302 @@
+"""Batch consent and batch verification: many households per signed, sealed message.
+
+A chunk of households costs one DiscoverBatch (each province is asked once about all their
+tokens), one batch signature over all the chunk's queries, one seal per holding province and
+one RouteBatch. Chunks are pipelined so the coordinator and holders always have work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from grpc import aio
+
+from node.client.client import translate
+from node.client.query import Answer, PreparedQuery, check_answer
+from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
+from node.coordinator.router import status_name
+from node.crypto import sealing, signing
+from node.crypto.tokens import subject_token
+from node.domain import idnumber
+from node.domain.predicate import Check, parse_check
+from node.domain.regions import province_uri
+from node.errors import BadInput, HeduiError
+from node.member import Member
+from node.server import tls
+from node.service.consent import SALT_BYTES, commitment
+from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+
+CHUNK: Final[int] = 128
+IN_FLIGHT: Final[int] = 4
+DAY_MS: Final[int] = 24 * 3600 * 1000
+
+
+@dataclass
+class Household:
+    """One household of an input file: its key, members' ID numbers, and where they were read."""
+
+    key: str
+    ids: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    evidence: bytes = b""
+
+
+@dataclass(frozen=True)
+class Reject:
+    line: int
+    household: str
+    reason: str
+
+
+def read_households(path: Path, *, max_members: int = 16) -> tuple[list[Household], list[Reject]]:
+    """Households of a CSV `household,id_number[,evidence_sha256]`; bad rows reject their household."""
+    households: dict[str, Household] = {}
+    bad: dict[str, list[Reject]] = {}
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["household", "id_number"] or \
+                (len(header) > 2 and header[2].strip() != "evidence_sha256") or len(header) > 3:
+            raise BadInput(f"{path}: header must be household,id_number[,evidence_sha256]")
+        for line, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            key = row[0].strip() if row else ""
+            if len(row) not in (2, 3) or not key or len(key) > 64 or not key.isprintable():
+                bad.setdefault(key or f"line-{line}", []).append(Reject(line, key, "malformed row"))
+                continue
+            h = households.setdefault(key, Household(key))
+            h.lines.append(line)
+            try:
+                h.ids.append(idnumber.validate(row[1]))
+            except idnumber.InvalidIdNumber as exc:
+                bad.setdefault(key, []).append(Reject(line, key, str(exc)))
+                continue
+            if len(row) == 3 and row[2].strip():
+                try:
+                    digest = bytes.fromhex(row[2].strip())
+                    if len(digest) != 32:
+                        raise ValueError
+                    h.evidence = digest
+                except ValueError:
+                    bad.setdefault(key, []).append(Reject(line, key, "evidence_sha256 must be 64 hex digits"))
+    good: list[Household] = []
+    rejects: list[Reject] = [r for rs in bad.values() for r in rs if r.household not in households]
+    for key, h in households.items():
+        problems = list(bad.get(key, []))
+        if len(h.ids) + len([p for p in problems if "ID number" in p.reason]) > max_members:
+            problems.append(Reject(h.lines[0], key, f"household has more than {max_members} members"))
+        elif len(set(h.ids)) != len(h.ids):
+            problems.append(Reject(h.lines[0], key, "the same ID number appears twice in the household"))
+        if problems:
+            rejects.extend(problems)
+        else:
+            good.append(h)
+    rejects.sort(key=lambda r: r.line)
+    return good, rejects
+
+
+def write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
+    """Rejected rows by line number (never the ID number itself)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["line", "household", "reason"])
+        for r in rejects:
+            w.writerow([r.line, r.household, r.reason])
+    os.replace(tmp, path)
+
+
+class BatchSession:
+    """An async session with the coordinator as one province, for batch work."""
+
+    def __init__(self, member: Member, *, deadline_s: float = 30.0) -> None:
+        if not member.cfg.coordinator:
+            raise BadInput("this node has no coordinator configured")
+        self.member = member
+        self.deadline_s = deadline_s
+        self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
+                                           options=tls.channel_options(member.cfg.limits))
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self.signer = signing.AsyncBatchSigner(member.signer)
+        self._directory: dict[str, Any] | None = None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def call(self, method: str, request: Any) -> Any:
+        try:
+            return await getattr(self.stub, method)(request, timeout=self.deadline_s, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise translate(exc) from None
+
+    async def directory(self) -> dict[str, Any]:
+        if self._directory is None:
+            from node.coordinator.directory import verify_directory
+
+            signed = await self.call("Directory", coordinator_pb2.DirectoryRequest())
+            self._directory = verify_directory(signed, self.member.verifier)
+        return self._directory
+
+    # -- consents ------------------------------------------------------------------------
+
+    async def grant(self, households: Sequence[Household], purpose: str, days: int,
+                    ) -> list[tuple[Household, verification_pb2.SignedConsent | None, str]]:
+        """Register one consent per household; (household, receipt or None, error)."""
+        m = self.member
+        now_ms = int(time.time() * 1000)
+        bodies = []
+        for h in households:
+            salt = os.urandom(SALT_BYTES)
+            bodies.append(coordinator_pb2.ConsentRequestBody(
+                requester=m.province, request_id=uuid.uuid4().hex, nonce=os.urandom(16), issued_at_ms=now_ms,
+                purpose=purpose, subject_salt=salt,
+                subject_commitments=[commitment(salt, subject_token(m.linkage_key, n)) for n in h.ids],
+                not_before_ms=now_ms - 60_000, not_after_ms=now_ms + days * DAY_MS,
+                case_reference="", evidence_algorithm="sha256" if h.evidence else "", evidence_digest=h.evidence,
+            ).SerializeToString())
+        signatures = await self.signer.sign_many([(CONSENT_REQUEST_DOMAIN, b) for b in bodies])
+        reply = await self.call("RegisterConsentBatch", coordinator_pb2.RegisterConsentBatchRequest(
+            requests=[coordinator_pb2.RegisterConsentRequest(body=b, signature=s) for b, s in zip(bodies, signatures, strict=True)]))
+        return [(h, item.status.receipt if not item.error_code else None, item.error)
+                for h, item in zip(households, reply.items, strict=True)]
+
+    # -- verification --------------------------------------------------------------------
+
+    async def verify(self, chunk: Sequence[tuple[Household, verification_pb2.SignedConsent]], purpose: str,
+                     checks: Sequence[Check]) -> list[dict[str, Any]]:
+        """Verify a chunk of households; one JSON-ready record per household, in order."""
+        m = self.member
+        request_id = uuid.uuid4().hex
+        consent_ids = [verification_pb2.ConsentBody.FromString(r.body).consent_id for _, r in chunk]
+        prepared = [PreparedQuery(m.province, purpose, tuple(subject_token(m.linkage_key, n) for n in h.ids), tuple(checks))
+                    for h, _ in chunk]
+        found = await self.call("DiscoverBatch", coordinator_pb2.DiscoverBatchRequest(
+            request_id=request_id,
+            households=[coordinator_pb2.HouseholdDiscovery(consent_id=c, tokens=list(p.tokens))
+                        for c, p in zip(consent_ids, prepared, strict=True)]))
+        contacted = {s.province: status_name(s.status) for s in found.statuses}
+        directory = await self.directory()
+        reply_key = X25519PrivateKey.generate()
+        reply_public = sealing.public_bytes(reply_key.public_key())
+        per_holder: dict[str, list[tuple[int, verification_pb2.QueryBody, bytes]]] = {}
+        for i, ((_, receipt), p, holders) in enumerate(zip(chunk, prepared, found.households, strict=True)):
+            for holder in holders.holders:
+                if holder not in directory:
+                    continue
+                body = p.body(audience=holder, consent=receipt, request_id=request_id, reply_key=reply_public,
+                              reply_suite=sealing.SUITE_NAME)
+                per_holder.setdefault(holder, []).append((i, body, body.SerializeToString()))
+        flat = [(h, i, body, raw) for h, items in per_holder.items() for i, body, raw in items]
+        signatures = await self.signer.sign_many([(signing.QUERY, raw) for *_, raw in flat]) if flat else []
+        batches: dict[str, list[verification_pb2.SignedQuery]] = {}
+        for (holder, *_ , raw), sig in zip(flat, signatures, strict=True):
+            batches.setdefault(holder, []).append(verification_pb2.SignedQuery(body=raw, signature=sig))
+        routed: dict[str, coordinator_pb2.RoutedAnswer] = {}
+        if batches:
+            envelopes = [coordinator_pb2.Envelope(province=h, query=sealing.seal(
+                verification_pb2.QueryBatch(queries=qs).SerializeToString(), kind=sealing.QUERY,
+                recipient=province_uri(h), public_key=directory[h].seal_public_key)) for h, qs in batches.items()]
+            involved = sorted({consent_ids[i] for items in per_holder.values() for i, _, _ in items})
+            reply = await self.call("RouteBatch", coordinator_pb2.RouteBatchRequest(
+                request_id=request_id, consent_ids=involved, envelopes=envelopes))
+            routed = {a.province: a for a in reply.answers}
+        answers: dict[tuple[str, int], tuple[Answer | None, str]] = {}
+        for holder, items in per_holder.items():
+            routed_answer = routed.get(holder)
+            status = status_name(routed_answer.status) if routed_answer else "UNAVAILABLE"
+            batch_items: dict[int, verification_pb2.BatchItem] = {}
+            if routed_answer is not None and status == "OK":
+                try:
+                    raw = sealing.open_sealed(routed_answer.answer, kind=sealing.ANSWER,
+                                              identity=province_uri(m.province), private_key=reply_key)
+                    batch_items = {it.index: it for it in verification_pb2.AnswerBatch.FromString(raw).items}
+                except Exception:  # noqa: BLE001 - an unopenable reply is that province's failure
+                    status = "DENIED"
+            for position, (i, body, raw) in enumerate(items):
+                item = batch_items.get(position)
+                if status != "OK" or item is None:
+                    answers[(holder, i)] = (None, status)
+                elif item.error_code:
+                    answers[(holder, i)] = (None, "DENIED")
+                else:
+                    answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder).with_query(raw)
+                    answers[(holder, i)] = (answer, "OK")
+        records = []
+        for i, ((h, receipt), holders) in enumerate(zip(chunk, found.households, strict=True)):
+            routing = {p: s for p, s in contacted.items()}
+            if holders.error_code:
+                records.append({"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
+                                "error": holders.error, "routing": {}, "answers": [], "evidence": []})
+                continue
+            for p in routing:
+                if routing[p] == "OK":
+                    routing[p] = "NO_MATCH"
+            household_answers = []
+            evidence = []
+            for holder in holders.holders:
+                answer, status = answers.get((holder, i), (None, "UNAVAILABLE"))
+                routing[holder] = status
+                if answer is not None:
+                    household_answers.append({"province": holder, "signature_valid": answer.signature_valid, "results": [
+                        {"subject": r.subject, "check": r.check, "outcome": r.outcome, "as_of": r.as_of} for r in answer.results]})
+                    evidence.append({"province": holder, "query": base64.b64encode(answer.query_body).decode(),
+                                     "answer": base64.b64encode(answer.signed.SerializeToString()).decode()})
+            records.append({"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
+                            "routing": dict(sorted(routing.items())), "answers": household_answers, "evidence": evidence})
+        return records
+
+
+def complete(record: dict[str, Any]) -> bool:
+    """A household is done when every province was answered or said it holds nothing."""
+    return "error" not in record and all(s in ("OK", "NO_MATCH", "DENIED") for s in record["routing"].values())
+
+
+async def pipeline(chunks: Iterable[Any], work: Callable[[Any], Any], in_flight: int = IN_FLIGHT) -> AsyncIterator[Any]:
+    """Run `work` over chunks with up to `in_flight` running, yielding results in input order."""
+    pending: list[asyncio.Task[Any]] = []
+    iterator = iter(chunks)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < in_flight:
+            try:
+                pending.append(asyncio.ensure_future(work(next(iterator))))
+            except StopIteration:
+                exhausted = True
+        if not pending:
+            return
+        yield await pending.pop(0)
+
+
+def chunked(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def parse_checks(exprs: Sequence[str], member: Member, purpose: str) -> list[Check]:
+    member.policy.purpose(purpose)
+    checks = [parse_check(e) for e in exprs]
+    for c in checks:
+        member.catalogue.get(c.attribute)
+    if not 1 <= len(checks) <= member.cfg.limits.max_checks:
+        raise BadInput(f"1 to {member.cfg.limits.max_checks} checks")
+    return checks
+
+
+__all__ = ["BatchSession", "HeduiError", "Household", "Reject", "chunked", "complete", "parse_checks", "pipeline",
+           "read_households", "write_rejects"]
+_ = common_pb2
