@@ -127,6 +127,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def code_version() -> dict[str, Any]:
+    """The git commit measured, and whether the working tree had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
 def _rss_mb() -> tuple[float, float]:
     """(current RSS, peak RSS) of this process in MiB."""
     current = peak = 0.0
@@ -678,6 +691,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      warmup=sizes.warmup))
     out["total_s"] = time.perf_counter() - started
     out["machine"] = machine_info()
+    out["code"] = code_version()
     return out
 
 
@@ -694,7 +708,8 @@ def table(out: dict[str, Any]) -> str:
     lines = []
     m = out.get("machine", {})
     lines.append(f"Hedui bench - {m.get('nproc')} CPU {m.get('cpu_model')}, Python {m.get('python')}, "
-                 f"grpcio {m.get('grpcio')}, protobuf {m.get('protobuf')}"
+                 f"grpcio {m.get('grpcio')}, protobuf {m.get('protobuf')}; "
+                 f"commit {out.get('code', {}).get('commit')}{'+dirty' if out.get('code', {}).get('dirty') else ''}"
                  + (" [quick]" if out.get("quick") else ""))
     if "verify_seq_per_s" in out:
         lines.append(f"RPC: {out['rounds']} x {out['seconds_per_phase']:g} s per phase (median of rounds), "

@@ -31,11 +31,22 @@ def load_answer_file(path: Path) -> list[tuple[bytes, bytes]]:
     from node.cli.verify_cmd import ANSWER_FILE_FORMAT
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != ANSWER_FILE_FORMAT:
-            raise BadInput(f"{path}: not a {ANSWER_FILE_FORMAT} file")
-        return [(base64.b64decode(a["query"], validate=True), base64.b64decode(a["answer"], validate=True))
-                for a in data["answers"]]
+        text = path.read_text(encoding="utf-8")
+        try:
+            documents = [json.loads(text)]
+        except ValueError:  # a RESULTS.jsonl of `hedui verify-batch`: evidence on every line
+            documents = [json.loads(line) for line in text.splitlines() if line.strip()]
+        pairs = []
+        for data in documents:
+            if data.get("format") == ANSWER_FILE_FORMAT:
+                entries = data["answers"]
+            elif "evidence" in data and "household" in data:
+                entries = data["evidence"]
+            else:
+                raise BadInput(f"{path}: not a {ANSWER_FILE_FORMAT} file or verify-batch results")
+            pairs.extend((base64.b64decode(a["query"], validate=True), base64.b64decode(a["answer"], validate=True))
+                         for a in entries)
+        return pairs
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError):

@@ -24,6 +24,10 @@ def register(sub: Any) -> None:
     grant.add_argument("--json", action="store_true")
     grant.set_defaults(func=_grant)
 
+    from node.cli.batch_cmd import register_grant
+
+    register_grant(consent_sub)
+
     revoke = consent_sub.add_parser("revoke", help="revoke a consent (in force everywhere within seconds)")
     revoke.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
     revoke.add_argument("consent_id", metavar="CONSENT_ID")

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 
 from node.demo import read_people
-from node.domain.catalogue import load_catalogue
 from node.domain.predicate import parse_check
 from node.domain.regions import PROVINCE_CODES
 from node.synth import generate
 from node.testing import run_cluster
+from tests.oracle import province_values
 
 CHECKS = ["deposit.balance_total<=2000000", "income.wage_monthly<=300000", "real_estate.count>=1",
           "social_insurance.contributing==1"]
 
 
 def oracle(data: Path) -> dict[str, dict[tuple[str, str], int]]:
-    """Per province: (ID number, item) -> value at the latest as-of date, same-date sources combined."""
-    aggregates = load_catalogue().aggregates()
-    out: dict[str, dict[tuple[str, str], int]] = {}
-    for code in PROVINCE_CODES:
-        rows: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
-        with open(data / f"{code}.csv", newline="") as f:
-            for r in csv.DictReader(f):
-                rows[(r["id_number"], r["attribute"])].append((r["as_of"], int(r["value"])))
-        values = {}
-        for key, facts in rows.items():
-            latest = max(d for d, _ in facts)
-            same = [v for d, v in facts if d == latest]
-            values[key] = sum(same) if aggregates[key[1]] == "sum" else max(same)
-        out[code] = values
-    return out
+    return province_values(data, PROVINCE_CODES)
 
 
 def test_31_province_federation_matches_the_oracle(tmp_path: Path) -> None:

@@ -1,0 +1,212 @@
+"""`hedui consent grant-batch` and `hedui verify-batch`: resumable national-scale batches."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from node.errors import BadInput
+
+
+def register(sub: Any) -> None:
+    batch = sub.add_parser("verify-batch", help="verify many households through the coordinator (resumable)")
+    batch.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
+    batch.add_argument("--in", dest="input", required=True, type=Path, metavar="HOUSEHOLDS.csv",
+                       help="household,id_number rows, one per member")
+    batch.add_argument("--consents", required=True, type=Path, metavar="CONSENTS.csv", help="from `consent grant-batch`")
+    batch.add_argument("--purpose", required=True, metavar="P")
+    batch.add_argument("--check", dest="checks", action="append", required=True, metavar="EXPR")
+    batch.add_argument("--out", required=True, type=Path, metavar="RESULTS.jsonl")
+    batch.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
+    batch.add_argument("--chunk", type=int, default=128, metavar="N", help="households per message (default 128)")
+    batch.add_argument("--in-flight", type=int, default=4, metavar="N", help="messages in flight (default 4)")
+    batch.set_defaults(func=verify_batch)
+
+
+def register_grant(consent_sub: Any) -> None:
+    grant = consent_sub.add_parser("grant-batch", help="register one consent per household of a CSV (resumable)")
+    grant.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
+    grant.add_argument("--in", dest="input", required=True, type=Path, metavar="HOUSEHOLDS.csv",
+                       help="household,id_number[,evidence_sha256] rows, one per member")
+    grant.add_argument("--purpose", required=True, metavar="P")
+    grant.add_argument("--days", type=int, default=30, metavar="N")
+    grant.add_argument("--out", required=True, type=Path, metavar="CONSENTS.csv")
+    grant.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
+    grant.set_defaults(func=grant_batch)
+
+
+def _rejects_path(args: argparse.Namespace) -> Path:
+    return args.rejects or args.out.with_name(args.out.name + ".rejects.csv")
+
+
+def _done_lines(path: Path, key: str, keep: Any) -> tuple[set[str], list[str]]:
+    """Complete lines of a previous run (a partial last line is dropped) and their keys."""
+    if not path.exists():
+        return set(), []
+    done: set[str] = set()
+    lines: list[str] = []
+    raw = path.read_text(encoding="utf-8")
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        record = keep(line)
+        if record is not None:
+            done.add(record)
+            lines.append(line)
+    return done, lines
+
+
+def _rewrite(path: Path, lines: list[str], header: str | None = None) -> IO[str]:
+    """Atomically replace `path` with the kept lines; return it opened for appending."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        if header is not None and (not lines or lines[0] != header):
+            f.write(header)
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return open(path, "a", encoding="utf-8", newline="")
+
+
+def grant_batch(args: argparse.Namespace) -> int:
+    from node.client.batch import BatchSession, chunked, read_households, write_rejects
+    from node.cli.progress import Progress
+    from node.member import Member
+
+    member = Member.from_config(args.config)
+    member.policy.purpose(args.purpose)
+    if not 1 <= args.days <= 366:
+        raise BadInput("--days must be 1 to 366")
+    households, rejects = read_households(args.input, max_members=member.cfg.limits.max_subjects)
+    header = "household,consent_id,receipt\n"
+
+    def key_of(line: str) -> str | None:
+        parts = line.rstrip("\n").split(",")
+        return parts[0] if len(parts) == 3 and parts[0] != "household" else None
+
+    done, lines = _done_lines(args.out, "household", key_of)
+    todo = [h for h in households if h.key not in done]
+    out = _rewrite(args.out, lines, header)
+    refused = 0
+
+    async def run() -> None:
+        nonlocal refused
+        session = BatchSession(member)
+        try:
+            with Progress(len(todo), "consents") as progress:
+                for chunk in chunked(todo, 256):
+                    for h, receipt, error in await session.grant(chunk, args.purpose, args.days):
+                        if receipt is None:
+                            refused += 1
+                            rejects.append(_reject(h, f"refused by the coordinator: {error}"))
+                            continue
+                        consent_id = _consent_id(receipt)
+                        out.write(f"{h.key},{consent_id},{base64.b64encode(receipt.SerializeToString()).decode()}\n")
+                    out.flush()
+                    progress.advance(len(chunk))
+        finally:
+            await session.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+        write_rejects(_rejects_path(args), rejects)
+    print(f"{len(todo) - refused} consents registered ({len(done)} already in {args.out}); "
+          f"{len(rejects)} rejected row(s) in {_rejects_path(args)}", file=sys.stderr)
+    return 0
+
+
+def _reject(h: Any, reason: str) -> Any:
+    from node.client.batch import Reject
+
+    return Reject(h.lines[0], h.key, reason)
+
+
+def _consent_id(receipt: Any) -> str:
+    from node.wire.v1 import verification_pb2
+
+    return verification_pb2.ConsentBody.FromString(receipt.body).consent_id
+
+
+def read_consents(path: Path) -> dict[str, Any]:
+    """household -> SignedConsent receipt, from a CONSENTS.csv."""
+    from node.wire.v1 import verification_pb2
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"household", "receipt"} <= set(reader.fieldnames):
+                raise BadInput(f"{path}: header must be household,consent_id,receipt")
+            return {row["household"]: verification_pb2.SignedConsent.FromString(base64.b64decode(row["receipt"]))
+                    for row in reader}
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except (ValueError, KeyError, TypeError):
+        raise BadInput(f"{path}: not a consents file written by `hedui consent grant-batch`") from None
+
+
+def verify_batch(args: argparse.Namespace) -> int:
+    from node.client.batch import BatchSession, chunked, complete, parse_checks, pipeline, read_households, write_rejects
+    from node.cli.progress import Progress
+    from node.member import Member
+
+    member = Member.from_config(args.config)
+    checks = parse_checks(args.checks, member, args.purpose)
+    if not 1 <= args.chunk <= 512 or not 1 <= args.in_flight <= 32:
+        raise BadInput("--chunk must be 1 to 512 and --in-flight 1 to 32")
+    households, rejects = read_households(args.input, max_members=member.cfg.limits.max_subjects)
+    consents = read_consents(args.consents)
+    ready = []
+    for h in households:
+        if h.key in consents:
+            ready.append((h, consents[h.key]))
+        else:
+            rejects.append(_reject(h, "no consent for this household in the consents file"))
+
+    def key_of(line: str) -> str | None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        return record["household"] if complete(record) else None
+
+    done, lines = _done_lines(args.out, "household", key_of)
+    todo = [(h, r) for h, r in ready if h.key not in done]
+    out = _rewrite(args.out, lines)
+    stats = {"households": 0, "incomplete": 0}
+
+    async def run() -> None:
+        session = BatchSession(member)
+        try:
+            with Progress(len(todo), "households") as progress:
+                async for records in pipeline(chunked(todo, args.chunk),
+                                              lambda c: session.verify(c, args.purpose, checks), args.in_flight):
+                    out.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+                    out.flush()
+                    stats["households"] += len(records)
+                    stats["incomplete"] += sum(1 for r in records if not complete(r))
+                    progress.advance(len(records))
+        finally:
+            await session.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+        write_rejects(_rejects_path(args), sorted(rejects, key=lambda r: r.line))
+    print(f"{stats['households']} households verified ({len(done)} already done, {stats['incomplete']} incomplete: "
+          f"re-run to complete them); {len(rejects)} rejected row(s) in {_rejects_path(args)}", file=sys.stderr)
+    return 0
