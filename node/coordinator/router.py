@@ -20,7 +20,7 @@ from node.errors import ErrorCode, Refusal
 from node.server import tls
 from node.wire.v1 import coordinator_pb2, verification_pb2, verification_pb2_grpc
 
-MARGIN_S: Final[float] = 0.05
+MARGIN_S: Final[float] = 0.1
 MIN_PER_PROVINCE_S: Final[float] = 0.05
 T = TypeVar("T")
 
@@ -42,9 +42,10 @@ def _status_of(error: grpc.RpcError) -> tuple[int, str]:
 
 
 def per_province_timeout(remaining: float | None, default: float) -> float:
-    """The deadline given to each province: the caller's remaining time less a margin for the reply."""
+    """The deadline given to each province: the caller's remaining time less a margin for the reply
+    (10 %, at least MARGIN_S), so a stalled province is reported before the caller gives up."""
     budget = default if remaining is None else remaining
-    return max(MIN_PER_PROVINCE_S, budget - MARGIN_S)
+    return max(MIN_PER_PROVINCE_S, budget - max(MARGIN_S, 0.1 * budget))
 
 
 class Router:
