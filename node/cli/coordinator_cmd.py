@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--config", required=True, type=Path, metavar="FILE")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (overrides [metrics] listen)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     ledger = sub.add_parser("ledger", help="the coordinator's consent ledger")
@@ -60,6 +62,13 @@ def _serve(args: argparse.Namespace) -> int:
     from node.server.node_server import serve_until_signalled
 
     cfg = config.load(args.config)
+    if args.workers != 1:
+        from node.server.workers import run_workers
+
+        if not 1 <= args.workers <= 64:
+            raise BadInput("--workers must be 1 to 64")
+        return run_workers("coordinator", args.config, args.listen or cfg.listen, args.workers, metrics=args.metrics,
+                           log_level=args.log_level)
     if getattr(args, "metrics", None):
         import dataclasses
 
@@ -67,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not cfg.is_coordinator:
         raise BadInput("this config is a province node's (use `hedui node serve`)")
     logs.configure(args.log_level or cfg.log_level)
-    asyncio.run(serve_until_signalled(CoordinatorServer(cfg), args.listen))
+    asyncio.run(serve_until_signalled(CoordinatorServer(cfg, reuse_port=args.reuse_port), args.listen))
     return 0
 
 

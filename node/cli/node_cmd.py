@@ -29,6 +29,8 @@ def register(sub: Any) -> None:
     serve.add_argument("--config", required=True, type=Path, metavar="FILE")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override the configured address")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (overrides [metrics] listen)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--port-file", type=Path, metavar="FILE", help="write the bound port here once serving")
     serve.set_defaults(func=_serve)
 
@@ -114,6 +116,13 @@ def _serve(args: argparse.Namespace) -> int:
     from node.server.node_server import NodeServer, serve_until_signalled
 
     cfg = config.load(args.config)
+    if args.workers != 1:
+        from node.server.workers import run_workers
+
+        if not 1 <= args.workers <= 64:
+            raise BadInput("--workers must be 1 to 64")
+        return run_workers("node", args.config, args.listen or cfg.listen, args.workers, metrics=args.metrics,
+                           log_level=args.log_level)
     if getattr(args, "metrics", None):
         import dataclasses
 
@@ -121,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
     if cfg.province is None:
         raise BadInput("this config is not a province node's (use `hedui coordinator serve`)")
     logs.configure(args.log_level or cfg.log_level)
-    server = NodeServer(cfg)
+    server = NodeServer(cfg, reuse_port=args.reuse_port)
 
     def ready(port: int) -> None:
         if args.port_file:

@@ -54,12 +54,20 @@ class ConsentRegistry:
         self._lock = threading.Lock()
         self._consents: dict[str, _Consent] = {}
         self._revocations: list[tuple[int, str]] = []
-        for entry in chain.entries():
-            if entry.kind == GRANT:
+        self._seen = 0
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Apply ledger entries written since we last looked (other coordinator workers share the ledger)."""
+        if self.chain.head()[0] <= self._seen:
+            return
+        for entry in self.chain.entries(after=self._seen):
+            self._seen = entry.idx
+            if entry.kind == GRANT and entry.key not in self._consents:
                 receipt = verification_pb2.SignedConsent.FromString(entry.payload)
                 body = verification_pb2.ConsentBody.FromString(receipt.body)
                 self._consents[entry.key] = _Consent(receipt, body, entry.idx)
-            elif entry.kind == REVOKE and entry.key in self._consents:
+            elif entry.kind == REVOKE and entry.key in self._consents and not self._consents[entry.key].revoked_at_ms:
                 self._consents[entry.key].revoked_at_ms = entry.at_ms
                 self._revocations.append((entry.idx, entry.key))
 
@@ -82,17 +90,16 @@ class ConsentRegistry:
                 results[position] = refusal
         if accepted:
             now_ms = int(self.clock() * 1000)
+            # The receipt does not name its ledger index (ConsentStatus does): no index needs
+            # predicting, so several coordinator workers can append to one ledger.
+            bodies = [self._body(req, "c-" + secrets.token_hex(12), now_ms) for _, req in accepted]
+            raws = [b.SerializeToString() for b in bodies]
+            signatures = self.signer.sign_many([(signing.CONSENT, raw) for raw in raws])
+            receipts = [verification_pb2.SignedConsent(body=raw, signature=sig) for raw, sig in zip(raws, signatures, strict=True)]
             with self._lock:
-                first = self.chain.head()[0] + 1
-                bodies = [self._body(req, "c-" + secrets.token_hex(12), now_ms, first + k)
-                          for k, (_, req) in enumerate(accepted)]
-                raws = [b.SerializeToString() for b in bodies]
-                signatures = self.signer.sign_many([(signing.CONSENT, raw) for raw in raws])
-                receipts = [verification_pb2.SignedConsent(body=raw, signature=sig) for raw, sig in zip(raws, signatures, strict=True)]
                 entries = self.chain.append_many([(GRANT, b.consent_id, r.SerializeToString()) for b, r in zip(bodies, receipts, strict=True)],
                                                  at_ms=now_ms)
                 for (position, _), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
-                    assert entry.idx == body.ledger_index, "ledger written by another process"
                     consent = _Consent(receipt, body, entry.idx)
                     self._consents[body.consent_id] = consent
                     results[position] = self._status(consent)
@@ -113,13 +120,13 @@ class ConsentRegistry:
         return req
 
     @staticmethod
-    def _body(req: coordinator_pb2.ConsentRequestBody, consent_id: str, now_ms: int, index: int) -> verification_pb2.ConsentBody:
+    def _body(req: coordinator_pb2.ConsentRequestBody, consent_id: str, now_ms: int) -> verification_pb2.ConsentBody:
         return verification_pb2.ConsentBody(
             consent_id=consent_id, requester=req.requester, subject_commitments=list(req.subject_commitments),
             purpose=req.purpose, scopes=sorted(set(req.scopes)), not_before_ms=req.not_before_ms,
             not_after_ms=req.not_after_ms, case_reference=req.case_reference,
             evidence_algorithm=req.evidence_algorithm, evidence_digest=req.evidence_digest,
-            registered_at_ms=now_ms, subject_salt=req.subject_salt, ledger_index=index,
+            registered_at_ms=now_ms, subject_salt=req.subject_salt,
         )
 
     def _validate(self, req: coordinator_pb2.ConsentRequestBody, peer_province: str) -> None:
@@ -152,6 +159,7 @@ class ConsentRegistry:
             raise Refusal(ErrorCode.REPLAYED)
 
     def _get(self, peer_province: str, consent_id: str) -> _Consent:
+        self._catch_up()
         consent = self._consents.get(consent_id)
         if consent is None or consent.body.requester != peer_province:
             # The same answer for "absent" and "someone else's": no probing of other provinces' consents.
@@ -176,6 +184,7 @@ class ConsentRegistry:
 
     def check_active(self, requester: str, consent_id: str) -> verification_pb2.ConsentBody:
         """The consent body if `consent_id` is the requester's, current and unrevoked; else Refusal."""
+        self._catch_up()
         consent = self._consents.get(consent_id)
         if consent is None or consent.body.requester != requester:
             raise Refusal(ErrorCode.CONSENT_MISSING)
@@ -188,6 +197,7 @@ class ConsentRegistry:
 
     def updates(self, after_index: int) -> coordinator_pb2.ConsentUpdatesResponse:
         """Revocations recorded after `after_index`, and the ledger head."""
+        self._catch_up()
         with self._lock:
             head = self.chain.head()[0]
             changes = [(i, c) for i, c in self._revocations if i > after_index]

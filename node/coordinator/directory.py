@@ -83,15 +83,32 @@ class Directory:
         self._announcements: dict[str, coordinator_pb2.SignedAnnouncement] = {}
         self._entries: dict[str, Entry] = {}
         self._signed: coordinator_pb2.SignedDirectory | None = None
-        if path.exists():
-            for raw in json.loads(path.read_text()).get("members", []):
-                signed = coordinator_pb2.SignedAnnouncement.FromString(bytes.fromhex(raw))
-                try:
-                    entry = verify_announcement(signed, verifier)
-                except Refusal:
-                    continue
+        self._stamp: int | None = None
+        self._reload()
+
+    def _reload(self) -> None:
+        """Re-read the persisted directory when another coordinator worker changed it."""
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self._stamp:
+            return
+        try:
+            members = json.loads(self.path.read_text()).get("members", [])
+        except ValueError:
+            return  # being replaced right now: keep what we have, read it next time
+        self._stamp = stamp
+        for raw in members:
+            signed = coordinator_pb2.SignedAnnouncement.FromString(bytes.fromhex(raw))
+            try:
+                entry = verify_announcement(signed, self.verifier)
+            except Refusal:
+                continue
+            if self._announcements.get(entry.province) != signed:
                 self._announcements[entry.province] = signed
                 self._entries[entry.province] = entry
+                self._signed = None
 
     def announce(self, peer_province: str, signed: coordinator_pb2.SignedAnnouncement) -> Entry:
         """Accept a province's announcement of itself."""
@@ -99,6 +116,7 @@ class Directory:
         if entry.province != peer_province:
             raise Refusal(ErrorCode.IDENTITY_MISMATCH)
         with self._lock:
+            self._reload()
             self._announcements[entry.province] = signed
             self._entries[entry.province] = entry
             self._signed = None
@@ -106,17 +124,20 @@ class Directory:
         return entry
 
     def _persist(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"members": [a.SerializeToString().hex() for a in self._announcements.values()]}))
         os.replace(tmp, self.path)
+        self._stamp = self.path.stat().st_mtime_ns
 
     def entries(self) -> dict[str, Entry]:
         with self._lock:
+            self._reload()
             return dict(self._entries)
 
     def signed(self) -> coordinator_pb2.SignedDirectory:
         """The current directory, signed by the coordinator (re-signed only after a change)."""
         with self._lock:
+            self._reload()
             if self._signed is None:
                 body = coordinator_pb2.DirectoryBody(
                     issued_at_ms=int(self.clock() * 1000),

@@ -259,6 +259,7 @@ class CoordinatorServer:
     running: RunningServer | None = None
     port: int = 0
     servicer: Any = None
+    reuse_port: bool = False
     metrics_port: int | None = None
     _metrics_server: Any = None
     crl: CrlFile | None = None
@@ -289,7 +290,8 @@ class CoordinatorServer:
         servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl,
                                        auditor=self.auditor, checkpoints=checkpoints)
         self.servicer = servicer
-        self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
+        self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
+                                          register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
         self.port = self.running.port
         if cfg.metrics_listen and self.metrics_port is None:
             self._metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)

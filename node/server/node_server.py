@@ -39,6 +39,7 @@ class NodeServer:
     running: RunningServer | None = None
     port: int = 0
     servicer: Any = None
+    reuse_port: bool = False
     metrics_port: int | None = None
     _metrics_server: Any = None
     batch_signer: signing.AsyncBatchSigner | None = None
@@ -82,7 +83,8 @@ class NodeServer:
             unsealer=self.link, metrics=MemberMetrics(cfg.identity), auditor=self.auditor,
         )
         self.servicer = servicer
-        self.running = await start_server(cfg, listen, SERVICE_NAME, lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
+        self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
+                                          register=lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
         self.port = self.running.port
         if cfg.metrics_listen and self.metrics_port is None:
             self._metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)

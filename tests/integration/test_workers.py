@@ -1,0 +1,63 @@
+"""`--workers N`: several node processes on one port share the store, nonces and audit log."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+
+from node.testing import run_cluster
+from tests.conftest import WORKER
+
+HEDUI = [sys.executable, "-m", "node.cli.main"]
+
+
+def test_two_workers_serve_one_port_and_stop_together(planted: dict[str, Path], tmp_path: Path) -> None:
+    """Two worker processes answer on one port, refuse replays across each other, and stop on SIGTERM."""
+    with run_cluster(["51", "44"], root=tmp_path, data=planted) as fed:
+        receipt = fed.grant("51", [WORKER], "dibao").receipt
+        fed.stop_node("44")
+        proc = subprocess.Popen([*HEDUI, "node", "serve", "--config", str(fed.configs["44"]), "--listen", "127.0.0.1:0",
+                                 "--workers", "2"], stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        serving, port = 0, None
+        for line in proc.stderr:
+            event = json.loads(line)
+            if event.get("event") == "workers_started":
+                port = event["port"]
+            serving += event.get("event") == "serving"
+            if serving == 2:
+                break
+        assert port and serving == 2
+        address = f"127.0.0.1:{port}"
+        with fed.client("51", to=address) as peer:
+            results = [peer.verify([WORKER], "dibao", ["deposit.balance_total<=2000000"], consent=receipt)
+                       for _ in range(20)]
+        assert all(r.answers[0].signature_valid for r in results)
+        # One signed query on several fresh connections (spread over both workers): answered once.
+        from node.client.query import prepare, sign_query
+        from node.server import tls
+        from node.wire.v1 import verification_pb2, verification_pb2_grpc
+
+        m = fed.member("51")
+        query = sign_query(m.signer, prepare(requester="51", linkage_key=m.linkage_key, ids=[WORKER], purpose="dibao",
+                                             checks=["deposit.balance_total<=2000000"], catalogue=m.catalogue,
+                                             policy=m.policy).body(consent=receipt))
+        codes = []
+        for i in range(6):
+            with grpc.secure_channel(address, tls.channel_credentials(m.cfg), options=[("grpc.channel_id", i)]) as ch:
+                try:
+                    verification_pb2_grpc.VerificationStub(ch).Verify(verification_pb2.VerifyRequest(signed=query), timeout=5)
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+        assert codes.count("OK") == 1 and codes.count("ALREADY_EXISTS") == 5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        report = subprocess.run([*HEDUI, "audit", "verify", "--config", str(fed.configs["44"]), "--json"],
+                                capture_output=True, text=True, timeout=60)
+        assert report.returncode == 0 and json.loads(report.stdout)["entries"] >= 20
