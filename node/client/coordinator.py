@@ -14,10 +14,10 @@ from typing import Any, Final
 import grpc
 
 from node.client.client import translate
+from node.client.query import validate_household
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import Entry, verify_directory
 from node.crypto.tokens import subject_token
-from node.domain import idnumber
 from node.errors import BadInput
 from node.member import Member
 from node.server import tls
@@ -83,16 +83,7 @@ class CoordinatorClient:
               evidence: Path | None = None, case_reference: str = "") -> ConsentInfo:
         """Register an applicant household's consent; ID numbers become salted token commitments."""
         m = self.member
-        if not 1 <= len(ids) <= m.cfg.limits.max_subjects:
-            raise BadInput(f"a consent names 1 to {m.cfg.limits.max_subjects} ID numbers")
-        numbers = []
-        for position, raw in enumerate(ids, start=1):
-            try:
-                numbers.append(idnumber.validate(raw))
-            except idnumber.InvalidIdNumber as exc:
-                raise idnumber.InvalidIdNumber(f"ID number #{position}: {exc}") from None
-        if len(set(numbers)) != len(numbers):
-            raise BadInput("the same ID number is given twice")
+        numbers = validate_household(ids, m.cfg.limits.max_subjects)
         m.policy.purpose(purpose)
         for scope in scopes:
             if scope not in m.catalogue.categories:

@@ -112,6 +112,21 @@ class PreparedQuery:
         )
 
 
+def validate_household(ids: Sequence[str], max_subjects: int = 16) -> list[str]:
+    """Normalised, distinct ID numbers of 1 to `max_subjects` household members, or BadInput naming the first fault."""
+    if not 1 <= len(ids) <= max_subjects:
+        raise BadInput(f"a household has 1 to {max_subjects} ID numbers")
+    numbers = []
+    for position, raw in enumerate(ids, start=1):
+        try:
+            numbers.append(idnumber.validate(raw))
+        except idnumber.InvalidIdNumber as exc:
+            raise idnumber.InvalidIdNumber(f"ID number #{position}: {exc}") from None
+    if len(set(numbers)) != len(numbers):
+        raise BadInput("the same ID number is given twice")
+    return numbers
+
+
 def prepare(
     *,
     requester: str,
@@ -125,18 +140,9 @@ def prepare(
     max_checks: int = 32,
 ) -> PreparedQuery:
     """Validate user input before anything leaves the machine; raise BadInput on the first fault."""
-    if not 1 <= len(ids) <= max_subjects:
-        raise BadInput(f"a query names 1 to {max_subjects} ID numbers")
     if not 1 <= len(checks) <= max_checks:
         raise BadInput(f"a query has 1 to {max_checks} checks")
-    numbers = []
-    for position, raw in enumerate(ids, start=1):
-        try:
-            numbers.append(idnumber.validate(raw))
-        except idnumber.InvalidIdNumber as exc:
-            raise idnumber.InvalidIdNumber(f"ID number #{position}: {exc}") from None
-    if len(set(numbers)) != len(numbers):
-        raise BadInput("the same ID number is given twice")
+    numbers = validate_household(ids, max_subjects)
     if purpose not in policy.purposes:
         raise UnknownPurpose(f"unknown purpose {purpose!r}; known: {', '.join(sorted(policy.purposes))}")
     typed = [c if isinstance(c, Check) else parse_check(c) for c in checks]

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import time
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -23,6 +23,7 @@ from node.service.consent import RevocationView
 from node.store import audit
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
+T = TypeVar("T")
 POLL_INTERVAL_S: Final[float] = 1.0
 CHECKPOINT_EVERY_S: Final[float] = 60.0
 DIRECTORY_MAX_AGE_S: Final[float] = 30.0
@@ -170,33 +171,25 @@ class CoordinatorLink:
 
     # -- sealing, for the Verification servicer ---------------------------------------------
 
-    def open_query(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.SignedQuery, str | None]:
-        """Open a sealed query; the requester is the TLS peer, or None when relayed by the coordinator."""
+    def _open(self, sealed: common_pb2.Sealed, peer_identity: str, message: type[T]) -> tuple[T, str | None]:
+        """Open a sealed query message; the requester is the TLS peer, or None when relayed by the coordinator."""
         try:
             raw = sealing.open_sealed(sealed, kind=sealing.QUERY, identity=self.identity, private_key=self._seal_key)
-            query = verification_pb2.SignedQuery.FromString(raw)
+            opened = message.FromString(raw)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - SealError or DecodeError: the same public refusal
             raise Refusal(ErrorCode.MALFORMED, "sealed query does not open") from None
         if peer_identity == COORDINATOR_URI:
-            return query, None
+            return opened, None
         province = province_of_identity(peer_identity)
         if province is None:
             raise Refusal(ErrorCode.NOT_AUTHORISED)
-        return query, province
+        return opened, province
+
+    def open_query(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.SignedQuery, str | None]:
+        return self._open(sealed, peer_identity, verification_pb2.SignedQuery)
 
     def open_batch(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.QueryBatch, str | None]:
-        """Open a sealed query batch; the requester is the TLS peer, or None when relayed."""
-        try:
-            raw = sealing.open_sealed(sealed, kind=sealing.QUERY, identity=self.identity, private_key=self._seal_key)
-            batch = verification_pb2.QueryBatch.FromString(raw)
-        except Exception:  # noqa: BLE001 - SealError or DecodeError: the same public refusal
-            raise Refusal(ErrorCode.MALFORMED, "sealed query batch does not open") from None
-        if peer_identity == COORDINATOR_URI:
-            return batch, None
-        province = province_of_identity(peer_identity)
-        if province is None:
-            raise Refusal(ErrorCode.NOT_AUTHORISED)
-        return batch, province
+        return self._open(sealed, peer_identity, verification_pb2.QueryBatch)
 
     @staticmethod
     def seal_answer_batch(batch: verification_pb2.AnswerBatch, query: verification_pb2.QueryBody) -> common_pb2.Sealed:
