@@ -299,17 +299,20 @@ def _export_checkpoint(args: argparse.Namespace) -> int:
     member = _member_identity(args.member)
     chain = HashChain.open_readonly(path, table="ledger")
     try:
-        signed = CheckpointStore(chain, Member(cfg).verifier).latest_signed(member)
+        # Every checkpoint, not just the latest: a history rewritten below an old checkpoint and
+        # then checkpointed again is still caught by the old one.
+        held = CheckpointStore(chain, Member(cfg).verifier).all_signed(member)
     finally:
         chain.close()
-    if signed is None:
+    if not held:
         raise BadInput(f"the coordinator holds no checkpoint from {member}")
-    line = signed.to_json_line()
+    text = "".join(signed.to_json_line() + "\n" for signed in held)
     if args.out is None:
-        print(line)
+        print(text, end="")
     else:
-        _write_private(args.out, line + "\n")
-        print(f"checkpoint of {member} at entry {signed.checkpoint.index} written to {args.out}", file=sys.stderr)
+        _write_private(args.out, text)
+        print(f"{len(held)} checkpoint(s) of {member} up to entry {held[-1].checkpoint.index} written to {args.out}",
+              file=sys.stderr)
     return 0
 
 

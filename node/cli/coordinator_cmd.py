@@ -51,6 +51,8 @@ def _init(args: argparse.Namespace) -> int:
     from node.cli.node_cmd import check_hostport
 
     check_hostport(args.listen)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    args.data_dir.chmod(0o700)
     config.write(args.config, coordinator_config(args.pki, args.listen, args.data_dir))
     print(f"coordinator configured: {args.config} (data in {args.data_dir.resolve()})")
     return 0

@@ -92,6 +92,8 @@ def _init(args: argparse.Namespace) -> int:
     if args.coordinator:
         check_hostport(args.coordinator)
     data_dir = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)  # the store, audit log and keys are the operator's alone
     keys = install_member_keys(args.pki, args.province, data_dir, linkage=True)
     member: dict[str, Any] = {
         "identity": province_uri(args.province), "province": args.province,

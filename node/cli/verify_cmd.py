@@ -72,7 +72,9 @@ def save_answers(path: Path, result: VerifyResult) -> None:
         ],
     }
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # evidence about applicants: owner only
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
 
 

@@ -35,6 +35,7 @@ class Entry:
     seal_suite: str
     seal_public_key: bytes
     tls_cert_sha256: bytes
+    sign_serial: int = 0
 
 
 def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: signing.Verifier) -> Entry:
@@ -48,7 +49,8 @@ def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: si
         raise Refusal(ErrorCode.IDENTITY_MISMATCH)
     if len(body.seal_public_key) != 32 or not body.endpoint or len(body.endpoint) > 255:
         raise Refusal(ErrorCode.MALFORMED, "announcement lacks endpoint or sealing key")
-    return Entry(body.province, body.endpoint, body.seal_suite, body.seal_public_key, body.tls_cert_sha256)
+    return Entry(body.province, body.endpoint, body.seal_suite, body.seal_public_key, body.tls_cert_sha256,
+                 verified.identity.serial)
 
 
 def verify_directory(signed: coordinator_pb2.SignedDirectory, verifier: signing.Verifier) -> dict[str, Entry]:
@@ -130,9 +132,11 @@ class Directory:
         self._stamp = self.path.stat().st_mtime_ns
 
     def entries(self) -> dict[str, Entry]:
+        """Members that may be contacted: a member whose certificates were revoked is left out."""
         with self._lock:
             self._reload()
-            return dict(self._entries)
+            anchor = self.verifier.anchor
+            return {p: e for p, e in self._entries.items() if not anchor.is_revoked(e.sign_serial)}
 
     def signed(self) -> coordinator_pb2.SignedDirectory:
         """The current directory, signed by the coordinator (re-signed only after a change)."""

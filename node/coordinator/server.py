@@ -31,6 +31,7 @@ from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_DISCOVERY_TOKENS = 16
 MAX_BATCH = 512  # households per batch message
+MAX_HOLDS_TOKENS = 4096  # what a node answers in one Holds call
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -89,9 +90,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             return self.consents.updates(request.after_index)
 
     async def Announce(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log, "Announce", self.metrics):
+        async with edge(context, self.log, "Announce", self.metrics, self._refusal_hook("Announce", request, context)):
             province = self._province(context)
             entry = self.directory.announce(province, request)
+            await self._audit(audit.coordinator_event("announce", requester=province))
             self.log.info("announced", province=province, endpoint=entry.endpoint)
             return coordinator_pb2.AnnounceResponse()
 
@@ -137,9 +139,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if not 1 <= len(request.requests) <= MAX_BATCH:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents per batch")
             results = self.consents.register_many(province, list(request.requests))
-            await asyncio.gather(*(self._audit(audit.coordinator_event(
-                audit.CONSENT_GRANT, requester=province, consent_id=_cid(r), purpose=verification_pb2.ConsentBody.FromString(r.receipt.body).purpose))
-                for r in results if not isinstance(r, Refusal)))
+            await asyncio.gather(*(self._audit(
+                audit.coordinator_event(audit.refused(r.code), requester=province, statuses={"call": "RegisterConsentBatch"})
+                if isinstance(r, Refusal) else
+                audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=_cid(r),
+                                        purpose=verification_pb2.ConsentBody.FromString(r.receipt.body).purpose))
+                for r in results))
             items = [coordinator_pb2.ConsentBatchItem(error_code=r.code.name, error=str(r)) if isinstance(r, Refusal)
                      else coordinator_pb2.ConsentBatchItem(status=r) for r in results]
             self.log.info("consents_registered", requester=province, count=sum(1 for i in items if not i.error_code),
@@ -160,10 +165,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 except Refusal as refusal:
                     replies.append(coordinator_pb2.HouseholdHolders(error_code=refusal.code.name, error=str(refusal)))
                     spans.append(None)
+                    await self._audit(self._event(audit.refused(refusal.code), province, request.request_id,
+                                                  household.consent_id, "DiscoverBatch"))
                     continue
                 replies.append(coordinator_pb2.HouseholdHolders())
                 spans.append((len(tokens), len(tokens) + len(household.tokens)))
                 tokens.extend(household.tokens)
+            if len(tokens) > MAX_HOLDS_TOKENS:
+                raise Refusal(ErrorCode.TOO_MANY, f"at most {MAX_HOLDS_TOKENS} subjects per discovery batch")
             statuses: list[coordinator_pb2.ProvinceStatus] = []
             if tokens:
                 held, statuses = await self.router.holds(province, tokens, request.request_id, self._timeout(context))
@@ -211,6 +220,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def _audit(self, record: audit.AuditRecord) -> None:
         await self.auditor.record(record)
 
+    @staticmethod
+    def _event(decision: str, requester: str, request_id: str, consent_id: str, call: str) -> audit.AuditRecord:
+        try:
+            return audit.coordinator_event(decision, requester=requester, request_id=request_id,
+                                           consent_id=consent_id, statuses={"call": call})
+        except ValueError:  # a peer-supplied field the audit log will not store
+            return audit.coordinator_event(decision, requester=requester, statuses={"call": call})
+
     def _refusal_hook(self, method: str, request: Any, context: aio.ServicerContext) -> Any:
         async def record(refusal: Refusal) -> None:
             try:
@@ -218,13 +235,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     context.auth_context()["x509_pem_cert"][0])) or ""
             except (HeduiError, KeyError, IndexError):
                 requester = ""
-            try:
-                event = audit.coordinator_event(audit.refused(refusal.code), requester=requester,
-                                                request_id=getattr(request, "request_id", ""),
-                                                consent_id=getattr(request, "consent_id", ""), statuses={"call": method})
-            except ValueError:
-                event = audit.coordinator_event(audit.refused(refusal.code), requester=requester, statuses={"call": method})
-            await self._audit(event)
+            await self._audit(self._event(audit.refused(refusal.code), requester, getattr(request, "request_id", ""),
+                                          getattr(request, "consent_id", ""), method))
         return record
 
     def _check_discovery(self, province: str, consent_id: str, tokens: Any) -> None:

@@ -475,6 +475,7 @@ class SigningIdentity:
     public_key: ed25519.Ed25519PublicKey
     fingerprint: bytes
     not_after: _dt.datetime
+    serial: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,6 +623,7 @@ class TrustAnchor:
             public_key=public_key,
             fingerprint=fingerprint,
             not_after=not_after,
+            serial=cert.serial_number,
         )
         return _Checked(cert.serial_number, not_before, not_after, identity, signing)
 

@@ -72,6 +72,12 @@ class CoordinatorLink:
             self._tasks.append(asyncio.create_task(self._announce_loop(signed)))
         return announced and synced
 
+    def rotate(self, signer: Any) -> None:
+        """Use rotated keys: sign checkpoints with the new key and reconnect with the new TLS certificate."""
+        if self.checkpointer is not None:
+            self.checkpointer.signer = signer
+        self.redial()
+
     def redial(self) -> None:
         """Reconnect to the coordinator with the (rotated) TLS certificate."""
         old = self._channel

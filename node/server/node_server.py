@@ -115,7 +115,7 @@ class NodeServer:
                 member.__dict__.pop("signer", None)
                 self.batch_signer.signer = member.signer
                 if self.link is not None:
-                    self.link.redial()
+                    self.link.rotate(member.signer)
                 log.info("keys_rotated")
             except (OSError, HeduiError, ValueError) as exc:
                 log.error("key_rotation_failed", error_type=type(exc).__name__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -10,10 +11,10 @@ from grpc import aio
 
 from node.crypto import signing
 from node.crypto.pki import TrustAnchor, province_of_identity
-from node.errors import ErrorCode, Refusal
+from node.errors import ErrorCode, HeduiError, Refusal
 from node.server.admission import Admission, check_deadline
 from node.server.edge import edge, public_message
-from node.service.verification import Decided, VerificationService
+from node.service.verification import REQUEST_ID_RE, Decided, VerificationService
 from node.store import audit
 from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 
@@ -90,6 +91,16 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query))
             return verification_pb2.VerifyResponse(signed=answer)
 
+    def _batch_refusal_hook(self, context: aio.ServicerContext) -> Any:
+        """Audits a refusal of a whole batch (its items' own refusals are audited one by one)."""
+        async def record(refusal: Refusal) -> None:
+            try:
+                requester = province_of_identity(self.anchor.validate_tls_peer_cert(context.auth_context()["x509_pem_cert"][0]))
+            except (HeduiError, KeyError, IndexError):
+                requester = None
+            await self._audit(audit.refusal(refusal.code, query=None, requester=requester or ""))
+        return record
+
     async def _audit(self, record: audit.AuditRecord) -> None:
         if self.auditor is not None:
             await self.auditor.record(record)
@@ -106,7 +117,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
 
     async def VerifyBatch(self, request: verification_pb2.VerifyBatchRequest,
                           context: aio.ServicerContext) -> verification_pb2.VerifyBatchResponse:
-        async with edge(context, self.log, "VerifyBatch", self.metrics):
+        async with edge(context, self.log, "VerifyBatch", self.metrics, self._batch_refusal_hook(context)):
             identity = self.admission.admit(context)
             if self.unsealer is None:
                 raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
@@ -155,4 +166,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             if identity != self.coordinator_identity:
                 raise Refusal(ErrorCode.NOT_AUTHORISED, "only the coordinator may ask which subjects are held")
             held = self.service.holds(list(request.tokens))
+            await self._audit(audit.AuditRecord(
+                at_ms=int(time.time() * 1000), request_id=request.request_id if REQUEST_ID_RE.fullmatch(request.request_id) else "",
+                requester="coordinator", decision="holds", extra={"tokens": str(len(request.tokens)), "held": str(len(held))}))
             return verification_pb2.HoldsResponse(held=held)

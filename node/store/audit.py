@@ -1035,6 +1035,15 @@ class CheckpointStore:
         message = _message(entry.payload)
         return SignedCheckpoint(Checkpoint.parse(message.body), message)
 
+    def all_signed(self, member: str) -> list[SignedCheckpoint]:
+        """Every checkpoint held for `member`, oldest first: a rewrite below any of them is caught."""
+        held = []
+        for entry in self.chain.entries(key=member):
+            if entry.kind == KIND_CHECKPOINT:
+                message = _message(entry.payload)
+                held.append(SignedCheckpoint(Checkpoint.parse(message.body), message))
+        return held
+
     def latest(self, member: str) -> Checkpoint | None:
         signed = self.latest_signed(member)
         return None if signed is None else signed.checkpoint

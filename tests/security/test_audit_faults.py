@@ -25,48 +25,57 @@ def hedui(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*HEDUI, *map(str, args)], capture_output=True, text=True, timeout=60)
 
 
+def rewrite_history(db_path: Path) -> None:
+    """What an operator with the sqlite3 tool does: edit entry 1 (its time), recompute every hash after it."""
+    db = sqlite3.connect(db_path)
+    db.execute("DROP TRIGGER audit_no_update")
+    prev = bytes(32)
+    for idx, at_ms, kind, key, payload in db.execute("SELECT idx, at_ms, kind, key, payload FROM audit ORDER BY idx").fetchall():
+        if idx == 1:
+            at_ms -= 3_600_000
+        digest = entry_hash("audit", idx, at_ms, kind, key, payload, prev)
+        db.execute("UPDATE audit SET at_ms=?, prev_hash=?, hash=? WHERE idx=?", (at_ms, prev, digest, idx))
+        prev = digest
+    db.commit()
+    db.close()
+
+
 def test_every_request_is_audited_refusals_included_and_rewrites_are_caught(planted: dict[str, Path],
                                                                           tmp_path: Path) -> None:
-    """Answers and refusals are audited without ID or value; a rewritten history fails the coordinator's checkpoint."""
+    """Answers and refusals are audited without ID or value; a rewritten history fails the coordinator's checkpoints,
+    even after the node lodged a new checkpoint on top of the rewrite."""
+    checkpoints = tmp_path / "cp44.jsonl"
     with run_cluster(["51", "44"], root=tmp_path, data=planted) as fed:
         consent = fed.grant("51", [WORKER], "dibao").consent_id
         fed.verify("51", [WORKER], CHECK, consent_id=consent)
         fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44")
         with pytest.raises(PeerRefused):
             fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44", purpose="medical")
-        fed.loop.run(fed.servers["44"].link.checkpoint_once())
+        link = fed.servers["44"].link
+        fed.loop.run(link.checkpoint_once())
         exported = hedui("audit", "export", "--config", fed.configs["44"])
         coordinator_export = hedui("audit", "export", "--config", fed.coordinator_config)
-        checkpoint = tmp_path / "cp44.json"
-        cp = hedui("audit", "export-checkpoint", "--config", fed.coordinator_config, "--member", "44", "--out", checkpoint)
+        assert hedui("audit", "verify", "--config", fed.configs["44"]).returncode == 0
+        # The operator rewrites history while the node runs; the node then records more and checkpoints again.
+        rewrite_history(tmp_path / "node44" / "audit.sqlite")
+        (tmp_path / "node44" / "audit-checkpoints.jsonl").unlink()  # and destroys the local copies
+        fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44")
+        fed.loop.run(link.checkpoint_once())
+        cp = hedui("audit", "export-checkpoint", "--config", fed.coordinator_config, "--member", "44", "--out", checkpoints)
         assert cp.returncode == 0, cp.stderr
+        assert len(checkpoints.read_text().splitlines()) == 2
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
     decisions = [r["decision"] for r in rows]
-    assert decisions.count("answered") == 2 and "refused:CONSENT_INVALID" in decisions
-    assert all(r["requester"] == "51" for r in rows)
-    assert {"consent.grant", "discover", "route"} <= {json.loads(x)["decision"] for x in coordinator_export.stdout.splitlines()}
+    assert decisions.count("answered") == 2 and "refused:CONSENT_INVALID" in decisions and "holds" in decisions
+    assert all(r["requester"] == ("coordinator" if r["decision"] == "holds" else "51") for r in rows)
+    assert {"consent.grant", "discover", "route", "announce"} <= {
+        json.loads(x)["decision"] for x in coordinator_export.stdout.splitlines()}
     for blob in (exported.stdout, coordinator_export.stdout):
         assert WORKER not in blob and str(CANARY_DEPOSIT) not in blob
     config = fed.configs["44"]
-    assert hedui("audit", "verify", "--config", config, "--checkpoint", checkpoint).returncode == 0
-    # An operator rewrites entry 1 and recomputes every hash after it: the chain alone looks fine...
-    db = sqlite3.connect(tmp_path / "node44" / "audit.sqlite")
-    db.execute("DROP TRIGGER audit_no_update")
-    rows_db = db.execute("SELECT idx, at_ms, kind, key, payload FROM audit ORDER BY idx").fetchall()
-    prev = bytes(32)
-    for idx, at_ms, kind, key, payload in rows_db:
-        if idx == 1:
-            payload = payload.replace(b"dibao", b"tekun")
-        digest = entry_hash("audit", idx, at_ms, kind, key, payload, prev)
-        db.execute("UPDATE audit SET payload=?, prev_hash=?, hash=? WHERE idx=?", (payload, prev, digest, idx))
-        prev = digest
-    db.commit()
-    db.close()
-    (tmp_path / "node44" / "audit-checkpoints.jsonl").unlink()  # the operator also destroys the local copy
-    assert hedui("audit", "verify", "--config", config).returncode == 0
-    # ...but not against the checkpoint the coordinator holds.
-    caught = hedui("audit", "verify", "--config", config, "--checkpoint", checkpoint)
-    assert caught.returncode == 1, caught.stdout
+    assert hedui("audit", "verify", "--config", config).returncode == 0  # the chain alone looks fine...
+    caught = hedui("audit", "verify", "--config", config, "--checkpoint", checkpoints)
+    assert caught.returncode == 1, caught.stdout  # ...the coordinator's first checkpoint does not
 
 
 def test_kill_9_while_writing_audit_records_leaves_a_clean_chain(planted: dict[str, Path], tmp_path: Path) -> None:
