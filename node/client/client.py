@@ -117,9 +117,13 @@ class AsyncPeerClient:
 
     def __init__(self, member: Member, target: str, *, signer: Any = None) -> None:
         from node.crypto.signing import AsyncBatchSigner
+        from node.inflight import InFlight
 
         self.member = member
-        self._signer = signer or AsyncBatchSigner(member.signer)
+        self.in_flight = InFlight()  # concurrent sends share one batch signature
+        self._signer = signer or AsyncBatchSigner(member.signer, in_flight=self.in_flight)
+        if self._signer.in_flight is None:  # a shared signer learns how many of our calls are in flight
+            self._signer.in_flight = self.in_flight
         self._channel = aio.secure_channel(
             target, tls.channel_credentials(member.cfg), options=tls.channel_options(member.cfg.limits)
         )
@@ -133,6 +137,11 @@ class AsyncPeerClient:
 
     async def send(self, prepared: PreparedQuery, *, consent: verification_pb2.SignedConsent | None = None,
                    audience: str = "", timeout: float = 10.0, check: bool = True) -> VerifyResult:
+        with self.in_flight.track():
+            return await self._send(prepared, consent=consent, audience=audience, timeout=timeout, check=check)
+
+    async def _send(self, prepared: PreparedQuery, *, consent: verification_pb2.SignedConsent | None,
+                    audience: str, timeout: float, check: bool) -> VerifyResult:
         from node.crypto import signing
 
         body = prepared.body(audience=audience, consent=consent)

@@ -7,7 +7,7 @@ and are told apart by the `member` label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -25,19 +25,27 @@ AUDIT_LENGTH = Gauge("hedui_audit_chain_length", "Entries in the audit chain", [
 
 @dataclass(frozen=True)
 class MemberMetrics:
-    """The metrics of one member, labelled with its identity."""
+    """The metrics of one member, labelled with its identity (labelled children cached: hot path)."""
 
     member: str
+    _children: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.member, *labels)
+        return child
 
     def call(self, method: str, status: str, seconds: float) -> None:
-        CALLS.labels(self.member, method, status).observe(seconds)
+        self._child(CALLS, method, status).observe(seconds)
 
     def refusal(self, reason: str) -> None:
-        REFUSALS.labels(self.member, reason).inc()
+        self._child(REFUSALS, reason).inc()
 
     def outcomes(self, counts: dict[str, int]) -> None:
         for outcome, n in counts.items():
-            OUTCOMES.labels(self.member, outcome).inc(n)
+            self._child(OUTCOMES, outcome).inc(n)
 
     def fanout(self, province: str, status: str) -> None:
         FANOUT.labels(self.member, province, status).inc()

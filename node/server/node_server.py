@@ -18,6 +18,7 @@ from node.server.admission import Admission
 from node.server.base import RunningServer, start_server
 from node.server import metrics
 from node.server.metrics import MemberMetrics
+from node.inflight import InFlight
 from node.member import Member
 from node.server.coordinator_link import CoordinatorLink
 from node.server.verification_servicer import VerificationServicer
@@ -58,7 +59,8 @@ class NodeServer:
         self.store = Store.open(cfg.data_dir)
         self.store.check_integrity()  # refuse a corrupt store before anything else
         self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
-        self.auditor = audit.AsyncAuditor(self.audit_log)
+        in_flight = InFlight()
+        self.auditor = audit.AsyncAuditor(self.audit_log, in_flight=in_flight)
         member = Member(cfg)
         anchor = member.anchor
         self.revocations = RevocationView()
@@ -77,10 +79,10 @@ class NodeServer:
             consent=ReceiptGate(member.verifier, self.revocations),
             replay=self._nonces,
         )
-        self.batch_signer = signing.AsyncBatchSigner(member.signer)
+        self.batch_signer = signing.AsyncBatchSigner(member.signer, in_flight=in_flight)
         servicer = VerificationServicer(
             service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
-            unsealer=self.link, metrics=MemberMetrics(cfg.identity), auditor=self.auditor,
+            unsealer=self.link, metrics=MemberMetrics(cfg.identity), auditor=self.auditor, in_flight=in_flight,
         )
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,

@@ -12,6 +12,7 @@ from grpc import aio
 from node.crypto import signing
 from node.crypto.pki import TrustAnchor, province_of_identity
 from node.errors import ErrorCode, HeduiError, Refusal
+from node.inflight import InFlight
 from node.server.admission import Admission, check_deadline
 from node.server.edge import edge, public_message
 from node.service.verification import REQUEST_ID_RE, Decided, VerificationService
@@ -37,9 +38,11 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         coordinator_identity: str | None = None,
         metrics: Any = None,
         auditor: audit.AsyncAuditor | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.metrics = metrics
         self.auditor = auditor
+        self.in_flight = in_flight or InFlight()
         self.service = service
         self.signer = signer
         self.anchor = anchor
@@ -49,6 +52,10 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         self.coordinator_identity = coordinator_identity
 
     async def Verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
+        with self.in_flight.track():
+            return await self._verify(request, context)
+
+    async def _verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
         log = self.log
         async with edge(context, log, "Verify", self.metrics):
             identity = ""
@@ -75,18 +82,19 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             except Refusal as refusal:
                 await self._audit_refusal(refusal, signed_query, requester, identity)
                 raise
-            requester = decided.query.requester
             relayed = identity == self.coordinator_identity
-            log = log.bind(peer=requester, request_id=decided.query.request_id, relayed=relayed)
             body = decided.answer.SerializeToString()
             # The answer leaves only once its audit record is durable (AuditUnavailable otherwise).
-            signature, _ = await asyncio.gather(self.signer.sign(signing.ANSWER, body),
-                                                self._audit(audit.answered(decided, body, relayed=relayed)))
+            recorded = self.auditor.submit(audit.answered(decided, body, relayed=relayed)) if self.auditor else None
+            signature = await self.signer.sign(signing.ANSWER, body)
+            if recorded is not None:
+                await recorded
             answer = verification_pb2.SignedAnswer(body=body, signature=signature)
-            outcomes = Counter(common_pb2.Outcome.Name(r.outcome) for r in decided.answer.results)
-            log.debug("answered", purpose=decided.query.purpose, items=list(decided.items), outcomes=dict(outcomes))
+            outcomes = Counter(r.outcome for r in decided.answer.results)
+            log.debug("answered", peer=decided.query.requester, request_id=decided.query.request_id, relayed=relayed,
+                      purpose=decided.query.purpose, items=list(decided.items))
             if self.metrics is not None:
-                self.metrics.outcomes(outcomes)
+                self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in outcomes.items()})
             if sealed:
                 return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query))
             return verification_pb2.VerifyResponse(signed=answer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -74,18 +75,40 @@ def parse_receipt(receipt: verification_pb2.SignedConsent, verifier: signing.Ver
 
 
 class ReceiptGate:
-    """Checks that a query's consent receipt covers requester, purpose, subjects, items and time."""
+    """Checks that a query's consent receipt covers requester, purpose, subjects, items and time.
+
+    A receipt's signature is verified once and remembered (by a digest of the exact signed
+    bytes and signature); every call still checks the coordinator's certificate (validity,
+    revocation), the time window, revocation of the consent, and coverage.
+    """
 
     def __init__(self, verifier: signing.Verifier, revocations: RevocationView,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cache_size: int = 4096) -> None:
         self.verifier = verifier
         self.revocations = revocations
         self.clock = clock
+        self._verified: OrderedDict[bytes, verification_pb2.ConsentBody] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _receipt(self, receipt: verification_pb2.SignedConsent) -> verification_pb2.ConsentBody:
+        key = hashlib.sha256(receipt.body + b"\x00" + receipt.signature.SerializeToString()).digest()
+        body = self._verified.get(key)
+        if body is None:
+            body = parse_receipt(receipt, self.verifier)
+            self._verified[key] = body
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+            return body
+        try:
+            self.verifier.anchor.validate_signing_cert(receipt.signature.certificate)
+        except CertificateRejected:
+            raise Refusal(ErrorCode.CONSENT_INVALID, "receipt signer no longer valid") from None
+        return body
 
     def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> None:
         if not query.HasField("consent") or not query.consent.body:
             raise Refusal(ErrorCode.CONSENT_MISSING)
-        body = parse_receipt(query.consent, self.verifier)
+        body = self._receipt(query.consent)
         if body.requester != query.requester:
             raise Refusal(ErrorCode.CONSENT_INVALID, "consent was registered by another province")
         if body.purpose != query.purpose:

@@ -67,6 +67,7 @@ from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain import idnumber
 from node.errors import BadInput, ErrorCode, HeduiError, Refusal
+from node.inflight import InFlight
 from node.store.chain import BROKEN, CHECKPOINT as CHECKPOINT_REASON, GENESIS, HASH_BYTES, MISMATCH
 from node.store.chain import _GUARDS  # the exact guard DDL, so prune re-creates it identically
 from node.store.chain import Entry, HashChain, entry_hash
@@ -683,32 +684,62 @@ class AsyncAuditor:
     committed, and raises `AuditUnavailable` if the write failed.
     """
 
-    def __init__(self, log: AuditLog, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, log: AuditLog, *, max_batch: int = MAX_BATCH, in_flight: InFlight | None = None) -> None:
         self.log = log
+        self.in_flight = in_flight
         self.max_batch = max_batch
         self.transactions = 0  # batches written (each one transaction, one commit fsync)
         self.records = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._pending: list[tuple[AuditRecord, asyncio.Future[Entry]]] = []
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self._inflight = False
         self._closed = False
         self._idle: list[asyncio.Future[None]] = []
 
     async def record(self, rec: AuditRecord) -> Entry:
         """Write `rec` (batched with concurrent submissions); return its committed entry."""
+        return await self.submit(rec)  # a cancelled caller cancels only its wait: the write still happens
+
+    def submit(self, rec: AuditRecord) -> asyncio.Future[Entry]:
+        """Queue `rec`; the future resolves once it is committed (AuditUnavailable if the write fails).
+
+        With `in_flight` given, the write waits (at most ~2 ms) until every call in flight has
+        submitted its record, so concurrent calls share one transaction and one fsync.
+        """
         if self._closed:
             raise AuditUnavailable("audit log is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Entry] = loop.create_future()
         self._pending.append((rec, future))
-        if not self._scheduled and not self._inflight:
-            self._scheduled = True
+        if self._scheduled:
+            self._nudge(loop)
+        else:
+            self._schedule(loop)
+        return future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._scheduled or self._inflight or not self._pending:
+            return
+        self._scheduled = True
+        everyone = self.in_flight is None or len(self._pending) >= self.in_flight.n
+        if everyone:
             loop.call_soon(self._flush, loop)
-        return await future  # a cancelled caller cancels only its wait: the write still happens
+        else:
+            self._timer = loop.call_later(0.002, self._flush, loop)
+
+    def _nudge(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A record arrived while a flush is held back: flush now if everyone has submitted."""
+        timer = getattr(self, "_timer", None)
+        if timer is not None and self.in_flight is not None and len(self._pending) >= self.in_flight.n:
+            timer.cancel()
+            self._timer = None
+            loop.call_soon(self._flush, loop)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False
+        self._timer = None
         if self._inflight or not self._pending:
             return
         batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
@@ -735,8 +766,7 @@ class AsyncAuditor:
                 if not future.done():
                     future.set_result(entry)
         if self._pending and not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush, loop)
+            self._schedule(loop)
         elif not self._pending:
             idle, self._idle = self._idle, []
             for waiter in idle:
