@@ -46,6 +46,9 @@ class NodeServer:
     batch_signer: signing.AsyncBatchSigner | None = None
     _watch: asyncio.Task[None] | None = None
     _nonces: NonceStore | None = None
+    _member: Any = None
+    _log: Any = None
+    _keys_seen: tuple[int, ...] = ()
     audit_log: audit.AuditLog | None = None
     auditor: audit.AsyncAuditor | None = None
     store: Store | None = None
@@ -94,33 +97,38 @@ class NodeServer:
             host = (listen or cfg.listen).rpartition(":")[0]
             if not await self.link.start(f"{cfg.advertise or host}:{self.port}"):
                 log.warning("coordinator_unreachable", note="queries are refused until consent state is confirmed")
-        self._watch = asyncio.create_task(self._watch_keys(member, log))
+        self._member, self._log, self._keys_seen = member, log, self._key_stamp()
+        self._watch = asyncio.create_task(self._watch_keys())
         log.info("serving", port=self.port, subjects=self.store.counts().get("subjects"))
         return self.port
 
-    async def _watch_keys(self, member: Member, log: Any) -> None:
-        """Rotation without restart: a new signing key is used, and the coordinator link redialled,
-        within a second of `hedui node rotate`. (TLS server credentials reload on the next handshake.)"""
+    def _key_stamp(self) -> tuple[int, ...]:
         paths = (self.cfg.sign_key, self.cfg.sign_cert, self.cfg.tls_cert, self.cfg.tls_key)
+        return tuple(p.stat().st_mtime_ns for p in paths)
 
-        def stamp() -> tuple[int, ...]:
-            return tuple(p.stat().st_mtime_ns for p in paths)
+    async def check_keys(self) -> bool:
+        """Rotation without restart: use a new signing key, and redial the coordinator, once the key
+        files changed (`hedui node rotate`). TLS server credentials reload on the next handshake."""
+        try:
+            stamp = self._key_stamp()
+            if stamp == self._keys_seen:
+                return False
+            self._keys_seen = stamp
+            member = self._member
+            member.__dict__.pop("signer", None)
+            self.batch_signer.signer = member.signer
+            if self.link is not None:
+                self.link.rotate(member.signer)
+            self._log.info("keys_rotated")
+            return True
+        except (OSError, HeduiError, ValueError) as exc:
+            self._log.error("key_rotation_failed", error_type=type(exc).__name__)
+            return False
 
-        seen = stamp()
+    async def _watch_keys(self) -> None:
         while True:
             await asyncio.sleep(1.0)  # polling period of the key files
-            try:
-                now = stamp()
-                if now == seen:
-                    continue
-                seen = now
-                member.__dict__.pop("signer", None)
-                self.batch_signer.signer = member.signer
-                if self.link is not None:
-                    self.link.rotate(member.signer)
-                log.info("keys_rotated")
-            except (OSError, HeduiError, ValueError) as exc:
-                log.error("key_rotation_failed", error_type=type(exc).__name__)
+            await self.check_keys()
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._metrics_server is not None:

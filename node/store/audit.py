@@ -775,10 +775,9 @@ class AsyncAuditor:
 
     @staticmethod
     def _fail(batch: list[tuple[AuditRecord, asyncio.Future[Entry]]], exc: BaseException) -> None:
-        detail = str(exc) if isinstance(exc, HeduiError) else type(exc).__name__
         for _, future in batch:
             if not future.done():
-                error = AuditUnavailable(f"audit log cannot be written: {detail}"[:200])
+                error = AuditUnavailable()  # the public message; the cause stays in __cause__ for logs
                 error.__cause__ = exc
                 future.set_exception(error)
 
