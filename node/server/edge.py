@@ -59,11 +59,13 @@ def peer_identity(context: aio.ServicerContext, anchor: TrustAnchor) -> str:
 
 @contextlib.asynccontextmanager
 async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics: Any = None,
-               on_refusal: Callable[[Refusal], Awaitable[None]] | None = None) -> AsyncIterator[None]:
+               on_refusal: Callable[[Refusal], Awaitable[None]] | None = None,
+               fields: dict[str, Any] | None = None) -> AsyncIterator[None]:
     """Run a handler body: refusals become their public status; anything else INTERNAL.
 
     With `metrics` (a MemberMetrics), the call's latency is recorded by method and status;
     `on_refusal` is awaited before a refusal is returned (the coordinator audits them).
+    `fields` (filled in by the handler as it learns them: peer, request id) are logged with it.
     """
     started = time.perf_counter()
     status = "OK"
@@ -74,7 +76,7 @@ async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics
         raise
     except Refusal as refusal:
         status = STATUS[refusal.code].name
-        log.info("refused", reason=refusal.code.name)
+        log.info("refused", reason=refusal.code.name, method=method, **(fields or {}))
         if metrics is not None:
             metrics.refusal(refusal.code.name)
         if on_refusal is not None:
@@ -82,7 +84,7 @@ async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics
         await context.abort(STATUS[refusal.code], public_message(refusal))
     except Exception as exc:  # noqa: BLE001 - the edge must never leak internals
         status = "INTERNAL"
-        log.error("internal_error", error_type=type(exc).__name__)
+        log.error("internal_error", error_type=type(exc).__name__, method=method, **(fields or {}))
         await context.abort(grpc.StatusCode.INTERNAL, ErrorCode.INTERNAL.value)
     finally:
         if metrics is not None:

@@ -23,6 +23,15 @@ from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 MAX_BATCH = 512
 
 
+def _request_id_of(query: verification_pb2.SignedQuery) -> str:
+    """The request id of a (possibly unauthenticated) query, for logs: only if it is well formed."""
+    try:
+        request_id = verification_pb2.QueryBody.FromString(query.body).request_id
+    except Exception:  # noqa: BLE001 - undecodable body: nothing to log
+        return ""
+    return request_id if REQUEST_ID_RE.fullmatch(request_id) else ""
+
+
 class VerificationServicer(verification_pb2_grpc.VerificationServicer):
     """Thin servicer: identity from TLS, decisions from VerificationService, batched signing."""
 
@@ -57,13 +66,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
 
     async def _verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
         log = self.log
-        async with edge(context, log, "Verify", self.metrics):
+        fields: dict[str, Any] = {}
+        async with edge(context, log, "Verify", self.metrics, fields=fields):
             identity = ""
             requester: str | None = None
             signed_query: verification_pb2.SignedQuery | None = None
             sealed = request.WhichOneof("query") == "sealed"
             try:
                 identity = self.admission.admit(context)
+                fields["peer"] = province_of_identity(identity) or "coordinator"
                 if sealed:
                     if self.unsealer is None:
                         raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
@@ -78,8 +89,11 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 else:
                     raise Refusal(ErrorCode.MALFORMED, "request carries no query")
                 decided = self.service.decide(signed_query, requester)
+                fields.update(peer=decided.query.requester, request_id=decided.query.request_id)
                 check_deadline(context)
             except Refusal as refusal:
+                if signed_query is not None and "request_id" not in fields:
+                    fields["request_id"] = _request_id_of(signed_query)
                 await self._audit_refusal(refusal, signed_query, requester, identity)
                 raise
             relayed = identity == self.coordinator_identity
