@@ -378,3 +378,20 @@ def test_coordinator_records(log: AuditLog) -> None:
     malformed = coordinator_event(refused(ErrorCode.MALFORMED), requester="51", request_id="bad id!",
                                   consent_id=WORKER, statuses={"call": "route"})
     assert (malformed.request_id, malformed.consent_id, malformed.extra) == ("", "", {"call": "route"})
+
+
+def test_outcome_digest_that_happens_to_contain_an_id_like_run_is_accepted() -> None:
+    """A hex digest containing 18 digits that pass the ID checksum is still a digest: the answer is not refused."""
+    import datetime as dt
+
+    from node.domain import idnumber
+
+    lookalike = idnumber.make("510104", dt.date(1988, 5, 17), 371)
+    digest = ("ab" * 32)[: 64 - 18] + lookalike.replace("X", "0")
+    if not idnumber.is_valid(digest[-18:]):
+        digest = ("ab" * 32)[: 64 - 18] + idnumber.make("510104", dt.date(1988, 5, 17), 373)
+    assert idnumber.is_valid(digest[-18:])
+    record = AuditRecord(at_ms=1, request_id="req-00000001", requester="51", decision="answered", outcome_digest=digest)
+    assert record.outcome_digest == digest
+    with pytest.raises(ValueError):
+        AuditRecord(at_ms=1, request_id=digest[-18:], requester="51", decision="answered")
