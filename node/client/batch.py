@@ -238,8 +238,8 @@ class BatchSession:
                     answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder).with_query(raw)
                     answers[(holder, i)] = (answer, "OK")
         records = []
-        for i, ((h, receipt), holders) in enumerate(zip(chunk, found.households, strict=True)):
-            routing = {p: s for p, s in contacted.items()}
+        for i, ((h, _receipt), holders) in enumerate(zip(chunk, found.households, strict=True)):
+            routing = dict(contacted)
             if holders.error_code:
                 records.append({"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
                                 "error": holders.error, "routing": {}, "answers": [], "evidence": []})

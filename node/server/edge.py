@@ -36,8 +36,6 @@ STATUS: Final[dict[ErrorCode, grpc.StatusCode]] = {
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
-#: gRPC status -> ErrorCode, for clients turning a status back into a typed refusal.
-CODE_OF_MESSAGE: Final[dict[str, ErrorCode]] = {c.value: c for c in ErrorCode}
 
 
 def public_message(refusal: Refusal) -> str:

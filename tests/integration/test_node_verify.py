@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from node.client.client import PeerRefused, PeerUnreachable
-from node.client.query import check_answer, sign_query
+from node.client.query import sign_query
 from node.crypto import pki, signing
 from node.domain.idnumber import InvalidIdNumber
 from node.domain.regions import province_uri
