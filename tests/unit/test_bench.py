@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from node.bench import FACT_SPECS, id_numbers, write_facts_csv
+from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households,
+                        write_facts_csv, write_households)
 from node.domain.idnumber import validate
 
 REQUIRED_POSITIVE = (
     "echo_seq_per_s", "verify_seq_per_s", "echo_c32_per_s", "verify_c32_per_s", "verify_ratio_c32",
     "verify_ratio_seq", "ingest_facts_per_s", "lookups_per_s", "node_rss_mb",
+    "routed_p50_ms", "routed_p99_ms", "routed_per_s", "direct_p50_ms", "routed_over_direct_p50",
+    "batch_households_per_s", "node_rss_mb_1m", "verify_c32_workers1_per_s", "verify_c32_workers2_per_s",
+    "workers_speedup",
 )
+GOALS = {"verify_ratio_c32": 0.8, "routed_over_direct_p50": 3.0, "batch_households_per_s": 2000.0, "node_rss_mb_1m": 300.0}
 
 
 def test_id_numbers_are_distinct_and_valid() -> None:
@@ -37,6 +44,57 @@ def test_facts_csv_has_the_requested_facts_per_subject(tmp_path: Path) -> None:
     assert {r[1] for r in rows[1:]} <= {spec[0] for spec in FACT_SPECS}
 
 
+def test_member_facts_cover_the_batch_checks(tmp_path: Path) -> None:
+    """Six facts per member: one per batch check, vehicle.count last."""
+    count = write_facts_csv(tmp_path / "m.csv", id_numbers(3), facts_per_subject=6, specs=MEMBER_FACT_SPECS)
+    with (tmp_path / "m.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))[1:]
+    assert count == len(rows) == 18
+    assert [r[1] for r in rows[:6]] == [spec[0] for spec in MEMBER_FACT_SPECS]
+
+
+def test_planned_households_spread_over_the_asked_provinces(tmp_path: Path) -> None:
+    """Routed: 1-3 members in 1-2 provinces; batch: 3 members in 2-3; every chosen province holds someone."""
+    provinces = [f"{c}" for c in (11, 12, 13, 14, 15, 21)]
+    ids = iter(id_numbers(3 * 800))
+    rng = random.Random(1)
+    routed = plan_households(rng, 400, members=(1, 3), spread=(1, 2), provinces=provinces, ids=ids, prefix="r")
+    batch = plan_households(rng, 400, members=(3, 3), spread=(2, 3), provinces=provinces, ids=ids, prefix="b")
+    for key, numbers, where in routed:
+        assert 1 <= len(numbers) <= 3 and 1 <= len(set(where)) <= min(2, len(numbers))
+    for key, numbers, where in batch:
+        assert len(numbers) == 3 and 2 <= len(set(where)) <= 3
+    assert {len(set(w)) for _, _, w in batch} == {2, 3}
+    all_ids = [n for _, numbers, _ in routed + batch for n in numbers]
+    assert len(set(all_ids)) == len(all_ids)
+    expect = write_households(tmp_path / "h.csv", batch)
+    assert expect[batch[0][0]] == sorted(set(batch[0][2]))
+    lines = (tmp_path / "h.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "household,id_number" and len(lines) == 1 + 3 * 400
+
+
+def test_goals_say_met_and_how_far_off() -> None:
+    """At-least goals fall short by bound - value, at-most goals by value - bound; unmeasured ones are None."""
+    g = goals({"verify_ratio_c32": 0.4, "routed_over_direct_p50": 2.0, "batch_households_per_s": 500.0})
+    assert g["verify_ratio_c32"]["met"] is False and g["verify_ratio_c32"]["shortfall"] == pytest.approx(0.4)
+    assert g["verify_ratio_c32"]["factor"] == pytest.approx(2.0)
+    assert g["routed_over_direct_p50"]["met"] is True and g["routed_over_direct_p50"]["shortfall"] == 0
+    assert g["batch_households_per_s"]["shortfall"] == pytest.approx(1500.0)
+    assert g["node_rss_mb_1m"]["met"] is None
+    assert goals({"node_rss_mb_1m": 300.0})["node_rss_mb_1m"]["met"] is False  # strictly below 300
+    assert goals({"node_rss_mb_1m": 350.0})["node_rss_mb_1m"]["shortfall"] == pytest.approx(50.0)
+
+
+def test_only_takes_comma_separated_parts() -> None:
+    """--only rpc still works, several parts combine, `all` means every part, unknown parts are refused."""
+    assert parse_args(["--only", "rpc"]).only == ["rpc"]
+    assert parse_args(["--only", "routed,batch"]).only == ["routed", "batch"]
+    assert parse_args([]).only == list(PARTS) == parse_args(["--only", "all"]).only
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "rpc,nope"])
+    assert isinstance(parse_args([]), argparse.Namespace)
+
+
 @pytest.mark.slow
 def test_quick_bench_runs_end_to_end() -> None:
     """`python -m node.bench --quick --seconds 1` ends with one JSON line whose rates are all positive."""
@@ -50,4 +108,12 @@ def test_quick_bench_runs_end_to_end() -> None:
         assert summary[key] > 0, key
     assert summary["verify_ratio_c32_goal"] == 0.8
     assert isinstance(summary["met"], bool) and summary["shortfall"] >= 0
+    assert summary["batch_goal"] == 2000 and isinstance(summary["batch_met"], bool) and summary["batch_shortfall"] >= 0
+    assert summary["routed_over_direct_p50"] == pytest.approx(summary["routed_p50_ms"] / summary["direct_p50_ms"])
+    for name, bound in GOALS.items():
+        goal = summary["goals"][name]
+        assert goal["goal"] == bound and isinstance(goal["met"], bool) and goal["shortfall"] >= 0, name
+        assert goal["value"] == pytest.approx(summary[name]), name
+    assert summary["national_provinces"] == 31
     assert summary["machine"]["nproc"] >= 1 and summary["machine"]["python"]
+    assert summary["code"]["commit"]
