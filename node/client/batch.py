@@ -233,7 +233,7 @@ class BatchSession:
                 if status != "OK" or item is None:
                     answers[(holder, i)] = (None, status)
                 elif item.error_code:
-                    answers[(holder, i)] = (None, "DENIED")
+                    answers[(holder, i)] = (None, _ITEM_STATUS.get(item.error_code, "DENIED"))
                 else:
                     answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder).with_query(raw)
                     answers[(holder, i)] = (answer, "OK")
@@ -260,6 +260,11 @@ class BatchSession:
             records.append({"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
                             "routing": dict(sorted(routing.items())), "answers": household_answers, "evidence": evidence})
         return records
+
+
+#: Item refusals that a later run may overcome, as routing statuses; every other refusal is final (DENIED).
+_ITEM_STATUS: Final[dict[str, str]] = {"UNAVAILABLE": "UNAVAILABLE", "DEADLINE": "DEADLINE_EXCEEDED",
+                                       "RATE_LIMITED": "UNAVAILABLE", "OVERLOADED": "UNAVAILABLE"}
 
 
 def complete(record: dict[str, Any]) -> bool:

@@ -162,7 +162,11 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                         refusals.append(audit.refusal(refusal.code, query=None, requester=requester or ""))
             if not decided:
                 await asyncio.gather(*(self._audit(r) for r in refusals))
-                raise Refusal(ErrorCode.MALFORMED, "no query of the batch could be answered")
+                # Nothing to seal an answer to: refuse the batch with its items' reason, so a
+                # temporary one (e.g. consent state unconfirmed) stays retryable for the caller.
+                codes = [ErrorCode[item.error_code] for item in items]
+                code = next((c for c in (ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE) if c in codes), codes[0])
+                raise Refusal(code, "no query of the batch could be answered")
             first = decided[0][1].query
             if any((d.query.requester, d.query.reply_seal_key) != (first.requester, first.reply_seal_key) for _, d in decided):
                 raise Refusal(ErrorCode.MALFORMED, "a batch has one requester and one reply key")

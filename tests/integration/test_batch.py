@@ -142,3 +142,24 @@ def test_province_down_mid_batch_is_unavailable_then_completed_by_a_rerun(world:
     assert len(second) == len(first) == len({r["household"] for r in second})
     assert all(r["routing"]["33"] in ("OK", "NO_MATCH") for r in second)
     assert any(r["routing"]["33"] == "OK" for r in second)
+
+
+def test_a_temporary_refusal_stays_retryable(world: tuple[Federation, Path], inputs: dict, tmp_path: Path) -> None:
+    """A holder that cannot confirm consent state answers UNAVAILABLE, not DENIED, so a re-run completes it."""
+    fed, _ = world
+    out = tmp_path / "results.jsonl"
+    view = fed.servers["33"].revocations
+    synced, view.synced_at = view.synced_at, None  # as if the coordinator had been unreachable for a while
+    fed.servers["33"].link._tasks[0].cancel()  # and stays so for this run
+    try:
+        assert run_batch(fed, inputs, out).returncode == 0
+    finally:
+        fed.stop_node("33")
+        fed.start_node("33")
+    first = records(out)
+    held_by_33 = [r for r in first if r["routing"]["33"] != "NO_MATCH"]
+    assert held_by_33 and all(r["routing"]["33"] == "UNAVAILABLE" for r in held_by_33)
+    assert run_batch(fed, inputs, out).returncode == 0
+    second = records(out)
+    assert all(r["routing"]["33"] in ("OK", "NO_MATCH") for r in second)
+    _ = synced
