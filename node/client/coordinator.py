@@ -114,8 +114,13 @@ class CoordinatorClient:
     def show(self, consent_id: str) -> ConsentInfo:
         return self._info(self.call("GetConsent", coordinator_pb2.GetConsentRequest(consent_id=consent_id)))
 
-    def directory(self) -> dict[str, Entry]:
-        return verify_directory(self.call("Directory", coordinator_pb2.DirectoryRequest()), self.member.verifier)
+    def directory(self, *, max_age_s: float = 30.0) -> dict[str, Entry]:
+        """The verified federation directory, fetched again when older than `max_age_s`."""
+        cached = getattr(self, "_directory", None)
+        if cached is None or time.monotonic() - cached[0] > max_age_s:
+            entries = verify_directory(self.call("Directory", coordinator_pb2.DirectoryRequest()), self.member.verifier)
+            cached = self._directory = (time.monotonic(), entries)
+        return cached[1]
 
     def _info(self, status: coordinator_pb2.ConsentStatus) -> ConsentInfo:
         body = parse_receipt(status.receipt, self.member.verifier)

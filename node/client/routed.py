@@ -6,6 +6,7 @@ query, addressed and sealed to it, and seals its signed answer back to the reque
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,8 +32,12 @@ def routed_verify(
     *,
     consent: verification_pb2.SignedConsent | None,
     deadline_s: float | None = None,
+    coordinator: CoordinatorClient | None = None,
 ) -> VerifyResult:
-    """Verify a household against every province that holds data on it; never raises for one bad holder."""
+    """Verify a household against every province that holds data on it; never raises for one bad holder.
+
+    Pass a long-lived `coordinator` client to reuse its connection and cached directory across calls.
+    """
     if consent is None:
         raise BadInput("a routed verification needs --consent CONSENT_ID")
     m = member
@@ -47,7 +52,9 @@ def routed_verify(
     def remaining() -> float:
         return max(0.05, deadline - time.monotonic())
 
-    with CoordinatorClient(m, deadline_s=budget) as coordinator:
+    with contextlib.ExitStack() as stack:
+        if coordinator is None:
+            coordinator = stack.enter_context(CoordinatorClient(m, deadline_s=budget))
         found = coordinator.call("Discover", coordinator_pb2.DiscoverRequest(
             consent_id=consent_id, request_id=request_id, tokens=list(prepared.tokens)), timeout=remaining())
         routing = {s.province: status_name(s.status) for s in found.statuses}
