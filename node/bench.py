@@ -1082,7 +1082,7 @@ def summarise(results: dict[str, dict[str, Any]], concurrency: int) -> dict[str,
         out.update({"echo_c32_per_s": out[f"echo_c{c}_per_s"], "verify_c32_per_s": out[f"verify_c{c}_per_s"],
                     "verify_ratio_c32": ratio})
     # Server CPU per successful call (this process, every thread), the cost the goal is about.
-    for name, key in keys.items():
+    for key in keys.values():
         out[f"{key}_server_cpu_us_per_call"] = out[f"{key}_server_cpu"] / out[f"{key}_per_s"] * 1e6
     return out
 

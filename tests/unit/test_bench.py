@@ -60,9 +60,9 @@ def test_planned_households_spread_over_the_asked_provinces(tmp_path: Path) -> N
     rng = random.Random(1)
     routed = plan_households(rng, 400, members=(1, 3), spread=(1, 2), provinces=provinces, ids=ids, prefix="r")
     batch = plan_households(rng, 400, members=(3, 3), spread=(2, 3), provinces=provinces, ids=ids, prefix="b")
-    for key, numbers, where in routed:
+    for _key, numbers, where in routed:
         assert 1 <= len(numbers) <= 3 and 1 <= len(set(where)) <= min(2, len(numbers))
-    for key, numbers, where in batch:
+    for _key, numbers, where in batch:
         assert len(numbers) == 3 and 2 <= len(set(where)) <= 3
     assert {len(set(w)) for _, _, w in batch} == {2, 3}
     all_ids = [n for _, numbers, _ in routed + batch for n in numbers]
