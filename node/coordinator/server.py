@@ -179,9 +179,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 await self._audit(audit.coordinator_event(
                     audit.DISCOVER, requester=province, request_id=request.request_id,
                     statuses={s.province: status_name(s.status) for s in statuses}))
-                for reply, span in zip(replies, spans, strict=True):
-                    if span is not None:
-                        reply.holders.extend(p for p, idx in sorted(held.items()) if any(span[0] <= i < span[1] for i in idx))
+                household_of = [h for h, span in enumerate(spans) if span is not None for _ in range(span[1] - span[0])]
+                holders_of: dict[int, set[str]] = {}
+                for province, indexes in held.items():
+                    for i in indexes:
+                        holders_of.setdefault(household_of[i], set()).add(province)
+                for h, reply in enumerate(replies):
+                    reply.holders.extend(sorted(holders_of.get(h, ())))
             for st in statuses:
                 self.metrics.fanout(st.province, status_name(st.status))
             self.log.info("discovered_batch", requester=province, request_id=request.request_id,

@@ -39,14 +39,23 @@ def root(leaves: Sequence[bytes]) -> bytes:
 
 
 def paths(leaves: Sequence[bytes]) -> list[list[bytes]]:
-    """Audit paths (leaf to root) for every leaf, computed in one pass over the tree."""
+    """Audit paths (leaf to root) for every leaf."""
+    return root_and_paths(leaves)[1]
+
+
+def root_and_paths(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The root and every leaf's audit path, hashing each inner node once."""
     n = len(leaves)
     if n == 1:
-        return [[]]
+        return leaves[0], [[]]
     k = _split(n)
-    left, right = leaves[:k], leaves[k:]
-    left_root, right_root = root(left), root(right)
-    return [p + [right_root] for p in paths(left)] + [p + [left_root] for p in paths(right)]
+    left_root, left_paths = root_and_paths(leaves[:k])
+    right_root, right_paths = root_and_paths(leaves[k:])
+    for p in left_paths:
+        p.append(right_root)
+    for p in right_paths:
+        p.append(left_root)
+    return _node(left_root, right_root), left_paths + right_paths
 
 
 def root_from_path(leaf: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes | None:

@@ -89,7 +89,8 @@ class Signer:
         salts = [os.urandom(_SALT_BYTES) for _ in items]
         leaves = [merkle.leaf_hash(s, to_be_signed(d, b)) for s, (d, b) in zip(salts, items, strict=True)]
         count = len(leaves)
-        value = self._key.sign(_root_message(merkle.root(leaves), count))
+        root, paths = merkle.root_and_paths(leaves)
+        value = self._key.sign(_root_message(root, count))
         return [
             common_pb2.Signature(
                 algorithm=ED25519_BATCH,
@@ -98,7 +99,7 @@ class Signer:
                 value=value,
                 batch=common_pb2.BatchProof(salt=salt, leaf_index=i, leaf_count=count, path=path),
             )
-            for i, (salt, path) in enumerate(zip(salts, merkle.paths(leaves), strict=True))
+            for i, (salt, path) in enumerate(zip(salts, paths, strict=True))
         ]
 
 

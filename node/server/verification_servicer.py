@@ -149,17 +149,18 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             items: list[verification_pb2.BatchItem] = []
             decided: list[tuple[int, Decided]] = []
             refusals: list[audit.AuditRecord] = []
-            for index, query in enumerate(batch.queries):
-                try:
-                    decided.append((index, self.service.decide(query, requester)))
-                except Refusal as refusal:
-                    items.append(verification_pb2.BatchItem(index=index, error_code=refusal.code.name,
-                                                            error=public_message(refusal)))
+            with self.service.batch_scope():  # one nonce transaction for the whole batch
+                for index, query in enumerate(batch.queries):
                     try:
-                        refusals.append(audit.refusal(refusal.code, query=query.body, requester=requester or "",
-                                                      relayed=requester is None))
-                    except ValueError:
-                        refusals.append(audit.refusal(refusal.code, query=None, requester=requester or ""))
+                        decided.append((index, self.service.decide(query, requester)))
+                    except Refusal as refusal:
+                        items.append(verification_pb2.BatchItem(index=index, error_code=refusal.code.name,
+                                                                error=public_message(refusal)))
+                        try:
+                            refusals.append(audit.refusal(refusal.code, query=query.body, requester=requester or "",
+                                                          relayed=requester is None))
+                        except ValueError:
+                            refusals.append(audit.refusal(refusal.code, query=None, requester=requester or ""))
             if not decided:
                 await asyncio.gather(*(self._audit(r) for r in refusals))
                 # Nothing to seal an answer to: refuse the batch with its items' reason, so a
@@ -175,14 +176,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             records = refusals + [audit.answered(d, b, relayed=requester is None) for (_, d), b in zip(decided, bodies, strict=True)]
             signatures, *_ = await asyncio.gather(self.signer.sign_many([(signing.ANSWER, b) for b in bodies]),
                                                   *(self._audit(r) for r in records))
-            outcomes: Counter[str] = Counter()
+            outcomes: Counter[int] = Counter()
             for (index, d), body, signature in zip(decided, bodies, signatures, strict=True):
                 items.append(verification_pb2.BatchItem(index=index, answer=verification_pb2.SignedAnswer(body=body, signature=signature)))
-                outcomes.update(common_pb2.Outcome.Name(r.outcome) for r in d.answer.results)
+                if self.metrics is not None:
+                    outcomes.update(r.outcome for r in d.answer.results)
             items.sort(key=lambda item: item.index)
             self.log.debug("answered_batch", peer=first.requester, queries=len(batch.queries), answered=len(decided))
             if self.metrics is not None:
-                self.metrics.outcomes(outcomes)
+                self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in outcomes.items()})
             return verification_pb2.VerifyBatchResponse(
                 sealed=self.unsealer.seal_answer_batch(verification_pb2.AnswerBatch(items=items), first))
 

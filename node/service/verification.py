@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -178,6 +179,11 @@ class VerificationService:
             results=results,
         )
         return Decided(body, query_digest, answer, tuple(c.attribute for c in checks))
+
+    def batch_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Group the replay guard's writes for a batch of queries into one transaction, if it can."""
+        scope = getattr(self.replay, "transaction", None)
+        return scope() if scope is not None else contextlib.nullcontext()
 
     def holds(self, tokens: list[bytes]) -> list[int]:
         """Indexes of the tokens this province holds any data on."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -34,10 +36,14 @@ class NonceStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open nonce store {path}: {exc}") from None
         self._inserts = 0
+        self._batching = False
 
     def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
         """Record a nonce; False when this requester already used it."""
         key = requester.encode() + b"\x00" + nonce
+        if self._batching:  # inside transaction(): same thread, lock already taken by the batch's owner
+            cursor = self._db.execute("INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES (?, ?)", (key, issued_at_ms))
+            return cursor.rowcount == 1
         with self._lock:
             cursor = self._db.execute("INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES (?, ?)", (key, issued_at_ms))
             fresh = cursor.rowcount == 1
@@ -46,6 +52,19 @@ class NonceStore:
                 horizon = int(time.time() * 1000) - 2 * self.window_ms
                 self._db.execute("DELETE FROM nonces WHERE issued_at_ms < ?", (horizon,))
         return fresh
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Record many nonces in one transaction (a batch of queries); duplicates are still seen at once."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._batching = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batching = False
+                self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
