@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from grpc import aio
@@ -277,11 +278,11 @@ class CoordinatorServer:
     servicer: Any = None
     reuse_port: bool = False
     metrics_port: int | None = None
-    _metrics_server: Any = None
     crl: CrlFile | None = None
     audit_log: audit.AuditLog | None = None
     auditor: audit.AsyncAuditor | None = None
-    _crl_task: asyncio.Task[None] | None = None
+    _closing: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _grace: float = 5.0
     chain: HashChain | None = None
     router: Router | None = None
 
@@ -290,28 +291,39 @@ class CoordinatorServer:
         log = logs.get("coordinator")
         member = Member(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
         self.chain = HashChain(cfg.data_dir / "ledger.sqlite", table="ledger")
+        close.callback(self.chain.close)
+        nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
+        close.callback(nonces.close)
         consents = ConsentRegistry(
             self.chain, signer=member.signer, verifier=member.verifier, catalogue=member.catalogue,
-            policy=member.policy, replay=NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000),
+            policy=member.policy, replay=nonces,
             clock_skew_s=cfg.limits.clock_skew_s,
         )
         directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)
         self.router = Router(cfg, directory)
+        close.push_async_callback(self.router.close)
         self.crl = CrlFile(member.crl_path, member.anchor)
         self.crl.refresh()
         self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
+        close.callback(self.audit_log.close)
         self.auditor = audit.AsyncAuditor(self.audit_log)
+        close.push_async_callback(self.auditor.aclose)
         checkpoints = audit.CheckpointStore(self.chain, member.verifier, clock_skew_s=cfg.limits.clock_skew_s)
         servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl,
                                        auditor=self.auditor, checkpoints=checkpoints)
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
                                           register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
+        running = self.running
+        close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port
-        if cfg.metrics_listen and self.metrics_port is None:
-            self._metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
-        self._crl_task = asyncio.create_task(self._watch_crl(log))
+        if cfg.metrics_listen:
+            metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
+            close.callback(metrics_server.shutdown)
+        crl_task = asyncio.create_task(self._watch_crl(log))
+        close.callback(crl_task.cancel)
         log.info("serving", port=self.port, ledger_entries=self.chain.head()[0])
         return self.port
 
@@ -326,23 +338,7 @@ class CoordinatorServer:
                 log.error("revocation_list_rejected", reason=str(exc))
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server, self.metrics_port = None, None
-        if self._crl_task is not None:
-            self._crl_task.cancel()
-            self._crl_task = None
-        if self.running is not None:
-            await self.running.stop(grace)
-            self.running = None
-        if self.router is not None:
-            await self.router.close()
-        if self.auditor is not None:
-            await self.auditor.aclose()
-            self.auditor = None
-        if self.audit_log is not None:
-            self.audit_log.close()
-            self.audit_log = None
-        if self.chain is not None:
-            self.chain.close()
-            self.chain = None
+        """Undo start(): CRL watch, metrics, then the server (in-flight calls get `grace` seconds),
+        then the audit log, router channels and ledger."""
+        self._grace = grace
+        await self._closing.aclose()

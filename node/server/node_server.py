@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,10 +43,10 @@ class NodeServer:
     servicer: Any = None
     reuse_port: bool = False
     metrics_port: int | None = None
-    _metrics_server: Any = None
     batch_signer: signing.AsyncBatchSigner | None = None
-    _watch: asyncio.Task[None] | None = None
     _nonces: NonceStore | None = None
+    _closing: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _grace: float = 5.0
     _member: Any = None
     _log: Any = None
     _keys_seen: tuple[int, ...] = ()
@@ -59,11 +60,15 @@ class NodeServer:
         cfg = self.cfg
         assert cfg.province is not None, "a node config names its province"
         log = logs.get("node").bind(province=cfg.province)
+        close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
         self.store = Store.open(cfg.data_dir)
+        close.callback(self.store.close)
         self.store.check_integrity()  # refuse a corrupt store before anything else
         self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
+        close.callback(self.audit_log.close)
         in_flight = InFlight()
         self.auditor = audit.AsyncAuditor(self.audit_log, in_flight=in_flight)
+        close.push_async_callback(self.auditor.aclose)
         member = Member(cfg)
         anchor = member.anchor
         self.revocations = RevocationView()
@@ -72,6 +77,7 @@ class NodeServer:
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
+        close.callback(self._nonces.close)
         service = VerificationService(
             province=cfg.province,
             store=self.store,
@@ -90,15 +96,20 @@ class NodeServer:
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
                                           register=lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
+        running = self.running
+        close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port
-        if cfg.metrics_listen and self.metrics_port is None:
-            self._metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
+        if cfg.metrics_listen:
+            metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
+            close.callback(metrics_server.shutdown)
         if self.link is not None:
             host = (listen or cfg.listen).rpartition(":")[0]
+            close.push_async_callback(self.link.stop)
             if not await self.link.start(f"{cfg.advertise or host}:{self.port}"):
                 log.warning("coordinator_unreachable", note="queries are refused until consent state is confirmed")
         self._member, self._log, self._keys_seen = member, log, self._key_stamp()
-        self._watch = asyncio.create_task(self._watch_keys())
+        watch = asyncio.create_task(self._watch_keys())
+        close.callback(watch.cancel)
         log.info("serving", port=self.port, subjects=self.store.counts().get("subjects"))
         return self.port
 
@@ -131,31 +142,10 @@ class NodeServer:
             await self.check_keys()
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server, self.metrics_port = None, None
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
-        if self.link is not None:
-            await self.link.stop()
-            self.link = None
-        if self.running is not None:
-            await self.running.stop(grace)
-            self.running = None
-        if self.auditor is not None:
-            await self.auditor.aclose()
-            self.auditor = None
-        if self.audit_log is not None:
-            self.audit_log.close()
-            self.audit_log = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-        if self._nonces is not None:
-            self._nonces.close()
-            self._nonces = None
-
+        """Undo start(): key watch, coordinator link, metrics, then the server (in-flight calls get
+        `grace` seconds, still audited), then nonces, audit log and store."""
+        self._grace = grace
+        await self._closing.aclose()
 
 async def serve_until_signalled(
     server: Any, listen: str | None = None, *, on_ready: Callable[[int], None] | None = None
