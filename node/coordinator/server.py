@@ -287,6 +287,14 @@ class CoordinatorServer:
     router: Router | None = None
 
     async def start(self, listen: str | None = None) -> int:
+        """Start serving; return the bound port. A start that fails closes what it had opened."""
+        try:
+            return await self._start(listen)
+        except BaseException:
+            await self._closing.aclose()
+            raise
+
+    async def _start(self, listen: str | None) -> int:
         cfg = self.cfg
         log = logs.get("coordinator")
         member = Member(cfg)

@@ -57,6 +57,14 @@ class NodeServer:
     revocations: RevocationView = field(default_factory=RevocationView)
 
     async def start(self, listen: str | None = None) -> int:
+        """Start serving; return the bound port. A start that fails closes what it had opened."""
+        try:
+            return await self._start(listen)
+        except BaseException:
+            await self._closing.aclose()
+            raise
+
+    async def _start(self, listen: str | None) -> int:
         cfg = self.cfg
         assert cfg.province is not None, "a node config names its province"
         log = logs.get("node").bind(province=cfg.province)
