@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from google.protobuf.message import DecodeError
+
 from node.errors import BadInput
 
 
@@ -89,12 +91,13 @@ def grant_batch(args: argparse.Namespace) -> int:
     header = "household,consent_id,receipt\n"
 
     def key_of(line: str) -> str | None:
-        parts = line.rstrip("\n").split(",")
+        parts = next(csv.reader([line]), [])
         return parts[0] if len(parts) == 3 and parts[0] != "household" else None
 
     done, lines = _done_lines(args.out, "household", key_of)
     todo = [h for h in households if h.key not in done]
     out = _rewrite(args.out, lines, header)
+    writer = csv.writer(out, lineterminator="\n")  # household keys may hold commas or quotes
     refused = 0
 
     async def run() -> None:
@@ -109,7 +112,7 @@ def grant_batch(args: argparse.Namespace) -> int:
                             rejects.append(_reject(h, f"refused by the coordinator: {error}"))
                             continue
                         consent_id = _consent_id(receipt)
-                        out.write(f"{h.key},{consent_id},{base64.b64encode(receipt.SerializeToString()).decode()}\n")
+                        writer.writerow([h.key, consent_id, base64.b64encode(receipt.SerializeToString()).decode()])
                     out.flush()
                     progress.advance(len(chunk))
         finally:
@@ -152,7 +155,7 @@ def read_consents(path: Path) -> dict[str, Any]:
                     for row in reader}
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, DecodeError):
         raise BadInput(f"{path}: not a consents file written by `hedui consent grant-batch`") from None
 
 

@@ -197,10 +197,12 @@ class ConsentRegistry:
 
     def updates(self, after_index: int) -> coordinator_pb2.ConsentUpdatesResponse:
         """Revocations recorded after `after_index`, and the ledger head."""
+        # Head first, then catch up to at least it: another coordinator worker may append in between,
+        # and a head beyond what we read would make the node skip that entry for good.
+        head = self.chain.head()[0]
         self._catch_up()
         with self._lock:
-            head = self.chain.head()[0]
-            changes = [(i, c) for i, c in self._revocations if i > after_index]
+            changes = [(i, c) for i, c in self._revocations if after_index < i <= head]
         return coordinator_pb2.ConsentUpdatesResponse(
             updates=[coordinator_pb2.ConsentUpdate(ledger_index=i, consent_id=c, state=coordinator_pb2.REVOKED)
                      for i, c in changes],

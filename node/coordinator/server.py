@@ -182,9 +182,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     statuses={s.province: status_name(s.status) for s in statuses}))
                 household_of = [h for h, span in enumerate(spans) if span is not None for _ in range(span[1] - span[0])]
                 holders_of: dict[int, set[str]] = {}
-                for province, indexes in held.items():
+                for holder, indexes in held.items():
                     for i in indexes:
-                        holders_of.setdefault(household_of[i], set()).add(province)
+                        holders_of.setdefault(household_of[i], set()).add(holder)
                 for h, reply in enumerate(replies):
                     reply.holders.extend(sorted(holders_of.get(h, ())))
             for st in statuses:

@@ -67,6 +67,12 @@ class Signer:
         self.certificate_der = certificate_der
         self.key_id = hashlib.sha256(certificate_der).digest()
 
+    def matches_certificate(self) -> bool:
+        """True when the private key belongs to the certificate (a key pair caught mid-copy does not)."""
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(self.certificate_der).public_key() == self._key.public_key()
+
     def sign(self, domain: str, body: bytes) -> common_pb2.Signature:
         """One plain signature over one message."""
         return common_pb2.Signature(

@@ -126,7 +126,7 @@ class CoordinatorLink:
             await asyncio.sleep(self.checkpoint_every_s)  # checkpoint period
             try:
                 await self.checkpoint_once()
-            except (grpc.RpcError, HeduiError) as exc:
+            except Exception as exc:  # noqa: BLE001 - keep checkpointing whatever one attempt hit
                 self.log.warning("checkpoint_failed", error_type=type(exc).__name__)
 
     async def sync_certificate_revocations(self) -> None:
@@ -166,6 +166,8 @@ class CoordinatorLink:
                 self.log.warning("directory_rejected", reason=exc.code.name)
             except HeduiError as exc:
                 self.log.error("revocation_list_rejected", reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the feed must keep running (else the node fails closed)
+                self.log.error("sync_failed", error_type=type(exc).__name__)
             await asyncio.sleep(POLL_INTERVAL_S)  # polling period of the revocation feed
 
     async def directory(self, *, refresh: bool = False) -> dict[str, Entry]:

@@ -132,10 +132,14 @@ class NodeServer:
             stamp = self._key_stamp()
             if stamp == self._keys_seen:
                 return False
-            self._keys_seen = stamp
             member = self._member
             member.__dict__.pop("signer", None)
-            self.batch_signer.signer = member.signer
+            signer = member.signer
+            if not signer.matches_certificate():  # caught between copying the certificate and the key
+                member.__dict__.pop("signer", None)
+                return False  # retried on the next poll
+            self._keys_seen = stamp
+            self.batch_signer.signer = signer
             if self.link is not None:
                 self.link.rotate(member.signer)
             self._log.info("keys_rotated")

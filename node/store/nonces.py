@@ -43,15 +43,21 @@ class NonceStore:
         key = requester.encode() + b"\x00" + nonce
         if self._batching:  # inside transaction(): same thread, lock already taken by the batch's owner
             cursor = self._db.execute("INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES (?, ?)", (key, issued_at_ms))
+            self._inserts += 1
             return cursor.rowcount == 1
         with self._lock:
             cursor = self._db.execute("INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES (?, ?)", (key, issued_at_ms))
             fresh = cursor.rowcount == 1
             self._inserts += 1
-            if self._inserts % _PURGE_EVERY == 0:
-                horizon = int(time.time() * 1000) - 2 * self.window_ms
-                self._db.execute("DELETE FROM nonces WHERE issued_at_ms < ?", (horizon,))
+            self._purge_if_due()
         return fresh
+
+    def _purge_if_due(self) -> None:
+        """Forget nonces older than twice the clock window, every _PURGE_EVERY inserts (lock held)."""
+        if self._inserts >= _PURGE_EVERY:
+            self._inserts = 0
+            horizon = int(time.time() * 1000) - 2 * self.window_ms
+            self._db.execute("DELETE FROM nonces WHERE issued_at_ms < ?", (horizon,))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -64,6 +70,7 @@ class NonceStore:
         finally:
             with self._lock:
                 self._batching = False
+                self._purge_if_due()
                 self._db.execute("COMMIT")
 
     def close(self) -> None:
