@@ -200,6 +200,12 @@ class CoordinatorLink:
         return self._open(sealed, peer_identity, verification_pb2.QueryBatch)
 
     @staticmethod
+    def check_reply_key(query: verification_pb2.QueryBody) -> None:
+        """Refuse a sealed query whose reply key cannot be sealed to."""
+        if query.reply_seal_suite != sealing.SUITE_NAME or len(query.reply_seal_key) != 32:
+            raise Refusal(ErrorCode.MALFORMED, "sealed query names no usable reply key")
+
+    @staticmethod
     def seal_answer_batch(batch: verification_pb2.AnswerBatch, query: verification_pb2.QueryBody) -> common_pb2.Sealed:
         """Seal a batch of answers to the reply key the requester signed into its queries."""
         if query.reply_seal_suite != sealing.SUITE_NAME or len(query.reply_seal_key) != 32:

@@ -90,6 +90,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                     raise Refusal(ErrorCode.MALFORMED, "request carries no query")
                 decided = self.service.decide(signed_query, requester)
                 fields.update(peer=decided.query.requester, request_id=decided.query.request_id)
+                if sealed:
+                    self.unsealer.check_reply_key(decided.query)  # refused (and audited) before any answer
                 check_deadline(context)
             except Refusal as refusal:
                 if signed_query is not None and "request_id" not in fields:

@@ -163,3 +163,22 @@ def test_a_temporary_refusal_stays_retryable(world: tuple[Federation, Path], inp
     second = records(out)
     assert all(r["routing"]["33"] in ("OK", "NO_MATCH") for r in second)
     _ = synced
+
+
+def test_household_keys_with_commas_survive_the_consents_file(world: tuple[Federation, Path], tmp_path: Path) -> None:
+    """A household key holding a comma and quotes round-trips through CONSENTS.csv into verify-batch."""
+    fed, root = world
+    people = read_people(root / "data")[:2]
+    households = tmp_path / "h.csv"
+    households.write_text("household,id_number\n" + "".join(f'"odd, ""key""",{p.id_number}\n' for p in people))
+    consents = tmp_path / "c.csv"
+    grant = hedui("consent", "grant-batch", "--config", fed.configs[REQUESTER], "--in", households, "--purpose",
+                  "dibao", "--out", consents)
+    assert grant.returncode == 0, grant.stderr
+    again = hedui("consent", "grant-batch", "--config", fed.configs[REQUESTER], "--in", households, "--purpose",
+                  "dibao", "--out", consents)
+    assert "0 consents registered (1 already" in again.stderr
+    out = tmp_path / "r.jsonl"
+    proc = run_batch(fed, {"households": households, "consents": consents}, out)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["household"] for r in records(out)] == ['odd, "key"']
