@@ -79,7 +79,7 @@ def _rewrite(path: Path, lines: list[str], header: str | None = None) -> IO[str]
 
 
 def grant_batch(args: argparse.Namespace) -> int:
-    from node.client.batch import BatchSession, chunked, read_households, write_rejects
+    from node.client.batch import BatchSession, chunked, read_households
     from node.cli.progress import Progress
     from node.member import Member
 
@@ -118,16 +118,23 @@ def grant_batch(args: argparse.Namespace) -> int:
         finally:
             await session.close()
 
+    _run_to_the_end(run, out, args, rejects)
+    print(f"{len(todo) - refused} consents registered ({len(done)} already in {args.out}); "
+          f"{len(rejects)} rejected row(s) in {_rejects_path(args)}", file=sys.stderr)
+    return 0
+
+
+def _run_to_the_end(run: Any, out: IO[str], args: argparse.Namespace, rejects: list[Any]) -> None:
+    """Run the batch; whatever happens (Ctrl-C included), leave whole lines on disk and the rejects file."""
+    from node.client.batch import write_rejects
+
     try:
         asyncio.run(run())
     finally:
         out.flush()
         os.fsync(out.fileno())
         out.close()
-        write_rejects(_rejects_path(args), rejects)
-    print(f"{len(todo) - refused} consents registered ({len(done)} already in {args.out}); "
-          f"{len(rejects)} rejected row(s) in {_rejects_path(args)}", file=sys.stderr)
-    return 0
+        write_rejects(_rejects_path(args), sorted(rejects, key=lambda r: r.line))
 
 
 def _reject(h: Any, reason: str) -> Any:
@@ -160,7 +167,7 @@ def read_consents(path: Path) -> dict[str, Any]:
 
 
 def verify_batch(args: argparse.Namespace) -> int:
-    from node.client.batch import BatchSession, chunked, complete, parse_checks, pipeline, read_households, write_rejects
+    from node.client.batch import BatchSession, chunked, complete, parse_checks, pipeline, read_households
     from node.cli.progress import Progress
     from node.member import Member
 
@@ -203,13 +210,7 @@ def verify_batch(args: argparse.Namespace) -> int:
         finally:
             await session.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-        write_rejects(_rejects_path(args), sorted(rejects, key=lambda r: r.line))
+    _run_to_the_end(run, out, args, rejects)
     print(f"{stats['households']} households verified ({len(done)} already done, {stats['incomplete']} incomplete: "
           f"re-run to complete them); {len(rejects)} rejected row(s) in {_rejects_path(args)}", file=sys.stderr)
     return 0

@@ -60,21 +60,14 @@ def _init(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from node import config, logs
+    from node.cli.node_cmd import run_workers_for, with_metrics
     from node.coordinator.server import CoordinatorServer
     from node.server.node_server import serve_until_signalled
 
     cfg = config.load(args.config)
     if args.workers != 1:
-        from node.server.workers import run_workers
-
-        if not 1 <= args.workers <= 64:
-            raise BadInput("--workers must be 1 to 64")
-        return run_workers("coordinator", args.config, args.listen or cfg.listen, args.workers, metrics=args.metrics,
-                           log_level=args.log_level)
-    if getattr(args, "metrics", None):
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, metrics_listen=args.metrics)
+        return run_workers_for(args, "coordinator", cfg.listen)
+    cfg = with_metrics(args, cfg)
     if not cfg.is_coordinator:
         raise BadInput("this config is a province node's (use `hedui node serve`)")
     logs.configure(args.log_level or cfg.log_level)

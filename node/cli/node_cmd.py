@@ -113,22 +113,31 @@ def check_hostport(value: str) -> None:
         raise BadInput(f"address must be HOST:PORT, got {value!r}")
 
 
+def run_workers_for(args: argparse.Namespace, kind: str, listen: str) -> int:
+    """`hedui KIND serve --workers N`: N server processes on one port (node.server.workers)."""
+    from node.server.workers import run_workers
+
+    if not 1 <= args.workers <= 64:
+        raise BadInput("--workers must be 1 to 64")
+    return run_workers(kind, args.config, args.listen or listen, args.workers, metrics=args.metrics,
+                       log_level=args.log_level)
+
+
+def with_metrics(args: argparse.Namespace, cfg: Any) -> Any:
+    """The config with `--metrics HOST:PORT` applied over `[metrics] listen`."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, metrics_listen=args.metrics) if args.metrics else cfg
+
+
 def _serve(args: argparse.Namespace) -> int:
     from node import config, logs
     from node.server.node_server import NodeServer, serve_until_signalled
 
     cfg = config.load(args.config)
     if args.workers != 1:
-        from node.server.workers import run_workers
-
-        if not 1 <= args.workers <= 64:
-            raise BadInput("--workers must be 1 to 64")
-        return run_workers("node", args.config, args.listen or cfg.listen, args.workers, metrics=args.metrics,
-                           log_level=args.log_level)
-    if getattr(args, "metrics", None):
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, metrics_listen=args.metrics)
+        return run_workers_for(args, "node", cfg.listen)
+    cfg = with_metrics(args, cfg)
     if cfg.province is None:
         raise BadInput("this config is not a province node's (use `hedui coordinator serve`)")
     logs.configure(args.log_level or cfg.log_level)

@@ -76,9 +76,8 @@ class RunningServer:
 async def start_server(cfg: MemberConfig, listen: str | None, service_name: str, *,
                        register: Callable[[aio.Server], None], reuse_port: bool = False) -> RunningServer:
     """Create, bind (mutual TLS, dynamic credentials) and start a server; mark it SERVING."""
-    options = [o for o in tls.server_options(cfg.limits) if o[0] != "grpc.so_reuseport"]
-    options.append(("grpc.so_reuseport", 1 if reuse_port else 0))
-    server = aio.server(options=options, maximum_concurrent_rpcs=cfg.limits.max_concurrent_rpcs)
+    server = aio.server(options=tls.server_options(cfg.limits, reuse_port=reuse_port),
+                        maximum_concurrent_rpcs=cfg.limits.max_concurrent_rpcs)
     register(_SafeRegistrar(server))  # type: ignore[arg-type]
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -205,18 +205,10 @@ class CoordinatorLink:
         if query.reply_seal_suite != sealing.SUITE_NAME or len(query.reply_seal_key) != 32:
             raise Refusal(ErrorCode.MALFORMED, "sealed query names no usable reply key")
 
-    @staticmethod
-    def seal_answer_batch(batch: verification_pb2.AnswerBatch, query: verification_pb2.QueryBody) -> common_pb2.Sealed:
-        """Seal a batch of answers to the reply key the requester signed into its queries."""
-        if query.reply_seal_suite != sealing.SUITE_NAME or len(query.reply_seal_key) != 32:
-            raise Refusal(ErrorCode.MALFORMED, "sealed query names no usable reply key")
-        return sealing.seal(batch.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(query.requester),
-                            public_key=query.reply_seal_key)
-
-    @staticmethod
-    def seal_answer(answer: verification_pb2.SignedAnswer, query: verification_pb2.QueryBody) -> common_pb2.Sealed:
-        """Seal an answer to the reply key the requester signed into its query."""
-        if query.reply_seal_suite != sealing.SUITE_NAME or len(query.reply_seal_key) != 32:
-            raise Refusal(ErrorCode.MALFORMED, "sealed query names no usable reply key")
+    @classmethod
+    def seal_answer(cls, answer: verification_pb2.SignedAnswer | verification_pb2.AnswerBatch,
+                    query: verification_pb2.QueryBody) -> common_pb2.Sealed:
+        """Seal an answer (or a batch of them) to the reply key the requester signed into its query."""
+        cls.check_reply_key(query)
         return sealing.seal(answer.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(query.requester),
                             public_key=query.reply_seal_key)

@@ -61,8 +61,8 @@ def channel_credentials(cfg: MemberConfig) -> grpc.ChannelCredentials:
     )
 
 
-def server_options(limits: Limits) -> list[tuple[str, Any]]:
-    """Message-size, keepalive and connection-age limits for every server."""
+def server_options(limits: Limits, *, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """Message-size, keepalive and connection-age limits for every server (SO_REUSEPORT for --workers)."""
     return [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
@@ -72,7 +72,7 @@ def server_options(limits: Limits) -> list[tuple[str, Any]]:
         ("grpc.max_connection_idle_ms", 15 * 60_000),
         ("grpc.max_connection_age_ms", 60 * 60_000),
         ("grpc.max_connection_age_grace_ms", 30_000),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 

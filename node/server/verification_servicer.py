@@ -188,7 +188,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             if self.metrics is not None:
                 self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in outcomes.items()})
             return verification_pb2.VerifyBatchResponse(
-                sealed=self.unsealer.seal_answer_batch(verification_pb2.AnswerBatch(items=items), first))
+                sealed=self.unsealer.seal_answer(verification_pb2.AnswerBatch(items=items), first))
 
     async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:
         async with edge(context, self.log, "Holds", self.metrics):
