@@ -177,16 +177,19 @@ def machine_info() -> dict[str, Any]:
 
 
 def code_version() -> dict[str, Any]:
-    """The git commit measured, and whether the working tree had uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    """The package version, and the git commit measured with whether its tree had uncommitted changes
+    (None when the package is installed rather than run from a checkout)."""
+    from node import __version__
+
+    root = Path(__file__).resolve().parent  # git looks upward from the package for a checkout
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(dirty)}
+        return {"version": __version__, "commit": None, "dirty": None}
+    return {"version": __version__, "commit": commit, "dirty": bool(dirty)}
 
 
 def _rss_mb() -> tuple[float, float]:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from node.cli.node_cmd import add_config_file_options, add_wait_options
 from node.errors import BadInput
 
 
@@ -19,6 +20,7 @@ def register(sub: Any) -> None:
     init.add_argument("--listen", required=True, metavar="HOST:PORT")
     init.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
     init.add_argument("--config", required=True, type=Path, metavar="FILE")
+    add_config_file_options(init)
     init.set_defaults(func=_init)
     serve = coord_sub.add_parser("serve", help="run the coordinator until SIGTERM/SIGINT")
     serve.add_argument("--config", required=True, type=Path, metavar="FILE")
@@ -26,7 +28,11 @@ def register(sub: Any) -> None:
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here (overrides [metrics] listen)")
     serve.add_argument("--workers", type=int, default=1, metavar="N", help="server processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--port-file", type=Path, metavar="FILE", help="write the bound port here once serving")
     serve.set_defaults(func=_serve)
+
+    wait = coord_sub.add_parser("wait", help="wait until the coordinator serves (exit 4 on timeout)")
+    add_wait_options(wait)
 
     ledger = sub.add_parser("ledger", help="the coordinator's consent ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
@@ -48,19 +54,22 @@ def coordinator_config(pki: Path, listen: str, data_dir: Path) -> dict[str, Any]
 
 def _init(args: argparse.Namespace) -> int:
     from node import config
-    from node.cli.node_cmd import check_hostport
+    from node.cli.node_cmd import check_hostport, config_file_keys
 
     check_hostport(args.listen)
+    files = config_file_keys(args)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     args.data_dir.chmod(0o700)
-    config.write(args.config, coordinator_config(args.pki, args.listen, args.data_dir))
+    table = coordinator_config(args.pki, args.listen, args.data_dir)
+    table["keys"] |= files
+    config.write(args.config, table)
     print(f"coordinator configured: {args.config} (data in {args.data_dir.resolve()})")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     from node import config, logs
-    from node.cli.node_cmd import run_workers_for, with_metrics
+    from node.cli.node_cmd import port_file_writer, run_workers_for, with_metrics
     from node.coordinator.server import CoordinatorServer
     from node.server.node_server import serve_until_signalled
 
@@ -71,7 +80,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not cfg.is_coordinator:
         raise BadInput("this config is a province node's (use `hedui node serve`)")
     logs.configure(args.log_level or cfg.log_level)
-    asyncio.run(serve_until_signalled(CoordinatorServer(cfg, reuse_port=args.reuse_port), args.listen))
+    asyncio.run(serve_until_signalled(CoordinatorServer(cfg, reuse_port=args.reuse_port), args.listen,
+                                      on_ready=port_file_writer(args.port_file)))
     return 0
 
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from node import __version__
 from node.errors import BadInput, HeduiError, Refusal
 
 # gRPC's C core logs connection chatter (GOAWAY on shutdown) at INFO; keep the CLI's output clean.
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="hedui", description="Hedui (核对): federated household economic verification")
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    parser.add_argument("--version", action="version", version=f"hedui {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in (pki_cmd, node_cmd, coordinator_cmd, data_cmd, consent_cmd, verify_cmd, answer_cmd, demo_cmd, backup_cmd, audit_cmd,
                    batch_cmd):

@@ -23,6 +23,7 @@ def register(sub: Any) -> None:
     init.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
     init.add_argument("--config", required=True, type=Path, metavar="FILE")
     init.add_argument("--coordinator", metavar="HOST:PORT", help="the federation coordinator")
+    add_config_file_options(init)
     init.set_defaults(func=_init)
 
     serve = node_sub.add_parser("serve", help="run the node until SIGTERM/SIGINT")
@@ -39,10 +40,51 @@ def register(sub: Any) -> None:
     rotate.add_argument("--pki", required=True, type=Path, metavar="DIR")
     rotate.set_defaults(func=_rotate)
 
+    wait = node_sub.add_parser("wait", help="wait until the node serves and the coordinator routes to it (exit 4 on timeout)")
+    add_wait_options(wait)
+
     status = node_sub.add_parser("status", help="show the node's identity and store size")
     status.add_argument("--config", required=True, type=Path, metavar="FILE")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+
+def add_config_file_options(parser: Any) -> None:
+    """`--catalogue FILE` and `--policy FILE` for `node init` and `coordinator init`."""
+    parser.add_argument("--catalogue", type=Path, metavar="FILE",
+                        help="a province's own data-item catalogue (default: the national one shipped with hedui)")
+    parser.add_argument("--policy", type=Path, metavar="FILE",
+                        help="a province's own purpose policy (default: the one shipped with hedui)")
+
+
+def config_file_keys(args: argparse.Namespace) -> dict[str, str]:
+    """The [keys] entries naming the catalogue and policy files given at init, after checking both load."""
+    from node.domain.catalogue import load_catalogue
+    from node.domain.policy import load_policy
+
+    catalogue = load_catalogue(args.catalogue.resolve() if args.catalogue else None)
+    load_policy(args.policy.resolve() if args.policy else None, catalogue=catalogue)
+    return {name: str(path.resolve()) for name, path in (("catalogue", args.catalogue), ("policy", args.policy)) if path}
+
+
+def add_wait_options(parser: Any) -> None:
+    """`hedui node wait` / `hedui coordinator wait`: for scripts that start servers in the background."""
+    parser.add_argument("--config", required=True, type=Path, metavar="FILE")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after this long (default 30)")
+    parser.add_argument("--to", metavar="HOST:PORT", help="the server's address (default: the configured listen address)")
+    parser.set_defaults(func=_wait)
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from node.client.ready import wait_ready
+    from node.member import Member
+
+    if args.to:
+        check_hostport(args.to)
+    member = Member.from_config(args.config)
+    address = wait_ready(member, timeout_s=args.timeout, address=args.to)
+    print(f"{member.cfg.identity} ready at {address}")
+    return 0
 
 
 def copy_secret(src: Path, dst: Path, *, private: bool) -> None:
@@ -91,10 +133,11 @@ def _init(args: argparse.Namespace) -> int:
     check_hostport(args.listen)
     if args.coordinator:
         check_hostport(args.coordinator)
+    files = config_file_keys(args)
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # the store, audit log and keys are the operator's alone
-    keys = install_member_keys(args.pki, args.province, data_dir, linkage=True)
+    keys = install_member_keys(args.pki, args.province, data_dir, linkage=True) | files
     member: dict[str, Any] = {
         "identity": province_uri(args.province), "province": args.province,
         "listen": args.listen, "data_dir": str(data_dir),
@@ -142,13 +185,18 @@ def _serve(args: argparse.Namespace) -> int:
         raise BadInput("this config is not a province node's (use `hedui coordinator serve`)")
     logs.configure(args.log_level or cfg.log_level)
     server = NodeServer(cfg, reuse_port=args.reuse_port)
-
-    def ready(port: int) -> None:
-        if args.port_file:
-            args.port_file.write_text(f"{port}\n")
-
-    asyncio.run(serve_until_signalled(server, args.listen, on_ready=ready))
+    asyncio.run(serve_until_signalled(server, args.listen, on_ready=port_file_writer(args.port_file)))
     return 0
+
+
+def port_file_writer(path: Path | None) -> Any:
+    """The on_ready hook of `serve --port-file FILE`: the bound port, written once serving."""
+    def ready(port: int) -> None:
+        if path is not None:  # written whole, then renamed: a reader never sees a partial file
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(f"{port}\n")
+            os.replace(tmp, path)
+    return ready
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -162,12 +210,12 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from node import config
+    from node import __version__, config
     from node.store.store import Store
 
     cfg = config.load(args.config)
     with Store.open(cfg.data_dir) as store:
         counts = store.counts()
-    data = {"identity": cfg.identity, "province": cfg.province, "listen": cfg.listen, **counts}
+    data = {"identity": cfg.identity, "province": cfg.province, "listen": cfg.listen, "version": __version__, **counts}
     print(json.dumps(data) if args.json else "\n".join(f"{k}: {v}" for k, v in data.items()))
     return 0

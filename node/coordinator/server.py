@@ -9,7 +9,7 @@ from typing import Any
 
 from grpc import aio
 
-from node import logs
+from node import __version__, logs
 from node.config import MemberConfig
 from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
@@ -332,7 +332,7 @@ class CoordinatorServer:
             close.callback(metrics_server.shutdown)
         crl_task = asyncio.create_task(self._watch_crl(log))
         close.callback(crl_task.cancel)
-        log.info("serving", port=self.port, ledger_entries=self.chain.head()[0])
+        log.info("serving", version=__version__, port=self.port, ledger_entries=self.chain.head()[0])
         return self.port
 
     async def _watch_crl(self, log: Any) -> None:

@@ -7,6 +7,8 @@ import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
@@ -175,42 +177,44 @@ class Catalogue:
         return {item.code: item.aggregate.value for item in self.items}
 
 
-def default_config_dir() -> Path:
-    """The repository's `config/` directory, holding catalogue.toml and policy.toml."""
-    return Path(__file__).resolve().parents[2] / "config"
+def shipped(name: str) -> Traversable:
+    """A config file shipped inside the package (`node/data/`, which is `config/` of the repository)."""
+    return resources.files("node").joinpath("data", name)
 
 
 def load_catalogue(path: Path | None = None) -> Catalogue:
-    """Load and validate a catalogue file (default: config/catalogue.toml of the repository)."""
-    path = path or default_config_dir() / CATALOGUE_FILE
-    doc = read_toml(path, "catalogue", CatalogueError)
+    """Load and validate a catalogue file (default: the national catalogue shipped in the package)."""
+    source = path or shipped(CATALOGUE_FILE)
+    doc = read_toml(source, "catalogue", CatalogueError)
     unknown = set(doc) - {"version", "item"}
     if unknown:
-        raise CatalogueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+        raise CatalogueError(f"{source}: unknown top-level keys {sorted(unknown)}")
     version = doc.get("version", "")
     if not isinstance(version, str):
-        raise CatalogueError(f"{path}: version must be a string")
+        raise CatalogueError(f"{source}: version must be a string")
     entries = doc.get("item")
     if not isinstance(entries, list) or not entries:
-        raise CatalogueError(f"{path}: no [[item]] entries")
-    items = tuple(_item(path, n, entry) for n, entry in enumerate(entries, 1))
+        raise CatalogueError(f"{source}: no [[item]] entries")
+    items = tuple(_item(source, n, entry) for n, entry in enumerate(entries, 1))
     return Catalogue(items, version)
 
 
-def read_toml(path: Path, what: str, error: type[BadInput] = CatalogueError) -> dict[str, Any]:
+def read_toml(path: Path | Traversable, what: str, error: type[BadInput] = CatalogueError) -> dict[str, Any]:
     """Read a TOML config file, turning every failure into `error` naming the file."""
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise error(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{what} file {path} is a directory") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise error(f"cannot read {what} file {path}: {exc}") from None
+        raise error(f"cannot read {what} file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{what} file {path} is not valid TOML: {exc}") from None
 
 
-def _item(path: Path, n: int, entry: Any) -> Item:
+def _item(path: Path | Traversable, n: int, entry: Any) -> Item:
     where = f"{path}: item #{n}"
     if not isinstance(entry, dict):
         raise CatalogueError(f"{where} is not a table")

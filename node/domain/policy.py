@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 from node.domain.catalogue import (
     Catalogue,
-    default_config_dir,
     load_catalogue,
     read_toml,
+    shipped,
 )
 from node.errors import BadInput
 
@@ -66,21 +67,22 @@ class Policy:
 
 
 def load_policy(path: Path | None = None, catalogue: Catalogue | None = None) -> Policy:
-    """Load a policy file (default config/policy.toml), validating every entry against the catalogue."""
-    path = path or default_config_dir() / POLICY_FILE
+    """Load a policy file (default: the purpose policy shipped in the package), validating every
+    entry against the catalogue."""
+    source = path or shipped(POLICY_FILE)
     catalogue = catalogue if catalogue is not None else load_catalogue()
-    doc = read_toml(path, "policy", PolicyError)
+    doc = read_toml(source, "policy", PolicyError)
     unknown = set(doc) - {"purpose"}
     if unknown:
-        raise PolicyError(f"{path}: unknown top-level keys {sorted(unknown)}")
+        raise PolicyError(f"{source}: unknown top-level keys {sorted(unknown)}")
     table = doc.get("purpose")
     if not isinstance(table, dict) or not table:
-        raise PolicyError(f"{path}: no [purpose.<code>] tables")
-    purposes = {code: _purpose(path, code, body, catalogue) for code, body in table.items()}
+        raise PolicyError(f"{source}: no [purpose.<code>] tables")
+    purposes = {code: _purpose(source, code, body, catalogue) for code, body in table.items()}
     return Policy(MappingProxyType(purposes))
 
 
-def _purpose(path: Path, code: str, body: Any, catalogue: Catalogue) -> Purpose:
+def _purpose(path: Path | Traversable, code: str, body: Any, catalogue: Catalogue) -> Purpose:
     where = f"{path}: purpose {code!r}"
     if _PURPOSE_RE.fullmatch(code) is None:
         raise PolicyError(f"{where}: code must be lower-case letters, digits and _")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from node import logs
+from node import __version__, logs
 from node.config import MemberConfig
 from node.crypto import signing
 from node.domain.regions import COORDINATOR_URI
@@ -118,7 +118,7 @@ class NodeServer:
         self._member, self._log, self._keys_seen = member, log, self._key_stamp()
         watch = asyncio.create_task(self._watch_keys())
         close.callback(watch.cancel)
-        log.info("serving", port=self.port, subjects=self.store.counts().get("subjects"))
+        log.info("serving", version=__version__, port=self.port, subjects=self.store.counts().get("subjects"))
         return self.port
 
     def _key_stamp(self) -> tuple[int, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -231,3 +232,55 @@ def test_synth_writes_ingestible_csv_per_province(setup: dict[str, Path], tmp_pa
     assert hedui("ingest", "--config", setup["cfg51"], tmp_path / "51.csv").returncode == 0
     bad = hedui("synth", "--provinces", "44,99", "--households", "5", "--out", tmp_path / "x")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_version_is_the_packages() -> None:
+    """`hedui --version` prints the package's version."""
+    from node import __version__
+
+    proc = hedui("--version", check=True)
+    assert proc.stdout.strip() == f"hedui {__version__}"
+
+
+def test_node_status_reports_the_version(setup: dict[str, Path]) -> None:
+    """`node status --json` carries the running code's version beside the store counts."""
+    from node import __version__
+
+    status = json.loads(hedui("node", "status", "--config", setup["cfg44"], "--json", check=True).stdout)
+    assert status["version"] == __version__ and status["subjects"] > 0
+
+
+def test_init_takes_a_provinces_own_catalogue_and_policy(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`node init --catalogue --policy` records the province's own files; a broken one is refused before anything is written."""
+    import tomllib
+
+    repo_config = Path(__file__).resolve().parents[2] / "config"
+    catalogue, policy = tmp_path / "own-catalogue.toml", tmp_path / "own-policy.toml"
+    catalogue.write_bytes((repo_config / "catalogue.toml").read_bytes())
+    policy.write_text((repo_config / "policy.toml").read_text().replace("最低生活保障", "最低生活保障（本省）"))
+    cfg = tmp_path / "node.toml"
+    hedui("node", "init", "--pki", setup["pki"], "--province", "44", "--listen", "127.0.0.1:0", "--data-dir",
+          tmp_path / "data", "--config", cfg, "--catalogue", catalogue, "--policy", policy, check=True)
+    keys = tomllib.loads(cfg.read_text())["keys"]
+    assert keys["catalogue"] == str(catalogue.resolve()) and keys["policy"] == str(policy.resolve())
+    from node.member import Member
+
+    assert Member.from_config(cfg).policy.purpose("dibao").name_zh == "最低生活保障（本省）"
+
+    policy.write_text('[purpose.dibao]\nname_zh = "x"\nname_en = "x"\nitems = ["lottery.*"]\n')
+    bad = tmp_path / "bad.toml"
+    proc = hedui("coordinator", "init", "--pki", setup["pki"], "--listen", "127.0.0.1:0", "--data-dir",
+                 tmp_path / "coord", "--config", bad, "--policy", policy)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "lottery.*" in proc.stderr
+    assert not bad.exists() and not (tmp_path / "coord").exists()
+
+
+def test_node_wait_returns_once_the_node_is_routed_to(setup: dict[str, Path]) -> None:
+    """`node wait` returns 0 for a serving node the coordinator lists, and 4 with one line when nothing answers."""
+    proc = hedui("node", "wait", "--config", setup["cfg44"], "--to", str(setup["addr"]), "--timeout", "20", check=True)
+    assert "urn:hedui:province:44 ready" in proc.stdout
+    with socket.socket() as probe:  # a port nobody listens on: bound, never accepting
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+        proc = hedui("node", "wait", "--config", setup["cfg44"], "--to", dead, "--timeout", "0.5")
+    assert proc.returncode == 4 and len(proc.stderr.splitlines()) == 1 and "not ready within 0.5 s" in proc.stderr

@@ -12,8 +12,8 @@ from node.domain.catalogue import (
     CatalogueError,
     ItemType,
     UnknownItem,
-    default_config_dir,
     load_catalogue,
+    shipped,
 )
 from node.errors import BadInput
 
@@ -58,10 +58,12 @@ def test_default_file_loads_with_required_items(catalogue: Catalogue) -> None:
         assert code in catalogue
 
 
-def test_default_config_dir_is_repo_config() -> None:
-    """default_config_dir() points at the repository's config directory."""
-    assert (default_config_dir() / "catalogue.toml").is_file()
-    assert default_config_dir().name == "config"
+def test_the_shipped_catalogue_and_policy_are_the_files_in_config() -> None:
+    """The package's own copies of the catalogue and the policy are byte for byte config/'s (one copy, no drift)."""
+    repo_config = Path(__file__).resolve().parents[2] / "config"
+    for name in ("catalogue.toml", "policy.toml"):
+        assert shipped(name).read_bytes() == (repo_config / name).read_bytes()
+    assert load_catalogue().version  # the default load reads the shipped file, not a path in the checkout
 
 
 def test_every_item_is_complete(catalogue: Catalogue) -> None:
