@@ -2,7 +2,9 @@
 
 Log events carry request ids, peer provinces, purposes, item codes and outcomes; never an ID
 number, a subject token in full, or a data value. Callers bind context with
-`log.bind(request_id=..., peer=...)`.
+`log.bind(request_id=..., peer=...)`. Handlers refuse an invalid request id before logging
+anything; as a last guard, every event's `request_id` passes `request_ids.shown` (an invalid
+one is logged as "invalid", never as it was sent).
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from typing import Any
 
 import structlog
 
+from node.domain import request_ids
+
 _configured = False
+
+
+def _request_id_guard(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Replace a request id that is not valid by "invalid" (peers choose request ids)."""
+    if "request_id" in event:
+        event["request_id"] = request_ids.shown(event["request_id"])
+    return event
 
 
 def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
@@ -26,6 +37,7 @@ def configure(level: str = "info", *, json: bool | None = None, stream: Any = No
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _request_id_guard,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

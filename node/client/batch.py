@@ -29,7 +29,7 @@ from node.coordinator.router import status_name
 from node.crypto import sealing, signing
 from node.crypto.tokens import subject_token
 from node.domain import idnumber
-from node.domain.predicate import Check, parse_check
+from node.domain.predicate import Check, parse_check, require_one_per_item
 from node.domain.regions import province_uri
 from node.errors import BadInput, HeduiError
 from node.member import Member
@@ -299,6 +299,7 @@ def parse_checks(exprs: Sequence[str], member: Member, purpose: str) -> list[Che
         member.catalogue.get(c.attribute)
     if not 1 <= len(checks) <= member.cfg.limits.max_checks:
         raise BadInput(f"1 to {member.cfg.limits.max_checks} checks")
+    require_one_per_item(checks)
     return checks
 
 

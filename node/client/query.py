@@ -17,7 +17,7 @@ from node.crypto.tokens import subject_token
 from node.domain import idnumber
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy, UnknownPurpose
-from node.domain.predicate import Check, Comparator, parse_check
+from node.domain.predicate import Check, Comparator, parse_check, require_one_per_item
 from node.errors import BadInput
 from node.wire.v1 import common_pb2, verification_pb2
 
@@ -148,6 +148,7 @@ def prepare(
     typed = [c if isinstance(c, Check) else parse_check(c) for c in checks]
     for c in typed:
         catalogue.get(c.attribute)
+    require_one_per_item(typed)
     return PreparedQuery(requester, purpose, tuple(subject_token(linkage_key, n) for n in numbers), tuple(typed))
 
 

@@ -14,10 +14,11 @@ from google.protobuf.message import DecodeError
 
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain import request_ids
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
 from node.errors import ErrorCode, Refusal
-from node.service.verification import REQUEST_ID_RE, ReplayGuard
+from node.service.verification import ReplayGuard
 from node.store.chain import HashChain
 from node.wire.v1 import coordinator_pb2, verification_pb2
 
@@ -132,8 +133,9 @@ class ConsentRegistry:
     def _validate(self, req: coordinator_pb2.ConsentRequestBody, peer_province: str) -> None:
         if req.requester != peer_province:
             raise Refusal(ErrorCode.IDENTITY_MISMATCH)
-        if not REQUEST_ID_RE.fullmatch(req.request_id) or not 16 <= len(req.nonce) <= 64:
-            raise Refusal(ErrorCode.MALFORMED, "request id or nonce malformed")
+        request_ids.check(req.request_id)
+        if not 16 <= len(req.nonce) <= 64:
+            raise Refusal(ErrorCode.MALFORMED, "nonce must be 16 to 64 bytes")
         now_ms = int(self.clock() * 1000)
         if abs(now_ms - req.issued_at_ms) > self.clock_skew_ms:
             raise Refusal(ErrorCode.CLOCK_WINDOW)

@@ -16,6 +16,7 @@ from node.coordinator.directory import Directory
 from node.coordinator.router import Router, per_province_timeout, status_name
 from node.crypto.pki import TrustAnchor, province_of_identity
 from node.crypto.revocation import CrlFile
+from node.domain import request_ids
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server.base import RunningServer, start_server
@@ -106,6 +107,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Discover(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Discover", self.metrics, self._refusal_hook("Discover", request, context)):
             province = self._province(context)
+            request_ids.check(request.request_id)  # before anything is looked up, forwarded or logged
             self._check_discovery(province, request.consent_id, request.tokens)
             reply = await self.router.discover(province, request, self._timeout(context))
             await self._audit(audit.coordinator_event(
@@ -120,6 +122,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Route(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Route", self.metrics, self._refusal_hook("Route", request, context)):
             province = self._province(context)
+            request_ids.check(request.request_id)
             self.consents.check_active(province, request.consent_id)
             if not 1 <= len(request.envelopes) <= 64:
                 raise Refusal(ErrorCode.MALFORMED, "1 to 64 envelopes")
@@ -141,11 +144,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents per batch")
             results = self.consents.register_many(province, list(request.requests))
             await asyncio.gather(*(self._audit(
-                audit.coordinator_event(audit.refused(r.code), requester=province, statuses={"call": "RegisterConsentBatch"})
+                audit.coordinator_event(audit.refused(r.code), requester=province, request_id=_consent_request_id(q),
+                                        statuses={"call": "RegisterConsentBatch"})
                 if isinstance(r, Refusal) else
                 audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=_cid(r),
                                         purpose=verification_pb2.ConsentBody.FromString(r.receipt.body).purpose))
-                for r in results))
+                for q, r in zip(request.requests, results, strict=True)))
             items = [coordinator_pb2.ConsentBatchItem(error_code=r.code.name, error=str(r)) if isinstance(r, Refusal)
                      else coordinator_pb2.ConsentBatchItem(status=r) for r in results]
             self.log.info("consents_registered", requester=province, count=sum(1 for i in items if not i.error_code),
@@ -155,6 +159,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def DiscoverBatch(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "DiscoverBatch", self.metrics, self._refusal_hook("DiscoverBatch", request, context)):
             province = self._province(context)
+            request_ids.check(request.request_id)
             if not 1 <= len(request.households) <= MAX_BATCH:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} households per batch")
             replies: list[coordinator_pb2.HouseholdHolders] = []
@@ -196,6 +201,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def RouteBatch(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "RouteBatch", self.metrics, self._refusal_hook("RouteBatch", request, context)):
             province = self._province(context)
+            request_ids.check(request.request_id)
             if not 1 <= len(request.consent_ids) <= MAX_BATCH or not 1 <= len(request.envelopes) <= 64:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents and 1 to 64 envelopes per batch")
             for consent_id in request.consent_ids:
@@ -240,7 +246,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     context.auth_context()["x509_pem_cert"][0])) or ""
             except (HeduiError, KeyError, IndexError):
                 requester = ""
-            await self._audit(self._event(audit.refused(refusal.code), requester, getattr(request, "request_id", ""),
+            request_id = (_consent_request_id(request) if isinstance(request, coordinator_pb2.RegisterConsentRequest)
+                          else getattr(request, "request_id", ""))
+            await self._audit(self._event(audit.refused(refusal.code), requester, request_id,
                                           getattr(request, "consent_id", ""), method))
         return record
 
@@ -260,6 +268,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if not self.crl.der or request.known_sha256 == self.crl.digest:
                 return coordinator_pb2.RevocationList(sha256=self.crl.digest)
             return coordinator_pb2.RevocationList(crl_der=self.crl.der, sha256=self.crl.digest)
+
+
+def _consent_request_id(request: coordinator_pb2.RegisterConsentRequest) -> str:
+    """The request id a (not yet verified) consent request claims, for its audit record (shown only if valid)."""
+    try:
+        return request_ids.shown(coordinator_pb2.ConsentRequestBody.FromString(request.body).request_id)
+    except Exception:  # noqa: BLE001 - undecodable body: no request id to record
+        return ""
 
 
 def _cid(status: coordinator_pb2.ConsentStatus) -> str:

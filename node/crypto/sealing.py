@@ -19,6 +19,8 @@ from node.wire.v1 import common_pb2
 SUITE_NAME: Final[str] = "hpke:dhkem-x25519-hkdf-sha256:hkdf-sha256:aes-128-gcm"
 _SUITES: Final[dict[str, Suite]] = {SUITE_NAME: Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_128_GCM)}
 
+_PROBE_KEY: Final[X25519PrivateKey] = X25519PrivateKey.generate()  # only ever used to test public keys
+
 QUERY: Final[str] = "query"
 ANSWER: Final[str] = "answer"
 
@@ -45,6 +47,22 @@ def seal(plaintext: bytes, *, kind: str, recipient: str, public_key: bytes) -> c
     pub = X25519PublicKey.from_public_bytes(public_key)
     ciphertext = _SUITES[SUITE_NAME].encrypt(plaintext, pub, info=_info(kind, recipient))
     return common_pb2.Sealed(suite=SUITE_NAME, recipient=recipient, recipient_key_id=key_id(public_key), ciphertext=ciphertext)
+
+
+def usable_public_key(public_key: bytes) -> bool:
+    """Whether a seal to this raw X25519 public key can be made (32 bytes, not a small-order point).
+
+    Sealing refuses a key whose shared secret is all zero. For a small-order point that holds
+    whatever the private scalar (scalars are multiples of the cofactor), so one exchange with a
+    fixed key tells, before any answer is decided for a key it could not be sealed to.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != 32:
+        return False
+    try:
+        _PROBE_KEY.exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
+        return False
+    return True
 
 
 def open_sealed(sealed: common_pb2.Sealed, *, kind: str, identity: str, private_key: X25519PrivateKey) -> bytes:

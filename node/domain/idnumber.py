@@ -8,6 +8,7 @@ ISO 7064 MOD 11-2. Error messages never repeat the number itself.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from typing import Final
 
 from node.domain.regions import is_province
@@ -17,6 +18,8 @@ _WEIGHTS: Final[tuple[int, ...]] = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 
 _CHECK: Final[str] = "10X98765432"
 _DIGITS: Final[frozenset[str]] = frozenset("0123456789")
 _EARLIEST_BIRTH: Final[_dt.date] = _dt.date(1900, 1, 1)
+_WINDOW_RE: Final = re.compile(r"(?=(\d{17}[\dXx]))")
+_RUN_17_DIGITS: Final = re.compile(r"\d{17}")
 
 
 class InvalidIdNumber(BadInput):
@@ -64,6 +67,13 @@ def is_valid(raw: str) -> bool:
     except InvalidIdNumber:
         return False
     return True
+
+
+def contains_id_number(text: str) -> bool:
+    """True when any 18-character window of `text` is a valid ID number (the project's one ID scan)."""
+    if len(text) < 18 or _RUN_17_DIGITS.search(text) is None:  # the common case, in C
+        return False
+    return any(is_valid(m.group(1)) for m in _WINDOW_RE.finditer(text))
 
 
 def make(region: str, birth: _dt.date, sequence: int) -> str:

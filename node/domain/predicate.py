@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -120,6 +120,28 @@ def parse_check(expr: str) -> Check:
 
 
 _SYMBOLS: Final[frozenset[str]] = frozenset(c.value for c in Comparator)
+ONE_PER_ITEM: Final[str] = "a query checks each data item at most once"
+
+
+def repeated_item(attributes: Iterable[str]) -> str | None:
+    """The first item code that occurs twice, or None."""
+    seen: set[str] = set()
+    for attribute in attributes:
+        if attribute in seen:
+            return attribute
+        seen.add(attribute)
+    return None
+
+
+def require_one_per_item(checks: Iterable[Check]) -> None:
+    """Raise MalformedCheck when two checks compare the same item.
+
+    Several comparisons of one item in one query would recover its value in a few queries
+    (a 32-way search per query); one check per item makes each probe a query of its own.
+    """
+    repeated = repeated_item(c.attribute for c in checks)
+    if repeated is not None:
+        raise MalformedCheck(f"{repeated} is checked twice: {ONE_PER_ITEM}")
 
 
 def _show(text: str) -> str:

@@ -11,11 +11,12 @@ from grpc import aio
 
 from node.crypto import signing
 from node.crypto.pki import TrustAnchor, province_of_identity
+from node.domain import request_ids
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.inflight import InFlight
 from node.server.admission import Admission, check_deadline
 from node.server.edge import edge, public_message
-from node.service.verification import REQUEST_ID_RE, Decided, VerificationService
+from node.service.verification import Decided, VerificationService, require_usable_reply_key
 from node.store import audit
 from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 
@@ -24,12 +25,12 @@ MAX_BATCH = 512
 
 
 def _request_id_of(query: verification_pb2.SignedQuery) -> str:
-    """The request id of a (possibly unauthenticated) query, for logs: only if it is well formed."""
+    """The request id of a (possibly unauthenticated) query, for logs: only if it is valid, else "invalid"."""
     try:
         request_id = verification_pb2.QueryBody.FromString(query.body).request_id
     except Exception:  # noqa: BLE001 - undecodable body: nothing to log
         return ""
-    return request_id if REQUEST_ID_RE.fullmatch(request_id) else ""
+    return request_ids.shown(request_id)
 
 
 class VerificationServicer(verification_pb2_grpc.VerificationServicer):
@@ -88,10 +89,10 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                         raise Refusal(ErrorCode.NOT_AUTHORISED)
                 else:
                     raise Refusal(ErrorCode.MALFORMED, "request carries no query")
+                if sealed:
+                    require_usable_reply_key([signed_query.body])  # refused (and audited) before anything is decided
                 decided = self.service.decide(signed_query, requester)
                 fields.update(peer=decided.query.requester, request_id=decided.query.request_id)
-                if sealed:
-                    self.unsealer.check_reply_key(decided.query)  # refused (and audited) before any answer
                 check_deadline(context)
             except Refusal as refusal:
                 if signed_query is not None and "request_id" not in fields:
@@ -115,14 +116,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query))
             return verification_pb2.VerifyResponse(signed=answer)
 
-    def _batch_refusal_hook(self, context: aio.ServicerContext) -> Any:
-        """Audits a refusal of a whole batch (its items' own refusals are audited one by one)."""
+    def _refusal_hook(self, context: aio.ServicerContext, request_id: str = "") -> Any:
+        """Audits a refusal of a whole call (VerifyBatch, Holds; a batch's items are audited one by one)."""
         async def record(refusal: Refusal) -> None:
             try:
-                requester = province_of_identity(self.anchor.validate_tls_peer_cert(context.auth_context()["x509_pem_cert"][0]))
+                identity = self.anchor.validate_tls_peer_cert(context.auth_context()["x509_pem_cert"][0])
+                requester = "coordinator" if identity == self.coordinator_identity else province_of_identity(identity)
             except (HeduiError, KeyError, IndexError):
                 requester = None
-            await self._audit(audit.refusal(refusal.code, query=None, requester=requester or ""))
+            await self._audit(audit.refusal(refusal.code, query=None, requester=requester or "", request_id=request_id))
         return record
 
     async def _audit(self, record: audit.AuditRecord) -> None:
@@ -141,13 +143,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
 
     async def VerifyBatch(self, request: verification_pb2.VerifyBatchRequest,
                           context: aio.ServicerContext) -> verification_pb2.VerifyBatchResponse:
-        async with edge(context, self.log, "VerifyBatch", self.metrics, self._batch_refusal_hook(context)):
+        async with edge(context, self.log, "VerifyBatch", self.metrics, self._refusal_hook(context)):
             identity = self.admission.admit(context)
             if self.unsealer is None:
                 raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
             batch, requester = self.unsealer.open_batch(request.sealed, identity)
             if not 1 <= len(batch.queries) <= MAX_BATCH:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} queries per batch")
+            # One requester and a usable reply key, or the whole batch is refused before any query is decided.
+            require_usable_reply_key(q.body for q in batch.queries)
             items: list[verification_pb2.BatchItem] = []
             decided: list[tuple[int, Decided]] = []
             refusals: list[audit.AuditRecord] = []
@@ -158,22 +162,20 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                     except Refusal as refusal:
                         items.append(verification_pb2.BatchItem(index=index, error_code=refusal.code.name,
                                                                 error=public_message(refusal)))
-                        try:
-                            refusals.append(audit.refusal(refusal.code, query=query.body, requester=requester or "",
-                                                          relayed=requester is None))
-                        except ValueError:
-                            refusals.append(audit.refusal(refusal.code, query=None, requester=requester or ""))
-            if not decided:
-                await asyncio.gather(*(self._audit(r) for r in refusals))
-                # Nothing to seal an answer to: refuse the batch with its items' reason, so a
-                # temporary one (e.g. consent state unconfirmed) stays retryable for the caller.
-                codes = [ErrorCode[item.error_code] for item in items]
-                code = next((c for c in (ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE) if c in codes), codes[0])
-                raise Refusal(code, "no query of the batch could be answered")
+                        refusals.append(self._refusal_record(refusal, query, requester))
+            try:
+                if not decided:
+                    # Nothing to seal an answer to: refuse the batch with its items' reason, so a
+                    # temporary one (e.g. consent state unconfirmed) stays retryable for the caller.
+                    codes = [ErrorCode[item.error_code] for item in items]
+                    code = next((c for c in (ErrorCode.UNAVAILABLE, ErrorCode.DEADLINE) if c in codes), codes[0])
+                    raise Refusal(code, "no query of the batch could be answered")
+                check_deadline(context)
+            except Refusal as refusal:  # decided queries are refused too: each is audited as refused
+                late = [self._refusal_record(refusal, d.query, requester) for _, d in decided]
+                await asyncio.gather(*(self._audit(r) for r in refusals + late))
+                raise
             first = decided[0][1].query
-            if any((d.query.requester, d.query.reply_seal_key) != (first.requester, first.reply_seal_key) for _, d in decided):
-                raise Refusal(ErrorCode.MALFORMED, "a batch has one requester and one reply key")
-            check_deadline(context)
             bodies = [d.answer.SerializeToString() for _, d in decided]
             records = refusals + [audit.answered(d, b, relayed=requester is None) for (_, d), b in zip(decided, bodies, strict=True)]
             signatures, *_ = await asyncio.gather(self.signer.sign_many([(signing.ANSWER, b) for b in bodies]),
@@ -190,13 +192,23 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             return verification_pb2.VerifyBatchResponse(
                 sealed=self.unsealer.seal_answer(verification_pb2.AnswerBatch(items=items), first))
 
+    @staticmethod
+    def _refusal_record(refusal: Refusal, query: verification_pb2.SignedQuery | verification_pb2.QueryBody,
+                        requester: str | None) -> audit.AuditRecord:
+        body = query.body if isinstance(query, verification_pb2.SignedQuery) else query
+        try:
+            return audit.refusal(refusal.code, query=body, requester=requester or "", relayed=requester is None)
+        except ValueError:  # a field the auditor will not store: record without the query's fields
+            return audit.refusal(refusal.code, query=None, requester=requester or "")
+
     async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:
-        async with edge(context, self.log, "Holds", self.metrics):
+        async with edge(context, self.log, "Holds", self.metrics, self._refusal_hook(context, request.request_id)):
             identity = self.admission.admit(context)
             if identity != self.coordinator_identity:
                 raise Refusal(ErrorCode.NOT_AUTHORISED, "only the coordinator may ask which subjects are held")
+            request_id = request_ids.check(request.request_id)
             held = self.service.holds(list(request.tokens))
             await self._audit(audit.AuditRecord(
-                at_ms=int(time.time() * 1000), request_id=request.request_id if REQUEST_ID_RE.fullmatch(request.request_id) else "",
-                requester="coordinator", decision="holds", extra={"tokens": str(len(request.tokens)), "held": str(len(held))}))
+                at_ms=int(time.time() * 1000), request_id=request_id, requester="coordinator", decision="holds",
+                extra={"tokens": str(len(request.tokens)), "held": str(len(held))}))
             return verification_pb2.HoldsResponse(held=held)

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from google.protobuf.message import DecodeError
 
 from node.config import Limits
-from node.crypto import signing
+from node.crypto import sealing, signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain import request_ids
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
-from node.domain.predicate import Check, Comparator
+from node.domain.predicate import ONE_PER_ITEM, Check, Comparator, repeated_item
 from node.errors import ErrorCode, Refusal
 from node.store.store import Store
 from node.wire.v1 import common_pb2, verification_pb2
 
-REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{8,64}")
 NONCE_MIN, NONCE_MAX = 16, 64
 TOKEN_BYTES: Final[int] = 32
 
@@ -69,7 +68,33 @@ def parse_checks(body: verification_pb2.QueryBody, catalogue: Catalogue) -> list
         if c.attribute not in catalogue:
             raise Refusal(ErrorCode.UNKNOWN_ITEM)
         checks.append(Check(c.attribute, op, c.operand))
+    if repeated_item(c.attribute for c in checks) is not None:
+        raise Refusal(ErrorCode.MALFORMED, ONE_PER_ITEM)
     return checks
+
+
+def require_usable_reply_key(bodies: Iterable[bytes]) -> None:
+    """Refuse sealed queries unless they name one requester and a reply key an answer can be sealed to.
+
+    `bodies` are the (not yet authenticated) serialized QueryBody of one sealed query or of every
+    query of a batch. Bodies that do not parse are left to `decide` (refused per query); the rest
+    must name one requester and one usable reply key, else the whole request is refused
+    MALFORMED before anything is decided (no nonce consumed, nothing answered or audited as such).
+    """
+    names: set[tuple[str, str, bytes]] = set()
+    for raw in bodies:
+        try:
+            body = verification_pb2.QueryBody.FromString(raw)
+        except DecodeError:
+            continue
+        names.add((body.requester, body.reply_seal_suite, body.reply_seal_key))
+    if len(names) > 1:
+        raise Refusal(ErrorCode.MALFORMED, "a batch has one requester and one reply key")
+    if not names:
+        raise Refusal(ErrorCode.MALFORMED, "query body does not parse")
+    ((_, suite, key),) = names
+    if suite != sealing.SUITE_NAME or not sealing.usable_public_key(key):
+        raise Refusal(ErrorCode.MALFORMED, "sealed query names no usable reply key")
 
 
 class VerificationService:
@@ -124,8 +149,7 @@ class VerificationService:
 
     def validate(self, body: verification_pb2.QueryBody) -> list[Check]:
         """Refuse malformed, stale, replayed, misaddressed or oversized queries."""
-        if not REQUEST_ID_RE.fullmatch(body.request_id):
-            raise Refusal(ErrorCode.MALFORMED, "request id must be 8 to 64 characters of [A-Za-z0-9._-]")
+        request_ids.check(body.request_id)
         if not NONCE_MIN <= len(body.nonce) <= NONCE_MAX:
             raise Refusal(ErrorCode.MALFORMED, "nonce must be 16 to 64 bytes")
         if body.audience and body.audience != self.province:

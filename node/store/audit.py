@@ -8,12 +8,15 @@ given: `AsyncAuditor.record` raises `AuditUnavailable` (a `Refusal` with code UN
 The record contract
 -------------------
 A record holds only: the time, the request id, the requester (province code, "coordinator" or
-a member identity), the purpose, the consent id, the data item codes touched, the SHA-256 of
-the answer body the node signed (empty for refusals), the decision, and a small map of
-public statuses (e.g. per-province routing status). It NEVER holds an ID number, a subject
-token, a data value, an operand, an outcome, a key or a certificate. Every field is checked
-against a narrow pattern on construction, and any string containing a valid resident ID
-number is refused; `AuditRecord.to_json` emits exactly `RECORD_KEYS`.
+a member identity), the purpose, the consent id, the data item codes touched and how many
+checks the query made on each, the SHA-256 of the answer body the node signed (empty for
+refusals), the decision, and a small map of public statuses (e.g. per-province routing
+status). It NEVER holds an ID number, a subject token, a data value, an operand, an outcome,
+a key or a certificate. Every field is checked against a narrow pattern on construction, and
+any string containing a valid resident ID number is refused; a peer-supplied request id that
+is not valid (`node.domain.request_ids`) is recorded as "invalid", never as it was sent.
+`AuditRecord.to_json` emits exactly `RECORD_KEYS`; records written before ``checks`` existed
+(`LEGACY_RECORD_KEYS`) still parse, with no counts.
 
 Checkpoints
 -----------
@@ -54,6 +57,7 @@ import struct
 import threading
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,7 +69,7 @@ from google.protobuf.message import DecodeError
 
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
-from node.domain import idnumber
+from node.domain import idnumber, request_ids
 from node.errors import BadInput, ErrorCode, HeduiError, Refusal
 from node.inflight import InFlight
 from node.store.chain import BROKEN, CHECKPOINT as CHECKPOINT_REASON, GENESIS, HASH_BYTES, MISMATCH
@@ -103,9 +107,11 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 #: The only keys an audit record's JSON ever has.
 RECORD_KEYS: Final[frozenset[str]] = frozenset({
-    "at_ms", "request_id", "requester", "purpose", "consent_id", "items", "outcome_digest",
+    "at_ms", "request_id", "requester", "purpose", "consent_id", "items", "checks", "outcome_digest",
     "decision", "extra",
 })  # fmt: skip
+#: The keys of records written before checks were counted per item (they still parse and verify).
+LEGACY_RECORD_KEYS: Final[frozenset[str]] = RECORD_KEYS - {"checks"}
 CHECKPOINT_KEYS: Final[frozenset[str]] = frozenset({"member", "index", "head", "at_ms"})
 _PRUNE_KEYS: Final[frozenset[str]] = frozenset({
     "anchor_idx", "anchor_prev", "cutoff_ms", "now_ms", "removed", "retention_days",
@@ -118,9 +124,8 @@ _DIGEST_RE: Final = re.compile(r"(?:[0-9a-f]{64})?")
 _DECISION_RE: Final = re.compile(r"[a-z][a-z0-9_.]{0,31}(?::[A-Z][A-Z0-9_]{0,31})?")
 _EXTRA_KEY_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _EXTRA_VALUE_RE: Final = re.compile(r"[A-Za-z0-9._:-]{0,32}")
-_ID_WINDOW_RE: Final = re.compile(r"(?=(\d{17}[\dXx]))")
-_RUN_17_DIGITS: Final = re.compile(r"\d{17}")
 _MAX_ITEMS: Final[int] = 64
+_MAX_CHECK_COUNT: Final[int] = 2**31 - 1
 _MAX_EXTRA: Final[int] = 64
 
 
@@ -135,16 +140,10 @@ def _canonical(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _holds_id_number(text: str) -> bool:
-    if len(text) < 18 or _RUN_17_DIGITS.search(text) is None:  # the common case, in C
-        return False
-    return any(idnumber.is_valid(m.group(1)) for m in _ID_WINDOW_RE.finditer(text))
-
-
 def _check(name: str, value: object, pattern: re.Pattern[str], *, scan: bool = True) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValueError(f"audit record field {name} is not of the allowed form")
-    if scan and _holds_id_number(value):
+    if scan and idnumber.contains_id_number(value):
         raise ValueError(f"audit record field {name} must not contain an ID number")
     return value
 
@@ -167,6 +166,8 @@ class AuditRecord:
     items: tuple[str, ...] = ()
     outcome_digest: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: item code -> how many checks of the query compared it (empty: not counted, e.g. older records).
+    checks: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.at_ms, bool) or not isinstance(self.at_ms, int) or not _I64_MIN <= self.at_ms <= _I64_MAX:
@@ -186,8 +187,14 @@ class AuditRecord:
             raise ValueError(f"audit record extra must be a mapping of at most {_MAX_EXTRA} entries")
         extra = {_check("extra key", k, _EXTRA_KEY_RE): _check("extra value", v, _EXTRA_VALUE_RE)
                  for k, v in sorted(self.extra.items())}
+        if not isinstance(self.checks, Mapping) or len(self.checks) > _MAX_ITEMS:
+            raise ValueError(f"audit record checks must be a mapping of at most {_MAX_ITEMS} item codes")
+        checks = {_check("checks key", k, _ITEM_RE): _count(v) for k, v in sorted(self.checks.items())}
+        if checks and set(checks) != set(items):
+            raise ValueError("audit record checks must count every item and nothing else")
         object.__setattr__(self, "items", items)
         object.__setattr__(self, "extra", extra)
+        object.__setattr__(self, "checks", checks)
 
     @property
     def key(self) -> str:
@@ -198,7 +205,8 @@ class AuditRecord:
         return {
             "at_ms": self.at_ms, "request_id": self.request_id, "requester": self.requester,
             "purpose": self.purpose, "consent_id": self.consent_id, "items": list(self.items),
-            "outcome_digest": self.outcome_digest, "decision": self.decision, "extra": dict(self.extra),
+            "checks": dict(self.checks), "outcome_digest": self.outcome_digest, "decision": self.decision,
+            "extra": dict(self.extra),
         }  # fmt: skip
 
     def to_json(self) -> bytes:
@@ -207,20 +215,27 @@ class AuditRecord:
 
     @classmethod
     def from_json(cls, payload: bytes) -> AuditRecord:
-        """Parse a payload written by `to_json`; ValueError if it is not exactly one."""
+        """Parse a payload written by `to_json` (or before checks were counted); ValueError if it is not one."""
         try:
             raw = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
             raise ValueError("audit payload is not JSON") from None
-        if not isinstance(raw, dict) or set(raw) != RECORD_KEYS:
+        if not isinstance(raw, dict) or set(raw) not in (RECORD_KEYS, LEGACY_RECORD_KEYS):
             raise ValueError("audit payload does not have exactly the record keys")
-        if not isinstance(raw["items"], list) or not isinstance(raw["extra"], dict):
-            raise ValueError("audit payload items/extra have the wrong type")
+        checks = raw.get("checks", {})
+        if not isinstance(raw["items"], list) or not isinstance(raw["extra"], dict) or not isinstance(checks, dict):
+            raise ValueError("audit payload items/checks/extra have the wrong type")
         return cls(
             at_ms=raw["at_ms"], request_id=raw["request_id"], requester=raw["requester"],
             decision=raw["decision"], purpose=raw["purpose"], consent_id=raw["consent_id"],
-            items=tuple(raw["items"]), outcome_digest=raw["outcome_digest"], extra=raw["extra"],
+            items=tuple(raw["items"]), outcome_digest=raw["outcome_digest"], extra=raw["extra"], checks=checks,
         )  # fmt: skip
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_CHECK_COUNT:
+        raise ValueError("audit record check counts must be positive integers")
+    return value
 
 
 def _consent_id(query: verification_pb2.QueryBody) -> str:
@@ -252,18 +267,20 @@ def answered(decided: Decided, answer_body: bytes, *, relayed: bool = False,
         purpose=query.purpose,
         consent_id=_consent_id(query),
         items=decided.items,
+        checks=Counter(decided.items),
         outcome_digest=hashlib.sha256(answer_body).hexdigest(),
         extra={"via": "coordinator"} if relayed else {},
     )
 
 
 def refusal(code: ErrorCode, *, query: verification_pb2.QueryBody | bytes | None = None,
-            requester: str = "", relayed: bool = False, at_ms: int | None = None) -> AuditRecord:
-    """The record of a refused query.
+            requester: str = "", relayed: bool = False, at_ms: int | None = None,
+            request_id: str = "") -> AuditRecord:
+    """The record of a refused query (or of a whole call: no `query`, the call's `request_id`).
 
     `query` may be the raw (unauthenticated) QueryBody bytes: its fields are taken only when
-    they have the allowed form, and `requester` (the authenticated caller, when known) wins
-    over the requester the body claims.
+    they have the allowed form (a request id that is not valid is recorded as "invalid"), and
+    `requester` (the authenticated caller, when known) wins over the requester the body claims.
     """
     body = verification_pb2.QueryBody()
     if isinstance(query, bytes):
@@ -273,18 +290,20 @@ def refusal(code: ErrorCode, *, query: verification_pb2.QueryBody | bytes | None
             body = verification_pb2.QueryBody()
     elif query is not None:
         body = query
-    items = tuple(c.attribute for c in body.checks if _clean(c.attribute, _ITEM_RE))[:_MAX_ITEMS]
+    counted = Counter(c.attribute for c in body.checks if _clean(c.attribute, _ITEM_RE))
+    checks = dict(sorted(counted.items())[:_MAX_ITEMS])
     extra = {"via": "coordinator"} if relayed else {}
     if not requester and body.requester:
         extra["requester"] = "claimed"
     return AuditRecord(
         at_ms=_now_ms() if at_ms is None else at_ms,
-        request_id=_clean(body.request_id, _ID_RE),
+        request_id=request_ids.shown(body.request_id or request_id),
         requester=_clean(requester or body.requester, _ID_RE),
         decision=refused(code),
         purpose=_clean(body.purpose, _PURPOSE_RE),
         consent_id=_clean(_consent_id(body), _ID_RE),
-        items=items,
+        items=tuple(checks),
+        checks=checks,
         extra=extra,
     )
 
@@ -295,12 +314,13 @@ def coordinator_event(decision: str, *, requester: str, request_id: str = "", co
     """A coordinator decision: consent.grant / consent.revoke / route / discover, or refused(code).
 
     `statuses` maps province code -> public status name (e.g. {"44": "OK", "51": "UNREACHABLE"}).
-    The peer-supplied `request_id`, `consent_id`, `purpose` and `items` are kept only when well
-    formed (else recorded empty), so a malformed request is still audited; `decision`,
-    `requester` and `statuses` come from the coordinator itself and must be well formed.
+    The peer-supplied `consent_id`, `purpose` and `items` are kept only when well formed (else
+    recorded empty) and a request id only when valid (else recorded "invalid"), so a malformed
+    request is still audited; `decision`, `requester` and `statuses` come from the coordinator
+    itself and must be well formed.
     """
     return AuditRecord(
-        at_ms=_now_ms() if at_ms is None else at_ms, request_id=_clean(request_id, _ID_RE), requester=requester,
+        at_ms=_now_ms() if at_ms is None else at_ms, request_id=request_ids.shown(request_id), requester=requester,
         decision=decision, purpose=_clean(purpose, _PURPOSE_RE), consent_id=_clean(consent_id, _ID_RE),
         items=tuple(i for i in items if _clean(i, _ITEM_RE))[:_MAX_ITEMS], extra=dict(statuses or {}),
     )  # fmt: skip
@@ -1086,7 +1106,7 @@ class CheckpointStore:
 __all__ = [
     "ANSWERED", "AUDIT_DB", "CHECKPOINT_FILE", "CONSENT_GRANT", "CONSENT_REVOKE", "DEFAULT_RETENTION_DAYS",
     "DISCOVER", "KIND_CHECKPOINT", "KIND_CHECKPOINT_CONFLICT", "KIND_PRUNE", "KIND_RECORD",
-    "MIN_RETENTION_DAYS", "RECORD_KEYS", "ROUTE", "AsyncAuditor", "AuditLog", "AuditRecord", "AuditReport",
+    "LEGACY_RECORD_KEYS", "MIN_RETENTION_DAYS", "RECORD_KEYS", "ROUTE", "AsyncAuditor", "AuditLog", "AuditRecord", "AuditReport",
     "AuditUnavailable", "Checkpoint", "CheckpointFile", "CheckpointInvalid", "CheckpointResult",
     "CheckpointStore", "NodeCheckpointer", "SignedCheckpoint", "answered", "coordinator_event",
     "export_row", "make_checkpoint", "read_checkpoint_blobs", "refusal", "refused", "retention_days",

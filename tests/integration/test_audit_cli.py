@@ -223,7 +223,7 @@ def test_export_since_filters_and_writes_json_lines(
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [r["idx"] for r in rows] == [3, 4, 5]
     assert set(rows[0]) == {"idx", "at", "hash", "kind", "at_ms", "request_id", "requester", "purpose",
-                            "consent_id", "items", "outcome_digest", "decision", "extra"}
+                            "consent_id", "items", "checks", "outcome_digest", "decision", "extra"}
     assert rows[0]["at"].endswith("Z") and rows[0]["request_id"] == "req-00000002" and len(rows[0]["hash"]) == 64
     code, _, _ = hedui_audit(capsys, "export", "--config", cfg, "--out", tmp_path / "all.jsonl")
     lines = (tmp_path / "all.jsonl").read_text().splitlines()

@@ -109,12 +109,12 @@ def test_record_refuses_id_numbers_and_free_form_values() -> None:
 
 
 def test_refusal_from_unauthenticated_bytes_keeps_only_well_formed_fields() -> None:
-    """A refused query's claimed fields are kept only when well formed; an ID number in them is dropped."""
+    """A refused query's claimed fields are kept only when well formed; an ID number in them never is."""
     q = query()
     q.request_id = WORKER
     q.purpose = "dibao; DROP"
     record = refusal(ErrorCode.MALFORMED, query=q.SerializeToString())
-    assert (record.request_id, record.purpose, record.requester) == ("", "", "51")
+    assert (record.request_id, record.purpose, record.requester) == ("invalid", "", "51")
     assert record.extra == {"requester": "claimed"}
     assert refusal(ErrorCode.MALFORMED, query=b"\xff\xff garbage").request_id == ""
     assert refused(ErrorCode.REPLAYED) == "refused:REPLAYED"
@@ -377,7 +377,7 @@ def test_coordinator_records(log: AuditLog) -> None:
     assert AuditRecord(at_ms=1, request_id="", requester=COORDINATOR_URI, decision="route").key == ""
     malformed = coordinator_event(refused(ErrorCode.MALFORMED), requester="51", request_id="bad id!",
                                   consent_id=WORKER, statuses={"call": "route"})
-    assert (malformed.request_id, malformed.consent_id, malformed.extra) == ("", "", {"call": "route"})
+    assert (malformed.request_id, malformed.consent_id, malformed.extra) == ("invalid", "", {"call": "route"})
 
 
 def test_outcome_digest_that_happens_to_contain_an_id_like_run_is_accepted() -> None:
