@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from node import logs
+from node import config, logs
 from node.client import routed
 from node.crypto import possession, sealing
 from node.crypto.tokens import possession_key, subject_token
@@ -29,6 +29,7 @@ from node.server.node_server import NodeServer
 from node.store import audit
 from node.store.store import Store
 from node.testing import Federation, run_cluster
+from node.testing.cluster import LoopThread, build_federation, set_coordinator
 from node.wire.v1 import common_pb2, verification_pb2
 from tests.conftest import write_csv
 
@@ -295,8 +296,6 @@ def test_a_store_from_before_possession_keys_must_be_reingested_before_serving(
         data: dict[str, Path], tmp_path: Path) -> None:
     """A schema-1 store (tokens but no possession keys) is upgraded in place, the node refuses to serve it
     with one line asking for a re-ingest, and serves once the same files were ingested again."""
-    from node.testing.cluster import build_federation, set_coordinator
-
     fed = build_federation(tmp_path, ["44"])
     set_coordinator(fed.configs["44"], "127.0.0.1:9")  # configured as deployed
     m = fed.member("44")
@@ -322,3 +321,10 @@ def test_a_store_from_before_possession_keys_must_be_reingested_before_serving(
         token = subject_token(m.linkage_key, HUSBAND)
         assert store.possession_keys([token]) == {token: possession_key(m.linkage_key, HUSBAND)}
         assert store.counts() == {"subjects": 1, "facts": 2}
+    loop = LoopThread()
+    try:
+        server = NodeServer(config.load(fed.configs["44"]))
+        assert loop.run(server.start("127.0.0.1:0")) > 0
+        loop.run(server.stop(0))
+    finally:
+        loop.close()
