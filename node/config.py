@@ -31,6 +31,32 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ClaimPolicy:
+    """When the coordinator stops routing to a province whose "held" claims are contradicted.
+
+    Per (holder, requester): over the last `window` judged claims (at least `min_sample`), a
+    share of contradicted ones of `max_contradiction_rate` or more stops routing that
+    requester's queries to the holder; once `min_requesters` requesters did so, nobody's are.
+    """
+
+    min_sample: int = 20
+    max_contradiction_rate: float = 0.2
+    window: int = 200
+    min_requesters: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("min_sample", "window", "min_requesters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"claims.{name} must be a positive integer")
+        rate = self.max_contradiction_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+            raise ConfigError("claims.max_contradiction_rate must be a number in (0, 1]")
+        if self.min_sample > self.window:
+            raise ConfigError("claims.min_sample must not exceed claims.window")
+
+
+@dataclass(frozen=True)
 class MemberConfig:
     """Everything a federation member (province node or coordinator) needs to run."""
 
@@ -54,6 +80,7 @@ class MemberConfig:
     log_level: str = "info"
     metrics_listen: str | None = None  # HOST:PORT for Prometheus metrics; None = off
     limits: Limits = field(default_factory=Limits)
+    claims: ClaimPolicy = field(default_factory=ClaimPolicy)  # coordinator only: [claims]
 
     @property
     def is_coordinator(self) -> bool:
@@ -81,6 +108,7 @@ def load(path: Path | str) -> MemberConfig:
         member, keys = raw["member"], raw["keys"]
         opt = lambda k: _resolve(base, keys[k], f"keys.{k}") if keys.get(k) else None  # noqa: E731
         limits = Limits(**raw.get("limits", {}))
+        claims = ClaimPolicy(**raw.get("claims", {}))
         return MemberConfig(
             path=path.resolve(),
             identity=str(member["identity"]),
@@ -102,6 +130,7 @@ def load(path: Path | str) -> MemberConfig:
             log_level=str(raw.get("logging", {}).get("level", "info")),
             metrics_listen=raw.get("metrics", {}).get("listen") or None,
             limits=limits,
+            claims=claims,
         )
     except KeyError as exc:
         raise ConfigError(f"config file {path} lacks key {exc.args[0]}") from None

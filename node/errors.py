@@ -44,6 +44,7 @@ class ErrorCode(enum.Enum):
     CONSENT_REVOKED = "consent has been revoked"
     CONSENT_EXPIRED = "consent is expired or not yet valid"
     NOT_AUTHORISED = "caller is not authorised for this call"
+    NOT_HELD = "no subject of the query is held here"
     RATE_LIMITED = "too many requests from this peer"
     OVERLOADED = "server is at its concurrency limit"
     DEADLINE = "deadline exceeded"

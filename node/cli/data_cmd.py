@@ -46,11 +46,17 @@ def _ingest(args: argparse.Namespace) -> int:
             reports.append((path, report))
             if not args.json:
                 rate = report.rows / report.seconds if report.seconds else 0.0
-                print(f"{path}: {report.rows} rows, {report.subjects} subjects, {report.facts_written} facts written "
-                      f"in {report.seconds:.2f} s ({rate:,.0f} rows/s)")
+                added = f", {report.possession_added} possession keys added" if report.possession_added else ""
+                print(f"{path}: {report.rows} rows, {report.subjects} subjects, {report.facts_written} facts written"
+                      f"{added} in {report.seconds:.2f} s ({rate:,.0f} rows/s)")
+        missing = store.missing_possession()
+    if missing:
+        print(f"note: {missing} subjects of this store still have no possession key (ingested before schema 2): "
+              "ingest their departmental files again before serving", file=sys.stderr)
     if args.json:
         print(json.dumps([{"file": str(p), "rows": r.rows, "subjects": r.subjects, "facts_written": r.facts_written,
-                           "seconds": round(r.seconds, 3)} for p, r in reports]))
+                           "possession_keys_added": r.possession_added, "seconds": round(r.seconds, 3)}
+                          for p, r in reports]))
     return 0
 
 

@@ -216,6 +216,7 @@ def _status(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     with Store.open(cfg.data_dir) as store:
         counts = store.counts()
+        counts["subjects_without_possession_key"] = store.missing_possession()  # > 0: re-ingest before serving
     data = {"identity": cfg.identity, "province": cfg.province, "listen": cfg.listen, "version": __version__, **counts}
     print(json.dumps(data) if args.json else "\n".join(f"{k}: {v}" for k, v in data.items()))
     return 0

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc import aio
 
 from node.client.client import translate
-from node.client.query import Answer, PreparedQuery, check_answer
+from node.client.query import Answer, PreparedQuery, check_answer, locked_envelope
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.router import status_name
 from node.crypto import sealing, signing
-from node.crypto.tokens import subject_token
+from node.crypto.tokens import possession_key, subject_token
 from node.domain import idnumber
 from node.domain.predicate import Check, parse_check, require_one_per_item
 from node.domain.regions import province_uri
@@ -184,7 +184,8 @@ class BatchSession:
         m = self.member
         request_id = uuid.uuid4().hex
         consent_ids = [verification_pb2.ConsentBody.FromString(r.body).consent_id for _, r in chunk]
-        prepared = [PreparedQuery(m.province, purpose, tuple(subject_token(m.linkage_key, n) for n in h.ids), tuple(checks))
+        prepared = [PreparedQuery(m.province, purpose, tuple(subject_token(m.linkage_key, n) for n in h.ids), tuple(checks),
+                                  tuple(possession_key(m.linkage_key, n) for n in h.ids))
                     for h, _ in chunk]
         found = await self.call("DiscoverBatch", coordinator_pb2.DiscoverBatchRequest(
             request_id=request_id,
@@ -204,14 +205,14 @@ class BatchSession:
                 per_holder.setdefault(holder, []).append((i, body, body.SerializeToString()))
         flat = [(h, i, body, raw) for h, items in per_holder.items() for i, body, raw in items]
         signatures = await self.signer.sign_many([(signing.QUERY, raw) for *_, raw in flat]) if flat else []
-        batches: dict[str, list[verification_pb2.SignedQuery]] = {}
-        for (holder, *_ , raw), sig in zip(flat, signatures, strict=True):
-            batches.setdefault(holder, []).append(verification_pb2.SignedQuery(body=raw, signature=sig))
+        batches: dict[str, list[tuple[PreparedQuery, bytes]]] = {}
+        for (holder, i, _, raw), sig in zip(flat, signatures, strict=True):
+            batches.setdefault(holder, []).append(
+                (prepared[i], verification_pb2.SignedQuery(body=raw, signature=sig).SerializeToString()))
         routed: dict[str, coordinator_pb2.RoutedAnswer] = {}
-        if batches:
-            envelopes = [coordinator_pb2.Envelope(province=h, query=sealing.seal(
-                verification_pb2.QueryBatch(queries=qs).SerializeToString(), kind=sealing.QUERY,
-                recipient=province_uri(h), public_key=directory[h].seal_public_key)) for h, qs in batches.items()]
+        if batches:  # each household's query locked to its possession keys, the batch sealed to the holder
+            envelopes = [locked_envelope(h, qs, request_id=request_id, seal_key=directory[h].seal_public_key, batch=True)
+                         for h, qs in batches.items()]
             involved = sorted({consent_ids[i] for items in per_holder.values() for i, _, _ in items})
             reply = await self.call("RouteBatch", coordinator_pb2.RouteBatchRequest(
                 request_id=request_id, consent_ids=involved, envelopes=envelopes))
@@ -264,12 +265,15 @@ class BatchSession:
 
 #: Item refusals that a later run may overcome, as routing statuses; every other refusal is final (DENIED).
 _ITEM_STATUS: Final[dict[str, str]] = {"UNAVAILABLE": "UNAVAILABLE", "DEADLINE": "DEADLINE_EXCEEDED",
-                                       "RATE_LIMITED": "UNAVAILABLE", "OVERLOADED": "UNAVAILABLE"}
+                                       "RATE_LIMITED": "UNAVAILABLE", "OVERLOADED": "UNAVAILABLE",
+                                       "NOT_HELD": "NOT_HELD"}
+#: Routing statuses after which a re-run would change nothing for that province.
+FINAL_STATUSES: Final[frozenset[str]] = frozenset({"OK", "NO_MATCH", "DENIED", "NOT_HELD", "IMPLAUSIBLE"})
 
 
 def complete(record: dict[str, Any]) -> bool:
-    """A household is done when every province was answered or said it holds nothing."""
-    return "error" not in record and all(s in ("OK", "NO_MATCH", "DENIED") for s in record["routing"].values())
+    """A household is done when every province was answered, said it holds nothing, or was found not to."""
+    return "error" not in record and all(s in FINAL_STATUSES for s in record["routing"].values())
 
 
 async def pipeline(chunks: Iterable[Any], work: Callable[[Any], Any], in_flight: int = IN_FLIGHT) -> AsyncIterator[Any]:

@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from node.crypto import signing
+from node.crypto import possession, sealing, signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
-from node.crypto.tokens import subject_token
+from node.crypto.tokens import possession_key, subject_token
 from node.domain import idnumber
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy, UnknownPurpose
 from node.domain.predicate import Check, Comparator, parse_check, require_one_per_item
+from node.domain.regions import province_uri
 from node.errors import BadInput
-from node.wire.v1 import common_pb2, verification_pb2
+from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
 _WIRE_OPS = {
     Comparator.LT: common_pb2.LT,
@@ -88,12 +89,17 @@ class VerifyResult:
 
 @dataclass(frozen=True)
 class PreparedQuery:
-    """A validated query ready to sign: tokens instead of ID numbers, typed checks."""
+    """A validated query ready to sign: tokens instead of ID numbers, typed checks.
+
+    `possession` holds the subjects' possession keys (same order as `tokens`), with which a
+    sealed query is locked to its real holders (node.crypto.possession); never sent.
+    """
 
     requester: str
     purpose: str
     tokens: tuple[bytes, ...]
     checks: tuple[Check, ...]
+    possession: tuple[bytes, ...] = ()
 
     def body(self, *, audience: str = "", consent: verification_pb2.SignedConsent | None = None,
              request_id: str | None = None, reply_key: bytes = b"", reply_suite: str = "") -> verification_pb2.QueryBody:
@@ -149,7 +155,29 @@ def prepare(
     for c in typed:
         catalogue.get(c.attribute)
     require_one_per_item(typed)
-    return PreparedQuery(requester, purpose, tuple(subject_token(linkage_key, n) for n in numbers), tuple(typed))
+    return PreparedQuery(requester, purpose, tuple(subject_token(linkage_key, n) for n in numbers), tuple(typed),
+                         tuple(possession_key(linkage_key, n) for n in numbers))
+
+
+def locked_envelope(holder: str, queries: Sequence[tuple[PreparedQuery, bytes]], *, request_id: str,
+                    seal_key: bytes, batch: bool = False) -> coordinator_pb2.Envelope:
+    """The envelope for `holder`: each (prepared query, serialized SignedQuery) locked to the
+    subjects' possession keys, then sealed (HPKE) to the holder's sealing key; with one
+    possession commitment per query for the coordinator. One query for Route, or a
+    LockedBatch (`batch`) for RouteBatch.
+    """
+    recipient = province_uri(holder)
+    locked, commitments = [], []
+    for prepared, raw in queries:
+        query, commitment = possession.lock(raw, tokens=prepared.tokens, keys=prepared.possession,
+                                            recipient=recipient, request_id=request_id)
+        locked.append(query)
+        commitments.append(commitment)
+    if not batch and len(locked) != 1:
+        raise ValueError("a single envelope carries exactly one query")
+    message = verification_pb2.LockedBatch(queries=locked) if batch else locked[0]
+    sealed = sealing.seal(message.SerializeToString(), kind=sealing.QUERY, recipient=recipient, public_key=seal_key)
+    return coordinator_pb2.Envelope(province=holder, query=sealed, possession_commitments=commitments)
 
 
 def sign_query(signer: signing.Signer, body: verification_pb2.QueryBody) -> verification_pb2.SignedQuery:

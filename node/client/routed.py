@@ -1,7 +1,8 @@
 """Routed verification: discover the holders through the coordinator, then ask them sealed.
 
 The coordinator sees subject tokens (for discovery) and ciphertext; each holder gets its own
-query, addressed and sealed to it, and seals its signed answer back to the requester.
+query, addressed and sealed to it and locked to the possession keys of the household (so a
+province that only claims to hold someone cannot read it), and seals its signed answer back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node.client.coordinator import CoordinatorClient
-from node.client.query import Answer, VerifyResult, check_answer, prepare
+from node.client.query import Answer, VerifyResult, check_answer, locked_envelope, prepare
 from node.coordinator.router import status_name
 from node.crypto import sealing, signing
 from node.domain.predicate import Check
@@ -70,10 +71,9 @@ def routed_verify(
                                    reply_suite=sealing.SUITE_NAME) for h in holders}
         raws = {h: b.SerializeToString() for h, b in bodies.items()}
         signatures = m.signer.sign_many([(signing.QUERY, raws[h]) for h in holders])
-        envelopes = [
-            coordinator_pb2.Envelope(province=h, query=sealing.seal(
-                verification_pb2.SignedQuery(body=raws[h], signature=sig).SerializeToString(),
-                kind=sealing.QUERY, recipient=province_uri(h), public_key=directory[h].seal_public_key))
+        envelopes = [  # locked to the household's possession keys: only a real holder can read it
+            locked_envelope(h, [(prepared, verification_pb2.SignedQuery(body=raws[h], signature=sig).SerializeToString())],
+                            request_id=request_id, seal_key=directory[h].seal_public_key)
             for h, sig in zip(holders, signatures, strict=True)
         ]
         reply = coordinator.call("Route", coordinator_pb2.RouteRequest(

@@ -14,7 +14,10 @@ import grpc
 from grpc import aio
 
 from node.config import MemberConfig
+from node.coordinator import claims
+from node.coordinator.claims import ClaimBook
 from node.coordinator.directory import Directory
+from node.crypto import possession
 from node.domain.regions import province_uri
 from node.errors import ErrorCode, Refusal
 from node.server import tls
@@ -22,6 +25,9 @@ from node.wire.v1 import coordinator_pb2, verification_pb2, verification_pb2_grp
 
 MARGIN_S: Final[float] = 0.1
 MIN_PER_PROVINCE_S: Final[float] = 0.05
+MAX_LOCKED: Final[int] = 512  # locked queries per batch envelope
+_NOT_HELD: Final[str] = "province showed no possession of a subject it claimed"
+_IMPLAUSIBLE: Final[str] = "province's held claims were contradicted too often: not routed to"
 T = TypeVar("T")
 
 
@@ -51,9 +57,10 @@ def per_province_timeout(remaining: float | None, default: float) -> float:
 class Router:
     """Channels to every province in the directory, and the two fan-outs."""
 
-    def __init__(self, cfg: MemberConfig, directory: Directory) -> None:
+    def __init__(self, cfg: MemberConfig, directory: Directory, claims: ClaimBook | None = None) -> None:
         self.cfg = cfg
         self.directory = directory
+        self.claims = claims
         self._credentials = tls.channel_credentials(cfg)
         self._channels: dict[str, tuple[str, aio.Channel, verification_pb2_grpc.VerificationStub]] = {}
 
@@ -87,6 +94,9 @@ class Router:
         held: dict[str, set[int]] = {}
 
         async def ask(province: str) -> coordinator_pb2.ProvinceStatus:
+            if self.claims is not None and self.claims.refuses(province, requester):
+                return coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_IMPLAUSIBLE,
+                                                      message=_IMPLAUSIBLE)
             stub = self._stub(province)
             if stub is None:
                 return coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE)
@@ -109,28 +119,52 @@ class Router:
         held, statuses = await self.holds(requester, request.tokens, request.request_id, timeout)
         return coordinator_pb2.DiscoverResponse(holders=sorted(held), statuses=statuses)
 
-    async def route(self, request: Any, timeout: float, *, batch: bool = False) -> Any:
-        """Forward each sealed query (or query batch) to its province; return every sealed answer unmodified."""
+    async def route(self, request: Any, timeout: float, requester: str = "", *, batch: bool = False) -> Any:
+        """Forward each sealed query (or query batch) to its province; return every sealed answer unmodified.
+
+        Each reply is judged against the envelope's possession commitments (node.coordinator.claims):
+        a holder that shows no proof gets NOT_HELD and nothing is forwarded.
+        """
         seen: set[str] = set()
         for envelope in request.envelopes:
             if envelope.province in seen or envelope.query.recipient != province_uri(envelope.province):
                 raise Refusal(ErrorCode.MALFORMED, "one envelope per province, sealed to that province")
+            commitments = envelope.possession_commitments
+            if not (1 <= len(commitments) <= MAX_LOCKED if batch else len(commitments) == 1) or \
+                    any(len(c) != 32 for c in commitments):
+                raise Refusal(ErrorCode.MALFORMED, "each envelope carries one 32-byte possession commitment per query")
             seen.add(envelope.province)
 
         async def forward(envelope: Any) -> coordinator_pb2.RoutedAnswer:
             province = envelope.province
+            if self.claims is not None and self.claims.refuses(province, requester):
+                return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_IMPLAUSIBLE,
+                                                    message=_IMPLAUSIBLE)
             stub = self._stub(province)
             if stub is None:
                 return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE,
                                                     message="province not in the directory")
+            commitments = list(envelope.possession_commitments)
             try:
                 if batch:
                     reply = await stub.VerifyBatch(verification_pb2.VerifyBatchRequest(sealed=envelope.query), timeout=timeout)
+                    verdicts = claims.judge_answer(commitments, reply.possession_proofs)
                 else:
                     reply = await stub.Verify(verification_pb2.VerifyRequest(sealed=envelope.query), timeout=timeout)
+                    verdicts = claims.judge_answer(commitments, [reply.possession_proof])
             except grpc.RpcError as exc:
                 status, message = _status_of(exc)
+                verdicts = claims.judge_refusal(commitments, _trailing_proof(exc),
+                                                transport=status != coordinator_pb2.ROUTE_DENIED)
+                self._record(province, requester, verdicts, request)
+                if verdicts and not any(verdicts):
+                    return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_NOT_HELD,
+                                                        message=_NOT_HELD)
                 return coordinator_pb2.RoutedAnswer(province=province, status=status, message=message)
+            self._record(province, requester, verdicts, request)
+            if not any(verdicts):  # it could not unlock anything: whatever it sent is not an answer
+                return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_NOT_HELD,
+                                                    message=_NOT_HELD)
             if not batch and reply.WhichOneof("answer") != "sealed":
                 return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_DENIED,
                                                     message="holder did not seal its answer")
@@ -140,3 +174,18 @@ class Router:
         if batch:
             return coordinator_pb2.RouteBatchResponse(answers=answers)
         return coordinator_pb2.RouteResponse(answers=answers)
+
+    def _record(self, province: str, requester: str, verdicts: list[bool], request: Any) -> None:
+        if self.claims is not None:
+            self.claims.record(province, requester, verdicts, request_id=request.request_id)
+
+
+def _trailing_proof(error: grpc.RpcError) -> verification_pb2.PossessionProof | None:
+    """The holder's possession proof from a refusal's trailing metadata, if it sent one."""
+    try:
+        for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+            if key == possession.PROOF_METADATA and isinstance(value, bytes):
+                return verification_pb2.PossessionProof.FromString(value)
+    except Exception:  # noqa: BLE001 - no or undecodable metadata: no proof
+        return None
+    return None

@@ -11,6 +11,7 @@ from grpc import aio
 
 from node import __version__, logs
 from node.config import MemberConfig
+from node.coordinator.claims import ClaimBook
 from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
 from node.coordinator.router import Router, per_province_timeout, status_name
@@ -34,6 +35,7 @@ SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_n
 MAX_DISCOVERY_TOKENS = 16
 MAX_BATCH = 512  # households per batch message
 MAX_HOLDS_TOKENS = 4096  # what a node answers in one Holds call
+CLAIMS_IMPLAUSIBLE = "claims.implausible"  # audit decision: a province is no longer routed to
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -126,10 +128,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             self.consents.check_active(province, request.consent_id)
             if not 1 <= len(request.envelopes) <= 64:
                 raise Refusal(ErrorCode.MALFORMED, "1 to 64 envelopes")
-            reply = await self.router.route(request, self._timeout(context))
+            reply = await self.router.route(request, self._timeout(context), province)
             await self._audit(audit.coordinator_event(
                 audit.ROUTE, requester=province, request_id=request.request_id, consent_id=request.consent_id,
                 statuses={a.province: status_name(a.status) for a in reply.answers}))
+            await self._audit_claim_alerts()
             for answer in reply.answers:
                 self.metrics.fanout(answer.province, status_name(answer.status))
             self.log.info("routed", requester=province, consent_id=request.consent_id, request_id=request.request_id,
@@ -206,10 +209,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents and 1 to 64 envelopes per batch")
             for consent_id in request.consent_ids:
                 self.consents.check_active(province, consent_id)
-            reply = await self.router.route(request, self._timeout(context), batch=True)
+            reply = await self.router.route(request, self._timeout(context), province, batch=True)
             await self._audit(audit.coordinator_event(
                 audit.ROUTE, requester=province, request_id=request.request_id,
                 statuses={a.province: status_name(a.status) for a in reply.answers}))
+            await self._audit_claim_alerts()
             for answer in reply.answers:
                 self.metrics.fanout(answer.province, status_name(answer.status))
             self.log.info("routed_batch", requester=province, request_id=request.request_id,
@@ -230,6 +234,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     async def _audit(self, record: audit.AuditRecord) -> None:
         await self.auditor.record(record)
+
+    async def _audit_claim_alerts(self) -> None:
+        """Record every province the router stopped routing to since the last call (contradicted claims)."""
+        if self.router.claims is None:
+            return
+        for alert in self.router.claims.drain_alerts():
+            await self._audit(audit.coordinator_event(CLAIMS_IMPLAUSIBLE, requester=alert.requester, statuses={
+                "holder": alert.holder, "scope": alert.scope, "judged": str(alert.judged),
+                "contradicted": str(alert.contradicted)}))
 
     @staticmethod
     def _event(decision: str, requester: str, request_id: str, consent_id: str, call: str) -> audit.AuditRecord:
@@ -326,7 +339,7 @@ class CoordinatorServer:
             clock_skew_s=cfg.limits.clock_skew_s,
         )
         directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)
-        self.router = Router(cfg, directory)
+        self.router = Router(cfg, directory, ClaimBook(cfg.claims, log, MemberMetrics(cfg.identity)))
         close.push_async_callback(self.router.close)
         self.crl = CrlFile(member.crl_path, member.anchor)
         self.crl.refresh()

@@ -1,8 +1,11 @@
-"""Subject tokens: the pseudonym of a person inside the federation.
+"""Subject tokens and possession keys: what a person becomes inside the federation.
 
 A token is HMAC-SHA256 over a domain-separated, normalised ID number, keyed with the
 federation linkage key that only provinces hold. Stores, wires and audit rows carry tokens,
-never ID numbers; the coordinator cannot turn a token back into a person.
+never ID numbers; the coordinator cannot turn a token back into a person. A possession key is
+the same HMAC under another domain label: it is derived from the ID number, never from the
+token, so only a province that was given the ID number (the requester, or a holder at
+ingest) has it; it locks sealed queries to real holders (node.crypto.possession).
 """
 
 from __future__ import annotations
@@ -16,11 +19,17 @@ TOKEN_ALGORITHM: Final[str] = "hmac-sha256"
 TOKEN_LENGTH: Final[int] = 32
 LINKAGE_KEY_LENGTH: Final[int] = 32
 _SUBJECT_PREFIX: Final[bytes] = b"hedui/v1/subject\x00"
+_POSSESSION_PREFIX: Final[bytes] = b"hedui/v1/possession\x00"
 
 
 def subject_token(linkage_key: bytes, id_number: str) -> bytes:
     """The 32-byte subject token of a validated, normalised ID number."""
     return hmac.digest(linkage_key, _SUBJECT_PREFIX + id_number.encode("ascii"), "sha256")
+
+
+def possession_key(linkage_key: bytes, id_number: str) -> bytes:
+    """The 32-byte possession key of a validated, normalised ID number (not computable from its token)."""
+    return hmac.digest(linkage_key, _POSSESSION_PREFIX + id_number.encode("ascii"), "sha256")
 
 
 def new_linkage_key() -> bytes:

@@ -193,11 +193,13 @@ class CoordinatorLink:
             raise Refusal(ErrorCode.NOT_AUTHORISED)
         return opened, province
 
-    def open_query(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.SignedQuery, str | None]:
-        return self._open(sealed, peer_identity, verification_pb2.SignedQuery)
+    def open_query(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.LockedQuery, str | None]:
+        """The possession-locked query inside a sealed Verify (still to unlock: node.service.possession)."""
+        return self._open(sealed, peer_identity, verification_pb2.LockedQuery)
 
-    def open_batch(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.QueryBatch, str | None]:
-        return self._open(sealed, peer_identity, verification_pb2.QueryBatch)
+    def open_batch(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.LockedBatch, str | None]:
+        """The possession-locked queries inside a sealed VerifyBatch."""
+        return self._open(sealed, peer_identity, verification_pb2.LockedBatch)
 
     @staticmethod
     def check_reply_key(query: verification_pb2.QueryBody) -> None:

@@ -29,6 +29,7 @@ STATUS: Final[dict[ErrorCode, grpc.StatusCode]] = {
     ErrorCode.CONSENT_REVOKED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.CONSENT_EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.NOT_AUTHORISED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.NOT_HELD: grpc.StatusCode.NOT_FOUND,
     ErrorCode.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -20,6 +20,11 @@ OUTCOMES = Counter("hedui_outcomes_total", "Check outcomes answered", ["member",
 FANOUT = Counter("hedui_fanout_total", "Routed calls by destination province and status",
                  ["member", "province", "status"], registry=REGISTRY)
 REFUSALS = Counter("hedui_refusals_total", "Refused calls by reason", ["member", "reason"], registry=REGISTRY)
+CLAIMS = Counter("hedui_claims_total", "Held claims judged on routed queries (coordinator), by holder and verdict",
+                 ["member", "province", "verdict"], registry=REGISTRY)
+IMPLAUSIBLE = Gauge("hedui_claims_implausible_requesters",
+                    "Requesters the coordinator no longer routes to this province for (contradicted claims)",
+                    ["member", "province"], registry=REGISTRY)
 AUDIT_LENGTH = Gauge("hedui_audit_chain_length", "Entries in the audit chain", ["member"], registry=REGISTRY)
 
 
@@ -49,6 +54,15 @@ class MemberMetrics:
 
     def fanout(self, province: str, status: str) -> None:
         FANOUT.labels(self.member, province, status).inc()
+
+    def claims(self, province: str, confirmed: int, contradicted: int) -> None:
+        if confirmed:
+            self._child(CLAIMS, province, "confirmed").inc(confirmed)
+        if contradicted:
+            self._child(CLAIMS, province, "contradicted").inc(contradicted)
+
+    def implausible(self, province: str, requesters: int) -> None:
+        self._child(IMPLAUSIBLE, province).set(requesters)
 
     def audit_length(self, n: int) -> None:
         AUDIT_LENGTH.labels(self.member).set(n)

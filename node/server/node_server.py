@@ -24,9 +24,11 @@ from node.member import Member
 from node.server.coordinator_link import CoordinatorLink
 from node.server.verification_servicer import VerificationServicer
 from node.service.consent import ReceiptGate, RevocationView
+from node.service.possession import Unlocker
 from node.service.verification import VerificationService
 from node.store import audit
 from node.store.nonces import NonceStore
+from node.store.errors import StoreError
 from node.store.store import Store
 from node.wire.v1 import verification_pb2, verification_pb2_grpc
 
@@ -72,6 +74,11 @@ class NodeServer:
         self.store = Store.open(cfg.data_dir)
         close.callback(self.store.close)
         self.store.check_integrity()  # refuse a corrupt store before anything else
+        missing = self.store.missing_possession()
+        if missing:  # it would claim subjects whose sealed queries it cannot unlock
+            raise StoreError(
+                f"store {self.store.path}: {missing} subjects have no possession key (ingested before store "
+                "schema 2): ingest the departmental files again (hedui ingest; facts are kept) before serving")
         self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
         close.callback(self.audit_log.close)
         in_flight = InFlight()
@@ -100,6 +107,7 @@ class NodeServer:
         servicer = VerificationServicer(
             service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
             unsealer=self.link, metrics=MemberMetrics(cfg.identity), auditor=self.auditor, in_flight=in_flight,
+            unlocker=Unlocker(self.store, cfg.identity, max_subjects=cfg.limits.max_subjects),
         )
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,

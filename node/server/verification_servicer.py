@@ -11,17 +11,25 @@ from grpc import aio
 
 from node.crypto import signing
 from node.crypto.pki import TrustAnchor, province_of_identity
+from node.crypto.possession import PROOF_METADATA, Unlocked
 from node.domain import request_ids
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.inflight import InFlight
 from node.server.admission import Admission, check_deadline
 from node.server.edge import edge, public_message
+from node.service.possession import Unlocker, signed_query as locked_content
 from node.service.verification import Decided, VerificationService, require_usable_reply_key
 from node.store import audit
 from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 
 
 MAX_BATCH = 512
+
+
+def _prove(context: aio.ServicerContext, index: int, proof: bytes) -> None:
+    """Attach the possession proof of an unlocked query to every reply of this call, refusals too."""
+    context.set_trailing_metadata(
+        ((PROOF_METADATA, verification_pb2.PossessionProof(index=index, proof=proof).SerializeToString()),))
 
 
 def _request_id_of(query: verification_pb2.SignedQuery) -> str:
@@ -49,7 +57,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         metrics: Any = None,
         auditor: audit.AsyncAuditor | None = None,
         in_flight: InFlight | None = None,
+        unlocker: Unlocker | None = None,
     ) -> None:
+        self.unlocker = unlocker
         self.metrics = metrics
         self.auditor = auditor
         self.in_flight = in_flight or InFlight()
@@ -72,14 +82,20 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             identity = ""
             requester: str | None = None
             signed_query: verification_pb2.SignedQuery | None = None
+            unlocked: Unlocked | None = None
+            lock_request_id = ""
             sealed = request.WhichOneof("query") == "sealed"
             try:
                 identity = self.admission.admit(context)
                 fields["peer"] = province_of_identity(identity) or "coordinator"
                 if sealed:
-                    if self.unsealer is None:
+                    if self.unsealer is None or self.unlocker is None:
                         raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
-                    signed_query, requester = self.unsealer.open_query(request.sealed, identity)
+                    locked, requester = self.unsealer.open_query(request.sealed, identity)
+                    lock_request_id = locked.request_id
+                    unlocked = self.unlocker.unlock(locked)  # NOT_HELD: this node holds no subject of it
+                    _prove(context, 0, unlocked.proof)
+                    signed_query = locked_content(unlocked)
                 elif request.WhichOneof("query") == "signed":
                     if identity == self.coordinator_identity:
                         raise Refusal(ErrorCode.MALFORMED, "relayed queries must be sealed")
@@ -91,13 +107,15 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                     raise Refusal(ErrorCode.MALFORMED, "request carries no query")
                 if sealed:
                     require_usable_reply_key([signed_query.body])  # refused (and audited) before anything is decided
-                decided = self.service.decide(signed_query, requester)
+                decided = self.service.decide(signed_query, requester, lock=unlocked)
                 fields.update(peer=decided.query.requester, request_id=decided.query.request_id)
                 check_deadline(context)
             except Refusal as refusal:
                 if signed_query is not None and "request_id" not in fields:
                     fields["request_id"] = _request_id_of(signed_query)
-                await self._audit_refusal(refusal, signed_query, requester, identity)
+                elif lock_request_id and request_ids.is_valid(lock_request_id):
+                    fields.setdefault("request_id", lock_request_id)
+                await self._audit_refusal(refusal, signed_query, requester, identity, lock_request_id=lock_request_id)
                 raise
             relayed = identity == self.coordinator_identity
             body = decided.answer.SerializeToString()
@@ -113,7 +131,9 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             if self.metrics is not None:
                 self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in outcomes.items()})
             if sealed:
-                return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query))
+                assert unlocked is not None
+                return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query),
+                                                       possession_proof=unlocked.proof)
             return verification_pb2.VerifyResponse(signed=answer)
 
     def _refusal_hook(self, context: aio.ServicerContext, request_id: str = "") -> Any:
@@ -132,9 +152,14 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             await self.auditor.record(record)
 
     async def _audit_refusal(self, refusal: Refusal, signed_query: verification_pb2.SignedQuery | None,
-                             requester: str | None, identity: str) -> None:
+                             requester: str | None, identity: str, *, lock_request_id: str = "") -> None:
+        query: bytes | verification_pb2.QueryBody | None = None
+        if signed_query is not None:
+            query = signed_query.body
+        elif lock_request_id:  # a query this node could not unlock: only its request id is known
+            query = verification_pb2.QueryBody(request_id=lock_request_id)
         try:
-            record = audit.refusal(refusal.code, query=signed_query.body if signed_query is not None else None,
+            record = audit.refusal(refusal.code, query=query,
                                    requester=requester or (province_of_identity(identity) or ""),
                                    relayed=identity == self.coordinator_identity)
         except ValueError:  # a field the auditor will not store (e.g. looks like an ID number): record without it
@@ -145,24 +170,37 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                           context: aio.ServicerContext) -> verification_pb2.VerifyBatchResponse:
         async with edge(context, self.log, "VerifyBatch", self.metrics, self._refusal_hook(context)):
             identity = self.admission.admit(context)
-            if self.unsealer is None:
+            if self.unsealer is None or self.unlocker is None:
                 raise Refusal(ErrorCode.MALFORMED, "sealed queries are not accepted here")
             batch, requester = self.unsealer.open_batch(request.sealed, identity)
             if not 1 <= len(batch.queries) <= MAX_BATCH:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} queries per batch")
+            opened = self.unlocker.unlock_many(list(batch.queries))
+            proofs = [o.proof if isinstance(o, Unlocked) else b"" for o in opened]
+            first_open = next((i for i, o in enumerate(opened) if isinstance(o, Unlocked)), None)
+            if first_open is None:  # no query of the batch is about a subject held here
+                codes = [o.code for o in opened if isinstance(o, Refusal)]
+                raise Refusal(ErrorCode.NOT_HELD if ErrorCode.NOT_HELD in codes else codes[0],
+                              "no query of the batch could be unlocked")
+            _prove(context, first_open, proofs[first_open])
             # One requester and a usable reply key, or the whole batch is refused before any query is decided.
-            require_usable_reply_key(q.body for q in batch.queries)
+            require_usable_reply_key(locked_content(o).body for o in opened if isinstance(o, Unlocked))
             items: list[verification_pb2.BatchItem] = []
             decided: list[tuple[int, Decided]] = []
             refusals: list[audit.AuditRecord] = []
             with self.service.batch_scope():  # one nonce transaction for the whole batch
-                for index, query in enumerate(batch.queries):
+                for index, (locked, unlocked) in enumerate(zip(batch.queries, opened, strict=True)):
+                    query: verification_pb2.SignedQuery | None = None
                     try:
-                        decided.append((index, self.service.decide(query, requester)))
+                        if isinstance(unlocked, Refusal):
+                            raise unlocked
+                        query = locked_content(unlocked)
+                        decided.append((index, self.service.decide(query, requester, lock=unlocked)))
                     except Refusal as refusal:
                         items.append(verification_pb2.BatchItem(index=index, error_code=refusal.code.name,
                                                                 error=public_message(refusal)))
-                        refusals.append(self._refusal_record(refusal, query, requester))
+                        body = query if query is not None else verification_pb2.QueryBody(request_id=locked.request_id)
+                        refusals.append(self._refusal_record(refusal, body, requester))
             try:
                 if not decided:
                     # Nothing to seal an answer to: refuse the batch with its items' reason, so a
@@ -190,7 +228,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             if self.metrics is not None:
                 self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in outcomes.items()})
             return verification_pb2.VerifyBatchResponse(
-                sealed=self.unsealer.seal_answer(verification_pb2.AnswerBatch(items=items), first))
+                sealed=self.unsealer.seal_answer(verification_pb2.AnswerBatch(items=items), first),
+                possession_proofs=proofs)
 
     @staticmethod
     def _refusal_record(refusal: Refusal, query: verification_pb2.SignedQuery | verification_pb2.QueryBody,

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from node.config import Limits
 from node.crypto import sealing, signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.crypto.possession import Unlocked
 from node.domain import request_ids
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
@@ -147,8 +148,12 @@ class VerificationService:
             raise Refusal(ErrorCode.NOT_ADDRESSED_HERE)
         return body
 
-    def validate(self, body: verification_pb2.QueryBody) -> list[Check]:
-        """Refuse malformed, stale, replayed, misaddressed or oversized queries."""
+    def validate(self, body: verification_pb2.QueryBody, *, lock: Unlocked | None = None) -> list[Check]:
+        """Refuse malformed, stale, replayed, misaddressed or oversized queries.
+
+        `lock` is the possession lock a sealed query came in: its subjects and request id must be
+        the ones the lock named (the holder unlocked it for those).
+        """
         request_ids.check(body.request_id)
         if not NONCE_MIN <= len(body.nonce) <= NONCE_MAX:
             raise Refusal(ErrorCode.MALFORMED, "nonce must be 16 to 64 bytes")
@@ -166,6 +171,8 @@ class VerificationService:
             raise Refusal(ErrorCode.MALFORMED, "subject tokens must be 32 bytes")
         if len(set(body.subjects)) != n_subjects:
             raise Refusal(ErrorCode.MALFORMED, "subjects must be distinct")
+        if lock is not None and (tuple(body.subjects) != lock.tokens or body.request_id != lock.request_id):
+            raise Refusal(ErrorCode.MALFORMED, "query does not match the lock it came in")
         checks = parse_checks(body, self.catalogue)
         if self.consent is not None:
             self.consent.check(body, checks)
@@ -173,10 +180,11 @@ class VerificationService:
             raise Refusal(ErrorCode.REPLAYED)
         return checks
 
-    def decide(self, signed: verification_pb2.SignedQuery, peer_province: str | None) -> Decided:
+    def decide(self, signed: verification_pb2.SignedQuery, peer_province: str | None, *,
+               lock: Unlocked | None = None) -> Decided:
         """Authenticate, validate and evaluate a query; the caller signs the answer."""
         body = self.authenticate(signed, peer_province)
-        checks = self.validate(body)
+        checks = self.validate(body, lock=lock)
         allowed = [self.policy.allows(body.purpose, c.attribute) for c in checks]
         attributes = sorted({c.attribute for c, ok in zip(checks, allowed, strict=True) if ok})
         facts = self.store.lookup(list(body.subjects), attributes) if attributes else {}

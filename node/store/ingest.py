@@ -5,7 +5,8 @@ value by item type, as-of date, source. A file with any bad row is rejected whol
 every bad line and why; reasons never contain the ID number or the value. Rows are written
 inside one transaction as they pass, and the transaction is rolled back when any line of the
 file turns out bad, so a rejected file leaves the store exactly as it was. Raw ID numbers
-become subject tokens at once and are never written.
+become subject tokens (and possession keys, node.crypto.possession) at once and are never
+written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from node.crypto.tokens import subject_token
+from node.crypto.tokens import possession_key, subject_token
 from node.domain import idnumber
 from node.domain.catalogue import Catalogue, Item
 from node.errors import BadInput
@@ -54,6 +55,8 @@ class IngestReport:
     facts_written: int
     """Facts inserted or corrected; re-ingesting an unchanged file writes 0."""
     seconds: float
+    possession_added: int = 0
+    """Possession keys given to subjects that had none (a store upgraded from schema 1)."""
 
 
 def ingest_file(
@@ -84,7 +87,8 @@ def ingest_file(
     except OSError as exc:
         reason = f"cannot read file: {exc.strerror or type(exc).__name__}"
         raise IngestRejected(f"{path}: {reason}", [(0, reason)]) from None
-    return IngestReport(job.rows, len(job.subject_ids), job.written, time.perf_counter() - started)
+    return IngestReport(job.rows, len(job.subject_ids), job.written, time.perf_counter() - started,
+                        job.possession_added)
 
 
 class _Job:
@@ -99,6 +103,7 @@ class _Job:
         self.errors: list[tuple[int, str]] = []
         self.rows = 0
         self.written = 0
+        self.possession_added = 0
         self.subject_ids: set[int] = set()
 
     def run(self, writer: Writer) -> None:
@@ -121,13 +126,14 @@ class _Job:
                 if sid is None:
                     if len(sids) >= _CACHE_MAX:
                         sids.clear()
-                    sid = sids[token] = writer.subject_id(token)
+                    sid = sids[token] = writer.subject_id(token, validator.possession[token])
                 subject_ids.add(sid)
                 yield (sid, attribute, as_of, source, value)
 
         strict = True
         try:
             self.written = writer.upsert_facts(facts(validator.rows(self.path, self.jsonl)))
+            self.possession_added = writer.possession_added
         except UnicodeDecodeError:
             # Bad UTF-8 on the fast text path: the file is rejected; re-read it line by line
             # to report every bad line. Nothing written so far will be committed.
@@ -178,6 +184,7 @@ class _Validator:
         self.n_rows = 0
         self.saw_header = False
         self.ids: dict[str, bytes | str] = {}  # raw ID -> token, or the reason it is invalid
+        self.possession: dict[bytes, bytes] = {}  # token -> possession key, for every token in ids
         self.dates: dict[str, str] = {}  # good as_of -> canonical string object
         self.sources: dict[str, str] = {}  # good source -> canonical string object
 
@@ -363,12 +370,14 @@ class _Validator:
     def _id_token(self, raw_id: str) -> bytes | str:
         if len(self.ids) >= _CACHE_MAX:
             self.ids.clear()
+            self.possession.clear()
         try:
             number = idnumber.validate(raw_id, today=self.today)
         except idnumber.InvalidIdNumber as exc:
             result: bytes | str = f"id_number: {exc}"
         else:
             result = subject_token(self.key, number)
+            self.possession[result] = possession_key(self.key, number)
         self.ids[raw_id] = result
         return result
 

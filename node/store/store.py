@@ -1,11 +1,18 @@
 """The fact store: SQLite (WAL) keyed by subject tokens; raw ID numbers are never stored.
 
-Schema (version 1):
+Schema (version 2):
 
     meta(key, value)                       schema_version
-    subjects(id, token UNIQUE)             token = 32-byte HMAC subject token
+    subjects(id, token UNIQUE, possession) token = 32-byte HMAC subject token; possession = the
+                                           subject's 32-byte possession key (node.crypto.tokens),
+                                           NULL only for subjects ingested under schema 1
     facts(subject_id, attribute, as_of, source, value)   PK(subject_id, attribute, as_of, source)
     attributes(code, aggregate)            'sum' | 'max', written from the catalogue at ingest
+
+A schema-1 store is upgraded in place when opened (the possession column is added, empty);
+possession keys cannot be computed from tokens, so its subjects get them only when their
+departmental files are ingested again (`missing_possession` counts those still without one,
+and a node refuses to serve while there are any).
 
 The facts columns are declared in primary-key order: SQLite 3.40's quick_check reports false
 "NULL value" errors for a WITHOUT ROWID table whose non-key column precedes a key column.
@@ -30,7 +37,8 @@ from typing import Any, Final
 from node.store.errors import StoreCorrupt, StoreError
 
 STORE_FILE: Final[str] = "store.sqlite"
-SCHEMA_VERSION: Final[int] = 1
+SCHEMA_VERSION: Final[int] = 2
+POSSESSION_BYTES: Final[int] = 32
 TOKEN_BYTES: Final[int] = 32
 _CHUNK: Final[int] = 500  # tokens per statement (well under SQLite's variable limit)
 _BUSY_TIMEOUT_S: Final[float] = 30.0
@@ -43,8 +51,10 @@ _SCHEMA: Final[str] = f"""
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE subjects(
     id INTEGER PRIMARY KEY,
-    token BLOB NOT NULL UNIQUE CHECK (length(token) = {TOKEN_BYTES})
+    token BLOB NOT NULL UNIQUE CHECK (length(token) = {TOKEN_BYTES}),
+    possession BLOB CHECK (possession IS NULL OR length(possession) = {POSSESSION_BYTES})
 );
+CREATE INDEX subjects_without_possession ON subjects(id) WHERE possession IS NULL;
 CREATE TABLE facts(
     subject_id INTEGER NOT NULL REFERENCES subjects(id),
     attribute TEXT NOT NULL,
@@ -60,6 +70,12 @@ CREATE TABLE attributes(
 INSERT INTO meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 _TABLES: Final[frozenset[str]] = frozenset({"meta", "subjects", "facts", "attributes"})
+_UPGRADE_FROM_1: Final[tuple[str, ...]] = (
+    f"ALTER TABLE subjects ADD COLUMN possession BLOB"
+    f" CHECK (possession IS NULL OR length(possession) = {POSSESSION_BYTES})",
+    "CREATE INDEX subjects_without_possession ON subjects(id) WHERE possession IS NULL",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
 
 # Per (subject, attribute): the latest as_of by one index seek, then that date's rows (one per
 # source) with the attribute's aggregate; the few rows are combined in Python.
@@ -72,6 +88,9 @@ JOIN facts f ON f.subject_id = s.id AND f.attribute = w.attribute
                    WHERE g.subject_id = s.id AND g.attribute = w.attribute)
 LEFT JOIN attributes a ON a.code = w.attribute
 WHERE s.token IN ({tokens})
+"""
+_POSSESSION_SQL: Final[str] = """
+SELECT token, possession FROM subjects WHERE token IN ({tokens}) AND possession IS NOT NULL
 """
 _HOLDS_SQL: Final[str] = """
 SELECT s.token FROM subjects s
@@ -188,11 +207,28 @@ class Store:
         if not _TABLES <= self._tables(conn):
             raise StoreCorrupt(f"{self.path} is an SQLite file but not a Hedui store")
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] == "1":
+            self._upgrade_from_1(conn)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None or row[0] != str(SCHEMA_VERSION):
             found = "none" if row is None else row[0]
             raise StoreError(
                 f"store {self.path} has schema version {found}; this node needs {SCHEMA_VERSION}"
             )
+
+    @staticmethod
+    def _upgrade_from_1(conn: sqlite3.Connection) -> None:
+        """Schema 1 -> 2 in one transaction: add the (empty) possession column."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is not None and version[0] == "1":  # nobody upgraded it meanwhile
+                for statement in _UPGRADE_FROM_1:
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -294,6 +330,30 @@ class Store:
             raise StoreError(f"store read failed: {type(exc).__name__}") from None
         return [bytes(t) in held for t in tokens]
 
+    def possession_keys(self, tokens: Sequence[bytes]) -> dict[bytes, bytes]:
+        """token -> possession key, for the tokens of subjects this store holds (one statement per 500)."""
+        distinct = list(dict.fromkeys(bytes(t) for t in tokens))
+        keys: dict[bytes, bytes] = {}
+        conn = self._reader()
+        try:
+            for start in range(0, len(distinct), _CHUNK):
+                chunk = distinct[start : start + _CHUNK]
+                sql = _POSSESSION_SQL.format(tokens=",".join(["?"] * len(chunk)))
+                keys.update(conn.execute(sql, chunk).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+        return keys
+
+    def missing_possession(self) -> int:
+        """How many subjects have no possession key (ingested under schema 1 and not since)."""
+        conn = self._reader()
+        try:
+            return int(conn.execute(
+                "SELECT count(*) FROM subjects INDEXED BY subjects_without_possession WHERE possession IS NULL"
+            ).fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+
     def counts(self) -> dict[str, int]:
         """Numbers of subjects and facts held (for `hedui node status`)."""
         conn = self._reader()
@@ -352,8 +412,9 @@ class Store:
 class Writer:
     """Writes inside one open transaction (see Store.writer)."""
 
-    _SELECT_SUBJECT: Final[str] = "SELECT id FROM subjects WHERE token = ?"
-    _INSERT_SUBJECTS: Final[str] = "INSERT INTO subjects(id, token) VALUES (?, ?)"
+    _SELECT_SUBJECT: Final[str] = "SELECT id, possession FROM subjects WHERE token = ?"
+    _INSERT_SUBJECTS: Final[str] = "INSERT INTO subjects(id, token, possession) VALUES (?, ?, ?)"
+    _SET_POSSESSION: Final[str] = "UPDATE subjects SET possession = ? WHERE id = ?"
     _UPSERT_FACT: Final[str] = (
         "INSERT INTO facts(subject_id, attribute, as_of, source, value) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT(subject_id, attribute, as_of, source)"
@@ -367,31 +428,46 @@ class Writer:
         # The transaction holds the write lock, so ids can be allocated here and inserted in
         # batches (one executemany instead of one INSERT per new subject).
         self._next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM subjects").fetchone()[0]) + 1
-        self._pending: dict[bytes, int] = {}
+        self._pending: dict[bytes, tuple[int, bytes | None]] = {}
         self.new_subjects = 0
+        self.possession_added = 0  # possession keys given to subjects that had none
 
-    def subject_id(self, token: bytes) -> int:
-        """The id of the subject with this token, allocating one when the subject is new."""
-        sid = self._pending.get(token)
-        if sid is not None:
-            return sid
+    def subject_id(self, token: bytes, possession: bytes | None = None) -> int:
+        """The id of the subject with this token, allocating one when the subject is new.
+
+        `possession` is the subject's possession key (ingest always has it); it is recorded for
+        a new subject, and for a known one that has none yet (a store upgraded from schema 1).
+        """
+        pending = self._pending.get(token)
+        if pending is not None:
+            return pending[0]
         row = self._cursor.execute(self._SELECT_SUBJECT, (token,)).fetchone()
         if row is not None:
+            if row[1] is None and possession is not None:
+                self._cursor.execute(self._SET_POSSESSION, (self._checked(possession), row[0]))
+                self.possession_added += 1
             return int(row[0])
         if len(token) != TOKEN_BYTES:
             raise StoreError(f"subject tokens must be {TOKEN_BYTES} bytes")
-        sid = self._pending[token] = self._next_id
+        sid = self._next_id
+        self._pending[token] = (sid, None if possession is None else self._checked(possession))
         self._next_id += 1
         self.new_subjects += 1
         if len(self._pending) >= self._FLUSH_AT:
             self.flush()
         return sid
 
+    @staticmethod
+    def _checked(possession: bytes) -> bytes:
+        if len(possession) != POSSESSION_BYTES:
+            raise StoreError(f"possession keys must be {POSSESSION_BYTES} bytes")
+        return possession
+
     def flush(self) -> None:
         """Insert the subjects allocated so far (done before every fact write completes)."""
         if self._pending:
             pending, self._pending = self._pending, {}
-            self._conn.executemany(self._INSERT_SUBJECTS, ((i, t) for t, i in pending.items()))
+            self._conn.executemany(self._INSERT_SUBJECTS, ((i, t, p) for t, (i, p) in pending.items()))
 
     def upsert_facts(self, rows: Iterable[tuple[int, str, str, str, int]]) -> int:
         """Upsert (subject_id, attribute, as_of, source, value) rows; the number inserted or changed.
@@ -399,11 +475,11 @@ class Writer:
         `rows` may call subject_id() while it is being consumed.
         """
         self.flush()
-        before_changes, before_subjects = self._conn.total_changes, self.new_subjects
+        before = self._conn.total_changes, self.new_subjects, self.possession_added
         self._conn.executemany(self._UPSERT_FACT, rows)
         self.flush()
-        subjects_inserted = self.new_subjects - before_subjects
-        return self._conn.total_changes - before_changes - subjects_inserted
+        subject_changes = self.new_subjects - before[1] + self.possession_added - before[2]
+        return self._conn.total_changes - before[0] - subject_changes
 
     def set_aggregates(self, aggregates: Mapping[str, str]) -> None:
         """Record how each attribute's same-date facts combine ('sum' or 'max')."""

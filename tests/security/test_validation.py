@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node import config as config_mod
 from node import logs
-from node.client.query import PreparedQuery, prepare, sign_query
+from node.client.query import PreparedQuery, locked_envelope, prepare, sign_query
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.crypto import sealing
-from node.crypto.tokens import subject_token
+from node.crypto.tokens import possession_key, subject_token
 from node.domain import idnumber
 from node.domain.predicate import MalformedCheck, parse_check
 from node.domain.regions import province_uri
@@ -120,9 +120,13 @@ def reply_pair() -> tuple[X25519PrivateKey, bytes]:
     return key, sealing.public_bytes(key.public_key())
 
 
-def sealed_to(fed: Federation, province: str, message: Any) -> Any:
-    return sealing.seal(message.SerializeToString(), kind=sealing.QUERY, recipient=province_uri(province),
-                        public_key=seal_key(fed, province))
+def locked_to(fed: Federation, queries: list[verification_pb2.SignedQuery], *, batch: bool) -> Any:
+    """Signed queries about WORKER, locked to WORKER's possession key and sealed to 44 (one query, or a batch)."""
+    m = fed.member("51")
+    prepared = PreparedQuery("51", "dibao", (token(fed),), (), (possession_key(m.linkage_key, WORKER),))
+    request_id = verification_pb2.QueryBody.FromString(queries[0].body).request_id
+    return locked_envelope("44", [(prepared, q.SerializeToString()) for q in queries], request_id=request_id,
+                           seal_key=seal_key(fed, "44"), batch=batch).query
 
 
 def batch_outcome(reply: verification_pb2.VerifyBatchResponse, key: X25519PrivateKey) -> Outcome:
@@ -175,7 +179,7 @@ def _verify_batch(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcom
         batch = verification_pb2.QueryBatch(queries=[sign_query(fed.member("51").signer, query)])
         with channel(fed, "51", "44") as ch:
             reply = verification_pb2_grpc.VerificationStub(ch).VerifyBatch(
-                verification_pb2.VerifyBatchRequest(sealed=sealed_to(fed, "44", batch)), timeout=10)
+                verification_pb2.VerifyBatchRequest(sealed=locked_to(fed, list(batch.queries), batch=True)), timeout=10)
         return batch_outcome(reply, key)
     return send, "44"
 
@@ -211,10 +215,19 @@ def _discover_batch(fed: Federation, consent: Any) -> tuple[Callable[[str], Outc
     return send, "coordinator"
 
 
-def _route(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcome], str]:
+def _locked_envelope(fed: Federation, consent: Any, *, batch: bool) -> coordinator_pb2.Envelope:
+    """A query from 51 about WORKER, locked to WORKER's possession key and sealed to 44, as routed_verify sends it."""
     _, public = reply_pair()
-    query = sign_query(fed.member("51").signer, body(fed, consent, reply_key=public))
-    envelope = coordinator_pb2.Envelope(province="44", query=sealed_to(fed, "44", query))
+    m = fed.member("51")
+    prepared = PreparedQuery("51", "dibao", (token(fed),), tuple(parse_check(c) for c in CHECKS),
+                             (possession_key(m.linkage_key, WORKER),))
+    query = prepared.body(audience="44", consent=consent.receipt, reply_key=public, reply_suite=sealing.SUITE_NAME)
+    raw = sign_query(m.signer, query).SerializeToString()
+    return locked_envelope("44", [(prepared, raw)], request_id=query.request_id, seal_key=seal_key(fed, "44"), batch=batch)
+
+
+def _route(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcome], str]:
+    envelope = _locked_envelope(fed, consent, batch=False)
 
     def send(request_id: str) -> Outcome:
         reply = _coordinator_call(fed, "Route", coordinator_pb2.RouteRequest(
@@ -224,9 +237,7 @@ def _route(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcome], str
 
 
 def _route_batch(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcome], str]:
-    _, public = reply_pair()
-    batch = verification_pb2.QueryBatch(queries=[sign_query(fed.member("51").signer, body(fed, consent, reply_key=public))])
-    envelope = coordinator_pb2.Envelope(province="44", query=sealed_to(fed, "44", batch))
+    envelope = _locked_envelope(fed, consent, batch=True)
 
     def send(request_id: str) -> Outcome:
         reply = _coordinator_call(fed, "RouteBatch", coordinator_pb2.RouteBatchRequest(
@@ -384,9 +395,9 @@ def test_unusable_reply_key_is_refused_and_audited_before_anything_is_decided(
         with channel(fed, "51", "44") as ch:
             stub = verification_pb2_grpc.VerificationStub(ch)
             if call == "Verify":
-                return stub.Verify(verification_pb2.VerifyRequest(sealed=sealed_to(fed, "44", signed)), timeout=10)
+                return stub.Verify(verification_pb2.VerifyRequest(sealed=locked_to(fed, [signed], batch=False)), timeout=10)
             batch = verification_pb2.QueryBatch(queries=[signed])
-            return stub.VerifyBatch(verification_pb2.VerifyBatchRequest(sealed=sealed_to(fed, "44", batch)), timeout=10)
+            return stub.VerifyBatch(verification_pb2.VerifyBatchRequest(sealed=locked_to(fed, list(batch.queries), batch=True)), timeout=10)
 
     before = audit_head(fed, "44")
     with pytest.raises(grpc.RpcError) as err:

@@ -43,9 +43,9 @@ def test_open_creates_private_store_file(tmp_path: Path) -> None:
 
 
 def test_schema_version_recorded(store: Store) -> None:
-    """The meta table records schema version 1 and reopening the store works."""
+    """The meta table records schema version 2 and reopening the store works."""
     conn = sqlite3.connect(store.path)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
     conn.close()
     Store(store.path).close()
 

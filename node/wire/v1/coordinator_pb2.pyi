@@ -23,6 +23,8 @@ class RouteStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUTE_UNAVAILABLE: _ClassVar[RouteStatus]
     ROUTE_DEADLINE_EXCEEDED: _ClassVar[RouteStatus]
     ROUTE_DENIED: _ClassVar[RouteStatus]
+    ROUTE_NOT_HELD: _ClassVar[RouteStatus]
+    ROUTE_IMPLAUSIBLE: _ClassVar[RouteStatus]
 CONSENT_STATE_UNSPECIFIED: ConsentState
 ACTIVE: ConsentState
 REVOKED: ConsentState
@@ -32,6 +34,8 @@ ROUTE_NO_MATCH: RouteStatus
 ROUTE_UNAVAILABLE: RouteStatus
 ROUTE_DEADLINE_EXCEEDED: RouteStatus
 ROUTE_DENIED: RouteStatus
+ROUTE_NOT_HELD: RouteStatus
+ROUTE_IMPLAUSIBLE: RouteStatus
 
 class ConsentRequestBody(_message.Message):
     __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subject_salt", "subject_commitments", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest")
@@ -200,12 +204,14 @@ class DiscoverResponse(_message.Message):
     def __init__(self, holders: _Optional[_Iterable[str]] = ..., statuses: _Optional[_Iterable[_Union[ProvinceStatus, _Mapping]]] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("province", "query")
+    __slots__ = ("province", "query", "possession_commitments")
     PROVINCE_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
+    POSSESSION_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     province: str
     query: _common_pb2.Sealed
-    def __init__(self, province: _Optional[str] = ..., query: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+    possession_commitments: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, province: _Optional[str] = ..., query: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ..., possession_commitments: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
     __slots__ = ("consent_id", "request_id", "envelopes")

@@ -88,12 +88,50 @@ class VerifyRequest(_message.Message):
     def __init__(self, signed: _Optional[_Union[SignedQuery, _Mapping]] = ..., sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("signed", "sealed")
+    __slots__ = ("signed", "sealed", "possession_proof")
     SIGNED_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
+    POSSESSION_PROOF_FIELD_NUMBER: _ClassVar[int]
     signed: SignedAnswer
     sealed: _common_pb2.Sealed
-    def __init__(self, signed: _Optional[_Union[SignedAnswer, _Mapping]] = ..., sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+    possession_proof: bytes
+    def __init__(self, signed: _Optional[_Union[SignedAnswer, _Mapping]] = ..., sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ..., possession_proof: _Optional[bytes] = ...) -> None: ...
+
+class LockedQuery(_message.Message):
+    __slots__ = ("suite", "request_id", "salt", "subjects", "ciphertext")
+    SUITE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    suite: str
+    request_id: str
+    salt: bytes
+    subjects: _containers.RepeatedCompositeFieldContainer[LockedSubject]
+    ciphertext: bytes
+    def __init__(self, suite: _Optional[str] = ..., request_id: _Optional[str] = ..., salt: _Optional[bytes] = ..., subjects: _Optional[_Iterable[_Union[LockedSubject, _Mapping]]] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class LockedSubject(_message.Message):
+    __slots__ = ("token", "wrapped_key")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    token: bytes
+    wrapped_key: bytes
+    def __init__(self, token: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
+
+class LockedBatch(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[LockedQuery]
+    def __init__(self, queries: _Optional[_Iterable[_Union[LockedQuery, _Mapping]]] = ...) -> None: ...
+
+class PossessionProof(_message.Message):
+    __slots__ = ("index", "proof")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    proof: bytes
+    def __init__(self, index: _Optional[int] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class HoldsRequest(_message.Message):
     __slots__ = ("request_id", "tokens")
@@ -140,10 +178,12 @@ class VerifyBatchRequest(_message.Message):
     def __init__(self, sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
 
 class VerifyBatchResponse(_message.Message):
-    __slots__ = ("sealed",)
+    __slots__ = ("sealed", "possession_proofs")
     SEALED_FIELD_NUMBER: _ClassVar[int]
+    POSSESSION_PROOFS_FIELD_NUMBER: _ClassVar[int]
     sealed: _common_pb2.Sealed
-    def __init__(self, sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+    possession_proofs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ..., possession_proofs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ConsentBody(_message.Message):
     __slots__ = ("consent_id", "requester", "subject_commitments", "purpose", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "registered_at_ms", "ledger_index", "subject_salt")
