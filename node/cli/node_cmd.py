@@ -47,12 +47,9 @@ def register(sub: Any) -> None:
 
 def copy_secret(src: Path, dst: Path, *, private: bool) -> None:
     """Copy a key or certificate; private files are created 0600, never widened afterwards."""
-    data = src.read_bytes()
-    tmp = dst.with_name(dst.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dst)
+    from node import files
+
+    files.write_file(dst, src.read_bytes(), replace=True, mode=files.PRIVATE if private else files.PUBLIC)
 
 
 def install_member_keys(pki_dir: Path, member: str, data_dir: Path, *, linkage: bool) -> dict[str, str]:
@@ -145,7 +142,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     def ready(port: int) -> None:
         if args.port_file:
-            args.port_file.write_text(f"{port}\n")
+            from node import files
+
+            files.write_file(args.port_file, f"{port}\n", replace=True, mode=files.PUBLIC)
 
     asyncio.run(serve_until_signalled(server, args.listen, on_ready=ready))
     return 0

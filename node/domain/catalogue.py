@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from node.domain import freetext
 from node.errors import BadInput
 
 CATALOGUE_FILE: Final[str] = "catalogue.toml"
@@ -258,6 +259,5 @@ def _item(path: Path, n: int, entry: Any) -> Item:
 
 
 def _show(code: object) -> str:
-    """A one-line, bounded rendering of a user-supplied code for error messages."""
-    text = repr(code)
-    return text if len(text) <= 70 else text[:67] + "..."
+    """A one-line, bounded rendering of a user-supplied code, ID-number-like runs masked."""
+    return freetext.show(code, 70)

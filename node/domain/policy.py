@@ -9,6 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from node.domain import freetext
 from node.domain.catalogue import (
     Catalogue,
     default_config_dir,
@@ -119,6 +120,5 @@ def _purpose(path: Path, code: str, body: Any, catalogue: Catalogue) -> Purpose:
 
 
 def _show(code: object) -> str:
-    """A one-line, bounded rendering of a user-supplied code for error messages."""
-    text = repr(code)
-    return text if len(text) <= 70 else text[:67] + "..."
+    """A one-line, bounded rendering of a user-supplied code, ID-number-like runs masked."""
+    return freetext.show(code, 70)
