@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +11,11 @@ from typing import Any
 
 import tomli_w
 
+from node import files
+from node.domain import idnumber
+from node.domain.freetext import show
 from node.errors import BadInput
+from node.logs import LEVELS
 
 
 class ConfigError(BadInput):
@@ -87,6 +93,36 @@ class MemberConfig:
         return self.province is None
 
 
+def _limits(raw: Any) -> Limits:
+    """[limits] of a config file: known keys only, each a positive number of its default's type."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config table [limits] must be a table")
+    defaults = {f.name: f.default for f in dataclasses.fields(Limits)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in defaults:
+            raise ConfigError(f"config table [limits] has an unknown key {show(key)}; known: {', '.join(defaults)}")
+        kind = type(defaults[key])
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind or not (0 < value < math.inf):
+            noun = "a positive integer" if kind is int else "a positive number"
+            raise ConfigError(f"config key limits.{key} must be {noun}")
+        values[key] = value
+    return Limits(**values)
+
+
+def _text(value: Any, key: str) -> str | None:
+    """An optional string setting; one holding an ID number is refused (config strings are sent and logged)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {key} must be a string")
+    if idnumber.contains_id_number(value):
+        raise ConfigError(f"config key {key} must not contain an ID number")
+    return value
+
+
 def _resolve(base: Path, value: Any, key: str) -> Path:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"config key {key} must be a path")
@@ -106,17 +142,28 @@ def load(path: Path | str) -> MemberConfig:
     base = path.resolve().parent
     try:
         member, keys = raw["member"], raw["keys"]
+        if not isinstance(member, dict) or not isinstance(keys, dict):
+            raise ConfigError(f"config file {path}: [member] and [keys] must be tables")
         opt = lambda k: _resolve(base, keys[k], f"keys.{k}") if keys.get(k) else None  # noqa: E731
-        limits = Limits(**raw.get("limits", {}))
-        claims = ClaimPolicy(**raw.get("claims", {}))
+        limits = _limits(raw.get("limits", {}))
+        claims_table = raw.get("claims", {})
+        if not isinstance(claims_table, dict):
+            raise ConfigError(f"config file {path}: [claims] must be a table")
+        claims = ClaimPolicy(**claims_table)
+        logging, metrics = raw.get("logging", {}), raw.get("metrics", {})
+        if not isinstance(logging, dict) or not isinstance(metrics, dict):
+            raise ConfigError(f"config file {path}: [logging] and [metrics] must be tables")
+        level = logging.get("level", "info")
+        if not isinstance(level, str) or level.lower() not in LEVELS:
+            raise ConfigError(f"config key logging.level must be one of {', '.join(LEVELS)}")
         return MemberConfig(
             path=path.resolve(),
             identity=str(member["identity"]),
-            province=member.get("province") or None,
-            listen=str(member["listen"]),
+            province=_text(member.get("province"), "member.province"),
+            listen=_text(member["listen"], "member.listen") or "",
             data_dir=_resolve(base, member["data_dir"], "member.data_dir"),
-            coordinator=member.get("coordinator") or None,
-            advertise=member.get("advertise") or None,
+            coordinator=_text(member.get("coordinator"), "member.coordinator"),
+            advertise=_text(member.get("advertise"), "member.advertise"),
             ca_cert=_resolve(base, keys["ca_cert"], "keys.ca_cert"),
             tls_cert=_resolve(base, keys["tls_cert"], "keys.tls_cert"),
             tls_key=_resolve(base, keys["tls_key"], "keys.tls_key"),
@@ -127,8 +174,8 @@ def load(path: Path | str) -> MemberConfig:
             linkage_key=opt("linkage_key"),
             catalogue=opt("catalogue"),
             policy=opt("policy"),
-            log_level=str(raw.get("logging", {}).get("level", "info")),
-            metrics_listen=raw.get("metrics", {}).get("listen") or None,
+            log_level=level.lower(),
+            metrics_listen=_text(metrics.get("listen"), "metrics.listen"),
             limits=limits,
             claims=claims,
         )
@@ -139,6 +186,6 @@ def load(path: Path | str) -> MemberConfig:
 
 
 def write(cfg_path: Path, data: dict[str, Any]) -> None:
-    """Write a config file (used by the init commands)."""
+    """Write a config file (used by the init commands): 0600, atomically, replacing an earlier one."""
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    files.write_file(cfg_path, tomli_w.dumps(data), replace=True)

@@ -60,7 +60,7 @@ def federation(provinces: list[str], households: int, seed: int, root: Path | No
         if root is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hedui-demo-")))
         started = time.monotonic()
-        summary = generate(provinces, households, seed, root / "data")
+        summary = generate(provinces, households, seed, root / "data", replace=True)  # --dir may hold an earlier run
         say(f"Synthetic data: {summary.households:,} households, {summary.members:,} people "
             f"({summary.migrants:,} migrant workers), {sum(summary.facts_per_province.values()):,} facts "
             f"in {len(provinces)} provinces")

@@ -10,8 +10,10 @@
     ├── CryptoError              (node.crypto.errors): SignatureInvalid, CertificateRejected, PkiError
     └── StoreError               (node.store.errors): StoreCorrupt
 
-Messages of these errors are public: they never contain an ID number or a data value.
-Only the server edge (node.server.edge) knows how an ErrorCode maps to a gRPC status.
+Messages of these errors are public: they never contain an ID number or a data value. Code
+never puts one there, and `HeduiError` masks any ID-number-like run of digits in a message as
+it is made, so a value echoed by mistake cannot leak through an error. Only the server edge
+(node.server.edge) knows how an ErrorCode maps to a gRPC status.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ import enum
 
 class HeduiError(Exception):
     """Base of all errors raised by Hedui code; the message is safe to show and log."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(_redact(a) if isinstance(a, str) else a for a in args))
+
+
+def _redact(text: str) -> str:
+    from node.domain.idnumber import redact  # node.domain imports this module: import when first needed
+
+    return redact(text)
 
 
 class BadInput(HeduiError):
@@ -57,5 +68,5 @@ class Refusal(HeduiError):
 
     def __init__(self, code: ErrorCode, detail: str | None = None) -> None:
         self.code = code
-        self.detail = detail
+        self.detail = _redact(detail) if detail else detail
         super().__init__(f"{code.value}: {detail}" if detail else code.value)

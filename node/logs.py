@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from node.domain import request_ids
+from node.errors import BadInput
 
+LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error")
 _configured = False
+
+
+def check_level(level: object) -> str:
+    """The log level, lower-cased, or BadInput naming the levels (never echoing what was given)."""
+    if not isinstance(level, str) or level.lower() not in LEVELS:
+        raise BadInput(f"log level must be one of {', '.join(LEVELS)}")
+    return level.lower()
 
 
 def _request_id_guard(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -28,8 +37,9 @@ def _request_id_guard(_logger: Any, _method: str, event: dict[str, Any]) -> dict
 
 
 def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
-    """Configure structlog once per process; JSON unless stderr is a terminal."""
+    """Configure structlog once per process; JSON unless stderr is a terminal. BadInput for an unknown level."""
     global _configured
+    level = check_level(level)
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()

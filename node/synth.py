@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
+from node import files
 from node.domain.idnumber import make as make_id_number
 from node.domain.regions import PROVINCES
 
@@ -100,8 +101,12 @@ def generate(
     out: Path,
     *,
     as_of: _dt.date | None = None,
+    replace: bool = False,
 ) -> SynthSummary:
-    """Write `households` synthetic households per listed province into `out` (see module doc)."""
+    """Write `households` synthetic households per listed province into `out` (see module doc).
+
+    Files already in `out` are replaced only with `replace=True`; each file appears whole or not at all.
+    """
     codes = _check_provinces(provinces)
     if isinstance(households, bool) or not isinstance(households, int):
         raise ValueError("households must be an integer")
@@ -114,10 +119,10 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
 
     dates = _source_dates(today)
-    with ExitStack() as files:
+    with ExitStack() as stack:
 
         def open_csv(name: str) -> IO[str]:
-            return files.enter_context(open(out / name, "w", newline="", encoding="utf-8"))
+            return stack.enter_context(files.atomic(out / name, replace=replace))
 
         writers = {code: _FactWriter(open_csv(f"{code}.csv"), dates) for code in codes}
         hh_csv = csv.writer(open_csv("households.csv"), lineterminator="\n")

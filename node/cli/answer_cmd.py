@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from node.errors import BadInput
+from node.files import parse_json
 
 
 def register(sub: Any) -> None:
@@ -30,12 +31,14 @@ def load_answer_file(path: Path) -> list[tuple[bytes, bytes]]:
     """(serialized query, serialized signed answer) pairs of a saved answer file."""
     from node.cli.verify_cmd import ANSWER_FILE_FORMAT
 
+    if path.exists() and not path.is_file():
+        raise BadInput(f"{path} is not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
         try:
-            documents = [json.loads(text)]
+            documents = [parse_json(text)]
         except ValueError:  # a RESULTS.jsonl of `hedui verify-batch`: evidence on every line
-            documents = [json.loads(line) for line in text.splitlines() if line.strip()]
+            documents = [parse_json(line) for line in text.splitlines() if line.strip()]
         pairs = []
         for data in documents:
             if data.get("format") == ANSWER_FILE_FORMAT:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -26,6 +25,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from node import files
+from node.domain.freetext import show
 from node.errors import BadInput, HeduiError
 
 _DURATION = re.compile(r"(\d{1,6})([smhdw])")
@@ -47,6 +48,7 @@ def register(sub: Any) -> None:
     export.add_argument("--config", required=True, type=Path, metavar="FILE")
     export.add_argument("--since", metavar="T", help="ISO date or UTC datetime, or a duration such as 7d, 12h")
     export.add_argument("--out", type=Path, metavar="FILE", help="default: standard output")
+    export.add_argument("--force", action="store_true", help="replace FILE if it exists")
     export.set_defaults(func=_export)
 
     prune = audit_sub.add_parser("prune", help="remove entries older than [audit] retention_days (export first)")
@@ -57,6 +59,7 @@ def register(sub: Any) -> None:
     checkpoint = audit_sub.add_parser("checkpoint", help="sign the node's audit head and keep it locally")
     checkpoint.add_argument("--config", required=True, type=Path, metavar="FILE")
     checkpoint.add_argument("--out", type=Path, metavar="FILE", help="also write it to FILE")
+    checkpoint.add_argument("--force", action="store_true", help="replace FILE if it exists")
     checkpoint.add_argument("--json", action="store_true")
     checkpoint.set_defaults(func=_checkpoint)
 
@@ -65,6 +68,7 @@ def register(sub: Any) -> None:
     held.add_argument("--config", required=True, type=Path, metavar="COORD_FILE")
     held.add_argument("--member", required=True, metavar="IDENTITY", help="a member identity or province code")
     held.add_argument("--out", type=Path, metavar="FILE", help="default: standard output")
+    held.add_argument("--force", action="store_true", help="replace FILE if it exists")
     held.set_defaults(func=_export_checkpoint)
 
 
@@ -84,7 +88,7 @@ def parse_since(text: str, *, now_ms: int | None = None) -> int:
             return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
         moment = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
-        raise BadInput(f"--since {text!r}: use an ISO date, an ISO datetime (UTC unless it has an offset) "
+        raise BadInput(f"--since {show(text)}: use an ISO date, an ISO datetime (UTC unless it has an offset) "
                        "or a duration such as 7d, 12h, 30m") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -116,19 +120,10 @@ def _member_identity(text: str) -> str:
     return text
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` (mode 0600) via a temporary file and rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an existing --out before any work unless --force (the write checks again, atomically)."""
+    if args.out is not None:
+        files.refuse_existing(args.out, replace=args.force)
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -217,16 +212,14 @@ def _export(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     since_ms = parse_since(args.since) if args.since else None
+    _check_out(args)
     log = AuditLog.open_readonly(_audit_path(cfg))
     try:
         if args.out is None:
             count = _write_rows(log.entries(since_ms=since_ms), export_row, sys.stdout)
         else:
-            import io
-
-            buf = io.StringIO()
-            count = _write_rows(log.entries(since_ms=since_ms), export_row, buf)
-            _write_private(args.out, buf.getvalue())
+            with files.atomic(args.out, replace=args.force) as out:
+                count = _write_rows(log.entries(since_ms=since_ms), export_row, out)
     finally:
         log.close()
     if args.out is not None:
@@ -270,12 +263,13 @@ def _checkpoint(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg.is_coordinator:
         raise BadInput("checkpoints are made by province nodes; on the coordinator use export-checkpoint")
+    _check_out(args)
     with AuditLog(_audit_path(cfg)) as log:
         signed = make_checkpoint(log, Member(cfg).signer, cfg.identity)
     CheckpointFile(cfg.data_dir / CHECKPOINT_FILE).append(signed)
     line = signed.to_json_line()
     if args.out is not None:
-        _write_private(args.out, line + "\n")
+        files.write_file(args.out, line + "\n", replace=args.force)
     if args.json:
         print(line)
     else:
@@ -293,6 +287,7 @@ def _export_checkpoint(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if not cfg.is_coordinator:
         raise BadInput("export-checkpoint reads the coordinator's ledger: give the coordinator's config")
+    _check_out(args)
     path = cfg.data_dir / "ledger.sqlite"
     if not path.exists():
         raise BadInput(f"no ledger at {path}")
@@ -310,7 +305,7 @@ def _export_checkpoint(args: argparse.Namespace) -> int:
     if args.out is None:
         print(text, end="")
     else:
-        _write_private(args.out, text)
+        files.write_file(args.out, text, replace=args.force)
         print(f"{len(held)} checkpoint(s) of {member} up to entry {held[-1].checkpoint.index} written to {args.out}",
               file=sys.stderr)
     return 0

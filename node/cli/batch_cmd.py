@@ -8,7 +8,9 @@ import base64
 import csv
 import json
 import os
+import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +31,7 @@ def register(sub: Any) -> None:
     batch.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
     batch.add_argument("--chunk", type=int, default=128, metavar="N", help="households per message (default 128)")
     batch.add_argument("--in-flight", type=int, default=4, metavar="N", help="messages in flight (default 4)")
+    batch.add_argument("--force", action="store_true", help="replace OUT or the rejects file even if an earlier run did not write it")
     batch.set_defaults(func=verify_batch)
 
 
@@ -41,6 +44,7 @@ def register_grant(consent_sub: Any) -> None:
     grant.add_argument("--days", type=int, default=30, metavar="N")
     grant.add_argument("--out", required=True, type=Path, metavar="CONSENTS.csv")
     grant.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
+    grant.add_argument("--force", action="store_true", help="replace OUT or the rejects file even if an earlier run did not write it")
     grant.set_defaults(func=grant_batch)
 
 
@@ -48,34 +52,69 @@ def _rejects_path(args: argparse.Namespace) -> Path:
     return args.rejects or args.out.with_name(args.out.name + ".rejects.csv")
 
 
-def _done_lines(path: Path, key: str, keep: Any) -> tuple[set[str], list[str]]:
-    """Complete lines of a previous run (a partial last line is dropped) and their keys."""
-    if not path.exists():
+class _Foreign(Exception):
+    """A line that no run of this command wrote."""
+
+
+def _previous_run(path: Path, key_of: Callable[[int, str], str | None], *, force: bool) -> tuple[set[str], list[str]]:
+    """Complete lines of an earlier run's output (a partial last line is dropped) and their keys.
+
+    `key_of(n, line)` is the key of a finished line, None for one to redo, or raises _Foreign.
+    The output is rewritten from these lines, so a file that is not such an output (another
+    command's, or an input given as --out by mistake) is refused unless --force.
+    """
+    if not os.path.lexists(path):
         return set(), []
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise BadInput(f"{path} is not a regular file")
+    foreign = BadInput(f"{path} exists and is not the output of an earlier run; give another --out, or --force to replace it")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        if not force:
+            raise foreign from None
+        lines = []
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
     done: set[str] = set()
-    lines: list[str] = []
-    raw = path.read_text(encoding="utf-8")
-    for line in raw.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        record = keep(line)
-        if record is not None:
-            done.add(record)
-            lines.append(line)
-    return done, lines
+    kept: list[str] = []
+    for n, line in enumerate(lines):
+        try:
+            key = key_of(n, line)
+        except _Foreign:
+            if not force:
+                raise foreign from None
+            continue
+        if key is not None:
+            done.add(key)
+            kept.append(line)
+    return done, kept
+
+
+def _check_rejects(args: argparse.Namespace) -> None:
+    """The rejects file is replaced on every run: refuse one that no earlier run wrote, unless --force."""
+    from node.client.batch import REJECTS_HEADER
+
+    path = _rejects_path(args)
+    if args.force or not os.path.lexists(path):
+        return
+    first = ""
+    if stat.S_ISREG(os.lstat(path).st_mode):  # never open a FIFO or device to look at it
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                first = f.readline(256)
+        except (OSError, UnicodeDecodeError):
+            pass
+    if first.rstrip("\r\n") != ",".join(REJECTS_HEADER):
+        raise BadInput(f"{path} exists and is not a rejects file of an earlier run; give another --rejects, "
+                       "or --force to replace it")
 
 
 def _rewrite(path: Path, lines: list[str], header: str | None = None) -> IO[str]:
-    """Atomically replace `path` with the kept lines; return it opened for appending."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        if header is not None and (not lines or lines[0] != header):
-            f.write(header)
-        f.writelines(lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return open(path, "a", encoding="utf-8", newline="")
+    """Atomically replace `path` with the kept lines (0600); return it open for appending."""
+    from node import files
+
+    return files.rewrite(path, ([header] if header is not None and (not lines or lines[0] != header) else []) + lines)
 
 
 def grant_batch(args: argparse.Namespace) -> int:
@@ -90,11 +129,16 @@ def grant_batch(args: argparse.Namespace) -> int:
     households, rejects = read_households(args.input, max_members=member.cfg.limits.max_subjects)
     header = "household,consent_id,receipt\n"
 
-    def key_of(line: str) -> str | None:
+    def key_of(n: int, line: str) -> str | None:
+        if n == 0:
+            if line != header:
+                raise _Foreign
+            return None
         parts = next(csv.reader([line]), [])
         return parts[0] if len(parts) == 3 and parts[0] != "household" else None
 
-    done, lines = _done_lines(args.out, "household", key_of)
+    _check_rejects(args)
+    done, lines = _previous_run(args.out, key_of, force=args.force)
     todo = [h for h in households if h.key not in done]
     out = _rewrite(args.out, lines, header)
     writer = csv.writer(out, lineterminator="\n")  # household keys may hold commas or quotes
@@ -184,14 +228,20 @@ def verify_batch(args: argparse.Namespace) -> int:
         else:
             rejects.append(_reject(h, "no consent for this household in the consents file"))
 
-    def key_of(line: str) -> str | None:
+    def key_of(_n: int, line: str) -> str | None:
+        from node.files import parse_json
+
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError:
-            return None
+            raise _Foreign from None
+        if not isinstance(record, dict) or not isinstance(record.get("household"), str) or \
+                not isinstance(record.get("routing"), dict):
+            raise _Foreign
         return record["household"] if complete(record) else None
 
-    done, lines = _done_lines(args.out, "household", key_of)
+    _check_rejects(args)
+    done, lines = _previous_run(args.out, key_of, force=args.force)
     todo = [(h, r) for h, r in ready if h.key not in done]
     out = _rewrite(args.out, lines)
     stats = {"households": 0, "incomplete": 0}

@@ -23,6 +23,7 @@ def register(sub: Any) -> None:
     synth.add_argument("--households", required=True, type=int, metavar="N", help="households per province")
     synth.add_argument("--seed", type=int, default=1, metavar="S")
     synth.add_argument("--out", required=True, type=Path, metavar="DIR")
+    synth.add_argument("--force", action="store_true", help="replace files an earlier run left in DIR")
     synth.add_argument("--json", action="store_true")
     synth.set_defaults(func=_synth)
 
@@ -65,7 +66,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     codes = [c.strip() for c in args.provinces.split(",") if c.strip()]
     try:
-        summary = generate(codes, args.households, args.seed, args.out)
+        summary = generate(codes, args.households, args.seed, args.out, replace=args.force)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     if args.json:

@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node import logs
 
     serving = args.command in ("node", "coordinator")
-    logs.configure(args.log_level or ("info" if serving else "warning"))
     try:
+        logs.configure(args.log_level or ("info" if serving else "warning"))  # an unknown level is BadInput
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("hedui: interrupted", file=sys.stderr)

@@ -89,12 +89,9 @@ def _wait(args: argparse.Namespace) -> int:
 
 def copy_secret(src: Path, dst: Path, *, private: bool) -> None:
     """Copy a key or certificate; private files are created 0600, never widened afterwards."""
-    data = src.read_bytes()
-    tmp = dst.with_name(dst.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dst)
+    from node import files
+
+    files.write_file(dst, src.read_bytes(), replace=True, mode=files.PRIVATE if private else files.PUBLIC)
 
 
 def install_member_keys(pki_dir: Path, member: str, data_dir: Path, *, linkage: bool) -> dict[str, str]:
@@ -193,9 +190,9 @@ def port_file_writer(path: Path | None) -> Any:
     """The on_ready hook of `serve --port-file FILE`: the bound port, written once serving."""
     def ready(port: int) -> None:
         if path is not None:  # written whole, then renamed: a reader never sees a partial file
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(f"{port}\n")
-            os.replace(tmp, path)
+            from node import files
+
+            files.write_file(path, f"{port}\n", replace=True, mode=files.PUBLIC)
     return ready
 
 

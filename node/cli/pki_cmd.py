@@ -44,9 +44,7 @@ def _register_revoke(pki_sub: Any) -> None:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    import shutil
-
-    from node import config
+    from node import config, files
     from node.crypto.revocation import CRL_FILE, revoke
 
     member = "coordinator" if args.coordinator else args.province
@@ -55,9 +53,7 @@ def _revoke(args: argparse.Namespace) -> int:
     if args.publish:
         cfg = config.load(args.publish)
         published = cfg.data_dir / CRL_FILE
-        tmp = published.with_name(CRL_FILE + ".tmp")
-        shutil.copyfile(report.path, tmp)
-        tmp.replace(published)
+        files.write_file(published, report.path.read_bytes(), replace=True, mode=files.PUBLIC)
     _say(args, {"crl": str(report.path), "crl_number": report.crl_number, "revoked": list(report.serials),
                 "published": str(published) if published else None},
          f"CRL #{report.crl_number} lists {len(report.serials)} revoked certificate(s): {report.path}"

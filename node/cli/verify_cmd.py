@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from node import files
 from node.client.query import VerifyResult
 from node.domain.regions import province_name
 from node.errors import BadInput
@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
     verify.add_argument("--deadline", type=float, default=None, metavar="SECONDS")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.add_argument("--save", type=Path, metavar="ANSWER_FILE", help="keep the signed answers for `hedui answer verify`")
+    verify.add_argument("--force", action="store_true", help="replace ANSWER_FILE if it exists")
     verify.set_defaults(func=run)
 
 
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     member = Member.from_config(args.config)
     if args.deadline is not None and args.deadline <= 0:
         raise BadInput("--deadline must be positive")
+    if args.save:
+        files.refuse_existing(args.save, replace=args.force)  # before anything is asked
     consent = None
     if args.consent:
         from node.client.coordinator import fetch_receipt
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = routed_verify(member, args.ids, args.purpose, args.checks, consent=consent, deadline_s=args.deadline)
     if args.save:
-        save_answers(args.save, result)
+        save_answers(args.save, result, replace=args.force)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
@@ -60,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(a.signature_valid for a in result.answers) else 1
 
 
-def save_answers(path: Path, result: VerifyResult) -> None:
-    """Write the signed answers (and the query they answer) atomically for offline checking."""
+def save_answers(path: Path, result: VerifyResult, *, replace: bool = False) -> None:
+    """Write the signed answers (and the query they answer) for offline checking: 0600, never over a file unasked."""
     data = {
         "format": ANSWER_FILE_FORMAT,
         "request_id": result.request_id,
@@ -71,11 +74,7 @@ def save_answers(path: Path, result: VerifyResult) -> None:
             for a in result.answers if a.signed is not None
         ],
     }
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # evidence about applicants: owner only
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    files.write_file(path, json.dumps(data, indent=1) + "\n", replace=replace)  # evidence about applicants: 0600
 
 
 def render(result: VerifyResult) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import csv
 import os
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -22,13 +23,14 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc import aio
 
+from node import files
 from node.client.client import translate
 from node.client.query import Answer, PreparedQuery, check_answer, locked_envelope
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.router import status_name
 from node.crypto import sealing, signing
 from node.crypto.tokens import possession_key, subject_token
-from node.domain import idnumber
+from node.domain import freetext, idnumber
 from node.domain.predicate import Check, parse_check, require_one_per_item
 from node.domain.regions import province_uri
 from node.errors import BadInput, HeduiError
@@ -54,9 +56,14 @@ class Household:
 
 @dataclass(frozen=True)
 class Reject:
+    """A rejected row: its line, its household key ("" when the key itself is unfit to write) and why."""
+
     line: int
     household: str
     reason: str
+
+
+REJECTS_HEADER: Final[tuple[str, ...]] = ("line", "household", "reason")
 
 
 def read_households(path: Path, *, max_members: int = 16) -> tuple[list[Household], list[Reject]]:
@@ -68,33 +75,15 @@ def read_households(path: Path, *, max_members: int = 16) -> tuple[list[Househol
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}") from None
     with f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise BadInput(f"{path} is not a regular file")
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["household", "id_number"] or \
-                (len(header) > 2 and header[2].strip() != "evidence_sha256") or len(header) > 3:
-            raise BadInput(f"{path}: header must be household,id_number[,evidence_sha256]")
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            key = row[0].strip() if row else ""
-            if len(row) not in (2, 3) or not key or len(key) > 64 or not key.isprintable():
-                bad.setdefault(key or f"line-{line}", []).append(Reject(line, key, "malformed row"))
-                continue
-            h = households.setdefault(key, Household(key))
-            h.lines.append(line)
-            try:
-                h.ids.append(idnumber.validate(row[1]))
-            except idnumber.InvalidIdNumber as exc:
-                bad.setdefault(key, []).append(Reject(line, key, str(exc)))
-                continue
-            if len(row) == 3 and row[2].strip():
-                try:
-                    digest = bytes.fromhex(row[2].strip())
-                    if len(digest) != 32:
-                        raise ValueError
-                    h.evidence = digest
-                except ValueError:
-                    bad.setdefault(key, []).append(Reject(line, key, "evidence_sha256 must be 64 hex digits"))
+        try:
+            _read_rows(path, reader, households, bad)
+        except csv.Error:
+            raise BadInput(f"{path}: line {reader.line_num} is not well-formed CSV") from None
+        except UnicodeDecodeError:
+            raise BadInput(f"{path}: not valid UTF-8 (after line {reader.line_num})") from None
     good: list[Household] = []
     rejects: list[Reject] = [r for rs in bad.values() for r in rs if r.household not in households]
     for key, h in households.items():
@@ -111,15 +100,48 @@ def read_households(path: Path, *, max_members: int = 16) -> tuple[list[Househol
     return good, rejects
 
 
+def _read_rows(path: Path, reader: Any, households: dict[str, Household], bad: dict[str, list[Reject]]) -> None:
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["household", "id_number"] or \
+            (len(header) > 2 and header[2].strip() != "evidence_sha256") or len(header) > 3:
+        raise BadInput(f"{path}: header must be household,id_number[,evidence_sha256]")
+    for line, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        key = row[0].strip()
+        # The key is written to the output and rejects files: one that may not be is never kept.
+        unfit = freetext.problem("household key", key, max_len=freetext.HOUSEHOLD_KEY_MAX) if key else "malformed row"
+        if unfit is not None:
+            bad.setdefault(f"\0line-{line}", []).append(Reject(line, "", unfit))
+            continue
+        if len(row) not in (2, 3):
+            bad.setdefault(key, []).append(Reject(line, key, "malformed row"))
+            continue
+        h = households.setdefault(key, Household(key))
+        h.lines.append(line)
+        try:
+            h.ids.append(idnumber.validate(row[1]))
+        except idnumber.InvalidIdNumber as exc:
+            bad.setdefault(key, []).append(Reject(line, key, str(exc)))
+            continue
+        if len(row) == 3 and row[2].strip():
+            try:
+                digest = bytes.fromhex(row[2].strip())
+                if len(digest) != 32:
+                    raise ValueError
+                h.evidence = digest
+            except ValueError:
+                bad.setdefault(key, []).append(Reject(line, key, "evidence_sha256 must be 64 hex digits"))
+
+
 def write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
-    """Rejected rows by line number (never the ID number itself)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    """Rejected rows by line number, household key and reason; never an ID number (0600, atomic)."""
+    with files.atomic(path, replace=True) as f:
         w = csv.writer(f)
-        w.writerow(["line", "household", "reason"])
+        w.writerow(REJECTS_HEADER)
         for r in rejects:
-            w.writerow([r.line, r.household, r.reason])
-    os.replace(tmp, path)
+            fit = freetext.problem("household key", r.household, max_len=freetext.HOUSEHOLD_KEY_MAX) is None
+            w.writerow([r.line, r.household if fit else "", idnumber.redact(r.reason)])
 
 
 class BatchSession:
@@ -307,6 +329,6 @@ def parse_checks(exprs: Sequence[str], member: Member, purpose: str) -> list[Che
     return checks
 
 
-__all__ = ["BatchSession", "HeduiError", "Household", "Reject", "chunked", "complete", "parse_checks", "pipeline",
+__all__ = ["REJECTS_HEADER", "BatchSession", "HeduiError", "Household", "Reject", "chunked", "complete", "parse_checks", "pipeline",
            "read_households", "write_rejects"]
 _ = common_pb2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
@@ -13,11 +12,13 @@ from typing import Any, Final
 
 import grpc
 
+from node import files
 from node.client.client import translate
 from node.client.query import validate_household
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import Entry, verify_directory
 from node.crypto.tokens import subject_token
+from node.domain import freetext
 from node.errors import BadInput
 from node.member import Member
 from node.server import tls
@@ -25,6 +26,8 @@ from node.service.consent import SALT_BYTES, commitment, parse_receipt
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 DAY_MS: Final[int] = 24 * 3600 * 1000
+#: The largest scanned consent form hashed for a grant (only its SHA-256 is sent).
+MAX_EVIDENCE_BYTES: Final[int] = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,10 @@ class CoordinatorClient:
                 raise BadInput(f"unknown scope category {scope!r}; known: {', '.join(m.catalogue.categories)}")
         if not 1 <= days <= 366:
             raise BadInput("--days must be 1 to 366")
+        case_reference = freetext.case_reference(case_reference)  # stored in the ledger, sent in every query
         digest = b""
         if evidence is not None:
-            try:
-                digest = hashlib.sha256(evidence.read_bytes()).digest()
-            except OSError as exc:
-                raise BadInput(f"cannot read evidence file {evidence}: {exc.strerror}") from None
+            digest = files.sha256_of(evidence, max_bytes=MAX_EVIDENCE_BYTES, what="evidence file")
         salt = os.urandom(SALT_BYTES)
         now_ms = int(time.time() * 1000)
         body = coordinator_pb2.ConsentRequestBody(

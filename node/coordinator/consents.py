@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 import time
@@ -14,7 +13,7 @@ from google.protobuf.message import DecodeError
 
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
-from node.domain import request_ids
+from node.domain import freetext, request_ids
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
 from node.errors import ErrorCode, Refusal
@@ -27,7 +26,6 @@ REVOKE: Final[str] = "consent.revoke"
 CONSENT_REQUEST_DOMAIN: Final[str] = "hedui/v1/consent-request"
 MAX_VALIDITY_MS: Final[int] = 366 * 24 * 3600 * 1000
 REVOKE_REASONS: Final[frozenset[str]] = frozenset({"applicant_withdrew", "case_closed", "registered_in_error", "other"})
-_CASE_RE: Final = re.compile(r"[A-Za-z0-9._/-]{0,64}")
 
 
 @dataclass
@@ -153,8 +151,10 @@ class ConsentRegistry:
             raise Refusal(ErrorCode.MALFORMED, "validity window must be positive and at most 366 days")
         if req.not_after_ms < now_ms:
             raise Refusal(ErrorCode.CONSENT_EXPIRED)
-        if not _CASE_RE.fullmatch(req.case_reference):
-            raise Refusal(ErrorCode.MALFORMED, "case reference must be up to 64 characters of [A-Za-z0-9._/-]")
+        try:
+            freetext.case_reference(req.case_reference)  # kept in the ledger: never an ID number
+        except freetext.FreeTextRefused as exc:
+            raise Refusal(ErrorCode.MALFORMED, str(exc)) from None
         if req.evidence_digest and (req.evidence_algorithm != "sha256" or len(req.evidence_digest) != 32):
             raise Refusal(ErrorCode.MALFORMED, "evidence digest must be a SHA-256")
         if not self.replay.remember(req.requester, req.nonce, req.issued_at_ms):

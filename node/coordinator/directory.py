@@ -7,7 +7,6 @@ that a sealing key really belongs to that province: the coordinator cannot swap 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
+from node import files
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain.regions import COORDINATOR_URI
@@ -126,9 +126,8 @@ class Directory:
         return entry
 
     def _persist(self) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"members": [a.SerializeToString().hex() for a in self._announcements.values()]}))
-        os.replace(tmp, self.path)
+        files.write_file(self.path, json.dumps({"members": [a.SerializeToString().hex() for a in self._announcements.values()]}),
+                         replace=True)
         self._stamp = self.path.stat().st_mtime_ns
 
     def entries(self) -> dict[str, Entry]:

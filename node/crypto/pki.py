@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import ipaddress
-import os
 import re
-import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from node import files
 from node.crypto import tokens
 from node.crypto.errors import CertificateRejected, PkiError
 from node.domain.regions import COORDINATOR_URI, is_province, province_uri
@@ -399,17 +398,7 @@ def _hex_line(raw: bytes) -> bytes:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     """Replace `path` atomically with `data`; the file is created with `mode` (never chmod-ed)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    files.write_file(path, data, replace=True, mode=mode)  # issuing again replaces: that is rotation
 
 
 # ---------------------------------------------------------------------------------------------

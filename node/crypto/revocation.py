@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from node import files
 from node.crypto.errors import CertificateRejected, PkiError
 from node.crypto.pki import TrustAnchor, load_cert, load_private_key, member_paths
 
@@ -80,9 +80,7 @@ def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] =
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
     crl = builder.sign(ca_key, hashes.SHA256())
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    os.replace(tmp, path)
+    files.write_file(path, crl.public_bytes(serialization.Encoding.PEM), replace=True, mode=files.PUBLIC)
     return RevocationReport(path, tuple(sorted(entries)), number)
 
 

@@ -12,6 +12,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
+from node.domain import freetext
 from node.errors import BadInput
 
 CATALOGUE_FILE: Final[str] = "catalogue.toml"
@@ -262,6 +263,5 @@ def _item(path: Path | Traversable, n: int, entry: Any) -> Item:
 
 
 def _show(code: object) -> str:
-    """A one-line, bounded rendering of a user-supplied code for error messages."""
-    text = repr(code)
-    return text if len(text) <= 70 else text[:67] + "..."
+    """A one-line, bounded rendering of a user-supplied code, ID-number-like runs masked."""
+    return freetext.show(code, 70)

@@ -1,14 +1,17 @@
-"""Resident ID numbers (GB 11643-1999): validation, check character, and generation for tests.
+"""Resident ID numbers (GB 11643-1999): validation, check character, scanning text, and generation for tests.
 
 An ID number is 18 characters: a 6-digit region code (its first two digits are a province),
 an 8-digit birth date, a 3-digit sequence (odd for men) and a check character computed with
-ISO 7064 MOD 11-2. Error messages never repeat the number itself.
+ISO 7064 MOD 11-2. Error messages never repeat the number itself. `contains_id_number` is the
+one scan every layer uses on text it stores, sends or logs; `redact` masks ID-number-like runs
+of digits in text shown to people.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import re
+import unicodedata
 from typing import Final
 
 from node.domain.regions import is_province
@@ -18,8 +21,13 @@ _WEIGHTS: Final[tuple[int, ...]] = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 
 _CHECK: Final[str] = "10X98765432"
 _DIGITS: Final[frozenset[str]] = frozenset("0123456789")
 _EARLIEST_BIRTH: Final[_dt.date] = _dt.date(1900, 1, 1)
-_WINDOW_RE: Final = re.compile(r"(?=(\d{17}[\dXx]))")
-_RUN_17_DIGITS: Final = re.compile(r"\d{17}")
+# 17 digits (any script), maybe grouped by single spaces or hyphens: the cheap test, in C.
+_RUN_17: Final = re.compile(r"\d(?:[ \t-]?\d){16}")
+_GROUPING: Final = re.compile(r"(?<=[0-9])[ \t-](?=[0-9Xx])")
+_WINDOW: Final = re.compile(r"(?=([0-9]{17}[0-9Xx]))")
+# What `redact` masks: a run of 15 or more digits (with a check character), or 17 grouped ones.
+_ID_LIKE: Final = re.compile(r"(?<!\d)(?:\d{15,}[XxＸｘ]?|\d(?:[ \t-]?\d){16}(?:[ \t-]?[\dXxＸｘ])?)")
+REDACTED: Final[str] = "[ID-number-like value removed]"
 
 
 class InvalidIdNumber(BadInput):
@@ -70,10 +78,21 @@ def is_valid(raw: str) -> bool:
 
 
 def contains_id_number(text: str) -> bool:
-    """True when any 18-character window of `text` is a valid ID number (the project's one ID scan)."""
-    if len(text) < 18 or _RUN_17_DIGITS.search(text) is None:  # the common case, in C
+    """True when `text` holds a valid ID number anywhere: full-width digits and 6-8-4 style groupings count."""
+    if len(text) < 18 or _RUN_17.search(text) is None:  # the common case, in C
         return False
-    return any(is_valid(m.group(1)) for m in _WINDOW_RE.finditer(text))
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)  # full-width digits and X, ideographic spaces
+    if _GROUPING.search(text) is not None:
+        text = _GROUPING.sub("", text)
+    return any(is_valid(m.group(1)) for m in _WINDOW.finditer(text))
+
+
+def redact(text: str) -> str:
+    """`text` with every ID-number-like run of digits (valid or not) replaced by a marker."""
+    if len(text) < 15:
+        return text
+    return _ID_LIKE.sub(REDACTED, text)
 
 
 def make(region: str, birth: _dt.date, sequence: int) -> str:

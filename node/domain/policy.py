@@ -10,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from node.domain import freetext
 from node.domain.catalogue import (
     Catalogue,
     load_catalogue,
@@ -121,6 +122,5 @@ def _purpose(path: Path | Traversable, code: str, body: Any, catalogue: Catalogu
 
 
 def _show(code: object) -> str:
-    """A one-line, bounded rendering of a user-supplied code for error messages."""
-    text = repr(code)
-    return text if len(text) <= 70 else text[:67] + "..."
+    """A one-line, bounded rendering of a user-supplied code, ID-number-like runs masked."""
+    return freetext.show(code, 70)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from node.domain import freetext, idnumber
 from node.errors import BadInput
 
 INT64_MIN: Final[int] = -(2**63)
@@ -96,6 +97,8 @@ def parse_check(expr: str) -> Check:
         raise MalformedCheck("check is empty")
     if len(expr) > _MAX_EXPR:
         raise MalformedCheck(f"check is longer than {_MAX_EXPR} characters")
+    if idnumber.contains_id_number(expr):  # pasted into the wrong flag: never sent (no item's bound is that large)
+        raise MalformedCheck("check must not contain an ID number")
     shown = _show(expr)
     match = _SPLIT_RE.match(expr)
     if match is None:
@@ -145,6 +148,5 @@ def require_one_per_item(checks: Iterable[Check]) -> None:
 
 
 def _show(text: str) -> str:
-    """The user's expression on one bounded line (newlines and controls escaped by repr)."""
-    shown = repr(text)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    """The user's expression on one bounded line, ID-number-like runs masked (freetext.show)."""
+    return freetext.show(text, 80)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from typing import Any, Final, TypeVar
 
@@ -136,12 +135,13 @@ class CoordinatorLink:
         reply = await self._stub.Revocations(coordinator_pb2.RevocationsRequest(known_sha256=self._crl_digest), timeout=3)
         if reply.crl_der and reply.sha256 != self._crl_digest:
             count = revocation.apply(self.member.anchor, reply.crl_der)
-            tmp = self.member.crl_path.with_name("crl.pem.tmp")
             from cryptography import x509
             from cryptography.hazmat.primitives.serialization import Encoding
 
-            tmp.write_bytes(x509.load_der_x509_crl(reply.crl_der).public_bytes(Encoding.PEM))
-            os.replace(tmp, self.member.crl_path)
+            from node import files
+
+            files.write_file(self.member.crl_path, x509.load_der_x509_crl(reply.crl_der).public_bytes(Encoding.PEM),
+                             replace=True, mode=files.PUBLIC)
             self._crl_digest = reply.sha256
             self.log.info("revocations_applied", revoked=count)
 

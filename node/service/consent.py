@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain import idnumber
 from node.domain.predicate import Check
 from node.domain.regions import COORDINATOR_URI
 from node.errors import ErrorCode, Refusal
@@ -95,6 +96,8 @@ class ReceiptGate:
         body = self._verified.get(key)
         if body is None:
             body = parse_receipt(receipt, self.verifier)
+            if idnumber.contains_id_number(body.case_reference):  # registered before the coordinator refused these
+                raise Refusal(ErrorCode.CONSENT_INVALID, "consent case reference holds an ID number; register it again")
             self._verified[key] = body
             if len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)

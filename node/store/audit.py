@@ -50,7 +50,6 @@ import binascii
 import concurrent.futures
 import hashlib
 import json
-import os
 import re
 import sqlite3
 import struct
@@ -67,6 +66,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 from google.protobuf.message import DecodeError
 
+from node import files
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain import idnumber, request_ids
@@ -847,7 +847,7 @@ class Checkpoint:
     @classmethod
     def parse(cls, body: bytes) -> Checkpoint:
         try:
-            raw = json.loads(body)
+            raw = files.parse_json(body)
         except (ValueError, UnicodeDecodeError):
             raise CheckpointInvalid("checkpoint body is not JSON") from None
         if not isinstance(raw, dict) or set(raw) != CHECKPOINT_KEYS:
@@ -957,7 +957,7 @@ def read_checkpoint_blobs(path: Path) -> list[tuple[int, bytes | None, str | Non
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            raw = files.parse_json(line)
             out.append((n, base64.b64decode(raw["blob"], validate=True), None))
         except (ValueError, KeyError, TypeError, binascii.Error):
             out.append((n, None, "not a checkpoint line"))
@@ -974,12 +974,7 @@ class CheckpointFile:
         """Append one line and fsync it."""
         line = (signed.to_json_line() + "\n").encode()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            files.append(self.path, line)  # 0600, a planted symlink refused
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
 

@@ -60,6 +60,7 @@ from typing import Any, Final
 
 from node import __version__
 from node.errors import BadInput
+from node.files import parse_json, write_file
 from node.store.chain import GENESIS, HASH_BYTES, HashChain
 from node.store.errors import StoreCorrupt, StoreError
 
@@ -235,7 +236,7 @@ def _read_state_file(path: Path) -> bytes | None:
     try:
         for line in lines:
             if line.strip():
-                json.loads(line)
+                parse_json(line)
     except ValueError:
         raise BackupCorrupt(f"{path} is not valid JSON") from None
     return data
@@ -408,7 +409,7 @@ def _read_manifest(backup_dir: Path) -> tuple[dict[str, Any], list[BackupFile]]:
         raise BackupError(f"cannot read {path}: {exc.strerror}") from None
     bad = f"backup {backup_dir}: {MANIFEST} is malformed"
     try:
-        manifest = json.loads(raw)
+        manifest = parse_json(raw)
     except ValueError:
         raise BackupCorrupt(bad) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -530,11 +531,7 @@ def _hash_file(path: Path) -> tuple[int, str]:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    write_file(path, data)
 
 
 def _fsync_file(path: Path) -> None:

@@ -1,12 +1,12 @@
 """Ingest of departmental data files (CSV or JSONL) into the store, all-or-nothing per file.
 
 Every row is checked: ID number (GB 11643, known province, birth date), catalogue attribute,
-value by item type, as-of date, source. A file with any bad row is rejected whole, listing
-every bad line and why; reasons never contain the ID number or the value. Rows are written
-inside one transaction as they pass, and the transaction is rolled back when any line of the
-file turns out bad, so a rejected file leaves the store exactly as it was. Raw ID numbers
-become subject tokens (and possession keys, node.crypto.possession) at once and are never
-written.
+value by item type, as-of date, source (free text: one holding an ID number is refused). A
+file with any bad row is rejected whole, listing every bad line and why; reasons never
+contain the ID number or the value. Rows are written inside one transaction as they pass,
+and the transaction is rolled back when any line of the file turns out bad, so a rejected
+file leaves the store exactly as it was. Raw ID numbers become subject tokens (and
+possession keys, node.crypto.possession) at once and are never written.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as _dt
-import json
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from node.crypto.tokens import possession_key, subject_token
+from node.files import parse_json
 from node.domain import idnumber
 from node.domain.catalogue import Catalogue, Item
 from node.errors import BadInput
@@ -295,7 +295,7 @@ class _Validator:
                 continue
             self.n_rows += 1
             try:
-                record = json.loads(text)
+                record = parse_json(text)  # nesting too deep for the parser is bad JSON too
             except ValueError:
                 errors.append((line, "line is not valid JSON"))
                 continue
@@ -404,6 +404,8 @@ def _source_reason(source: str) -> str | None:
         return "source contains control or non-printable characters"
     if source != source.strip():
         return "source starts or ends with whitespace"
+    if idnumber.contains_id_number(source):  # stored with every fact: never a person's ID number
+        return "source must not contain an ID number"
     return None
 
 
