@@ -2,12 +2,19 @@
 
 gRPC Python checks no revocation itself, so every call checks its peer's certificates against
 the anchor's revoked serials (node.server.edge), also on connections opened before the revocation.
+
+CRL numbers never go backwards: each member keeps the newest CRL it accepted in
+`crl-state.json` (outside `crl.pem`, fsynced) and refuses an older one, whether it arrives from
+the coordinator or is put back in place of `crl.pem`; the newest stays applied.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import fcntl
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +29,12 @@ from node.crypto.errors import CertificateRejected, PkiError
 from node.crypto.pki import TrustAnchor, load_cert, load_private_key, member_paths
 
 CRL_FILE: Final[str] = "crl.pem"
+CRL_STATE_FILE: Final[str] = "crl-state.json"
+_STATE_FORMAT: Final[str] = "hedui-crl-state/1"
+
+
+class CrlRollback(CertificateRejected):
+    """A genuine CRL older than (or contradicting) the newest this member accepted."""
 NEXT_UPDATE: Final[dt.timedelta] = dt.timedelta(days=7)
 
 
@@ -86,19 +99,35 @@ def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] =
     return RevocationReport(path, tuple(sorted(entries)), number)
 
 
-def crl_serials(data: bytes, anchor: TrustAnchor) -> frozenset[int]:
-    """The revoked serials of a CRL (PEM or DER) after checking the CA's signature on it."""
+def _load(data: bytes) -> x509.CertificateRevocationList:
     try:
-        crl = x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
+        return x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
     except ValueError:
         raise CertificateRejected("revocation list does not parse") from None
+
+
+def _verified(data: bytes, anchor: TrustAnchor) -> x509.CertificateRevocationList:
+    crl = _load(data)
     if crl.issuer != anchor.ca_cert.subject or not crl.is_signature_valid(anchor.ca_cert.public_key()):  # type: ignore[arg-type]
         raise CertificateRejected("revocation list not signed by the federation CA")
-    return frozenset(r.serial_number for r in crl)
+    return crl
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    """The CRL's CRLNumber (0 when it has none)."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
+
+
+def crl_serials(data: bytes, anchor: TrustAnchor) -> frozenset[int]:
+    """The revoked serials of a CRL (PEM or DER) after checking the CA's signature on it."""
+    return frozenset(r.serial_number for r in _verified(data, anchor))
 
 
 def apply(anchor: TrustAnchor, data: bytes) -> int:
-    """Replace the anchor's revoked serials with those of a verified CRL; return their number."""
+    """Add the revoked serials of a verified CRL to the anchor's; return their number."""
     serials = crl_serials(data, anchor)
     anchor.revoked_serials = anchor.revoked_serials | serials
     return len(serials)
@@ -114,24 +143,107 @@ def der_and_digest(path: Path) -> tuple[bytes, bytes]:
 
 
 class CrlFile:
-    """A CRL file kept applied to an anchor: re-read when it changes (the coordinator's copy)."""
+    """A member's CRL: the file (re-read when it changes) and the newest CRL it accepted, kept applied to an anchor.
 
-    def __init__(self, path: Path, anchor: TrustAnchor) -> None:
+    `state_path` (DATA_DIR/crl-state.json) remembers the newest accepted CRL durably; without it
+    (tests, tools) only this process remembers. `der`/`digest` are always the newest accepted.
+    """
+
+    def __init__(self, path: Path, anchor: TrustAnchor, state_path: Path | None = None) -> None:
         self.path = path
         self.anchor = anchor
+        self.state_path = state_path
         self._stamp: int | None = None
+        self.number = -1  # nothing accepted yet
         self.der = b""
         self.digest = b""
 
+    def load(self) -> str | None:
+        """Apply the remembered newest CRL, then the file; the reason when the file was refused as older."""
+        state = self._read_state()
+        if state is not None:
+            self._take(state, _verified(state, self.anchor), persist=False)
+        try:
+            self.refresh()
+        except CrlRollback as exc:
+            return str(exc)
+        return None
+
     def refresh(self) -> bool:
-        """Re-read and apply the file if it changed; True when something new was applied."""
+        """Re-read and accept the file if it changed; True when something new was applied.
+
+        Raises CrlRollback (once per change of the file) when it is older than the newest accepted.
+        """
         try:
             stamp = self.path.stat().st_mtime_ns
         except FileNotFoundError:
             return False
         if stamp == self._stamp:
             return False
+        self._stamp = stamp
         der, digest = der_and_digest(self.path)
-        apply(self.anchor, der)
-        self._stamp, self.der, self.digest = stamp, der, digest
+        if digest == self.digest:
+            return False
+        self.accept(der)
         return True
+
+    def accept(self, data: bytes) -> int:
+        """Apply a verified CRL that is at least as new as the newest accepted; return its serial count."""
+        crl = _verified(data, self.anchor)
+        der = crl.public_bytes(serialization.Encoding.DER)
+        number = crl_number(crl)
+        if number < self.number:
+            raise CrlRollback(f"revocation list #{number} is older than #{self.number}, already accepted: kept #{self.number}")
+        if number == self.number and hashlib.sha256(der).digest() != self.digest:
+            raise CrlRollback(f"another revocation list with number #{number} than the one accepted: kept it")
+        return self._take(der, crl, persist=True)
+
+    def _take(self, der: bytes, crl: x509.CertificateRevocationList, *, persist: bool) -> int:
+        serials = frozenset(r.serial_number for r in crl)
+        self.anchor.revoked_serials = self.anchor.revoked_serials | serials
+        number = crl_number(crl)
+        if number > self.number:
+            if persist and self.state_path is not None:
+                self._write_state(der, number)
+            self.number, self.der, self.digest = number, der, hashlib.sha256(der).digest()
+        return len(serials)
+
+    def _read_state(self) -> bytes | None:
+        if self.state_path is None:
+            return None
+        try:
+            data = json.loads(self.state_path.read_bytes())
+            if data["format"] != _STATE_FORMAT:
+                raise ValueError
+            return base64.b64decode(data["crl"], validate=True)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            raise PkiError(f"{self.state_path} is damaged: put the federation's current CRL in {self.path} "
+                           "and remove it") from None
+
+    def _write_state(self, der: bytes, number: int) -> None:
+        """Record the newest CRL (under a lock on the data dir: node and CLI may both write it)."""
+        assert self.state_path is not None
+        directory = self.state_path.parent
+        text = json.dumps({"format": _STATE_FORMAT, "crl_number": number, "sha256": hashlib.sha256(der).hexdigest(),
+                           "crl": base64.b64encode(der).decode()}).encode()
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                held = self._read_state()
+                if held is not None and crl_number(_load(held)) >= number:
+                    return
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.state_path)
+                os.fsync(lock)
+            finally:
+                os.close(lock)
+        except OSError as exc:
+            raise PkiError(f"cannot record the accepted CRL in {self.state_path}: {exc.strerror}") from None

@@ -20,6 +20,8 @@ OUTCOMES = Counter("hedui_outcomes_total", "Check outcomes answered", ["member",
 FANOUT = Counter("hedui_fanout_total", "Routed calls by destination province and status",
                  ["member", "province", "status"], registry=REGISTRY)
 REFUSALS = Counter("hedui_refusals_total", "Refused calls by reason", ["member", "reason"], registry=REGISTRY)
+LEDGER_CHANGES = Counter("hedui_ledger_changes_total", "Coordinator ledger epochs started or gone back, as a node saw them "
+                         "(kind: new_epoch, restored, rolled_back, replaced)", ["member", "kind"], registry=REGISTRY)
 AUDIT_LENGTH = Gauge("hedui_audit_chain_length", "Entries in the audit chain", ["member"], registry=REGISTRY)
 
 
@@ -49,6 +51,9 @@ class MemberMetrics:
 
     def fanout(self, province: str, status: str) -> None:
         FANOUT.labels(self.member, province, status).inc()
+
+    def ledger_change(self, kind: str) -> None:
+        LEDGER_CHANGES.labels(self.member, kind).inc()
 
     def audit_length(self, n: int) -> None:
         AUDIT_LENGTH.labels(self.member).set(n)
