@@ -37,7 +37,10 @@ def register(sub: Any) -> None:
         "restore", help="restore a backup into a stopped member's data dir",
         description="Check a backup (manifest SHA-256s, integrity, hash chains) and install it into the "
                     "config's data dir. The node must be stopped. Existing databases are refused unless "
-                    "--force, which moves them (with their -wal/-shm) to DATA_DIR/pre-restore-<time>/.")
+                    "--force, which moves them (with their -wal/-shm) to DATA_DIR/pre-restore-<time>/. A "
+                    "coordinator's consent ledger then starts a new epoch: nodes refuse every consent registered "
+                    "after the backup's head (a warning names it) and revocations the replaced ledger held are "
+                    "re-applied.")
     restore.add_argument("--config", required=True, type=Path, metavar="FILE")
     restore.add_argument("--from", dest="backup_dir", required=True, type=Path, metavar="DIR")
     restore.add_argument("--force", action="store_true",
