@@ -55,8 +55,14 @@ def read_crl(path: Path) -> x509.CertificateRevocationList | None:
         raise PkiError(f"{path} is not a CRL") from None
 
 
-def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] = ()) -> RevocationReport:
-    """Add a member's current certificates (or given serials) to the federation CRL; re-sign it."""
+def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] = (),
+           newer_than: bytes | None = None) -> RevocationReport:
+    """Add a member's current certificates (or given serials) to the federation CRL; re-sign it.
+
+    `newer_than` (a CA-signed CRL, e.g. the newest one the coordinator accepted) is merged in and
+    numbered past, so a PKI directory restored with an older crl.pem still issues a CRL that
+    members accept and that un-revokes nothing.
+    """
     wanted = set(serials)
     if member is not None:
         paths = member_paths(pki_dir, member)
@@ -71,17 +77,14 @@ def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] =
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise PkiError("the CA key is not an ECDSA key")
     path = pki_dir / CRL_FILE
-    previous = read_crl(path)
+    earlier = [crl for crl in (read_crl(path),) if crl is not None]
+    if newer_than:
+        earlier.append(_verified(newer_than, TrustAnchor(ca_cert)))
     now = dt.datetime.now(dt.UTC)
-    entries = {r.serial_number: r.revocation_date_utc for r in previous} if previous is not None else {}
+    entries = {r.serial_number: r.revocation_date_utc for crl in earlier for r in crl}
     for serial in wanted:
         entries.setdefault(serial, now)
-    number = 1
-    if previous is not None:
-        try:
-            number = previous.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-        except x509.ExtensionNotFound:
-            number = 1
+    number = max((crl_number(crl) for crl in earlier), default=0) + 1
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
@@ -97,6 +100,26 @@ def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] =
     tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     os.replace(tmp, path)
     return RevocationReport(path, tuple(sorted(entries)), number)
+
+
+def accepted_crl(data_dir: Path) -> bytes | None:
+    """The newest CRL the member with this data dir accepted (crl-state.json, else crl.pem), unverified."""
+    state = _read_state(data_dir / CRL_STATE_FILE, data_dir / CRL_FILE)
+    return state if state is not None else der_and_digest(data_dir / CRL_FILE)[0] or None
+
+
+def _read_state(state_path: Path, crl_path: Path) -> bytes | None:
+    """The DER of the CRL recorded in a crl-state.json; None when there is none."""
+    try:
+        data = json.loads(state_path.read_bytes())
+        if data["format"] != _STATE_FORMAT:
+            raise ValueError
+        return base64.b64decode(data["crl"], validate=True)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PkiError(f"{state_path} is damaged: put the federation's current CRL in {crl_path} "
+                       "and remove it") from None
 
 
 def _load(data: bytes) -> x509.CertificateRevocationList:
@@ -209,18 +232,7 @@ class CrlFile:
         return len(serials)
 
     def _read_state(self) -> bytes | None:
-        if self.state_path is None:
-            return None
-        try:
-            data = json.loads(self.state_path.read_bytes())
-            if data["format"] != _STATE_FORMAT:
-                raise ValueError
-            return base64.b64decode(data["crl"], validate=True)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):
-            raise PkiError(f"{self.state_path} is damaged: put the federation's current CRL in {self.path} "
-                           "and remove it") from None
+        return None if self.state_path is None else _read_state(self.state_path, self.path)
 
     def _write_state(self, der: bytes, number: int) -> None:
         """Record the newest CRL (under a lock on the data dir: node and CLI may both write it)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from node.client.client import PeerRefused, PeerUnreachable
 from node.crypto.revocation import revoke
@@ -195,3 +196,29 @@ def test_an_old_genuine_crl_put_back_does_not_unrevoke_after_restart(planted: di
         fed.start_node("44")
         assert "revoked" in answer(fed, consent, "32")
         assert answer(fed, fed.grant("51", [WORKER], "dibao")) == ANSWERED
+
+
+def test_a_crl_issued_from_a_restored_pki_dir_keeps_every_revocation(planted: dict[str, Path], tmp_path: Path) -> None:
+    """`pki revoke --publish` after the PKI's crl.pem went back to an older copy issues a CRL numbered past the
+    published one and still listing what it revoked, so members accept it and un-revoke nothing."""
+    with run_cluster(["51", "44", "32"], root=tmp_path, data=planted) as fed:
+        consent = fed.grant("32", [WORKER], "dibao")
+        coord = fed.coordinator_config
+
+        def publish(*who: object) -> None:
+            assert hedui("pki", "revoke", "--pki", fed.pki, *who, "--publish", coord).returncode == 0
+            fed.servers["coordinator"].crl.refresh()
+            fed.loop.run(fed.servers["44"].link.sync_certificate_revocations())
+
+        publish("--serial", 1234567)
+        old_pki_crl = (fed.pki / "crl.pem").read_bytes()
+        publish("--province", "32")
+        (fed.pki / "crl.pem").write_bytes(old_pki_crl)  # the PKI directory restored from an older backup
+        publish("--serial", 7654321)
+        fed.stop_node("44")
+        fed.stop_node("coordinator")
+        fed.start_coordinator()
+        fed.start_node("44")
+        assert "revoked" in answer(fed, consent, "32")
+        published = x509.load_pem_x509_crl((coordinator_dir(fed) / "crl.pem").read_bytes())
+        assert published.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 3
