@@ -112,37 +112,34 @@ class RevocationView:
         if prev is None:
             self.limits = {**dict(head.lineage), head.epoch: None}
             return None
-        # The coordinator's after_hash is for our last head when we asked from it.
-        checked = after_hash is not None and self.cursor == prev.index > 0
+        # When we asked from our last head and the ledger reaches it, after_hash must be the hash we saw there.
+        diverged = (after_hash is not None and self.cursor == prev.index > 0 and head.index >= prev.index
+                    and after_hash != prev.hash)
         if head.ledger_id == prev.ledger_id and head.epoch == prev.epoch:
-            if head.index < prev.index:
-                kept = head.index
-            elif checked and after_hash != prev.hash:
-                kept = 0  # history rewritten somewhere at or before our head: nothing of this epoch is certain
-            else:
+            if head.index >= prev.index and not diverged:
                 return None
+            # Shorter: keep what is left. Different at our head: history rewritten somewhere before it.
+            kept = 0 if diverged else head.index
             self.limits[head.epoch] = _lower(self.limits.get(head.epoch), kept)
             return LedgerChange("rolled_back", prev.index, head.index, kept)
-        lineage = dict(head.lineage)
-        same_ledger = head.ledger_id == prev.ledger_id
-        kept = lineage.get(prev.epoch, 0) if same_ledger else 0
-        if checked and kept >= prev.index and after_hash != prev.hash:
-            kept = 0
-        limits: dict[bytes, int | None] = {e: n for e, n in lineage.items() if e not in self.limits}
+        return self._new_epoch(prev, head, diverged)
+
+    def _new_epoch(self, prev: LedgerHead, head: LedgerHead, diverged: bool) -> LedgerChange:
+        """Follow the ledger into another epoch: earlier epochs keep at most what its lineage says."""
+        lineage = dict(head.lineage) if head.ledger_id == prev.ledger_id else {}
+        kept = lineage.get(prev.epoch, 0)
+        if diverged and kept >= prev.index:
+            kept = 0  # the lineage claims our head, but the entry there is another one
+        limits: dict[bytes, int | None] = {e: n for e, n in head.lineage if e not in self.limits}
         for epoch, limit in self.limits.items():
             if epoch == head.epoch:
                 limits[epoch] = limit  # an epoch we knew as earlier is current again: it keeps its bound
-            elif same_ledger and epoch in lineage:
-                limits[epoch] = _lower(limit, lineage[epoch])
             else:
-                limits[epoch] = 0
-        limits[prev.epoch] = _lower(limits.get(prev.epoch), kept) if prev.epoch != head.epoch else limits[prev.epoch]
+                limits[epoch] = _lower(limit, lineage.get(epoch, 0))
+        limits[prev.epoch] = _lower(limits[prev.epoch], kept)
         limits.setdefault(head.epoch, None)
         self.limits = limits
-        if not same_ledger or prev.epoch not in lineage or kept == 0 < prev.index:
-            kind = "replaced"
-        else:
-            kind = "restored" if kept < prev.index else "new_epoch"
+        kind = "replaced" if kept == 0 else "restored" if kept < prev.index else "new_epoch"
         return LedgerChange(kind, prev.index, head.index, kept)
 
     def check(self, consent_id: str, epoch: bytes = b"", index: int = 0) -> None:

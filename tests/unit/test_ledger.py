@@ -91,7 +91,7 @@ def test_view_after_a_restore_refuses_what_the_ledger_lost_and_accepts_the_rest(
 def test_view_fails_closed_on_a_rollback_in_the_same_epoch_or_another_ledger() -> None:
     """A shorter ledger in the same epoch pins it; a different history or another ledger id drops the old epoch."""
     view = synced(LedgerHead(L1, E1, 8, b"a" * 32))
-    change = view.apply([], LedgerHead(L1, E1, 5, b"c" * 32))
+    change = view.apply([], LedgerHead(L1, E1, 5, b"c" * 32), after_hash=b"")  # no entry at our old head
     assert change is not None and change.kind == "rolled_back" and view.cursor == 0
     assert code(view, E1, 5) is None and code(view, E1, 6) is ErrorCode.CONSENT_INVALID
     view = synced(LedgerHead(L1, E1, 8, b"a" * 32))
