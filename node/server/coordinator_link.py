@@ -51,6 +51,7 @@ class CoordinatorLink:
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._crl_digest = b""
+        self._sync_lock = asyncio.Lock()
         self.checkpoint_every_s = checkpoint_every_s
         self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
@@ -155,19 +156,20 @@ class CoordinatorLink:
 
     async def sync_revocations(self) -> None:
         """Pull revocations and the signed ledger head; alert when the ledger went back (then read it all again)."""
-        for _ in range(2):
-            after, epoch = self.revocations.request()
-            reply = await self._stub.ConsentUpdates(
-                coordinator_pb2.ConsentUpdatesRequest(after_index=after, epoch=epoch), timeout=3)
-            head = parse_ledger_head(reply.head, self.member.verifier)
-            change = self.revocations.apply(
-                ((u.ledger_index, u.consent_id, u.state == coordinator_pb2.REVOKED) for u in reply.updates),
-                head, reply.after_hash)
-            if change is None:
-                return
-            self._report(change, head)
-            if self.revocations.cursor == head.index:
-                return
+        async with self._sync_lock:  # each reply is checked against the head of the request before it
+            for _ in range(2):
+                after, epoch = self.revocations.request()
+                reply = await self._stub.ConsentUpdates(
+                    coordinator_pb2.ConsentUpdatesRequest(after_index=after, epoch=epoch), timeout=3)
+                head = parse_ledger_head(reply.head, self.member.verifier)
+                change = self.revocations.apply(
+                    ((u.ledger_index, u.consent_id, u.state == coordinator_pb2.REVOKED) for u in reply.updates),
+                    head, reply.after_hash)
+                if change is None:
+                    return
+                self._report(change, head)
+                if self.revocations.cursor == head.index:
+                    return
 
     def _report(self, change: LedgerChange, head: LedgerHead) -> None:
         fields = {"kind": change.kind, "seen_index": change.seen_index, "head_index": change.head_index,

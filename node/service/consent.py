@@ -95,9 +95,9 @@ class RevocationView:
               after_hash: bytes | None = None) -> LedgerChange | None:
         """Record (ledger index, consent id, revoked?) changes and the ledger's head.
 
-        `after_hash` is the hash the coordinator gives for the entry at the requested cursor
-        (empty: it has none; None: not checked). Returns how the ledger changed epoch or went
-        back, if it did.
+        The reply must answer the last `request()` (callers sync one at a time). `after_hash`
+        is the hash the coordinator gives for the entry at the requested cursor (empty: it has
+        none; None: not checked). Returns how the ledger changed epoch or went back, if it did.
         """
         change = self._follow(head, after_hash)
         self.revoked.update(consent_id for _, consent_id, revoked in updates if revoked)
