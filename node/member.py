@@ -9,8 +9,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from node import config as config_mod
+from node import logs
 from node.config import MemberConfig
-from node.crypto import pki, signing
+from node.crypto import pki, revocation, signing
 from node.crypto.tokens import load_linkage_key
 from node.domain.catalogue import Catalogue, load_catalogue
 from node.domain.policy import Policy, load_policy
@@ -27,14 +28,20 @@ class Member:
     def from_config(cls, path: Path | str) -> Member:
         return cls(config_mod.load(path))
 
-    @cached_property
+    @property
     def anchor(self) -> pki.TrustAnchor:
-        """The federation CA, with the latest revocation list this member has seen applied."""
-        from node.crypto import revocation
+        """The federation CA, with the newest revocation list this member has accepted applied."""
+        return self.crl.anchor
 
-        anchor = pki.TrustAnchor.load(self.cfg.ca_cert)
-        revocation.CrlFile(self.crl_path, anchor).refresh()
-        return anchor
+    @cached_property
+    def crl(self) -> revocation.CrlFile:
+        """The member's CRL file and the newest CRL it ever accepted (a CRL put back that is older is refused)."""
+        crl = revocation.CrlFile(self.crl_path, pki.TrustAnchor.load(self.cfg.ca_cert),
+                                 state_path=self.cfg.data_dir / revocation.CRL_STATE_FILE)
+        refused = crl.load()
+        if refused is not None:
+            logs.get("member").error("revocation_list_rolled_back", path=str(self.crl_path), reason=refused)
+        return crl
 
     @property
     def crl_path(self) -> Path:

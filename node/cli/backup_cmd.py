@@ -37,7 +37,10 @@ def register(sub: Any) -> None:
         "restore", help="restore a backup into a stopped member's data dir",
         description="Check a backup (manifest SHA-256s, integrity, hash chains) and install it into the "
                     "config's data dir. The node must be stopped. Existing databases are refused unless "
-                    "--force, which moves them (with their -wal/-shm) to DATA_DIR/pre-restore-<time>/.")
+                    "--force, which moves them (with their -wal/-shm) to DATA_DIR/pre-restore-<time>/. A "
+                    "coordinator's consent ledger then starts a new epoch: nodes refuse every consent registered "
+                    "after the backup's head (a warning names it) and revocations the replaced ledger held are "
+                    "re-applied.")
     restore.add_argument("--config", required=True, type=Path, metavar="FILE")
     restore.add_argument("--from", dest="backup_dir", required=True, type=Path, metavar="DIR")
     restore.add_argument("--force", action="store_true",
@@ -91,4 +94,23 @@ def _restore(args: argparse.Namespace) -> int:
         print("\n".join(_describe(f) for f in report.files))
         if report.moved_aside is not None:
             print(f"previous files moved to {report.moved_aside}")
+    if report.ledger is not None:
+        print("\n".join(_ledger_warning(report.ledger, report.created_at)), file=sys.stderr)
     return 0
+
+
+def _ledger_warning(restored: Any, created_at: str) -> list[str]:
+    """What a restored consent ledger means for the federation (printed on stderr)."""
+    lines = [f"WARNING: the consent ledger now ends at entry {restored.kept_index} (the backup's head) and starts "
+             f"a new epoch: nodes refuse every consent registered after entry {restored.kept_index}"]
+    if restored.replaced_index is not None and restored.replaced_index > restored.kept_index:
+        lines.append(f"  the replaced ledger reached entry {restored.replaced_index}")
+    if restored.lost:
+        lines.append(f"  {restored.lost} consent(s) registered after the backup must be registered again")
+    if restored.carried is None:
+        lines.append(f"  revocations recorded after the backup could not be read from a replaced ledger: revoke again "
+                     f"any consent revoked after {created_at}")
+    elif restored.carried:
+        lines.append(f"  {restored.carried} revocation(s) recorded after the backup were carried over from the "
+                     "replaced ledger")
+    return lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,22 @@ def register(sub: Any) -> None:
 
     ledger = sub.add_parser("ledger", help="the coordinator's consent ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
-    verify = ledger_sub.add_parser("verify", help="check the hash chain: exit 0 intact, 1 tampered")
+    verify = ledger_sub.add_parser(
+        "verify", help="check the hash chain and that no committed entry was lost: exit 0 intact, 1 tampered or truncated",
+        description="Recompute the hash chain from genesis and compare its end with ledger.head, the head every "
+                    "commit records outside SQLite: a lost WAL or an older copy put back shows as truncated.")
     verify.add_argument("--config", required=True, type=Path, metavar="COORD_FILE")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_ledger_verify)
+    epoch = ledger_sub.add_parser(
+        "new-epoch", help="accept a ledger that lost entries: start a new epoch at its head (coordinator stopped)",
+        description="After a lost WAL or an older ledger file put back (`ledger verify` says truncated), start a "
+                    "new epoch at the ledger's current head so the coordinator opens it again. Nodes then refuse "
+                    "every consent of earlier epochs registered after that head: register those again. "
+                    "`hedui restore` of a coordinator backup does this itself.")
+    epoch.add_argument("--config", required=True, type=Path, metavar="COORD_FILE")
+    epoch.add_argument("--json", action="store_true")
+    epoch.set_defaults(func=_ledger_new_epoch)
 
 
 def coordinator_config(pki: Path, listen: str, data_dir: Path) -> dict[str, Any]:
@@ -87,22 +100,64 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _ledger_verify(args: argparse.Namespace) -> int:
     from node import config
+    from node.store import ledger
     from node.store.chain import HashChain
+    from node.store.errors import StoreCorrupt
 
     cfg = config.load(args.config)
-    path = cfg.data_dir / "ledger.sqlite"
+    path = cfg.data_dir / ledger.LEDGER_FILE
     if not path.exists():
         raise BadInput(f"no ledger at {path}")
-    chain = HashChain.open_readonly(path, table="ledger")
+    try:
+        head = ledger.HeadFile(cfg.data_dir / ledger.HEAD_FILE).read()
+        head_problem = None
+    except StoreCorrupt as exc:
+        head, head_problem = None, str(exc)
+    chain = HashChain.open_readonly(path, table=ledger.TABLE)
     try:
         report = chain.verify()
+        identity = ledger.read_identity(chain) if report.ok else None
+        truncated = ledger.truncation(chain, head) if report.ok else None
     finally:
         chain.close()
+    if head_problem is None and head is None and report.ok and (identity is not None or report.count == 0):
+        head_problem = (f"{ledger.HEAD_FILE} is missing: a truncated ledger cannot be told from a complete one "
+                        "(if no entry was lost: `hedui ledger new-epoch`)")
+    ok = report.ok and truncated is None and head_problem is None
     if args.json:
-        print(json.dumps({"ok": report.ok, "entries": report.count, "first_bad": report.first_bad,
-                          "reason": report.reason, "head": report.head_hash.hex()}))
-    elif report.ok:
-        print(f"ledger intact: {report.count} entries, head {report.head_hash.hex()[:16]}")
-    else:
+        print(json.dumps({"ok": ok, "entries": report.count, "first_bad": report.first_bad,
+                          "reason": report.reason or truncated or head_problem, "head": report.head_hash.hex(),
+                          "truncated": truncated is not None,
+                          "committed_head": None if head is None else {"index": head.index, "hash": head.hash.hex()},
+                          "ledger_id": None if identity is None else identity.ledger_id.hex(),
+                          "epoch": None if identity is None else identity.epoch.hex()}))
+    elif not report.ok:
         print(f"LEDGER TAMPERED: {report.reason}")
-    return 0 if report.ok else 1
+    elif truncated is not None:
+        print(f"LEDGER TRUNCATED: {truncated}")
+    elif head_problem is not None:
+        print(f"LEDGER UNCONFIRMED: {head_problem}")
+    else:
+        epoch = "" if identity is None else f", epoch {identity.epoch.hex()[:16]}"
+        print(f"ledger intact: {report.count} entries, head {report.head_hash.hex()[:16]}{epoch}")
+    return 0 if ok else 1
+
+
+def _ledger_new_epoch(args: argparse.Namespace) -> int:
+    from node import config
+    from node.store import ledger
+    from node.store.backup import ensure_idle
+
+    cfg = config.load(args.config)
+    path = cfg.data_dir / ledger.LEDGER_FILE
+    if not path.exists():
+        raise BadInput(f"no ledger at {path}")
+    ensure_idle(path)
+    identity, kept = ledger.new_epoch(cfg.data_dir)
+    if args.json:
+        print(json.dumps({"epoch": identity.epoch.hex(), "kept_index": kept, "ledger_id": identity.ledger_id.hex()}))
+    else:
+        print(f"new ledger epoch {identity.epoch.hex()[:16]} at entry {kept + 1}")
+    print(f"WARNING: nodes refuse every consent of earlier epochs registered after entry {kept}: register those again",
+          file=sys.stderr)
+    return 0

@@ -45,13 +45,15 @@ def _register_revoke(pki_sub: Any) -> None:
 
 def _revoke(args: argparse.Namespace) -> int:
     from node import config, files
-    from node.crypto.revocation import CRL_FILE, revoke
+    from node.crypto.revocation import CRL_FILE, accepted_crl, revoke
 
     member = "coordinator" if args.coordinator else args.province
-    report = revoke(args.pki, member=member, serials=args.serial or ())
+    cfg = config.load(args.publish) if args.publish else None
+    # Numbered past (and merged with) the CRL the coordinator already distributes: members refuse an older one.
+    newer_than = None if cfg is None else accepted_crl(cfg.data_dir)
+    report = revoke(args.pki, member=member, serials=args.serial or (), newer_than=newer_than)
     published = None
-    if args.publish:
-        cfg = config.load(args.publish)
+    if cfg is not None:
         published = cfg.data_dir / CRL_FILE
         files.write_file(published, report.path.read_bytes(), replace=True, mode=files.PUBLIC)
     _say(args, {"crl": str(report.path), "crl_number": report.crl_number, "revoked": list(report.serials),

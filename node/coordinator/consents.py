@@ -18,11 +18,13 @@ from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
 from node.errors import ErrorCode, Refusal
 from node.service.verification import ReplayGuard
+from node.store import ledger
 from node.store.chain import HashChain
-from node.wire.v1 import coordinator_pb2, verification_pb2
+from node.store.errors import StoreCorrupt
+from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
-GRANT: Final[str] = "consent.grant"
-REVOKE: Final[str] = "consent.revoke"
+GRANT: Final[str] = ledger.GRANT
+REVOKE: Final[str] = ledger.REVOKE
 CONSENT_REQUEST_DOMAIN: Final[str] = "hedui/v1/consent-request"
 MAX_VALIDITY_MS: Final[int] = 366 * 24 * 3600 * 1000
 REVOKE_REASONS: Final[frozenset[str]] = frozenset({"applicant_withdrew", "case_closed", "registered_in_error", "other"})
@@ -54,6 +56,11 @@ class ConsentRegistry:
         self._consents: dict[str, _Consent] = {}
         self._revocations: list[tuple[int, str]] = []
         self._seen = 0
+        identity = ledger.read_identity(chain)
+        if identity is None:
+            raise StoreCorrupt(f"{chain.path} has no ledger identity (open it with node.store.ledger.open_ledger)")
+        self.identity = identity
+        self._signed_head: tuple[tuple[int, bytes], common_pb2.Signature, bytes] | None = None
         self._catch_up()
 
     def _catch_up(self) -> None:
@@ -69,6 +76,8 @@ class ConsentRegistry:
             elif entry.kind == REVOKE and entry.key in self._consents and not self._consents[entry.key].revoked_at_ms:
                 self._consents[entry.key].revoked_at_ms = entry.at_ms
                 self._revocations.append((entry.idx, entry.key))
+            elif entry.kind == ledger.EPOCH:
+                self.identity = ledger.Identity.from_entry(entry)
 
     def register(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentStatus:
         """Record a consent signed by the requesting province; return the coordinator's receipt."""
@@ -89,15 +98,22 @@ class ConsentRegistry:
                 results[position] = refusal
         if accepted:
             now_ms = int(self.clock() * 1000)
-            # The receipt does not name its ledger index (ConsentStatus does): no index needs
-            # predicting, so several coordinator workers can append to one ledger.
             bodies = [self._body(req, "c-" + secrets.token_hex(12), now_ms) for _, req in accepted]
-            raws = [b.SerializeToString() for b in bodies]
-            signatures = self.signer.sign_many([(signing.CONSENT, raw) for raw in raws])
-            receipts = [verification_pb2.SignedConsent(body=raw, signature=sig) for raw, sig in zip(raws, signatures, strict=True)]
+            receipts: list[verification_pb2.SignedConsent] = []
+
+            def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+                # Inside the ledger transaction: the receipt names its own entry, even with
+                # several coordinator workers appending to one ledger.
+                for offset, body in enumerate(bodies, start=1):
+                    body.ledger_index, body.ledger_epoch = head[0] + offset, self.identity.epoch
+                raws = [b.SerializeToString() for b in bodies]
+                signatures = self.signer.sign_many([(signing.CONSENT, raw) for raw in raws])
+                receipts[:] = [verification_pb2.SignedConsent(body=raw, signature=sig)
+                               for raw, sig in zip(raws, signatures, strict=True)]
+                return [(GRANT, b.consent_id, r.SerializeToString()) for b, r in zip(bodies, receipts, strict=True)]
+
             with self._lock:
-                entries = self.chain.append_many([(GRANT, b.consent_id, r.SerializeToString()) for b, r in zip(bodies, receipts, strict=True)],
-                                                 at_ms=now_ms)
+                entries = self.chain.append_next(build, at_ms=now_ms)
                 for (position, _), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
                     consent = _Consent(receipt, body, entry.idx)
                     self._consents[body.consent_id] = consent
@@ -197,19 +213,37 @@ class ConsentRegistry:
             raise Refusal(ErrorCode.CONSENT_EXPIRED)
         return consent.body
 
-    def updates(self, after_index: int) -> coordinator_pb2.ConsentUpdatesResponse:
-        """Revocations recorded after `after_index`, and the ledger head."""
+    def updates(self, after_index: int, epoch: bytes = b"") -> coordinator_pb2.ConsentUpdatesResponse:
+        """Revocations recorded after `after_index` of `epoch` (empty: the current one), and the signed ledger head."""
         # Head first, then catch up to at least it: another coordinator worker may append in between,
         # and a head beyond what we read would make the node skip that entry for good.
-        head = self.chain.head()[0]
+        head, head_hash = self.chain.head()
         self._catch_up()
+        identity = self.identity
+        after = after_index
+        if epoch and epoch != identity.epoch:  # counted in an earlier epoch: from what the ledger kept of it
+            after = min(after_index, dict(identity.lineage).get(epoch, 0))
         with self._lock:
-            changes = [(i, c) for i, c in self._revocations if after_index < i <= head]
+            changes = [(i, c) for i, c in self._revocations if after < i <= head]
+        at = self.chain.entry(after_index) if 0 < after_index <= head else None
         return coordinator_pb2.ConsentUpdatesResponse(
             updates=[coordinator_pb2.ConsentUpdate(ledger_index=i, consent_id=c, state=coordinator_pb2.REVOKED)
                      for i, c in changes],
-            head_index=head, as_of_ms=int(self.clock() * 1000),
+            head_index=head, as_of_ms=int(self.clock() * 1000), head=self._sign_head(head, head_hash),
+            after_hash=b"" if at is None else at.hash,
         )
+
+    def _sign_head(self, index: int, digest: bytes) -> coordinator_pb2.SignedLedgerHead:
+        """The signed LedgerHeadBody for this head (re-signed only when the head moved)."""
+        cached = self._signed_head
+        if cached is None or cached[0] != (index, digest):
+            identity = self.identity
+            body = coordinator_pb2.LedgerHeadBody(
+                ledger_id=identity.ledger_id, epoch=identity.epoch, head_index=index, head_hash=digest,
+                lineage=[coordinator_pb2.EpochLimit(epoch=e, last_index=n) for e, n in identity.lineage],
+            ).SerializeToString()
+            cached = self._signed_head = ((index, digest), self.signer.sign(signing.REVOCATIONS, body), body)
+        return coordinator_pb2.SignedLedgerHead(body=cached[2], signature=cached[1])
 
     @staticmethod
     def _status(consent: _Consent) -> coordinator_pb2.ConsentStatus:

@@ -16,7 +16,7 @@ from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
 from node.coordinator.router import Router, per_province_timeout, status_name
 from node.crypto.pki import TrustAnchor, province_of_identity
-from node.crypto.revocation import CrlFile
+from node.crypto.revocation import CrlFile, CrlRollback
 from node.domain import request_ids
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
@@ -28,6 +28,7 @@ from node.server.metrics import MemberMetrics
 from node.service.consent import commitment
 from node.store.nonces import NonceStore
 from node.store import audit
+from node.store import ledger
 from node.store.chain import HashChain
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
@@ -91,7 +92,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ConsentUpdates(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "ConsentUpdates", self.metrics):
             self._province(context)
-            return self.consents.updates(request.after_index)
+            return self.consents.updates(request.after_index, request.epoch)
 
     async def Announce(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Announce", self.metrics, self._refusal_hook("Announce", request, context)):
@@ -329,7 +330,7 @@ class CoordinatorServer:
         member = Member(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
-        self.chain = HashChain(cfg.data_dir / "ledger.sqlite", table="ledger")
+        self.chain = ledger.open_ledger(cfg.data_dir)  # refuses a ledger that lost committed entries
         close.callback(self.chain.close)
         nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
         close.callback(nonces.close)
@@ -341,8 +342,7 @@ class CoordinatorServer:
         directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)
         self.router = Router(cfg, directory, ClaimBook(cfg.claims, log, MemberMetrics(cfg.identity)))
         close.push_async_callback(self.router.close)
-        self.crl = CrlFile(member.crl_path, member.anchor)
-        self.crl.refresh()
+        self.crl = member.crl  # the newest CRL accepted; an older crl.pem put back is refused
         self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
         close.callback(self.audit_log.close)
         self.auditor = audit.AsyncAuditor(self.audit_log)
@@ -371,6 +371,8 @@ class CoordinatorServer:
             try:
                 if self.crl.refresh():
                     log.info("revocations_applied", revoked=len(self.crl.anchor.revoked_serials))
+            except CrlRollback as exc:
+                log.error("revocation_list_rolled_back", reason=str(exc))
             except HeduiError as exc:
                 log.error("revocation_list_rejected", reason=str(exc))
 

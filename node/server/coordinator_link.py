@@ -18,7 +18,8 @@ from node.domain.regions import COORDINATOR_URI, province_uri
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
-from node.service.consent import RevocationView
+from node.server.metrics import MemberMetrics
+from node.service.consent import LedgerChange, LedgerHead, RevocationView, parse_ledger_head
 from node.store import audit
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
@@ -32,9 +33,11 @@ class CoordinatorLink:
     """Background tasks and lookups a node needs from the coordinator."""
 
     def __init__(self, member: Member, revocations: RevocationView, log: Any, *,
-                 audit_log: audit.AuditLog | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> None:
+                 audit_log: audit.AuditLog | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+                 metrics: MemberMetrics | None = None) -> None:
         assert member.cfg.coordinator, "node has no coordinator configured"
         self.member = member
+        self.metrics = metrics
         self.revocations = revocations
         self.log = log
         self.identity = province_uri(member.province)
@@ -47,6 +50,7 @@ class CoordinatorLink:
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._crl_digest = b""
+        self._sync_lock = asyncio.Lock()
         self.checkpoint_every_s = checkpoint_every_s
         self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
@@ -129,12 +133,17 @@ class CoordinatorLink:
                 self.log.warning("checkpoint_failed", error_type=type(exc).__name__)
 
     async def sync_certificate_revocations(self) -> None:
-        """Fetch the federation CRL when it changed; apply it and keep a copy for the CLI."""
+        """Fetch the federation CRL when it changed; apply it (never an older one) and keep a copy for the CLI."""
         from node.crypto import revocation
 
         reply = await self._stub.Revocations(coordinator_pb2.RevocationsRequest(known_sha256=self._crl_digest), timeout=3)
         if reply.crl_der and reply.sha256 != self._crl_digest:
-            count = revocation.apply(self.member.anchor, reply.crl_der)
+            try:
+                count = self.member.crl.accept(reply.crl_der)
+            except revocation.CrlRollback as exc:
+                self._crl_digest = reply.sha256  # reported once, not on every poll
+                self.log.error("revocation_list_rolled_back", reason=str(exc))
+                return
             from cryptography import x509
             from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -146,10 +155,31 @@ class CoordinatorLink:
             self.log.info("revocations_applied", revoked=count)
 
     async def sync_revocations(self) -> None:
-        reply = await self._stub.ConsentUpdates(
-            coordinator_pb2.ConsentUpdatesRequest(after_index=self.revocations.head_index), timeout=3)
-        self.revocations.apply(
-            ((u.ledger_index, u.consent_id, u.state == coordinator_pb2.REVOKED) for u in reply.updates), reply.head_index)
+        """Pull revocations and the signed ledger head; alert when the ledger went back (then read it all again)."""
+        async with self._sync_lock:  # each reply is checked against the head of the request before it
+            for _ in range(2):
+                after, epoch = self.revocations.request()
+                reply = await self._stub.ConsentUpdates(
+                    coordinator_pb2.ConsentUpdatesRequest(after_index=after, epoch=epoch), timeout=3)
+                head = parse_ledger_head(reply.head, self.member.verifier)
+                change = self.revocations.apply(
+                    ((u.ledger_index, u.consent_id, u.state == coordinator_pb2.REVOKED) for u in reply.updates),
+                    head, reply.after_hash)
+                if change is None:
+                    return
+                self._report(change, head)
+                if self.revocations.cursor == head.index:
+                    return
+
+    def _report(self, change: LedgerChange, head: LedgerHead) -> None:
+        fields = {"kind": change.kind, "seen_index": change.seen_index, "head_index": change.head_index,
+                  "kept_index": change.kept_index, "epoch": head.epoch.hex()[:16]}
+        if change.alert:
+            self.log.error("ledger_went_back", note="consents registered after kept_index are refused", **fields)
+        else:
+            self.log.warning("ledger_new_epoch", **fields)
+        if self.metrics is not None:
+            self.metrics.ledger_change(change.kind)
 
     async def _poll_loop(self) -> None:
         await asyncio.sleep(POLL_INTERVAL_S)
@@ -162,8 +192,8 @@ class CoordinatorLink:
                     self.log.debug("directory_refreshed", members=len(members))
             except grpc.RpcError as exc:
                 self.log.warning("consent_sync_failed", status=exc.code().name if hasattr(exc, "code") else "?")
-            except Refusal as exc:
-                self.log.warning("directory_rejected", reason=exc.code.name)
+            except Refusal as exc:  # an unverifiable directory or ledger head
+                self.log.warning("coordinator_reply_rejected", reason=str(exc))
             except HeduiError as exc:
                 self.log.error("revocation_list_rejected", reason=str(exc))
             except Exception as exc:  # noqa: BLE001 - the feed must keep running (else the node fails closed)

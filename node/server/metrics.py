@@ -25,6 +25,8 @@ CLAIMS = Counter("hedui_claims_total", "Held claims judged on routed queries (co
 IMPLAUSIBLE = Gauge("hedui_claims_implausible_requesters",
                     "Requesters the coordinator no longer routes to this province for (contradicted claims)",
                     ["member", "province"], registry=REGISTRY)
+LEDGER_CHANGES = Counter("hedui_ledger_changes_total", "Coordinator ledger epochs started or gone back, as a node saw them "
+                         "(kind: new_epoch, restored, rolled_back, replaced)", ["member", "kind"], registry=REGISTRY)
 AUDIT_LENGTH = Gauge("hedui_audit_chain_length", "Entries in the audit chain", ["member"], registry=REGISTRY)
 
 
@@ -63,6 +65,9 @@ class MemberMetrics:
 
     def implausible(self, province: str, requesters: int) -> None:
         self._child(IMPLAUSIBLE, province).set(requesters)
+
+    def ledger_change(self, kind: str) -> None:
+        LEDGER_CHANGES.labels(self.member, kind).inc()
 
     def audit_length(self, n: int) -> None:
         AUDIT_LENGTH.labels(self.member).set(n)

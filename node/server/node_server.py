@@ -87,8 +87,9 @@ class NodeServer:
         member = Member(cfg)
         anchor = member.anchor
         self.revocations = RevocationView()
+        member_metrics = MemberMetrics(cfg.identity)
         if cfg.coordinator:
-            self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log)
+            self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log, metrics=member_metrics)
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
@@ -106,7 +107,7 @@ class NodeServer:
         self.batch_signer = signing.AsyncBatchSigner(member.signer, in_flight=in_flight)
         servicer = VerificationServicer(
             service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
-            unsealer=self.link, metrics=MemberMetrics(cfg.identity), auditor=self.auditor, in_flight=in_flight,
+            unsealer=self.link, metrics=member_metrics, auditor=self.auditor, in_flight=in_flight,
             unlocker=Unlocker(self.store, cfg.identity, max_subjects=cfg.limits.max_subjects),
         )
         self.servicer = servicer

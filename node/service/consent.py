@@ -17,7 +17,7 @@ from node.domain import idnumber
 from node.domain.predicate import Check
 from node.domain.regions import COORDINATOR_URI
 from node.errors import ErrorCode, Refusal
-from node.wire.v1 import verification_pb2
+from node.wire.v1 import coordinator_pb2, verification_pb2
 
 _COMMIT_PREFIX: Final[bytes] = b"hedui/v1/consent-subject\x00"
 SALT_BYTES: Final[int] = 16
@@ -28,35 +28,148 @@ def commitment(salt: bytes, token: bytes) -> bytes:
     return hashlib.sha256(_COMMIT_PREFIX + salt + token).digest()
 
 
+@dataclass(frozen=True)
+class LedgerHead:
+    """The coordinator's signed statement of its ledger: which ledger and epoch, how far it goes."""
+
+    ledger_id: bytes
+    epoch: bytes
+    index: int
+    hash: bytes
+    lineage: tuple[tuple[bytes, int], ...] = ()  # earlier epochs and the last of their entries still held
+
+
+@dataclass(frozen=True)
+class LedgerChange:
+    """The ledger a node follows started a new epoch or went back (`kind`), and what the node now refuses.
+
+    `kind`: "new_epoch" (nothing the node saw is lost), "restored" (a new epoch that kept only
+    entries up to `kept_index` of the node's epoch), "rolled_back" (the same epoch, now shorter
+    than or different from what the node saw) or "replaced" (another ledger, or an epoch that
+    does not descend from the node's). Receipts of the node's epoch above `kept_index` are refused.
+    """
+
+    kind: str
+    seen_index: int
+    head_index: int
+    kept_index: int
+
+    @property
+    def alert(self) -> bool:
+        """True when consents the node saw registered are no longer in the ledger."""
+        return self.kind != "new_epoch"
+
+
+def _lower(limit: int | None, bound: int) -> int:
+    return bound if limit is None else min(limit, bound)
+
+
 @dataclass
 class RevocationView:
-    """What a node knows of revoked consents, refreshed from the coordinator.
+    """What a node knows of revoked consents and of the ledger, refreshed from the coordinator.
 
     Fail closed: when the view has not been refreshed within `max_staleness_s`, no consent is
-    trusted, so a revocation is in force on every path within that bound.
+    trusted, so a revocation is in force on every path within that bound. A revocation is
+    never undone. `limits` maps each ledger epoch to the last of its entries the coordinator's
+    ledger still holds (None: the current epoch, open-ended); it only ever goes down, so a
+    ledger that went back (a restore, a lost WAL, an older copy) never makes a node honour a
+    receipt the ledger lost.
     """
 
     max_staleness_s: float = 4.0
     clock: Callable[[], float] = time.monotonic
     revoked: set[str] = field(default_factory=set)
-    head_index: int = 0
+    ledger: LedgerHead | None = None
+    limits: dict[bytes, int | None] = field(default_factory=dict)
+    cursor: int = 0  # after_index of the next request, in the current epoch
     synced_at: float | None = None
 
-    def apply(self, updates: Iterable[tuple[int, str, bool]], head_index: int) -> None:
-        """Record (ledger index, consent id, revoked?) changes up to `head_index`."""
-        for _, consent_id, revoked in updates:
-            if revoked:
-                self.revoked.add(consent_id)
-            else:
-                self.revoked.discard(consent_id)
-        self.head_index = max(self.head_index, head_index)
-        self.synced_at = self.clock()
+    @property
+    def head_index(self) -> int:
+        return 0 if self.ledger is None else self.ledger.index
 
-    def check(self, consent_id: str) -> None:
+    def request(self) -> tuple[int, bytes]:
+        """(after_index, epoch) to ask the coordinator for."""
+        return self.cursor, b"" if self.ledger is None else self.ledger.epoch
+
+    def apply(self, updates: Iterable[tuple[int, str, bool]], head: LedgerHead,
+              after_hash: bytes | None = None) -> LedgerChange | None:
+        """Record (ledger index, consent id, revoked?) changes and the ledger's head.
+
+        The reply must answer the last `request()` (callers sync one at a time). `after_hash`
+        is the hash the coordinator gives for the entry at the requested cursor (empty: it has
+        none; None: not checked). Returns how the ledger changed epoch or went back, if it did.
+        """
+        change = self._follow(head, after_hash)
+        self.revoked.update(consent_id for _, consent_id, revoked in updates if revoked)
+        self.ledger = head
+        # After a same-epoch rollback the entries after the cut may be new ones: read them all again.
+        self.cursor = 0 if change is not None and change.kind == "rolled_back" else head.index
+        self.synced_at = self.clock()
+        return change
+
+    def _follow(self, head: LedgerHead, after_hash: bytes | None) -> LedgerChange | None:
+        prev = self.ledger
+        if prev is None:
+            self.limits = {**dict(head.lineage), head.epoch: None}
+            return None
+        # When we asked from our last head and the ledger reaches it, after_hash must be the hash we saw there.
+        diverged = (after_hash is not None and self.cursor == prev.index > 0 and head.index >= prev.index
+                    and after_hash != prev.hash)
+        if head.ledger_id == prev.ledger_id and head.epoch == prev.epoch:
+            if head.index >= prev.index and not diverged:
+                return None
+            # Shorter: keep what is left. Different at our head: history rewritten somewhere before it.
+            kept = 0 if diverged else head.index
+            self.limits[head.epoch] = _lower(self.limits.get(head.epoch), kept)
+            return LedgerChange("rolled_back", prev.index, head.index, kept)
+        return self._new_epoch(prev, head, diverged)
+
+    def _new_epoch(self, prev: LedgerHead, head: LedgerHead, diverged: bool) -> LedgerChange:
+        """Follow the ledger into another epoch: earlier epochs keep at most what its lineage says."""
+        lineage = dict(head.lineage) if head.ledger_id == prev.ledger_id else {}
+        kept = lineage.get(prev.epoch, 0)
+        if diverged and kept >= prev.index:
+            kept = 0  # the lineage claims our head, but the entry there is another one
+        limits: dict[bytes, int | None] = {e: n for e, n in head.lineage if e not in self.limits}
+        for epoch, limit in self.limits.items():
+            if epoch == head.epoch:
+                limits[epoch] = limit  # an epoch we knew as earlier is current again: it keeps its bound
+            else:
+                limits[epoch] = _lower(limit, lineage.get(epoch, 0))
+        limits[prev.epoch] = _lower(limits[prev.epoch], kept)
+        limits.setdefault(head.epoch, None)
+        self.limits = limits
+        kind = "replaced" if kept == 0 else "restored" if kept < prev.index else "new_epoch"
+        return LedgerChange(kind, prev.index, head.index, kept)
+
+    def check(self, consent_id: str, epoch: bytes = b"", index: int = 0) -> None:
+        """Refuse a consent the view cannot vouch for: stale view, revoked, or not in the ledger any more."""
         if self.synced_at is None or self.clock() - self.synced_at > self.max_staleness_s:
             raise Refusal(ErrorCode.UNAVAILABLE, "consent state could not be confirmed with the coordinator")
         if consent_id in self.revoked:
             raise Refusal(ErrorCode.CONSENT_REVOKED)
+        if epoch not in self.limits:  # perhaps an epoch newer than our last sync
+            raise Refusal(ErrorCode.UNAVAILABLE, "consent is from a ledger epoch this node has not seen yet")
+        limit = self.limits[epoch]
+        if (epoch and index < 1) or (limit is not None and (limit == 0 or index > limit)):
+            raise Refusal(ErrorCode.CONSENT_INVALID, "consent is no longer in the coordinator's ledger "
+                                                     "(it went back to an earlier state): register it again")
+
+
+def parse_ledger_head(signed: coordinator_pb2.SignedLedgerHead, verifier: signing.Verifier) -> LedgerHead:
+    """Verify the coordinator's signed ledger head and return it."""
+    if not signed.body:
+        raise Refusal(ErrorCode.UNAVAILABLE, "coordinator sent no ledger head")
+    try:
+        verified = verifier.verify(signed.signature, signing.REVOCATIONS, signed.body)
+        body = coordinator_pb2.LedgerHeadBody.FromString(signed.body)
+    except (SignatureInvalid, CertificateRejected, DecodeError):
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "ledger head does not verify") from None
+    if verified.identity.identity != COORDINATOR_URI:
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "ledger head not signed by the coordinator")
+    return LedgerHead(body.ledger_id, body.epoch, body.head_index, body.head_hash,
+                      tuple((e.epoch, e.last_index) for e in body.lineage))
 
 
 def parse_receipt(receipt: verification_pb2.SignedConsent, verifier: signing.Verifier) -> verification_pb2.ConsentBody:
@@ -126,4 +239,4 @@ class ReceiptGate:
             scopes = set(body.scopes)
             if any(c.attribute.split(".", 1)[0] not in scopes for c in checks):
                 raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every data item")
-        self.revocations.check(body.consent_id)
+        self.revocations.check(body.consent_id, body.ledger_epoch, body.ledger_index)

@@ -37,7 +37,9 @@ Safety
     bytes, before touching anything; it then moves the files it replaces (with their -wal,
     -shm and -journal files, which hold committed data or would be replayed onto the wrong
     database) into `pre-restore-<UTC time>/`, never deleting them, and installs each file
-    with os.replace.
+    with os.replace. A restored consent ledger then starts a new epoch (node.store.ledger.restored):
+    nodes refuse consents registered after the backup's head, revocations the replaced ledger
+    held are re-applied, and `ledger.head` is reset to the new head.
 
 The member must be stopped for a restore. That cannot be known for sure; `restore` refuses
 when a database it would replace is open by any process (a server keeps a WAL connection open,
@@ -61,6 +63,7 @@ from typing import Any, Final
 from node import __version__
 from node.errors import BadInput
 from node.files import parse_json, write_file
+from node.store import ledger
 from node.store.chain import GENESIS, HASH_BYTES, HashChain
 from node.store.errors import StoreCorrupt, StoreError
 
@@ -147,11 +150,15 @@ class RestoreReport:
     identity: str | None
     files: tuple[BackupFile, ...]
     moved_aside: Path | None
+    ledger: ledger.RestoredLedger | None = None  # set when a coordinator's consent ledger was restored
 
     def to_json(self) -> dict[str, Any]:
-        return {"data_dir": str(self.data_dir), "backup_created_at": self.created_at,
-                "identity": self.identity, "files": [f.to_json() for f in self.files],
-                "moved_aside": None if self.moved_aside is None else str(self.moved_aside)}
+        out = {"data_dir": str(self.data_dir), "backup_created_at": self.created_at,
+               "identity": self.identity, "files": [f.to_json() for f in self.files],
+               "moved_aside": None if self.moved_aside is None else str(self.moved_aside)}
+        if self.ledger is not None:
+            out["ledger"] = self.ledger.to_json()
+        return out
 
 
 # -- backup -------------------------------------------------------------------------------------
@@ -374,7 +381,7 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
                 raise BackupRefused(f"{data_dir} already holds {names}; use --force to move them aside")
             for target in replaced:
                 if target.name in DATABASES and target.is_file():
-                    _ensure_idle(target)
+                    ensure_idle(target)
             conflicts = _existing(replaced)  # closing a probe may have folded a -wal into its database
             moved_aside = _aside_dir(data_dir)
             for path in conflicts:
@@ -383,11 +390,14 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
         for f in files:
             os.replace(stage / f.name, data_dir / f.name)
         _fsync_dir(data_dir)
+        # A consent ledger goes back to the backup's head: a new epoch tells every node so.
+        restored_ledger = (ledger.restored(data_dir, moved_aside)
+                           if any(f.name == ledger.LEDGER_FILE for f in files) else None)
     except OSError as exc:
         raise BackupError(f"restore into {data_dir} failed: {exc.strerror}: {exc.filename}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return RestoreReport(data_dir, str(manifest["created_at"]), identity, tuple(checked), moved_aside)
+    return RestoreReport(data_dir, str(manifest["created_at"]), identity, tuple(checked), moved_aside, restored_ledger)
 
 
 def _existing(targets: list[Path]) -> list[Path]:
@@ -471,7 +481,7 @@ def _stage(src: Path, dst: Path, want: BackupFile, backup_dir: Path) -> None:
                             f"({'size' if size != want.size else 'SHA-256'} differs)")
 
 
-def _ensure_idle(db: Path) -> None:
+def ensure_idle(db: Path) -> None:
     """Refuse when some process has `db` open (a running server holds a WAL connection).
 
     A plain BEGIN IMMEDIATE would succeed against an idle server, so this asks for an exclusive

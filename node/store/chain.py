@@ -9,7 +9,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -232,10 +232,16 @@ class HashChain:
     a half-consumed iterator never pins other reads to an old snapshot.
     """
 
-    def __init__(self, path: Path, *, table: str = "entries") -> None:
-        """Open (creating if needed) the chain `table` in the SQLite file `path`."""
+    def __init__(self, path: Path, *, table: str = "entries",
+                 on_commit: Callable[[Entry], None] | None = None) -> None:
+        """Open (creating if needed) the chain `table` in the SQLite file `path`.
+
+        `on_commit(last_entry)` runs after each committed append, under this object's write lock
+        (the consent ledger records its head outside SQLite this way, see node.store.ledger).
+        """
         self._setup(Path(path), _check_table(table), readonly=False)
         self.restored_guards: tuple[str, ...] = ()
+        self._on_commit = on_commit
         self._writer: sqlite3.Connection | None = self._open_writer()
 
     @classmethod
@@ -247,6 +253,7 @@ class HashChain:
         self = cls.__new__(cls)
         self._setup(Path(path), _check_table(table), readonly=True)
         self.restored_guards = ()
+        self._on_commit = None
         self._writer = None
         if not self.path.is_file():
             raise StoreError(f"chain file {self.path} does not exist")
@@ -443,8 +450,28 @@ class HashChain:
         """Append several entries in one transaction (all or none); they share one at_ms."""
         return self._append([_encode_item(*item) for item in items], at_ms)
 
+    def append_next(
+        self,
+        build: Callable[[tuple[int, bytes]], Sequence[tuple[str, str, bytes]]],
+        *,
+        at_ms: int | None = None,
+    ) -> list[Entry]:
+        """Append the entries `build(head)` returns, in one transaction that holds the write lock.
+
+        `head` is the (index, hash) the entries follow, read inside that transaction, so `build`
+        may write the index its entries will get into their payloads (or decide to append
+        nothing) and no other process can append in between.
+        """
+        def items(head: tuple[int, bytes]) -> list[tuple[str, str, bytes, bytes, bytes]]:
+            return [_encode_item(*item) for item in build(head)]
+
+        return self._append(items, at_ms)
+
     def _append(
-        self, items: list[tuple[str, str, bytes, bytes, bytes]], at_ms: int | None
+        self,
+        items: list[tuple[str, str, bytes, bytes, bytes]]
+        | Callable[[tuple[int, bytes]], list[tuple[str, str, bytes, bytes, bytes]]],
+        at_ms: int | None,
     ) -> list[Entry]:
         if at_ms is None:
             at_ms = _now_ms()
@@ -457,7 +484,9 @@ class HashChain:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    entries = self._link(self._head(conn), items, at_ms)
+                    head = self._head(conn)
+                    batch = items(head) if callable(items) else items
+                    entries = self._link(head, batch, at_ms)
                     conn.executemany(self._insert_sql, (_row(e) for e in entries))
                     conn.execute("COMMIT")
                 except BaseException:
@@ -465,6 +494,8 @@ class HashChain:
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"append to chain {self.table} failed: {exc}") from None
+            if entries and self._on_commit is not None:
+                self._on_commit(entries[-1])
         return entries
 
     def _writable(self) -> sqlite3.Connection:
@@ -510,6 +541,15 @@ class HashChain:
             return int(self._reader().execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
         except sqlite3.Error as exc:
             raise StoreError(f"reading chain {self.table} failed: {exc}") from None
+
+    def entry(self, idx: int) -> Entry | None:
+        """The entry at index `idx`, or None."""
+        sql = _SELECT.format(t=self.table) + " WHERE idx = ?"
+        try:
+            row = self._reader().execute(sql, (idx,)).fetchone()
+        except (sqlite3.Error, OverflowError) as exc:
+            raise StoreError(f"reading chain {self.table} failed: {exc}") from None
+        return None if row is None else Entry(*row)
 
     def latest(self, key: str) -> Entry | None:
         """The last entry with this key, or None."""

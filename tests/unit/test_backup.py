@@ -232,7 +232,7 @@ def test_restore_into_empty_dir_gives_a_working_store(member: Path, tmp_path: Pa
     with HashChain(target / "audit.sqlite", table="audit") as chain:
         assert chain.verify().count == 30 and chain.append("query", "after", b"{}").idx == 31
     assert sorted(p.name for p in target.iterdir()) == [
-        "audit-checkpoints.jsonl", "audit.sqlite", "directory.json", "ledger.sqlite", "store.sqlite"]
+        "audit-checkpoints.jsonl", "audit.sqlite", "directory.json", "ledger.head", "ledger.sqlite", "store.sqlite"]
 
 
 def test_restore_refuses_flipped_byte(member: Path, tmp_path: Path) -> None:

@@ -12,13 +12,15 @@ from node.crypto.tokens import subject_token
 from node.domain.predicate import parse_check
 from node.errors import ErrorCode, Refusal
 from node.member import Member
-from node.service.consent import ReceiptGate, RevocationView, commitment
+from node.service.consent import LedgerHead, ReceiptGate, RevocationView, commitment
 from node.testing.cluster import build_federation
 from node.wire.v1 import verification_pb2
 
 KEY = os.urandom(32)
 A, B = subject_token(KEY, "a" * 18), subject_token(KEY, "b" * 18)
 NOW = 1_800_000_000.0
+EPOCH = b"e" * 16
+HEAD = LedgerHead(ledger_id=b"l" * 16, epoch=EPOCH, index=5, hash=b"h" * 32)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def receipt(signer: signing.Signer, **over: object) -> verification_pb2.SignedCo
     salt = b"s" * 16
     fields: dict[str, object] = dict(consent_id="c-1", requester="51", purpose="dibao", subject_salt=salt,
                                      subject_commitments=[commitment(salt, A)], not_before_ms=int(NOW * 1000) - 1000,
-                                     not_after_ms=int(NOW * 1000) + 86_400_000)
+                                     not_after_ms=int(NOW * 1000) + 86_400_000, ledger_epoch=EPOCH, ledger_index=1)
     fields.update(over)
     body = verification_pb2.ConsentBody(**fields).SerializeToString()  # type: ignore[arg-type]
     return verification_pb2.SignedConsent(body=body, signature=signer.sign(signing.CONSENT, body))
@@ -51,7 +53,7 @@ def query(consent: verification_pb2.SignedConsent | None, subjects: list[bytes] 
 def gate(members: dict, *, synced: bool = True, clock: float = NOW) -> ReceiptGate:
     view = RevocationView(clock=lambda: 100.0)
     if synced:
-        view.apply([], 0)
+        view.apply([], HEAD)
     return ReceiptGate(members["verifier"], view, clock=lambda: clock)
 
 
@@ -98,7 +100,7 @@ def test_uncovered_subject_purpose_and_scope_are_refused(members: dict) -> None:
 def test_revoked_consent_is_refused(members: dict) -> None:
     """A consent the view learnt is revoked is CONSENT_REVOKED."""
     g = gate(members)
-    g.revocations.apply([(5, "c-1", True)], 5)
+    g.revocations.apply([(5, "c-1", True)], HEAD)
     assert refusal(g, query(receipt(members["coordinator"]))) is ErrorCode.CONSENT_REVOKED
 
 
@@ -107,7 +109,7 @@ def test_stale_revocation_view_fails_closed(members: dict) -> None:
     assert refusal(gate(members, synced=False), query(receipt(members["coordinator"]))) is ErrorCode.UNAVAILABLE
     now = [100.0]
     view = RevocationView(max_staleness_s=4.0, clock=lambda: now[0])
-    view.apply([], 0)
+    view.apply([], HEAD)
     g = ReceiptGate(members["verifier"], view, clock=lambda: NOW)
     g.check(query(receipt(members["coordinator"])), CHECKS)
     now[0] += 4.5

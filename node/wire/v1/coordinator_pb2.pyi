@@ -102,10 +102,12 @@ class ConsentStatus(_message.Message):
     def __init__(self, receipt: _Optional[_Union[_verification_pb2.SignedConsent, _Mapping]] = ..., state: _Optional[_Union[ConsentState, str]] = ..., revoked_at_ms: _Optional[int] = ..., ledger_index: _Optional[int] = ...) -> None: ...
 
 class ConsentUpdatesRequest(_message.Message):
-    __slots__ = ("after_index",)
+    __slots__ = ("after_index", "epoch")
     AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     after_index: int
-    def __init__(self, after_index: _Optional[int] = ...) -> None: ...
+    epoch: bytes
+    def __init__(self, after_index: _Optional[int] = ..., epoch: _Optional[bytes] = ...) -> None: ...
 
 class ConsentUpdate(_message.Message):
     __slots__ = ("ledger_index", "consent_id", "state")
@@ -117,15 +119,49 @@ class ConsentUpdate(_message.Message):
     state: ConsentState
     def __init__(self, ledger_index: _Optional[int] = ..., consent_id: _Optional[str] = ..., state: _Optional[_Union[ConsentState, str]] = ...) -> None: ...
 
+class EpochLimit(_message.Message):
+    __slots__ = ("epoch", "last_index")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    epoch: bytes
+    last_index: int
+    def __init__(self, epoch: _Optional[bytes] = ..., last_index: _Optional[int] = ...) -> None: ...
+
+class LedgerHeadBody(_message.Message):
+    __slots__ = ("ledger_id", "epoch", "head_index", "head_hash", "lineage")
+    LEDGER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    HEAD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    ledger_id: bytes
+    epoch: bytes
+    head_index: int
+    head_hash: bytes
+    lineage: _containers.RepeatedCompositeFieldContainer[EpochLimit]
+    def __init__(self, ledger_id: _Optional[bytes] = ..., epoch: _Optional[bytes] = ..., head_index: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., lineage: _Optional[_Iterable[_Union[EpochLimit, _Mapping]]] = ...) -> None: ...
+
+class SignedLedgerHead(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
 class ConsentUpdatesResponse(_message.Message):
-    __slots__ = ("updates", "head_index", "as_of_ms")
+    __slots__ = ("updates", "head_index", "as_of_ms", "head", "after_hash")
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     HEAD_INDEX_FIELD_NUMBER: _ClassVar[int]
     AS_OF_MS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    AFTER_HASH_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[ConsentUpdate]
     head_index: int
     as_of_ms: int
-    def __init__(self, updates: _Optional[_Iterable[_Union[ConsentUpdate, _Mapping]]] = ..., head_index: _Optional[int] = ..., as_of_ms: _Optional[int] = ...) -> None: ...
+    head: SignedLedgerHead
+    after_hash: bytes
+    def __init__(self, updates: _Optional[_Iterable[_Union[ConsentUpdate, _Mapping]]] = ..., head_index: _Optional[int] = ..., as_of_ms: _Optional[int] = ..., head: _Optional[_Union[SignedLedgerHead, _Mapping]] = ..., after_hash: _Optional[bytes] = ...) -> None: ...
 
 class AnnouncementBody(_message.Message):
     __slots__ = ("province", "endpoint", "seal_suite", "seal_public_key", "tls_cert_sha256", "issued_at_ms")
