@@ -27,7 +27,11 @@ class Limits:
     default_deadline_s: float = 10.0
     rate_per_peer_per_s: float = 5000.0
     rate_burst: int = 10000
-    max_concurrent_rpcs: int = 512
+    max_concurrent_rpcs: int = 512  # calls one server process handles at once (besides the reserved feeds)
+    max_concurrent_per_peer: int = 64  # one caller's share of max_concurrent_rpcs
+    reserved_feed_rpcs: int = 64  # capacity only the consent, revocation, directory and checkpoint feeds use
+    max_feed_calls_per_peer: int = 8  # one caller's share of reserved_feed_rpcs
+    max_province_wait_s: float = 15.0  # the longest the coordinator waits on one province, whatever the caller's deadline
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Blind fan-out: ask provinces which tokens they hold, forward sealed queries, collect sealed answers.
 
 The router never opens a seal. One dead or slow province never fails a request: every
-province contacted gets a status of its own, within a deadline derived from the caller's.
+province contacted gets a status of its own, within a deadline derived from the caller's and
+never longer than `[limits] max_province_wait_s`, however long the caller is prepared to wait.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class Router:
         self._credentials = tls.channel_credentials(cfg)
         self._channels: dict[str, tuple[str, aio.Channel, verification_pb2_grpc.VerificationStub]] = {}
 
+    def _bounded(self, timeout: float) -> float:
+        """How long to wait on one province: never beyond the configured bound."""
+        return min(timeout, self.cfg.limits.max_province_wait_s)
+
     def _stub(self, province: str) -> verification_pb2_grpc.VerificationStub | None:
         entry = self.directory.entries().get(province)
         if entry is None:
@@ -84,6 +89,7 @@ class Router:
         """Ask every other province, once each, which of the tokens it holds (indexes per province)."""
         provinces = sorted(p for p in self.directory.entries() if p != requester)
         holds = verification_pb2.HoldsRequest(request_id=request_id, tokens=list(tokens))
+        timeout = self._bounded(timeout)
         held: dict[str, set[int]] = {}
 
         async def ask(province: str) -> coordinator_pb2.ProvinceStatus:
@@ -109,13 +115,20 @@ class Router:
         held, statuses = await self.holds(requester, request.tokens, request.request_id, timeout)
         return coordinator_pb2.DiscoverResponse(holders=sorted(held), statuses=statuses)
 
-    async def route(self, request: Any, timeout: float, *, batch: bool = False) -> Any:
-        """Forward each sealed query (or query batch) to its province; return every sealed answer unmodified."""
+    async def route(self, requester: str, request: Any, timeout: float, *, batch: bool = False) -> Any:
+        """Forward each sealed query (or query batch) to its province; return every sealed answer unmodified.
+
+        An envelope addressed to the requester itself is refused: a province asks its own node
+        directly, and a self-addressed route would only let it hold the coordinator's calls.
+        """
         seen: set[str] = set()
         for envelope in request.envelopes:
+            if envelope.province == requester:
+                raise Refusal(ErrorCode.MALFORMED, "an envelope is addressed to the requester itself")
             if envelope.province in seen or envelope.query.recipient != province_uri(envelope.province):
                 raise Refusal(ErrorCode.MALFORMED, "one envelope per province, sealed to that province")
             seen.add(envelope.province)
+        timeout = self._bounded(timeout)
 
         async def forward(envelope: Any) -> coordinator_pb2.RoutedAnswer:
             province = envelope.province

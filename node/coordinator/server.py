@@ -33,6 +33,8 @@ SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_n
 MAX_DISCOVERY_TOKENS = 16
 MAX_BATCH = 512  # households per batch message
 MAX_HOLDS_TOKENS = 4096  # what a node answers in one Holds call
+# What nodes need to stay in force (consents, CRL, directory, announce, checkpoints): their own capacity.
+FEEDS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("ConsentUpdates", "Revocations", "Directory", "Announce", "SubmitCheckpoint"))
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -44,7 +46,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.auditor = auditor
         self.checkpoints = checkpoints
         self.crl = crl
-        self.admission = Admission(anchor, cfg.limits)
+        self.admission = Admission(anchor, cfg.limits, reserved=FEEDS)
         self.metrics = MemberMetrics(cfg.identity)
         self.consents = consents
         self.directory = directory
@@ -123,7 +125,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             self.consents.check_active(province, request.consent_id)
             if not 1 <= len(request.envelopes) <= 64:
                 raise Refusal(ErrorCode.MALFORMED, "1 to 64 envelopes")
-            reply = await self.router.route(request, self._timeout(context))
+            reply = await self.router.route(province, request, self._timeout(context))
             await self._audit(audit.coordinator_event(
                 audit.ROUTE, requester=province, request_id=request.request_id, consent_id=request.consent_id,
                 statuses={a.province: status_name(a.status) for a in reply.answers}))
@@ -200,7 +202,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents and 1 to 64 envelopes per batch")
             for consent_id in request.consent_ids:
                 self.consents.check_active(province, consent_id)
-            reply = await self.router.route(request, self._timeout(context), batch=True)
+            reply = await self.router.route(province, request, self._timeout(context), batch=True)
             await self._audit(audit.coordinator_event(
                 audit.ROUTE, requester=province, request_id=request.request_id,
                 statuses={a.province: status_name(a.status) for a in reply.answers}))
@@ -323,6 +325,7 @@ class CoordinatorServer:
                                        auditor=self.auditor, checkpoints=checkpoints)
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
+                                          admission=servicer.admission, log=log, metrics=servicer.metrics,
                                           register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
         running = self.running
         close.push_async_callback(lambda: running.stop(self._grace))

@@ -98,11 +98,13 @@ class NodeServer:
         )
         self.batch_signer = signing.AsyncBatchSigner(member.signer, in_flight=in_flight)
         servicer = VerificationServicer(
-            service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
+            service, self.batch_signer, anchor, Admission(anchor, cfg.limits, relay=COORDINATOR_URI), log,
+            coordinator_identity=COORDINATOR_URI,
             unsealer=self.link, metrics=MemberMetrics(cfg.identity), auditor=self.auditor, in_flight=in_flight,
         )
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
+                                          admission=servicer.admission, log=log, metrics=servicer.metrics,
                                           register=lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
         running = self.running
         close.push_async_callback(lambda: running.stop(self._grace))

@@ -157,8 +157,12 @@ class Federation:
 
 
 def build_federation(root: Path, provinces: Sequence[str], *, data: dict[str, Path] | None = None,
-                     config_extra: dict[str, Any] | None = None) -> Federation:
-    """Create PKI, keys and node configs for `provinces` under `root`, and ingest `data` per province."""
+                     config_extra: dict[str, Any] | None = None,
+                     coordinator_extra: dict[str, Any] | None = None) -> Federation:
+    """Create PKI, keys and node configs for `provinces` under `root`, and ingest `data` per province.
+
+    `config_extra` adds TOML tables to every node's config, `coordinator_extra` to the coordinator's.
+    """
     from node.cli.coordinator_cmd import coordinator_config
 
     pki = root / "pki"
@@ -169,7 +173,7 @@ def build_federation(root: Path, provinces: Sequence[str], *, data: dict[str, Pa
         configs[code] = write_node_config(root, pki, code, extra=config_extra)
     issue_member(pki, "coordinator")
     coordinator = root / "coordinator.toml"
-    config_mod.write(coordinator, coordinator_config(pki, "127.0.0.1:0", root / "coordinator"))
+    config_mod.write(coordinator, {**coordinator_config(pki, "127.0.0.1:0", root / "coordinator"), **(coordinator_extra or {})})
     fed = Federation(root=root, pki=pki, configs=configs, coordinator_config=coordinator)
     for code, path in (data or {}).items():
         fed.ingest(code, path)
@@ -183,6 +187,7 @@ def run_cluster(
     root: Path | None = None,
     data: dict[str, Path] | None = None,
     config_extra: dict[str, Any] | None = None,
+    coordinator_extra: dict[str, Any] | None = None,
 ) -> Iterator[Federation]:
     """Build a federation in a temp dir (or `root`); start the coordinator and every node on port 0.
 
@@ -191,7 +196,7 @@ def run_cluster(
     with contextlib.ExitStack() as stack:
         if root is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hedui-")))
-        fed = build_federation(root, provinces, data=data, config_extra=config_extra)
+        fed = build_federation(root, provinces, data=data, config_extra=config_extra, coordinator_extra=coordinator_extra)
         fed.loop = LoopThread()
         stack.callback(fed.loop.close)
         try:
