@@ -250,3 +250,27 @@ def test_a_wait_on_a_stalled_province_ends_within_the_configured_bound(planted: 
         elapsed = time.monotonic() - started
     assert result.routing == {"32": "DEADLINE_EXCEEDED"}
     assert elapsed < 10  # the caller's deadline less the router's margin would be 18 s
+
+
+def test_the_feeds_keep_flowing_when_the_general_pool_is_full(planted: dict[str, Path]) -> None:
+    """With every general slot of the coordinator held, other calls are refused for capacity but the nodes'
+    consent and revocation feeds still get through, on the reserve."""
+    small = {"limits": {"max_concurrent_rpcs": 48}}  # less than one province's share: 32 alone fills it
+    with run_cluster(["32", "44"], data={"44": planted["44"]}, coordinator_extra=small) as federation:
+        flood = Flood(federation, "32", federation.addresses["coordinator"])
+        try:
+            flood.hold(ROUTE, 200)
+            flood.wait_until_full(ROUTE, coordinator_pb2.RouteRequest().SerializeToString())
+            in_place = time.monotonic()
+            with grpc.secure_channel(federation.addresses["coordinator"], credentials(federation, "44")) as channel:
+                stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.GetConsent(coordinator_pb2.GetConsentRequest(consent_id="x"), timeout=5)
+                revocations = stub.Revocations(coordinator_pb2.RevocationsRequest(), timeout=5)
+            updates = consent_updates(federation, "44")
+            synced = synced_since(federation, "44", in_place)
+        finally:
+            flood.close()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.details() == "server is at its concurrency limit"
+    assert isinstance(revocations, coordinator_pb2.RevocationList) and updates.as_of_ms > 0 and synced
