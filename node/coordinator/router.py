@@ -71,7 +71,10 @@ class Router:
             return known[2]
         if known is not None:
             asyncio.get_running_loop().create_task(known[1].close())
-        channel = aio.secure_channel(entry.endpoint, self._credentials, options=tls.channel_options(self.cfg.limits))
+        # An announced HOST:PORT (checked by verify_announcement) is always resolved as a name or
+        # address: never read as a gRPC target scheme ("unix:", "vsock:", ...).
+        channel = aio.secure_channel(f"dns:///{entry.endpoint}", self._credentials,
+                                     options=tls.channel_options(self.cfg.limits))
         stub = verification_pb2_grpc.VerificationStub(channel)
         self._channels[province] = (entry.endpoint, channel, stub)
         return stub

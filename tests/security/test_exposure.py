@@ -1,7 +1,10 @@
-"""What a server exposes besides the Hedui calls: health and reflection."""
+"""What a server exposes besides the Hedui calls: health and reflection, dialled endpoints."""
 
 from __future__ import annotations
 
+import json
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -11,7 +14,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from node.crypto.revocation import revoke
 from node.testing import Federation, run_cluster
+from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
+from tests.conftest import STRANGER
 
+CHECK = ["deposit.balance_total<=2000000"]
 
 
 def channel_as(fed: Federation, code: str, target: str) -> grpc.Channel:
@@ -52,3 +58,97 @@ def test_health_and_reflection_refuse_a_revoked_certificate(planted: dict[str, P
         with channel_as(fed, "44", "coordinator") as ch:
             assert health(ch) == health_pb2.HealthCheckResponse.SERVING
             assert "hedui.v1.Coordinator" in services(ch)
+
+
+# ---------------------------------------------------------------- announced endpoints
+
+
+@pytest.fixture(scope="module")
+def fed(planted: dict[str, Path]) -> Iterator[Federation]:
+    with run_cluster(["32", "44"], data={"44": planted["44"]}) as federation:
+        yield federation
+
+
+@pytest.fixture()
+def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    """A unix socket that counts as dialled if anything connects to it."""
+    path = tmp_path / "trap.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(8)
+    sock.setblocking(False)
+    yield sock, path
+    sock.close()
+
+
+def dialled(sock: socket.socket) -> bool:
+    try:
+        sock.accept()[0].close()
+    except BlockingIOError:
+        return False
+    return True
+
+
+def announce(fed: Federation, code: str, endpoint: str) -> None:
+    signed = fed.servers[code].link.announcement(endpoint)
+    with channel_as(fed, code, "coordinator") as ch:
+        coordinator_pb2_grpc.CoordinatorStub(ch).Announce(signed, timeout=5)
+
+
+def discover(fed: Federation) -> None:
+    """A discovery by Guangdong, which asks every other province in the directory (Jiangsu included)."""
+    consent = fed.grant("44", [STRANGER]).consent_id
+    fed.verify("44", [STRANGER], CHECK, consent_id=consent, deadline_s=3)
+
+
+@pytest.mark.parametrize("endpoint", ["unix:{trap}", "unix://{trap}", "unix-abstract:hedui", "dns:///127.0.0.1:1",
+                                      "vsock:2:7444", "ipv4:127.0.0.1:7444", "127.0.0.1:0", "127.0.0.1:65536",
+                                      "127.0.0.1", "[::1:7444", "node 32:7444", "127.0.0.1:+80"])
+def test_an_endpoint_that_is_not_host_port_is_refused_at_announce(fed: Federation, listener: tuple[socket.socket, Path],
+                                                                  endpoint: str) -> None:
+    """An announcement whose endpoint is a gRPC transport or not HOST:PORT is refused, and nothing dials it."""
+    sock, trap = listener
+    with pytest.raises(grpc.RpcError) as err:
+        announce(fed, "32", endpoint.format(trap=trap))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "HOST:PORT" in (err.value.details() or "")
+    discover(fed)
+    assert not dialled(sock)
+    assert fed.servers["coordinator"].router.directory.entries()["32"].endpoint == fed.addresses["32"]
+
+
+def test_a_stored_unix_endpoint_is_never_dialled(fed: Federation, listener: tuple[socket.socket, Path]) -> None:
+    """A signed announcement of a unix socket put straight into directory.json is skipped, never dialled."""
+    sock, trap = listener
+    directory = fed.servers["coordinator"].router.directory
+    stored = json.loads(directory.path.read_text())
+    bad = fed.servers["32"].link.announcement(f"unix:{trap}").SerializeToString().hex()
+    try:
+        directory.path.write_text(json.dumps({"members": [m for m in stored["members"]
+                                                          if _province_of(m) != "32"] + [bad]}))
+        discover(fed)
+        assert not dialled(sock)
+    finally:
+        announce(fed, "32", fed.addresses["32"])
+
+
+def test_a_host_named_like_a_transport_is_resolved_as_a_name(fed: Federation, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """"unix:7444" is a valid HOST:PORT: the coordinator looks up a host called "unix", never a socket file "7444"."""
+    monkeypatch.chdir(tmp_path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind("7444")
+    sock.listen(8)
+    sock.setblocking(False)
+    try:
+        announce(fed, "32", "unix:7444")
+        discover(fed)
+        assert not dialled(sock)
+    finally:
+        sock.close()
+        announce(fed, "32", fed.addresses["32"])
+
+
+def _province_of(hex_announcement: str) -> str:
+    signed = coordinator_pb2.SignedAnnouncement.FromString(bytes.fromhex(hex_announcement))
+    return coordinator_pb2.AnnouncementBody.FromString(signed.body).province
