@@ -57,6 +57,10 @@ class MemberConfig:
     policy: Path | None = None
     log_level: str = "info"
     metrics_listen: str | None = None  # HOST:PORT for Prometheus metrics; None = off
+    metrics_tls_cert: Path | None = None  # serve metrics over HTTPS with this certificate...
+    metrics_tls_key: Path | None = None  # ...and key
+    metrics_tls_client_ca: Path | None = None  # and require scrapers' client certificates from this CA
+    metrics_allow_plain_remote: bool = False  # explicit opt-in: plain HTTP on a non-loopback address
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -85,6 +89,11 @@ def load(path: Path | str) -> MemberConfig:
         member, keys = raw["member"], raw["keys"]
         opt = lambda k: _resolve(base, keys[k], f"keys.{k}") if keys.get(k) else None  # noqa: E731
         limits = Limits(**raw.get("limits", {}))
+        metrics = raw.get("metrics", {})
+        metrics_path = lambda k: _resolve(base, metrics[k], f"metrics.{k}") if metrics.get(k) else None  # noqa: E731
+        allow_plain_remote = metrics.get("allow_plain_remote", False)
+        if not isinstance(allow_plain_remote, bool):
+            raise ConfigError(f"config key metrics.allow_plain_remote in {path} must be true or false")
         return MemberConfig(
             path=path.resolve(),
             identity=str(member["identity"]),
@@ -104,7 +113,11 @@ def load(path: Path | str) -> MemberConfig:
             catalogue=opt("catalogue"),
             policy=opt("policy"),
             log_level=str(raw.get("logging", {}).get("level", "info")),
-            metrics_listen=raw.get("metrics", {}).get("listen") or None,
+            metrics_listen=metrics.get("listen") or None,
+            metrics_tls_cert=metrics_path("tls_cert"),
+            metrics_tls_key=metrics_path("tls_key"),
+            metrics_tls_client_ca=metrics_path("tls_client_ca"),
+            metrics_allow_plain_remote=allow_plain_remote,
             limits=limits,
         )
     except KeyError as exc:

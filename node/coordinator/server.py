@@ -299,6 +299,8 @@ class CoordinatorServer:
     async def _start(self, listen: str | None) -> int:
         cfg = self.cfg
         log = logs.get("coordinator")
+        if cfg.metrics_listen:
+            metrics.listen_address(cfg)  # a refused metrics address stops the start before anything opens
         member = Member(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
@@ -331,7 +333,7 @@ class CoordinatorServer:
         close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port
         if cfg.metrics_listen:
-            metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
+            metrics_server, self.metrics_port = metrics.serve(cfg)
             close.callback(metrics_server.shutdown)
         crl_task = asyncio.create_task(self._watch_crl(log))
         close.callback(crl_task.cancel)

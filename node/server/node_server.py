@@ -68,6 +68,8 @@ class NodeServer:
         cfg = self.cfg
         assert cfg.province is not None, "a node config names its province"
         log = logs.get("node").bind(province=cfg.province)
+        if cfg.metrics_listen:
+            metrics.listen_address(cfg)  # a refused metrics address stops the start before anything opens
         close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
         self.store = Store.open(cfg.data_dir)
         close.callback(self.store.close)
@@ -110,7 +112,7 @@ class NodeServer:
         close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port
         if cfg.metrics_listen:
-            metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
+            metrics_server, self.metrics_port = metrics.serve(cfg)
             close.callback(metrics_server.shutdown)
         if self.link is not None:
             host = (listen or cfg.listen).rpartition(":")[0]

@@ -1,9 +1,15 @@
-"""What a server exposes besides the Hedui calls: health and reflection, dialled endpoints."""
+"""What a server exposes besides the Hedui calls: health and reflection, dialled endpoints, the metrics port."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +18,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from node.crypto.pki import member_paths
 from node.crypto.revocation import revoke
 from node.testing import Federation, run_cluster
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
-from tests.conftest import STRANGER
+from tests.conftest import STRANGER, WORKER
 
+HEDUI = [sys.executable, "-m", "node.cli.main"]
 CHECK = ["deposit.balance_total<=2000000"]
 
 
@@ -152,3 +160,44 @@ def test_a_host_named_like_a_transport_is_resolved_as_a_name(fed: Federation, tm
 def _province_of(hex_announcement: str) -> str:
     signed = coordinator_pb2.SignedAnnouncement.FromString(bytes.fromhex(hex_announcement))
     return coordinator_pb2.AnnouncementBody.FromString(signed.body).province
+
+
+# ---------------------------------------------------------------- metrics port
+
+
+def test_metrics_on_a_non_loopback_address_without_tls_are_refused(fed: Federation) -> None:
+    """`--metrics 0.0.0.0:PORT` without TLS or the explicit opt-in stops the start with one line and exit 2."""
+    done = subprocess.run([*HEDUI, "node", "serve", "--config", str(fed.configs["44"]), "--metrics", "0.0.0.0:0"],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "allow_plain_remote" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_metrics_on_a_non_loopback_address_need_an_explicit_opt_in(planted: dict[str, Path], tmp_path: Path) -> None:
+    """With `[metrics] allow_plain_remote = true` plain-HTTP metrics may listen on every address."""
+    extra = {"metrics": {"listen": "0.0.0.0:0", "allow_plain_remote": True}}
+    with run_cluster(["44"], root=tmp_path, config_extra=extra) as fed:
+        port = fed.servers["44"].metrics_port
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).status == 200
+
+
+def test_metrics_are_served_over_tls_with_client_certificates(planted: dict[str, Path], tmp_path: Path) -> None:
+    """With [metrics] tls_cert, tls_key and tls_client_ca, the port speaks only HTTPS and only to a scraper
+    holding a federation certificate."""
+    pki = member_paths(tmp_path / "pki", "44")
+    extra = {"metrics": {"listen": "127.0.0.1:0", "tls_cert": str(pki.tls_cert), "tls_key": str(pki.tls_key),
+                         "tls_client_ca": str(pki.ca_cert)}}
+    with run_cluster(["51", "44"], root=tmp_path, data=planted, config_extra=extra) as fed:
+        consent = fed.grant("51", [WORKER]).consent_id
+        fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44")
+        url = f"https://localhost:{fed.servers['44'].metrics_port}/metrics"
+        with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError, ssl.SSLError)):
+            urllib.request.urlopen(url.replace("https:", "http:"), timeout=5)
+        anonymous = ssl.create_default_context(cafile=str(pki.ca_cert))
+        with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError, ssl.SSLError)):
+            urllib.request.urlopen(url, timeout=5, context=anonymous).read()
+        scraper = ssl.create_default_context(cafile=str(pki.ca_cert))
+        scraper.load_cert_chain(str(member_paths(tmp_path / "pki", "51").tls_cert),
+                                str(member_paths(tmp_path / "pki", "51").tls_key))
+        text = urllib.request.urlopen(url, timeout=5, context=scraper).read().decode()
+    assert 'hedui_outcomes_total{member="urn:hedui:province:44"' in text
