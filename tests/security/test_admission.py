@@ -188,12 +188,17 @@ def consents(fed: Federation) -> dict[str, str]:
 
 
 def test_a_self_addressed_route_is_refused_and_audited(fed: Federation, consents: dict[str, str]) -> None:
-    """A Route carrying an envelope for the caller's own province is refused with a public message, and audited."""
+    """A Route or RouteBatch carrying an envelope for the caller's own province is refused with a public
+    message, and audited."""
+    route = coordinator_pb2.RouteRequest.FromString(self_route(fed, "32", consents["32"]))
+    batch = coordinator_pb2.RouteBatchRequest(consent_ids=[consents["32"]], request_id=route.request_id,
+                                              envelopes=route.envelopes)
     with grpc.secure_channel(fed.addresses["coordinator"], credentials(fed, "32")) as channel:
-        with pytest.raises(grpc.RpcError) as err:
-            channel.unary_unary(ROUTE)(self_route(fed, "32", consents["32"]), timeout=5)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details() == "malformed request: an envelope is addressed to the requester itself"
+        for method, request in ((ROUTE, route), ("/hedui.v1.Coordinator/RouteBatch", batch)):
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary(method)(request.SerializeToString(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details() == "malformed request: an envelope is addressed to the requester itself"
     exported = subprocess.run([sys.executable, "-m", "node.cli.main", "audit", "export", "--config",
                                str(fed.coordinator_config)], capture_output=True, text=True, timeout=60)
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
