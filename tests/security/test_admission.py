@@ -211,10 +211,11 @@ def test_a_flood_of_held_routes_from_one_province_stops_nobody_else(fed: Federat
     the others' consent feeds keep flowing and their routed and direct verifications are answered."""
     flood = Flood(fed, "32", fed.addresses["coordinator"])
     try:
+        probe = self_route(fed, "32", consents["32"])  # built first: once the flood is in, 32 cannot fetch receipts
         for _ in range(100):  # each waited on the stalled node for 2 minutes, on the original code
             flood.send(ROUTE, self_route(fed, "32", consents["32"]), 1)
         flood.hold(ROUTE, HELD)
-        flood.wait_until_full(ROUTE, self_route(fed, "32", consents["32"]))
+        flood.wait_until_full(ROUTE, probe)
         in_place = time.monotonic()
         assert consent_updates(fed, "44").head_index > 0
         assert synced_since(fed, "44", in_place) and synced_since(fed, "51", in_place)
