@@ -33,7 +33,11 @@ class Limits:
     default_deadline_s: float = 10.0
     rate_per_peer_per_s: float = 5000.0
     rate_burst: int = 10000
-    max_concurrent_rpcs: int = 512
+    max_concurrent_rpcs: int = 512  # calls one server process handles at once (besides the reserved feeds)
+    max_concurrent_per_peer: int = 64  # one caller's share of max_concurrent_rpcs
+    reserved_feed_rpcs: int = 64  # capacity only the consent, revocation, directory and checkpoint feeds use
+    max_feed_calls_per_peer: int = 8  # one caller's share of reserved_feed_rpcs
+    max_province_wait_s: float = 15.0  # the longest the coordinator waits on one province, whatever the caller's deadline
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,10 @@ class MemberConfig:
     policy: Path | None = None
     log_level: str = "info"
     metrics_listen: str | None = None  # HOST:PORT for Prometheus metrics; None = off
+    metrics_tls_cert: Path | None = None  # serve metrics over HTTPS with this certificate...
+    metrics_tls_key: Path | None = None  # ...and key
+    metrics_tls_client_ca: Path | None = None  # and require scrapers' client certificates from this CA
+    metrics_allow_plain_remote: bool = False  # explicit opt-in: plain HTTP on a non-loopback address
     limits: Limits = field(default_factory=Limits)
     claims: ClaimPolicy = field(default_factory=ClaimPolicy)  # coordinator only: [claims]
 
@@ -156,6 +164,10 @@ def load(path: Path | str) -> MemberConfig:
         level = logging.get("level", "info")
         if not isinstance(level, str) or level.lower() not in LEVELS:
             raise ConfigError(f"config key logging.level must be one of {', '.join(LEVELS)}")
+        metrics_path = lambda k: _resolve(base, metrics[k], f"metrics.{k}") if metrics.get(k) else None  # noqa: E731
+        allow_plain_remote = metrics.get("allow_plain_remote", False)
+        if not isinstance(allow_plain_remote, bool):
+            raise ConfigError(f"config key metrics.allow_plain_remote in {path} must be true or false")
         return MemberConfig(
             path=path.resolve(),
             identity=str(member["identity"]),
@@ -176,6 +188,10 @@ def load(path: Path | str) -> MemberConfig:
             policy=opt("policy"),
             log_level=level.lower(),
             metrics_listen=_text(metrics.get("listen"), "metrics.listen"),
+            metrics_tls_cert=metrics_path("tls_cert"),
+            metrics_tls_key=metrics_path("tls_key"),
+            metrics_tls_client_ca=metrics_path("tls_client_ca"),
+            metrics_allow_plain_remote=allow_plain_remote,
             limits=limits,
             claims=claims,
         )

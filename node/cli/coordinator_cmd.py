@@ -86,10 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
     from node.coordinator.server import CoordinatorServer
     from node.server.node_server import serve_until_signalled
 
-    cfg = config.load(args.config)
+    cfg = with_metrics(args, config.load(args.config))
     if args.workers != 1:
         return run_workers_for(args, "coordinator", cfg.listen)
-    cfg = with_metrics(args, cfg)
     if not cfg.is_coordinator:
         raise BadInput("this config is a province node's (use `hedui node serve`)")
     logs.configure(args.log_level or cfg.log_level)

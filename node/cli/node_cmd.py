@@ -164,20 +164,25 @@ def run_workers_for(args: argparse.Namespace, kind: str, listen: str) -> int:
 
 
 def with_metrics(args: argparse.Namespace, cfg: Any) -> Any:
-    """The config with `--metrics HOST:PORT` applied over `[metrics] listen`."""
+    """The config with `--metrics HOST:PORT` applied over `[metrics] listen`; ConfigError (exit 2)
+    for an address metrics may not be served on (node.server.metrics.listen_address)."""
     import dataclasses
 
-    return dataclasses.replace(cfg, metrics_listen=args.metrics) if args.metrics else cfg
+    from node.server.metrics import listen_address
+
+    cfg = dataclasses.replace(cfg, metrics_listen=args.metrics) if args.metrics else cfg
+    if cfg.metrics_listen:
+        listen_address(cfg)
+    return cfg
 
 
 def _serve(args: argparse.Namespace) -> int:
     from node import config, logs
     from node.server.node_server import NodeServer, serve_until_signalled
 
-    cfg = config.load(args.config)
+    cfg = with_metrics(args, config.load(args.config))
     if args.workers != 1:
         return run_workers_for(args, "node", cfg.listen)
-    cfg = with_metrics(args, cfg)
     if cfg.province is None:
         raise BadInput("this config is not a province node's (use `hedui coordinator serve`)")
     logs.configure(args.log_level or cfg.log_level)

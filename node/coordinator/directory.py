@@ -6,7 +6,9 @@ that a sealing key really belongs to that province: the coordinator cannot swap 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,38 @@ from node.errors import ErrorCode, Refusal
 from node.wire.v1 import coordinator_pb2
 
 ANNOUNCEMENT: Final[str] = "hedui/v1/announcement"
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Refuse anything but HOST:PORT: a DNS name, an IPv4 address or a bracketed IPv6 address, port 1-65535.
+
+    A gRPC target may name a transport ("unix:/run/x.sock", "vsock:…", "dns:///…"): an
+    announced endpoint must never be able to point the coordinator at one.
+    """
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535 or port != str(int(port)):
+        raise Refusal(ErrorCode.MALFORMED, "announced endpoint must be HOST:PORT with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]") and "%" not in host:
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+            return
+        except ValueError:
+            pass
+    else:
+        labels = host.removesuffix(".").split(".")
+        if len(host) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels) and (
+                not labels[-1].isdigit() or _is_ipv4(host)):
+            return
+    raise Refusal(ErrorCode.MALFORMED, "announced endpoint must be HOST:PORT with a DNS name or an IP address")
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -49,6 +83,7 @@ def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: si
         raise Refusal(ErrorCode.IDENTITY_MISMATCH)
     if len(body.seal_public_key) != 32 or not body.endpoint or len(body.endpoint) > 255:
         raise Refusal(ErrorCode.MALFORMED, "announcement lacks endpoint or sealing key")
+    check_endpoint(body.endpoint)
     return Entry(body.province, body.endpoint, body.seal_suite, body.seal_public_key, body.tls_cert_sha256,
                  verified.identity.serial)
 

@@ -1,7 +1,8 @@
 """Blind fan-out: ask provinces which tokens they hold, forward sealed queries, collect sealed answers.
 
 The router never opens a seal. One dead or slow province never fails a request: every
-province contacted gets a status of its own, within a deadline derived from the caller's.
+province contacted gets a status of its own, within a deadline derived from the caller's and
+never longer than `[limits] max_province_wait_s`, however long the caller is prepared to wait.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class Router:
         self._credentials = tls.channel_credentials(cfg)
         self._channels: dict[str, tuple[str, aio.Channel, verification_pb2_grpc.VerificationStub]] = {}
 
+    def _bounded(self, timeout: float) -> float:
+        """How long to wait on one province: never beyond the configured bound."""
+        return min(timeout, self.cfg.limits.max_province_wait_s)
+
     def _stub(self, province: str) -> verification_pb2_grpc.VerificationStub | None:
         entry = self.directory.entries().get(province)
         if entry is None:
@@ -73,7 +78,10 @@ class Router:
             return known[2]
         if known is not None:
             asyncio.get_running_loop().create_task(known[1].close())
-        channel = aio.secure_channel(entry.endpoint, self._credentials, options=tls.channel_options(self.cfg.limits))
+        # An announced HOST:PORT (checked by verify_announcement) is always resolved as a name or
+        # address: never read as a gRPC target scheme ("unix:", "vsock:", ...).
+        channel = aio.secure_channel(f"dns:///{entry.endpoint}", self._credentials,
+                                     options=tls.channel_options(self.cfg.limits))
         stub = verification_pb2_grpc.VerificationStub(channel)
         self._channels[province] = (entry.endpoint, channel, stub)
         return stub
@@ -91,6 +99,7 @@ class Router:
         """Ask every other province, once each, which of the tokens it holds (indexes per province)."""
         provinces = sorted(p for p in self.directory.entries() if p != requester)
         holds = verification_pb2.HoldsRequest(request_id=request_id, tokens=list(tokens))
+        timeout = self._bounded(timeout)
         held: dict[str, set[int]] = {}
 
         async def ask(province: str) -> coordinator_pb2.ProvinceStatus:
@@ -122,11 +131,15 @@ class Router:
     async def route(self, request: Any, timeout: float, requester: str = "", *, batch: bool = False) -> Any:
         """Forward each sealed query (or query batch) to its province; return every sealed answer unmodified.
 
+        An envelope addressed to the requester itself is refused: a province asks its own node
+        directly, and a self-addressed route would only let it hold the coordinator's calls.
         Each reply is judged against the envelope's possession commitments (node.coordinator.claims):
         a holder that shows no proof gets NOT_HELD and nothing is forwarded.
         """
         seen: set[str] = set()
         for envelope in request.envelopes:
+            if envelope.province == requester:
+                raise Refusal(ErrorCode.MALFORMED, "an envelope is addressed to the requester itself")
             if envelope.province in seen or envelope.query.recipient != province_uri(envelope.province):
                 raise Refusal(ErrorCode.MALFORMED, "one envelope per province, sealed to that province")
             commitments = envelope.possession_commitments
@@ -134,6 +147,7 @@ class Router:
                     any(len(c) != 32 for c in commitments):
                 raise Refusal(ErrorCode.MALFORMED, "each envelope carries one 32-byte possession commitment per query")
             seen.add(envelope.province)
+        timeout = self._bounded(timeout)
 
         async def forward(envelope: Any) -> coordinator_pb2.RoutedAnswer:
             province = envelope.province

@@ -37,6 +37,8 @@ MAX_DISCOVERY_TOKENS = 16
 MAX_BATCH = 512  # households per batch message
 MAX_HOLDS_TOKENS = 4096  # what a node answers in one Holds call
 CLAIMS_IMPLAUSIBLE = "claims.implausible"  # audit decision: a province is no longer routed to
+# What nodes need to stay in force (consents, CRL, directory, announce, checkpoints): their own capacity.
+FEEDS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("ConsentUpdates", "Revocations", "Directory", "Announce", "SubmitCheckpoint"))
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -48,7 +50,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.auditor = auditor
         self.checkpoints = checkpoints
         self.crl = crl
-        self.admission = Admission(anchor, cfg.limits)
+        self.admission = Admission(anchor, cfg.limits, reserved=FEEDS)
         self.metrics = MemberMetrics(cfg.identity)
         self.consents = consents
         self.directory = directory
@@ -327,6 +329,8 @@ class CoordinatorServer:
     async def _start(self, listen: str | None) -> int:
         cfg = self.cfg
         log = logs.get("coordinator")
+        if cfg.metrics_listen:
+            metrics.listen_address(cfg)  # a refused metrics address stops the start before anything opens
         member = Member(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
@@ -352,12 +356,13 @@ class CoordinatorServer:
                                        auditor=self.auditor, checkpoints=checkpoints)
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
+                                          admission=servicer.admission, log=log, metrics=servicer.metrics,
                                           register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
         running = self.running
         close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port
         if cfg.metrics_listen:
-            metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
+            metrics_server, self.metrics_port = metrics.serve(cfg)
             close.callback(metrics_server.shutdown)
         crl_task = asyncio.create_task(self._watch_crl(log))
         close.callback(crl_task.cancel)

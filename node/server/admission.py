@@ -1,4 +1,4 @@
-"""Who may start a call: identity from mutual TLS, a deadline on every call, a rate limit per peer."""
+"""Who may start a call: identity from mutual TLS, a deadline, a rate and a share of concurrent calls per peer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from node.config import Limits
 from node.crypto.pki import TrustAnchor
 from node.errors import ErrorCode, Refusal
 from node.server.edge import peer_identity
+
+UNAUTHENTICATED_PEER = ""  # the one share every caller without an accepted certificate draws from
 
 
 @dataclass
@@ -45,12 +47,94 @@ class RateLimiter:
             return True
 
 
-class Admission:
-    """The checks every Hedui handler runs first."""
+class CallPool:
+    """Calls in progress of one kind: at most `capacity` in all, and `per_peer` for any one caller.
 
-    def __init__(self, anchor: TrustAnchor, limits: Limits) -> None:
+    A peer in `unshared` (the coordinator, at a node: it relays every province's calls, each
+    already held to its share at the coordinator) is bounded by the capacity only.
+    """
+
+    def __init__(self, capacity: int, per_peer: int, unshared: frozenset[str] = frozenset()) -> None:
+        self.capacity = capacity
+        self.per_peer = per_peer
+        self.unshared = unshared
+        self.total = 0
+        self.held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, peer: str) -> None:
+        """Count one more call of `peer`; Refusal(OVERLOADED) when its share or the pool is used up."""
+        with self._lock:
+            held = self.held.get(peer, 0)
+            if held >= self.per_peer and peer not in self.unshared:
+                raise Refusal(ErrorCode.OVERLOADED, "this caller's share of concurrent calls is in use")
+            if self.total >= self.capacity:
+                raise Refusal(ErrorCode.OVERLOADED)
+            self.held[peer] = held + 1
+            self.total += 1
+
+    def give(self, peer: str) -> None:
+        """A call of `peer` ended."""
+        with self._lock:
+            self.total -= 1
+            held = self.held[peer] - 1
+            if held:
+                self.held[peer] = held
+            else:
+                del self.held[peer]
+
+
+@dataclass
+class Ticket:
+    """One admitted call's place in a pool, given back when the call ends (a context manager)."""
+
+    identity: str | None  # the caller's federation identity; None when its certificate is not accepted
+    pool: CallPool
+    _peer: str
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.pool.give(self._peer)
+
+
+class Admission:
+    """The checks every call passes: a place in a pool before its request is read, then the handler's `admit`.
+
+    Calls to `reserved` methods (the feeds that keep nodes in force) have a pool of their own,
+    so no amount of other traffic can crowd them out, and use the general pool when it is full.
+    """
+
+    def __init__(self, anchor: TrustAnchor, limits: Limits, *, reserved: frozenset[str] = frozenset(),
+                 relay: str | None = None) -> None:
         self.anchor = anchor
         self.limiter = RateLimiter(limits.rate_per_peer_per_s, limits.rate_burst)
+        unshared = frozenset({relay}) if relay else frozenset()
+        self.calls = CallPool(limits.max_concurrent_rpcs, limits.max_concurrent_per_peer, unshared)
+        self.feeds = CallPool(limits.reserved_feed_rpcs, limits.max_feed_calls_per_peer, unshared)
+        self.reserved = reserved
+
+    def enter(self, context: aio.ServicerContext, method: str) -> Ticket:
+        """A place for a call to `method` ("/service/Method") in its pool; Refusal(OVERLOADED) when full.
+
+        Run before the request message is read, so a caller that opens calls and never sends
+        them holds its own share only. A caller whose certificate is not accepted is let
+        through in one shared share, for the handler to refuse (and audit) it.
+        """
+        try:
+            identity: str | None = peer_identity(context, self.anchor)
+        except Refusal:
+            identity = None
+        peer = identity or UNAUTHENTICATED_PEER
+        if method in self.reserved:
+            try:
+                self.feeds.take(peer)
+                return Ticket(identity, self.feeds, peer)
+            except Refusal:
+                pass  # the reserve (or this caller's part of it) is in use: a feed may use the general pool too
+        self.calls.take(peer)
+        return Ticket(identity, self.calls, peer)
 
     def admit(self, context: aio.ServicerContext) -> str:
         """The caller's federation identity; Refusal when unauthenticated, undeadlined or over its rate."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import grpc
 from grpc import aio
@@ -56,6 +56,18 @@ def peer_identity(context: aio.ServicerContext, anchor: TrustAnchor) -> str:
         raise Refusal(ErrorCode.UNAUTHENTICATED, str(exc)) from None
 
 
+async def refuse(context: aio.ServicerContext, refusal: Refusal, log: Any, method: str = "", metrics: Any = None,
+                 on_refusal: Callable[[Refusal], Awaitable[None]] | None = None,
+                 fields: dict[str, Any] | None = None) -> NoReturn:
+    """End the call with the refusal's public status: logged, counted and (with `on_refusal`) audited first."""
+    log.info("refused", reason=refusal.code.name, method=method, **(fields or {}))
+    if metrics is not None:
+        metrics.refusal(refusal.code.name)
+    if on_refusal is not None:
+        await on_refusal(refusal)
+    await context.abort(STATUS[refusal.code], public_message(refusal))
+
+
 @contextlib.asynccontextmanager
 async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics: Any = None,
                on_refusal: Callable[[Refusal], Awaitable[None]] | None = None,
@@ -75,12 +87,7 @@ async def edge(context: aio.ServicerContext, log: Any, method: str = "", metrics
         raise
     except Refusal as refusal:
         status = STATUS[refusal.code].name
-        log.info("refused", reason=refusal.code.name, method=method, **(fields or {}))
-        if metrics is not None:
-            metrics.refusal(refusal.code.name)
-        if on_refusal is not None:
-            await on_refusal(refusal)
-        await context.abort(STATUS[refusal.code], public_message(refusal))
+        await refuse(context, refusal, log, method, metrics, on_refusal, fields)
     except Exception as exc:  # noqa: BLE001 - the edge must never leak internals
         status = "INTERNAL"
         log.error("internal_error", error_type=type(exc).__name__, method=method, **(fields or {}))

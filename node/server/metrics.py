@@ -2,15 +2,20 @@
 
 Labels carry method names, statuses, outcomes, province codes and refusal reasons: never a
 subject, a token or a value. Several members in one process (tests, demos) share a registry
-and are told apart by the `member` label.
+and are told apart by the `member` label. Counters move with single calls, so the port is
+loopback-only unless it is served over TLS (`[metrics] tls_cert`/`tls_key`, optionally
+`tls_client_ca` to require scrapers' certificates) or `allow_plain_remote = true` is set.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from node.config import ConfigError, MemberConfig
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -73,8 +78,40 @@ class MemberMetrics:
         AUDIT_LENGTH.labels(self.member).set(n)
 
 
-def serve(listen: str) -> tuple[Any, int]:
-    """Expose the registry over HTTP at HOST:PORT (port 0 picks one); return (server, port)."""
-    host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
+def listen_address(cfg: MemberConfig) -> tuple[str, int]:
+    """The (host, port) metrics are served on; ConfigError when it is not HOST:PORT, or not
+    loopback without TLS or the explicit `allow_plain_remote` opt-in."""
+    listen = cfg.metrics_listen or ""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"metrics address must be HOST:PORT, got {listen!r}")
+    if bool(cfg.metrics_tls_cert) != bool(cfg.metrics_tls_key):
+        raise ConfigError("metrics TLS needs both [metrics] tls_cert and tls_key")
+    if cfg.metrics_tls_client_ca and not cfg.metrics_tls_cert:
+        raise ConfigError("[metrics] tls_client_ca needs tls_cert and tls_key")
+    if not (_is_loopback(host) or cfg.metrics_tls_cert or cfg.metrics_allow_plain_remote):
+        raise ConfigError(f"metrics on {listen} would be plain HTTP beyond this host: listen on 127.0.0.1, "
+                          "set [metrics] tls_cert and tls_key, or set [metrics] allow_plain_remote = true")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(cfg: MemberConfig) -> tuple[Any, int]:
+    """Expose the registry at `cfg.metrics_listen` (port 0 picks one), over TLS when configured; return (server, port)."""
+    host, port = listen_address(cfg)
+    tls: dict[str, Any] = {}
+    if cfg.metrics_tls_cert and cfg.metrics_tls_key:
+        tls = {"certfile": str(cfg.metrics_tls_cert), "keyfile": str(cfg.metrics_tls_key)}
+        if cfg.metrics_tls_client_ca:
+            tls |= {"client_cafile": str(cfg.metrics_tls_client_ca), "client_auth_required": True}
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY, **tls)
     return server, server.server_port

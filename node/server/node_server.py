@@ -70,6 +70,8 @@ class NodeServer:
         cfg = self.cfg
         assert cfg.province is not None, "a node config names its province"
         log = logs.get("node").bind(province=cfg.province)
+        if cfg.metrics_listen:
+            metrics.listen_address(cfg)  # a refused metrics address stops the start before anything opens
         close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
         self.store = Store.open(cfg.data_dir)
         close.callback(self.store.close)
@@ -106,18 +108,20 @@ class NodeServer:
         )
         self.batch_signer = signing.AsyncBatchSigner(member.signer, in_flight=in_flight)
         servicer = VerificationServicer(
-            service, self.batch_signer, anchor, Admission(anchor, cfg.limits), log, coordinator_identity=COORDINATOR_URI,
+            service, self.batch_signer, anchor, Admission(anchor, cfg.limits, relay=COORDINATOR_URI), log,
+            coordinator_identity=COORDINATOR_URI,
             unsealer=self.link, metrics=member_metrics, auditor=self.auditor, in_flight=in_flight,
             unlocker=Unlocker(self.store, cfg.identity, max_subjects=cfg.limits.max_subjects),
         )
         self.servicer = servicer
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
+                                          admission=servicer.admission, log=log, metrics=servicer.metrics,
                                           register=lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
         running = self.running
         close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port
         if cfg.metrics_listen:
-            metrics_server, self.metrics_port = metrics.serve(cfg.metrics_listen)
+            metrics_server, self.metrics_port = metrics.serve(cfg)
             close.callback(metrics_server.shutdown)
         if self.link is not None:
             host = (listen or cfg.listen).rpartition(":")[0]

