@@ -26,17 +26,17 @@ from node.wire.v1 import common_pb2 as node_dot_wire_dot_v1_dot_common__pb2
 from node.wire.v1 import verification_pb2 as node_dot_wire_dot_v1_dot_verification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enode/wire/v1/coordinator.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\x1a\x1fnode/wire/v1/verification.proto\"\xae\x02\n\x12\x43onsentRequestBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x14\n\x0csubject_salt\x18\x06 \x01(\x0c\x12\x1b\n\x13subject_commitments\x18\x07 \x03(\x0c\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\x15\n\rnot_before_ms\x18\t \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\n \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x0b \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\x0c \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\r \x01(\x0c\"N\n\x16RegisterConsentRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\":\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x11GetConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\x8d\x01\n\rConsentStatus\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.hedui.v1.ConsentState\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\x14\n\x0cledger_index\x18\x04 \x01(\x04\",\n\x15\x43onsentUpdatesRequest\x12\x13\n\x0b\x61\x66ter_index\x18\x01 \x01(\x04\"`\n\rConsentUpdate\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.hedui.v1.ConsentState\"h\n\x16\x43onsentUpdatesResponse\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.hedui.v1.ConsentUpdate\x12\x12\n\nhead_index\x18\x02 \x01(\x04\x12\x10\n\x08\x61s_of_ms\x18\x03 \x01(\x03\"\x92\x01\n\x10\x41nnouncementBody\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\nseal_suite\x18\x03 \x01(\t\x12\x17\n\x0fseal_public_key\x18\x04 \x01(\x0c\x12\x17\n\x0ftls_cert_sha256\x18\x05 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\"J\n\x12SignedAnnouncement\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\x12\n\x10\x41nnounceResponse\"\x12\n\x10\x44irectoryRequest\"T\n\rDirectoryBody\x12\x14\n\x0cissued_at_ms\x18\x01 \x01(\x03\x12-\n\x07members\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.SignedAnnouncement\"G\n\x0fSignedDirectory\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"I\n\x0f\x44iscoverRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\"Z\n\x0eProvinceStatus\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\"O\n\x10\x44iscoverResponse\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"=\n\x08\x45nvelope\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x1f\n\x05query\x18\x02 \x01(\x0b\x32\x10.hedui.v1.Sealed\"]\n\x0cRouteRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"z\n\x0cRoutedAnswer\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12 \n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x10.hedui.v1.Sealed\"8\n\rRouteResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer\"*\n\x12RevocationsRequest\x12\x14\n\x0cknown_sha256\x18\x01 \x01(\x0c\"1\n\x0eRevocationList\x12\x0f\n\x07\x63rl_der\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"G\n\x0f\x41uditCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"%\n\rCheckpointAck\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\"\x19\n\x17LatestCheckpointRequest\"Q\n\x1bRegisterConsentBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .hedui.v1.RegisterConsentRequest\"^\n\x10\x43onsentBatchItem\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.hedui.v1.ConsentStatus\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x1cRegisterConsentBatchResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.ConsentBatchItem\"8\n\x12HouseholdDiscovery\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x0c\"\\\n\x14\x44iscoverBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\nhouseholds\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.HouseholdDiscovery\"F\n\x10HouseholdHolders\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"s\n\x15\x44iscoverBatchResponse\x12.\n\nhouseholds\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.HouseholdHolders\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"c\n\x11RouteBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onsent_ids\x18\x02 \x03(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"=\n\x12RouteBatchResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer*F\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0b\n\x07REVOKED\x10\x02*\x93\x01\n\x0bRouteStatus\x12\x1c\n\x18ROUTE_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08ROUTE_OK\x10\x01\x12\x12\n\x0eROUTE_NO_MATCH\x10\x02\x12\x15\n\x11ROUTE_UNAVAILABLE\x10\x03\x12\x1b\n\x17ROUTE_DEADLINE_EXCEEDED\x10\x04\x12\x10\n\x0cROUTE_DENIED\x10\x05\x32\xa8\x08\n\x0b\x43oordinator\x12L\n\x0fRegisterConsent\x12 .hedui.v1.RegisterConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12H\n\rRevokeConsent\x12\x1e.hedui.v1.RevokeConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12\x42\n\nGetConsent\x12\x1b.hedui.v1.GetConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12S\n\x0e\x43onsentUpdates\x12\x1f.hedui.v1.ConsentUpdatesRequest\x1a .hedui.v1.ConsentUpdatesResponse\x12\x44\n\x08\x41nnounce\x12\x1c.hedui.v1.SignedAnnouncement\x1a\x1a.hedui.v1.AnnounceResponse\x12\x42\n\tDirectory\x12\x1a.hedui.v1.DirectoryRequest\x1a\x19.hedui.v1.SignedDirectory\x12\x41\n\x08\x44iscover\x12\x19.hedui.v1.DiscoverRequest\x1a\x1a.hedui.v1.DiscoverResponse\x12\x38\n\x05Route\x12\x16.hedui.v1.RouteRequest\x1a\x17.hedui.v1.RouteResponse\x12\x45\n\x0bRevocations\x12\x1c.hedui.v1.RevocationsRequest\x1a\x18.hedui.v1.RevocationList\x12\x46\n\x10SubmitCheckpoint\x12\x19.hedui.v1.AuditCheckpoint\x1a\x17.hedui.v1.CheckpointAck\x12P\n\x10LatestCheckpoint\x12!.hedui.v1.LatestCheckpointRequest\x1a\x19.hedui.v1.AuditCheckpoint\x12\x65\n\x14RegisterConsentBatch\x12%.hedui.v1.RegisterConsentBatchRequest\x1a&.hedui.v1.RegisterConsentBatchResponse\x12P\n\rDiscoverBatch\x12\x1e.hedui.v1.DiscoverBatchRequest\x1a\x1f.hedui.v1.DiscoverBatchResponse\x12G\n\nRouteBatch\x12\x1b.hedui.v1.RouteBatchRequest\x1a\x1c.hedui.v1.RouteBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enode/wire/v1/coordinator.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\x1a\x1fnode/wire/v1/verification.proto\"\xae\x02\n\x12\x43onsentRequestBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x14\n\x0csubject_salt\x18\x06 \x01(\x0c\x12\x1b\n\x13subject_commitments\x18\x07 \x03(\x0c\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\x15\n\rnot_before_ms\x18\t \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\n \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x0b \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\x0c \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\r \x01(\x0c\"N\n\x16RegisterConsentRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\":\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x11GetConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\x8d\x01\n\rConsentStatus\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.hedui.v1.ConsentState\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\x14\n\x0cledger_index\x18\x04 \x01(\x04\",\n\x15\x43onsentUpdatesRequest\x12\x13\n\x0b\x61\x66ter_index\x18\x01 \x01(\x04\"`\n\rConsentUpdate\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.hedui.v1.ConsentState\"h\n\x16\x43onsentUpdatesResponse\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.hedui.v1.ConsentUpdate\x12\x12\n\nhead_index\x18\x02 \x01(\x04\x12\x10\n\x08\x61s_of_ms\x18\x03 \x01(\x03\"\x92\x01\n\x10\x41nnouncementBody\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\nseal_suite\x18\x03 \x01(\t\x12\x17\n\x0fseal_public_key\x18\x04 \x01(\x0c\x12\x17\n\x0ftls_cert_sha256\x18\x05 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\"J\n\x12SignedAnnouncement\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\x12\n\x10\x41nnounceResponse\"\x12\n\x10\x44irectoryRequest\"\x82\x01\n\rDirectoryBody\x12\x14\n\x0cissued_at_ms\x18\x01 \x01(\x03\x12-\n\x07members\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.SignedAnnouncement\x12,\n\tstandards\x18\x03 \x03(\x0b\x32\x19.hedui.v1.SignedStandards\"G\n\x0fSignedDirectory\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"I\n\x0f\x44iscoverRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\"Z\n\x0eProvinceStatus\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\"O\n\x10\x44iscoverResponse\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"=\n\x08\x45nvelope\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x1f\n\x05query\x18\x02 \x01(\x0b\x32\x10.hedui.v1.Sealed\"]\n\x0cRouteRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"z\n\x0cRoutedAnswer\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12 \n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x10.hedui.v1.Sealed\"8\n\rRouteResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer\"*\n\x12RevocationsRequest\x12\x14\n\x0cknown_sha256\x18\x01 \x01(\x0c\"1\n\x0eRevocationList\x12\x0f\n\x07\x63rl_der\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"G\n\x0f\x41uditCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"%\n\rCheckpointAck\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\"\x19\n\x17LatestCheckpointRequest\"Q\n\x1bRegisterConsentBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .hedui.v1.RegisterConsentRequest\"^\n\x10\x43onsentBatchItem\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.hedui.v1.ConsentStatus\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x1cRegisterConsentBatchResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.ConsentBatchItem\"8\n\x12HouseholdDiscovery\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x0c\"\\\n\x14\x44iscoverBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\nhouseholds\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.HouseholdDiscovery\"F\n\x10HouseholdHolders\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"s\n\x15\x44iscoverBatchResponse\x12.\n\nhouseholds\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.HouseholdHolders\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"c\n\x11RouteBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onsent_ids\x18\x02 \x03(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"=\n\x12RouteBatchResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer\"G\n\x0fSignedStandards\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"N\n\x18PublishStandardsResponse\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\r*F\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0b\n\x07REVOKED\x10\x02*\x93\x01\n\x0bRouteStatus\x12\x1c\n\x18ROUTE_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08ROUTE_OK\x10\x01\x12\x12\n\x0eROUTE_NO_MATCH\x10\x02\x12\x15\n\x11ROUTE_UNAVAILABLE\x10\x03\x12\x1b\n\x17ROUTE_DEADLINE_EXCEEDED\x10\x04\x12\x10\n\x0cROUTE_DENIED\x10\x05\x32\xfb\x08\n\x0b\x43oordinator\x12L\n\x0fRegisterConsent\x12 .hedui.v1.RegisterConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12H\n\rRevokeConsent\x12\x1e.hedui.v1.RevokeConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12\x42\n\nGetConsent\x12\x1b.hedui.v1.GetConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12S\n\x0e\x43onsentUpdates\x12\x1f.hedui.v1.ConsentUpdatesRequest\x1a .hedui.v1.ConsentUpdatesResponse\x12\x44\n\x08\x41nnounce\x12\x1c.hedui.v1.SignedAnnouncement\x1a\x1a.hedui.v1.AnnounceResponse\x12\x42\n\tDirectory\x12\x1a.hedui.v1.DirectoryRequest\x1a\x19.hedui.v1.SignedDirectory\x12\x41\n\x08\x44iscover\x12\x19.hedui.v1.DiscoverRequest\x1a\x1a.hedui.v1.DiscoverResponse\x12\x38\n\x05Route\x12\x16.hedui.v1.RouteRequest\x1a\x17.hedui.v1.RouteResponse\x12\x45\n\x0bRevocations\x12\x1c.hedui.v1.RevocationsRequest\x1a\x18.hedui.v1.RevocationList\x12\x46\n\x10SubmitCheckpoint\x12\x19.hedui.v1.AuditCheckpoint\x1a\x17.hedui.v1.CheckpointAck\x12P\n\x10LatestCheckpoint\x12!.hedui.v1.LatestCheckpointRequest\x1a\x19.hedui.v1.AuditCheckpoint\x12\x65\n\x14RegisterConsentBatch\x12%.hedui.v1.RegisterConsentBatchRequest\x1a&.hedui.v1.RegisterConsentBatchResponse\x12P\n\rDiscoverBatch\x12\x1e.hedui.v1.DiscoverBatchRequest\x1a\x1f.hedui.v1.DiscoverBatchResponse\x12G\n\nRouteBatch\x12\x1b.hedui.v1.RouteBatchRequest\x1a\x1c.hedui.v1.RouteBatchResponse\x12Q\n\x10PublishStandards\x12\x19.hedui.v1.SignedStandards\x1a\".hedui.v1.PublishStandardsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'node.wire.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTSTATE']._serialized_start=2989
-  _globals['_CONSENTSTATE']._serialized_end=3059
-  _globals['_ROUTESTATUS']._serialized_start=3062
-  _globals['_ROUTESTATUS']._serialized_end=3209
+  _globals['_CONSENTSTATE']._serialized_start=3189
+  _globals['_CONSENTSTATE']._serialized_end=3259
+  _globals['_ROUTESTATUS']._serialized_start=3262
+  _globals['_ROUTESTATUS']._serialized_end=3409
   _globals['_CONSENTREQUESTBODY']._serialized_start=105
   _globals['_CONSENTREQUESTBODY']._serialized_end=407
   _globals['_REGISTERCONSENTREQUEST']._serialized_start=409
@@ -61,52 +61,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANNOUNCERESPONSE']._serialized_end=1227
   _globals['_DIRECTORYREQUEST']._serialized_start=1229
   _globals['_DIRECTORYREQUEST']._serialized_end=1247
-  _globals['_DIRECTORYBODY']._serialized_start=1249
-  _globals['_DIRECTORYBODY']._serialized_end=1333
-  _globals['_SIGNEDDIRECTORY']._serialized_start=1335
-  _globals['_SIGNEDDIRECTORY']._serialized_end=1406
-  _globals['_DISCOVERREQUEST']._serialized_start=1408
-  _globals['_DISCOVERREQUEST']._serialized_end=1481
-  _globals['_PROVINCESTATUS']._serialized_start=1483
-  _globals['_PROVINCESTATUS']._serialized_end=1573
-  _globals['_DISCOVERRESPONSE']._serialized_start=1575
-  _globals['_DISCOVERRESPONSE']._serialized_end=1654
-  _globals['_ENVELOPE']._serialized_start=1656
-  _globals['_ENVELOPE']._serialized_end=1717
-  _globals['_ROUTEREQUEST']._serialized_start=1719
-  _globals['_ROUTEREQUEST']._serialized_end=1812
-  _globals['_ROUTEDANSWER']._serialized_start=1814
-  _globals['_ROUTEDANSWER']._serialized_end=1936
-  _globals['_ROUTERESPONSE']._serialized_start=1938
-  _globals['_ROUTERESPONSE']._serialized_end=1994
-  _globals['_REVOCATIONSREQUEST']._serialized_start=1996
-  _globals['_REVOCATIONSREQUEST']._serialized_end=2038
-  _globals['_REVOCATIONLIST']._serialized_start=2040
-  _globals['_REVOCATIONLIST']._serialized_end=2089
-  _globals['_AUDITCHECKPOINT']._serialized_start=2091
-  _globals['_AUDITCHECKPOINT']._serialized_end=2162
-  _globals['_CHECKPOINTACK']._serialized_start=2164
-  _globals['_CHECKPOINTACK']._serialized_end=2201
-  _globals['_LATESTCHECKPOINTREQUEST']._serialized_start=2203
-  _globals['_LATESTCHECKPOINTREQUEST']._serialized_end=2228
-  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_start=2230
-  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_end=2311
-  _globals['_CONSENTBATCHITEM']._serialized_start=2313
-  _globals['_CONSENTBATCHITEM']._serialized_end=2407
-  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_start=2409
-  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_end=2482
-  _globals['_HOUSEHOLDDISCOVERY']._serialized_start=2484
-  _globals['_HOUSEHOLDDISCOVERY']._serialized_end=2540
-  _globals['_DISCOVERBATCHREQUEST']._serialized_start=2542
-  _globals['_DISCOVERBATCHREQUEST']._serialized_end=2634
-  _globals['_HOUSEHOLDHOLDERS']._serialized_start=2636
-  _globals['_HOUSEHOLDHOLDERS']._serialized_end=2706
-  _globals['_DISCOVERBATCHRESPONSE']._serialized_start=2708
-  _globals['_DISCOVERBATCHRESPONSE']._serialized_end=2823
-  _globals['_ROUTEBATCHREQUEST']._serialized_start=2825
-  _globals['_ROUTEBATCHREQUEST']._serialized_end=2924
-  _globals['_ROUTEBATCHRESPONSE']._serialized_start=2926
-  _globals['_ROUTEBATCHRESPONSE']._serialized_end=2987
-  _globals['_COORDINATOR']._serialized_start=3212
-  _globals['_COORDINATOR']._serialized_end=4276
+  _globals['_DIRECTORYBODY']._serialized_start=1250
+  _globals['_DIRECTORYBODY']._serialized_end=1380
+  _globals['_SIGNEDDIRECTORY']._serialized_start=1382
+  _globals['_SIGNEDDIRECTORY']._serialized_end=1453
+  _globals['_DISCOVERREQUEST']._serialized_start=1455
+  _globals['_DISCOVERREQUEST']._serialized_end=1528
+  _globals['_PROVINCESTATUS']._serialized_start=1530
+  _globals['_PROVINCESTATUS']._serialized_end=1620
+  _globals['_DISCOVERRESPONSE']._serialized_start=1622
+  _globals['_DISCOVERRESPONSE']._serialized_end=1701
+  _globals['_ENVELOPE']._serialized_start=1703
+  _globals['_ENVELOPE']._serialized_end=1764
+  _globals['_ROUTEREQUEST']._serialized_start=1766
+  _globals['_ROUTEREQUEST']._serialized_end=1859
+  _globals['_ROUTEDANSWER']._serialized_start=1861
+  _globals['_ROUTEDANSWER']._serialized_end=1983
+  _globals['_ROUTERESPONSE']._serialized_start=1985
+  _globals['_ROUTERESPONSE']._serialized_end=2041
+  _globals['_REVOCATIONSREQUEST']._serialized_start=2043
+  _globals['_REVOCATIONSREQUEST']._serialized_end=2085
+  _globals['_REVOCATIONLIST']._serialized_start=2087
+  _globals['_REVOCATIONLIST']._serialized_end=2136
+  _globals['_AUDITCHECKPOINT']._serialized_start=2138
+  _globals['_AUDITCHECKPOINT']._serialized_end=2209
+  _globals['_CHECKPOINTACK']._serialized_start=2211
+  _globals['_CHECKPOINTACK']._serialized_end=2248
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_start=2250
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_end=2275
+  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_start=2277
+  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_end=2358
+  _globals['_CONSENTBATCHITEM']._serialized_start=2360
+  _globals['_CONSENTBATCHITEM']._serialized_end=2454
+  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_start=2456
+  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_end=2529
+  _globals['_HOUSEHOLDDISCOVERY']._serialized_start=2531
+  _globals['_HOUSEHOLDDISCOVERY']._serialized_end=2587
+  _globals['_DISCOVERBATCHREQUEST']._serialized_start=2589
+  _globals['_DISCOVERBATCHREQUEST']._serialized_end=2681
+  _globals['_HOUSEHOLDHOLDERS']._serialized_start=2683
+  _globals['_HOUSEHOLDHOLDERS']._serialized_end=2753
+  _globals['_DISCOVERBATCHRESPONSE']._serialized_start=2755
+  _globals['_DISCOVERBATCHRESPONSE']._serialized_end=2870
+  _globals['_ROUTEBATCHREQUEST']._serialized_start=2872
+  _globals['_ROUTEBATCHREQUEST']._serialized_end=2971
+  _globals['_ROUTEBATCHRESPONSE']._serialized_start=2973
+  _globals['_ROUTEBATCHRESPONSE']._serialized_end=3034
+  _globals['_SIGNEDSTANDARDS']._serialized_start=3036
+  _globals['_SIGNEDSTANDARDS']._serialized_end=3107
+  _globals['_PUBLISHSTANDARDSRESPONSE']._serialized_start=3109
+  _globals['_PUBLISHSTANDARDSRESPONSE']._serialized_end=3187
+  _globals['_COORDINATOR']._serialized_start=3412
+  _globals['_COORDINATOR']._serialized_end=4559
 # @@protoc_insertion_point(module_scope)
