@@ -403,3 +403,41 @@ def test_shipped_examples_decide(catalogue: Catalogue, policy: Policy) -> None:
     assert doc.find("510104", "dibao", "2023-03").standard_per_person == 91000
     assert doc.find("510181", "dibao", "2026-03").standard_per_person == 112000
     assert doc.find("510181", "dibao", "2024-03") is None  # no 2024 figure was found
+
+
+VECTOR_TOML = """province = "44"
+version = 1
+
+[[standard]]
+region = "440100"
+name_zh = "广州市"
+name_en = "Guangzhou"
+purpose = "dibao"
+period_from = "2024-01"
+standard_per_person = 90000
+income_monthly = ["income_monthly"]
+rules = ["income", "financial_assets"]
+source = "test vector"
+
+[standard.financial_assets]
+months_of_standard = 24
+source = "test vector"
+"""
+
+
+def test_protocol_test_vector(catalogue: Catalogue, policy: Policy) -> None:
+    """The canonical form and the decisions of docs/PROTOCOL.md §20's test vector are what the code produces."""
+    import hashlib
+
+    doc = parse_standards(VECTOR_TOML, catalogue, policy)
+    data = canonical_bytes(doc)
+    assert data.startswith(b'{"example":false,"province":"44","standard":[{"allowance":"gap","deductions_12m":[],')
+    assert len(data) == 414
+    assert hashlib.sha256(data).hexdigest() == "c508a3bfa9f0a14ff475665a298d6c0774d005955636cb6cbaa397cc24357f79"
+    standard = doc.standards[0]
+    cases = [({"income_monthly": 550000, "financial_assets": 0}, NOT_ELIGIBLE, 183333, 0),
+             ({"income_monthly": 180000, "financial_assets": 6480000}, ELIGIBLE, 60000, 90000),
+             ({"income_monthly": 180000, "financial_assets": 6480001}, NOT_ELIGIBLE, 60000, 0)]
+    for totals, verdict, income, allowance in cases:
+        decision = evaluate(standard, 3, totals, complete=True)
+        assert (decision.verdict, decision.income_per_person, decision.allowance) == (verdict, income, allowance)
