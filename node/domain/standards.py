@@ -449,12 +449,24 @@ def _entry(raw: Any, n: int, province: str, version: int, example: bool, catalog
     homes = limits["homes"]
     if isinstance(homes, HomesLimit) and homes.exception_max is not None and catalogue is not None:
         _measure(catalogue, "floor_area", "0.01 m²", None, f"{where}: homes exception")
-    return Standard(
+    standard_entry = Standard(
         region=region, purpose=purpose, period_from=period_from, period_to=period_to, standard_per_person=standard,
         income_monthly=lists["income_monthly"], income_annual=lists["income_annual"],
         deductions_12m=lists["deductions_12m"], rules=rules, allowance=allowance, notes=notes,
         publisher=province, version=version, example=example, **texts, **limits,  # type: ignore[arg-type]
     )  # fmt: skip
+    if catalogue is not None and policy is not None:
+        _purpose_allows(standard_entry, catalogue, policy, where)
+    return standard_entry
+
+
+def _purpose_allows(standard: Standard, catalogue: Catalogue, policy: Policy, where: str) -> None:
+    """Every item the standard's measures add must be one its purpose may check (the holders enforce that)."""
+    allowed = policy.items_for(standard.purpose)
+    for code in standard.measures:
+        barred = [item for item in catalogue.measure(code).items if item not in allowed]
+        if barred:
+            raise StandardsError(f"{where}: purpose {standard.purpose} may not check {barred[0]}, an item of measure {code!r}")
 
 
 def _limit(raw: Mapping[str, Any], rule: str, where: str) -> Any:

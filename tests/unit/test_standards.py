@@ -314,6 +314,7 @@ def _without(key: str) -> dict[str, Any]:
          "exception_max must be above max"),
         (_doc(_entry(floor_area={"per_person_max": 1.5, "source": "t"})), "per_person_max must be an integer"),
         (_doc(_entry(), _entry(period_from="2025-01")), "standard #2 \\(region 440100, dibao\\) overlaps standard #1"),
+        (_doc(_entry(purpose="education")), "purpose education may not check business.registered_count, an item of measure 'businesses'"),
         (_doc(_entry(period_to="2024-06"), _entry(period_from="2024-06")), "overlaps"),
     ],
 )
