@@ -100,10 +100,13 @@ def _yuan(fen: int) -> str:
 
 
 def _table(rows: Any) -> str:
-    lines = [f"  {'region':<7} {'purpose':<11} {'period':<17} {'yuan/month':>10}  {'rules':<40} name"]
+    rows = list(rows)
+    width = max([len(",".join(s.rules)) for s in rows] + [5])
+    purpose = max([len(s.purpose) for s in rows] + [7])
+    lines = [f"  {'region':<7} {'purpose':<{purpose}} {'period':<17} {'yuan/month':>10}  {'rules':<{width}}  name"]
     for s in rows:
         period = f"{s.period_from}..{s.period_to or ''}"
         marker = " (example)" if s.example else ""
-        lines.append(f"  {s.region:<7} {s.purpose:<11} {period:<17} {_yuan(s.standard_per_person):>10}  "
-                     f"{','.join(s.rules):<40} {s.name_zh}{marker}")
+        lines.append(f"  {s.region:<7} {s.purpose:<{purpose}} {period:<17} {_yuan(s.standard_per_person):>10}  "
+                     f"{','.join(s.rules):<{width}}  {s.name_zh}{marker}")
     return "\n".join(lines)
