@@ -2,6 +2,7 @@
 
 Each entry keeps the province's own signature, so a member reading the directory can check
 that a sealing key really belongs to that province: the coordinator cannot swap in its own.
+The same holds for the provinces' published standards documents the directory carries.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from google.protobuf.message import DecodeError
 
 from node import files
 from node.crypto import signing
+from node.coordinator.standards import PublishedStandards, verify_standards
 from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain.standards import StandardsDocument
 from node.domain.regions import COORDINATOR_URI
 from node.errors import ErrorCode, Refusal
 from node.wire.v1 import coordinator_pb2
@@ -88,8 +91,45 @@ def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: si
                  verified.identity.serial)
 
 
-def verify_directory(signed: coordinator_pb2.SignedDirectory, verifier: signing.Verifier) -> dict[str, Entry]:
-    """Check the coordinator's signature and every member's announcement; skip entries that fail."""
+class FederationDirectory(dict[str, Entry]):
+    """A verified directory: province -> Entry, plus each province's verified standards document."""
+
+    def __init__(self, entries: dict[str, Entry], standards: dict[str, StandardsDocument] | None = None,
+                 rejected_standards: tuple[str, ...] = ()) -> None:
+        super().__init__(entries)
+        self.standards: dict[str, StandardsDocument] = dict(standards or {})
+        #: Provinces whose carried standards document did not verify (left out of `standards`).
+        self.rejected_standards = rejected_standards
+
+
+def _verified_standards(body: coordinator_pb2.DirectoryBody,
+                        verifier: signing.Verifier) -> tuple[dict[str, StandardsDocument], tuple[str, ...]]:
+    """Each carried standards document whose province's signature verifies (the highest version of each)."""
+    documents: dict[str, StandardsDocument] = {}
+    rejected: list[str] = []
+    for signed in body.standards:
+        try:
+            doc = verify_standards(signed, verifier)
+        except Refusal:
+            rejected.append(_claimed_publisher(signed))
+            continue
+        if doc.province not in documents or doc.version > documents[doc.province].version:
+            documents[doc.province] = doc
+    return documents, tuple(sorted(set(rejected) - set(documents)))
+
+
+def _claimed_publisher(signed: coordinator_pb2.SignedStandards) -> str:
+    """The province a document that failed claims to come from (for reporting only), or "?"."""
+    try:
+        province = json.loads(signed.body.decode("utf-8")).get("province")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return "?"
+    return province if isinstance(province, str) and len(province) == 2 and province.isdigit() else "?"
+
+
+def verify_directory(signed: coordinator_pb2.SignedDirectory, verifier: signing.Verifier) -> FederationDirectory:
+    """Check the coordinator's signature, every member's announcement and every province's standards
+    document; skip entries that fail (a failed standards document is named in `rejected_standards`)."""
     try:
         verified = verifier.verify(signed.signature, signing.DIRECTORY, signed.body)
         body = coordinator_pb2.DirectoryBody.FromString(signed.body)
@@ -104,14 +144,16 @@ def verify_directory(signed: coordinator_pb2.SignedDirectory, verifier: signing.
         except Refusal:
             continue
         entries[entry.province] = entry
-    return entries
+    return FederationDirectory(entries, *_verified_standards(body, verifier))
 
 
 class Directory:
     """The coordinator's view of where provinces listen; persisted so a restart keeps it."""
 
     def __init__(self, path: Path, *, signer: signing.Signer, verifier: signing.Verifier,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, standards: PublishedStandards | None = None) -> None:
+        self.standards = standards
+        self._standards_revision: tuple[tuple[str, int], ...] = ()
         self.path = path
         self.signer = signer
         self.verifier = verifier
@@ -176,10 +218,14 @@ class Directory:
         """The current directory, signed by the coordinator (re-signed only after a change)."""
         with self._lock:
             self._reload()
+            if self.standards is not None and self.standards.revision() != self._standards_revision:
+                self._standards_revision = self.standards.revision()
+                self._signed = None
             if self._signed is None:
                 body = coordinator_pb2.DirectoryBody(
                     issued_at_ms=int(self.clock() * 1000),
                     members=[self._announcements[p] for p in sorted(self._announcements)],
+                    standards=self.standards.signed_documents() if self.standards is not None else [],
                 ).SerializeToString()
                 self._signed = coordinator_pb2.SignedDirectory(body=body, signature=self.signer.sign(signing.DIRECTORY, body))
             return self._signed

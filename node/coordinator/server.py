@@ -15,6 +15,7 @@ from node.coordinator.claims import ClaimBook
 from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
 from node.coordinator.router import Router, per_province_timeout, status_name
+from node.coordinator.standards import PUBLISH_DECISION, PublishedStandards
 from node.crypto.pki import TrustAnchor, province_of_identity
 from node.crypto.revocation import CrlFile, CrlRollback
 from node.domain import request_ids
@@ -103,6 +104,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             await self._audit(audit.coordinator_event("announce", requester=province))
             self.log.info("announced", province=province, endpoint=entry.endpoint)
             return coordinator_pb2.AnnounceResponse()
+
+    async def PublishStandards(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "PublishStandards", self.metrics,
+                        self._refusal_hook("PublishStandards", request, context)):
+            province = self._province(context)
+            if self.directory.standards is None:
+                raise Refusal(ErrorCode.UNAVAILABLE, "this coordinator carries no standards")
+            doc = self.directory.standards.publish(province, request)
+            await self._audit(audit.coordinator_event(PUBLISH_DECISION, requester=province, statuses={
+                "version": str(doc.version), "entries": str(len(doc.standards)), "example": str(doc.example).lower()}))
+            self.log.info("standards_published", province=province, version=doc.version, entries=len(doc.standards))
+            return coordinator_pb2.PublishStandardsResponse(province=province, version=doc.version, entries=len(doc.standards))
 
     async def Directory(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Directory", self.metrics):
@@ -343,7 +356,10 @@ class CoordinatorServer:
             policy=member.policy, replay=nonces,
             clock_skew_s=cfg.limits.clock_skew_s,
         )
-        directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier)
+        standards = PublishedStandards(cfg.data_dir / "standards.json", member.verifier, catalogue=member.catalogue,
+                                       policy=member.policy)
+        directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier,
+                              standards=standards)
         self.router = Router(cfg, directory, ClaimBook(cfg.claims, log, MemberMetrics(cfg.identity)))
         close.push_async_callback(self.router.close)
         self.crl = member.crl  # the newest CRL accepted; an older crl.pem put back is refused

@@ -38,6 +38,7 @@ CONSENT: Final[str] = "hedui/v1/consent"
 DIRECTORY: Final[str] = "hedui/v1/directory"
 CHECKPOINT: Final[str] = "hedui/v1/audit-checkpoint"
 REVOCATIONS: Final[str] = "hedui/v1/revocations"
+STANDARDS: Final[str] = "hedui/v1/standards"
 _BATCH_ROOT: Final[str] = "hedui/v1/batch-root"
 
 _SALT_BYTES: Final[int] = 16
@@ -222,6 +223,6 @@ class Verifier:
 
 __all__ = [
     "ALGORITHMS", "ANSWER", "CHECKPOINT", "CONSENT", "DIRECTORY", "ED25519", "ED25519_BATCH",
-    "QUERY", "REVOCATIONS", "AsyncBatchSigner", "CertificateRejected", "SignatureInvalid",
+    "QUERY", "REVOCATIONS", "STANDARDS", "AsyncBatchSigner", "CertificateRejected", "SignatureInvalid",
     "Signer", "Verified", "Verifier", "digest", "to_be_signed",
 ]

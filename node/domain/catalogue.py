@@ -1,11 +1,11 @@
-"""The national standard catalogue of data items: codes, types, units, calibers, value parsing."""
+"""The national standard catalogue of data items and household measures: codes, units, calibers, value parsing."""
 
 from __future__ import annotations
 
 import enum
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -23,10 +23,16 @@ _ITEM_KEYS: Final[frozenset[str]] = frozenset(
     {"code", "name_zh", "name_en", "type", "unit", "period", "caliber", "aggregate", "max"}
 )
 _REQUIRED_KEYS: Final[frozenset[str]] = _ITEM_KEYS - {"max"}
+_MEASURE_RE: Final[re.Pattern[str]] = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_MEASURE_KEYS: Final[frozenset[str]] = frozenset({"code", "name_zh", "name_en", "unit", "caliber", "items"})
 
 
 class UnknownItem(BadInput):
     """A data-item code is not in the catalogue."""
+
+
+class UnknownMeasure(BadInput):
+    """A household-measure code is not in the catalogue."""
 
 
 class CatalogueError(BadInput):
@@ -128,12 +134,36 @@ class Item:
 
 
 @dataclass(frozen=True, slots=True)
+class Measure:
+    """A household measure: items of one unit that add into one figure of the means test.
+
+    A member's value of the measure is the sum of the member's (aggregated) values of the
+    items; the household's is the sum over its members. `period` is the items' common
+    reference period (filled in by the catalogue).
+    """
+
+    code: str
+    name_zh: str
+    name_en: str
+    unit: str
+    caliber: str
+    items: tuple[str, ...]
+    period: str = ""
+
+    def value(self, item_values: Mapping[str, int]) -> int:
+        """One member's value: the sum of its item values (an item it has no value for counts 0)."""
+        return sum(item_values.get(code, 0) for code in self.items)
+
+
+@dataclass(frozen=True, slots=True)
 class Catalogue:
-    """The loaded catalogue: an ordered, immutable set of items indexed by code."""
+    """The loaded catalogue: an ordered, immutable set of items indexed by code, and the measures."""
 
     items: tuple[Item, ...]
     version: str = ""
+    measures: tuple[Measure, ...] = ()
     _by_code: dict[str, Item] = field(init=False, repr=False, compare=False)
+    _measures: dict[str, Measure] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         by_code: dict[str, Item] = {}
@@ -142,6 +172,20 @@ class Catalogue:
                 raise CatalogueError(f"duplicate data item code {item.code!r}")
             by_code[item.code] = item
         object.__setattr__(self, "_by_code", by_code)
+        measures: dict[str, Measure] = {}
+        for measure in self.measures:
+            if measure.code in measures:
+                raise CatalogueError(f"duplicate measure code {measure.code!r}")
+            measures[measure.code] = _checked_measure(measure, by_code)
+        object.__setattr__(self, "measures", tuple(measures[c] for c in sorted(measures)))
+        object.__setattr__(self, "_measures", measures)
+
+    def measure(self, code: str) -> Measure:
+        """The household measure with this code, or UnknownMeasure."""
+        try:
+            return self._measures[code]
+        except (KeyError, TypeError):
+            raise UnknownMeasure(f"unknown household measure {_show(code)}") from None
 
     def get(self, code: str) -> Item:
         """The item with this code, or UnknownItem."""
@@ -178,6 +222,27 @@ class Catalogue:
         return {item.code: item.aggregate.value for item in self.items}
 
 
+def _checked_measure(measure: Measure, items: Mapping[str, Item]) -> Measure:
+    """The measure with its period filled in, once its items exist and share one unit and period."""
+    where = f"measure {measure.code!r}"
+    if not measure.items or len(set(measure.items)) != len(measure.items):
+        raise CatalogueError(f"{where}: items must be a non-empty list without repeats")
+    periods = set()
+    for code in measure.items:
+        item = items.get(code)
+        if item is None:
+            raise CatalogueError(f"{where}: {code!r} is not a catalogue item")
+        if item.unit != measure.unit:
+            raise CatalogueError(f"{where}: item {code!r} is in {item.unit!r}, the measure in {measure.unit!r}")
+        periods.add(item.period)
+    if len(periods) != 1:
+        raise CatalogueError(f"{where}: its items must share one reference period")
+    (period,) = periods
+    if measure.period not in ("", period):
+        raise CatalogueError(f"{where}: period must be its items' period {period!r}")
+    return Measure(measure.code, measure.name_zh, measure.name_en, measure.unit, measure.caliber, measure.items, period)
+
+
 def shipped(name: str) -> Traversable:
     """A config file shipped inside the package (`node/data/`, which is `config/` of the repository)."""
     return resources.files("node").joinpath("data", name)
@@ -187,7 +252,7 @@ def load_catalogue(path: Path | None = None) -> Catalogue:
     """Load and validate a catalogue file (default: the national catalogue shipped in the package)."""
     source = path or shipped(CATALOGUE_FILE)
     doc = read_toml(source, "catalogue", CatalogueError)
-    unknown = set(doc) - {"version", "item"}
+    unknown = set(doc) - {"version", "item", "measure"}
     if unknown:
         raise CatalogueError(f"{source}: unknown top-level keys {sorted(unknown)}")
     version = doc.get("version", "")
@@ -197,7 +262,14 @@ def load_catalogue(path: Path | None = None) -> Catalogue:
     if not isinstance(entries, list) or not entries:
         raise CatalogueError(f"{source}: no [[item]] entries")
     items = tuple(_item(source, n, entry) for n, entry in enumerate(entries, 1))
-    return Catalogue(items, version)
+    raw_measures = doc.get("measure", [])
+    if not isinstance(raw_measures, list):
+        raise CatalogueError(f"{source}: measure must be [[measure]] entries")
+    measures = tuple(_measure(source, n, entry) for n, entry in enumerate(raw_measures, 1))
+    try:
+        return Catalogue(items, version, measures)
+    except CatalogueError as exc:
+        raise CatalogueError(f"{source}: {exc}") from None
 
 
 def read_toml(path: Path | Traversable, what: str, error: type[BadInput] = CatalogueError) -> dict[str, Any]:
@@ -260,6 +332,28 @@ def _item(path: Path | Traversable, n: int, entry: Any) -> Item:
         aggregate=aggregate,
         maximum=maximum,
     )
+
+
+def _measure(path: Path | Traversable, n: int, entry: Any) -> Measure:
+    where = f"{path}: measure #{n}"
+    if not isinstance(entry, dict):
+        raise CatalogueError(f"{where} is not a table")
+    missing = _MEASURE_KEYS - set(entry)
+    if missing:
+        raise CatalogueError(f"{where} lacks {sorted(missing)}")
+    extra = set(entry) - _MEASURE_KEYS
+    if extra:
+        raise CatalogueError(f"{where} has unknown keys {sorted(extra)}")
+    for key in _MEASURE_KEYS - {"items"}:
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise CatalogueError(f"{where}: {key} must be a non-empty string")
+    code = entry["code"]
+    if _MEASURE_RE.fullmatch(code) is None:
+        raise CatalogueError(f"{where}: code {_show(code)} must be lower-case letters, digits and _ (no dot)")
+    items = entry["items"]
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise CatalogueError(f"{path}: measure {code!r}: items must be a list of item codes")
+    return Measure(code, entry["name_zh"], entry["name_en"], entry["unit"], entry["caliber"], tuple(items))
 
 
 def _show(code: object) -> str:

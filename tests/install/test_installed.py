@@ -72,16 +72,20 @@ def readme_block(heading: str) -> str:
 
 
 def test_the_wheel_runs_from_outside_the_checkout_and_carries_configs_own_files(installed: Path, tmp_path: Path) -> None:
-    """The installed package is imported from the environment, reports its version, and ships config/'s files unchanged."""
+    """The installed package is imported from the environment, reports its version, and ships config/'s files
+    (catalogue, policy, example standards) unchanged."""
     probe = ("import importlib.metadata, node, node.domain.catalogue as c;"
              "print(node.__file__); print(importlib.metadata.version('hedui'));"
-             "print(c.shipped('catalogue.toml')); print(c.shipped('policy.toml'))")
+             "print(c.shipped('catalogue.toml')); print(c.shipped('policy.toml')); print(c.shipped('standards'))")
     lines = _run([installed / "python", "-c", probe], cwd=tmp_path, env=_env(installed)).stdout.split()
-    package_file, version, catalogue, policy = lines
+    package_file, version, catalogue, policy, standards = lines
     assert not Path(package_file).resolve().is_relative_to(REPO)
     assert Path(package_file).resolve().is_relative_to(installed.parent.resolve())
     assert Path(catalogue).read_bytes() == (REPO / "config/catalogue.toml").read_bytes()
     assert Path(policy).read_bytes() == (REPO / "config/policy.toml").read_bytes()
+    examples = sorted((REPO / "config/standards").glob("*.toml"))
+    assert examples and [p.name for p in sorted(Path(standards).glob("*.toml"))] == [p.name for p in examples]
+    assert all((Path(standards) / p.name).read_bytes() == p.read_bytes() for p in examples)
     assert _run([installed / "hedui", "--version"], cwd=tmp_path, env=_env(installed)).stdout.strip() == f"hedui {version}"
 
 

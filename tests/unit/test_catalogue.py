@@ -11,7 +11,9 @@ from node.domain.catalogue import (
     Catalogue,
     CatalogueError,
     ItemType,
+    Measure,
     UnknownItem,
+    UnknownMeasure,
     load_catalogue,
     shipped,
 )
@@ -202,3 +204,85 @@ def test_small_custom_catalogue(tmp_path: Path) -> None:
     assert catalogue.version == "t1"
     assert catalogue.codes == ("deposit.balance_total",)
     assert catalogue.aggregates() == {"deposit.balance_total": "sum"}
+
+
+GOOD_MEASURE = """
+[[measure]]
+code = "financial_assets"
+name_zh = "金融资产"
+name_en = "Financial assets"
+unit = "fen"
+caliber = "Deposits."
+items = ["deposit.balance_total"]
+"""
+
+AREA_ITEM = GOOD_ITEM.replace("deposit.balance_total", "real_estate.area_total").replace(
+    '"money"', '"area"').replace('"fen"', '"0.01 m²"')
+
+
+def test_shipped_measures(catalogue: Catalogue) -> None:
+    """The shipped catalogue defines the household measures, sorted by code, each over items of its unit."""
+    codes = [m.code for m in catalogue.measures]
+    assert codes == sorted(codes)
+    assert {"income_monthly", "income_annual", "medical_12m", "education_12m", "financial_assets", "vehicle_count",
+            "vehicle_value", "homes", "floor_area", "businesses"} <= set(codes)
+    income = catalogue.measure("income_monthly")
+    assert income.items == ("income.wage_monthly", "pension.monthly", "unemployment.benefit_monthly")
+    assert income.unit == "fen" and income.period == "calendar month ending at as-of"
+    assert catalogue.measure("floor_area").unit == "0.01 m²"
+    for measure in catalogue.measures:
+        assert measure.name_zh and measure.name_en and measure.caliber
+        assert all(catalogue.get(code).unit == measure.unit for code in measure.items)
+
+
+def test_measure_value_sums_the_members_items(catalogue: Catalogue) -> None:
+    """A member's value of a measure is the sum of its item values; items it lacks count 0."""
+    assets = catalogue.measure("financial_assets")
+    assert assets.value({"deposit.balance_total": 100, "securities.value_total": 20, "vehicle.count": 7}) == 120
+    assert assets.value({}) == 0
+
+
+def test_unknown_measure(catalogue: Catalogue) -> None:
+    """measure() of an unknown code raises UnknownMeasure, a BadInput naming the code."""
+    with pytest.raises(UnknownMeasure, match="no_such"):
+        catalogue.measure("no_such")
+    assert issubclass(UnknownMeasure, BadInput)
+
+
+def test_custom_catalogue_with_a_measure(tmp_path: Path) -> None:
+    """A measure over a catalogue item loads, with its items' period filled in."""
+    catalogue = load_catalogue(_write(tmp_path, GOOD_ITEM + GOOD_MEASURE))
+    assert catalogue.measures == (Measure("financial_assets", "金融资产", "Financial assets", "fen", "Deposits.",
+                                          ("deposit.balance_total",), "point in time"),)
+
+
+@pytest.mark.parametrize(
+    ("extra", "old", "new", "message"),
+    [
+        ("", 'items = ["deposit.balance_total"]', 'items = ["deposit.nothing"]', "not a catalogue item"),
+        (AREA_ITEM, 'items = ["deposit.balance_total"]', 'items = ["deposit.balance_total", "real_estate.area_total"]',
+         "is in '0.01 m²'"),
+        ("", 'items = ["deposit.balance_total"]', "items = []", "non-empty"),
+        ("", 'items = ["deposit.balance_total"]', 'items = ["deposit.balance_total", "deposit.balance_total"]', "repeats"),
+        ("", 'items = ["deposit.balance_total"]', 'items = "deposit.balance_total"', "list of item codes"),
+        ("", 'code = "financial_assets"', 'code = "financial.assets"', "no dot"),
+        ("", 'unit = "fen"', 'unit = "fen"\ncolour = "red"', "unknown keys"),
+        ("", 'caliber = "Deposits."', "", "lacks"),
+        (GOOD_MEASURE, "", "", "duplicate measure"),
+    ],
+)
+def test_malformed_measures_rejected(tmp_path: Path, extra: str, old: str, new: str, message: str) -> None:
+    """Measures over unknown items, mixed units, empty or repeated items, bad codes and keys are rejected."""
+    text = GOOD_ITEM + extra + (GOOD_MEASURE.replace(old, new) if old else GOOD_MEASURE)
+    with pytest.raises(CatalogueError, match=message):
+        load_catalogue(_write(tmp_path, text))
+
+
+def test_measure_items_must_share_a_period(tmp_path: Path) -> None:
+    """A measure adding a point-in-time item to a monthly one is rejected."""
+    monthly = GOOD_ITEM.replace("deposit.balance_total", "income.wage_monthly").replace(
+        "point in time", "calendar month ending at as-of")
+    text = GOOD_ITEM + monthly + GOOD_MEASURE.replace(
+        'items = ["deposit.balance_total"]', 'items = ["deposit.balance_total", "income.wage_monthly"]')
+    with pytest.raises(CatalogueError, match="one reference period"):
+        load_catalogue(_write(tmp_path, text))

@@ -494,24 +494,21 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HashChain]:
         yield c
 
 
-def test_append_many_throughput(tmp_path: Path) -> None:
-    """Appending 10,000 entries in one append_many takes well under a second."""
+def test_append_many_appends_a_large_batch_in_order(tmp_path: Path) -> None:
+    """10,000 entries appended by one append_many form one intact chain in the order given."""
     with HashChain(tmp_path / "t.sqlite") as c:
         items = [("query", f"req-{i}", b'{"purpose":"dibao","n":12}') for i in range(10_000)]
-        start = time.perf_counter()
         c.append_many(items)
-        assert time.perf_counter() - start < 1.0
+        report = c.verify()
+        assert report.ok and report.count == 10_000
+        keys = [e.key for e in c.entries()]
+    assert keys == [key for _, key, _ in items]
 
 
-def test_verify_throughput(big: HashChain) -> None:
-    """verify() checks at least 200,000 entries per second of CPU time."""
-    best = 0.0
-    for _ in range(2):  # CPU time, not wall time: other processes on the box do not count
-        start = time.process_time()
-        report = big.verify()
-        best = max(best, report.count / max(time.process_time() - start, 1e-9))
+def test_verify_checks_every_entry_of_a_large_chain(big: HashChain) -> None:
+    """verify() walks all 50,000 entries (speed is measured by scripts/bench, never asserted here)."""
+    report = big.verify()
     assert report.ok and report.count == 50_000
-    assert best >= 200_000
 
 
 def test_verify_streams(big: HashChain) -> None:

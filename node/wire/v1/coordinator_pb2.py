@@ -26,17 +26,17 @@ from node.wire.v1 import common_pb2 as node_dot_wire_dot_v1_dot_common__pb2
 from node.wire.v1 import verification_pb2 as node_dot_wire_dot_v1_dot_verification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enode/wire/v1/coordinator.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\x1a\x1fnode/wire/v1/verification.proto\"\xae\x02\n\x12\x43onsentRequestBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x14\n\x0csubject_salt\x18\x06 \x01(\x0c\x12\x1b\n\x13subject_commitments\x18\x07 \x03(\x0c\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\x15\n\rnot_before_ms\x18\t \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\n \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x0b \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\x0c \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\r \x01(\x0c\"N\n\x16RegisterConsentRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\":\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x11GetConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\x8d\x01\n\rConsentStatus\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.hedui.v1.ConsentState\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\x14\n\x0cledger_index\x18\x04 \x01(\x04\";\n\x15\x43onsentUpdatesRequest\x12\x13\n\x0b\x61\x66ter_index\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x0c\"`\n\rConsentUpdate\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.hedui.v1.ConsentState\"/\n\nEpochLimit\x12\r\n\x05\x65poch\x18\x01 \x01(\x0c\x12\x12\n\nlast_index\x18\x02 \x01(\x04\"\x80\x01\n\x0eLedgerHeadBody\x12\x11\n\tledger_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x0c\x12\x12\n\nhead_index\x18\x03 \x01(\x04\x12\x11\n\thead_hash\x18\x04 \x01(\x0c\x12%\n\x07lineage\x18\x05 \x03(\x0b\x32\x14.hedui.v1.EpochLimit\"H\n\x10SignedLedgerHead\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\xa6\x01\n\x16\x43onsentUpdatesResponse\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.hedui.v1.ConsentUpdate\x12\x12\n\nhead_index\x18\x02 \x01(\x04\x12\x10\n\x08\x61s_of_ms\x18\x03 \x01(\x03\x12(\n\x04head\x18\x04 \x01(\x0b\x32\x1a.hedui.v1.SignedLedgerHead\x12\x12\n\nafter_hash\x18\x05 \x01(\x0c\"\x92\x01\n\x10\x41nnouncementBody\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\nseal_suite\x18\x03 \x01(\t\x12\x17\n\x0fseal_public_key\x18\x04 \x01(\x0c\x12\x17\n\x0ftls_cert_sha256\x18\x05 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\"J\n\x12SignedAnnouncement\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\x12\n\x10\x41nnounceResponse\"\x12\n\x10\x44irectoryRequest\"T\n\rDirectoryBody\x12\x14\n\x0cissued_at_ms\x18\x01 \x01(\x03\x12-\n\x07members\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.SignedAnnouncement\"G\n\x0fSignedDirectory\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"I\n\x0f\x44iscoverRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\"Z\n\x0eProvinceStatus\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\"O\n\x10\x44iscoverResponse\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"]\n\x08\x45nvelope\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x1f\n\x05query\x18\x02 \x01(\x0b\x32\x10.hedui.v1.Sealed\x12\x1e\n\x16possession_commitments\x18\x03 \x03(\x0c\"]\n\x0cRouteRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"z\n\x0cRoutedAnswer\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12 \n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x10.hedui.v1.Sealed\"8\n\rRouteResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer\"*\n\x12RevocationsRequest\x12\x14\n\x0cknown_sha256\x18\x01 \x01(\x0c\"1\n\x0eRevocationList\x12\x0f\n\x07\x63rl_der\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"G\n\x0f\x41uditCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"%\n\rCheckpointAck\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\"\x19\n\x17LatestCheckpointRequest\"Q\n\x1bRegisterConsentBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .hedui.v1.RegisterConsentRequest\"^\n\x10\x43onsentBatchItem\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.hedui.v1.ConsentStatus\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x1cRegisterConsentBatchResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.ConsentBatchItem\"8\n\x12HouseholdDiscovery\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x0c\"\\\n\x14\x44iscoverBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\nhouseholds\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.HouseholdDiscovery\"F\n\x10HouseholdHolders\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"s\n\x15\x44iscoverBatchResponse\x12.\n\nhouseholds\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.HouseholdHolders\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"c\n\x11RouteBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onsent_ids\x18\x02 \x03(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"=\n\x12RouteBatchResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer*F\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0b\n\x07REVOKED\x10\x02*\xbe\x01\n\x0bRouteStatus\x12\x1c\n\x18ROUTE_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08ROUTE_OK\x10\x01\x12\x12\n\x0eROUTE_NO_MATCH\x10\x02\x12\x15\n\x11ROUTE_UNAVAILABLE\x10\x03\x12\x1b\n\x17ROUTE_DEADLINE_EXCEEDED\x10\x04\x12\x10\n\x0cROUTE_DENIED\x10\x05\x12\x12\n\x0eROUTE_NOT_HELD\x10\x06\x12\x15\n\x11ROUTE_IMPLAUSIBLE\x10\x07\x32\xa8\x08\n\x0b\x43oordinator\x12L\n\x0fRegisterConsent\x12 .hedui.v1.RegisterConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12H\n\rRevokeConsent\x12\x1e.hedui.v1.RevokeConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12\x42\n\nGetConsent\x12\x1b.hedui.v1.GetConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12S\n\x0e\x43onsentUpdates\x12\x1f.hedui.v1.ConsentUpdatesRequest\x1a .hedui.v1.ConsentUpdatesResponse\x12\x44\n\x08\x41nnounce\x12\x1c.hedui.v1.SignedAnnouncement\x1a\x1a.hedui.v1.AnnounceResponse\x12\x42\n\tDirectory\x12\x1a.hedui.v1.DirectoryRequest\x1a\x19.hedui.v1.SignedDirectory\x12\x41\n\x08\x44iscover\x12\x19.hedui.v1.DiscoverRequest\x1a\x1a.hedui.v1.DiscoverResponse\x12\x38\n\x05Route\x12\x16.hedui.v1.RouteRequest\x1a\x17.hedui.v1.RouteResponse\x12\x45\n\x0bRevocations\x12\x1c.hedui.v1.RevocationsRequest\x1a\x18.hedui.v1.RevocationList\x12\x46\n\x10SubmitCheckpoint\x12\x19.hedui.v1.AuditCheckpoint\x1a\x17.hedui.v1.CheckpointAck\x12P\n\x10LatestCheckpoint\x12!.hedui.v1.LatestCheckpointRequest\x1a\x19.hedui.v1.AuditCheckpoint\x12\x65\n\x14RegisterConsentBatch\x12%.hedui.v1.RegisterConsentBatchRequest\x1a&.hedui.v1.RegisterConsentBatchResponse\x12P\n\rDiscoverBatch\x12\x1e.hedui.v1.DiscoverBatchRequest\x1a\x1f.hedui.v1.DiscoverBatchResponse\x12G\n\nRouteBatch\x12\x1b.hedui.v1.RouteBatchRequest\x1a\x1c.hedui.v1.RouteBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enode/wire/v1/coordinator.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\x1a\x1fnode/wire/v1/verification.proto\"\xae\x02\n\x12\x43onsentRequestBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x14\n\x0csubject_salt\x18\x06 \x01(\x0c\x12\x1b\n\x13subject_commitments\x18\x07 \x03(\x0c\x12\x0e\n\x06scopes\x18\x08 \x03(\t\x12\x15\n\rnot_before_ms\x18\t \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\n \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x0b \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\x0c \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\r \x01(\x0c\"N\n\x16RegisterConsentRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\":\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\'\n\x11GetConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\x8d\x01\n\rConsentStatus\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.hedui.v1.ConsentState\x12\x15\n\rrevoked_at_ms\x18\x03 \x01(\x03\x12\x14\n\x0cledger_index\x18\x04 \x01(\x04\";\n\x15\x43onsentUpdatesRequest\x12\x13\n\x0b\x61\x66ter_index\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x0c\"`\n\rConsentUpdate\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.hedui.v1.ConsentState\"/\n\nEpochLimit\x12\r\n\x05\x65poch\x18\x01 \x01(\x0c\x12\x12\n\nlast_index\x18\x02 \x01(\x04\"\x80\x01\n\x0eLedgerHeadBody\x12\x11\n\tledger_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x0c\x12\x12\n\nhead_index\x18\x03 \x01(\x04\x12\x11\n\thead_hash\x18\x04 \x01(\x0c\x12%\n\x07lineage\x18\x05 \x03(\x0b\x32\x14.hedui.v1.EpochLimit\"H\n\x10SignedLedgerHead\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\xa6\x01\n\x16\x43onsentUpdatesResponse\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.hedui.v1.ConsentUpdate\x12\x12\n\nhead_index\x18\x02 \x01(\x04\x12\x10\n\x08\x61s_of_ms\x18\x03 \x01(\x03\x12(\n\x04head\x18\x04 \x01(\x0b\x32\x1a.hedui.v1.SignedLedgerHead\x12\x12\n\nafter_hash\x18\x05 \x01(\x0c\"\x92\x01\n\x10\x41nnouncementBody\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x12\n\nseal_suite\x18\x03 \x01(\t\x12\x17\n\x0fseal_public_key\x18\x04 \x01(\x0c\x12\x17\n\x0ftls_cert_sha256\x18\x05 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\"J\n\x12SignedAnnouncement\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\x12\n\x10\x41nnounceResponse\"\x12\n\x10\x44irectoryRequest\"\x82\x01\n\rDirectoryBody\x12\x14\n\x0cissued_at_ms\x18\x01 \x01(\x03\x12-\n\x07members\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.SignedAnnouncement\x12,\n\tstandards\x18\x03 \x03(\x0b\x32\x19.hedui.v1.SignedStandards\"G\n\x0fSignedDirectory\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"I\n\x0f\x44iscoverRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\"Z\n\x0eProvinceStatus\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\"O\n\x10\x44iscoverResponse\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"]\n\x08\x45nvelope\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x1f\n\x05query\x18\x02 \x01(\x0b\x32\x10.hedui.v1.Sealed\x12\x1e\n\x16possession_commitments\x18\x03 \x03(\x0c\"]\n\x0cRouteRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"z\n\x0cRoutedAnswer\x12\x10\n\x08province\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.hedui.v1.RouteStatus\x12\x0f\n\x07message\x18\x03 \x01(\t\x12 \n\x06\x61nswer\x18\x04 \x01(\x0b\x32\x10.hedui.v1.Sealed\"8\n\rRouteResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer\"*\n\x12RevocationsRequest\x12\x14\n\x0cknown_sha256\x18\x01 \x01(\x0c\"1\n\x0eRevocationList\x12\x0f\n\x07\x63rl_der\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"G\n\x0f\x41uditCheckpoint\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"%\n\rCheckpointAck\x12\x14\n\x0cledger_index\x18\x01 \x01(\x04\"\x19\n\x17LatestCheckpointRequest\"Q\n\x1bRegisterConsentBatchRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .hedui.v1.RegisterConsentRequest\"^\n\x10\x43onsentBatchItem\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.hedui.v1.ConsentStatus\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"I\n\x1cRegisterConsentBatchResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.ConsentBatchItem\"8\n\x12HouseholdDiscovery\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x0c\"\\\n\x14\x44iscoverBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\nhouseholds\x18\x02 \x03(\x0b\x32\x1c.hedui.v1.HouseholdDiscovery\"F\n\x10HouseholdHolders\x12\x0f\n\x07holders\x18\x01 \x03(\t\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"s\n\x15\x44iscoverBatchResponse\x12.\n\nhouseholds\x18\x01 \x03(\x0b\x32\x1a.hedui.v1.HouseholdHolders\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"c\n\x11RouteBatchRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onsent_ids\x18\x02 \x03(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\"=\n\x12RouteBatchResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer\"G\n\x0fSignedStandards\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"N\n\x18PublishStandardsResponse\x12\x10\n\x08province\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x65ntries\x18\x03 \x01(\r*F\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0b\n\x07REVOKED\x10\x02*\xbe\x01\n\x0bRouteStatus\x12\x1c\n\x18ROUTE_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08ROUTE_OK\x10\x01\x12\x12\n\x0eROUTE_NO_MATCH\x10\x02\x12\x15\n\x11ROUTE_UNAVAILABLE\x10\x03\x12\x1b\n\x17ROUTE_DEADLINE_EXCEEDED\x10\x04\x12\x10\n\x0cROUTE_DENIED\x10\x05\x12\x12\n\x0eROUTE_NOT_HELD\x10\x06\x12\x15\n\x11ROUTE_IMPLAUSIBLE\x10\x07\x32\xfb\x08\n\x0b\x43oordinator\x12L\n\x0fRegisterConsent\x12 .hedui.v1.RegisterConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12H\n\rRevokeConsent\x12\x1e.hedui.v1.RevokeConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12\x42\n\nGetConsent\x12\x1b.hedui.v1.GetConsentRequest\x1a\x17.hedui.v1.ConsentStatus\x12S\n\x0e\x43onsentUpdates\x12\x1f.hedui.v1.ConsentUpdatesRequest\x1a .hedui.v1.ConsentUpdatesResponse\x12\x44\n\x08\x41nnounce\x12\x1c.hedui.v1.SignedAnnouncement\x1a\x1a.hedui.v1.AnnounceResponse\x12\x42\n\tDirectory\x12\x1a.hedui.v1.DirectoryRequest\x1a\x19.hedui.v1.SignedDirectory\x12\x41\n\x08\x44iscover\x12\x19.hedui.v1.DiscoverRequest\x1a\x1a.hedui.v1.DiscoverResponse\x12\x38\n\x05Route\x12\x16.hedui.v1.RouteRequest\x1a\x17.hedui.v1.RouteResponse\x12\x45\n\x0bRevocations\x12\x1c.hedui.v1.RevocationsRequest\x1a\x18.hedui.v1.RevocationList\x12\x46\n\x10SubmitCheckpoint\x12\x19.hedui.v1.AuditCheckpoint\x1a\x17.hedui.v1.CheckpointAck\x12P\n\x10LatestCheckpoint\x12!.hedui.v1.LatestCheckpointRequest\x1a\x19.hedui.v1.AuditCheckpoint\x12\x65\n\x14RegisterConsentBatch\x12%.hedui.v1.RegisterConsentBatchRequest\x1a&.hedui.v1.RegisterConsentBatchResponse\x12P\n\rDiscoverBatch\x12\x1e.hedui.v1.DiscoverBatchRequest\x1a\x1f.hedui.v1.DiscoverBatchResponse\x12G\n\nRouteBatch\x12\x1b.hedui.v1.RouteBatchRequest\x1a\x1c.hedui.v1.RouteBatchResponse\x12Q\n\x10PublishStandards\x12\x19.hedui.v1.SignedStandards\x1a\".hedui.v1.PublishStandardsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'node.wire.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTSTATE']._serialized_start=3353
-  _globals['_CONSENTSTATE']._serialized_end=3423
-  _globals['_ROUTESTATUS']._serialized_start=3426
-  _globals['_ROUTESTATUS']._serialized_end=3616
+  _globals['_CONSENTSTATE']._serialized_start=3553
+  _globals['_CONSENTSTATE']._serialized_end=3623
+  _globals['_ROUTESTATUS']._serialized_start=3626
+  _globals['_ROUTESTATUS']._serialized_end=3816
   _globals['_CONSENTREQUESTBODY']._serialized_start=105
   _globals['_CONSENTREQUESTBODY']._serialized_end=407
   _globals['_REGISTERCONSENTREQUEST']._serialized_start=409
@@ -67,52 +67,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANNOUNCERESPONSE']._serialized_end=1559
   _globals['_DIRECTORYREQUEST']._serialized_start=1561
   _globals['_DIRECTORYREQUEST']._serialized_end=1579
-  _globals['_DIRECTORYBODY']._serialized_start=1581
-  _globals['_DIRECTORYBODY']._serialized_end=1665
-  _globals['_SIGNEDDIRECTORY']._serialized_start=1667
-  _globals['_SIGNEDDIRECTORY']._serialized_end=1738
-  _globals['_DISCOVERREQUEST']._serialized_start=1740
-  _globals['_DISCOVERREQUEST']._serialized_end=1813
-  _globals['_PROVINCESTATUS']._serialized_start=1815
-  _globals['_PROVINCESTATUS']._serialized_end=1905
-  _globals['_DISCOVERRESPONSE']._serialized_start=1907
-  _globals['_DISCOVERRESPONSE']._serialized_end=1986
-  _globals['_ENVELOPE']._serialized_start=1988
-  _globals['_ENVELOPE']._serialized_end=2081
-  _globals['_ROUTEREQUEST']._serialized_start=2083
-  _globals['_ROUTEREQUEST']._serialized_end=2176
-  _globals['_ROUTEDANSWER']._serialized_start=2178
-  _globals['_ROUTEDANSWER']._serialized_end=2300
-  _globals['_ROUTERESPONSE']._serialized_start=2302
-  _globals['_ROUTERESPONSE']._serialized_end=2358
-  _globals['_REVOCATIONSREQUEST']._serialized_start=2360
-  _globals['_REVOCATIONSREQUEST']._serialized_end=2402
-  _globals['_REVOCATIONLIST']._serialized_start=2404
-  _globals['_REVOCATIONLIST']._serialized_end=2453
-  _globals['_AUDITCHECKPOINT']._serialized_start=2455
-  _globals['_AUDITCHECKPOINT']._serialized_end=2526
-  _globals['_CHECKPOINTACK']._serialized_start=2528
-  _globals['_CHECKPOINTACK']._serialized_end=2565
-  _globals['_LATESTCHECKPOINTREQUEST']._serialized_start=2567
-  _globals['_LATESTCHECKPOINTREQUEST']._serialized_end=2592
-  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_start=2594
-  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_end=2675
-  _globals['_CONSENTBATCHITEM']._serialized_start=2677
-  _globals['_CONSENTBATCHITEM']._serialized_end=2771
-  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_start=2773
-  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_end=2846
-  _globals['_HOUSEHOLDDISCOVERY']._serialized_start=2848
-  _globals['_HOUSEHOLDDISCOVERY']._serialized_end=2904
-  _globals['_DISCOVERBATCHREQUEST']._serialized_start=2906
-  _globals['_DISCOVERBATCHREQUEST']._serialized_end=2998
-  _globals['_HOUSEHOLDHOLDERS']._serialized_start=3000
-  _globals['_HOUSEHOLDHOLDERS']._serialized_end=3070
-  _globals['_DISCOVERBATCHRESPONSE']._serialized_start=3072
-  _globals['_DISCOVERBATCHRESPONSE']._serialized_end=3187
-  _globals['_ROUTEBATCHREQUEST']._serialized_start=3189
-  _globals['_ROUTEBATCHREQUEST']._serialized_end=3288
-  _globals['_ROUTEBATCHRESPONSE']._serialized_start=3290
-  _globals['_ROUTEBATCHRESPONSE']._serialized_end=3351
-  _globals['_COORDINATOR']._serialized_start=3619
-  _globals['_COORDINATOR']._serialized_end=4683
+  _globals['_DIRECTORYBODY']._serialized_start=1582
+  _globals['_DIRECTORYBODY']._serialized_end=1712
+  _globals['_SIGNEDDIRECTORY']._serialized_start=1714
+  _globals['_SIGNEDDIRECTORY']._serialized_end=1785
+  _globals['_DISCOVERREQUEST']._serialized_start=1787
+  _globals['_DISCOVERREQUEST']._serialized_end=1860
+  _globals['_PROVINCESTATUS']._serialized_start=1862
+  _globals['_PROVINCESTATUS']._serialized_end=1952
+  _globals['_DISCOVERRESPONSE']._serialized_start=1954
+  _globals['_DISCOVERRESPONSE']._serialized_end=2033
+  _globals['_ENVELOPE']._serialized_start=2035
+  _globals['_ENVELOPE']._serialized_end=2128
+  _globals['_ROUTEREQUEST']._serialized_start=2130
+  _globals['_ROUTEREQUEST']._serialized_end=2223
+  _globals['_ROUTEDANSWER']._serialized_start=2225
+  _globals['_ROUTEDANSWER']._serialized_end=2347
+  _globals['_ROUTERESPONSE']._serialized_start=2349
+  _globals['_ROUTERESPONSE']._serialized_end=2405
+  _globals['_REVOCATIONSREQUEST']._serialized_start=2407
+  _globals['_REVOCATIONSREQUEST']._serialized_end=2449
+  _globals['_REVOCATIONLIST']._serialized_start=2451
+  _globals['_REVOCATIONLIST']._serialized_end=2500
+  _globals['_AUDITCHECKPOINT']._serialized_start=2502
+  _globals['_AUDITCHECKPOINT']._serialized_end=2573
+  _globals['_CHECKPOINTACK']._serialized_start=2575
+  _globals['_CHECKPOINTACK']._serialized_end=2612
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_start=2614
+  _globals['_LATESTCHECKPOINTREQUEST']._serialized_end=2639
+  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_start=2641
+  _globals['_REGISTERCONSENTBATCHREQUEST']._serialized_end=2722
+  _globals['_CONSENTBATCHITEM']._serialized_start=2724
+  _globals['_CONSENTBATCHITEM']._serialized_end=2818
+  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_start=2820
+  _globals['_REGISTERCONSENTBATCHRESPONSE']._serialized_end=2893
+  _globals['_HOUSEHOLDDISCOVERY']._serialized_start=2895
+  _globals['_HOUSEHOLDDISCOVERY']._serialized_end=2951
+  _globals['_DISCOVERBATCHREQUEST']._serialized_start=2953
+  _globals['_DISCOVERBATCHREQUEST']._serialized_end=3045
+  _globals['_HOUSEHOLDHOLDERS']._serialized_start=3047
+  _globals['_HOUSEHOLDHOLDERS']._serialized_end=3117
+  _globals['_DISCOVERBATCHRESPONSE']._serialized_start=3119
+  _globals['_DISCOVERBATCHRESPONSE']._serialized_end=3234
+  _globals['_ROUTEBATCHREQUEST']._serialized_start=3236
+  _globals['_ROUTEBATCHREQUEST']._serialized_end=3335
+  _globals['_ROUTEBATCHRESPONSE']._serialized_start=3337
+  _globals['_ROUTEBATCHRESPONSE']._serialized_end=3398
+  _globals['_SIGNEDSTANDARDS']._serialized_start=3400
+  _globals['_SIGNEDSTANDARDS']._serialized_end=3471
+  _globals['_PUBLISHSTANDARDSRESPONSE']._serialized_start=3473
+  _globals['_PUBLISHSTANDARDSRESPONSE']._serialized_end=3551
+  _globals['_COORDINATOR']._serialized_start=3819
+  _globals['_COORDINATOR']._serialized_end=4966
 # @@protoc_insertion_point(module_scope)

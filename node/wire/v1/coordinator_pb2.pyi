@@ -196,12 +196,14 @@ class DirectoryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DirectoryBody(_message.Message):
-    __slots__ = ("issued_at_ms", "members")
+    __slots__ = ("issued_at_ms", "members", "standards")
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    STANDARDS_FIELD_NUMBER: _ClassVar[int]
     issued_at_ms: int
     members: _containers.RepeatedCompositeFieldContainer[SignedAnnouncement]
-    def __init__(self, issued_at_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ...) -> None: ...
+    standards: _containers.RepeatedCompositeFieldContainer[SignedStandards]
+    def __init__(self, issued_at_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ..., standards: _Optional[_Iterable[_Union[SignedStandards, _Mapping]]] = ...) -> None: ...
 
 class SignedDirectory(_message.Message):
     __slots__ = ("body", "signature")
@@ -380,3 +382,21 @@ class RouteBatchResponse(_message.Message):
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
     answers: _containers.RepeatedCompositeFieldContainer[RoutedAnswer]
     def __init__(self, answers: _Optional[_Iterable[_Union[RoutedAnswer, _Mapping]]] = ...) -> None: ...
+
+class SignedStandards(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class PublishStandardsResponse(_message.Message):
+    __slots__ = ("province", "version", "entries")
+    PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    province: str
+    version: int
+    entries: int
+    def __init__(self, province: _Optional[str] = ..., version: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...

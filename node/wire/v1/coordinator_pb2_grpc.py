@@ -104,6 +104,11 @@ class CoordinatorStub:
                 request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchRequest.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchResponse.FromString,
                 _registered_method=True)
+        self.PublishStandards = channel.unary_unary(
+                '/hedui.v1.Coordinator/PublishStandards',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedStandards.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishStandardsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -195,6 +200,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStandards(self, request, context):
+        """A province publishes its standards document; it is carried in the directory from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +279,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RouteBatch,
                     request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchRequest.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchResponse.SerializeToString,
+            ),
+            'PublishStandards': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishStandards,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedStandards.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishStandardsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -647,6 +664,33 @@ class Coordinator:
             '/hedui.v1.Coordinator/RouteBatch',
             node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchRequest.SerializeToString,
             node_dot_wire_dot_v1_dot_coordinator__pb2.RouteBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStandards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/PublishStandards',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.SignedStandards.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.PublishStandardsResponse.FromString,
             options,
             channel_credentials,
             insecure,
