@@ -36,13 +36,24 @@ def _request_id_guard(_logger: Any, _method: str, event: dict[str, Any]) -> dict
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is when a line is written, not when logging was configured
+    (a test harness swaps it, and a line must never go to an old, closed stream)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
     """Configure structlog once per process; JSON unless stderr is a terminal. BadInput for an unknown level."""
     global _configured
     level = check_level(level)
-    stream = stream or sys.stderr
     if json is None:
-        json = not stream.isatty()
+        json = not (stream or sys.stderr).isatty()
+    stream = stream or _CurrentStderr()
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
