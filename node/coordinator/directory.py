@@ -73,6 +73,7 @@ class Entry:
     seal_public_key: bytes
     tls_cert_sha256: bytes
     sign_serial: int = 0
+    mask_public_key: bytes = b""  # empty for a node that predates the household secure sum
 
 
 def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: signing.Verifier) -> Entry:
@@ -87,8 +88,10 @@ def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: si
     if len(body.seal_public_key) != 32 or not body.endpoint or len(body.endpoint) > 255:
         raise Refusal(ErrorCode.MALFORMED, "announcement lacks endpoint or sealing key")
     check_endpoint(body.endpoint)
+    if body.mask_public_key and len(body.mask_public_key) != 32:
+        raise Refusal(ErrorCode.MALFORMED, "announcement's mask key is not 32 bytes")
     return Entry(body.province, body.endpoint, body.seal_suite, body.seal_public_key, body.tls_cert_sha256,
-                 verified.identity.serial)
+                 verified.identity.serial, body.mask_public_key)
 
 
 class FederationDirectory(dict[str, Entry]):

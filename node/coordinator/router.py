@@ -22,7 +22,7 @@ from node.crypto import possession
 from node.domain.regions import province_uri
 from node.errors import ErrorCode, Refusal
 from node.server import tls
-from node.wire.v1 import coordinator_pb2, verification_pb2, verification_pb2_grpc
+from node.wire.v1 import coordinator_pb2, household_pb2_grpc, verification_pb2, verification_pb2_grpc
 
 MARGIN_S: Final[float] = 0.1
 MIN_PER_PROVINCE_S: Final[float] = 0.05
@@ -35,6 +35,16 @@ T = TypeVar("T")
 def status_name(status: int) -> str:
     """"OK", "NO_MATCH", ... for a RouteStatus value."""
     return coordinator_pb2.RouteStatus.Name(status).removeprefix("ROUTE_")
+
+
+#: Route statuses that say nothing about whether a province holds data (it could not be asked).
+ROUTE_FAILURES: Final[frozenset[int]] = frozenset({
+    coordinator_pb2.ROUTE_UNAVAILABLE, coordinator_pb2.ROUTE_DEADLINE_EXCEEDED, coordinator_pb2.ROUTE_DENIED})
+
+
+def status_of(error: grpc.RpcError) -> tuple[int, str]:
+    """The RouteStatus and public message of a province's failed call."""
+    return _status_of(error)
 
 
 def _status_of(error: grpc.RpcError) -> tuple[int, str]:
@@ -85,6 +95,16 @@ class Router:
         stub = verification_pb2_grpc.VerificationStub(channel)
         self._channels[province] = (entry.endpoint, channel, stub)
         return stub
+
+    def household_stub(self, province: str) -> household_pb2_grpc.HouseholdHolderStub | None:
+        """The province's HouseholdHolder service, on the same channel as its Verification service."""
+        if self._stub(province) is None:
+            return None
+        return household_pb2_grpc.HouseholdHolderStub(self._channels[province][1])
+
+    def bounded(self, timeout: float) -> float:
+        """How long to wait on one province: never beyond `[limits] max_province_wait_s`."""
+        return self._bounded(timeout)
 
     async def close(self) -> None:
         for _, channel, _ in self._channels.values():

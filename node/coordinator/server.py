@@ -14,6 +14,8 @@ from node.config import MemberConfig
 from node.coordinator.claims import ClaimBook
 from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
+from node.coordinator.household_servicer import HouseholdRoundsServicer
+from node.coordinator.rounds import RoundBook
 from node.coordinator.router import Router, per_province_timeout, status_name
 from node.coordinator.standards import PUBLISH_DECISION, PublishedStandards
 from node.crypto.pki import TrustAnchor, province_of_identity
@@ -31,7 +33,7 @@ from node.store.nonces import NonceStore
 from node.store import audit
 from node.store import ledger
 from node.store.chain import HashChain
-from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, household_pb2_grpc, verification_pb2
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_DISCOVERY_TOKENS = 16
@@ -371,9 +373,16 @@ class CoordinatorServer:
         servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl,
                                        auditor=self.auditor, checkpoints=checkpoints)
         self.servicer = servicer
+        rounds = HouseholdRoundsServicer(servicer, RoundBook(signer=member.signer, verifier=member.verifier, replay=nonces,
+                                                             clock_skew_s=cfg.limits.clock_skew_s))
+
+        def register(server: Any) -> None:
+            coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)
+            household_pb2_grpc.add_HouseholdRoundsServicer_to_server(rounds, server)
+
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
                                           admission=servicer.admission, log=log, metrics=servicer.metrics,
-                                          register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, s))
+                                          register=register)
         running = self.running
         close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port

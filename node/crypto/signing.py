@@ -39,6 +39,10 @@ DIRECTORY: Final[str] = "hedui/v1/directory"
 CHECKPOINT: Final[str] = "hedui/v1/audit-checkpoint"
 REVOCATIONS: Final[str] = "hedui/v1/revocations"
 STANDARDS: Final[str] = "hedui/v1/standards"
+HOLDER_SET: Final[str] = "hedui/v1/holder-set"
+CONTRIBUTION_QUERY: Final[str] = "hedui/v1/contribution-query"
+CONTRIBUTION: Final[str] = "hedui/v1/contribution"
+HOUSEHOLD_DECISION: Final[str] = "hedui/v1/household-decision"
 _BATCH_ROOT: Final[str] = "hedui/v1/batch-root"
 
 _SALT_BYTES: Final[int] = 16

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from grpc import aio
 
 from node.coordinator.directory import ANNOUNCEMENT, Entry, verify_directory
-from node.crypto import pki, sealing
+from node.crypto import masks, pki, sealing
 from node.crypto.pki import province_of_identity
 from node.domain.regions import COORDINATOR_URI, province_uri
 from node.errors import ErrorCode, HeduiError, Refusal
@@ -42,6 +42,7 @@ class CoordinatorLink:
         self.log = log
         self.identity = province_uri(member.province)
         self._seal_key, seal_pub = pki.load_seal_keys(member.cfg.seal_key, member.cfg.seal_pub)
+        self.mask_key = masks.mask_key_from_seal_key(self._seal_key)
         self.seal_public = sealing.public_bytes(seal_pub)
         self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
                                            options=tls.channel_options(member.cfg.limits))
@@ -100,7 +101,7 @@ class CoordinatorLink:
         body = coordinator_pb2.AnnouncementBody(
             province=self.member.province, endpoint=endpoint, seal_suite=sealing.SUITE_NAME,
             seal_public_key=self.seal_public, tls_cert_sha256=hashlib.sha256(tls_der).digest(),
-            issued_at_ms=int(time.time() * 1000),
+            issued_at_ms=int(time.time() * 1000), mask_public_key=masks.public_bytes(self.mask_key),
         ).SerializeToString()
         return coordinator_pb2.SignedAnnouncement(body=body, signature=self.member.signer.sign(ANNOUNCEMENT, body))
 
@@ -209,7 +210,7 @@ class CoordinatorLink:
 
     # -- sealing, for the Verification servicer ---------------------------------------------
 
-    def _open(self, sealed: common_pb2.Sealed, peer_identity: str, message: type[T]) -> tuple[T, str | None]:
+    def open_message(self, sealed: common_pb2.Sealed, peer_identity: str, message: type[T]) -> tuple[T, str | None]:
         """Open a sealed query message; the requester is the TLS peer, or None when relayed by the coordinator."""
         try:
             raw = sealing.open_sealed(sealed, kind=sealing.QUERY, identity=self.identity, private_key=self._seal_key)
@@ -225,11 +226,11 @@ class CoordinatorLink:
 
     def open_query(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.LockedQuery, str | None]:
         """The possession-locked query inside a sealed Verify (still to unlock: node.service.possession)."""
-        return self._open(sealed, peer_identity, verification_pb2.LockedQuery)
+        return self.open_message(sealed, peer_identity, verification_pb2.LockedQuery)
 
     def open_batch(self, sealed: common_pb2.Sealed, peer_identity: str) -> tuple[verification_pb2.LockedBatch, str | None]:
         """The possession-locked queries inside a sealed VerifyBatch."""
-        return self._open(sealed, peer_identity, verification_pb2.LockedBatch)
+        return self.open_message(sealed, peer_identity, verification_pb2.LockedBatch)
 
     @staticmethod
     def check_reply_key(query: verification_pb2.QueryBody) -> None:

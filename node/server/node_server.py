@@ -12,10 +12,11 @@ from typing import Any
 
 from node import __version__, logs
 from node.config import MemberConfig
-from node.crypto import signing
+from node.crypto import masks, pki, signing
 from node.domain.regions import COORDINATOR_URI
 from node.errors import HeduiError
 from node.server.admission import Admission
+from node.server.household_servicer import HouseholdHolderServicer
 from node.server.base import RunningServer, start_server
 from node.server import metrics
 from node.server.metrics import MemberMetrics
@@ -25,12 +26,13 @@ from node.server.coordinator_link import CoordinatorLink
 from node.server.verification_servicer import VerificationServicer
 from node.service.consent import ReceiptGate, RevocationView
 from node.service.possession import Unlocker
+from node.service.household import HouseholdService
 from node.service.verification import VerificationService
 from node.store import audit
 from node.store.nonces import NonceStore
 from node.store.errors import StoreError
 from node.store.store import Store
-from node.wire.v1 import verification_pb2, verification_pb2_grpc
+from node.wire.v1 import household_pb2_grpc, verification_pb2, verification_pb2_grpc
 
 SERVICE_NAME = verification_pb2.DESCRIPTOR.services_by_name["Verification"].full_name
 
@@ -96,6 +98,7 @@ class NodeServer:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
         close.callback(self._nonces.close)
+        gate = ReceiptGate(member.verifier, self.revocations)
         service = VerificationService(
             province=cfg.province,
             store=self.store,
@@ -103,7 +106,7 @@ class NodeServer:
             policy=member.policy,
             verifier=member.verifier,
             limits=cfg.limits,
-            consent=ReceiptGate(member.verifier, self.revocations),
+            consent=gate,
             replay=self._nonces,
         )
         self.batch_signer = signing.AsyncBatchSigner(member.signer, in_flight=in_flight)
@@ -114,9 +117,15 @@ class NodeServer:
             unlocker=Unlocker(self.store, cfg.identity, max_subjects=cfg.limits.max_subjects),
         )
         self.servicer = servicer
+        household = self._household_servicer(member, gate, log, in_flight)
+
+        def register(server: Any) -> None:
+            verification_pb2_grpc.add_VerificationServicer_to_server(servicer, server)
+            household_pb2_grpc.add_HouseholdHolderServicer_to_server(household, server)
+
         self.running = await start_server(cfg, listen, SERVICE_NAME, reuse_port=self.reuse_port,
                                           admission=servicer.admission, log=log, metrics=servicer.metrics,
-                                          register=lambda s: verification_pb2_grpc.add_VerificationServicer_to_server(servicer, s))
+                                          register=register)
         running = self.running
         close.push_async_callback(lambda: running.stop(self._grace))
         self.port = self.running.port
@@ -133,6 +142,19 @@ class NodeServer:
         close.callback(watch.cancel)
         log.info("serving", version=__version__, port=self.port, subjects=self.store.counts().get("subjects"))
         return self.port
+
+    def _household_servicer(self, member: Member, gate: ReceiptGate, log: Any, in_flight: InFlight) -> Any:
+        """The HouseholdHolder servicer: this province's masked share of household rounds."""
+        cfg = self.cfg
+        seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub)
+        service = HouseholdService(
+            province=member.province, store=self.store, catalogue=member.catalogue, policy=member.policy,
+            verifier=member.verifier, limits=cfg.limits, consent=gate, replay=self._nonces,
+            mask_key=masks.mask_key_from_seal_key(seal_key),
+        )
+        return HouseholdHolderServicer(service, self.batch_signer, member.anchor, self.servicer.admission,
+                                       log, link=self.link, coordinator_identity=COORDINATOR_URI, metrics=self.servicer.metrics,
+                                       auditor=self.auditor, in_flight=in_flight)
 
     def _key_stamp(self) -> tuple[int, ...]:
         paths = (self.cfg.sign_key, self.cfg.sign_cert, self.cfg.tls_cert, self.cfg.tls_key)

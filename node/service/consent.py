@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
@@ -222,6 +222,14 @@ class ReceiptGate:
         return body
 
     def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> None:
+        self.check_items(query, [c.attribute for c in checks])
+
+    def check_items(self, query: Any, items: Iterable[str]) -> str:
+        """Check a query's receipt against the data `items` it reads; return the consent id.
+
+        `query` is any query body with `consent`, `requester`, `purpose` and `subjects` (a
+        verification query or a household contribution query).
+        """
         if not query.HasField("consent") or not query.consent.body:
             raise Refusal(ErrorCode.CONSENT_MISSING)
         body = self._receipt(query.consent)
@@ -237,6 +245,7 @@ class ReceiptGate:
             raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject")
         if body.scopes:
             scopes = set(body.scopes)
-            if any(c.attribute.split(".", 1)[0] not in scopes for c in checks):
+            if any(item.split(".", 1)[0] not in scopes for item in items):
                 raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every data item")
         self.revocations.check(body.consent_id, body.ledger_epoch, body.ledger_index)
+        return body.consent_id

@@ -111,6 +111,20 @@ class Federation:
         with self.client(code, to=to, deadline_s=deadline_s) as peer:
             return peer.verify(ids, purpose, checks, consent=receipt)
 
+    def household(self, code: str, ids: Sequence[str], region: str, *, consent_id: str, purpose: str = "dibao",
+                  period: str | None = None, deadline_s: float | None = None) -> Any:
+        """The household means test as province `code` (node.client.household): a HouseholdResult."""
+        from node.client.household import household_check
+
+        return household_check(self.member(code), ids, purpose, region, consent=self.receipt(code, consent_id),
+                               period=period, deadline_s=deadline_s)
+
+    def publish_standards(self, code: str, path: Path) -> Any:
+        """Publish a standards document (TOML) as province `code`; it is in the directory from then on."""
+        from node.client.standards import publish_standards
+
+        return publish_standards(self.member(code), path)
+
     def start_coordinator(self) -> int:
         """Start (or restart) the coordinator; point every node config at it."""
         from node.coordinator.server import CoordinatorServer

@@ -164,20 +164,22 @@ class ConsentUpdatesResponse(_message.Message):
     def __init__(self, updates: _Optional[_Iterable[_Union[ConsentUpdate, _Mapping]]] = ..., head_index: _Optional[int] = ..., as_of_ms: _Optional[int] = ..., head: _Optional[_Union[SignedLedgerHead, _Mapping]] = ..., after_hash: _Optional[bytes] = ...) -> None: ...
 
 class AnnouncementBody(_message.Message):
-    __slots__ = ("province", "endpoint", "seal_suite", "seal_public_key", "tls_cert_sha256", "issued_at_ms")
+    __slots__ = ("province", "endpoint", "seal_suite", "seal_public_key", "tls_cert_sha256", "issued_at_ms", "mask_public_key")
     PROVINCE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SEAL_SUITE_FIELD_NUMBER: _ClassVar[int]
     SEAL_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TLS_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     province: str
     endpoint: str
     seal_suite: str
     seal_public_key: bytes
     tls_cert_sha256: bytes
     issued_at_ms: int
-    def __init__(self, province: _Optional[str] = ..., endpoint: _Optional[str] = ..., seal_suite: _Optional[str] = ..., seal_public_key: _Optional[bytes] = ..., tls_cert_sha256: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ...) -> None: ...
+    mask_public_key: bytes
+    def __init__(self, province: _Optional[str] = ..., endpoint: _Optional[str] = ..., seal_suite: _Optional[str] = ..., seal_public_key: _Optional[bytes] = ..., tls_cert_sha256: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., mask_public_key: _Optional[bytes] = ...) -> None: ...
 
 class SignedAnnouncement(_message.Message):
     __slots__ = ("body", "signature")

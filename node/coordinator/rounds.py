@@ -1,0 +1,74 @@
+"""Household rounds on the coordinator: fix and sign who takes part, and check a round before
+its sealed contribution queries are forwarded. The coordinator keeps no round state: the signed
+holder set travels with every later request (so any worker process, or a restarted coordinator,
+can route it); only round ids are remembered, so that masks are never reused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from google.protobuf.message import DecodeError
+
+from node.crypto import signing
+from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain import request_ids
+from node.domain.regions import COORDINATOR_URI, is_province
+from node.errors import ErrorCode, Refusal
+from node.service.verification import ReplayGuard
+from node.wire.v1 import household_pb2
+
+ROUND_PREFIX: Final[bytes] = b"hedui/v1/coordinator-round\x00"
+
+
+class RoundBook:
+    """Signs holder sets; verifies them when they come back. Refuses a round id seen before."""
+
+    def __init__(self, *, signer: signing.Signer, verifier: signing.Verifier, replay: ReplayGuard,
+                 clock_skew_s: int, clock: Callable[[], float] = time.time) -> None:
+        self.signer = signer
+        self.verifier = verifier
+        self.replay = replay
+        self.clock_skew_s = clock_skew_s
+        self.clock = clock
+
+    def open(self, requester: str, consent_id: str, round_id: str, holders: Iterable[str], *,
+             missing: Iterable[str] = (), previous_round_id: str = "") -> household_pb2.SignedHolderSet:
+        """A new round over `holders` (the requester is always one); REPLAYED for a used round id."""
+        request_ids.check(round_id)
+        now_ms = int(self.clock() * 1000)
+        if not self.replay.remember(requester, ROUND_PREFIX + round_id.encode(), now_ms):
+            raise Refusal(ErrorCode.REPLAYED, "round id already used: masks are never reused")
+        body = household_pb2.HolderSetBody(
+            round_id=round_id, consent_id=consent_id, requester=requester,
+            holders=sorted(set(holders) | {requester}), missing=sorted(set(missing)),
+            previous_round_id=previous_round_id, issued_at_ms=now_ms,
+        ).SerializeToString()
+        return household_pb2.SignedHolderSet(body=body, signature=self.signer.sign(signing.HOLDER_SET, body))
+
+    def check(self, signed: household_pb2.SignedHolderSet, requester: str, consent_id: str, *,
+              fresh: bool = True) -> household_pb2.HolderSetBody:
+        """A holder set this coordinator signed for `requester` and `consent_id` (and recently, if `fresh`)."""
+        try:
+            verified = self.verifier.verify(signed.signature, signing.HOLDER_SET, signed.body)
+            body = household_pb2.HolderSetBody.FromString(signed.body)
+        except (SignatureInvalid, CertificateRejected, DecodeError):
+            raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set does not verify") from None
+        if verified.identity.identity != COORDINATOR_URI:
+            raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set not signed by the coordinator")
+        if body.requester != requester or body.consent_id != consent_id:
+            raise Refusal(ErrorCode.NOT_AUTHORISED, "holder set belongs to another requester or consent")
+        if fresh and abs(int(self.clock() * 1000) - body.issued_at_ms) > self.clock_skew_s * 1000:
+            raise Refusal(ErrorCode.CLOCK_WINDOW, "holder set is too old: open a new round")
+        return body
+
+    def repeat(self, requester: str, consent_id: str, round_id: str, previous: household_pb2.SignedHolderSet,
+               exclude: Iterable[str]) -> household_pb2.SignedHolderSet:
+        """A fresh round over the earlier round's holders less those that did not answer."""
+        before = self.check(previous, requester, consent_id, fresh=False)
+        dropped = set(exclude)
+        if not dropped or requester in dropped or not dropped <= set(before.holders) or not all(map(is_province, dropped)):
+            raise Refusal(ErrorCode.MALFORMED, "exclude names holders of the earlier round other than the requester")
+        return self.open(requester, consent_id, round_id, set(before.holders) - dropped,
+                         missing=set(before.missing) | dropped, previous_round_id=before.round_id)

@@ -1,0 +1,99 @@
+"""Pairwise masks of the household secure sum: each holder hides its partial sums behind masks
+it shares with every other holder of the round; the masks cancel only in the total.
+
+For holders i and j of one round, with pair secret s_ij = HKDF(X25519(mask_i, mask_j)), the mask
+of measure m is PRF(s_ij, round id, household, m). Holder i adds the masks of every j > i and
+subtracts those of every j < i (province codes compared as strings), all modulo 2^128. Summing
+every holder's vector modulo 2^128 gives the exact household totals (values are non-negative
+and far below 2^127), while one holder's vector is indistinguishable from random to anyone who
+lacks one of its pair secrets. docs/PROTOCOL.md §16 has the byte layout and test vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from node.crypto.errors import CryptoError
+
+MODULUS: Final[int] = 1 << 128
+WIDTH: Final[int] = 16  # bytes of one masked value on the wire (big-endian)
+#: A total at or above this is not a sum of honest contributions (they are far smaller).
+PLAUSIBLE_TOTAL: Final[int] = 1 << 127
+_MASK_KEY_INFO: Final[bytes] = b"hedui/v1/mask-key"
+_PAIR_INFO: Final[bytes] = b"hedui/v1/mask-pair"
+_MASK_LABEL: Final[bytes] = b"hedui/v1/mask"
+
+
+class MaskError(CryptoError):
+    """A mask key or masked value is unusable (bad peer key, value out of range)."""
+
+
+def mask_key_from_seal_key(seal_key: X25519PrivateKey) -> X25519PrivateKey:
+    """A province's mask key, derived from its sealing key (separate key, no new file to manage)."""
+    raw = HKDF(hashes.SHA256(), 32, salt=None, info=_MASK_KEY_INFO).derive(seal_key.private_bytes_raw())
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def pair_secret(own_key: X25519PrivateKey, own: str, peer_public: bytes, peer: str) -> bytes:
+    """The 32-byte secret two holders share, bound to both province codes (in sorted order)."""
+    try:
+        shared = own_key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:
+        raise MaskError(f"province {peer}'s mask key is unusable") from None
+    low, high = sorted((own, peer))
+    info = _PAIR_INFO + b"\x00" + low.encode() + b"\x00" + high.encode()
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared)
+
+
+def mask(secret: bytes, round_id: str, household: str, measure: str) -> int:
+    """PRF(secret, round id, household, measure) as an integer modulo 2^128."""
+    message = b"\x00".join((_MASK_LABEL, round_id.encode(), household.encode(), measure.encode()))
+    return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:WIDTH], "big")
+
+
+def masked_sums(values: Sequence[int], measures: Sequence[str], *, own: str, secrets: Mapping[str, bytes],
+                round_id: str, household: str) -> list[int]:
+    """`values` (one per measure) plus this holder's masks towards every peer in `secrets`."""
+    out = []
+    for value, measure in zip(values, measures, strict=True):
+        if not 0 <= value < PLAUSIBLE_TOTAL:
+            raise MaskError("a partial sum is out of range")
+        total = value
+        for peer, secret in secrets.items():
+            m = mask(secret, round_id, household, measure)
+            total += m if own < peer else -m
+        out.append(total % MODULUS)
+    return out
+
+
+def unmask(vectors: Iterable[Sequence[int]], width: int) -> list[int]:
+    """The totals of a complete round: the element-wise sum of every holder's vector modulo 2^128."""
+    totals = [0] * width
+    for vector in vectors:
+        if len(vector) != width:
+            raise MaskError("a contribution has the wrong number of measures")
+        totals = [(t + v) % MODULUS for t, v in zip(totals, vector, strict=True)]
+    if any(t >= PLAUSIBLE_TOTAL for t in totals):
+        raise MaskError("the contributions do not sum to plausible totals (a holder sent a wrong vector)")
+    return totals
+
+
+def encode(value: int) -> bytes:
+    return value.to_bytes(WIDTH, "big")
+
+
+def decode(raw: bytes) -> int:
+    if len(raw) != WIDTH:
+        raise MaskError("a masked value is not 16 bytes")
+    return int.from_bytes(raw, "big")

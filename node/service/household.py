@@ -1,0 +1,205 @@
+"""A holder's share of a household round: check the contribution query and the coordinator's
+holder set, sum each measure over the members this province holds, and mask the sums.
+
+The holder never reveals a per-member or per-province figure: what it signs is its partial
+sums plus pairwise masks (node.crypto.masks), which only the total of every holder of the round
+cancels. A round id is answered once (its masks must never be reused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from google.protobuf.message import DecodeError
+
+from node.config import Limits
+from node.crypto import masks, signing
+from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain import request_ids
+from node.domain.catalogue import Catalogue
+from node.domain.policy import Policy
+from node.domain.regions import COORDINATOR_URI
+from node.errors import ErrorCode, Refusal
+from node.service.consent import ReceiptGate
+from node.service.verification import NONCE_MAX, NONCE_MIN, TOKEN_BYTES, ReplayGuard
+from node.store.store import Store
+from node.wire.v1 import household_pb2
+
+ROUND_PREFIX: Final[bytes] = b"hedui/v1/round\x00"  # replay key of a round id (the nonce store keeps it)
+MAX_MEASURES: Final[int] = 32
+MAX_HOLDERS: Final[int] = 32
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A checked contribution query and the body this holder will sign."""
+
+    query: household_pb2.ContributionQueryBody
+    holder_set: household_pb2.HolderSetBody
+    body: household_pb2.ContributionBody
+    consent_id: str
+    items: tuple[str, ...]
+
+
+def verify_holder_set(signed: household_pb2.SignedHolderSet, verifier: signing.Verifier) -> household_pb2.HolderSetBody:
+    """The coordinator-signed holder set of a round; Refusal when it does not verify or is malformed."""
+    try:
+        verified = verifier.verify(signed.signature, signing.HOLDER_SET, signed.body)
+        body = household_pb2.HolderSetBody.FromString(signed.body)
+    except (SignatureInvalid, CertificateRejected, DecodeError):
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set does not verify") from None
+    if verified.identity.identity != COORDINATOR_URI:
+        raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set not signed by the coordinator")
+    holders = list(body.holders)
+    if (holders != sorted(set(holders)) or body.requester not in holders or not 1 <= len(holders) <= MAX_HOLDERS
+            or not request_ids.is_valid(body.round_id)):
+        raise Refusal(ErrorCode.MALFORMED, "holder set is malformed")
+    return body
+
+
+def holder_set_digest(signed: household_pb2.SignedHolderSet) -> bytes:
+    return hashlib.sha256(signed.body).digest()
+
+
+class HouseholdService:
+    """What a province node does with a contribution query; the gRPC servicer only adapts."""
+
+    def __init__(self, *, province: str, store: Store, catalogue: Catalogue, policy: Policy,
+                 verifier: signing.Verifier, limits: Limits, consent: ReceiptGate | None, replay: ReplayGuard,
+                 mask_key: X25519PrivateKey, clock: Callable[[], float] = time.time) -> None:
+        self.province = province
+        self.store = store
+        self.catalogue = catalogue
+        self.policy = policy
+        self.verifier = verifier
+        self.limits = limits
+        self.consent = consent
+        self.replay = replay
+        self.mask_key = mask_key
+        self.clock = clock
+        self._secrets: dict[tuple[str, bytes], bytes] = {}
+
+    def authenticate(self, signed: household_pb2.SignedContributionQuery,
+                     peer_province: str | None) -> household_pb2.ContributionQueryBody:
+        """Signature, signer = requester (= TLS peer when called directly), addressed to this province."""
+        try:
+            verified = self.verifier.verify(signed.signature, signing.CONTRIBUTION_QUERY, signed.body)
+            body = household_pb2.ContributionQueryBody.FromString(signed.body)
+        except (SignatureInvalid, CertificateRejected):
+            raise Refusal(ErrorCode.UNAUTHENTICATED, "contribution query signature does not verify") from None
+        except DecodeError:
+            raise Refusal(ErrorCode.MALFORMED, "contribution query does not parse") from None
+        signer = verified.identity.province
+        if signer is None or signer != body.requester or (peer_province is not None and signer != peer_province):
+            raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+        if body.audience != self.province:
+            raise Refusal(ErrorCode.NOT_ADDRESSED_HERE)
+        return body
+
+    def measures_of(self, body: household_pb2.ContributionQueryBody) -> tuple[str, ...]:
+        """The requested measures (sorted, distinct, known, allowed by the purpose) and their items."""
+        codes = list(body.measures)
+        if not 1 <= len(codes) <= MAX_MEASURES or codes != sorted(set(codes)):
+            raise Refusal(ErrorCode.MALFORMED, "measures must be 1 to 32 distinct codes in sorted order")
+        items: list[str] = []
+        try:
+            purpose = self.policy.purpose(body.purpose)
+        except Exception:  # noqa: BLE001 - UnknownPurpose: a public refusal
+            raise Refusal(ErrorCode.UNKNOWN_PURPOSE) from None
+        for code in codes:
+            try:
+                measure = self.catalogue.measure(code)
+            except Exception:  # noqa: BLE001 - UnknownMeasure
+                raise Refusal(ErrorCode.UNKNOWN_ITEM, "unknown household measure") from None
+            for item in measure.items:
+                if item not in purpose.items:
+                    raise Refusal(ErrorCode.NOT_AUTHORISED, f"purpose {body.purpose} may not use {item}")
+                items.append(item)
+        return tuple(dict.fromkeys(items))
+
+    def check(self, signed: household_pb2.SignedContributionQuery, peer_province: str | None) -> Contribution:
+        """Everything but the sums: who asks, under which consent and holder set, never twice."""
+        body = self.authenticate(signed, peer_province)
+        request_ids.check(body.round_id)
+        now_ms = int(self.clock() * 1000)
+        skew_ms = self.limits.clock_skew_s * 1000
+        if abs(now_ms - body.issued_at_ms) > skew_ms:
+            raise Refusal(ErrorCode.CLOCK_WINDOW, "contribution query is outside the allowed clock skew")
+        if not NONCE_MIN <= len(body.nonce) <= NONCE_MAX:
+            raise Refusal(ErrorCode.MALFORMED, "nonce must be 16 to 64 bytes")
+        if not 1 <= len(body.subjects) <= self.limits.max_subjects or any(len(s) != TOKEN_BYTES for s in body.subjects):
+            raise Refusal(ErrorCode.MALFORMED, f"a household has 1 to {self.limits.max_subjects} subject tokens")
+        holder_set = verify_holder_set(body.holder_set, self.verifier)
+        if holder_set.round_id != body.round_id or holder_set.requester != body.requester:
+            raise Refusal(ErrorCode.MALFORMED, "holder set belongs to another round")
+        if self.province not in holder_set.holders:
+            raise Refusal(ErrorCode.MALFORMED, "this province is not in the round's holder set")
+        if abs(now_ms - holder_set.issued_at_ms) > skew_ms:
+            raise Refusal(ErrorCode.CLOCK_WINDOW, "holder set is outside the allowed clock skew")
+        items = self.measures_of(body)
+        if self.consent is None:
+            raise Refusal(ErrorCode.CONSENT_MISSING, "this node cannot check consents (no coordinator)")
+        consent_id = self.consent.check_items(body, items)
+        if consent_id != holder_set.consent_id:
+            raise Refusal(ErrorCode.CONSENT_INVALID, "holder set is for another consent")
+        if not self.replay.remember(body.requester, ROUND_PREFIX + body.round_id.encode(), body.issued_at_ms):
+            raise Refusal(ErrorCode.REPLAYED, "round id already used: masks are never reused")
+        empty = household_pb2.ContributionBody()
+        return Contribution(body, holder_set, empty, consent_id, items)
+
+    def contribute(self, signed: household_pb2.SignedContributionQuery, peer_province: str | None,
+                   mask_keys: Mapping[str, bytes]) -> Contribution:
+        """Check the query, then this province's masked partial sums of every measure.
+
+        `mask_keys` maps province code -> announced mask public key (from the verified directory).
+        """
+        checked = self.check(signed, peer_province)
+        body, holder_set = checked.query, checked.holder_set
+        peers = [p for p in holder_set.holders if p != self.province]
+        secrets = {p: self._secret(p, mask_keys.get(p, b"")) for p in peers}
+        sums, as_of = self._sums(body)
+        try:
+            masked = masks.masked_sums(sums, list(body.measures), own=self.province, secrets=secrets,
+                                       round_id=holder_set_digest(body.holder_set).hex(), household=checked.consent_id)
+        except masks.MaskError:
+            raise Refusal(ErrorCode.MALFORMED, "a partial sum is out of range") from None
+        out = household_pb2.ContributionBody(
+            responder=self.province, requester=body.requester, round_id=body.round_id, digest_algorithm="sha256",
+            query_digest=hashlib.sha256(signed.body).digest(), holder_set_digest=holder_set_digest(body.holder_set),
+            measures=list(body.measures), masked=[masks.encode(v) for v in masked],
+            as_of_min=min(as_of, default=""), as_of_max=max(as_of, default=""), answered_at_ms=int(self.clock() * 1000),
+        )
+        return Contribution(body, holder_set, out, checked.consent_id, checked.items)
+
+    def _secret(self, peer: str, public: bytes) -> bytes:
+        if len(public) != 32:
+            raise Refusal(ErrorCode.UNAVAILABLE, f"province {peer} has announced no mask key")
+        key = (peer, public)
+        secret = self._secrets.get(key)
+        if secret is None:
+            try:
+                secret = masks.pair_secret(self.mask_key, self.province, public, peer)
+            except masks.MaskError:
+                raise Refusal(ErrorCode.UNAVAILABLE, f"province {peer}'s mask key is unusable") from None
+            self._secrets[key] = secret
+        return secret
+
+    def _sums(self, body: household_pb2.ContributionQueryBody) -> tuple[list[int], set[str]]:
+        """Per measure, the sum over the members held here of their items' values; the as-of dates used."""
+        measures = [self.catalogue.measure(code) for code in body.measures]
+        items = list(dict.fromkeys(item for m in measures for item in m.items))
+        facts = self.store.lookup(list(body.subjects), items)
+        sums, as_of = [], set()
+        for measure in measures:
+            total = 0
+            for (_, item), fact in facts.items():
+                if item in measure.items:
+                    total += fact.value
+                    as_of.add(fact.as_of)
+            sums.append(total)
+        return sums, as_of
