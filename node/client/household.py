@@ -178,7 +178,7 @@ class _Round:
                 reply_seal_suite=sealing.SUITE_NAME, reply_seal_key=reply_public,
             ).SerializeToString()
         if failed:
-            for holder, reason in failed.items():
+            for holder in failed:
                 routing[holder] = "UNAVAILABLE"
             return {}, failed
         signatures = self.m.signer.sign_many([(signing.CONTRIBUTION_QUERY, raws[h]) for h in body.holders])
