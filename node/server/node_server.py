@@ -117,7 +117,7 @@ class NodeServer:
             unlocker=Unlocker(self.store, cfg.identity, max_subjects=cfg.limits.max_subjects),
         )
         self.servicer = servicer
-        household = self._household_servicer(member, gate, log, in_flight)
+        household = self.household_servicer = self._household_servicer(member, gate, log, in_flight)
 
         def register(server: Any) -> None:
             verification_pb2_grpc.add_VerificationServicer_to_server(servicer, server)
