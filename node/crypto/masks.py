@@ -2,11 +2,12 @@
 it shares with every other holder of the round; the masks cancel only in the total.
 
 For holders i and j of one round, with pair secret s_ij = HKDF(X25519(mask_i, mask_j)), the mask
-of measure m is PRF(s_ij, round id, household, m). Holder i adds the masks of every j > i and
+of measure m is PRF(s_ij, round, household, m), where the round is named by the SHA-256 of
+the coordinator-signed holder set (so two holder sets never share masks). Holder i adds the masks of every j > i and
 subtracts those of every j < i (province codes compared as strings), all modulo 2^128. Summing
 every holder's vector modulo 2^128 gives the exact household totals (values are non-negative
 and far below 2^127), while one holder's vector is indistinguishable from random to anyone who
-lacks one of its pair secrets. docs/PROTOCOL.md §16 has the byte layout and test vectors.
+lacks one of its pair secrets. docs/PROTOCOL.md §21 has the byte layout and test vectors.
 """
 
 from __future__ import annotations
@@ -56,14 +57,15 @@ def pair_secret(own_key: X25519PrivateKey, own: str, peer_public: bytes, peer: s
     return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared)
 
 
-def mask(secret: bytes, round_id: str, household: str, measure: str) -> int:
-    """PRF(secret, round id, household, measure) as an integer modulo 2^128."""
-    message = b"\x00".join((_MASK_LABEL, round_id.encode(), household.encode(), measure.encode()))
+def mask(secret: bytes, round_key: str, household: str, measure: str) -> int:
+    """PRF(secret, round, household, measure) as an integer modulo 2^128; `round_key` is the hex
+    SHA-256 of the signed holder set's body, `household` the consent id."""
+    message = b"\x00".join((_MASK_LABEL, round_key.encode(), household.encode(), measure.encode()))
     return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:WIDTH], "big")
 
 
 def masked_sums(values: Sequence[int], measures: Sequence[str], *, own: str, secrets: Mapping[str, bytes],
-                round_id: str, household: str) -> list[int]:
+                round_key: str, household: str) -> list[int]:
     """`values` (one per measure) plus this holder's masks towards every peer in `secrets`."""
     out = []
     for value, measure in zip(values, measures, strict=True):
@@ -71,7 +73,7 @@ def masked_sums(values: Sequence[int], measures: Sequence[str], *, own: str, sec
             raise MaskError("a partial sum is out of range")
         total = value
         for peer, secret in secrets.items():
-            m = mask(secret, round_id, household, measure)
+            m = mask(secret, round_key, household, measure)
             total += m if own < peer else -m
         out.append(total % MODULUS)
     return out

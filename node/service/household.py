@@ -165,7 +165,7 @@ class HouseholdService:
         sums, as_of = self._sums(body)
         try:
             masked = masks.masked_sums(sums, list(body.measures), own=self.province, secrets=secrets,
-                                       round_id=holder_set_digest(body.holder_set).hex(), household=checked.consent_id)
+                                       round_key=holder_set_digest(body.holder_set).hex(), household=checked.consent_id)
         except masks.MaskError:
             raise Refusal(ErrorCode.MALFORMED, "a partial sum is out of range") from None
         out = household_pb2.ContributionBody(
