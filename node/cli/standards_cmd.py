@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from node.domain.regions import province_name
+from node.errors import BadInput
 from node.domain.standards import Standard, StandardsDocument
 
 
@@ -21,6 +22,10 @@ def register(sub: Any) -> None:
     publish.add_argument("file", type=Path, metavar="FILE", help="the standards TOML (format: config/standards/*.toml)")
     publish.add_argument("--json", action="store_true")
     publish.set_defaults(func=_publish)
+
+    example = standards_sub.add_parser("example", help="print the example standards document shipped for a province")
+    example.add_argument("--province", required=True, metavar="CODE")
+    example.set_defaults(func=_example)
 
     show = standards_sub.add_parser("show", help="list the standards in force, each province's signature verified")
     show.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
@@ -46,6 +51,21 @@ def _publish(args: argparse.Namespace) -> int:
     print(f"published {kind} of province {doc.province} ({province_name(doc.province)}), version {published.version},"
           f" {published.entries} entries")
     print(_table(doc.standards))
+    return 0
+
+
+def _example(args: argparse.Namespace) -> int:
+    """The shipped example document of a province (config/standards/NN-*.toml), to edit and publish."""
+    from node.domain.catalogue import shipped
+    from node.domain.regions import is_province
+
+    if not is_province(args.province):
+        raise BadInput("--province must be a two-digit province code")
+    examples = sorted(f for f in shipped("standards").iterdir() if f.name.startswith(f"{args.province}-"))
+    if not examples:
+        known = sorted(f.name.split("-", 1)[0] for f in shipped("standards").iterdir() if f.name.endswith(".toml"))
+        raise BadInput(f"no example document ships for province {args.province}; examples exist for {', '.join(known)}")
+    sys.stdout.write(examples[0].read_text(encoding="utf-8"))
     return 0
 
 

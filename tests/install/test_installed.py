@@ -100,6 +100,9 @@ def test_the_readmes_federation_runs_as_written_and_shows_answers_from_another_p
     for row in re.findall(r"^\s+(#\d+\s+\S+\s+[A-Z_]+)\s", shown.group(1), re.M):
         assert re.search(r"\s+".join(map(re.escape, row.split())), out), f"README shows {row!r}, the run did not"
     assert "province 44: valid" in out  # answer verify on the saved direct answer
+    assert re.search(r"household of \d+ in region 51\d{4}, \d{4}-\d{2} \(dibao\): (NOT_)?ELIGIBLE", out)
+    assert re.search(r"provinces: .*44 Guangdong OK", out)
+    assert re.search(r"decision record valid: (NOT_)?ELIGIBLE, decided by province 51", out)
     assert re.search(r"c-[0-9a-f]+: REVOKED", out)
     assert re.search(r"ledger intact: [0-9]+ entries", out)
 
