@@ -24,7 +24,7 @@ from node.crypto import signing
 from node.coordinator.standards import PublishedStandards, verify_standards
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain.standards import StandardsDocument
-from node.domain.regions import COORDINATOR_URI
+from node.service.signed import coordinator_signed
 from node.errors import ErrorCode, Refusal
 from node.wire.v1 import coordinator_pb2
 
@@ -133,13 +133,8 @@ def _claimed_publisher(signed: coordinator_pb2.SignedStandards) -> str:
 def verify_directory(signed: coordinator_pb2.SignedDirectory, verifier: signing.Verifier) -> FederationDirectory:
     """Check the coordinator's signature, every member's announcement and every province's standards
     document; skip entries that fail (a failed standards document is named in `rejected_standards`)."""
-    try:
-        verified = verifier.verify(signed.signature, signing.DIRECTORY, signed.body)
-        body = coordinator_pb2.DirectoryBody.FromString(signed.body)
-    except (SignatureInvalid, CertificateRejected, DecodeError):
-        raise Refusal(ErrorCode.UNAUTHENTICATED, "directory does not verify") from None
-    if verified.identity.identity != COORDINATOR_URI:
-        raise Refusal(ErrorCode.UNAUTHENTICATED, "directory not signed by the coordinator")
+    body = coordinator_signed(signed.signature, signing.DIRECTORY, signed.body, coordinator_pb2.DirectoryBody,
+                              verifier, "directory")
     entries: dict[str, Entry] = {}
     for announcement in body.members:
         try:

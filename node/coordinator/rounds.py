@@ -9,13 +9,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from google.protobuf.message import DecodeError
 
 from node.crypto import signing
-from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain import request_ids
-from node.domain.regions import COORDINATOR_URI, is_province
+from node.domain.regions import is_province
 from node.errors import ErrorCode, Refusal
+from node.service.household import verify_holder_set
 from node.service.verification import ReplayGuard
 from node.wire.v1 import household_pb2
 
@@ -50,13 +49,7 @@ class RoundBook:
     def check(self, signed: household_pb2.SignedHolderSet, requester: str, consent_id: str, *,
               fresh: bool = True) -> household_pb2.HolderSetBody:
         """A holder set this coordinator signed for `requester` and `consent_id` (and recently, if `fresh`)."""
-        try:
-            verified = self.verifier.verify(signed.signature, signing.HOLDER_SET, signed.body)
-            body = household_pb2.HolderSetBody.FromString(signed.body)
-        except (SignatureInvalid, CertificateRejected, DecodeError):
-            raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set does not verify") from None
-        if verified.identity.identity != COORDINATOR_URI:
-            raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set not signed by the coordinator")
+        body = verify_holder_set(signed, self.verifier)
         if body.requester != requester or body.consent_id != consent_id:
             raise Refusal(ErrorCode.NOT_AUTHORISED, "holder set belongs to another requester or consent")
         if fresh and abs(int(self.clock() * 1000) - body.issued_at_ms) > self.clock_skew_s * 1000:

@@ -161,13 +161,10 @@ def parse_ledger_head(signed: coordinator_pb2.SignedLedgerHead, verifier: signin
     """Verify the coordinator's signed ledger head and return it."""
     if not signed.body:
         raise Refusal(ErrorCode.UNAVAILABLE, "coordinator sent no ledger head")
-    try:
-        verified = verifier.verify(signed.signature, signing.REVOCATIONS, signed.body)
-        body = coordinator_pb2.LedgerHeadBody.FromString(signed.body)
-    except (SignatureInvalid, CertificateRejected, DecodeError):
-        raise Refusal(ErrorCode.UNAUTHENTICATED, "ledger head does not verify") from None
-    if verified.identity.identity != COORDINATOR_URI:
-        raise Refusal(ErrorCode.UNAUTHENTICATED, "ledger head not signed by the coordinator")
+    from node.service.signed import coordinator_signed
+
+    body = coordinator_signed(signed.signature, signing.REVOCATIONS, signed.body, coordinator_pb2.LedgerHeadBody,
+                              verifier, "ledger head")
     return LedgerHead(body.ledger_id, body.epoch, body.head_index, body.head_hash,
                       tuple((e.epoch, e.last_index) for e in body.lineage))
 

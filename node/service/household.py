@@ -23,9 +23,9 @@ from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain import request_ids
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
-from node.domain.regions import COORDINATOR_URI
 from node.errors import ErrorCode, Refusal
 from node.service.consent import ReceiptGate
+from node.service.signed import coordinator_signed
 from node.service.verification import NONCE_MAX, NONCE_MIN, TOKEN_BYTES, ReplayGuard
 from node.store.store import Store
 from node.wire.v1 import household_pb2
@@ -48,13 +48,8 @@ class Contribution:
 
 def verify_holder_set(signed: household_pb2.SignedHolderSet, verifier: signing.Verifier) -> household_pb2.HolderSetBody:
     """The coordinator-signed holder set of a round; Refusal when it does not verify or is malformed."""
-    try:
-        verified = verifier.verify(signed.signature, signing.HOLDER_SET, signed.body)
-        body = household_pb2.HolderSetBody.FromString(signed.body)
-    except (SignatureInvalid, CertificateRejected, DecodeError):
-        raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set does not verify") from None
-    if verified.identity.identity != COORDINATOR_URI:
-        raise Refusal(ErrorCode.UNAUTHENTICATED, "holder set not signed by the coordinator")
+    body = coordinator_signed(signed.signature, signing.HOLDER_SET, signed.body, household_pb2.HolderSetBody,
+                              verifier, "holder set")
     holders = list(body.holders)
     if (holders != sorted(set(holders)) or body.requester not in holders or not 1 <= len(holders) <= MAX_HOLDERS
             or not request_ids.is_valid(body.round_id)):

@@ -6,6 +6,7 @@
             result = peer.verify(ids=[...], purpose="dibao", checks=["deposit.balance_total<=2000000"])
 """
 
+from node.testing.capture import capture_logs
 from node.testing.cluster import Federation, LoopThread, build_federation, run_cluster
 
-__all__ = ["Federation", "LoopThread", "build_federation", "run_cluster"]
+__all__ = ["Federation", "LoopThread", "build_federation", "capture_logs", "run_cluster"]

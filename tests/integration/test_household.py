@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 import pytest
 
-from node import logs
 from node.client.decision_record import verify_record
 from node.client.household import household_check
 from node.crypto import masks
@@ -28,7 +27,7 @@ from node.domain.catalogue import load_catalogue
 from node.errors import ErrorCode, Refusal
 from node.server.node_server import NodeServer
 from node.synth import generate
-from node.testing import Federation, run_cluster
+from node.testing import Federation, capture_logs, run_cluster
 from node.wire.v1 import household_pb2, household_pb2_grpc
 from tests.oracle import province_values
 
@@ -76,10 +75,8 @@ def _csv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
 
 @pytest.fixture(scope="module")
 def log_sink() -> Iterator[io.StringIO]:
-    sink = io.StringIO()
-    logs.configure("debug", json=True, stream=sink)
-    yield sink
-    logs.configure("warning")
+    with capture_logs() as sink:
+        yield sink
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 
-from node import logs
 from node.client.client import PeerRefused
 from node.domain import idnumber
 from node.errors import BadInput
-from node.testing import Federation, run_cluster
+from node.testing import Federation, capture_logs, run_cluster
 from tests.conftest import write_csv
 
 # A Sichuan (51) household: the husband works and saves in Guangdong (44), the wife in Zhejiang (33).
@@ -54,10 +53,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def log_sink() -> Iterator[io.StringIO]:
     """Everything every server in this module logs, as JSON lines."""
-    sink = io.StringIO()
-    logs.configure("debug", json=True, stream=sink)
-    yield sink
-    logs.configure("warning")
+    with capture_logs() as sink:
+        yield sink
 
 
 @pytest.fixture(scope="module")

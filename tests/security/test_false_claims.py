@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from node import config, logs
+from node import config
 from node.client import routed
 from node.crypto import possession, sealing
 from node.crypto.tokens import possession_key, subject_token
@@ -28,7 +28,7 @@ from node.errors import ErrorCode, Refusal
 from node.server.node_server import NodeServer
 from node.store import audit
 from node.store.store import Store
-from node.testing import Federation, run_cluster
+from node.testing import Federation, capture_logs, run_cluster
 from node.testing.cluster import LoopThread, build_federation, set_coordinator
 from node.wire.v1 import common_pb2, verification_pb2
 from tests.conftest import write_csv
@@ -84,10 +84,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture()
 def log_sink() -> Iterator[io.StringIO]:
-    sink = io.StringIO()
-    logs.configure("debug", json=True, stream=sink)
-    yield sink
-    logs.configure("warning")
+    with capture_logs() as sink:
+        yield sink
 
 
 def hostile_cluster(data: dict[str, Path], provinces: list[str]) -> Any:

@@ -32,7 +32,7 @@ from node.domain.predicate import MalformedCheck, parse_check
 from node.domain.regions import province_uri
 from node.service.consent import SALT_BYTES, commitment
 from node.store import audit
-from node.testing import Federation, run_cluster
+from node.testing import Federation, capture_logs, run_cluster
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2, verification_pb2_grpc
 from tests.conftest import SPOUSE, WORKER
 
@@ -46,10 +46,8 @@ Outcome = tuple[str, str]  # ("OK", "") or (status or item error code, public me
 @pytest.fixture(scope="module")
 def log_sink() -> Iterator[io.StringIO]:
     """Every line every server of this module logs, as JSON."""
-    sink = io.StringIO()
-    logs.configure("debug", json=True, stream=sink)
-    yield sink
-    logs.configure("warning")
+    with capture_logs() as sink:
+        yield sink
 
 
 @pytest.fixture(scope="module")
