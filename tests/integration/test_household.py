@@ -328,3 +328,30 @@ def test_household_totals_and_verdicts_match_the_oracle(tmp_path: Path) -> None:
                 seen.update(p for p, s in result.routing.items() if s == "OK")
     assert checked == 200 and 0 < verdicts < checked  # both verdicts occur: the oracle decides something
     assert seen == set(provinces)
+
+
+def test_a_holder_refuses_a_second_contribution_to_the_same_round(fed: Federation, three: Any) -> None:
+    """Routing one holder set twice (fresh queries, same round id): every holder refuses the second time, and audits it."""
+    import time
+
+    from node.client.household import _Round
+    from node.crypto.tokens import subject_token
+
+    member = fed.member("51")
+    tokens = [subject_token(member.linkage_key, n) for n in (EARNER, SPOUSE, GRANNY)]
+    with fed.coordinator("51") as coordinator:
+        stub = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
+        session = _Round(member, stub, coordinator.directory(), fed.receipt("51", three.consent_id), three.consent_id,
+                         "dibao", tokens, ["income_monthly"], time.monotonic() + 30)
+        opened = session.call("OpenRound", household_pb2.OpenRoundRequest(
+            consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=tokens))
+        first, failed = session.ask(opened.holder_set, {})
+        assert not failed and sorted(first) == ["32", "33", "44", "51"]
+        second, refused = session.ask(opened.holder_set, {})
+    assert not second and sorted(refused) == ["32", "33", "44", "51"]
+    assert all("round id already used" in reason for reason in refused.values()), refused
+    from node.store import audit
+
+    with audit.AuditLog(fed.root / "node44" / "audit.sqlite") as log:
+        decisions = [json.loads(e.payload)["decision"] for e in log.entries()]
+    assert "refused:REPLAYED" in decisions
