@@ -26,7 +26,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors in one line with exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+        from node.domain.idnumber import redact  # a pasted ID number is never echoed
+
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {redact(message)} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hedui: {exc}", file=sys.stderr)
         return exit_code(exc)
     except OSError as exc:
-        print(f"hedui: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        from node.domain.idnumber import redact
+
+        print(redact(f"hedui: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")), file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - a bug: one line, details only with --log-level debug
         print(f"hedui: internal error ({type(exc).__name__}); rerun with --log-level debug for details",

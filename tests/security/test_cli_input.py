@@ -131,3 +131,12 @@ def test_limit_of_the_wrong_type_is_one_line_and_exit_2(fed: Federation, tmp_pat
     line = one_line_error(hedui("verify", "--config", cfg, "--to", "127.0.0.1:1", "--deadline", "2", "--id", STRANGER,
                                 "--purpose", "dibao", "--check", CHECK))
     assert f"limits.{key} must be a positive" in line
+
+
+def test_argparse_errors_never_echo_an_id_number(tmp_path: Path) -> None:
+    """An ID number pasted where a number belongs is masked in argparse's one-line error (exit 2)."""
+    proc = subprocess.run([sys.executable, "-m", "node.cli.main", "household", "check", "--config", str(tmp_path / "x.toml"),
+                           "--consent", "c-1", "--id", WORKER, "--purpose", "dibao", "--region", "510104",
+                           "--deadline", WORKER], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert WORKER not in proc.stderr and "invalid float value" in proc.stderr
