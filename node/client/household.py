@@ -22,7 +22,7 @@ from typing import Any, Final
 import grpc
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from node.client.client import PeerUnreachable, translate
+from node.client.client import PeerRefused, PeerUnreachable, translate
 from node.client.coordinator import CoordinatorClient
 from node.client.decision_record import build_record, check_contribution
 from node.client.query import validate_household
@@ -139,7 +139,7 @@ class _Round:
         routing = {s.province: status_name(s.status) for s in opened.statuses}
         holder_set = opened.holder_set
         for attempt in range(MAX_ROUNDS):
-            answered, failed = self.ask(holder_set, routing)
+            answered, failed, outcome = self.ask(holder_set, routing)
             if not failed:
                 vectors = [[masks.decode(v) for v in body.masked] for body, _ in answered.values()]
                 try:
@@ -152,16 +152,25 @@ class _Round:
             if self.m.province in failed:
                 raise PeerUnreachable("UNAVAILABLE", "this province's own node did not contribute: "
                                       f"{failed[self.m.province]}")
+            # Only holders the coordinator saw fail in transport may be left out of a repeated round;
+            # a holder that refused (or sent an invalid contribution) stops the test.
+            droppable = set(household_pb2.RoundOutcomeBody.FromString(outcome.body).failed) if outcome else set()
+            refused = sorted(set(failed) - droppable)
+            if refused:
+                raise PeerRefused("DENIED", "; ".join(f"province {p}: {failed[p]}" for p in refused))
             if attempt == MAX_ROUNDS - 1:
                 break
             opened = self.call("OpenRound", household_pb2.OpenRoundRequest(
-                consent_id=self.consent_id, round_id=uuid.uuid4().hex, previous=holder_set, exclude=sorted(failed)))
+                consent_id=self.consent_id, round_id=uuid.uuid4().hex, previous=holder_set, outcome=outcome,
+                exclude=sorted(failed)))
             holder_set = opened.holder_set
         raise PeerUnreachable("UNAVAILABLE", "holders kept failing: " + ", ".join(sorted(failed)))
 
     def ask(self, holder_set: household_pb2.SignedHolderSet, routing: dict[str, str]) -> tuple[
-            dict[str, tuple[household_pb2.ContributionBody, household_pb2.SignedContribution]], dict[str, str]]:
-        """Route one contribution query to every holder; (checked contributions, failed -> reason)."""
+            dict[str, tuple[household_pb2.ContributionBody, household_pb2.SignedContribution]], dict[str, str],
+            household_pb2.SignedRoundOutcome | None]:
+        """Route one contribution query to every holder: (checked contributions, failed -> reason, the
+        coordinator's signed outcome; None when nothing could be routed)."""
         body = household_pb2.HolderSetBody.FromString(holder_set.body)
         reply_key = X25519PrivateKey.generate()  # per round: contributions stay private even if a long-term key leaks
         reply_public = sealing.public_bytes(reply_key.public_key())
@@ -180,7 +189,7 @@ class _Round:
         if failed:
             for holder in failed:
                 routing[holder] = "UNAVAILABLE"
-            return {}, failed
+            return {}, failed, None
         signatures = self.m.signer.sign_many([(signing.CONTRIBUTION_QUERY, raws[h]) for h in body.holders])
         envelopes = [
             coordinator_pb2.Envelope(province=h, query=sealing.seal(
@@ -216,4 +225,4 @@ class _Round:
         for holder in body.holders:
             if holder not in answered and holder not in failed:
                 failed[holder] = "no answer"
-        return answered, failed
+        return answered, failed, reply.outcome if reply.HasField("outcome") else None

@@ -20,6 +20,10 @@ from node.wire.v1 import coordinator_pb2, household_pb2
 
 ROUND_OPEN: Final[str] = "round.open"
 ROUND_ROUTE: Final[str] = "round.route"
+#: Failures a repeated round may leave out: the holder could not be reached in time. A holder that
+#: refused (DENIED) cannot be dropped, or a requester could force any holder out of a round.
+ROUND_FAILURES: Final[frozenset[int]] = frozenset({coordinator_pb2.ROUTE_UNAVAILABLE,
+                                                    coordinator_pb2.ROUTE_DEADLINE_EXCEEDED})
 
 
 class HouseholdRoundsServicer:
@@ -38,9 +42,12 @@ class HouseholdRoundsServicer:
             if request.HasField("previous"):
                 c.consents.check_active(province, request.consent_id)
                 signed = self.rounds.repeat(province, request.consent_id, request.round_id, request.previous,
-                                            request.exclude)
+                                            request.outcome, request.exclude)
             else:
                 c._check_discovery(province, request.consent_id, request.tokens)
+                consent = c.consents.check_active(province, request.consent_id)
+                if len(set(request.tokens)) != len(consent.subject_commitments):
+                    raise Refusal(ErrorCode.MALFORMED, "a round covers every member of the consented household")
                 held, statuses = await c.router.holds(province, list(request.tokens), request.round_id, c._timeout(context))
                 unknown = {s.province for s in statuses if s.status in ROUTE_FAILURES}
                 signed = self.rounds.open(province, request.consent_id, request.round_id, held, missing=unknown)
@@ -74,7 +81,8 @@ class HouseholdRoundsServicer:
                 c.metrics.fanout(answer.province, status_name(answer.status))
             c.log.info("round_routed", requester=province, consent_id=request.consent_id, request_id=request.round_id,
                        statuses=shown)
-            return household_pb2.RouteRoundResponse(answers=answers)
+            failed = [a.province for a in answers if a.status in ROUND_FAILURES]
+            return household_pb2.RouteRoundResponse(answers=answers, outcome=self.rounds.outcome(request.holder_set, failed))
 
     async def _forward(self, envelope: coordinator_pb2.Envelope, timeout: float) -> coordinator_pb2.RoutedAnswer:
         province = envelope.province

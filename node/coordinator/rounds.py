@@ -5,6 +5,7 @@ can route it); only round ids are remembered, so that masks are never reused."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -12,9 +13,9 @@ from typing import Final
 
 from node.crypto import signing
 from node.domain import request_ids
-from node.domain.regions import is_province
 from node.errors import ErrorCode, Refusal
 from node.service.household import verify_holder_set
+from node.service.signed import coordinator_signed
 from node.service.verification import ReplayGuard
 from node.wire.v1 import household_pb2
 
@@ -56,12 +57,29 @@ class RoundBook:
             raise Refusal(ErrorCode.CLOCK_WINDOW, "holder set is too old: open a new round")
         return body
 
+    def outcome(self, holder_set: household_pb2.SignedHolderSet, failed: Iterable[str]) -> household_pb2.SignedRoundOutcome:
+        """The signed record of which holders failed in transport when `holder_set` was routed."""
+        body = household_pb2.RoundOutcomeBody(holder_set_digest=hashlib.sha256(holder_set.body).digest(),
+                                               failed=sorted(set(failed)),
+                                               issued_at_ms=int(self.clock() * 1000)).SerializeToString()
+        return household_pb2.SignedRoundOutcome(body=body, signature=self.signer.sign(signing.ROUND_OUTCOME, body))
+
     def repeat(self, requester: str, consent_id: str, round_id: str, previous: household_pb2.SignedHolderSet,
-               exclude: Iterable[str]) -> household_pb2.SignedHolderSet:
-        """A fresh round over the earlier round's holders less those that did not answer."""
+               outcome: household_pb2.SignedRoundOutcome, exclude: Iterable[str] = ()) -> household_pb2.SignedHolderSet:
+        """A fresh round over the earlier round's holders less those this coordinator saw fail.
+
+        Only a failure the coordinator itself saw when it routed `previous` (its signed `outcome`)
+        lets a holder be left out: a requester cannot build a smaller round at will.
+        """
         before = self.check(previous, requester, consent_id, fresh=False)
-        dropped = set(exclude)
-        if not dropped or requester in dropped or not dropped <= set(before.holders) or not all(map(is_province, dropped)):
-            raise Refusal(ErrorCode.MALFORMED, "exclude names holders of the earlier round other than the requester")
+        seen = coordinator_signed(outcome.signature, signing.ROUND_OUTCOME, outcome.body, household_pb2.RoundOutcomeBody,
+                                  self.verifier, "round outcome")
+        if seen.holder_set_digest != hashlib.sha256(previous.body).digest():
+            raise Refusal(ErrorCode.MALFORMED, "round outcome belongs to another holder set")
+        dropped = set(seen.failed)
+        if not dropped or requester in dropped or not dropped <= set(before.holders):
+            raise Refusal(ErrorCode.MALFORMED, "no holder of the earlier round failed: nothing to leave out")
+        if exclude and set(exclude) != dropped:
+            raise Refusal(ErrorCode.MALFORMED, "exclude must name exactly the holders the coordinator saw fail")
         return self.open(requester, consent_id, round_id, set(before.holders) - dropped,
                          missing=set(before.missing) | dropped, previous_round_id=before.round_id)

@@ -221,11 +221,13 @@ class ReceiptGate:
     def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> None:
         self.check_items(query, [c.attribute for c in checks])
 
-    def check_items(self, query: Any, items: Iterable[str]) -> str:
+    def check_items(self, query: Any, items: Iterable[str], *, whole_household: bool = False) -> str:
         """Check a query's receipt against the data `items` it reads; return the consent id.
 
         `query` is any query body with `consent`, `requester`, `purpose` and `subjects` (a
-        verification query or a household contribution query).
+        verification query or a household contribution query). With `whole_household`, the
+        subjects must be every member the consent covers, each once (a household round is never
+        about a part of the household).
         """
         if not query.HasField("consent") or not query.consent.body:
             raise Refusal(ErrorCode.CONSENT_MISSING)
@@ -240,6 +242,8 @@ class ReceiptGate:
         covered = set(body.subject_commitments)
         if any(commitment(body.subject_salt, s) not in covered for s in query.subjects):
             raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject")
+        if whole_household and len(set(query.subjects)) != len(covered):
+            raise Refusal(ErrorCode.CONSENT_INVALID, "a household round covers every member of the consent, each once")
         if body.scopes:
             scopes = set(body.scopes)
             if any(item.split(".", 1)[0] not in scopes for item in items):

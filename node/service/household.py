@@ -136,10 +136,16 @@ class HouseholdService:
             raise Refusal(ErrorCode.MALFORMED, "this province is not in the round's holder set")
         if abs(now_ms - holder_set.issued_at_ms) > skew_ms:
             raise Refusal(ErrorCode.CLOCK_WINDOW, "holder set is outside the allowed clock skew")
+        others = [h for h in holder_set.holders if h != holder_set.requester]
+        if holder_set.missing and others == [self.province]:
+            # With a province left out, this province would be the requester's only counterpart:
+            # the total less the requester's own share would be this province's share.
+            raise Refusal(ErrorCode.NOT_AUTHORISED, "a round with a missing province and no other holder "
+                          "would expose this province's share")
         items = self.measures_of(body)
         if self.consent is None:
             raise Refusal(ErrorCode.CONSENT_MISSING, "this node cannot check consents (no coordinator)")
-        consent_id = self.consent.check_items(body, items)
+        consent_id = self.consent.check_items(body, items, whole_household=True)
         if consent_id != holder_set.consent_id:
             raise Refusal(ErrorCode.CONSENT_INVALID, "holder set is for another consent")
         if not self.replay.remember(body.requester, ROUND_PREFIX + body.round_id.encode(), body.issued_at_ms):

@@ -345,9 +345,9 @@ def test_a_holder_refuses_a_second_contribution_to_the_same_round(fed: Federatio
                          "dibao", tokens, ["income_monthly"], time.monotonic() + 30)
         opened = session.call("OpenRound", household_pb2.OpenRoundRequest(
             consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=tokens))
-        first, failed = session.ask(opened.holder_set, {})
+        first, failed, _ = session.ask(opened.holder_set, {})
         assert not failed and sorted(first) == ["32", "33", "44", "51"]
-        second, refused = session.ask(opened.holder_set, {})
+        second, refused, _ = session.ask(opened.holder_set, {})
     assert not second and sorted(refused) == ["32", "33", "44", "51"]
     assert all("round id already used" in reason for reason in refused.values()), refused
     from node.store import audit
@@ -355,3 +355,66 @@ def test_a_holder_refuses_a_second_contribution_to_the_same_round(fed: Federatio
     with audit.AuditLog(fed.root / "node44" / "audit.sqlite") as log:
         decisions = [json.loads(e.payload)["decision"] for e in log.entries()]
     assert "refused:REPLAYED" in decisions
+
+
+# ---------------------------------------------------------------- a requester that deviates (SECURITY.md G25)
+
+
+def _session(fed: Federation, consent: Any, ids: list[str], coordinator: Any) -> Any:
+    import time
+
+    from node.client.household import _Round
+    from node.crypto.tokens import subject_token
+
+    member = fed.member("51")
+    tokens = [subject_token(member.linkage_key, n) for n in ids]
+    stub = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
+    return _Round(member, stub, coordinator.directory(), fed.receipt("51", consent.consent_id), consent.consent_id,
+                  "dibao", tokens, ["income_monthly"], time.monotonic() + 30)
+
+
+def test_a_repeated_round_cannot_leave_out_a_holder_that_answered(fed: Federation, three: Any) -> None:
+    """Only holders the coordinator saw fail (its signed outcome) can be dropped: dropping 44 after it answered is refused."""
+    with fed.coordinator("51") as coordinator:
+        session = _session(fed, three, [EARNER, SPOUSE, GRANNY], coordinator)
+        opened = session.call("OpenRound", household_pb2.OpenRoundRequest(
+            consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=session.tokens))
+        answered, failed, outcome = session.ask(opened.holder_set, {})
+        assert not failed and outcome is not None
+        assert list(household_pb2.RoundOutcomeBody.FromString(outcome.body).failed) == []
+        stub = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
+        for exclude, signed_outcome in ((["44"], outcome), (["44"], household_pb2.SignedRoundOutcome())):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.OpenRound(household_pb2.OpenRoundRequest(
+                    consent_id=three.consent_id, round_id=uuid.uuid4().hex, previous=opened.holder_set,
+                    outcome=signed_outcome, exclude=exclude), timeout=10)
+            assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+
+
+def test_a_round_over_part_of_the_household_is_refused(fed: Federation, three: Any) -> None:
+    """The coordinator opens no round for one member of a three-member consent, and holders refuse a query about a part."""
+    with fed.coordinator("51") as coordinator:
+        session = _session(fed, three, [EARNER, SPOUSE, GRANNY], coordinator)
+        with pytest.raises(Exception, match="every member"):
+            session.call("OpenRound", household_pb2.OpenRoundRequest(
+                consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=session.tokens[:1]))
+        opened = session.call("OpenRound", household_pb2.OpenRoundRequest(
+            consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=session.tokens))
+        session.tokens = session.tokens[:1]  # ask the holders about EARNER alone
+        answered, failed, _ = session.ask(opened.holder_set, {})
+    assert not answered and failed and all("every member" in reason for reason in failed.values()), failed
+
+
+def test_a_holder_left_alone_with_the_requester_after_a_failure_refuses(fed: Federation) -> None:
+    """33 fails mid-round; the repeat would leave 32 as the requester's only counterpart, so 32 refuses and nothing is decided."""
+    from node.client.client import PeerRefused
+
+    consent = fed.grant("51", [SPOUSE, CARER], "dibao")  # held by 33 (SPOUSE) and 32 (CARER)
+    fed.stop_node("33")
+    fed.start_node("33", server_class=_NoContributions)
+    try:
+        with pytest.raises(PeerRefused, match="would expose this province's share"):
+            fed.household("51", [SPOUSE, CARER], "510104", consent_id=consent.consent_id, period=PERIOD)
+    finally:
+        fed.stop_node("33")
+        fed.start_node("33")

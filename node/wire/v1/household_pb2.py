@@ -27,7 +27,7 @@ from node.wire.v1 import coordinator_pb2 as node_dot_wire_dot_v1_dot_coordinator
 from node.wire.v1 import verification_pb2 as node_dot_wire_dot_v1_dot_verification__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnode/wire/v1/household.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\x1a\x1enode/wire/v1/coordinator.proto\x1a\x1fnode/wire/v1/verification.proto\"\x9b\x01\n\rHolderSetBody\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x0f\n\x07holders\x18\x04 \x03(\t\x12\x0f\n\x07missing\x18\x05 \x03(\t\x12\x19\n\x11previous_round_id\x18\x06 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x07 \x01(\x03\"G\n\x0fSignedHolderSet\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\x86\x01\n\x10OpenRoundRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\x12+\n\x08previous\x18\x04 \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\x12\x0f\n\x07\x65xclude\x18\x05 \x03(\t\"n\n\x11OpenRoundResponse\x12-\n\nholder_set\x18\x01 \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"\xb3\x02\n\x15\x43ontributionQueryBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08subjects\x18\x06 \x03(\x0c\x12\x10\n\x08measures\x18\x07 \x03(\t\x12(\n\x07\x63onsent\x18\x08 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12-\n\nholder_set\x18\t \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\x12\x10\n\x08\x61udience\x18\n \x01(\t\x12\x18\n\x10reply_seal_suite\x18\x0b \x01(\t\x12\x16\n\x0ereply_seal_key\x18\x0c \x01(\x0c\"O\n\x17SignedContributionQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\xf5\x01\n\x10\x43ontributionBody\x12\x11\n\tresponder\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x18\n\x10\x64igest_algorithm\x18\x04 \x01(\t\x12\x14\n\x0cquery_digest\x18\x05 \x01(\x0c\x12\x19\n\x11holder_set_digest\x18\x06 \x01(\x0c\x12\x10\n\x08measures\x18\x07 \x03(\t\x12\x0e\n\x06masked\x18\x08 \x03(\x0c\x12\x11\n\tas_of_min\x18\t \x01(\t\x12\x11\n\tas_of_max\x18\n \x01(\t\x12\x16\n\x0e\x61nswered_at_ms\x18\x0b \x01(\x03\"J\n\x12SignedContribution\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"4\n\x11\x43ontributeRequest\x12\x1f\n\x05query\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\"<\n\x12\x43ontributeResponse\x12&\n\x0c\x63ontribution\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\"\x8f\x01\n\x11RouteRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\x12-\n\nholder_set\x18\x04 \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\"=\n\x12RouteRoundResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer2Z\n\x0fHouseholdHolder\x12G\n\nContribute\x12\x1b.hedui.v1.ContributeRequest\x1a\x1c.hedui.v1.ContributeResponse2\xa0\x01\n\x0fHouseholdRounds\x12\x44\n\tOpenRound\x12\x1a.hedui.v1.OpenRoundRequest\x1a\x1b.hedui.v1.OpenRoundResponse\x12G\n\nRouteRound\x12\x1b.hedui.v1.RouteRoundRequest\x1a\x1c.hedui.v1.RouteRoundResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnode/wire/v1/household.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\x1a\x1enode/wire/v1/coordinator.proto\x1a\x1fnode/wire/v1/verification.proto\"\x9b\x01\n\rHolderSetBody\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x0f\n\x07holders\x18\x04 \x03(\t\x12\x0f\n\x07missing\x18\x05 \x03(\t\x12\x19\n\x11previous_round_id\x18\x06 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x07 \x01(\x03\"G\n\x0fSignedHolderSet\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\xb5\x01\n\x10OpenRoundRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x03(\x0c\x12+\n\x08previous\x18\x04 \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\x12\x0f\n\x07\x65xclude\x18\x05 \x03(\t\x12-\n\x07outcome\x18\x06 \x01(\x0b\x32\x1c.hedui.v1.SignedRoundOutcome\"S\n\x10RoundOutcomeBody\x12\x19\n\x11holder_set_digest\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66\x61iled\x18\x02 \x03(\t\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\"J\n\x12SignedRoundOutcome\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"n\n\x11OpenRoundResponse\x12-\n\nholder_set\x18\x01 \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\x12*\n\x08statuses\x18\x02 \x03(\x0b\x32\x18.hedui.v1.ProvinceStatus\"\xb3\x02\n\x15\x43ontributionQueryBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08subjects\x18\x06 \x03(\x0c\x12\x10\n\x08measures\x18\x07 \x03(\t\x12(\n\x07\x63onsent\x18\x08 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12-\n\nholder_set\x18\t \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\x12\x10\n\x08\x61udience\x18\n \x01(\t\x12\x18\n\x10reply_seal_suite\x18\x0b \x01(\t\x12\x16\n\x0ereply_seal_key\x18\x0c \x01(\x0c\"O\n\x17SignedContributionQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"\xf5\x01\n\x10\x43ontributionBody\x12\x11\n\tresponder\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x10\n\x08round_id\x18\x03 \x01(\t\x12\x18\n\x10\x64igest_algorithm\x18\x04 \x01(\t\x12\x14\n\x0cquery_digest\x18\x05 \x01(\x0c\x12\x19\n\x11holder_set_digest\x18\x06 \x01(\x0c\x12\x10\n\x08measures\x18\x07 \x03(\t\x12\x0e\n\x06masked\x18\x08 \x03(\x0c\x12\x11\n\tas_of_min\x18\t \x01(\t\x12\x11\n\tas_of_max\x18\n \x01(\t\x12\x16\n\x0e\x61nswered_at_ms\x18\x0b \x01(\x03\"J\n\x12SignedContribution\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"4\n\x11\x43ontributeRequest\x12\x1f\n\x05query\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\"<\n\x12\x43ontributeResponse\x12&\n\x0c\x63ontribution\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\"\x8f\x01\n\x11RouteRoundRequest\x12\x10\n\x08round_id\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12%\n\tenvelopes\x18\x03 \x03(\x0b\x32\x12.hedui.v1.Envelope\x12-\n\nholder_set\x18\x04 \x01(\x0b\x32\x19.hedui.v1.SignedHolderSet\"l\n\x12RouteRoundResponse\x12\'\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x16.hedui.v1.RoutedAnswer\x12-\n\x07outcome\x18\x02 \x01(\x0b\x32\x1c.hedui.v1.SignedRoundOutcome2Z\n\x0fHouseholdHolder\x12G\n\nContribute\x12\x1b.hedui.v1.ContributeRequest\x1a\x1c.hedui.v1.ContributeResponse2\xa0\x01\n\x0fHouseholdRounds\x12\x44\n\tOpenRound\x12\x1a.hedui.v1.OpenRoundRequest\x1a\x1b.hedui.v1.OpenRoundResponse\x12G\n\nRouteRound\x12\x1b.hedui.v1.RouteRoundRequest\x1a\x1c.hedui.v1.RouteRoundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,27 +39,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDHOLDERSET']._serialized_start=292
   _globals['_SIGNEDHOLDERSET']._serialized_end=363
   _globals['_OPENROUNDREQUEST']._serialized_start=366
-  _globals['_OPENROUNDREQUEST']._serialized_end=500
-  _globals['_OPENROUNDRESPONSE']._serialized_start=502
-  _globals['_OPENROUNDRESPONSE']._serialized_end=612
-  _globals['_CONTRIBUTIONQUERYBODY']._serialized_start=615
-  _globals['_CONTRIBUTIONQUERYBODY']._serialized_end=922
-  _globals['_SIGNEDCONTRIBUTIONQUERY']._serialized_start=924
-  _globals['_SIGNEDCONTRIBUTIONQUERY']._serialized_end=1003
-  _globals['_CONTRIBUTIONBODY']._serialized_start=1006
-  _globals['_CONTRIBUTIONBODY']._serialized_end=1251
-  _globals['_SIGNEDCONTRIBUTION']._serialized_start=1253
-  _globals['_SIGNEDCONTRIBUTION']._serialized_end=1327
-  _globals['_CONTRIBUTEREQUEST']._serialized_start=1329
-  _globals['_CONTRIBUTEREQUEST']._serialized_end=1381
-  _globals['_CONTRIBUTERESPONSE']._serialized_start=1383
-  _globals['_CONTRIBUTERESPONSE']._serialized_end=1443
-  _globals['_ROUTEROUNDREQUEST']._serialized_start=1446
-  _globals['_ROUTEROUNDREQUEST']._serialized_end=1589
-  _globals['_ROUTEROUNDRESPONSE']._serialized_start=1591
-  _globals['_ROUTEROUNDRESPONSE']._serialized_end=1652
-  _globals['_HOUSEHOLDHOLDER']._serialized_start=1654
-  _globals['_HOUSEHOLDHOLDER']._serialized_end=1744
-  _globals['_HOUSEHOLDROUNDS']._serialized_start=1747
-  _globals['_HOUSEHOLDROUNDS']._serialized_end=1907
+  _globals['_OPENROUNDREQUEST']._serialized_end=547
+  _globals['_ROUNDOUTCOMEBODY']._serialized_start=549
+  _globals['_ROUNDOUTCOMEBODY']._serialized_end=632
+  _globals['_SIGNEDROUNDOUTCOME']._serialized_start=634
+  _globals['_SIGNEDROUNDOUTCOME']._serialized_end=708
+  _globals['_OPENROUNDRESPONSE']._serialized_start=710
+  _globals['_OPENROUNDRESPONSE']._serialized_end=820
+  _globals['_CONTRIBUTIONQUERYBODY']._serialized_start=823
+  _globals['_CONTRIBUTIONQUERYBODY']._serialized_end=1130
+  _globals['_SIGNEDCONTRIBUTIONQUERY']._serialized_start=1132
+  _globals['_SIGNEDCONTRIBUTIONQUERY']._serialized_end=1211
+  _globals['_CONTRIBUTIONBODY']._serialized_start=1214
+  _globals['_CONTRIBUTIONBODY']._serialized_end=1459
+  _globals['_SIGNEDCONTRIBUTION']._serialized_start=1461
+  _globals['_SIGNEDCONTRIBUTION']._serialized_end=1535
+  _globals['_CONTRIBUTEREQUEST']._serialized_start=1537
+  _globals['_CONTRIBUTEREQUEST']._serialized_end=1589
+  _globals['_CONTRIBUTERESPONSE']._serialized_start=1591
+  _globals['_CONTRIBUTERESPONSE']._serialized_end=1651
+  _globals['_ROUTEROUNDREQUEST']._serialized_start=1654
+  _globals['_ROUTEROUNDREQUEST']._serialized_end=1797
+  _globals['_ROUTEROUNDRESPONSE']._serialized_start=1799
+  _globals['_ROUTEROUNDRESPONSE']._serialized_end=1907
+  _globals['_HOUSEHOLDHOLDER']._serialized_start=1909
+  _globals['_HOUSEHOLDHOLDER']._serialized_end=1999
+  _globals['_HOUSEHOLDROUNDS']._serialized_start=2002
+  _globals['_HOUSEHOLDROUNDS']._serialized_end=2162
 # @@protoc_insertion_point(module_scope)

@@ -36,18 +36,38 @@ class SignedHolderSet(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
 
 class OpenRoundRequest(_message.Message):
-    __slots__ = ("consent_id", "round_id", "tokens", "previous", "exclude")
+    __slots__ = ("consent_id", "round_id", "tokens", "previous", "exclude", "outcome")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     round_id: str
     tokens: _containers.RepeatedScalarFieldContainer[bytes]
     previous: SignedHolderSet
     exclude: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, consent_id: _Optional[str] = ..., round_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ..., previous: _Optional[_Union[SignedHolderSet, _Mapping]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
+    outcome: SignedRoundOutcome
+    def __init__(self, consent_id: _Optional[str] = ..., round_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ..., previous: _Optional[_Union[SignedHolderSet, _Mapping]] = ..., exclude: _Optional[_Iterable[str]] = ..., outcome: _Optional[_Union[SignedRoundOutcome, _Mapping]] = ...) -> None: ...
+
+class RoundOutcomeBody(_message.Message):
+    __slots__ = ("holder_set_digest", "failed", "issued_at_ms")
+    HOLDER_SET_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    holder_set_digest: bytes
+    failed: _containers.RepeatedScalarFieldContainer[str]
+    issued_at_ms: int
+    def __init__(self, holder_set_digest: _Optional[bytes] = ..., failed: _Optional[_Iterable[str]] = ..., issued_at_ms: _Optional[int] = ...) -> None: ...
+
+class SignedRoundOutcome(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
 
 class OpenRoundResponse(_message.Message):
     __slots__ = ("holder_set", "statuses")
@@ -152,7 +172,9 @@ class RouteRoundRequest(_message.Message):
     def __init__(self, round_id: _Optional[str] = ..., consent_id: _Optional[str] = ..., envelopes: _Optional[_Iterable[_Union[_coordinator_pb2.Envelope, _Mapping]]] = ..., holder_set: _Optional[_Union[SignedHolderSet, _Mapping]] = ...) -> None: ...
 
 class RouteRoundResponse(_message.Message):
-    __slots__ = ("answers",)
+    __slots__ = ("answers", "outcome")
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     answers: _containers.RepeatedCompositeFieldContainer[_coordinator_pb2.RoutedAnswer]
-    def __init__(self, answers: _Optional[_Iterable[_Union[_coordinator_pb2.RoutedAnswer, _Mapping]]] = ...) -> None: ...
+    outcome: SignedRoundOutcome
+    def __init__(self, answers: _Optional[_Iterable[_Union[_coordinator_pb2.RoutedAnswer, _Mapping]]] = ..., outcome: _Optional[_Union[SignedRoundOutcome, _Mapping]] = ...) -> None: ...
