@@ -44,6 +44,7 @@ class PublishedValues:
         self._documents: dict[str, StandardsDocument] | None = None
         self._revision: tuple[tuple[str, int], ...] = ()
         self._cache: dict[tuple[str, str, tuple[str, ...]], Operands] = {}
+        self._months: tuple[int, tuple[str, ...]] = (-1, ())  # (minute, months around it)
 
     @property
     def known(self) -> bool:
@@ -59,7 +60,10 @@ class PublishedValues:
 
     def operands(self, requester: str, purpose: str, now_s: float) -> Operands:
         """item -> operands free for `requester`'s checks under `purpose` now: its own province's figures."""
-        months = months_around(now_s)
+        minute = int(now_s // 60)
+        if self._months[0] != minute:
+            self._months = (minute, months_around(now_s))
+        months = self._months[1]
         key = (requester, purpose, months)
         found = self._cache.get(key)
         if found is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import os
 import sqlite3
 import threading
 import time
@@ -54,16 +55,17 @@ class ProbeLedger:
         self._batching = False
         self._open_tx = False
         try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # owner only (its -wal and -shm follow)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+        except (OSError, sqlite3.DatabaseError) as exc:
             raise StoreError(f"cannot open probing ledger {path}: {exc}") from None
 
     def _digest(self, requester: str, consent_id: str, item: str, cut: str) -> bytes:
         message = "\x00".join((requester, consent_id, item, cut)).encode()
-        return hmac.new(self._key, message, hashlib.sha256).digest()[:_DIGEST_BYTES]
+        return hmac.digest(self._key, message, "sha256")[:_DIGEST_BYTES]
 
     def admit(self, requester: str, consent_id: str, cuts: Mapping[str, str], budget: int) -> tuple[str | None, int]:
         """Record `cuts` (item -> cut) as uses, all or none.

@@ -270,6 +270,7 @@ def test_worker_processes_share_one_budget(tmp_path: Path) -> None:
             first._db.execute("DELETE FROM probes")
         text = path.read_bytes() + (tmp_path / f"{PROBES_DB}-wal").read_bytes()
         assert b"le:1" not in text  # cuts are stored only as keyed digests
+        assert path.stat().st_mode & 0o777 == 0o600
     finally:
         first.close()
         second.close()
