@@ -38,6 +38,7 @@ class Limits:
     reserved_feed_rpcs: int = 64  # capacity only the consent, revocation, directory and checkpoint feeds use
     max_feed_calls_per_peer: int = 8  # one caller's share of reserved_feed_rpcs
     max_province_wait_s: float = 15.0  # the longest the coordinator waits on one province, whatever the caller's deadline
+    probe_checks_per_consent_item: int = 3  # distinct checks at values other than published standards (node.service.probing)
 
 
 @dataclass(frozen=True)

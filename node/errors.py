@@ -56,6 +56,7 @@ class ErrorCode(enum.Enum):
     CONSENT_EXPIRED = "consent is expired or not yet valid"
     NOT_AUTHORISED = "caller is not authorised for this call"
     NOT_HELD = "no subject of the query is held here"
+    PROBING_LIMIT = "probing limit reached: checks at values other than published standards are limited per consent and item"
     RATE_LIMITED = "too many requests from this peer"
     OVERLOADED = "server is at its concurrency limit"
     DEADLINE = "deadline exceeded"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpc import aio
 
-from node.coordinator.directory import ANNOUNCEMENT, Entry, verify_directory
+from node.coordinator.directory import ANNOUNCEMENT, Entry, FederationDirectory, verify_directory
 from node.crypto import masks, pki, sealing
 from node.crypto.pki import province_of_identity
 from node.domain.regions import COORDINATOR_URI, province_uri
@@ -34,8 +35,10 @@ class CoordinatorLink:
 
     def __init__(self, member: Member, revocations: RevocationView, log: Any, *,
                  audit_log: audit.AuditLog | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-                 metrics: MemberMetrics | None = None) -> None:
+                 metrics: MemberMetrics | None = None,
+                 on_directory: Callable[[FederationDirectory], None] | None = None) -> None:
         assert member.cfg.coordinator, "node has no coordinator configured"
+        self.on_directory = on_directory  # told of every newly verified directory (e.g. its standards)
         self.member = member
         self.metrics = metrics
         self.revocations = revocations
@@ -47,7 +50,7 @@ class CoordinatorLink:
         self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
                                            options=tls.channel_options(member.cfg.limits))
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
-        self._directory: dict[str, Entry] = {}
+        self._directory: FederationDirectory = FederationDirectory({})
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._crl_digest = b""
@@ -69,6 +72,10 @@ class CoordinatorLink:
             synced = True
         except (grpc.RpcError, HeduiError):
             synced = False
+        try:
+            await self.directory(refresh=True)  # published standards known before the first query
+        except (grpc.RpcError, HeduiError):
+            pass  # the poll loop reads it later
         self._tasks = [asyncio.create_task(self._poll_loop())]
         if self.checkpointer is not None:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
@@ -206,6 +213,8 @@ class CoordinatorLink:
             signed = await self._stub.Directory(coordinator_pb2.DirectoryRequest(), timeout=5)
             self._directory = verify_directory(signed, self.member.verifier)
             self._directory_at = time.monotonic()
+            if self.on_directory is not None:
+                self.on_directory(self._directory)
         return self._directory
 
     # -- sealing, for the Verification servicer ---------------------------------------------

@@ -30,6 +30,7 @@ STATUS: Final[dict[ErrorCode, grpc.StatusCode]] = {
     ErrorCode.CONSENT_EXPIRED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.NOT_AUTHORISED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.NOT_HELD: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.PROBING_LIMIT: grpc.StatusCode.PERMISSION_DENIED,  # not RESOURCE_EXHAUSTED: never refills, do not retry
     ErrorCode.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,

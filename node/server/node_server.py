@@ -27,9 +27,11 @@ from node.server.verification_servicer import VerificationServicer
 from node.service.consent import ReceiptGate, RevocationView
 from node.service.possession import Unlocker
 from node.service.household import HouseholdService
+from node.service.probing import ProbeLimit, PublishedValues
 from node.service.verification import VerificationService
 from node.store import audit
 from node.store.nonces import NonceStore
+from node.store.probes import PROBES_DB, ProbeLedger, ledger_key
 from node.store.errors import StoreError
 from node.store.store import Store
 from node.wire.v1 import household_pb2_grpc, verification_pb2, verification_pb2_grpc
@@ -57,6 +59,7 @@ class NodeServer:
     audit_log: audit.AuditLog | None = None
     auditor: audit.AsyncAuditor | None = None
     store: Store | None = None
+    probes: ProbeLedger | None = None
     link: CoordinatorLink | None = None
     revocations: RevocationView = field(default_factory=RevocationView)
 
@@ -92,12 +95,17 @@ class NodeServer:
         anchor = member.anchor
         self.revocations = RevocationView()
         member_metrics = MemberMetrics(cfg.identity)
+        published = PublishedValues(member.catalogue)  # refreshed with every verified directory
         if cfg.coordinator:
-            self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log, metrics=member_metrics)
+            self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log, metrics=member_metrics,
+                                        on_directory=lambda directory: published.update(directory.standards))
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
         close.callback(self._nonces.close)
+        seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub)
+        self.probes = ProbeLedger(cfg.data_dir / PROBES_DB, key=ledger_key(seal_key.private_bytes_raw()))
+        close.callback(self.probes.close)
         gate = ReceiptGate(member.verifier, self.revocations)
         service = VerificationService(
             province=cfg.province,
@@ -108,6 +116,7 @@ class NodeServer:
             limits=cfg.limits,
             consent=gate,
             replay=self._nonces,
+            probes=ProbeLimit(self.probes, published, member.catalogue, budget=cfg.limits.probe_checks_per_consent_item),
         )
         self.batch_signer = signing.AsyncBatchSigner(member.signer, in_flight=in_flight)
         servicer = VerificationServicer(

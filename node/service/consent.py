@@ -218,8 +218,9 @@ class ReceiptGate:
             raise Refusal(ErrorCode.CONSENT_INVALID, "receipt signer no longer valid") from None
         return body
 
-    def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> None:
-        self.check_items(query, [c.attribute for c in checks])
+    def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> str:
+        """Check a verification query's receipt against its checks; return the consent id."""
+        return self.check_items(query, [c.attribute for c in checks])
 
     def check_items(self, query: Any, items: Iterable[str], *, whole_household: bool = False) -> str:
         """Check a query's receipt against the data `items` it reads; return the consent id.

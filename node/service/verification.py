@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -19,6 +19,7 @@ from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
 from node.domain.predicate import ONE_PER_ITEM, Check, Comparator, repeated_item
 from node.errors import ErrorCode, Refusal
+from node.service.probing import ProbeLimit
 from node.store.store import Store
 from node.wire.v1 import common_pb2, verification_pb2
 
@@ -38,8 +39,8 @@ _OPS: Final[dict[int, Comparator]] = {
 class ConsentGate(Protocol):
     """Decides whether a query's consent receipt authorises it (see node.service.consent)."""
 
-    def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> None:
-        """Raise Refusal when the consent does not authorise the query."""
+    def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> str:
+        """Raise Refusal when the consent does not authorise the query; else return its consent id."""
 
 
 class ReplayGuard(Protocol):
@@ -57,6 +58,7 @@ class Decided:
     query_digest: bytes
     answer: verification_pb2.AnswerBody
     items: tuple[str, ...]
+    probes: int = 0  # probing budget this query used (node.service.probing)
 
 
 def parse_checks(body: verification_pb2.QueryBody, catalogue: Catalogue) -> list[Check]:
@@ -112,6 +114,7 @@ class VerificationService:
         limits: Limits,
         consent: ConsentGate | None,
         replay: ReplayGuard,
+        probes: ProbeLimit | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.province = province
@@ -122,6 +125,7 @@ class VerificationService:
         self.limits = limits
         self.consent = consent
         self.replay = replay
+        self.probes = probes
         self.clock = clock
 
     def authenticate(self, signed: verification_pb2.SignedQuery, peer_province: str | None) -> verification_pb2.QueryBody:
@@ -148,8 +152,8 @@ class VerificationService:
             raise Refusal(ErrorCode.NOT_ADDRESSED_HERE)
         return body
 
-    def validate(self, body: verification_pb2.QueryBody, *, lock: Unlocked | None = None) -> list[Check]:
-        """Refuse malformed, stale, replayed, misaddressed or oversized queries.
+    def validate(self, body: verification_pb2.QueryBody, *, lock: Unlocked | None = None) -> tuple[list[Check], str]:
+        """Refuse malformed, stale, replayed, misaddressed or oversized queries; the checks and the consent id.
 
         `lock` is the possession lock a sealed query came in: its subjects and request id must be
         the ones the lock named (the holder unlocked it for those).
@@ -174,18 +178,21 @@ class VerificationService:
         if lock is not None and (tuple(body.subjects) != lock.tokens or body.request_id != lock.request_id):
             raise Refusal(ErrorCode.MALFORMED, "query does not match the lock it came in")
         checks = parse_checks(body, self.catalogue)
-        if self.consent is not None:
-            self.consent.check(body, checks)
+        consent_id = self.consent.check(body, checks) if self.consent is not None else ""
         if not self.replay.remember(body.requester, body.nonce, body.issued_at_ms):
             raise Refusal(ErrorCode.REPLAYED)
-        return checks
+        return checks, consent_id
 
     def decide(self, signed: verification_pb2.SignedQuery, peer_province: str | None, *,
                lock: Unlocked | None = None) -> Decided:
         """Authenticate, validate and evaluate a query; the caller signs the answer."""
         body = self.authenticate(signed, peer_province)
-        checks = self.validate(body, lock=lock)
+        checks, consent_id = self.validate(body, lock=lock)
         allowed = [self.policy.allows(body.purpose, c.attribute) for c in checks]
+        probes = 0  # checks the policy denies reveal nothing and use no budget
+        if self.probes is not None:
+            asked = [c for c, ok in zip(checks, allowed, strict=True) if ok]
+            probes = self.probes.admit(body.requester, consent_id, body.purpose, asked)
         attributes = sorted({c.attribute for c, ok in zip(checks, allowed, strict=True) if ok})
         facts = self.store.lookup(list(body.subjects), attributes) if attributes else {}
         results = []
@@ -210,12 +217,18 @@ class VerificationService:
             answered_at_ms=int(self.clock() * 1000),
             results=results,
         )
-        return Decided(body, query_digest, answer, tuple(c.attribute for c in checks))
+        return Decided(body, query_digest, answer, tuple(c.attribute for c in checks), probes)
 
-    def batch_scope(self) -> contextlib.AbstractContextManager[None]:
-        """Group the replay guard's writes for a batch of queries into one transaction, if it can."""
-        scope = getattr(self.replay, "transaction", None)
-        return scope() if scope is not None else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def batch_scope(self) -> Iterator[None]:
+        """Group the replay guard's and the probing ledger's writes for a batch into one transaction each."""
+        with contextlib.ExitStack() as scopes:
+            scope = getattr(self.replay, "transaction", None)
+            if scope is not None:
+                scopes.enter_context(scope())
+            if self.probes is not None:
+                scopes.enter_context(self.probes.transaction())
+            yield
 
     def holds(self, tokens: list[bytes]) -> list[int]:
         """Indexes of the tokens this province holds any data on."""

@@ -257,7 +257,8 @@ def _clean(value: str, pattern: re.Pattern[str]) -> str:
 
 def answered(decided: Decided, answer_body: bytes, *, relayed: bool = False,
              at_ms: int | None = None) -> AuditRecord:
-    """The record of an answer: `answer_body` is the serialized AnswerBody the node signs."""
+    """The record of an answer: `answer_body` is the serialized AnswerBody the node signs; `extra`
+    says `via: coordinator` when relayed and `probes: N` when it used N of a probing budget."""
     query = decided.query
     return AuditRecord(
         at_ms=_now_ms() if at_ms is None else at_ms,
@@ -269,7 +270,7 @@ def answered(decided: Decided, answer_body: bytes, *, relayed: bool = False,
         items=decided.items,
         checks=Counter(decided.items),
         outcome_digest=hashlib.sha256(answer_body).hexdigest(),
-        extra={"via": "coordinator"} if relayed else {},
+        extra={**({"via": "coordinator"} if relayed else {}), **({"probes": str(decided.probes)} if decided.probes else {})},
     )
 
 

@@ -1,8 +1,8 @@
 """Backup and restore of a member's data directory: its SQLite databases and small state files.
 
 What is copied
-    store.sqlite, audit.sqlite (chain table "audit"), ledger.sqlite (chain table "ledger"):
-    whichever exist. Each is copied with SQLite's online backup API in one step, i.e. from one
+    store.sqlite, audit.sqlite (chain table "audit"), ledger.sqlite (chain table "ledger"),
+    probes.sqlite (the probing ledger, node.store.probes): whichever exist. Each is copied with SQLite's online backup API in one step, i.e. from one
     read snapshot, so the copy is consistent while the server keeps running and writing (WAL
     readers never block the writer). Each database is consistent on its own; the copies are
     not one cross-database snapshot (a fact written between two copies may be in one and not
@@ -74,6 +74,7 @@ DATABASES: Final[dict[str, str | None]] = {
     "store.sqlite": None,
     "audit.sqlite": "audit",
     "ledger.sqlite": "ledger",
+    "probes.sqlite": None,  # the probing ledger: a restore must not hand back spent budgets
 }
 STATE_FILES: Final[tuple[str, ...]] = ("directory.json", "audit-checkpoints.jsonl")
 SIDECARS: Final[tuple[str, ...]] = ("-wal", "-shm", "-journal")
