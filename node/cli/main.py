@@ -33,14 +33,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from node.cli import (answer_cmd, audit_cmd, backup_cmd, batch_cmd, consent_cmd, coordinator_cmd, data_cmd, demo_cmd, node_cmd, pki_cmd,
-                          household_cmd, standards_cmd, verify_cmd)
+                          household_cmd, standards_cmd, verify_cmd, web_cmd)
 
     parser = _Parser(prog="hedui", description="Hedui (核对): federated household economic verification")
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error")
     parser.add_argument("--version", action="version", version=f"hedui {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for module in (pki_cmd, node_cmd, coordinator_cmd, data_cmd, consent_cmd, verify_cmd, answer_cmd, demo_cmd, backup_cmd, audit_cmd,
-                   batch_cmd, standards_cmd, household_cmd):
+                   batch_cmd, standards_cmd, household_cmd, web_cmd):
         module.register(sub)
     return parser
 

@@ -327,6 +327,24 @@ def coordinator_event(decision: str, *, requester: str, request_id: str = "", co
     )  # fmt: skip
 
 
+def web_event(decision: str, *, province: str, account: str, request_id: str = "", case_id: str = "",
+              consent_id: str = "", purpose: str = "", statuses: Mapping[str, str] | None = None,
+              at_ms: int | None = None) -> AuditRecord:
+    """An action in the caseworkers' web application (`hedui web`): who (the account's identifier,
+    never a name or an ID number) did `decision` as `province`, on which case, under which consent.
+
+    `account` and `case_id` go into `extra` ("account", "case"); `statuses` (public status names,
+    e.g. per-province routing) beside them. Every field keeps the record contract's forms.
+    """
+    extra = {**(statuses or {}), "account": account}
+    if case_id:
+        extra["case"] = case_id
+    return AuditRecord(
+        at_ms=_now_ms() if at_ms is None else at_ms, request_id=request_ids.shown(request_id), requester=province,
+        decision=decision, purpose=_clean(purpose, _PURPOSE_RE), consent_id=_clean(consent_id, _ID_RE), extra=extra,
+    )  # fmt: skip
+
+
 # -- the log ---------------------------------------------------------------------------------
 
 

@@ -365,6 +365,15 @@ class Store:
             raise StoreError(f"store read failed: {type(exc).__name__}") from None
         return {"subjects": subjects, "facts": facts}
 
+    def newest_as_of(self) -> dict[str, str]:
+        """Each data item's newest as-of date held (for the web application's federation page)."""
+        conn = self._reader()
+        try:
+            rows = conn.execute("SELECT attribute, max(as_of) FROM facts GROUP BY attribute ORDER BY attribute").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+        return dict(rows)
+
     def check_integrity(self) -> None:
         """Run SQLite's quick_check; raise StoreCorrupt when the file is damaged."""
         conn = self._reader()

@@ -24,8 +24,9 @@ NAMESPACE_TOOLS = ("unshare", "ip", "jq", "awk")
 
 
 def _run(cmd: list[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-         timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+         timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          input=input)
     if proc.returncode != 0:
         raise AssertionError(f"{cmd[:4]} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
@@ -169,3 +170,33 @@ def test_run_cluster_works_in_a_users_own_tests(installed: Path, tmp_path: Path)
     (tmp_path / "user_test.py").write_text(USER_TEST)
     out = _run([installed / "python", "user_test.py"], cwd=tmp_path, env=_env(installed), timeout=120).stdout
     assert "'44'" in out and "'51'" in out and "'coordinator'" in out
+
+
+WEB_PROBE = """
+import socket, sys, threading, urllib.request
+from pathlib import Path
+import uvicorn
+from node.web.app import create_app
+from node.web.desk import Desk
+desk = Desk(Path(sys.argv[1]))
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen(8)
+server = uvicorn.Server(uvicorn.Config(create_app(desk), log_level="warning"))
+threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+page = urllib.request.urlopen(base + "/login").read().decode()
+css = urllib.request.urlopen(base + "/static/style.css").read().decode()
+print("login-form" if 'name="csrf"' in page and "登录" in page else "no-form", "print-css" if "@media print" in css else "no-css")
+server.should_exit = True
+"""
+
+
+def test_the_wheel_carries_the_web_applications_templates_and_static_files(installed: Path, tmp_path: Path) -> None:
+    """From the wheel: `hedui web user add` creates an account and the app serves its login page and print stylesheet."""
+    make = "import sys; from pathlib import Path; from node.testing import build_federation; " \
+           "print(build_federation(Path(sys.argv[1]), ['51']).configs['51'])"
+    config = _run([installed / "python", "-c", make, tmp_path / "fed"], cwd=tmp_path, env=_env(installed)).stdout.strip()
+    added = _run([installed / "hedui", "web", "user", "add", "--config", config, "--name", "audrey", "--role", "auditor",
+                  "--password-stdin"], cwd=tmp_path, env=_env(installed), input="a long enough password\n")
+    assert added.stdout.startswith("account w")
+    served = _run([installed / "python", "-c", WEB_PROBE, config], cwd=tmp_path, env=_env(installed))
+    assert served.stdout.split() == ["login-form", "print-css"]
