@@ -39,18 +39,42 @@ _log = logs.get("web")
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body larger than MAX_BODY (413) before it is parsed."""
+    """ASGI middleware: refuse a request body larger than MAX_BODY (413) before it is parsed, whether
+    it announces its length or arrives chunked (bytes are counted as they are received)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers", [])).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > MAX_BODY:
-                await HTMLResponse("request too large", status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            await HTMLResponse("request too large", status_code=413)(scope, receive, send)
+            return
+        received, refused, started = 0, False, False
+
+        async def counted_send(message: dict) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is out; whatever the handler still sends is dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def counted_receive() -> dict:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY:
+                    if not started and not refused:
+                        await HTMLResponse("request too large", status_code=413)(scope, receive, send)
+                    refused = True
+                    return {"type": "http.disconnect"}  # the handler stops reading: nothing more is stored
+            return message
+
+        await self.app(scope, counted_receive, counted_send)
 
 
 def yuan(fen: int | None) -> str:
@@ -113,6 +137,9 @@ class Web:
             if session is None:
                 session = await run_in_threadpool(self.desk.sessions.get, request.cookies.get(COOKIE))
                 request.state.session = session
+            if not csrf.same_origin(request.url.scheme, request.headers.get("host", ""), request.headers.get("origin"),
+                                    request.headers.get("referer")):
+                return self.error(request, 403, "request does not come from this site")  # before any body is read
             form = await request.form(max_files=1, max_fields=100, max_part_size=64 * 1024)
             try:
                 csrf.verify(scheme=request.url.scheme, host=request.headers.get("host", ""),

@@ -3,6 +3,8 @@ Argon2id, lock-out, sessions, CSRF, the CSP, escaping, form validation and error
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import datetime as dt
 import json
 import os
@@ -166,6 +168,14 @@ def test_bad_requests_get_an_error_page_never_a_traceback(client: object) -> Non
     assert missing.status_code == 404 and 'id="error-message"' in missing.text and "Traceback" not in missing.text
     huge = client.post("/cases", content=b"x", headers={"Content-Length": str(10**9), "Origin": ORIGIN})  # type: ignore[attr-defined]
     assert huge.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked, counted as it arrives
+        for _ in range(40):
+            yield b"x" * (1024 * 1024)
+
+    chunked = client.post("/login", content=chunks(), headers={  # type: ignore[attr-defined]
+        "Origin": ORIGIN, "Content-Type": "application/x-www-form-urlencoded"})
+    assert chunked.status_code == 413 and "Traceback" not in chunked.text
     assert client.get("/log").status_code == 403  # type: ignore[attr-defined]  # a caseworker is not an auditor
 
 
