@@ -65,23 +65,30 @@ def check_contribution(signed: household_pb2.SignedContribution, verifier: signi
     return body
 
 
-def build_record(*, signer: signing.Signer, requester: str, consent_id: str, purpose: str, region: str, period: str,
-                 members: int, measures: Sequence[str], decision: dict[str, Any], routing: dict[str, str],
-                 missing: Sequence[str], as_of: tuple[str, str], holder_set: household_pb2.SignedHolderSet | None,
-                 contributions: Sequence[household_pb2.SignedContribution],
-                 standard: coordinator_pb2.SignedStandards | None, decided_at_ms: int) -> dict[str, Any]:
-    """The record (a JSON object) signed by the requester over the canonical JSON of its body."""
-    body = {
+def record_body(*, requester: str, consent_id: str, purpose: str, region: str, period: str, members: int,
+                measures: Sequence[str], decision: dict[str, Any], routing: dict[str, str], missing: Sequence[str],
+                as_of: tuple[str, str], holder_set: household_pb2.SignedHolderSet | None,
+                contributions: Sequence[household_pb2.SignedContribution],
+                standard: coordinator_pb2.SignedStandards | None, decided_at_ms: int,
+                standard_b64: str | None = None) -> dict[str, Any]:
+    """A record's body, to be signed over `canonical(body)` (domain hedui/v1/household-decision).
+
+    `standard_b64` is `standard` already base64-encoded (many records of a batch share one document).
+    """
+    if standard_b64 is None:
+        standard_b64 = _b64(standard.SerializeToString()) if standard is not None else ""
+    return {
         "requester": requester, "consent_id": consent_id, "purpose": purpose, "region": region, "period": period,
         "members": members, "measures": list(measures), "decision": decision, "routing": dict(sorted(routing.items())),
         "missing": sorted(missing), "as_of": {"from": as_of[0], "to": as_of[1]},
         "holder_set": _b64(holder_set.SerializeToString()) if holder_set is not None else "",
         "contributions": [_b64(c.SerializeToString()) for c in contributions],
-        "standard": _b64(standard.SerializeToString()) if standard is not None else "",
-        "decided_at_ms": decided_at_ms,
+        "standard": standard_b64, "decided_at_ms": decided_at_ms,
     }  # fmt: skip
-    raw = canonical(body)
-    signature = signer.sign(signing.HOUSEHOLD_DECISION, raw)
+
+
+def signed_record(body: dict[str, Any], signature: common_pb2.Signature) -> dict[str, Any]:
+    """The record of `body` under the requester's signature over `canonical(body)`."""
     return {"format": RECORD_FORMAT, "body": body, "signature": _b64(signature.SerializeToString())}
 
 
