@@ -63,10 +63,7 @@ class _State:
     done: bool = False
     error: str = ""
 
-    @property
-    def measures(self) -> list[str]:
-        assert self.standard is not None
-        return sorted(self.standard.measures)
+    measures: list[str] = field(default_factory=list)  # sorted measure codes of its standard
 
     def line(self) -> dict[str, Any]:
         """The result line of a household that could not be decided (a re-run retries it)."""
@@ -108,6 +105,7 @@ class HouseholdBatchSession(BatchSession):
                 numbers = validate_household(h.ids, m.cfg.limits.max_subjects)
                 state.tokens = [subject_token(m.linkage_key, n) for n in numbers]
                 state.standard, state.signed_standard = standards.find(h.region, self.purpose, self.period)
+                state.measures = sorted(state.standard.measures)
             except HeduiError as exc:
                 state.error = str(exc)
             states.append(state)
