@@ -6,7 +6,10 @@ ContributeBatch per holding province inside one RouteRoundBatch, and one batch s
 their decision records. Each household keeps its own round, contributions and record, so every
 result line verifies alone. Households whose round lost a holder get a repeated round, batched
 too, over the holders that answered them (never a sum with a holder missing), and are
-INCOMPLETE naming the missing province.
+INCOMPLETE naming the missing province. As for one household (node.client.household), only a
+holder the coordinator saw fail in transport (unreachable, out of time) is left out of a
+repeated round; a holder that refused a household, or answered it invalidly, leaves that
+household undecided (a line with "error", retried by a re-run).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -34,6 +37,9 @@ from node.domain.standards import Standard
 from node.errors import HeduiError
 from node.member import Member
 from node.wire.v1 import coordinator_pb2, household_pb2, household_pb2_grpc, verification_pb2
+
+#: Route statuses of a holder's whole batch that the coordinator saw as failures in transport.
+TRANSPORT_FAILURES: Final[frozenset[str]] = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,8 @@ class _State:
     holder_set: household_pb2.SignedHolderSet | None = None
     body: household_pb2.HolderSetBody | None = None
     answered: dict[str, Answered] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # holder -> why: failed in transport (may be left out)
+    refused: dict[str, str] = field(default_factory=dict)  # holder -> why: refused or invalid (stops the household)
     done: bool = False
     error: str = ""
 
@@ -119,7 +126,9 @@ class HouseholdBatchSession(BatchSession):
             for s in active:
                 if s.error:  # the coordinator did not route its round
                     continue
-                if not s.failed:
+                if s.refused:
+                    s.error = "; ".join(f"province {p}: {why}" for p, why in sorted(s.refused.items()))
+                elif not s.failed:
                     s.done = True
                 elif m.province in s.failed:
                     s.error = f"this province's own node did not contribute: {s.failed[m.province]}"
@@ -166,9 +175,10 @@ class HouseholdBatchSession(BatchSession):
         per_holder: dict[str, list[tuple[int, bytes]]] = {}
         for s in states:
             assert s.body is not None and s.holder_set is not None
-            s.answered, s.failed = {}, {h: "not in the directory" for h in s.body.holders if h not in directory}
-            if s.failed:
-                s.routing.update({h: "UNAVAILABLE" for h in s.failed})
+            s.answered, s.failed = {}, {}
+            s.refused = {h: "not in the directory" for h in s.body.holders if h not in directory}
+            if s.refused:
+                s.routing.update({h: "UNAVAILABLE" for h in s.refused})
                 continue
             asked.append(s)
             for h in s.body.holders:
@@ -215,17 +225,19 @@ class HouseholdBatchSession(BatchSession):
         for position, (i, query) in enumerate(items):
             s = asked[i]
             item = by_index.get(position)
-            if status != "OK" or item is None:
+            if status in TRANSPORT_FAILURES:  # seen by the coordinator: the holder may be left out
+                s.routing[holder], s.failed[holder] = status, reason
+            elif status != "OK" or item is None:
                 s.routing[holder] = status if status != "OK" else "INVALID"
-                s.failed[holder] = reason if status != "OK" else "no answer"
+                s.refused[holder] = reason if status != "OK" else "no answer"
             elif item.error_code:
                 s.routing[holder] = ITEM_STATUS.get(item.error_code, "DENIED")
-                s.failed[holder] = item.error or item.error_code
+                s.refused[holder] = item.error or item.error_code
             else:
                 assert s.holder_set is not None
                 checked = accept(self.member, item.contribution, s.holder_set, holder, s.measures, query)
                 if isinstance(checked, str):
-                    s.routing[holder], s.failed[holder] = "INVALID", checked
+                    s.routing[holder], s.refused[holder] = "INVALID", checked
                 else:
                     s.routing[holder], s.answered[holder] = "OK", checked
 

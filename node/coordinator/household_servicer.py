@@ -70,10 +70,11 @@ class HouseholdRoundsServicer:
                 asked.append(None)
                 try:
                     request_ids.check(h.round_id)
-                    if h.HasField("previous"):
-                        c.consents.check_active(province, h.consent_id)
-                    else:
+                    consent = c.consents.check_active(province, h.consent_id)
+                    if not h.HasField("previous"):
                         c._check_discovery(province, h.consent_id, h.tokens)
+                        if len(set(h.tokens)) != len(consent.subject_commitments):
+                            raise Refusal(ErrorCode.MALFORMED, "a round covers every member of the consented household")
                         asked[i] = list(h.tokens)
                 except Refusal as refusal:
                     refused[i] = refusal

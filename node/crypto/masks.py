@@ -11,6 +11,7 @@ lacks one of its pair secrets. docs/PROTOCOL.md §16 has the byte layout and tes
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
@@ -58,25 +59,22 @@ def pair_secret(own_key: X25519PrivateKey, own: str, peer_public: bytes, peer: s
 def mask(secret: bytes, round_id: str, household: str, measure: str) -> int:
     """PRF(secret, round id, household, measure) as an integer modulo 2^128."""
     message = b"\x00".join((_MASK_LABEL, round_id.encode(), household.encode(), measure.encode()))
-    return int.from_bytes(hmac.digest(secret, message, "sha256")[:WIDTH], "big")
+    return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:WIDTH], "big")
 
 
 def masked_sums(values: Sequence[int], measures: Sequence[str], *, own: str, secrets: Mapping[str, bytes],
                 round_id: str, household: str) -> list[int]:
     """`values` (one per measure) plus this holder's masks towards every peer in `secrets`."""
-    if not all(0 <= v < PLAUSIBLE_TOTAL for v in values):
-        raise MaskError("a partial sum is out of range")
-    prefix = b"\x00".join((_MASK_LABEL, round_id.encode(), household.encode(), b""))  # `mask`'s message, less the measure
-    labels = [m.encode() for m in measures]
-    totals = list(values)
-    if len(labels) != len(totals):
-        raise MaskError("one partial sum per measure")
-    digest, from_bytes = hmac.digest, int.from_bytes
-    for peer, secret in secrets.items():
-        sign = 1 if own < peer else -1
-        for i, label in enumerate(labels):
-            totals[i] += sign * from_bytes(digest(secret, prefix + label, "sha256")[:WIDTH], "big")
-    return [t % MODULUS for t in totals]
+    out = []
+    for value, measure in zip(values, measures, strict=True):
+        if not 0 <= value < PLAUSIBLE_TOTAL:
+            raise MaskError("a partial sum is out of range")
+        total = value
+        for peer, secret in secrets.items():
+            m = mask(secret, round_id, household, measure)
+            total += m if own < peer else -m
+        out.append(total % MODULUS)
+    return out
 
 
 def unmask(vectors: Iterable[Sequence[int]], width: int) -> list[int]:

@@ -168,36 +168,66 @@ def test_rejects_name_lines_and_reasons_never_an_id(world: tuple[Federation, Pat
     assert not [n for n in [bad_id, *good_ids, *other_ids, *third_ids] if n in text]
 
 
-class _FailingContributions(NodeServer):
-    """A node that answers discovery but refuses (UNAVAILABLE) every other household of each contribution batch."""
+class _NoContributions(NodeServer):
+    """A node that answers discovery but fails every contribution batch (UNAVAILABLE: a holder dying mid-batch)."""
+
+    async def start(self, listen: str | None = None) -> int:
+        port = await super().start(listen)
+
+        def fail(queries: Any, *_: Any) -> Any:
+            return [Refusal(ErrorCode.UNAVAILABLE, "store went away") for _ in queries]
+
+        self.household_servicer.service.contribute_many = fail
+        return port
+
+
+class _RefusingSome(NodeServer):
+    """A node that refuses every other household of each contribution batch (item by item, sealed from the coordinator)."""
 
     async def start(self, listen: str | None = None) -> int:
         port = await super().start(listen)
         service = self.household_servicer.service
         contribute_many = service.contribute_many
 
-        def flaky(queries: Any, *args: Any) -> Any:
+        def some(queries: Any, *args: Any) -> Any:
             done = contribute_many(queries, *args)
-            return [Refusal(ErrorCode.UNAVAILABLE, "store went away") if i % 2 else c for i, c in enumerate(done)]
+            return [Refusal(ErrorCode.NOT_AUTHORISED, "not this one") if i % 2 else c for i, c in enumerate(done)]
 
-        service.contribute_many = flaky
+        service.contribute_many = some
         return port
+
+
+def _others(line: dict[str, Any]) -> set[str]:
+    """The provinces besides the requester that contributed to the line's decision."""
+    return {p for p, st in line["routing"].items() if st == "OK" and p != REQUESTER}
+
+
+def _run_with(fed: Federation, code: str, server_class: type | None, inputs: dict[str, Any], out: Path) -> list[dict]:
+    """One check-batch run with province `code` down (None) or replaced by `server_class`."""
+    fed.stop_node(code)
+    if server_class is not None:
+        fed.start_node(code, server_class=server_class)
+    try:
+        assert check_batch(fed, inputs["households"], inputs["consents"], out, "--region", "510100").returncode == 0
+    finally:
+        if server_class is not None:
+            fed.stop_node(code)
+        fed.start_node(code)
+    return lines(out)
 
 
 def test_a_holder_down_gives_incomplete_lines_naming_it_and_a_rerun_completes(
         world: tuple[Federation, Path], inputs: dict[str, Any], tmp_path: Path) -> None:
-    """With 33 down every line is INCOMPLETE naming 33 (summed over the others) and verifies; a re-run completes them."""
+    """With 33 down, lines are INCOMPLETE naming 33 (summed over the others) and verify; a re-run completes them."""
     fed, _ = world
     out = tmp_path / "results.jsonl"
-    fed.stop_node("33")
-    try:
-        assert check_batch(fed, inputs["households"], inputs["consents"], out, "--region", "510100").returncode == 0
-    finally:
-        fed.start_node("33")
-    first = lines(out)
-    assert all(r["verdict"] == "INCOMPLETE" and r["missing"] == ["33"] for r in first)
+    first = _run_with(fed, "33", None, inputs, out)
+    incomplete = [r for r in first if "error" not in r]
+    assert all(r["verdict"] == "INCOMPLETE" and r["missing"] == ["33"] for r in incomplete)
     assert all(r["routing"]["33"] in ("UNAVAILABLE", "DEADLINE_EXCEEDED") for r in first)
-    assert hedui("household", "verify", "--pki", fed.pki, out).returncode == 0
+    # a line is undecided only where 33's absence would leave one province beside the requester (SECURITY G25)
+    assert [r for r in incomplete if len(_others(r)) >= 2] and all(len(_others(r)) <= 1 for r in first if "error" in r)
+    assert hedui("household", "verify", "--pki", fed.pki, out).returncode == (1 if len(incomplete) < len(first) else 0)
     proc = check_batch(fed, inputs["households"], inputs["consents"], out, "--region", "510100")
     assert proc.returncode == 0, proc.stderr
     second = lines(out)
@@ -208,34 +238,44 @@ def test_a_holder_down_gives_incomplete_lines_naming_it_and_a_rerun_completes(
 
 def test_a_holder_failing_mid_batch_gets_repeated_rounds_never_a_partial_sum(
         world: tuple[Federation, Path], inputs: dict[str, Any], tmp_path: Path) -> None:
-    """33 refuses some households of its batch: those get a fresh round without it (INCOMPLETE naming 33, the
-    others' sum), the rest complete; a re-run after 33 recovers completes every household."""
+    """33 answers discovery but its contribution batches fail: its households get a fresh round without it
+    (INCOMPLETE naming 33, the others' sum, never the first round's), the rest complete; a re-run completes all."""
     fed, root = world
     out = tmp_path / "results.jsonl"
-    fed.stop_node("33")
-    fed.start_node("33", server_class=_FailingContributions)
-    try:
-        assert check_batch(fed, inputs["households"], inputs["consents"], out, "--region", "510100").returncode == 0
-    finally:
-        fed.stop_node("33")
-        fed.start_node("33")
-    first = lines(out)
+    first = _run_with(fed, "33", _NoContributions, inputs, out)
     members, values = inputs["members"], province_values(root / "data", PROVINCES)
-    incomplete = [r for r in first if r["verdict"] == "INCOMPLETE"]
-    assert incomplete and len(incomplete) < len([r for r in first if r["routing"]["33"] != "NO_MATCH"])
-    for r in first:  # only the households 33 refused are incomplete
-        assert (r in incomplete) == (r["routing"]["33"] == "UNAVAILABLE"), r["routing"]
     others = {p: v for p, v in values.items() if p != "33"}
-    for r in incomplete:
+    touched = [r for r in first if r["routing"]["33"] != "NO_MATCH"]
+    assert touched and all(r["routing"]["33"] == "UNAVAILABLE" for r in touched)
+    assert all(r["verdict"] != "INCOMPLETE" and r["missing"] == [] for r in first if r not in touched)
+    repeated = [r for r in touched if "error" not in r]
+    assert repeated
+    for r in repeated:
         holder_set = household_pb2.HolderSetBody.FromString(household_pb2.SignedHolderSet.FromString(
             base64.b64decode(r["record"]["body"]["holder_set"])).body)
-        assert r["missing"] == ["33"]
+        assert r["verdict"] == "INCOMPLETE" and r["missing"] == ["33"]
         assert holder_set.previous_round_id and "33" not in holder_set.holders and list(holder_set.missing) == ["33"]
         expected = _expected(others, members[r["household"]])
         assert r["totals"] == {m: expected[m] for m in r["totals"]}  # the fresh round's sum, without 33's share
-    assert hedui("household", "verify", "--pki", fed.pki, out).returncode == 0
     assert check_batch(fed, inputs["households"], inputs["consents"], out, "--region", "510100").returncode == 0
     assert all(r["verdict"] != "INCOMPLETE" for r in lines(out))
+
+
+def test_a_holder_refusing_a_household_leaves_it_undecided_until_a_rerun(
+        world: tuple[Federation, Path], inputs: dict[str, Any], tmp_path: Path) -> None:
+    """A refusal sealed inside 33's batch reply is not a transport failure: that household is not summed without 33
+    but left undecided (an error line naming 33, no record); the others are decided; a re-run completes them."""
+    fed, _ = world
+    out = tmp_path / "results.jsonl"
+    first = _run_with(fed, "33", _RefusingSome, inputs, out)
+    undecided = [r for r in first if "error" in r]
+    assert undecided and all("province 33" in r["error"] and "record" not in r for r in undecided)
+    assert all(r["routing"]["33"] == "DENIED" for r in undecided)
+    assert all(r["verdict"] != "INCOMPLETE" for r in first if "error" not in r)
+    proc = check_batch(fed, inputs["households"], inputs["consents"], out, "--region", "510100")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(first) - len(undecided)} already done" in proc.stderr
+    assert all("error" not in r and r["verdict"] != "INCOMPLETE" for r in lines(out))
 
 
 def test_household_verify_fails_a_results_file_with_a_changed_or_undecided_line(
