@@ -107,10 +107,11 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
                     if not 1 <= len(queries) <= MAX_BATCH:
                         raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} contribution queries per batch")
                     requester, purpose, reply_key, holders = _one_reply_key(queries)
-                    fields["peer"] = requester
                     results = self.service.contribute_many(queries, peer_province, await self._mask_keys(holders))
                     done = [(i, c) for i, c in enumerate(results) if isinstance(c, Contribution)]
-                    if not done:
+                    if done:  # at least one query authenticated: the batch's one requester is who signed it
+                        fields["peer"] = requester
+                    else:
                         codes = [r.code for r in results if isinstance(r, Refusal)]
                         code = next((c for c in _TEMPORARY if c in codes), codes[0])
                         raise Refusal(code, "no household of the batch could be contributed to")
