@@ -1410,6 +1410,8 @@ def bench_household(nat: National, sizes: Sizes, hooks: dict[str, Any]) -> dict[
         "household_rounds_per_s": stats["household_rounds_per_s"],
         "household_households": len(expect),
         "household_holders_per_household": statistics.fmean(len(v) + 1 for v in expect.values()),
+        "household_chunk": sizes.batch_chunk,
+        "household_in_flight": sizes.batch_in_flight,
         "household_chunk_p50_ms": stats["household_p50_ms"],
         "household_chunk_p99_ms": stats["household_p99_ms"],
         "household_server_cpu": stats["household_server_cpu"],
@@ -1890,7 +1892,7 @@ def table(out: dict[str, Any]) -> str:
         rounds = ", ".join(f"{r:.0f}" for r in out["household_rounds_per_s"])
         lines.append(f"household (check-batch's HouseholdBatchSession, same federation and households, each decided on "
                      f"a published standard; {out['household_holders_per_household']:.1f} holders per household with "
-                     f"the requester; chunks of {out['batch_chunk']}, {out['batch_in_flight']} in flight):")
+                     f"the requester; chunks of {out['household_chunk']}, {out['household_in_flight']} in flight):")
         beside = (f"; per-person batch of this run {out['batch_households_per_s']:,.0f}/s "
                   f"({out['household_over_batch']:.2f}x)" if out.get("household_over_batch") else "")
         lines.append(f"  {out['household_households_per_s']:,.0f} households/s [passes {rounds}]{beside}; chunk p50 "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households,
+from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households, table,
                         write_facts_csv, write_households)
 from node.domain.idnumber import validate
 
@@ -86,6 +86,19 @@ def test_goals_say_met_and_how_far_off() -> None:
     assert g["node_rss_mb_1m"]["met"] is None
     assert goals({"node_rss_mb_1m": 300.0})["node_rss_mb_1m"]["met"] is False  # strictly below 300
     assert goals({"node_rss_mb_1m": 350.0})["node_rss_mb_1m"]["shortfall"] == pytest.approx(50.0)
+
+
+def test_the_table_reports_a_household_only_run() -> None:
+    """`--only household` (no per-person batch in the run) still prints its line and its goal."""
+    out = {"household_households_per_s": 250.0, "household_rounds_per_s": [240.0, 260.0], "household_chunk": 128,
+           "household_in_flight": 4, "household_holders_per_household": 3.5, "household_chunk_p50_ms": 1800.0,
+           "household_chunk_p99_ms": 3000.0, "household_server_cpu": 1.0, "household_client_cpu": 0.3,
+           "household_other_cpu": 0.0, "household_server_cpu_us_per_household": 4000.0,
+           "household_client_cpu_us_per_household": 1100.0, "household_line_bytes": 12000.0, "total_s": 1.0}
+    out["goals"] = goals(out)
+    text = table(out)
+    assert "250 households/s" in text and "per-person batch" not in text
+    assert "household_households_per_s" in text and "NOT met" in text
 
 
 def test_only_takes_comma_separated_parts() -> None:
