@@ -1370,27 +1370,31 @@ def bench_batch(nat: National, sizes: Sizes, hooks: dict[str, Any]) -> dict[str,
         "chunk": sizes.batch_chunk, "in_flight": sizes.batch_in_flight,
     }
     results, info = run_child(spec, **hooks)
-    stats = phase_stats(results, "batch", "batch")
+    out = pass_figures("batch", results, info, sizes)
+    out.update({"batch_members": 3 * len(expect), "batch_checks": len(BATCH_CHECKS), "batch_households": len(expect),
+                "batch_holders_per_household": statistics.fmean(len(v) for v in expect.values())})
+    return out
+
+
+def pass_figures(name: str, results: dict[str, dict[str, Any]], info: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
+    """The figures of a part timed in whole passes over households (batch, household), keys prefixed by `name`."""
+    stats = phase_stats(results, name, name)
     out = {
-        "batch_households_per_s": stats["batch_per_s"],
-        "batch_rounds_per_s": stats["batch_rounds_per_s"],
-        "batch_households": len(expect),
-        "batch_members": 3 * len(expect),
-        "batch_checks": len(BATCH_CHECKS),
-        "batch_holders_per_household": statistics.fmean(len(v) for v in expect.values()),
-        "batch_chunk": sizes.batch_chunk,
-        "batch_in_flight": sizes.batch_in_flight,
-        "batch_chunk_p50_ms": stats["batch_p50_ms"],
-        "batch_chunk_p99_ms": stats["batch_p99_ms"],
-        "batch_server_cpu": stats["batch_server_cpu"],
-        "batch_client_cpu": stats["batch_client_cpu"],
-        "batch_other_cpu": stats["batch_other_cpu"],
-        "batch_server_cpu_us_per_household": stats["batch_server_cpu_us_per_call"],
-        "batch_client_cpu_us_per_household": stats["batch_client_cpu"] / stats["batch_per_s"] * 1e6,
-        "batch_failed_households": stats["batch_failed"],
-        "batch_failure_examples": stats["batch_failure_examples"],
+        f"{name}_households_per_s": stats[f"{name}_per_s"],
+        f"{name}_rounds_per_s": stats[f"{name}_rounds_per_s"],
+        f"{name}_chunk": sizes.batch_chunk,
+        f"{name}_in_flight": sizes.batch_in_flight,
+        f"{name}_chunk_p50_ms": stats[f"{name}_p50_ms"],
+        f"{name}_chunk_p99_ms": stats[f"{name}_p99_ms"],
+        f"{name}_server_cpu": stats[f"{name}_server_cpu"],
+        f"{name}_client_cpu": stats[f"{name}_client_cpu"],
+        f"{name}_other_cpu": stats[f"{name}_other_cpu"],
+        f"{name}_server_cpu_us_per_household": stats[f"{name}_server_cpu_us_per_call"],
+        f"{name}_client_cpu_us_per_household": stats[f"{name}_client_cpu"] / stats[f"{name}_per_s"] * 1e6,
+        f"{name}_failed_households": stats[f"{name}_failed"],
+        f"{name}_failure_examples": stats[f"{name}_failure_examples"],
     }
-    out.update({k: v for k, v in info.items() if k.startswith("batch_")})
+    out.update({k: v for k, v in info.items() if k.startswith(f"{name}_")})
     return out
 
 
@@ -1404,25 +1408,9 @@ def bench_household(nat: National, sizes: Sizes, hooks: dict[str, Any]) -> dict[
         "rounds": sizes.household_rounds, "chunk": sizes.batch_chunk, "in_flight": sizes.batch_in_flight,
     }
     results, info = run_child(spec, **hooks)
-    stats = phase_stats(results, "household", "household")
-    out = {
-        "household_households_per_s": stats["household_per_s"],
-        "household_rounds_per_s": stats["household_rounds_per_s"],
-        "household_households": len(expect),
-        "household_holders_per_household": statistics.fmean(len(v) + 1 for v in expect.values()),
-        "household_chunk": sizes.batch_chunk,
-        "household_in_flight": sizes.batch_in_flight,
-        "household_chunk_p50_ms": stats["household_p50_ms"],
-        "household_chunk_p99_ms": stats["household_p99_ms"],
-        "household_server_cpu": stats["household_server_cpu"],
-        "household_client_cpu": stats["household_client_cpu"],
-        "household_other_cpu": stats["household_other_cpu"],
-        "household_server_cpu_us_per_household": stats["household_server_cpu_us_per_call"],
-        "household_client_cpu_us_per_household": stats["household_client_cpu"] / stats["household_per_s"] * 1e6,
-        "household_failed_households": stats["household_failed"],
-        "household_failure_examples": stats["household_failure_examples"],
-    }
-    out.update({k: v for k, v in info.items() if k.startswith("household_")})
+    out = pass_figures("household", results, info, sizes)
+    out.update({"household_households": len(expect),
+                "household_holders_per_household": statistics.fmean(len(v) + 1 for v in expect.values())})
     return out
 
 

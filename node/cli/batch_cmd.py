@@ -21,18 +21,25 @@ from node.errors import BadInput
 
 def register(sub: Any) -> None:
     batch = sub.add_parser("verify-batch", help="verify many households through the coordinator (resumable)")
-    batch.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
-    batch.add_argument("--in", dest="input", required=True, type=Path, metavar="HOUSEHOLDS.csv",
-                       help="household,id_number[,evidence_sha256][,region] rows, one per member")
-    batch.add_argument("--consents", required=True, type=Path, metavar="CONSENTS.csv", help="from `consent grant-batch`")
-    batch.add_argument("--purpose", required=True, metavar="P")
+    add_results_arguments(batch, max_chunk=512)
     batch.add_argument("--check", dest="checks", action="append", required=True, metavar="EXPR")
-    batch.add_argument("--out", required=True, type=Path, metavar="RESULTS.jsonl")
-    batch.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
-    batch.add_argument("--chunk", type=int, default=128, metavar="N", help="households per message (default 128)")
-    batch.add_argument("--in-flight", type=int, default=4, metavar="N", help="messages in flight (default 4)")
-    batch.add_argument("--force", action="store_true", help="replace OUT or the rejects file even if an earlier run did not write it")
     batch.set_defaults(func=verify_batch)
+
+
+def add_results_arguments(parser: Any, *, max_chunk: int) -> None:
+    """The arguments of a resumable batch from HOUSEHOLDS.csv and CONSENTS.csv into RESULTS.jsonl."""
+    parser.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
+    parser.add_argument("--in", dest="input", required=True, type=Path, metavar="HOUSEHOLDS.csv",
+                        help="household,id_number[,evidence_sha256][,region] rows, one per member")
+    parser.add_argument("--consents", required=True, type=Path, metavar="CONSENTS.csv", help="from `consent grant-batch`")
+    parser.add_argument("--purpose", required=True, metavar="P")
+    parser.add_argument("--out", required=True, type=Path, metavar="RESULTS.jsonl")
+    parser.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
+    parser.add_argument("--chunk", type=int, default=128, metavar="N",
+                        help=f"households per message (default 128, at most {max_chunk})")
+    parser.add_argument("--in-flight", type=int, default=4, metavar="N", help="messages in flight (default 4)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT or the rejects file even if an earlier run did not write it")
 
 
 def register_grant(consent_sub: Any) -> None:

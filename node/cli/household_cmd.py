@@ -33,19 +33,12 @@ def register(sub: Any) -> None:
     check.add_argument("--force", action="store_true", help="replace RECORD if it exists")
     check.set_defaults(func=_check)
 
+    from node.cli.batch_cmd import add_results_arguments
+
     batch = household_sub.add_parser("check-batch", help="decide many consented households (resumable, as verify-batch)")
-    batch.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
-    batch.add_argument("--in", dest="input", required=True, type=Path, metavar="HOUSEHOLDS.csv",
-                       help="household,id_number[,evidence_sha256][,region] rows, one per member")
-    batch.add_argument("--consents", required=True, type=Path, metavar="CONSENTS.csv", help="from `consent grant-batch`")
-    batch.add_argument("--purpose", required=True, metavar="P")
+    add_results_arguments(batch, max_chunk=MAX_CHUNK)
     batch.add_argument("--region", metavar="CODE", help="the region of households whose rows name none")
     batch.add_argument("--period", metavar="YYYY-MM", help="the month decided (default: this month, UTC)")
-    batch.add_argument("--out", required=True, type=Path, metavar="RESULTS.jsonl")
-    batch.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
-    batch.add_argument("--chunk", type=int, default=128, metavar="N", help=f"households per message (default 128, at most {MAX_CHUNK})")
-    batch.add_argument("--in-flight", type=int, default=4, metavar="N", help="messages in flight (default 4)")
-    batch.add_argument("--force", action="store_true", help="replace OUT or the rejects file even if an earlier run did not write it")
     batch.set_defaults(func=_check_batch)
 
     verify = household_sub.add_parser("verify", help="check a decision record, or every line of check-batch results, "

@@ -8,7 +8,6 @@ import base64
 import csv
 import json
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,18 +21,14 @@ from node.store import audit
 from node.synth import generate
 from node.testing import Federation, run_cluster
 from node.wire.v1 import household_pb2
+from tests.integration.test_batch import hedui
 from tests.integration.test_household import PERIOD, STANDARDS, _expected, _verdict
 from tests.oracle import province_values
 
 PROVINCES = ["51", "44", "33", "32"]
 REQUESTER = "51"
-HEDUI = [sys.executable, "-m", "node.cli.main"]
 SHOWN = ("verdict", "members", "region", "period", "purpose", "standard_per_person", "income_per_person", "allowance",
          "totals", "rules", "routing", "missing", "as_of", "consent_id")
-
-
-def hedui(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HEDUI, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
