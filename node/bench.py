@@ -23,16 +23,20 @@ One run measures, on this machine (`--only` picks parts, comma-separated):
    p99) and from several threads (throughput), against the direct Verify p50 of part 1;
 6. `batch`: BatchSession (DiscoverBatch + sealed RouteBatch, chunks pipelined as
    `hedui verify-batch` does) over households of 3 members spread over 2-3 provinces, 6 checks,
-   in the 31-province federation; consents are granted in batch first, untimed.
+   in the 31-province federation; consents are granted in batch first, untimed;
+7. `household`: the household means test of `hedui household check-batch` (HouseholdBatchSession:
+   OpenRoundBatch + RouteRoundBatch, masked contributions summed, the decision records signed,
+   each result line serialized) over the same households, on a published standard of their
+   region, in the same federation; reported beside the per-person batch of the same run.
 
-Servers run in this process (parts 1, 5, 6) or as `hedui node serve` subprocesses (3, 4); the
+Servers run in this process (parts 1, 5, 6, 7) or as `hedui node serve` subprocesses (3, 4); the
 load generator always runs in a child process (`python -m node.bench --client`, spec on stdin),
 so client and servers do not share a GIL. Only successful, checked calls count: any failed call,
 bad signature, missing or unexpected answer aborts the bench with a non-zero exit. A readable
 table goes to stdout, then as the last line one JSON object with every number, the machine and
 the commit, and a `goals` object (goal, value, met, shortfall) for each goal:
 verify_ratio_c32 >= 0.8, routed_over_direct_p50 <= 3, batch_households_per_s >= 2000,
-node_rss_mb_1m < 300.
+household_households_per_s >= 2000, node_rss_mb_1m < 300.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import csv
 import datetime as _dt
 import itertools
 import json
@@ -61,8 +66,9 @@ from typing import Any, Final
 VERIFY_RATIO_C32_GOAL: Final[float] = 0.8
 ROUTED_OVER_DIRECT_P50_GOAL: Final[float] = 3.0  # routed p50 at most 3x the direct Verify p50
 BATCH_GOAL: Final[float] = 2000.0  # households per second through BatchSession
+HOUSEHOLD_GOAL: Final[float] = 2000.0  # households per second through check-batch's HouseholdBatchSession
 NODE_RSS_MB_1M_GOAL: Final[float] = 300.0  # one node process serving 1,000,000 subjects, below
-PARTS: Final[tuple[str, ...]] = ("rpc", "store", "rss", "workers", "routed", "batch")
+PARTS: Final[tuple[str, ...]] = ("rpc", "store", "rss", "workers", "routed", "batch", "household")
 PROVIDER: Final[str] = "44"  # the node answering Verify
 REQUESTER: Final[str] = "51"  # the province asking (and the client's TLS identity)
 ECHO_SERVICE: Final[str] = "hedui.bench.Echo"
@@ -88,6 +94,43 @@ LOOKUP_ATTRIBUTES: Final[tuple[str, ...]] = tuple(spec[0] for spec in FACT_SPECS
 #: The six checks of a batch household, and the facts each member has for them (in one province).
 BATCH_CHECKS: Final[tuple[str, ...]] = (*CHECKS, "vehicle.count<=1")
 MEMBER_FACT_SPECS: Final[tuple[tuple[str, str, int, int], ...]] = (*FACT_SPECS, ("vehicle.count", "mps", 0, 2))
+#: The region of the household part's households, and the standard its province (the requester) publishes.
+HOUSEHOLD_REGION: Final[str] = "510104"
+HOUSEHOLD_STANDARDS: Final[str] = f"""
+province = "{REQUESTER}"
+version = 1
+example = true
+
+[[standard]]
+region = "510100"
+name_zh = "成都市"
+name_en = "Chengdu"
+purpose = "dibao"
+period_from = "2020-01"
+standard_per_person = 91000
+income_monthly = ["income_monthly"]
+income_annual = ["income_annual"]
+deductions_12m = ["education_12m", "medical_12m"]
+rules = ["income", "financial_assets", "vehicles", "homes", "businesses"]
+allowance = "gap"
+source = "bench figures (the rules of config/standards/51-sichuan.toml for Chengdu)"
+
+[standard.financial_assets]
+months_of_standard = 24
+source = "bench figures"
+
+[standard.vehicles]
+count_max = 0
+source = "bench figures"
+
+[standard.homes]
+max = 1
+source = "bench figures"
+
+[standard.businesses]
+max = 0
+source = "bench figures"
+"""
 
 
 @dataclass(frozen=True)
@@ -108,6 +151,7 @@ class Sizes:
     batch_rounds: int = 2  # timed passes over every household (median reported)
     batch_chunk: int = 128  # households per message, as `hedui verify-batch` (default 128)
     batch_in_flight: int = 4  # messages in flight, as `hedui verify-batch` (default 4)
+    household_rounds: int = 2  # timed check-batch passes over every batch household (median reported)
     node_pool: int = 256  # random subjects of the node's store that Verify cycles through
     node_seconds: float = 2.0  # per phase per round against a node subprocess
     node_rounds: int = 2
@@ -134,6 +178,7 @@ class Sizes:
             batch_rounds=1 if quick else 2,
             batch_chunk=args.batch_chunk,
             batch_in_flight=args.batch_in_flight,
+            household_rounds=1 if quick else 2,
             node_pool=64 if quick else 256,
             node_seconds=min(seconds, 0.4) if quick else seconds,
             node_rounds=args.rounds or (1 if quick else 2),
@@ -697,6 +742,25 @@ def check_batch_record(record: dict[str, Any], provinces: list[str], n_checks: i
         raise BenchError(f"household {record['household']}: routing statuses {odd}")
 
 
+def check_household_line(line: dict[str, Any], provinces: list[str], totals: dict[str, int]) -> None:
+    """A check-batch line is right when the household was decided (not INCOMPLETE) by exactly the
+    holding provinces and the requester, every other province said NO_MATCH, the totals are the
+    planted ones, and the line carries its signed record."""
+    if "error" in line or line["verdict"] not in ("ELIGIBLE", "NOT_ELIGIBLE") or line["missing"]:
+        raise BenchError(f"household {line['household']} not decided: {line.get('error') or line['routing']}")
+    ok = sorted(p for p, st in line["routing"].items() if st == "OK")
+    if ok != sorted({*provinces, REQUESTER}):
+        raise BenchError(f"household {line['household']} summed over {ok}, expected {provinces} and {REQUESTER}")
+    odd = {p: st for p, st in line["routing"].items() if st not in ("OK", "NO_MATCH")}
+    if odd:
+        raise BenchError(f"household {line['household']}: routing statuses {odd}")
+    wrong = {m: v for m, v in line["totals"].items() if v != totals.get(m, 0)}
+    if wrong:
+        raise BenchError(f"household {line['household']}: totals {wrong} differ from the planted {totals}")
+    if not line["record"]["signature"] or len(line["record"]["body"]["contributions"]) != len(ok):
+        raise BenchError(f"household {line['household']}: the record lacks its signature or a contribution")
+
+
 @dataclass
 class Failures:
     """Calls (or households) whose answer was refused or wrong: not counted, but reported."""
@@ -857,8 +921,51 @@ async def batch_client_main(spec: dict[str, Any]) -> None:
     """Batch load: consents for every household through BatchSession.grant (untimed), then
     rounds of one pass over every household through BatchSession.verify, `chunk` households per
     message and `in_flight` messages pipelined (node.client.batch.pipeline), as verify-batch does."""
+    from node.client.batch import BatchSession, parse_checks
+
+    member, ready = await _granted(spec, "batch")
+    expect: dict[str, list[str]] = spec["expect"]
+    purpose = spec["purpose"]
+    checks = parse_checks(spec["checks"], member, purpose)
+    session = BatchSession(member)
+    try:
+        await _timed_passes(spec, "batch", ready, lambda part: session.verify(part, purpose, checks),
+                            lambda record: check_batch_record(record, expect[record["household"]], len(checks)))
+    finally:
+        await session.close()
+    _emit({"event": "done"})
+
+
+async def household_client_main(spec: dict[str, Any]) -> None:
+    """Household load: consents granted (untimed), then rounds of one pass over every household through
+    HouseholdBatchSession.check, as `hedui household check-batch` runs it (chunks pipelined, every
+    result line serialized as the CLI writes it); each line checked against the planted totals."""
+    from node.client.household_batch import BatchHousehold, HouseholdBatchSession
+
+    member, ready = await _granted(spec, "household")
+    expect: dict[str, list[str]] = spec["expect"]
+    totals: dict[str, dict[str, int]] = spec["totals"]
+    households = [BatchHousehold(h.key, h.ids, spec["region"], receipt) for h, receipt in ready]
+    session = HouseholdBatchSession(member, spec["purpose"])
+    written = [0, 0]  # lines, bytes
+
+    def check(line: dict[str, Any]) -> None:
+        written[0] += 1
+        written[1] += len(json.dumps(line, separators=(",", ":"))) + 1
+        check_household_line(line, expect[line["household"]], totals[line["household"]])
+
+    try:
+        await _timed_passes(spec, "household", households, session.check, check)
+    finally:
+        await session.close()
+    _emit({"event": "info", "household_line_bytes": written[1] / max(1, written[0])})
+    _emit({"event": "done"})
+
+
+async def _granted(spec: dict[str, Any], name: str) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The member, and every household of spec["households"] with its consent receipt (granted in batch, untimed)."""
     from node import logs
-    from node.client.batch import BatchSession, chunked, parse_checks, pipeline, read_households
+    from node.client.batch import read_households
     from node.member import Member
 
     logs.configure("warning", json=True)
@@ -866,55 +973,53 @@ async def batch_client_main(spec: dict[str, Any]) -> None:
     households, rejects = read_households(Path(spec["households"]), max_members=member.cfg.limits.max_subjects)
     if rejects or not households:
         raise BenchError(f"{len(rejects)} household rows rejected")
-    expect: dict[str, list[str]] = spec["expect"]
-    purpose = spec["purpose"]
-    checks = parse_checks(spec["checks"], member, purpose)
     t0 = time.perf_counter()
-    receipts = await grant_households(member, households, purpose)
+    receipts = await grant_households(member, households, spec["purpose"])
     grant_s = time.perf_counter() - t0
-    _emit({"event": "info", "batch_grant_households": len(households), "batch_grant_s": grant_s,
-           "batch_grant_per_s": len(households) / grant_s})
-    ready = [(h, receipts[h.key]) for h in households]
-    chunk, in_flight = spec["chunk"], spec["in_flight"]
-    session = BatchSession(member)
-    chunk_latencies: list[float] = []
+    _emit({"event": "info", f"{name}_grant_households": len(households), f"{name}_grant_s": grant_s,
+           f"{name}_grant_per_s": len(households) / grant_s})
+    return member, [(h, receipts[h.key]) for h in households]
 
-    async def work(part: Any) -> list[dict[str, Any]]:
+
+async def _timed_passes(spec: dict[str, Any], name: str, ready: list[Any], work: Callable[[Any], Awaitable[list[Any]]],
+                        check: Callable[[Any], None]) -> None:
+    """A warm-up pass over a few chunks, then spec["rounds"] timed passes over `ready`: `chunk` households
+    per call of `work`, `in_flight` calls pipelined; only households `check` accepts are counted."""
+    from node.client.batch import chunked, pipeline
+
+    chunk, in_flight = spec["chunk"], spec["in_flight"]
+    chunk_latencies: list[float] = []
+    failures = Failures()
+
+    async def timed(part: Any) -> list[Any]:
         started = time.perf_counter()
-        records = await session.verify(part, purpose, checks)
+        records = await work(part)
         chunk_latencies.append(time.perf_counter() - started)
         return records
 
-    failures = Failures()
-
     async def one_pass(items: list[Any]) -> int:
-        """Households verified completely and correctly; the others are counted as failures."""
         done = 0
-        async for records in pipeline(chunked(items, chunk), work, in_flight):
+        async for records in pipeline(chunked(items, chunk), timed, in_flight):
             for record in records:
                 try:
-                    check_batch_record(record, expect[record["household"]], len(checks))
+                    check(record)
                     done += 1
                 except BenchError as exc:
                     failures.add(str(exc))
         return done
 
-    try:
-        await one_pass(ready[: chunk * in_flight * 2])  # warm-up: channels, directory, caches
-        for round_no in range(spec["rounds"]):
-            key = f"batch/{round_no}"
-            chunk_latencies.clear()
-            failures.take()
-            r0, t0 = _cpu_seconds(), time.perf_counter()
-            _emit({"event": "start", "phase": key})
-            count = await one_pass(ready)
-            elapsed = time.perf_counter() - t0
-            _emit({"event": "end", "phase": key})
-            cpu = (_cpu_seconds() - r0) / (time.perf_counter() - t0)
-            _emit(_result_event(key, "batch", round_no, count, elapsed, chunk_latencies, cpu, failures))
-    finally:
-        await session.close()
-    _emit({"event": "done"})
+    await one_pass(ready[: chunk * in_flight * 2])  # warm-up: channels, directory, caches
+    for round_no in range(spec["rounds"]):
+        key = f"{name}/{round_no}"
+        chunk_latencies.clear()
+        failures.take()
+        r0, t0 = _cpu_seconds(), time.perf_counter()
+        _emit({"event": "start", "phase": key})
+        count = await one_pass(ready)
+        elapsed = time.perf_counter() - t0
+        _emit({"event": "end", "phase": key})
+        cpu = (_cpu_seconds() - r0) / (time.perf_counter() - t0)
+        _emit(_result_event(key, name, round_no, count, elapsed, chunk_latencies, cpu, failures))
 
 
 def _client_entry() -> int:
@@ -924,6 +1029,8 @@ def _client_entry() -> int:
         routed_client_main(spec)
     elif mode == "batch":
         asyncio.run(batch_client_main(spec))
+    elif mode == "household":
+        asyncio.run(household_client_main(spec))
     else:
         asyncio.run(client_main(spec))
     return 0
@@ -1124,6 +1231,8 @@ class National:
     routed: tuple[Path, dict[str, list[str]]] | None
     batch: tuple[Path, dict[str, list[str]]] | None
     stats: dict[str, Any]
+    #: household -> its planted measure totals (the household part's oracle), when that part runs.
+    household_totals: dict[str, dict[str, int]] | None = None
 
 
 def plan_households(rng: random.Random, n: int, *, members: tuple[int, int], spread: tuple[int, int],
@@ -1153,10 +1262,11 @@ def write_households(path: Path, plan: list[tuple[str, list[str], list[str]]]) -
 
 
 @contextlib.contextmanager
-def national(work: Path, sizes: Sizes, *, routed: bool, batch: bool) -> Iterator[National]:
+def national(work: Path, sizes: Sizes, *, routed: bool, batch: bool, household: bool = False) -> Iterator[National]:
     """Coordinator + `sizes.provinces` province nodes in this process (run_cluster), the routed and
     batch households' data ingested where the plan puts it (6 facts per member), nothing about
-    them held by the requester."""
+    them held by the requester. With `household`, the requester publishes HOUSEHOLD_STANDARDS and
+    the batch households' planted totals are worked out from the data files."""
     from node.domain.regions import PROVINCES
     from node.testing.cluster import run_cluster
 
@@ -1186,12 +1296,37 @@ def national(work: Path, sizes: Sizes, *, routed: bool, batch: bool) -> Iterator
                                      specs=MEMBER_FACT_SPECS)
     routed_files = (data_dir / "routed.csv", write_households(data_dir / "routed.csv", routed_plan)) if routed else None
     batch_files = (data_dir / "batch.csv", write_households(data_dir / "batch.csv", batch_plan)) if batch else None
+    totals = planted_totals(data, batch_plan) if household else None
     started = time.perf_counter()
     with run_cluster([REQUESTER, *others], root=work / "national", data=data) as fed:
+        if household:
+            (data_dir / "standards.toml").write_text(HOUSEHOLD_STANDARDS, encoding="utf-8")
+            fed.publish_standards(REQUESTER, data_dir / "standards.toml")
         yield National(fed, routed_files, batch_files, {
             "national_provinces": len(others) + 1, "national_subjects": sum(len(v) for v in held.values()),
             "national_facts": facts, "national_setup_s": time.perf_counter() - started,
-        })
+        }, totals)
+
+
+def planted_totals(data: dict[str, Path], plan: list[tuple[str, list[str], list[str]]]) -> dict[str, dict[str, int]]:
+    """Per household of `plan`, each catalogue measure's total over its members, from the fact files."""
+    catalogue = _default_catalogue()
+    measure_of = {item: m.code for m in catalogue.measures for item in m.items}
+    per_person: dict[str, dict[str, int]] = {}
+    for path in data.values():
+        with path.open(encoding="utf-8", newline="") as fh:
+            for number, attribute, value, *_ in itertools.islice(csv.reader(fh), 1, None):
+                if attribute in measure_of:
+                    code = measure_of[attribute]
+                    per_person.setdefault(number, {})[code] = per_person.get(number, {}).get(code, 0) + int(value)
+    out: dict[str, dict[str, int]] = {}
+    for key, numbers, _ in plan:
+        sums: dict[str, int] = {}
+        for n in numbers:
+            for code, value in per_person.get(n, {}).items():
+                sums[code] = sums.get(code, 0) + value
+        out[key] = sums
+    return out
 
 
 def bench_routed(nat: National, sizes: Sizes, hooks: dict[str, Any]) -> dict[str, Any]:
@@ -1235,27 +1370,47 @@ def bench_batch(nat: National, sizes: Sizes, hooks: dict[str, Any]) -> dict[str,
         "chunk": sizes.batch_chunk, "in_flight": sizes.batch_in_flight,
     }
     results, info = run_child(spec, **hooks)
-    stats = phase_stats(results, "batch", "batch")
+    out = pass_figures("batch", results, info, sizes)
+    out.update({"batch_members": 3 * len(expect), "batch_checks": len(BATCH_CHECKS), "batch_households": len(expect),
+                "batch_holders_per_household": statistics.fmean(len(v) for v in expect.values())})
+    return out
+
+
+def pass_figures(name: str, results: dict[str, dict[str, Any]], info: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
+    """The figures of a part timed in whole passes over households (batch, household), keys prefixed by `name`."""
+    stats = phase_stats(results, name, name)
     out = {
-        "batch_households_per_s": stats["batch_per_s"],
-        "batch_rounds_per_s": stats["batch_rounds_per_s"],
-        "batch_households": len(expect),
-        "batch_members": 3 * len(expect),
-        "batch_checks": len(BATCH_CHECKS),
-        "batch_holders_per_household": statistics.fmean(len(v) for v in expect.values()),
-        "batch_chunk": sizes.batch_chunk,
-        "batch_in_flight": sizes.batch_in_flight,
-        "batch_chunk_p50_ms": stats["batch_p50_ms"],
-        "batch_chunk_p99_ms": stats["batch_p99_ms"],
-        "batch_server_cpu": stats["batch_server_cpu"],
-        "batch_client_cpu": stats["batch_client_cpu"],
-        "batch_other_cpu": stats["batch_other_cpu"],
-        "batch_server_cpu_us_per_household": stats["batch_server_cpu_us_per_call"],
-        "batch_client_cpu_us_per_household": stats["batch_client_cpu"] / stats["batch_per_s"] * 1e6,
-        "batch_failed_households": stats["batch_failed"],
-        "batch_failure_examples": stats["batch_failure_examples"],
+        f"{name}_households_per_s": stats[f"{name}_per_s"],
+        f"{name}_rounds_per_s": stats[f"{name}_rounds_per_s"],
+        f"{name}_chunk": sizes.batch_chunk,
+        f"{name}_in_flight": sizes.batch_in_flight,
+        f"{name}_chunk_p50_ms": stats[f"{name}_p50_ms"],
+        f"{name}_chunk_p99_ms": stats[f"{name}_p99_ms"],
+        f"{name}_server_cpu": stats[f"{name}_server_cpu"],
+        f"{name}_client_cpu": stats[f"{name}_client_cpu"],
+        f"{name}_other_cpu": stats[f"{name}_other_cpu"],
+        f"{name}_server_cpu_us_per_household": stats[f"{name}_server_cpu_us_per_call"],
+        f"{name}_client_cpu_us_per_household": stats[f"{name}_client_cpu"] / stats[f"{name}_per_s"] * 1e6,
+        f"{name}_failed_households": stats[f"{name}_failed"],
+        f"{name}_failure_examples": stats[f"{name}_failure_examples"],
     }
-    out.update({k: v for k, v in info.items() if k.startswith("batch_")})
+    out.update({k: v for k, v in info.items() if k.startswith(f"{name}_")})
+    return out
+
+
+def bench_household(nat: National, sizes: Sizes, hooks: dict[str, Any]) -> dict[str, Any]:
+    """check-batch's HouseholdBatchSession from a child process: households per second over whole passes."""
+    assert nat.batch is not None and nat.household_totals is not None
+    path, expect = nat.batch
+    spec = {
+        "mode": "household", "config": str(nat.fed.configs[REQUESTER]), "households": str(path), "expect": expect,
+        "totals": nat.household_totals, "region": HOUSEHOLD_REGION, "purpose": "dibao",
+        "rounds": sizes.household_rounds, "chunk": sizes.batch_chunk, "in_flight": sizes.batch_in_flight,
+    }
+    results, info = run_child(spec, **hooks)
+    out = pass_figures("household", results, info, sizes)
+    out.update({"household_households": len(expect),
+                "household_holders_per_household": statistics.fmean(len(v) + 1 for v in expect.values())})
     return out
 
 
@@ -1478,6 +1633,7 @@ def goals(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ("verify_ratio_c32", "verify_ratio_c32", VERIFY_RATIO_C32_GOAL, True, False),
         ("routed_over_direct_p50", "routed_over_direct_p50", ROUTED_OVER_DIRECT_P50_GOAL, False, False),
         ("batch_households_per_s", "batch_households_per_s", BATCH_GOAL, True, False),
+        ("household_households_per_s", "household_households_per_s", HOUSEHOLD_GOAL, True, False),
         ("node_rss_mb_1m", "node_rss_mb_1m", NODE_RSS_MB_1M_GOAL, False, True),
     )
     result: dict[str, dict[str, Any]] = {}
@@ -1582,19 +1738,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     out.update(bench_node(nfed, ids, sizes, parts, work, {}))
                     part_s["node"] = time.perf_counter() - t0
                 del ids
-        if parts & {"routed", "batch"}:
+        if parts & {"routed", "batch", "household"}:
             t0 = time.perf_counter()
-            with national(work, sizes, routed="routed" in parts, batch="batch" in parts) as nat:
+            with national(work, sizes, routed="routed" in parts, batch=bool(parts & {"batch", "household"}),
+                          household="household" in parts) as nat:
                 out.update(nat.stats)
                 hooks = _profiler_hooks(args, nat.fed.loop, profile)
                 if nat.routed is not None:
                     t1 = time.perf_counter()
                     out.update(bench_routed(nat, sizes, hooks))
                     part_s["routed"] = time.perf_counter() - t1
-                if nat.batch is not None:
+                if "batch" in parts:
                     t1 = time.perf_counter()
                     out.update(bench_batch(nat, sizes, hooks))
                     part_s["batch"] = time.perf_counter() - t1
+                if "household" in parts:
+                    t1 = time.perf_counter()
+                    out.update(bench_household(nat, sizes, hooks))
+                    part_s["household"] = time.perf_counter() - t1
                 rss, peak = _rss_mb()
                 out["national_server_rss_mb"] = rss
                 out["national_process"] = f"coordinator + {nat.stats['national_provinces']} province nodes (one process, one loop)"
@@ -1604,7 +1765,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if out.get("routed_p50_ms") is not None and out.get("direct_p50_ms"):
         out["routed_over_direct_p50"] = out["routed_p50_ms"] / out["direct_p50_ms"]
     out["goals"] = goals(out)
+    if out.get("household_households_per_s") and out.get("batch_households_per_s"):
+        out["household_over_batch"] = out["household_households_per_s"] / out["batch_households_per_s"]
     for name, key in (("routed_over_direct_p50", "routed_over_direct_p50"), ("batch", "batch_households_per_s"),
+                      ("household", "household_households_per_s"),
                       ("node_rss_mb_1m", "node_rss_mb_1m"), ("verify_ratio_c32", "verify_ratio_c32")):
         g = out["goals"][key]
         out[f"{name}_goal"] = g["goal"]
@@ -1712,6 +1876,23 @@ def table(out: dict[str, Any]) -> str:
     if out.get("batch_failed_households"):
         lines.append(f"  ! {out['batch_failed_households']} households incomplete or wrong (not counted), e.g. "
                      f"{out['batch_failure_examples'][0][:300]}")
+    if "household_households_per_s" in out:
+        rounds = ", ".join(f"{r:.0f}" for r in out["household_rounds_per_s"])
+        lines.append(f"household (check-batch's HouseholdBatchSession, same federation and households, each decided on "
+                     f"a published standard; {out['household_holders_per_household']:.1f} holders per household with "
+                     f"the requester; chunks of {out['household_chunk']}, {out['household_in_flight']} in flight):")
+        beside = (f"; per-person batch of this run {out['batch_households_per_s']:,.0f}/s "
+                  f"({out['household_over_batch']:.2f}x)" if out.get("household_over_batch") else "")
+        lines.append(f"  {out['household_households_per_s']:,.0f} households/s [passes {rounds}]{beside}; chunk p50 "
+                     f"{out['household_chunk_p50_ms']:.0f} ms p99 {out['household_chunk_p99_ms']:.0f} ms; server CPU "
+                     f"{out['household_server_cpu'] * 100:.0f}% ({out['household_server_cpu_us_per_household']:.0f} "
+                     f"us/household), client CPU {out['household_client_cpu'] * 100:.0f}% "
+                     f"({out['household_client_cpu_us_per_household']:.0f} us/household), other "
+                     f"{out['household_other_cpu'] * 100:.0f}%; {out.get('household_line_bytes', 0):,.0f} bytes per "
+                     f"result line")
+    if out.get("household_failed_households"):
+        lines.append(f"  ! {out['household_failed_households']} households undecided or wrong (not counted), e.g. "
+                     f"{out['household_failure_examples'][0][:300]}")
     if out.get("goals"):
         lines.append("goals:")
         for name, g in out["goals"].items():
@@ -1755,7 +1936,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-in-flight", type=int, default=4, help="batch messages in flight (default 4, as verify-batch)")
     p.add_argument("--profile", metavar="OUT", help="cProfile the in-process servers' loop during --profile-phase")
     p.add_argument("--profile-phase", default="verify_c", choices=("verify_c", "verify_seq", "echo_c", "routed_seq",
-                                                                      "routed_c", "batch"),
+                                                                      "routed_c", "batch", "household"),
                    help="the phase --profile covers (default verify_c)")
     p.add_argument("--tmp", help="directory for the temporary stores (default: system temp)")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)

@@ -21,18 +21,25 @@ from node.errors import BadInput
 
 def register(sub: Any) -> None:
     batch = sub.add_parser("verify-batch", help="verify many households through the coordinator (resumable)")
-    batch.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
-    batch.add_argument("--in", dest="input", required=True, type=Path, metavar="HOUSEHOLDS.csv",
-                       help="household,id_number rows, one per member")
-    batch.add_argument("--consents", required=True, type=Path, metavar="CONSENTS.csv", help="from `consent grant-batch`")
-    batch.add_argument("--purpose", required=True, metavar="P")
+    add_results_arguments(batch, max_chunk=512)
     batch.add_argument("--check", dest="checks", action="append", required=True, metavar="EXPR")
-    batch.add_argument("--out", required=True, type=Path, metavar="RESULTS.jsonl")
-    batch.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
-    batch.add_argument("--chunk", type=int, default=128, metavar="N", help="households per message (default 128)")
-    batch.add_argument("--in-flight", type=int, default=4, metavar="N", help="messages in flight (default 4)")
-    batch.add_argument("--force", action="store_true", help="replace OUT or the rejects file even if an earlier run did not write it")
     batch.set_defaults(func=verify_batch)
+
+
+def add_results_arguments(parser: Any, *, max_chunk: int) -> None:
+    """The arguments of a resumable batch from HOUSEHOLDS.csv and CONSENTS.csv into RESULTS.jsonl."""
+    parser.add_argument("--config", required=True, type=Path, metavar="NODE_FILE")
+    parser.add_argument("--in", dest="input", required=True, type=Path, metavar="HOUSEHOLDS.csv",
+                        help="household,id_number[,evidence_sha256][,region] rows, one per member")
+    parser.add_argument("--consents", required=True, type=Path, metavar="CONSENTS.csv", help="from `consent grant-batch`")
+    parser.add_argument("--purpose", required=True, metavar="P")
+    parser.add_argument("--out", required=True, type=Path, metavar="RESULTS.jsonl")
+    parser.add_argument("--rejects", type=Path, metavar="FILE", help="rejected rows (default: OUT.rejects.csv)")
+    parser.add_argument("--chunk", type=int, default=128, metavar="N",
+                        help=f"households per message (default 128, at most {max_chunk})")
+    parser.add_argument("--in-flight", type=int, default=4, metavar="N", help="messages in flight (default 4)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT or the rejects file even if an earlier run did not write it")
 
 
 def register_grant(consent_sub: Any) -> None:
@@ -153,7 +160,7 @@ def grant_batch(args: argparse.Namespace) -> int:
                     for h, receipt, error in await session.grant(chunk, args.purpose, args.days):
                         if receipt is None:
                             refused += 1
-                            rejects.append(_reject(h, f"refused by the coordinator: {error}"))
+                            rejects.append(reject_household(h, f"refused by the coordinator: {error}"))
                             continue
                         consent_id = _consent_id(receipt)
                         writer.writerow([h.key, consent_id, base64.b64encode(receipt.SerializeToString()).decode()])
@@ -181,7 +188,8 @@ def _run_to_the_end(run: Any, out: IO[str], args: argparse.Namespace, rejects: l
         write_rejects(_rejects_path(args), sorted(rejects, key=lambda r: r.line))
 
 
-def _reject(h: Any, reason: str) -> Any:
+def reject_household(h: Any, reason: str) -> Any:
+    """The reject of a household read from --in: its first line, its key, why."""
     from node.client.batch import Reject
 
     return Reject(h.lines[0], h.key, reason)
@@ -211,14 +219,27 @@ def read_consents(path: Path) -> dict[str, Any]:
 
 
 def verify_batch(args: argparse.Namespace) -> int:
-    from node.client.batch import BatchSession, chunked, complete, parse_checks, pipeline, read_households
-    from node.cli.progress import Progress
+    from node.client.batch import BatchSession, parse_checks
     from node.member import Member
 
     member = Member.from_config(args.config)
     checks = parse_checks(args.checks, member, args.purpose)
-    if not 1 <= args.chunk <= 512 or not 1 <= args.in_flight <= 32:
-        raise BadInput("--chunk must be 1 to 512 and --in-flight 1 to 32")
+    check_shape(args, max_chunk=512)
+    ready, rejects = read_ready(args, member)
+    return run_results(args, [(h.key, (h, r)) for h, r in ready], rejects, lambda: BatchSession(member),
+                       lambda session, chunk: session.verify(chunk, args.purpose, checks), verb="verified")
+
+
+def check_shape(args: argparse.Namespace, *, max_chunk: int) -> None:
+    """--chunk and --in-flight within bounds, else one line and exit 2."""
+    if not 1 <= args.chunk <= max_chunk or not 1 <= args.in_flight <= 32:
+        raise BadInput(f"--chunk must be 1 to {max_chunk} and --in-flight 1 to 32")
+
+
+def read_ready(args: argparse.Namespace, member: Any) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """The households of --in with their receipts from --consents; rejected rows (and households without a consent)."""
+    from node.client.batch import read_households
+
     households, rejects = read_households(args.input, max_members=member.cfg.limits.max_subjects)
     consents = read_consents(args.consents)
     ready = []
@@ -226,32 +247,43 @@ def verify_batch(args: argparse.Namespace) -> int:
         if h.key in consents:
             ready.append((h, consents[h.key]))
         else:
-            rejects.append(_reject(h, "no consent for this household in the consents file"))
+            rejects.append(reject_household(h, "no consent for this household in the consents file"))
+    return ready, rejects
 
-    def key_of(_n: int, line: str) -> str | None:
-        from node.files import parse_json
 
-        try:
-            record = parse_json(line)
-        except ValueError:
-            raise _Foreign from None
-        if not isinstance(record, dict) or not isinstance(record.get("household"), str) or \
-                not isinstance(record.get("routing"), dict):
-            raise _Foreign
-        return record["household"] if complete(record) else None
+def results_key(_n: int, line: str) -> str | None:
+    """The household of a finished line of a RESULTS.jsonl, None for one to redo (see node.client.batch.complete)."""
+    from node.client.batch import complete
+    from node.files import parse_json
+
+    try:
+        record = parse_json(line)
+    except ValueError:
+        raise _Foreign from None
+    if not isinstance(record, dict) or not isinstance(record.get("household"), str) or \
+            not isinstance(record.get("routing"), dict):
+        raise _Foreign
+    return record["household"] if complete(record) else None
+
+
+def run_results(args: argparse.Namespace, ready: list[tuple[str, Any]], rejects: list[Any],
+                open_session: Callable[[], Any], work: Callable[[Any, Any], Any], *, verb: str) -> int:
+    """Run a resumable batch into --out: households already complete there are kept, the rest are
+    done in chunks (--chunk, --in-flight) with progress; whole lines and the rejects file whatever happens."""
+    from node.client.batch import chunked, complete, pipeline
+    from node.cli.progress import Progress
 
     _check_rejects(args)
-    done, lines = _previous_run(args.out, key_of, force=args.force)
-    todo = [(h, r) for h, r in ready if h.key not in done]
+    done, lines = _previous_run(args.out, results_key, force=args.force)
+    todo = [item for key, item in ready if key not in done]
     out = _rewrite(args.out, lines)
     stats = {"households": 0, "incomplete": 0}
 
     async def run() -> None:
-        session = BatchSession(member)
+        session = open_session()
         try:
             with Progress(len(todo), "households") as progress:
-                async for records in pipeline(chunked(todo, args.chunk),
-                                              lambda c: session.verify(c, args.purpose, checks), args.in_flight):
+                async for records in pipeline(chunked(todo, args.chunk), lambda c: work(session, c), args.in_flight):
                     out.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
                     out.flush()
                     stats["households"] += len(records)
@@ -261,6 +293,6 @@ def verify_batch(args: argparse.Namespace) -> int:
             await session.close()
 
     _run_to_the_end(run, out, args, rejects)
-    print(f"{stats['households']} households verified ({len(done)} already done, {stats['incomplete']} incomplete: "
+    print(f"{stats['households']} households {verb} ({len(done)} already done, {stats['incomplete']} incomplete: "
           f"re-run to complete them); {len(rejects)} rejected row(s) in {_rejects_path(args)}", file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ from node.errors import BadInput
 
 EXIT_INVALID = 1
 MAX_RECORD_BYTES = 16 * 1024 * 1024
+MAX_CHUNK = 256  # households per batch message: 16 members each stay within one discovery (4,096 tokens)
 
 
 def register(sub: Any) -> None:
@@ -32,11 +33,20 @@ def register(sub: Any) -> None:
     check.add_argument("--force", action="store_true", help="replace RECORD if it exists")
     check.set_defaults(func=_check)
 
-    verify = household_sub.add_parser("verify", help="check a decision record offline (exit 0 valid, 1 invalid)")
+    from node.cli.batch_cmd import add_results_arguments
+
+    batch = household_sub.add_parser("check-batch", help="decide many consented households (resumable, as verify-batch)")
+    add_results_arguments(batch, max_chunk=MAX_CHUNK)
+    batch.add_argument("--region", metavar="CODE", help="the region of households whose rows name none")
+    batch.add_argument("--period", metavar="YYYY-MM", help="the month decided (default: this month, UTC)")
+    batch.set_defaults(func=_check_batch)
+
+    verify = household_sub.add_parser("verify", help="check a decision record, or every line of check-batch results, "
+                                                     "offline (exit 0 valid, 1 invalid)")
     where = verify.add_mutually_exclusive_group(required=True)
     where.add_argument("--pki", type=Path, metavar="DIR", help="PKI dir holding ca.pem")
     where.add_argument("--ca", type=Path, metavar="FILE", help="the federation CA certificate")
-    verify.add_argument("record", type=Path, metavar="RECORD")
+    verify.add_argument("record", type=Path, metavar="RECORD|RESULTS.jsonl")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_verify)
 
@@ -62,6 +72,40 @@ def _check(args: argparse.Namespace) -> int:
         files.write_file(args.save, json.dumps(result.record, ensure_ascii=False, indent=1) + "\n", replace=args.force)
     print(json.dumps(result.to_json(), ensure_ascii=False) if args.json else render(result.to_json()))
     return 0
+
+
+def _check_batch(args: argparse.Namespace) -> int:
+    from node.cli.batch_cmd import check_shape, read_ready, reject_household, run_results
+    from node.client.coordinator import CoordinatorClient
+    from node.client.household import StandardsInForce
+    from node.client.household_batch import BatchHousehold, HouseholdBatchSession
+    from node.client.standards import current_period
+    from node.domain.standards import check_period, fallback_regions
+    from node.member import Member
+    from node.wire.v1 import coordinator_pb2
+
+    if args.region is not None:
+        fallback_regions(args.region)
+    period = check_period(args.period) if args.period is not None else current_period()
+    check_shape(args, max_chunk=MAX_CHUNK)
+    member = Member.from_config(args.config)
+    member.policy.purpose(args.purpose)
+    ready, rejects = read_ready(args, member)
+    with CoordinatorClient(member) as coordinator:
+        standards = StandardsInForce(member, coordinator.call("Directory", coordinator_pb2.DirectoryRequest()))
+    households = []
+    for h, receipt in ready:
+        region = h.region or args.region
+        try:
+            if not region:
+                raise BadInput("the household has no region: give a region column or --region")
+            standards.find(region, args.purpose, period)
+        except BadInput as exc:
+            rejects.append(reject_household(h, str(exc)))
+            continue
+        households.append((h.key, BatchHousehold(h.key, h.ids, region, receipt)))
+    return run_results(args, households, rejects, lambda: HouseholdBatchSession(member, args.purpose, period=period),
+                       lambda session, chunk: session.check(chunk), verb="decided")
 
 
 def render(data: dict[str, Any]) -> str:
@@ -93,6 +137,8 @@ def _verify(args: argparse.Namespace) -> int:
     verifier = signing.Verifier(pki.TrustAnchor.load(ca))
     if not args.record.is_file():
         raise BadInput(f"{args.record}: no such file")
+    if _is_results(args.record):
+        return _verify_results(args, verifier)
     if args.record.stat().st_size > MAX_RECORD_BYTES:
         raise BadInput(f"{args.record}: larger than a decision record can be")
     try:
@@ -108,3 +154,53 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         print("decision record INVALID: " + "; ".join(checked.problems))
     return 0 if checked.valid else EXIT_INVALID
+
+
+def _is_results(path: Path) -> bool:
+    """Whether `path` is check-batch results (one JSON object a line, with "household"), not one saved record."""
+    from node.files import parse_json
+
+    with open(path, "rb") as f:
+        first = f.readline(MAX_RECORD_BYTES)
+    try:
+        line = parse_json(first)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(line, dict) and "household" in line
+
+
+def _verify_results(args: argparse.Namespace, verifier: Any) -> int:
+    """Check every line of a results file; print the invalid ones and a count (exit 1 if any is invalid)."""
+    from node.client.decision_record import RecordCheck, check_line
+    from node.domain import freetext
+    from node.files import parse_json
+
+    standards: dict[str, Any] = {}
+    lines: list[dict[str, Any]] = []
+    with open(args.record, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                if len(raw) > MAX_RECORD_BYTES:
+                    raise ValueError
+                line = parse_json(raw)
+            except (ValueError, UnicodeDecodeError):
+                line = None
+            checked = check_line(line, verifier, standards=standards) if line is not None else \
+                RecordCheck(False, ("not a JSON line",))
+            household = line.get("household") if isinstance(line, dict) and isinstance(line.get("household"), str) else ""
+            lines.append({"line": n, "household": household, "valid": checked.valid, "verdict": checked.verdict,
+                          "problems": list(checked.problems)})
+    if not lines:
+        raise BadInput(f"{args.record}: holds no results")
+    valid = all(x["valid"] for x in lines)
+    if args.json:
+        print(json.dumps({"valid": valid, "lines": lines}, ensure_ascii=False))
+        return 0 if valid else EXIT_INVALID
+    for x in lines:
+        if not x["valid"]:
+            print(f"line {x['line']} (household {freetext.show(x['household'])}): INVALID: " + "; ".join(x["problems"]))
+    bad = sum(1 for x in lines if not x["valid"])
+    print(f"{len(lines) - bad} of {len(lines)} decision records valid" + (f", {bad} INVALID" if bad else ""))
+    return 0 if valid else EXIT_INVALID

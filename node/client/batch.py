@@ -32,6 +32,7 @@ from node.crypto import sealing, signing
 from node.crypto.tokens import possession_key, subject_token
 from node.domain import freetext, idnumber
 from node.domain.predicate import Check, parse_check, require_one_per_item
+from node.domain.standards import fallback_regions
 from node.domain.regions import province_uri
 from node.errors import BadInput, HeduiError
 from node.member import Member
@@ -46,12 +47,14 @@ DAY_MS: Final[int] = 24 * 3600 * 1000
 
 @dataclass
 class Household:
-    """One household of an input file: its key, members' ID numbers, and where they were read."""
+    """One household of an input file: its key, members' ID numbers, where they were read, and
+    its GB/T 2260 region when the file has a `region` column ("" when none is given)."""
 
     key: str
     ids: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     evidence: bytes = b""
+    region: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,13 @@ class Reject:
 
 
 REJECTS_HEADER: Final[tuple[str, ...]] = ("line", "household", "reason")
+#: Columns a households file may have after `household,id_number`, in any order.
+OPTIONAL_COLUMNS: Final[tuple[str, ...]] = ("evidence_sha256", "region")
+_HEADER_FORM: Final[str] = "household,id_number[,evidence_sha256][,region]"
 
 
 def read_households(path: Path, *, max_members: int = 16) -> tuple[list[Household], list[Reject]]:
-    """Households of a CSV `household,id_number[,evidence_sha256]`; bad rows reject their household."""
+    """Households of a CSV `household,id_number[,evidence_sha256][,region]`; bad rows reject their household."""
     households: dict[str, Household] = {}
     bad: dict[str, list[Reject]] = {}
     try:
@@ -102,9 +108,11 @@ def read_households(path: Path, *, max_members: int = 16) -> tuple[list[Househol
 
 def _read_rows(path: Path, reader: Any, households: dict[str, Household], bad: dict[str, list[Reject]]) -> None:
     header = next(reader, None)
-    if header is None or [h.strip() for h in header[:2]] != ["household", "id_number"] or \
-            (len(header) > 2 and header[2].strip() != "evidence_sha256") or len(header) > 3:
-        raise BadInput(f"{path}: header must be household,id_number[,evidence_sha256]")
+    names = [h.strip() for h in header or ()]
+    if names[:2] != ["household", "id_number"] or len(set(names)) != len(names) or \
+            any(n not in OPTIONAL_COLUMNS for n in names[2:]):
+        raise BadInput(f"{path}: header must be {_HEADER_FORM}")
+    evidence_at, region_at = (names.index(c) if c in names else None for c in OPTIONAL_COLUMNS)
     for line, row in enumerate(reader, start=2):
         if not row or all(not c.strip() for c in row):
             continue
@@ -114,7 +122,7 @@ def _read_rows(path: Path, reader: Any, households: dict[str, Household], bad: d
         if unfit is not None:
             bad.setdefault(f"\0line-{line}", []).append(Reject(line, "", unfit))
             continue
-        if len(row) not in (2, 3):
+        if not 2 <= len(row) <= len(names):  # trailing optional cells may be left out
             bad.setdefault(key, []).append(Reject(line, key, "malformed row"))
             continue
         h = households.setdefault(key, Household(key))
@@ -124,14 +132,32 @@ def _read_rows(path: Path, reader: Any, households: dict[str, Household], bad: d
         except idnumber.InvalidIdNumber as exc:
             bad.setdefault(key, []).append(Reject(line, key, str(exc)))
             continue
-        if len(row) == 3 and row[2].strip():
-            try:
-                digest = bytes.fromhex(row[2].strip())
-                if len(digest) != 32:
-                    raise ValueError
-                h.evidence = digest
-            except ValueError:
-                bad.setdefault(key, []).append(Reject(line, key, "evidence_sha256 must be 64 hex digits"))
+        problem = _optional_cells(h, row, evidence_at, region_at)
+        if problem is not None:
+            bad.setdefault(key, []).append(Reject(line, key, problem))
+
+
+def _optional_cells(h: Household, row: list[str], evidence_at: int | None, region_at: int | None) -> str | None:
+    """Take a row's evidence digest and region into its household; what is wrong with them, if anything."""
+    evidence = row[evidence_at].strip() if evidence_at is not None and evidence_at < len(row) else ""
+    if evidence:
+        try:
+            digest = bytes.fromhex(evidence)
+            if len(digest) != 32:
+                raise ValueError
+            h.evidence = digest
+        except ValueError:
+            return "evidence_sha256 must be 64 hex digits"
+    region = row[region_at].strip() if region_at is not None and region_at < len(row) else ""
+    if region:
+        try:
+            fallback_regions(region)
+        except BadInput as exc:
+            return str(exc)
+        if h.region and h.region != region:
+            return "the household's members name different regions"
+        h.region = region
+    return None
 
 
 def write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
@@ -161,9 +187,10 @@ class BatchSession:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def call(self, method: str, request: Any) -> Any:
+    async def call(self, method: str, request: Any, *, stub: Any = None) -> Any:
+        """`method` of the Coordinator service (or of `stub`, on the same channel); HeduiError on failure."""
         try:
-            return await getattr(self.stub, method)(request, timeout=self.deadline_s, wait_for_ready=True)
+            return await getattr(stub or self.stub, method)(request, timeout=self.deadline_s, wait_for_ready=True)
         except grpc.RpcError as exc:
             raise translate(exc) from None
 
@@ -256,7 +283,7 @@ class BatchSession:
                 if status != "OK" or item is None:
                     answers[(holder, i)] = (None, status)
                 elif item.error_code:
-                    answers[(holder, i)] = (None, _ITEM_STATUS.get(item.error_code, "DENIED"))
+                    answers[(holder, i)] = (None, ITEM_STATUS.get(item.error_code, "DENIED"))
                 else:
                     answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder).with_query(raw)
                     answers[(holder, i)] = (answer, "OK")
@@ -286,7 +313,7 @@ class BatchSession:
 
 
 #: Item refusals that a later run may overcome, as routing statuses; every other refusal is final (DENIED).
-_ITEM_STATUS: Final[dict[str, str]] = {"UNAVAILABLE": "UNAVAILABLE", "DEADLINE": "DEADLINE_EXCEEDED",
+ITEM_STATUS: Final[dict[str, str]] = {"UNAVAILABLE": "UNAVAILABLE", "DEADLINE": "DEADLINE_EXCEEDED",
                                        "RATE_LIMITED": "UNAVAILABLE", "OVERLOADED": "UNAVAILABLE",
                                        "NOT_HELD": "NOT_HELD"}
 #: Routing statuses after which a re-run would change nothing for that province.
@@ -329,6 +356,6 @@ def parse_checks(exprs: Sequence[str], member: Member, purpose: str) -> list[Che
     return checks
 
 
-__all__ = ["REJECTS_HEADER", "BatchSession", "HeduiError", "Household", "Reject", "chunked", "complete", "parse_checks", "pipeline",
-           "read_households", "write_rejects"]
+__all__ = ["ITEM_STATUS", "REJECTS_HEADER", "BatchSession", "HeduiError", "Household", "Reject", "chunked", "complete",
+           "parse_checks", "pipeline", "read_households", "write_rejects"]
 _ = common_pb2

@@ -65,23 +65,30 @@ def check_contribution(signed: household_pb2.SignedContribution, verifier: signi
     return body
 
 
-def build_record(*, signer: signing.Signer, requester: str, consent_id: str, purpose: str, region: str, period: str,
-                 members: int, measures: Sequence[str], decision: dict[str, Any], routing: dict[str, str],
-                 missing: Sequence[str], as_of: tuple[str, str], holder_set: household_pb2.SignedHolderSet | None,
-                 contributions: Sequence[household_pb2.SignedContribution],
-                 standard: coordinator_pb2.SignedStandards | None, decided_at_ms: int) -> dict[str, Any]:
-    """The record (a JSON object) signed by the requester over the canonical JSON of its body."""
-    body = {
+def record_body(*, requester: str, consent_id: str, purpose: str, region: str, period: str, members: int,
+                measures: Sequence[str], decision: dict[str, Any], routing: dict[str, str], missing: Sequence[str],
+                as_of: tuple[str, str], holder_set: household_pb2.SignedHolderSet | None,
+                contributions: Sequence[household_pb2.SignedContribution],
+                standard: coordinator_pb2.SignedStandards | None, decided_at_ms: int,
+                standard_b64: str | None = None) -> dict[str, Any]:
+    """A record's body, to be signed over `canonical(body)` (domain hedui/v1/household-decision).
+
+    `standard_b64` is `standard` already base64-encoded (many records of a batch share one document).
+    """
+    if standard_b64 is None:
+        standard_b64 = _b64(standard.SerializeToString()) if standard is not None else ""
+    return {
         "requester": requester, "consent_id": consent_id, "purpose": purpose, "region": region, "period": period,
         "members": members, "measures": list(measures), "decision": decision, "routing": dict(sorted(routing.items())),
         "missing": sorted(missing), "as_of": {"from": as_of[0], "to": as_of[1]},
         "holder_set": _b64(holder_set.SerializeToString()) if holder_set is not None else "",
         "contributions": [_b64(c.SerializeToString()) for c in contributions],
-        "standard": _b64(standard.SerializeToString()) if standard is not None else "",
-        "decided_at_ms": decided_at_ms,
+        "standard": standard_b64, "decided_at_ms": decided_at_ms,
     }  # fmt: skip
-    raw = canonical(body)
-    signature = signer.sign(signing.HOUSEHOLD_DECISION, raw)
+
+
+def signed_record(body: dict[str, Any], signature: common_pb2.Signature) -> dict[str, Any]:
+    """The record of `body` under the requester's signature over `canonical(body)`."""
     return {"format": RECORD_FORMAT, "body": body, "signature": _b64(signature.SerializeToString())}
 
 
@@ -100,16 +107,44 @@ class RecordCheck:
     verdict: str = ""
 
 
-def verify_record(record: Any, verifier: signing.Verifier) -> RecordCheck:
-    """Check a decision record: every signature, the sum of the masked contributions, and the decision."""
+def verify_record(record: Any, verifier: signing.Verifier, *, standards: dict[str, Any] | None = None) -> RecordCheck:
+    """Check a decision record: every signature, the sum of the masked contributions, and the decision.
+
+    `standards` (any dict, kept by the caller) remembers the standards documents already verified,
+    for checking many records that carry the same one.
+    """
     try:
-        return _verify(record, verifier)
+        return _verify(record, verifier, standards)
     except (KeyError, TypeError, ValueError, DecodeError, HeduiError) as exc:
         reason = str(exc) if isinstance(exc, HeduiError) else f"record is malformed ({type(exc).__name__})"
         return RecordCheck(False, (reason,))
 
 
-def _verify(record: Any, verifier: signing.Verifier) -> RecordCheck:
+#: The keys of a check-batch line that repeat what its record's body says.
+_LINE_KEYS: Final[tuple[str, ...]] = ("routing", "missing", "as_of", "consent_id")
+
+
+def check_line(line: Any, verifier: signing.Verifier, *, standards: dict[str, Any] | None = None) -> RecordCheck:
+    """Check one line of a `household check-batch` results file: its record, and that what the line
+    shows (verdict, totals, rules, routing, ...) is what the record signs."""
+    if not isinstance(line, dict) or not isinstance(line.get("household"), str):
+        return RecordCheck(False, ("not a line of household check-batch results",))
+    if "record" not in line:
+        return RecordCheck(False, (f"no decision record: {line.get('error') or 'the household was not decided'}",))
+    checked = verify_record(line["record"], verifier, standards=standards)
+    if not checked.valid:
+        return checked
+    body = line["record"]["body"]
+    shown = {k: line.get(k) for k in (*body["decision"], *_LINE_KEYS)}
+    signed = {**body["decision"], **{k: body[k] for k in _LINE_KEYS}}
+    round_id = household_pb2.HolderSetBody.FromString(
+        household_pb2.SignedHolderSet.FromString(_unb64(body["holder_set"])).body).round_id if body["holder_set"] else ""
+    if shown != signed or line.get("round_id") != round_id:
+        return RecordCheck(False, ("the line does not show what its record signs",), checked.requester, checked.verdict)
+    return checked
+
+
+def _verify(record: Any, verifier: signing.Verifier, standards: dict[str, Any] | None) -> RecordCheck:
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         return RecordCheck(False, (f"not a {RECORD_FORMAT} record",))
     body = record["body"]
@@ -150,7 +185,7 @@ def _verify(record: Any, verifier: signing.Verifier) -> RecordCheck:
         problems.append("contributions without a holder set")
     if totals is not None and totals != decision["totals"]:
         problems.append("the totals are not the sum of the holders' signed contributions")
-    problems += _check_decision(body, decision, totals, verifier)
+    problems += _check_decision(body, decision, totals, verifier, standards)
     return RecordCheck(not problems, tuple(problems), body["requester"], decision.get("verdict", ""))
 
 
@@ -171,15 +206,19 @@ def _check_holder_set(holder_set: household_pb2.SignedHolderSet, body: dict[str,
 
 
 def _check_decision(body: dict[str, Any], decision: dict[str, Any], totals: dict[str, int] | None,
-                    verifier: signing.Verifier) -> list[str]:
+                    verifier: signing.Verifier, standards: dict[str, Any] | None) -> list[str]:
     """Re-evaluate the published standard on the proven totals; the record must say the same."""
     if not body["standard"]:
         return ["record carries no published standard"]
-    signed = coordinator_pb2.SignedStandards.FromString(_unb64(body["standard"]))
-    try:
-        document = verify_standards(signed, verifier)
-    except Refusal as exc:
-        return [f"published standard does not verify: {exc}"]
+    document = standards.get(body["standard"]) if standards is not None else None
+    if document is None:
+        signed = coordinator_pb2.SignedStandards.FromString(_unb64(body["standard"]))
+        try:
+            document = verify_standards(signed, verifier)
+        except Refusal as exc:
+            return [f"published standard does not verify: {exc}"]
+        if standards is not None:  # keyed by the exact signed bytes and signature (base64)
+            standards[body["standard"]] = document
     standard = document.find(body["region"], body["purpose"], body["period"])
     if standard is None:
         return ["the published standard has no entry for this region, purpose and period"]

@@ -5,7 +5,8 @@ on the published standard of the household's region.
 If a holder does not answer, the total is never computed from the others of that round (their
 masks would not cancel, and a partial sum must not leak): the round is repeated with a fresh
 round id over the holders that answered, and the decision names the missing provinces and is
-INCOMPLETE.
+INCOMPLETE. The pieces below the single-household `household_check` (`contribution_query`,
+`accept`, `add_up`, `decide`, `StandardsInForce`) serve the batch path (node.client.household_batch) too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node.client.client import PeerRefused, PeerUnreachable, translate
 from node.client.coordinator import CoordinatorClient
-from node.client.decision_record import build_record, check_contribution
+from node.client.decision_record import canonical, check_contribution, record_body, signed_record
 from node.client.query import validate_household
 from node.client.standards import current_period, find_in
 from node.coordinator.router import status_name
@@ -35,9 +36,12 @@ from node.domain.regions import province_uri
 from node.domain.standards import Decision, Standard, evaluate
 from node.errors import BadInput, Refusal
 from node.member import Member
-from node.wire.v1 import coordinator_pb2, household_pb2, household_pb2_grpc, verification_pb2
+from node.wire.v1 import common_pb2, coordinator_pb2, household_pb2, household_pb2_grpc, verification_pb2
 
 MAX_ROUNDS: Final[int] = 3  # the first round and at most two repeats over the holders that answered
+
+#: A holder's checked contribution: its body and the signed message kept for the record.
+Answered = tuple[household_pb2.ContributionBody, household_pb2.SignedContribution]
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,18 @@ class HouseholdResult:
                 "consent_id": self.consent_id}
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A decided household whose record is still to be signed (the batch path signs many at once)."""
+
+    result: HouseholdResult  # its record is the unsigned body
+
+    def signed(self, signature: common_pb2.Signature) -> HouseholdResult:
+        r = self.result
+        return HouseholdResult(r.decision, r.routing, r.missing, r.as_of, r.round_id, r.consent_id,
+                               signed_record(r.record, signature))
+
+
 def household_check(member: Member, ids: Sequence[str], purpose: str, region: str, *, consent: verification_pb2.SignedConsent,
                     period: str | None = None, deadline_s: float | None = None,
                     coordinator: CoordinatorClient | None = None) -> HouseholdResult:
@@ -76,39 +92,88 @@ def household_check(member: Member, ids: Sequence[str], purpose: str, region: st
             coordinator = stack.enter_context(CoordinatorClient(m, deadline_s=budget))
         signed_directory = coordinator.call("Directory", coordinator_pb2.DirectoryRequest())
         directory = coordinator.directory()
-        standard, signed_standard = _standard(m, signed_directory, region, purpose, period)
+        standard, signed_standard = StandardsInForce(m, signed_directory).find(region, purpose, period)
         rounds = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
         session = _Round(m, rounds, directory, consent, consent_id, purpose, tokens, sorted(standard.measures), deadline)
-        routing, holder_set, contributions, totals, as_of = session.run()
+        routing, holder_set, answered = session.run()
+    pending = decide(m, standard, signed_standard, members=len(numbers), region=region, period=period, purpose=purpose,
+                     consent_id=consent_id, routing=routing, holder_set=holder_set, answered=answered)
+    return pending.signed(m.signer.sign(signing.HOUSEHOLD_DECISION, canonical(pending.result.record)))
+
+
+def decide(member: Member, standard: Standard, signed_standard: coordinator_pb2.SignedStandards, *, members: int,
+           region: str, period: str, purpose: str, consent_id: str, routing: dict[str, str],
+           holder_set: household_pb2.SignedHolderSet, answered: Mapping[str, Answered],
+           standard_b64: str | None = None) -> Pending:
+    """The decision on a complete round's contributions, and its record body (unsigned)."""
     body = household_pb2.HolderSetBody.FromString(holder_set.body)
     missing = tuple(sorted(body.missing))
-    decision = evaluate(standard, len(numbers), totals, complete=not missing, region=region, period=period)
-    record = build_record(
-        signer=m.signer, requester=m.province, consent_id=consent_id, purpose=purpose, region=region, period=period,
-        members=len(numbers), measures=sorted(standard.measures), decision=decision.to_json(), routing=routing, missing=missing,
+    measures = sorted(standard.measures)
+    totals, as_of, contributions = add_up(answered, measures)
+    decision = evaluate(standard, members, totals, complete=not missing, region=region, period=period)
+    record = record_body(
+        requester=member.province, consent_id=consent_id, purpose=purpose, region=region, period=period,
+        members=members, measures=measures, decision=decision.to_json(), routing=routing, missing=missing,
         as_of=as_of, holder_set=holder_set, contributions=contributions, standard=signed_standard,
-        decided_at_ms=int(time.time() * 1000),
+        decided_at_ms=int(time.time() * 1000), standard_b64=standard_b64,
     )
-    return HouseholdResult(decision, routing, missing, as_of, body.round_id, consent_id, record)
+    return Pending(HouseholdResult(decision, routing, missing, as_of, body.round_id, consent_id, record))
 
 
-def _standard(member: Member, signed_directory: coordinator_pb2.SignedDirectory, region: str, purpose: str,
-              period: str) -> tuple[Standard, coordinator_pb2.SignedStandards]:
-    """The standard in force for the household, and the signed document it comes from (for the record)."""
-    body = coordinator_pb2.DirectoryBody.FromString(signed_directory.body)
-    documents, signed_of = {}, {}
-    for signed in body.standards:
-        try:
-            document = verify_standards(signed, member.verifier)
-        except Refusal:
-            continue
-        if document.version >= getattr(documents.get(document.province), "version", -1):
-            documents[document.province], signed_of[document.province] = document, signed
-    standard = find_in(documents, region, purpose, period)
-    if standard is None:
-        raise BadInput(f"no published standard for region {region}, purpose {purpose} in {period}: "
-                       "the region's province publishes it with `hedui standards publish`")
-    return standard, signed_of[region[:2]]
+def add_up(answered: Mapping[str, Answered], measures: Sequence[str]) -> tuple[
+        dict[str, int], tuple[str, str], list[household_pb2.SignedContribution]]:
+    """The totals of a round every holder answered, the as-of range, and the signed contributions (by province)."""
+    vectors = [[masks.decode(v) for v in answered[p][0].masked] for p in sorted(answered)]
+    try:
+        totals = dict(zip(measures, masks.unmask(vectors, len(measures)), strict=True))
+    except masks.MaskError as exc:
+        raise PeerUnreachable("DENIED", str(exc)) from None
+    dates = [d for body, _ in answered.values() for d in (body.as_of_min, body.as_of_max) if d]
+    return totals, (min(dates, default=""), max(dates, default="")), [answered[p][1] for p in sorted(answered)]
+
+
+class StandardsInForce:
+    """The published standards documents of a signed directory, each kept with its signed form (for records)."""
+
+    def __init__(self, member: Member, signed_directory: coordinator_pb2.SignedDirectory) -> None:
+        body = coordinator_pb2.DirectoryBody.FromString(signed_directory.body)
+        self.documents: dict[str, Any] = {}
+        self.signed_of: dict[str, coordinator_pb2.SignedStandards] = {}
+        for signed in body.standards:
+            try:
+                document = verify_standards(signed, member.verifier)
+            except Refusal:
+                continue
+            if document.version >= getattr(self.documents.get(document.province), "version", -1):
+                self.documents[document.province], self.signed_of[document.province] = document, signed
+
+    def find(self, region: str, purpose: str, period: str) -> tuple[Standard, coordinator_pb2.SignedStandards]:
+        """The standard in force for the household, and the signed document it comes from; BadInput if none."""
+        standard = find_in(self.documents, region, purpose, period)
+        if standard is None:
+            raise BadInput(f"no published standard for region {region}, purpose {purpose} in {period}: "
+                           "the region's province publishes it with `hedui standards publish`")
+        return standard, self.signed_of[region[:2]]
+
+
+def contribution_query(member: Member, holder_set: household_pb2.SignedHolderSet, body: household_pb2.HolderSetBody,
+                       holder: str, *, tokens: Sequence[bytes], measures: Sequence[str],
+                       consent: verification_pb2.SignedConsent, purpose: str, reply_public: bytes) -> bytes:
+    """The serialized query asking `holder` for its masked share of one household's round."""
+    return household_pb2.ContributionQueryBody(
+        requester=member.province, round_id=body.round_id, nonce=os.urandom(16),
+        issued_at_ms=int(time.time() * 1000), purpose=purpose, subjects=tokens,
+        measures=measures, consent=consent, holder_set=holder_set, audience=holder,
+        reply_seal_suite=sealing.SUITE_NAME, reply_seal_key=reply_public,
+    ).SerializeToString()
+
+
+def accept(member: Member, signed: household_pb2.SignedContribution, holder_set: household_pb2.SignedHolderSet,
+           province: str, measures: Sequence[str], query: bytes) -> Answered | str:
+    """`province`'s checked answer to the query `query` of this round, or what is wrong with it."""
+    checked = check_contribution(signed, member.verifier, holder_set=holder_set, requester=member.province,
+                                 province=province, measures=measures, query_digest=hashlib.sha256(query).digest())
+    return checked if isinstance(checked, str) else (checked, signed)
 
 
 class _Round:
@@ -132,8 +197,7 @@ class _Round:
         except grpc.RpcError as exc:
             raise translate(exc) from None
 
-    def run(self) -> tuple[dict[str, str], household_pb2.SignedHolderSet, list[household_pb2.SignedContribution],
-                           dict[str, int], tuple[str, str]]:
+    def run(self) -> tuple[dict[str, str], household_pb2.SignedHolderSet, dict[str, Answered]]:
         opened = self.call("OpenRound", household_pb2.OpenRoundRequest(
             consent_id=self.consent_id, round_id=uuid.uuid4().hex, tokens=self.tokens))
         routing = {s.province: status_name(s.status) for s in opened.statuses}
@@ -141,14 +205,7 @@ class _Round:
         for attempt in range(MAX_ROUNDS):
             answered, failed, outcome = self.ask(holder_set, routing)
             if not failed:
-                vectors = [[masks.decode(v) for v in body.masked] for body, _ in answered.values()]
-                try:
-                    totals = dict(zip(self.measures, masks.unmask(vectors, len(self.measures)), strict=True))
-                except masks.MaskError as exc:
-                    raise PeerUnreachable("DENIED", str(exc)) from None
-                dates = [d for body, _ in answered.values() for d in (body.as_of_min, body.as_of_max) if d]
-                as_of = (min(dates, default=""), max(dates, default=""))
-                return routing, holder_set, [signed for _, signed in answered.values()], totals, as_of
+                return routing, holder_set, answered
             if self.m.province in failed:
                 raise PeerUnreachable("UNAVAILABLE", "this province's own node did not contribute: "
                                       f"{failed[self.m.province]}")
@@ -167,29 +224,19 @@ class _Round:
         raise PeerUnreachable("UNAVAILABLE", "holders kept failing: " + ", ".join(sorted(failed)))
 
     def ask(self, holder_set: household_pb2.SignedHolderSet, routing: dict[str, str]) -> tuple[
-            dict[str, tuple[household_pb2.ContributionBody, household_pb2.SignedContribution]], dict[str, str],
-            household_pb2.SignedRoundOutcome | None]:
+            dict[str, Answered], dict[str, str], household_pb2.SignedRoundOutcome | None]:
         """Route one contribution query to every holder: (checked contributions, failed -> reason, the
         coordinator's signed outcome; None when nothing could be routed)."""
         body = household_pb2.HolderSetBody.FromString(holder_set.body)
         reply_key = X25519PrivateKey.generate()  # per round: contributions stay private even if a long-term key leaks
         reply_public = sealing.public_bytes(reply_key.public_key())
-        failed: dict[str, str] = {}
-        raws: dict[str, bytes] = {}
-        for holder in body.holders:
-            if holder not in self.directory:
-                failed[holder] = "not in the directory"
-                continue
-            raws[holder] = household_pb2.ContributionQueryBody(
-                requester=self.m.province, round_id=body.round_id, nonce=os.urandom(16),
-                issued_at_ms=int(time.time() * 1000), purpose=self.purpose, subjects=self.tokens,
-                measures=self.measures, consent=self.consent, holder_set=holder_set, audience=holder,
-                reply_seal_suite=sealing.SUITE_NAME, reply_seal_key=reply_public,
-            ).SerializeToString()
+        failed = {h: "not in the directory" for h in body.holders if h not in self.directory}
         if failed:
-            for holder in failed:
-                routing[holder] = "UNAVAILABLE"
+            routing.update({h: "UNAVAILABLE" for h in failed})
             return {}, failed, None
+        raws = {h: contribution_query(self.m, holder_set, body, h, tokens=self.tokens, measures=self.measures,
+                                      consent=self.consent, purpose=self.purpose, reply_public=reply_public)
+                for h in body.holders}
         signatures = self.m.signer.sign_many([(signing.CONTRIBUTION_QUERY, raws[h]) for h in body.holders])
         envelopes = [
             coordinator_pb2.Envelope(province=h, query=sealing.seal(
@@ -199,7 +246,7 @@ class _Round:
         ]
         reply = self.call("RouteRound", household_pb2.RouteRoundRequest(
             round_id=body.round_id, consent_id=self.consent_id, envelopes=envelopes, holder_set=holder_set))
-        answered = {}
+        answered: dict[str, Answered] = {}
         for routed in reply.answers:
             province = routed.province
             routing[province] = status_name(routed.status)
@@ -214,14 +261,12 @@ class _Round:
                 failed[province] = "sealed contribution does not open"
                 routing[province] = "INVALID"
                 continue
-            checked = check_contribution(signed, self.m.verifier, holder_set=holder_set, requester=self.m.province,
-                                         province=province, measures=self.measures,
-                                         query_digest=hashlib.sha256(raws[province]).digest())
+            checked = accept(self.m, signed, holder_set, province, self.measures, raws[province])
             if isinstance(checked, str):
                 failed[province] = checked
                 routing[province] = "INVALID"
                 continue
-            answered[province] = (checked, signed)
+            answered[province] = checked
         for holder in body.holders:
             if holder not in answered and holder not in failed:
                 failed[holder] = "no answer"

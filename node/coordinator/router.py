@@ -27,6 +27,7 @@ from node.wire.v1 import coordinator_pb2, household_pb2_grpc, verification_pb2, 
 MARGIN_S: Final[float] = 0.1
 MIN_PER_PROVINCE_S: Final[float] = 0.05
 MAX_LOCKED: Final[int] = 512  # locked queries per batch envelope
+MAX_HOLDS_TOKENS: Final[int] = 4096  # what a node answers in one Holds call
 _NOT_HELD: Final[str] = "province showed no possession of a subject it claimed"
 _IMPLAUSIBLE: Final[str] = "province's held claims were contradicted too often: not routed to"
 T = TypeVar("T")
@@ -141,6 +142,27 @@ class Router:
 
         statuses = await self._each(provinces, ask)
         return held, statuses
+
+    async def holders_of(self, requester: str, households: Sequence[Sequence[bytes] | None], request_id: str,
+                         timeout: float) -> tuple[list[set[str]], list[coordinator_pb2.ProvinceStatus]]:
+        """Per household (None: not asked), the other provinces holding any of its tokens, from one
+        `holds` over every household's tokens (each province asked once for the whole batch)."""
+        tokens: list[bytes] = []
+        owner: list[int] = []
+        for i, household in enumerate(households):
+            if household is not None:
+                tokens.extend(household)
+                owner.extend([i] * len(household))
+        if len(tokens) > MAX_HOLDS_TOKENS:
+            raise Refusal(ErrorCode.TOO_MANY, f"at most {MAX_HOLDS_TOKENS} subjects per discovery batch")
+        found: list[set[str]] = [set() for _ in households]
+        if not tokens:
+            return found, []
+        held, statuses = await self.holds(requester, tokens, request_id, timeout)
+        for province, indexes in held.items():
+            for index in indexes:
+                found[owner[index]].add(province)
+        return found, statuses
 
     async def discover(self, requester: str, request: coordinator_pb2.DiscoverRequest,
                        timeout: float) -> coordinator_pb2.DiscoverResponse:

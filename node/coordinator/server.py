@@ -38,7 +38,6 @@ from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, household_pb2_gr
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_DISCOVERY_TOKENS = 16
 MAX_BATCH = 512  # households per batch message
-MAX_HOLDS_TOKENS = 4096  # what a node answers in one Holds call
 CLAIMS_IMPLAUSIBLE = "claims.implausible"  # audit decision: a province is no longer routed to
 # What nodes need to stay in force (consents, CRL, directory, announce, checkpoints): their own capacity.
 FEEDS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("ConsentUpdates", "Revocations", "Directory", "Announce", "SubmitCheckpoint"))
@@ -184,35 +183,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if not 1 <= len(request.households) <= MAX_BATCH:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} households per batch")
             replies: list[coordinator_pb2.HouseholdHolders] = []
-            tokens: list[bytes] = []
-            spans: list[tuple[int, int] | None] = []
+            asked: list[list[bytes] | None] = []
             for household in request.households:
                 try:
                     self._check_discovery(province, household.consent_id, household.tokens)
                 except Refusal as refusal:
                     replies.append(coordinator_pb2.HouseholdHolders(error_code=refusal.code.name, error=str(refusal)))
-                    spans.append(None)
+                    asked.append(None)
                     await self._audit(self._event(audit.refused(refusal.code), province, request.request_id,
                                                   household.consent_id, "DiscoverBatch"))
                     continue
                 replies.append(coordinator_pb2.HouseholdHolders())
-                spans.append((len(tokens), len(tokens) + len(household.tokens)))
-                tokens.extend(household.tokens)
-            if len(tokens) > MAX_HOLDS_TOKENS:
-                raise Refusal(ErrorCode.TOO_MANY, f"at most {MAX_HOLDS_TOKENS} subjects per discovery batch")
-            statuses: list[coordinator_pb2.ProvinceStatus] = []
-            if tokens:
-                held, statuses = await self.router.holds(province, tokens, request.request_id, self._timeout(context))
+                asked.append(list(household.tokens))
+            holders, statuses = await self.router.holders_of(province, asked, request.request_id, self._timeout(context))
+            if statuses:
                 await self._audit(audit.coordinator_event(
                     audit.DISCOVER, requester=province, request_id=request.request_id,
                     statuses={s.province: status_name(s.status) for s in statuses}))
-                household_of = [h for h, span in enumerate(spans) if span is not None for _ in range(span[1] - span[0])]
-                holders_of: dict[int, set[str]] = {}
-                for holder, indexes in held.items():
-                    for i in indexes:
-                        holders_of.setdefault(household_of[i], set()).add(holder)
-                for h, reply in enumerate(replies):
-                    reply.holders.extend(sorted(holders_of.get(h, ())))
+            for reply, found in zip(replies, holders, strict=True):
+                reply.holders.extend(sorted(found))
             for st in statuses:
                 self.metrics.fanout(st.province, status_name(st.status))
             self.log.info("discovered_batch", requester=province, request_id=request.request_id,

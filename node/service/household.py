@@ -8,9 +8,10 @@ cancels. A round id is answered once (its masks must never be reused).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,7 +28,7 @@ from node.errors import ErrorCode, Refusal
 from node.service.consent import ReceiptGate
 from node.service.signed import coordinator_signed
 from node.service.verification import NONCE_MAX, NONCE_MIN, TOKEN_BYTES, ReplayGuard
-from node.store.store import Store
+from node.store.store import Fact, Store
 from node.wire.v1 import household_pb2
 
 ROUND_PREFIX: Final[bytes] = b"hedui/v1/round\x00"  # replay key of a round id (the nonce store keeps it)
@@ -78,6 +79,7 @@ class HouseholdService:
         self.mask_key = mask_key
         self.clock = clock
         self._secrets: dict[tuple[str, bytes], bytes] = {}
+        self._items_of: dict[tuple[str, ...], tuple[str, ...]] = {}  # (purpose, *measures) -> items, once allowed
 
     def authenticate(self, signed: household_pb2.SignedContributionQuery,
                      peer_province: str | None) -> household_pb2.ContributionQueryBody:
@@ -99,6 +101,9 @@ class HouseholdService:
     def measures_of(self, body: household_pb2.ContributionQueryBody) -> tuple[str, ...]:
         """The requested measures (sorted, distinct, known, allowed by the purpose) and their items."""
         codes = list(body.measures)
+        known = self._items_of.get((body.purpose, *codes))
+        if known is not None:  # a batch asks the same measures for every household
+            return known
         if not 1 <= len(codes) <= MAX_MEASURES or codes != sorted(set(codes)):
             raise Refusal(ErrorCode.MALFORMED, "measures must be 1 to 32 distinct codes in sorted order")
         items: list[str] = []
@@ -115,7 +120,10 @@ class HouseholdService:
                 if item not in purpose.items:
                     raise Refusal(ErrorCode.NOT_AUTHORISED, f"purpose {body.purpose} may not use {item}")
                 items.append(item)
-        return tuple(dict.fromkeys(items))
+        if len(self._items_of) >= 256:
+            self._items_of.clear()
+        found = self._items_of[(body.purpose, *codes)] = tuple(dict.fromkeys(items))
+        return found
 
     def check(self, signed: household_pb2.SignedContributionQuery, peer_province: str | None) -> Contribution:
         """Everything but the sums: who asks, under which consent and holder set, never twice."""
@@ -160,18 +168,58 @@ class HouseholdService:
         `mask_keys` maps province code -> announced mask public key (from the verified directory).
         """
         checked = self.check(signed, peer_province)
+        facts = self.store.lookup(list(checked.query.subjects), checked.items)
+        return self._masked(checked, signed.body, facts, 0, mask_keys)
+
+    def contribute_many(self, queries: Sequence[household_pb2.SignedContributionQuery], peer_province: str | None,
+                        mask_keys: Mapping[str, bytes]) -> list[Contribution | Refusal]:
+        """`contribute` for many households at once: one nonce transaction for their round ids and one
+        store lookup for all their subjects. A refused query refuses only its own household."""
+        checked: list[Contribution | Refusal] = []
+        with self.batch_scope():
+            for signed in queries:
+                try:
+                    checked.append(self.check(signed, peer_province))
+                except Refusal as refusal:
+                    checked.append(refusal)
+        accepted = [c for c in checked if isinstance(c, Contribution)]
+        tokens = [t for c in accepted for t in c.query.subjects]
+        facts = self.store.lookup(tokens, list(dict.fromkeys(i for c in accepted for i in c.items))) if tokens else {}
+        out: list[Contribution | Refusal] = []
+        offset = 0
+        for signed, c in zip(queries, checked, strict=True):
+            if isinstance(c, Refusal):
+                out.append(c)
+                continue
+            try:
+                out.append(self._masked(c, signed.body, facts, offset, mask_keys))
+            except Refusal as refusal:
+                out.append(refusal)
+            offset += len(c.query.subjects)
+        return out
+
+    def batch_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Group the replay guard's writes for a batch into one transaction, if it can."""
+        scope = getattr(self.replay, "transaction", None)
+        return scope() if scope is not None else contextlib.nullcontext()
+
+    def _masked(self, checked: Contribution, query_body: bytes, facts: Mapping[tuple[int, str], Fact], offset: int,
+                mask_keys: Mapping[str, bytes]) -> Contribution:
+        """The signed-to-be body of a checked query: its partial sums (facts of its subjects, which
+        start at `offset` of the lookup) plus the masks towards every other holder."""
         body, holder_set = checked.query, checked.holder_set
         peers = [p for p in holder_set.holders if p != self.province]
         secrets = {p: self._secret(p, mask_keys.get(p, b"")) for p in peers}
-        sums, as_of = self._sums(body)
+        sums, as_of = self._sums(body, facts, offset)
+        digest = holder_set_digest(body.holder_set)
         try:
             masked = masks.masked_sums(sums, list(body.measures), own=self.province, secrets=secrets,
-                                       round_key=holder_set_digest(body.holder_set).hex(), household=checked.consent_id)
+                                       round_key=digest.hex(), household=checked.consent_id)
         except masks.MaskError:
             raise Refusal(ErrorCode.MALFORMED, "a partial sum is out of range") from None
         out = household_pb2.ContributionBody(
             responder=self.province, requester=body.requester, round_id=body.round_id, digest_algorithm="sha256",
-            query_digest=hashlib.sha256(signed.body).digest(), holder_set_digest=holder_set_digest(body.holder_set),
+            query_digest=hashlib.sha256(query_body).digest(), holder_set_digest=digest,
             measures=list(body.measures), masked=[masks.encode(v) for v in masked],
             as_of_min=min(as_of, default=""), as_of_max=max(as_of, default=""), answered_at_ms=int(self.clock() * 1000),
         )
@@ -190,17 +238,18 @@ class HouseholdService:
             self._secrets[key] = secret
         return secret
 
-    def _sums(self, body: household_pb2.ContributionQueryBody) -> tuple[list[int], set[str]]:
+    def _sums(self, body: household_pb2.ContributionQueryBody, facts: Mapping[tuple[int, str], Fact],
+              offset: int) -> tuple[list[int], set[str]]:
         """Per measure, the sum over the members held here of their items' values; the as-of dates used."""
-        measures = [self.catalogue.measure(code) for code in body.measures]
-        items = list(dict.fromkeys(item for m in measures for item in m.items))
-        facts = self.store.lookup(list(body.subjects), items)
+        subjects = range(offset, offset + len(body.subjects))
         sums, as_of = [], set()
-        for measure in measures:
+        for code in body.measures:
             total = 0
-            for (_, item), fact in facts.items():
-                if item in measure.items:
-                    total += fact.value
-                    as_of.add(fact.as_of)
+            for item in self.catalogue.measure(code).items:
+                for i in subjects:
+                    fact = facts.get((i, item))
+                    if fact is not None:
+                        total += fact.value
+                        as_of.add(fact.as_of)
             sums.append(total)
         return sums, as_of

@@ -16,7 +16,10 @@ a key or a certificate. Every field is checked against a narrow pattern on const
 any string containing a valid resident ID number is refused; a peer-supplied request id that
 is not valid (`node.domain.request_ids`) is recorded as "invalid", never as it was sent.
 `AuditRecord.to_json` emits exactly `RECORD_KEYS`; records written before ``checks`` existed
-(`LEGACY_RECORD_KEYS`) still parse, with no counts.
+(`LEGACY_RECORD_KEYS`) still parse, with no counts. A record of a batch (one decision for many
+households, e.g. a holder's contributions to many household rounds) adds ``batch``: per
+household the request id, consent id and outcome digest its own record would have carried
+(`BatchEntry`), so one record per batch loses nothing a record per household would hold.
 
 Checkpoints
 -----------
@@ -112,6 +115,10 @@ RECORD_KEYS: Final[frozenset[str]] = frozenset({
 })  # fmt: skip
 #: The keys of records written before checks were counted per item (they still parse and verify).
 LEGACY_RECORD_KEYS: Final[frozenset[str]] = RECORD_KEYS - {"checks"}
+#: The keys of a batch record: every record key plus the per-household entries.
+BATCH_RECORD_KEYS: Final[frozenset[str]] = RECORD_KEYS | {"batch"}
+BATCH_ENTRY_KEYS: Final[frozenset[str]] = frozenset({"request_id", "consent_id", "outcome_digest"})
+MAX_BATCH_ENTRIES: Final[int] = 1024
 CHECKPOINT_KEYS: Final[frozenset[str]] = frozenset({"member", "index", "head", "at_ms"})
 _PRUNE_KEYS: Final[frozenset[str]] = frozenset({
     "anchor_idx", "anchor_prev", "cutoff_ms", "now_ms", "removed", "retention_days",
@@ -154,6 +161,23 @@ def refused(code: ErrorCode) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchEntry:
+    """One household of a batch record: what that household's own record would carry beside the shared fields."""
+
+    request_id: str
+    consent_id: str = ""
+    outcome_digest: str = ""
+
+    def __post_init__(self) -> None:
+        _check("batch request_id", self.request_id, _ID_RE)
+        _check("batch consent_id", self.consent_id, _ID_RE)
+        _check("batch outcome_digest", self.outcome_digest, _DIGEST_RE, scan=False)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"request_id": self.request_id, "consent_id": self.consent_id, "outcome_digest": self.outcome_digest}
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One audited decision. See the module docstring for what it may (never) contain."""
 
@@ -168,6 +192,8 @@ class AuditRecord:
     extra: Mapping[str, str] = field(default_factory=dict)
     #: item code -> how many checks of the query compared it (empty: not counted, e.g. older records).
     checks: Mapping[str, int] = field(default_factory=dict)
+    #: A batch record's households (empty for a record of one request).
+    batch: tuple[BatchEntry, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.at_ms, bool) or not isinstance(self.at_ms, int) or not _I64_MIN <= self.at_ms <= _I64_MAX:
@@ -192,6 +218,10 @@ class AuditRecord:
         checks = {_check("checks key", k, _ITEM_RE): _count(v) for k, v in sorted(self.checks.items())}
         if checks and set(checks) != set(items):
             raise ValueError("audit record checks must count every item and nothing else")
+        if isinstance(self.batch, str | bytes) or len(self.batch) > MAX_BATCH_ENTRIES or \
+                not all(isinstance(e, BatchEntry) for e in self.batch):
+            raise ValueError(f"audit record batch must be at most {MAX_BATCH_ENTRIES} BatchEntry values")
+        object.__setattr__(self, "batch", tuple(self.batch))
         object.__setattr__(self, "items", items)
         object.__setattr__(self, "extra", extra)
         object.__setattr__(self, "checks", checks)
@@ -202,12 +232,15 @@ class AuditRecord:
         return self.request_id or self.consent_id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "at_ms": self.at_ms, "request_id": self.request_id, "requester": self.requester,
             "purpose": self.purpose, "consent_id": self.consent_id, "items": list(self.items),
             "checks": dict(self.checks), "outcome_digest": self.outcome_digest, "decision": self.decision,
             "extra": dict(self.extra),
         }  # fmt: skip
+        if self.batch:  # a record of one request keeps exactly RECORD_KEYS
+            out["batch"] = [e.to_dict() for e in self.batch]
+        return out
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys, compact, ASCII): the chain payload."""
@@ -220,15 +253,20 @@ class AuditRecord:
             raw = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
             raise ValueError("audit payload is not JSON") from None
-        if not isinstance(raw, dict) or set(raw) not in (RECORD_KEYS, LEGACY_RECORD_KEYS):
+        if not isinstance(raw, dict) or set(raw) not in (RECORD_KEYS, LEGACY_RECORD_KEYS, BATCH_RECORD_KEYS):
             raise ValueError("audit payload does not have exactly the record keys")
         checks = raw.get("checks", {})
         if not isinstance(raw["items"], list) or not isinstance(raw["extra"], dict) or not isinstance(checks, dict):
             raise ValueError("audit payload items/checks/extra have the wrong type")
+        entries = raw.get("batch", [])
+        if not isinstance(entries, list) or ("batch" in raw and not entries) or \
+                not all(isinstance(e, dict) and set(e) == BATCH_ENTRY_KEYS for e in entries):
+            raise ValueError("audit payload batch entries have the wrong form")
         return cls(
             at_ms=raw["at_ms"], request_id=raw["request_id"], requester=raw["requester"],
             decision=raw["decision"], purpose=raw["purpose"], consent_id=raw["consent_id"],
             items=tuple(raw["items"]), outcome_digest=raw["outcome_digest"], extra=raw["extra"], checks=checks,
+            batch=tuple(BatchEntry(**e) for e in entries),
         )  # fmt: skip
 
 
@@ -311,19 +349,20 @@ def refusal(code: ErrorCode, *, query: verification_pb2.QueryBody | bytes | None
 
 def coordinator_event(decision: str, *, requester: str, request_id: str = "", consent_id: str = "",
                       purpose: str = "", items: Iterable[str] = (), statuses: Mapping[str, str] | None = None,
-                      at_ms: int | None = None) -> AuditRecord:
+                      at_ms: int | None = None, batch: Sequence[BatchEntry] = ()) -> AuditRecord:
     """A coordinator decision: consent.grant / consent.revoke / route / discover, or refused(code).
 
     `statuses` maps province code -> public status name (e.g. {"44": "OK", "51": "UNREACHABLE"}).
     The peer-supplied `consent_id`, `purpose` and `items` are kept only when well formed (else
     recorded empty) and a request id only when valid (else recorded "invalid"), so a malformed
     request is still audited; `decision`, `requester` and `statuses` come from the coordinator
-    itself and must be well formed.
+    itself and must be well formed. `batch` (from `batch_entry`) names the households of a
+    decision taken for many at once.
     """
     return AuditRecord(
         at_ms=_now_ms() if at_ms is None else at_ms, request_id=request_ids.shown(request_id), requester=requester,
         decision=decision, purpose=_clean(purpose, _PURPOSE_RE), consent_id=_clean(consent_id, _ID_RE),
-        items=tuple(i for i in items if _clean(i, _ITEM_RE))[:_MAX_ITEMS], extra=dict(statuses or {}),
+        items=tuple(i for i in items if _clean(i, _ITEM_RE))[:_MAX_ITEMS], extra=dict(statuses or {}), batch=batch,
     )  # fmt: skip
 
 
@@ -343,6 +382,30 @@ def web_event(decision: str, *, province: str, account: str, request_id: str = "
         at_ms=_now_ms() if at_ms is None else at_ms, request_id=request_ids.shown(request_id), requester=province,
         decision=decision, purpose=_clean(purpose, _PURPOSE_RE), consent_id=_clean(consent_id, _ID_RE), extra=extra,
     )  # fmt: skip
+
+
+def batched(households: Iterable[tuple[str, str, Sequence[str], BatchEntry | None]], *, request_id: str,
+            requester: str, extra: Mapping[str, str] | None = None, at_ms: int | None = None) -> list[AuditRecord]:
+    """The records of a batch: one per (decision, purpose, items) its households share, each naming
+    its households (`batch_entry`), so nothing a record per household would carry is lost. An
+    entry None stands for the call itself (a decision with no household named)."""
+    groups: dict[tuple[str, str, tuple[str, ...]], list[BatchEntry]] = {}
+    for decision, purpose, items, entry in households:
+        group = groups.setdefault((decision, purpose, tuple(sorted(set(items)))), [])
+        if entry is not None:
+            group.append(entry)
+    at = _now_ms() if at_ms is None else at_ms
+    return [AuditRecord(at_ms=at, request_id=request_ids.shown(request_id), requester=requester, decision=decision,
+                        purpose=_clean(purpose, _PURPOSE_RE), items=items, extra=dict(extra or {}),
+                        batch=tuple(entries[i:i + MAX_BATCH_ENTRIES]))
+            for (decision, purpose, items), entries in groups.items()
+            for i in range(0, max(1, len(entries)), MAX_BATCH_ENTRIES)]
+
+
+def batch_entry(request_id: str, consent_id: str = "", outcome_digest: str = "") -> BatchEntry:
+    """A batch record's household: a request id only when valid ("invalid" else), a consent id only when
+    well formed (else empty); `outcome_digest` is this node's own SHA-256 hex (or empty)."""
+    return BatchEntry(request_ids.shown(request_id), _clean(consent_id, _ID_RE), outcome_digest)
 
 
 # -- the log ---------------------------------------------------------------------------------

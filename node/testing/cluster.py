@@ -119,6 +119,16 @@ class Federation:
         return household_check(self.member(code), ids, purpose, region, consent=self.receipt(code, consent_id),
                                period=period, deadline_s=deadline_s)
 
+    def household_batch(self, code: str, households: Sequence[tuple[str, Sequence[str], str, str]], *,
+                        purpose: str = "dibao", period: str | None = None, chunk: int = 128) -> list[dict[str, Any]]:
+        """The household means test for many households as province `code` (node.client.household_batch):
+        `households` are (key, ID numbers, region, consent id); one result line per household, in order."""
+        from node.client.household_batch import BatchHousehold, household_check_batch
+
+        return household_check_batch(self.member(code), [
+            BatchHousehold(key, ids, region, self.receipt(code, consent_id)) for key, ids, region, consent_id in households
+        ], purpose, period=period, chunk=chunk)
+
     def publish_standards(self, code: str, path: Path) -> Any:
         """Publish a standards document (TOML) as province `code`; it is in the directory from then on."""
         from node.client.standards import publish_standards

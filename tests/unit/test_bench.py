@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households,
+from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households, table,
                         write_facts_csv, write_households)
 from node.domain.idnumber import validate
 
@@ -21,9 +21,10 @@ REQUIRED_POSITIVE = (
     "verify_ratio_seq", "ingest_facts_per_s", "lookups_per_s", "node_rss_mb",
     "routed_p50_ms", "routed_p99_ms", "routed_per_s", "direct_p50_ms", "routed_over_direct_p50",
     "batch_households_per_s", "node_rss_mb_1m", "verify_c32_workers1_per_s", "verify_c32_workers2_per_s",
-    "workers_speedup",
+    "workers_speedup", "household_households_per_s", "household_over_batch",
 )
-GOALS = {"verify_ratio_c32": 0.8, "routed_over_direct_p50": 3.0, "batch_households_per_s": 2000.0, "node_rss_mb_1m": 300.0}
+GOALS = {"verify_ratio_c32": 0.8, "routed_over_direct_p50": 3.0, "batch_households_per_s": 2000.0,
+         "household_households_per_s": 2000.0, "node_rss_mb_1m": 300.0}
 
 
 def test_id_numbers_are_distinct_and_valid() -> None:
@@ -75,20 +76,36 @@ def test_planned_households_spread_over_the_asked_provinces(tmp_path: Path) -> N
 
 def test_goals_say_met_and_how_far_off() -> None:
     """At-least goals fall short by bound - value, at-most goals by value - bound; unmeasured ones are None."""
-    g = goals({"verify_ratio_c32": 0.4, "routed_over_direct_p50": 2.0, "batch_households_per_s": 500.0})
+    g = goals({"verify_ratio_c32": 0.4, "routed_over_direct_p50": 2.0, "batch_households_per_s": 500.0,
+               "household_households_per_s": 2500.0})
     assert g["verify_ratio_c32"]["met"] is False and g["verify_ratio_c32"]["shortfall"] == pytest.approx(0.4)
     assert g["verify_ratio_c32"]["factor"] == pytest.approx(2.0)
     assert g["routed_over_direct_p50"]["met"] is True and g["routed_over_direct_p50"]["shortfall"] == 0
     assert g["batch_households_per_s"]["shortfall"] == pytest.approx(1500.0)
+    assert g["household_households_per_s"]["met"] is True and g["household_households_per_s"]["shortfall"] == 0
     assert g["node_rss_mb_1m"]["met"] is None
     assert goals({"node_rss_mb_1m": 300.0})["node_rss_mb_1m"]["met"] is False  # strictly below 300
     assert goals({"node_rss_mb_1m": 350.0})["node_rss_mb_1m"]["shortfall"] == pytest.approx(50.0)
+
+
+def test_the_table_reports_a_household_only_run() -> None:
+    """`--only household` (no per-person batch in the run) still prints its line and its goal."""
+    out = {"household_households_per_s": 250.0, "household_rounds_per_s": [240.0, 260.0], "household_chunk": 128,
+           "household_in_flight": 4, "household_holders_per_household": 3.5, "household_chunk_p50_ms": 1800.0,
+           "household_chunk_p99_ms": 3000.0, "household_server_cpu": 1.0, "household_client_cpu": 0.3,
+           "household_other_cpu": 0.0, "household_server_cpu_us_per_household": 4000.0,
+           "household_client_cpu_us_per_household": 1100.0, "household_line_bytes": 12000.0, "total_s": 1.0}
+    out["goals"] = goals(out)
+    text = table(out)
+    assert "250 households/s" in text and "per-person batch" not in text
+    assert "household_households_per_s" in text and "NOT met" in text
 
 
 def test_only_takes_comma_separated_parts() -> None:
     """--only rpc still works, several parts combine, `all` means every part, unknown parts are refused."""
     assert parse_args(["--only", "rpc"]).only == ["rpc"]
     assert parse_args(["--only", "routed,batch"]).only == ["routed", "batch"]
+    assert parse_args(["--only", "household"]).only == ["household"]
     assert parse_args([]).only == list(PARTS) == parse_args(["--only", "all"]).only
     with pytest.raises(SystemExit):
         parse_args(["--only", "rpc,nope"])
@@ -109,6 +126,10 @@ def test_quick_bench_runs_end_to_end() -> None:
     assert summary["verify_ratio_c32_goal"] == 0.8
     assert isinstance(summary["met"], bool) and summary["shortfall"] >= 0
     assert summary["batch_goal"] == 2000 and isinstance(summary["batch_met"], bool) and summary["batch_shortfall"] >= 0
+    assert summary["household_goal"] == 2000 and isinstance(summary["household_met"], bool)
+    assert summary["household_households"] == summary["batch_households"] and summary["household_failed_households"] == 0
+    assert summary["household_over_batch"] == pytest.approx(summary["household_households_per_s"]
+                                                            / summary["batch_households_per_s"])
     assert summary["routed_over_direct_p50"] == pytest.approx(summary["routed_p50_ms"] / summary["direct_p50_ms"])
     for name, bound in GOALS.items():
         goal = summary["goals"][name]

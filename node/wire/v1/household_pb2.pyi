@@ -178,3 +178,103 @@ class RouteRoundResponse(_message.Message):
     answers: _containers.RepeatedCompositeFieldContainer[_coordinator_pb2.RoutedAnswer]
     outcome: SignedRoundOutcome
     def __init__(self, answers: _Optional[_Iterable[_Union[_coordinator_pb2.RoutedAnswer, _Mapping]]] = ..., outcome: _Optional[_Union[SignedRoundOutcome, _Mapping]] = ...) -> None: ...
+
+class OpenRoundBatchRequest(_message.Message):
+    __slots__ = ("request_id", "households")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOUSEHOLDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    households: _containers.RepeatedCompositeFieldContainer[OpenRoundRequest]
+    def __init__(self, request_id: _Optional[str] = ..., households: _Optional[_Iterable[_Union[OpenRoundRequest, _Mapping]]] = ...) -> None: ...
+
+class OpenedRound(_message.Message):
+    __slots__ = ("holder_set", "error_code", "error")
+    HOLDER_SET_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    holder_set: SignedHolderSet
+    error_code: str
+    error: str
+    def __init__(self, holder_set: _Optional[_Union[SignedHolderSet, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class OpenRoundBatchResponse(_message.Message):
+    __slots__ = ("households", "statuses")
+    HOUSEHOLDS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    households: _containers.RepeatedCompositeFieldContainer[OpenedRound]
+    statuses: _containers.RepeatedCompositeFieldContainer[_coordinator_pb2.ProvinceStatus]
+    def __init__(self, households: _Optional[_Iterable[_Union[OpenedRound, _Mapping]]] = ..., statuses: _Optional[_Iterable[_Union[_coordinator_pb2.ProvinceStatus, _Mapping]]] = ...) -> None: ...
+
+class ContributionQueryBatch(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[SignedContributionQuery]
+    def __init__(self, queries: _Optional[_Iterable[_Union[SignedContributionQuery, _Mapping]]] = ...) -> None: ...
+
+class ContributeBatchRequest(_message.Message):
+    __slots__ = ("request_id", "queries")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    queries: _common_pb2.Sealed
+    def __init__(self, request_id: _Optional[str] = ..., queries: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
+class ContributionItem(_message.Message):
+    __slots__ = ("index", "contribution", "error_code", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    contribution: SignedContribution
+    error_code: str
+    error: str
+    def __init__(self, index: _Optional[int] = ..., contribution: _Optional[_Union[SignedContribution, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ContributionBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ContributionItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ContributionItem, _Mapping]]] = ...) -> None: ...
+
+class ContributeBatchResponse(_message.Message):
+    __slots__ = ("contributions",)
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    contributions: _common_pb2.Sealed
+    def __init__(self, contributions: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ...) -> None: ...
+
+class HouseholdRound(_message.Message):
+    __slots__ = ("consent_id", "holder_set")
+    CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_SET_FIELD_NUMBER: _ClassVar[int]
+    consent_id: str
+    holder_set: SignedHolderSet
+    def __init__(self, consent_id: _Optional[str] = ..., holder_set: _Optional[_Union[SignedHolderSet, _Mapping]] = ...) -> None: ...
+
+class RoundBatchEnvelope(_message.Message):
+    __slots__ = ("province", "queries", "rounds")
+    PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    province: str
+    queries: _common_pb2.Sealed
+    rounds: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, province: _Optional[str] = ..., queries: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ..., rounds: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RouteRoundBatchRequest(_message.Message):
+    __slots__ = ("request_id", "rounds", "envelopes")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    rounds: _containers.RepeatedCompositeFieldContainer[HouseholdRound]
+    envelopes: _containers.RepeatedCompositeFieldContainer[RoundBatchEnvelope]
+    def __init__(self, request_id: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[HouseholdRound, _Mapping]]] = ..., envelopes: _Optional[_Iterable[_Union[RoundBatchEnvelope, _Mapping]]] = ...) -> None: ...
+
+class RouteRoundBatchResponse(_message.Message):
+    __slots__ = ("answers", "outcomes")
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedCompositeFieldContainer[_coordinator_pb2.RoutedAnswer]
+    outcomes: _containers.RepeatedCompositeFieldContainer[SignedRoundOutcome]
+    def __init__(self, answers: _Optional[_Iterable[_Union[_coordinator_pb2.RoutedAnswer, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[SignedRoundOutcome, _Mapping]]] = ...) -> None: ...

@@ -40,6 +40,11 @@ class HouseholdHolderStub:
                 request_serializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeRequest.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeResponse.FromString,
                 _registered_method=True)
+        self.ContributeBatch = channel.unary_unary(
+                '/hedui.v1.HouseholdHolder/ContributeBatch',
+                request_serializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeBatchRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeBatchResponse.FromString,
+                _registered_method=True)
 
 
 class HouseholdHolderServicer:
@@ -52,6 +57,12 @@ class HouseholdHolderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ContributeBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HouseholdHolderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +70,11 @@ def add_HouseholdHolderServicer_to_server(servicer, server):
                     servicer.Contribute,
                     request_deserializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeRequest.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeResponse.SerializeToString,
+            ),
+            'ContributeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ContributeBatch,
+                    request_deserializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeBatchRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_household__pb2.ContributeBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -99,6 +115,33 @@ class HouseholdHolder:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ContributeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.HouseholdHolder/ContributeBatch',
+            node_dot_wire_dot_v1_dot_household__pb2.ContributeBatchRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_household__pb2.ContributeBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class HouseholdRoundsStub:
     """Served by the coordinator.
@@ -120,6 +163,16 @@ class HouseholdRoundsStub:
                 request_serializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundRequest.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundResponse.FromString,
                 _registered_method=True)
+        self.OpenRoundBatch = channel.unary_unary(
+                '/hedui.v1.HouseholdRounds/OpenRoundBatch',
+                request_serializer=node_dot_wire_dot_v1_dot_household__pb2.OpenRoundBatchRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_household__pb2.OpenRoundBatchResponse.FromString,
+                _registered_method=True)
+        self.RouteRoundBatch = channel.unary_unary(
+                '/hedui.v1.HouseholdRounds/RouteRoundBatch',
+                request_serializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundBatchRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundBatchResponse.FromString,
+                _registered_method=True)
 
 
 class HouseholdRoundsServicer:
@@ -138,6 +191,18 @@ class HouseholdRoundsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenRoundBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RouteRoundBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HouseholdRoundsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +215,16 @@ def add_HouseholdRoundsServicer_to_server(servicer, server):
                     servicer.RouteRound,
                     request_deserializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundRequest.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundResponse.SerializeToString,
+            ),
+            'OpenRoundBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenRoundBatch,
+                    request_deserializer=node_dot_wire_dot_v1_dot_household__pb2.OpenRoundBatchRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_household__pb2.OpenRoundBatchResponse.SerializeToString,
+            ),
+            'RouteRoundBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RouteRoundBatch,
+                    request_deserializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundBatchRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_household__pb2.RouteRoundBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -207,6 +282,60 @@ class HouseholdRounds:
             '/hedui.v1.HouseholdRounds/RouteRound',
             node_dot_wire_dot_v1_dot_household__pb2.RouteRoundRequest.SerializeToString,
             node_dot_wire_dot_v1_dot_household__pb2.RouteRoundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenRoundBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.HouseholdRounds/OpenRoundBatch',
+            node_dot_wire_dot_v1_dot_household__pb2.OpenRoundBatchRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_household__pb2.OpenRoundBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteRoundBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.HouseholdRounds/RouteRoundBatch',
+            node_dot_wire_dot_v1_dot_household__pb2.RouteRoundBatchRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_household__pb2.RouteRoundBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
