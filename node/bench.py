@@ -63,6 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from node.testing.standards import standards_document
+
 VERIFY_RATIO_C32_GOAL: Final[float] = 0.8
 ROUTED_OVER_DIRECT_P50_GOAL: Final[float] = 3.0  # routed p50 at most 3x the direct Verify p50
 BATCH_GOAL: Final[float] = 2000.0  # households per second through BatchSession
@@ -96,41 +98,10 @@ BATCH_CHECKS: Final[tuple[str, ...]] = (*CHECKS, "vehicle.count<=1")
 MEMBER_FACT_SPECS: Final[tuple[tuple[str, str, int, int], ...]] = (*FACT_SPECS, ("vehicle.count", "mps", 0, 2))
 #: The region of the household part's households, and the standard its province (the requester) publishes.
 HOUSEHOLD_REGION: Final[str] = "510104"
-HOUSEHOLD_STANDARDS: Final[str] = f"""
-province = "{REQUESTER}"
-version = 1
-example = true
-
-[[standard]]
-region = "510100"
-name_zh = "成都市"
-name_en = "Chengdu"
-purpose = "dibao"
-period_from = "2020-01"
-standard_per_person = 91000
-income_monthly = ["income_monthly"]
-income_annual = ["income_annual"]
-deductions_12m = ["education_12m", "medical_12m"]
-rules = ["income", "financial_assets", "vehicles", "homes", "businesses"]
-allowance = "gap"
-source = "bench figures (the rules of config/standards/51-sichuan.toml for Chengdu)"
-
-[standard.financial_assets]
-months_of_standard = 24
-source = "bench figures"
-
-[standard.vehicles]
-count_max = 0
-source = "bench figures"
-
-[standard.homes]
-max = 1
-source = "bench figures"
-
-[standard.businesses]
-max = 0
-source = "bench figures"
-"""
+HOUSEHOLD_STANDARDS: Final[str] = standards_document(
+    province=REQUESTER, period_from="2020-01", standard_per_person=91000,
+    deductions_12m=("education_12m", "medical_12m"), rules=("income", "financial_assets", "vehicles", "homes", "businesses"),
+    source="bench figures (the rules of config/standards/51-sichuan.toml for Chengdu)")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from node.errors import ErrorCode, Refusal
 from node.server.node_server import NodeServer
 from node.synth import generate
 from node.testing import Federation, capture_logs, run_cluster
+from node.testing.standards import standards_document
 from node.wire.v1 import household_pb2, household_pb2_grpc
 from tests.oracle import province_values
 
@@ -42,29 +43,7 @@ GRANNY = idnumber.make("510104", dt.date(1948, 9, 3), 103)
 PATIENT = idnumber.make("510104", dt.date(1975, 1, 4), 104)
 CARER = idnumber.make("510104", dt.date(1977, 2, 5), 105)
 
-STANDARDS = """
-province = "51"
-version = 1
-example = true
-
-[[standard]]
-region = "510100"
-name_zh = "成都市"
-name_en = "Chengdu"
-purpose = "dibao"
-period_from = "2026-01"
-standard_per_person = 90000
-income_monthly = ["income_monthly"]
-income_annual = ["income_annual"]
-deductions_12m = ["medical_12m", "education_12m"]
-rules = ["income", "financial_assets"]
-allowance = "gap"
-source = "test figures"
-
-[standard.financial_assets]
-months_of_standard = 24
-source = "test figures"
-"""
+STANDARDS = standards_document()  # Chengdu: 900 yuan a person, income and financial assets (24 months)
 
 
 def _csv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
