@@ -26,7 +26,7 @@ from node import logs
 from node.client.client import PeerRefused, PeerUnreachable
 from node.domain.regions import PROVINCES
 from node.errors import BadInput, HeduiError
-from node.web import csrf, i18n
+from node.web import csrf, i18n, pdf
 from node.web.accounts import Account, LoginRefused, Role
 from node.web.cases import FormErrors, parse_case
 from node.web.csp import SecurityHeaders
@@ -251,6 +251,17 @@ class Web:
         await run_in_threadpool(self.desk.audit, "case.report", account.id, case=case)
         return self.render(request, "report.html", case=case, result=case.result)
 
+    async def case_report_pdf(self, request: Request) -> Response:
+        """The report as an A4 PDF download (same roles, office and audit as the report page)."""
+        account = request.state.account
+        case = await run_in_threadpool(self.desk.case_for, account, request.path_params["case_id"], action="report")
+        if case.result is None:
+            return self.error(request, 409, "run the check before printing the report")
+        body = await run_in_threadpool(pdf.report_pdf, case, self.desk.province, i18n.pick(request.cookies.get(i18n.COOKIE)))
+        await run_in_threadpool(self.desk.audit, "case.report_pdf", account.id, case=case)
+        return Response(body, media_type="application/pdf", headers={
+            "Content-Disposition": f'attachment; filename="report-{case.id}.pdf"'})
+
     async def case_record(self, request: Request) -> Response:
         account = request.state.account
         case = await run_in_threadpool(self.desk.case_for, account, request.path_params["case_id"], action="record")
@@ -333,6 +344,7 @@ def create_app(desk: Desk) -> Any:
         Route("/cases/{case_id}/close", auth(web.form_action(web.case_close)), methods=["POST"]),
         Route("/cases/{case_id}/report", auth(web.case_report)),
         Route("/cases/{case_id}/record.json", auth(web.case_record)),
+        Route("/cases/{case_id}/report.pdf", auth(web.case_report_pdf)),
         Route("/log", auth(web.access_log)),
         Route("/log/export", auth(web.access_log_export)),
         Route("/federation", auth(web.federation)),
