@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -26,8 +26,9 @@ from node import logs
 from node.client.client import PeerRefused, PeerUnreachable
 from node.domain.regions import PROVINCES
 from node.errors import BadInput, HeduiError
-from node.web import csrf, i18n
+from node.web import csrf, i18n, pdf
 from node.web.accounts import Account, LoginRefused, Role
+from node.web.batches import MAX_CSV
 from node.web.cases import FormErrors, parse_case
 from node.web.csp import SecurityHeaders
 from node.web.desk import MAX_EVIDENCE, Desk, Forbidden, NotFound
@@ -129,7 +130,7 @@ class Web:
             return await handler(request)
         return endpoint
 
-    def form_action(self, handler: Callable[[Request, FormData], Awaitable[Response]]) -> Handler:
+    def form_action(self, handler: Callable[[Request, FormData], Awaitable[Response]], *, max_files: int = 1) -> Handler:
         """Parse the form and check its CSRF token against the session's before the handler runs."""
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
@@ -140,7 +141,7 @@ class Web:
             if not csrf.same_origin(request.url.scheme, request.headers.get("host", ""), request.headers.get("origin"),
                                     request.headers.get("referer")):
                 return self.error(request, 403, "request does not come from this site")  # before any body is read
-            form = await request.form(max_files=1, max_fields=100, max_part_size=64 * 1024)
+            form = await request.form(max_files=max_files, max_fields=100, max_part_size=64 * 1024)
             try:
                 csrf.verify(scheme=request.url.scheme, host=request.headers.get("host", ""),
                             origin=request.headers.get("origin"), referer=request.headers.get("referer"),
@@ -251,6 +252,17 @@ class Web:
         await run_in_threadpool(self.desk.audit, "case.report", account.id, case=case)
         return self.render(request, "report.html", case=case, result=case.result)
 
+    async def case_report_pdf(self, request: Request) -> Response:
+        """The report as an A4 PDF download (same roles, office and audit as the report page)."""
+        account = request.state.account
+        case = await run_in_threadpool(self.desk.case_for, account, request.path_params["case_id"], action="report")
+        if case.result is None:
+            return self.error(request, 409, "run the check before printing the report")
+        body = await run_in_threadpool(pdf.report_pdf, case, self.desk.province, i18n.pick(request.cookies.get(i18n.COOKIE)))
+        await run_in_threadpool(self.desk.audit, "case.report_pdf", account.id, case=case)
+        return Response(body, media_type="application/pdf", headers={
+            "Content-Disposition": f'attachment; filename="report-{case.id}.pdf"'})
+
     async def case_record(self, request: Request) -> Response:
         account = request.state.account
         case = await run_in_threadpool(self.desk.case_for, account, request.path_params["case_id"], action="record")
@@ -259,6 +271,53 @@ class Web:
         await run_in_threadpool(self.desk.audit, "case.record", account.id, case=case)
         return Response(case.record, media_type="application/json", headers={
             "Content-Disposition": f'attachment; filename="decision-{case.id}.json"'})
+
+    # -- batches ---------------------------------------------------------------------------
+
+    async def batch_list(self, request: Request) -> Response:
+        batches = await run_in_threadpool(self.desk.batch_list, request.state.account)
+        return self.render(request, "batches.html", batches=batches, purposes=self.desk.purposes)
+
+    async def batch_create(self, request: Request, form: FormData) -> Response:
+        account = request.state.account
+        self.desk.require(account, Role.CASEWORKER, Role.SUPERVISOR, action="batch")
+        uploads = {}
+        for name in ("households", "consents"):
+            upload = form.get(name)
+            if not isinstance(upload, UploadFile) or not upload.filename:
+                raise BadInput(f"attach the {name} CSV file")
+            uploads[name] = await upload.read(MAX_CSV + 1)
+        batch = await run_in_threadpool(
+            functools.partial(self.desk.batch_start, account, purpose=str(form.get("purpose", "")),
+                              region=str(form.get("region", "")).strip(), **uploads))
+        return RedirectResponse(f"/batches/{batch.id}", status_code=303)
+
+    async def batch_page(self, request: Request) -> Response:
+        account = request.state.account
+        batch = await run_in_threadpool(self.desk.batch_for, account, request.path_params["batch_id"])
+        return self.render(request, "batch.html", batch=batch)
+
+    async def batch_progress(self, request: Request) -> Response:
+        batch = await run_in_threadpool(self.desk.batch_for, request.state.account, request.path_params["batch_id"])
+        return JSONResponse({"status": batch.status, "total": batch.total, "done": batch.done,
+                             "incomplete": batch.incomplete, "rejected": batch.rejected, "percent": batch.percent,
+                             "error": batch.error})
+
+    async def batch_file(self, request: Request) -> Response:
+        account = request.state.account
+        name = request.path_params["name"]
+        kind = {"results.jsonl": "results", "rejects.csv": "rejects"}.get(name)
+        if kind is None:
+            raise NotFound(name)
+        batch = await run_in_threadpool(self.desk.batch_for, account, request.path_params["batch_id"], action=kind)
+        path = self.desk.batches.file(batch, kind)
+        if not path.is_file():
+            return self.error(request, 409, "the batch has not finished yet")
+        await run_in_threadpool(self.desk.audit, f"batch.{kind}", account.id, batch=batch)
+        body = await run_in_threadpool(path.read_bytes)
+        media = "application/x-ndjson" if kind == "results" else "text/csv; charset=utf-8"
+        return Response(body, media_type=media, headers={
+            "Content-Disposition": f'attachment; filename="batch-{batch.id}-{name}"'})
 
     # -- auditors and federation -----------------------------------------------------------
 
@@ -333,6 +392,12 @@ def create_app(desk: Desk) -> Any:
         Route("/cases/{case_id}/close", auth(web.form_action(web.case_close)), methods=["POST"]),
         Route("/cases/{case_id}/report", auth(web.case_report)),
         Route("/cases/{case_id}/record.json", auth(web.case_record)),
+        Route("/cases/{case_id}/report.pdf", auth(web.case_report_pdf)),
+        Route("/batches", auth(web.batch_list), methods=["GET"]),
+        Route("/batches", auth(web.form_action(web.batch_create, max_files=2)), methods=["POST"]),
+        Route("/batches/{batch_id}", auth(web.batch_page)),
+        Route("/batches/{batch_id}/progress", auth(web.batch_progress)),
+        Route("/batches/{batch_id}/{name}", auth(web.batch_file)),
         Route("/log", auth(web.access_log)),
         Route("/log/export", auth(web.access_log_export)),
         Route("/federation", auth(web.federation)),

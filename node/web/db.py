@@ -1,4 +1,4 @@
-"""The web application's SQLite file, `<data_dir>/web.sqlite` (0600): accounts, sessions, cases."""
+"""The web application's SQLite file, `<data_dir>/web.sqlite` (0600): accounts, sessions, cases, batches."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS cases(
     consent_expires_ms INTEGER NOT NULL, evidence_sha256 TEXT NOT NULL, evidence_file TEXT NOT NULL,
     result TEXT NOT NULL DEFAULT '', record TEXT NOT NULL DEFAULT '', checked_ms INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS cases_office ON cases(office, created_ms);
+CREATE TABLE IF NOT EXISTS batches(
+    id TEXT PRIMARY KEY, office TEXT NOT NULL, created_by TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    purpose TEXT NOT NULL, region TEXT NOT NULL, status TEXT NOT NULL, total INTEGER NOT NULL, done INTEGER NOT NULL,
+    incomplete INTEGER NOT NULL, rejected INTEGER NOT NULL, error TEXT NOT NULL, finished_ms INTEGER NOT NULL);
 """
 
 

@@ -27,6 +27,7 @@ from node.server import tls
 from node.store import audit
 from node.store.store import Store
 from node.web.accounts import Account, Accounts, Role
+from node.web.batches import Batch, Batches
 from node.web.cases import Case, CaseInput, Cases, Status, new_case_id
 from node.web.db import WebDb
 from node.web.sessions import DEFAULT_IDLE_S, Sessions
@@ -70,6 +71,9 @@ class Desk:
         data_dir = self.member.cfg.data_dir
         self.db = WebDb(data_dir)
         self.accounts, self.sessions, self.cases = Accounts(self.db), Sessions(self.db, idle_s=idle_s), Cases(self.db)
+        self.batches = Batches(self.db, self.member, on_end=lambda b: self.audit(
+            "batch.end", b.created_by, batch=b, statuses={"status": b.status, "households": str(b.done),
+                                                           "incomplete": str(b.incomplete), "rejected": str(b.rejected)}))
         self.evidence_dir = data_dir / EVIDENCE_DIR
         self.evidence_dir.mkdir(mode=0o700, exist_ok=True)
         self.audit_log = audit.AuditLog.for_member(data_dir, self.config_path)
@@ -77,6 +81,7 @@ class Desk:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.batches.close()
         if self._coordinator is not None:
             self._coordinator.__exit__(None, None, None)
         self.audit_log.close()
@@ -97,12 +102,13 @@ class Desk:
     # -- audit -----------------------------------------------------------------------------
 
     def audit(self, action: str, account: str, *, case: Case | None = None, statuses: dict[str, str] | None = None,
-              request_id: str = "") -> None:
-        """Record one action durably, with the account's identifier next to the province."""
+              request_id: str = "", batch: Batch | None = None) -> None:
+        """Record one action durably, with the account's identifier next to the province (and the case or batch)."""
         self.audit_log.record(audit.web_event(
             WEB_PREFIX + action, province=self.province, account=account or "anonymous",
-            request_id=request_id or uuid.uuid4().hex, case_id=case.id if case else "",
-            consent_id=case.consent_id if case else "", purpose=case.purpose if case else "", statuses=statuses))
+            request_id=request_id or uuid.uuid4().hex, case_id=case.id if case else batch.id if batch else "",
+            consent_id=case.consent_id if case else "", purpose=case.purpose if case else batch.purpose if batch else "",
+            statuses=statuses))
 
     # -- roles -----------------------------------------------------------------------------
 
@@ -218,6 +224,31 @@ class Desk:
             self.cases.set_status(case.id, Status.CLOSED)
         self.audit("case.close", account.id, case=case)
         return self.cases.get(case.id) or case
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def batch_start(self, account: Account, *, purpose: str, region: str, households: bytes, consents: bytes) -> Batch:
+        """Caseworkers and supervisors: keep the uploads and decide the households in the background."""
+        self.require(account, Role.CASEWORKER, Role.SUPERVISOR, action="batch")
+        batch = self.batches.start(office=account.office, account_id=account.id, purpose=purpose, region=region,
+                                   households=households, consents=consents)
+        self.audit("batch.start", account.id, batch=batch)
+        return batch
+
+    def batch_for(self, account: Account, batch_id: str, *, action: str = "batch") -> Batch:
+        """The batch when the account may see it: caseworkers their own office's, supervisors every one."""
+        self.require(account, Role.CASEWORKER, Role.SUPERVISOR, action=action)
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            raise NotFound(batch_id)
+        if account.role is Role.CASEWORKER and batch.office != account.office:
+            self.audit(f"forbidden.{action}", account.id, batch=batch)
+            raise Forbidden(action)
+        return batch
+
+    def batch_list(self, account: Account) -> list[Batch]:
+        self.require(account, Role.CASEWORKER, Role.SUPERVISOR, action="batch")
+        return self.batches.list(account.office if account.role is Role.CASEWORKER else None)
 
     # -- auditors --------------------------------------------------------------------------
 

@@ -46,6 +46,16 @@ STRINGS: Final[dict[str, tuple[str, str]]] = {
     "SATISFIED": ("与申报一致（不高于申报）", "Consistent (not above the declared figure)"),
     "NOT_SATISFIED": ("不一致：高于申报", "Discrepancy: above the declared figure"),
     "NO_RECORD": ("无记录", "No record"), "DENIED": ("被拒绝", "Refused"),
+    "batches": ("批量核对", "Batches"), "batch": ("批次", "Batch"),
+    "batch_households": ("家庭清单 CSV（household,id_number[,region]，每位成员一行）",
+                         "Households CSV (household,id_number[,region], one row per member)"),
+    "batch_consents": ("授权清单 CSV（hedui consent grant-batch 的输出）", "Consents CSV (from hedui consent grant-batch)"),
+    "batch_region": ("未写地区的家庭所属地区代码（可选）", "Region of households whose rows name none (optional)"),
+    "batch_start": ("上传并开始核对", "Upload and start"), "progress": ("进度", "Progress"),
+    "decided": ("已核对家庭", "Households decided"), "incomplete": ("不完整（可重新上传以补全）", "Incomplete"),
+    "rejected": ("被拒绝的行", "Rejected rows"), "results": ("下载结果（JSONL）", "Download results (JSONL)"),
+    "rejects": ("下载被拒绝的行（CSV）", "Download rejected rows (CSV)"), "started": ("开始时间", "Started"),
+    "running": ("进行中", "Running"), "done": ("已完成", "Done"), "failed": ("失败", "Failed"),
     "household_test": ("家庭经济状况核对（多省安全求和）", "Household means test (secure sum over provinces)"),
 }
 

@@ -299,3 +299,47 @@ def test_the_case_list_and_federation_pages_for_the_screenshots(case: dict[str, 
     page.goto(case["url"])
     _shot(page, "case-en")
     page.click("#lang")
+
+
+def _streams(pdf: bytes) -> bytes:
+    """Every content stream of a PDF, inflated where it is compressed."""
+    import re
+    import zlib
+
+    out = []
+    for raw in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        try:
+            out.append(zlib.decompress(raw))
+        except zlib.error:
+            out.append(raw)
+    return b"\n".join(out)
+
+
+def test_the_report_downloads_as_an_a4_pdf_with_the_records_digest(case: dict[str, Any], desk: Desk) -> None:
+    """GET report.pdf is an A4 PDF attachment with the CJK font embedded, the digest as text, and is audited."""
+    page: Page = case["page"]
+    response = page.request.get(case["url"] + "/report.pdf")
+    assert response.status == 200 and response.headers["content-type"] == "application/pdf"
+    assert response.headers["content-disposition"] == f'attachment; filename="report-{case["id"]}.pdf"'
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    body = response.body()
+    assert body.startswith(b"%PDF-") and b"/MediaBox [0 0 595.28 841.89]" in body  # A4 in points
+    assert b"WenQuanYi" in body or b"MicroHei" in body  # the Chinese labels' font is embedded
+    digest = desk.cases.get(case["id"]).result["record_sha256"]
+    text = _streams(body)
+    assert f"({digest})".encode() in text and b"hedui household verify --ca ca.pem" in text
+    assert WORKER.encode() not in text and PARENT.encode() not in text
+    alice = desk.db.one("SELECT id FROM accounts WHERE name = 'alice'")[0]
+    assert any(r.action == "case.report_pdf" and r.account == alice and r.case == case["id"]
+               for r in desk.access_log(desk.accounts.get(desk.db.one("SELECT id FROM accounts WHERE name = 'audrey'")[0])))
+
+
+@pytest.mark.parametrize("name", ["bob", "audrey"])
+def test_another_offices_caseworker_and_an_auditor_cannot_download_the_pdf(case: dict[str, Any], browser: Browser,
+                                                                           site: str, name: str) -> None:
+    """Bob (another office) and the auditor get 403 for the case's PDF report, and no PDF."""
+    page = _page(browser, site)
+    _login(page, name)
+    page.wait_for_load_state()
+    response = page.request.get(case["url"] + "/report.pdf")
+    assert response.status == 403 and not response.body().startswith(b"%PDF")

@@ -215,3 +215,20 @@ def test_user_add_reads_the_password_from_stdin_and_keeps_the_database_private(n
         desk.close()
     short = subprocess.run([*cmd, "--name", "sid"], input="short\n", capture_output=True, text=True, check=False)
     assert short.returncode == 2 and short.stderr.count("\n") == 1 and "Traceback" not in short.stderr
+
+
+def test_without_a_cjk_font_the_pdf_report_falls_back_to_english_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine with no CJK font the PDF still builds, A4, in a core font with English labels and the digest."""
+    from node.web import pdf
+    from node.web.cases import Case, MemberInput, Status
+
+    result = {"household": {"verdict": "ELIGIBLE", "allowance": 90000, "income_per_person": 45000,
+                            "standard_per_person": 90000, "members": 1, "as_of": {"from": "2026-11-30", "to": "2026-11-30"},
+                            "period": "2026-12", "rules": {"income": True}, "routing": {"44": "OK"}, "missing": []},
+              "persons": [], "record_sha256": "ab" * 32}
+    case = Case("c0123456789", "510104", "w1", 0, 0, Status.CHECKED, "510104", "dibao", "张三", "",
+                (MemberInput(GOOD_ID),), "consent1", 0, "e" * 64, "c.pdf", result, "{}", 0)
+    monkeypatch.setattr(pdf, "CJK_FONTS", ())
+    body = pdf.report_pdf(case, "51", "zh", compress=False)
+    assert body.startswith(b"%PDF-") and b"/MediaBox [0 0 595.28 841.89]" in body
+    assert b"(Household means test" in body and b"(" + b"ab" * 32 + b")" in body and b"FontFile2" not in body
