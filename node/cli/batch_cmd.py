@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from google.protobuf.message import DecodeError
 
 from node.errors import BadInput
 
@@ -125,7 +124,7 @@ def _rewrite(path: Path, lines: list[str], header: str | None = None) -> IO[str]
 
 
 def grant_batch(args: argparse.Namespace) -> int:
-    from node.client.batch import BatchSession, chunked, read_households
+    from node.client.batch import BatchSession, chunked, read_households, reject_household
     from node.cli.progress import Progress
     from node.member import Member
 
@@ -188,34 +187,10 @@ def _run_to_the_end(run: Any, out: IO[str], args: argparse.Namespace, rejects: l
         write_rejects(_rejects_path(args), sorted(rejects, key=lambda r: r.line))
 
 
-def reject_household(h: Any, reason: str) -> Any:
-    """The reject of a household read from --in: its first line, its key, why."""
-    from node.client.batch import Reject
-
-    return Reject(h.lines[0], h.key, reason)
-
-
 def _consent_id(receipt: Any) -> str:
     from node.wire.v1 import verification_pb2
 
     return verification_pb2.ConsentBody.FromString(receipt.body).consent_id
-
-
-def read_consents(path: Path) -> dict[str, Any]:
-    """household -> SignedConsent receipt, from a CONSENTS.csv."""
-    from node.wire.v1 import verification_pb2
-
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or not {"household", "receipt"} <= set(reader.fieldnames):
-                raise BadInput(f"{path}: header must be household,consent_id,receipt")
-            return {row["household"]: verification_pb2.SignedConsent.FromString(base64.b64decode(row["receipt"]))
-                    for row in reader}
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such file") from None
-    except (ValueError, KeyError, TypeError, DecodeError):
-        raise BadInput(f"{path}: not a consents file written by `hedui consent grant-batch`") from None
 
 
 def verify_batch(args: argparse.Namespace) -> int:
@@ -238,7 +213,7 @@ def check_shape(args: argparse.Namespace, *, max_chunk: int) -> None:
 
 def read_ready(args: argparse.Namespace, member: Any) -> tuple[list[tuple[Any, Any]], list[Any]]:
     """The households of --in with their receipts from --consents; rejected rows (and households without a consent)."""
-    from node.client.batch import read_households
+    from node.client.batch import read_consents, read_households, reject_household
 
     households, rejects = read_households(args.input, max_members=member.cfg.limits.max_subjects)
     consents = read_consents(args.consents)

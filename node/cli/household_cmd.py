@@ -75,7 +75,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _check_batch(args: argparse.Namespace) -> int:
-    from node.cli.batch_cmd import check_shape, read_ready, reject_household, run_results
+    from node.cli.batch_cmd import check_shape, read_ready, run_results
+    from node.client.batch import reject_household
     from node.client.coordinator import CoordinatorClient
     from node.client.household import StandardsInForce
     from node.client.household_batch import BatchHousehold, HouseholdBatchSession

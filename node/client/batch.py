@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
+from google.protobuf.message import DecodeError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc import aio
 
@@ -359,3 +360,23 @@ def parse_checks(exprs: Sequence[str], member: Member, purpose: str) -> list[Che
 __all__ = ["ITEM_STATUS", "REJECTS_HEADER", "BatchSession", "HeduiError", "Household", "Reject", "chunked", "complete",
            "parse_checks", "pipeline", "read_households", "write_rejects"]
 _ = common_pb2
+
+
+def reject_household(h: Household, reason: str) -> Reject:
+    """The reject of a household read from a HOUSEHOLDS.csv: its first line, its key, why."""
+    return Reject(h.lines[0], h.key, reason)
+
+
+def read_consents(path: Path) -> dict[str, verification_pb2.SignedConsent]:
+    """household -> SignedConsent receipt, from a CONSENTS.csv (`hedui consent grant-batch`)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"household", "receipt"} <= set(reader.fieldnames):
+                raise BadInput(f"{path}: header must be household,consent_id,receipt")
+            return {row["household"]: verification_pb2.SignedConsent.FromString(base64.b64decode(row["receipt"]))
+                    for row in reader}
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except (ValueError, KeyError, TypeError, DecodeError):
+        raise BadInput(f"{path}: not a consents file written by `hedui consent grant-batch`") from None

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from node import logs
-from node.cli.batch_cmd import read_consents, reject_household
-from node.client.batch import IN_FLIGHT, chunked, complete, pipeline, read_households, write_rejects
+from node.client.batch import (IN_FLIGHT, chunked, complete, pipeline, read_consents, read_households, reject_household,
+                               write_rejects)
 from node.client.coordinator import CoordinatorClient
 from node.client.household import StandardsInForce
 from node.client.household_batch import BatchHousehold, HouseholdBatchSession
