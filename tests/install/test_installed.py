@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,18 @@ NAMESPACE_TOOLS = ("unshare", "ip", "jq", "awk")
 
 def _run(cmd: list[str | Path], *, cwd: Path | None = None, env: dict[str, str] | None = None,
          timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          input=input)
+    # A session of its own: on a timeout every process it started (servers in the background
+    # of a namespace script included) is killed, never left running after the test.
+    with subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.PIPE if input is not None else None, text=True,
+                          start_new_session=True) as child:
+        try:
+            stdout, stderr = child.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            raise AssertionError(f"{cmd[:4]} did not finish within {timeout:g} s") from None
+    proc = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise AssertionError(f"{cmd[:4]} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
