@@ -19,6 +19,7 @@ import uvicorn
 from node.client.decision_record import verify_record
 from node.domain import idnumber
 from node.testing import Federation, run_cluster
+from node.testing.standards import standards_document
 from node.web.app import create_app
 from node.web.desk import Desk
 from tests.web.conftest import PASSWORD
@@ -35,29 +36,7 @@ SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 WORKER = idnumber.make("510104", dt.date(1984, 5, 6), 211)
 PARENT = idnumber.make("510104", dt.date(1950, 7, 8), 212)
 MARKUP = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
-STANDARDS = """
-province = "51"
-version = 1
-example = true
-
-[[standard]]
-region = "510100"
-name_zh = "成都市"
-name_en = "Chengdu"
-purpose = "dibao"
-period_from = "2026-01"
-standard_per_person = 90000
-income_monthly = ["income_monthly"]
-income_annual = ["income_annual"]
-deductions_12m = ["medical_12m", "education_12m"]
-rules = ["income", "financial_assets"]
-allowance = "gap"
-source = "test figures"
-
-[standard.financial_assets]
-months_of_standard = 24
-source = "test figures"
-"""
+STANDARDS = standards_document()  # Chengdu: 900 yuan a person, income and financial assets (24 months)
 
 
 def _csv(path: Path, rows: list[tuple[str, str, int]]) -> Path:
