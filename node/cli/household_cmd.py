@@ -83,7 +83,6 @@ def _check_batch(args: argparse.Namespace) -> int:
     from node.client.standards import current_period
     from node.domain.standards import check_period, fallback_regions
     from node.member import Member
-    from node.wire.v1 import coordinator_pb2
 
     if args.region is not None:
         fallback_regions(args.region)
@@ -93,7 +92,7 @@ def _check_batch(args: argparse.Namespace) -> int:
     member.policy.purpose(args.purpose)
     ready, rejects = read_ready(args, member)
     with CoordinatorClient(member) as coordinator:
-        standards = StandardsInForce(member, coordinator.call("Directory", coordinator_pb2.DirectoryRequest()))
+        standards = StandardsInForce(member, coordinator.signed_directory(max_age_s=0))
     households = []
     for h, receipt in ready:
         region = h.region or args.region

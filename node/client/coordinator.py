@@ -117,11 +117,19 @@ class CoordinatorClient:
 
     def directory(self, *, max_age_s: float = 30.0) -> dict[str, Entry]:
         """The verified federation directory, fetched again when older than `max_age_s`."""
+        return self._fetch_directory(max_age_s)[2]
+
+    def signed_directory(self, *, max_age_s: float = 30.0) -> coordinator_pb2.SignedDirectory:
+        """The signed directory as the coordinator sent it (standards documents in their signed
+        form, for decision records), from the same fetch as `directory`."""
+        return self._fetch_directory(max_age_s)[1]
+
+    def _fetch_directory(self, max_age_s: float) -> tuple[float, coordinator_pb2.SignedDirectory, dict[str, Entry]]:
         cached = getattr(self, "_directory", None)
         if cached is None or time.monotonic() - cached[0] > max_age_s:
-            entries = verify_directory(self.call("Directory", coordinator_pb2.DirectoryRequest()), self.member.verifier)
-            cached = self._directory = (time.monotonic(), entries)
-        return cached[1]
+            signed = self.call("Directory", coordinator_pb2.DirectoryRequest())
+            cached = self._directory = (time.monotonic(), signed, verify_directory(signed, self.member.verifier))
+        return cached
 
     def _info(self, status: coordinator_pb2.ConsentStatus) -> ConsentInfo:
         body = parse_receipt(status.receipt, self.member.verifier)

@@ -90,7 +90,7 @@ def household_check(member: Member, ids: Sequence[str], purpose: str, region: st
     with contextlib.ExitStack() as stack:
         if coordinator is None:
             coordinator = stack.enter_context(CoordinatorClient(m, deadline_s=budget))
-        signed_directory = coordinator.call("Directory", coordinator_pb2.DirectoryRequest())
+        signed_directory = coordinator.signed_directory()  # one fetch (cached) for members and standards
         directory = coordinator.directory()
         standard, signed_standard = StandardsInForce(m, signed_directory).find(region, purpose, period)
         rounds = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)

@@ -65,7 +65,8 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
                     if query.reply_seal_suite != sealing.SUITE_NAME or not sealing.usable_public_key(query.reply_seal_key):
                         raise Refusal(ErrorCode.MALFORMED, "contribution query names no usable reply key")
                     holders = household_pb2.HolderSetBody.FromString(query.holder_set.body).holders
-                    contribution = self.service.contribute(signed, peer_province, await self._mask_keys(holders))
+                    contribution = self.service.contribute(signed, peer_province, await self._mask_keys(holders),
+                                                           authenticated=query)
                     fields.update(peer=query.requester, request_id=query.round_id)
                     check_deadline(context)
                 except Refusal as refusal:

@@ -125,9 +125,11 @@ class HouseholdService:
         found = self._items_of[(body.purpose, *codes)] = tuple(dict.fromkeys(items))
         return found
 
-    def check(self, signed: household_pb2.SignedContributionQuery, peer_province: str | None) -> Contribution:
-        """Everything but the sums: who asks, under which consent and holder set, never twice."""
-        body = self.authenticate(signed, peer_province)
+    def check(self, signed: household_pb2.SignedContributionQuery, peer_province: str | None, *,
+              authenticated: household_pb2.ContributionQueryBody | None = None) -> Contribution:
+        """Everything but the sums: who asks, under which consent and holder set, never twice.
+        `authenticated` is the body `authenticate` already returned for `signed` (not checked again)."""
+        body = authenticated if authenticated is not None else self.authenticate(signed, peer_province)
         request_ids.check(body.round_id)
         now_ms = int(self.clock() * 1000)
         skew_ms = self.limits.clock_skew_s * 1000
@@ -162,12 +164,13 @@ class HouseholdService:
         return Contribution(body, holder_set, empty, consent_id, items)
 
     def contribute(self, signed: household_pb2.SignedContributionQuery, peer_province: str | None,
-                   mask_keys: Mapping[str, bytes]) -> Contribution:
+                   mask_keys: Mapping[str, bytes], *,
+                   authenticated: household_pb2.ContributionQueryBody | None = None) -> Contribution:
         """Check the query, then this province's masked partial sums of every measure.
 
         `mask_keys` maps province code -> announced mask public key (from the verified directory).
         """
-        checked = self.check(signed, peer_province)
+        checked = self.check(signed, peer_province, authenticated=authenticated)
         facts = self.store.lookup(list(checked.query.subjects), checked.items)
         return self._masked(checked, signed.body, facts, 0, mask_keys)
 

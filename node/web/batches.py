@@ -28,7 +28,6 @@ from node.domain.standards import fallback_regions
 from node.errors import BadInput, HeduiError
 from node.member import Member
 from node.web.db import WebDb
-from node.wire.v1 import coordinator_pb2
 
 BATCH_DIR: Final[str] = "web-batches"
 MAX_CSV: Final[int] = 8 * 1024 * 1024
@@ -161,7 +160,7 @@ class Batches:
                         "w", encoding="utf-8")
         try:
             with CoordinatorClient(member) as coordinator:
-                standards = StandardsInForce(member, coordinator.call("Directory", coordinator_pb2.DirectoryRequest()))
+                standards = StandardsInForce(member, coordinator.signed_directory(max_age_s=0))
             todo = []
             for h in good:
                 try:
