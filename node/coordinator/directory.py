@@ -24,6 +24,7 @@ from node.crypto import signing
 from node.coordinator.standards import PublishedStandards, verify_standards
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain.standards import StandardsDocument
+from node.coordinator.shared_file import changed_entries
 from node.service.signed import coordinator_signed
 from node.errors import ErrorCode, Refusal
 from node.wire.v1 import coordinator_pb2
@@ -165,17 +166,10 @@ class Directory:
 
     def _reload(self) -> None:
         """Re-read the persisted directory when another coordinator worker changed it."""
-        try:
-            stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
+        changed = changed_entries(self.path, self._stamp, "members")
+        if changed is None:
             return
-        if stamp == self._stamp:
-            return
-        try:
-            members = json.loads(self.path.read_text()).get("members", [])
-        except ValueError:
-            return  # being replaced right now: keep what we have, read it next time
-        self._stamp = stamp
+        self._stamp, members = changed
         for raw in members:
             signed = coordinator_pb2.SignedAnnouncement.FromString(bytes.fromhex(raw))
             try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from node.coordinator.shared_file import changed_entries
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain.catalogue import Catalogue
@@ -108,17 +109,10 @@ class PublishedStandards:
 
     def _reload(self) -> None:
         """Re-read the persisted documents when another coordinator worker changed them (each verified again)."""
-        try:
-            stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
+        changed = changed_entries(self.path, self._stamp, "standards")
+        if changed is None:
             return
-        if stamp == self._stamp:
-            return
-        try:
-            raw = json.loads(self.path.read_text()).get("standards", [])
-        except ValueError:
-            return  # being replaced right now: keep what we have, read it next time
-        self._stamp = stamp
+        self._stamp, raw = changed
         for text in raw:
             try:
                 signed = coordinator_pb2.SignedStandards.FromString(bytes.fromhex(text))
