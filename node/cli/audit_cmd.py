@@ -1,6 +1,6 @@
 """`hedui audit`: verify, export and prune a member's audit log; make and export checkpoints.
 
-    hedui audit verify --config FILE [--checkpoint FILE] [--json]     exit 0 intact, 1 tampered
+    hedui audit verify --config FILE [--checkpoint FILE] [--witness DIR] [--json]   exit 0 intact, 1 tampered
     hedui audit export --config FILE [--since T] [--out FILE]          JSON lines
     hedui audit prune --config FILE [--json]                           drop entries past retention
     hedui audit checkpoint --config NODE_FILE [--out FILE] [--json]    sign and keep the head
@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
     verify.add_argument("--config", required=True, type=Path, metavar="FILE")
     verify.add_argument("--checkpoint", action="append", type=Path, default=[], metavar="FILE",
                         help="a checkpoint exported from the coordinator (repeatable)")
+    verify.add_argument("--witness", action="append", type=Path, default=[], metavar="DIR",
+                        help="on the coordinator: a node's witness directory (or data dir); the entry at every "
+                             "audit head the coordinator signed to it must be held with that hash (repeatable)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_verify)
 
@@ -136,8 +139,12 @@ def _verify(args: argparse.Namespace) -> int:
         verify_checkpoint,
     )  # fmt: skip
 
+    from node.cli.coordinator_cmd import _summary, _witness_json, _witnessed
+    from node.store import witness
+
     cfg = _load(args.config)
     path = _audit_path(cfg)
+    heads, invalid_heads = _witnessed(cfg, args.witness, "audit")
     sources: list[tuple[str, int, bytes | None, str | None]] = [
         (f"local {CHECKPOINT_FILE} line {n}", n, blob, problem)
         for n, blob, problem in CheckpointFile(cfg.data_dir / CHECKPOINT_FILE).read()
@@ -171,34 +178,42 @@ def _verify(args: argparse.Namespace) -> int:
 
     log = AuditLog.open_readonly(path)
     try:
-        report = log.verify(expect)
+        report = log.verify([*expect, *(h.expect for h in heads)])
         missing_guards = log.missing_guards()
     finally:
         log.close()
-    for pos, result in zip(expect_of, report.checkpoints, strict=True):
+    for pos, result in zip(expect_of, report.checkpoints[:len(expect)], strict=True):
         checked[pos]["status"] = result.status
+    witnessed = None if not args.witness else witness.check_audit(
+        [(h, r.status) for h, r in zip(heads, report.checkpoints[len(expect):], strict=True)], report.head_index)
     bad_checkpoints = [c for c in checked if c["status"].startswith("invalid")]
-    ok = report.ok and not bad_checkpoints
+    ok = report.ok and not bad_checkpoints and not invalid_heads
 
     if args.json:
         print(json.dumps({
             "ok": ok, "entries": report.count, "anchor": report.anchor_index, "head_index": report.head_index,
             "head": report.head_hash.hex(), "first_bad": report.first_bad, "reason": report.reason,
             "bad_key": report.bad_key, "checkpoints": checked, "missing_guards": list(missing_guards),
+            **_witness_json(args.witness, witnessed, invalid_heads),
         }))  # fmt: skip
+    elif witnessed is not None and not witnessed.ok:
+        print(f"AUDIT LOG REWRITTEN: {witnessed.reason}")
     elif not report.ok:
         where = f" (record key {report.bad_key!r})" if report.bad_key else ""
         print(f"AUDIT LOG TAMPERED: {report.reason}{where}")
     elif bad_checkpoints:
         for c in bad_checkpoints:
             print(f"CHECKPOINT INVALID: {c['source']}: {c['status'][len('invalid: '):]}")
+    elif invalid_heads:
+        print(f"WITNESS INVALID: {invalid_heads[0]}")
     else:
         span = f"entries {report.anchor_index}..{report.head_index}" if report.count else "no entries"
         counts: dict[str, int] = {}
         for c in checked:
             counts[c["status"]] = counts.get(c["status"], 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
-        print(f"audit log intact: {span}, head {report.head_hash.hex()[:16]}; checkpoints: {summary}")
+        print(f"audit log intact: {span}, head {report.head_hash.hex()[:16]}; checkpoints: {summary}"
+              + ("" if witnessed is None else f"; witnessed heads: {_summary(witnessed)}"))
     if missing_guards and not args.json:
         print(f"warning: append-only guards missing: {', '.join(missing_guards)}", file=sys.stderr)
     return 0 if ok else 1
@@ -264,9 +279,10 @@ def _checkpoint(args: argparse.Namespace) -> int:
     if cfg.is_coordinator:
         raise BadInput("checkpoints are made by province nodes; on the coordinator use export-checkpoint")
     _check_out(args)
+    file = CheckpointFile(cfg.data_dir / CHECKPOINT_FILE)
     with AuditLog(_audit_path(cfg)) as log:
-        signed = make_checkpoint(log, Member(cfg).signer, cfg.identity)
-    CheckpointFile(cfg.data_dir / CHECKPOINT_FILE).append(signed)
+        signed = make_checkpoint(log, Member(cfg).signer, cfg.identity, prev=file.last_link())
+    file.append(signed)
     line = signed.to_json_line()
     if args.out is not None:
         files.write_file(args.out, line + "\n", replace=args.force)

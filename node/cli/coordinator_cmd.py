@@ -42,6 +42,9 @@ def register(sub: Any) -> None:
         description="Recompute the hash chain from genesis and compare its end with ledger.head, the head every "
                     "commit records outside SQLite: a lost WAL or an older copy put back shows as truncated.")
     verify.add_argument("--config", required=True, type=Path, metavar="COORD_FILE")
+    verify.add_argument("--witness", action="append", type=Path, default=[], metavar="DIR",
+                        help="a node's witness directory (or data dir): the entry at every ledger head the "
+                             "coordinator signed to it must be held with that hash (repeatable)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_ledger_verify)
     epoch = ledger_sub.add_parser(
@@ -99,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _ledger_verify(args: argparse.Namespace) -> int:
     from node import config
-    from node.store import ledger
+    from node.store import ledger, witness
     from node.store.chain import HashChain
     from node.store.errors import StoreCorrupt
 
@@ -107,6 +110,7 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     path = cfg.data_dir / ledger.LEDGER_FILE
     if not path.exists():
         raise BadInput(f"no ledger at {path}")
+    heads, invalid = _witnessed(cfg, args.witness, "ledger")
     try:
         head = ledger.HeadFile(cfg.data_dir / ledger.HEAD_FILE).read()
         head_problem = None
@@ -117,29 +121,69 @@ def _ledger_verify(args: argparse.Namespace) -> int:
         report = chain.verify()
         identity = ledger.read_identity(chain) if report.ok else None
         truncated = ledger.truncation(chain, head) if report.ok else None
+        witnessed = None if not report.ok or not args.witness else witness.check_ledger(
+            chain, heads, epoch=b"" if identity is None else identity.epoch,
+            ledger_id=b"" if identity is None else identity.ledger_id, lineage=() if identity is None else identity.lineage)
     finally:
         chain.close()
     if head_problem is None and head is None and report.ok and (identity is not None or report.count == 0):
         head_problem = (f"{ledger.HEAD_FILE} is missing: a truncated ledger cannot be told from a complete one "
                         "(if no entry was lost: `hedui ledger new-epoch`)")
-    ok = report.ok and truncated is None and head_problem is None
+    ok = report.ok and truncated is None and head_problem is None and not invalid and (witnessed is None or witnessed.ok)
     if args.json:
         print(json.dumps({"ok": ok, "entries": report.count, "first_bad": report.first_bad,
                           "reason": report.reason or truncated or head_problem, "head": report.head_hash.hex(),
                           "truncated": truncated is not None,
                           "committed_head": None if head is None else {"index": head.index, "hash": head.hash.hex()},
                           "ledger_id": None if identity is None else identity.ledger_id.hex(),
-                          "epoch": None if identity is None else identity.epoch.hex()}))
+                          "epoch": None if identity is None else identity.epoch.hex(),
+                          **_witness_json(args.witness, witnessed, invalid)}))
     elif not report.ok:
         print(f"LEDGER TAMPERED: {report.reason}")
+    elif witnessed is not None and not witnessed.ok:
+        print(f"LEDGER REWRITTEN: {witnessed.reason}")
+    elif invalid:
+        print(f"WITNESS INVALID: {invalid[0]}")
     elif truncated is not None:
         print(f"LEDGER TRUNCATED: {truncated}")
     elif head_problem is not None:
         print(f"LEDGER UNCONFIRMED: {head_problem}")
     else:
         epoch = "" if identity is None else f", epoch {identity.epoch.hex()[:16]}"
-        print(f"ledger intact: {report.count} entries, head {report.head_hash.hex()[:16]}{epoch}")
+        print(f"ledger intact: {report.count} entries, head {report.head_hash.hex()[:16]}{epoch}"
+              + ("" if witnessed is None else f"; witnessed heads: {_summary(witnessed)}"))
     return 0 if ok else 1
+
+
+def _witnessed(cfg: Any, directories: list[Path], kind: str) -> tuple[list[Any], list[str]]:
+    """The coordinator's heads witnessed in `directories` (re-verified), and the lines that do not verify."""
+    if not directories:
+        return [], []
+    from node.coordinator.audit_heads import load_witnesses
+    from node.member import Member
+    from node.store import witness
+
+    if not cfg.is_coordinator:
+        raise BadInput("--witness checks the coordinator's chains: give the coordinator's config")
+    name = witness.LEDGER_HEADS if kind == "ledger" else witness.AUDIT_HEADS
+    return load_witnesses(directories, name, Member(cfg).verifier)
+
+
+def _witness_json(directories: list[Path], report: Any, invalid: list[str]) -> dict[str, Any]:
+    """The `witness` key of `--json` output (only with --witness, so the output without it is unchanged)."""
+    if not directories:
+        return {}
+    return {"witness": {"ok": report is not None and report.ok and not invalid,
+                        "first_bad": None if report is None else report.first_bad,
+                        "reason": None if report is None else report.reason,
+                        "heads": [] if report is None else report.to_json(), "invalid": invalid}}
+
+
+def _summary(report: Any) -> str:
+    counts: dict[str, int] = {}
+    for c in report.checked:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
 
 
 def _ledger_new_epoch(args: argparse.Namespace) -> int:

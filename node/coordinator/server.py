@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from grpc import aio
 
 from node import __version__, logs
 from node.config import MemberConfig
+from node.coordinator.audit_heads import sign_audit_head
 from node.coordinator.claims import ClaimBook
 from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
@@ -48,9 +50,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def __init__(self, consents: ConsentRegistry, directory: Directory, router: Router, anchor: TrustAnchor,
                  cfg: MemberConfig, log: Any, crl: CrlFile, *, auditor: audit.AsyncAuditor,
-                 checkpoints: audit.CheckpointStore) -> None:
+                 checkpoints: audit.CheckpointStore,
+                 audit_head: Callable[[], coordinator_pb2.SignedAuditHead] | None = None) -> None:
         self.auditor = auditor
         self.checkpoints = checkpoints
+        self.audit_head = audit_head  # signs the audit chain's head for the CheckpointAck (nodes witness it)
         self.crl = crl
         self.admission = Admission(anchor, cfg.limits, reserved=FEEDS)
         self.metrics = MemberMetrics(cfg.identity)
@@ -229,10 +233,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             return reply
 
     async def SubmitCheckpoint(self, request: Any, context: aio.ServicerContext) -> Any:
-        async with edge(context, self.log, "SubmitCheckpoint", self.metrics):
+        async with edge(context, self.log, "SubmitCheckpoint", self.metrics,
+                        on_refusal=self._refusal_hook("SubmitCheckpoint", request, context)):
             identity = self.admission.admit(context)
             entry = self.checkpoints.receive(request, identity)
-            return coordinator_pb2.CheckpointAck(ledger_index=entry.idx)
+            ack = coordinator_pb2.CheckpointAck(ledger_index=entry.idx)
+            if self.audit_head is not None:
+                ack.audit_head.CopyFrom(self.audit_head())
+            return ack
 
     async def LatestCheckpoint(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "LatestCheckpoint", self.metrics):
@@ -359,8 +367,10 @@ class CoordinatorServer:
         self.auditor = audit.AsyncAuditor(self.audit_log)
         close.push_async_callback(self.auditor.aclose)
         checkpoints = audit.CheckpointStore(self.chain, member.verifier, clock_skew_s=cfg.limits.clock_skew_s)
+        audit_log = self.audit_log
         servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl,
-                                       auditor=self.auditor, checkpoints=checkpoints)
+                                       auditor=self.auditor, checkpoints=checkpoints,
+                                       audit_head=lambda: sign_audit_head(audit_log, member.signer))
         self.servicer = servicer
         rounds = HouseholdRoundsServicer(servicer, RoundBook(signer=member.signer, verifier=member.verifier, replay=nonces,
                                                              clock_skew_s=cfg.limits.clock_skew_s))

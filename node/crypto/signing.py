@@ -38,6 +38,7 @@ CONSENT: Final[str] = "hedui/v1/consent"
 DIRECTORY: Final[str] = "hedui/v1/directory"
 CHECKPOINT: Final[str] = "hedui/v1/audit-checkpoint"
 REVOCATIONS: Final[str] = "hedui/v1/revocations"
+AUDIT_HEAD: Final[str] = "hedui/v1/audit-head"
 STANDARDS: Final[str] = "hedui/v1/standards"
 HOLDER_SET: Final[str] = "hedui/v1/holder-set"
 ROUND_OUTCOME: Final[str] = "hedui/v1/round-outcome"
@@ -227,7 +228,7 @@ class Verifier:
 
 
 __all__ = [
-    "ALGORITHMS", "ANSWER", "CHECKPOINT", "CONSENT", "DIRECTORY", "ED25519", "ED25519_BATCH",
+    "ALGORITHMS", "ANSWER", "AUDIT_HEAD", "CHECKPOINT", "CONSENT", "DIRECTORY", "ED25519", "ED25519_BATCH",
     "QUERY", "REVOCATIONS", "STANDARDS", "AsyncBatchSigner", "CertificateRejected", "SignatureInvalid",
     "Signer", "Verified", "Verifier", "digest", "to_be_signed",
 ]

@@ -1,4 +1,4 @@
-"""A node's link to its coordinator: announce itself, follow revocations, read the directory, seal."""
+"""A node's link to its coordinator: announce itself, follow revocations, witness its heads, read the directory, seal."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
 from grpc import aio
 
+from node.coordinator.audit_heads import parse_audit_head
 from node.coordinator.directory import ANNOUNCEMENT, Entry, FederationDirectory, verify_directory
 from node.crypto import masks, pki, sealing
 from node.crypto.pki import province_of_identity
@@ -21,7 +22,7 @@ from node.member import Member
 from node.server import tls
 from node.server.metrics import MemberMetrics
 from node.service.consent import LedgerChange, LedgerHead, RevocationView, parse_ledger_head
-from node.store import audit
+from node.store import audit, witness
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 T = TypeVar("T")
@@ -58,6 +59,9 @@ class CoordinatorLink:
         self.checkpoint_every_s = checkpoint_every_s
         self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
+        witnesses = member.cfg.data_dir / witness.WITNESS_DIR  # the coordinator's signed heads, for `--witness`
+        self.ledger_witness = witness.WitnessFile(witnesses / witness.LEDGER_HEADS)
+        self.audit_witness = witness.WitnessFile(witnesses / witness.AUDIT_HEADS)
 
     async def start(self, endpoint: str) -> bool:
         """Announce `endpoint` and sync consent state once; keep both going in the background.
@@ -130,7 +134,29 @@ class CoordinatorLink:
     async def checkpoint_once(self) -> None:
         """Sign the audit chain's head (if it moved) and lodge it with the coordinator."""
         if self.checkpointer is not None:
-            await self.checkpointer.run_once(lambda m: self._stub.SubmitCheckpoint(m, timeout=5))
+            await self.checkpointer.run_once(self._submit_checkpoint, lambda: self._stub.LatestCheckpoint(
+                coordinator_pb2.LatestCheckpointRequest(), timeout=5))
+
+    async def _submit_checkpoint(self, message: coordinator_pb2.AuditCheckpoint) -> coordinator_pb2.CheckpointAck:
+        """Lodge one checkpoint; keep the coordinator's signed audit head from the acknowledgement."""
+        ack = await self._stub.SubmitCheckpoint(message, timeout=5)
+        if ack.HasField("audit_head"):
+            try:
+                head = parse_audit_head(ack.audit_head, self.member.verifier)
+            except Refusal as exc:  # the checkpoint is lodged all the same
+                self.log.warning("coordinator_reply_rejected", reason=str(exc))
+            else:
+                self._witness(self.audit_witness, witness.Head(
+                    head.index, head.hash, blob=ack.audit_head.SerializeToString(deterministic=True),
+                    at_ms=witness.now_ms()))
+        return ack
+
+    def _witness(self, file: witness.WitnessFile, head: witness.Head) -> None:
+        """Keep a signed head of the coordinator's; a failure to write it is logged, never fatal to the feed."""
+        try:
+            file.offer(head)
+        except HeduiError as exc:
+            self.log.error("witness_failed", file=file.path.name, reason=str(exc))
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -170,6 +196,9 @@ class CoordinatorLink:
                 reply = await self._stub.ConsentUpdates(
                     coordinator_pb2.ConsentUpdatesRequest(after_index=after, epoch=epoch), timeout=3)
                 head = parse_ledger_head(reply.head, self.member.verifier)
+                self._witness(self.ledger_witness, witness.Head(
+                    head.index, head.hash, head.epoch, head.ledger_id, reply.head.SerializeToString(deterministic=True),
+                    witness.now_ms()))
                 change = self.revocations.apply(
                     ((u.ledger_index, u.consent_id, u.state == coordinator_pb2.REVOKED) for u in reply.updates),
                     head, reply.after_hash)

@@ -24,14 +24,17 @@ household the request id, consent id and outcome digest its own record would hav
 Checkpoints
 -----------
 A node signs its chain head as a `Checkpoint` (canonical JSON ``{"at_ms", "head", "index",
-"member"}``, domain ``hedui/v1/audit-checkpoint``), keeps a copy in
+"member", "prev_digest", "prev_index"}``, domain ``hedui/v1/audit-checkpoint``; ``prev_*`` name
+the checkpoint it extends: its index and the SHA-256 of its body), keeps a copy in
 ``<data_dir>/audit-checkpoints.jsonl`` and lodges it with the coordinator
 (`CheckpointStore`, which appends it to the coordinator's own chain). The node's operator
 can rewrite the node's history and recompute every hash (and re-sign local checkpoints with
 the node's key), but cannot change what the coordinator holds: verifying against the
 coordinator's latest checkpoint (``hedui audit verify --checkpoint FILE``) catches any rewrite
 of entries up to that checkpoint's index. The coordinator refuses (and records) a checkpoint
-that goes backwards or contradicts one it already holds.
+that does not extend the one it holds for the member: another previous checkpoint, a lower
+index, or the same index with another head. The checkpoints a member lodged thus form one
+signed sequence the coordinator can neither reorder nor thin out without it showing.
 
 Retention
 ---------
@@ -119,7 +122,11 @@ LEGACY_RECORD_KEYS: Final[frozenset[str]] = RECORD_KEYS - {"checks"}
 BATCH_RECORD_KEYS: Final[frozenset[str]] = RECORD_KEYS | {"batch"}
 BATCH_ENTRY_KEYS: Final[frozenset[str]] = frozenset({"request_id", "consent_id", "outcome_digest"})
 MAX_BATCH_ENTRIES: Final[int] = 1024
-CHECKPOINT_KEYS: Final[frozenset[str]] = frozenset({"member", "index", "head", "at_ms"})
+#: The keys of a checkpoint body; `LEGACY_CHECKPOINT_KEYS` those lodged before checkpoints were linked.
+CHECKPOINT_KEYS: Final[frozenset[str]] = frozenset({"member", "index", "head", "at_ms", "prev_index", "prev_digest"})
+LEGACY_CHECKPOINT_KEYS: Final[frozenset[str]] = frozenset({"member", "index", "head", "at_ms"})
+#: The `prev` of a member's first linked checkpoint: it extends nothing.
+NO_PREVIOUS: Final[tuple[int, bytes]] = (0, GENESIS)
 _PRUNE_KEYS: Final[frozenset[str]] = frozenset({
     "anchor_idx", "anchor_prev", "cutoff_ms", "now_ms", "removed", "retention_days",
 })  # fmt: skip
@@ -912,19 +919,32 @@ class CheckpointInvalid(HeduiError):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """A member's statement "my audit chain had `index` entries ending in `head` at `at_ms`"."""
+    """A member's statement "my audit chain had `index` entries ending in `head` at `at_ms`, extending `prev`".
+
+    `prev` is (index, SHA-256 of the body) of the checkpoint this one extends (`NO_PREVIOUS` for
+    the first); None only in a legacy checkpoint lodged before checkpoints were linked.
+    """
 
     member: str
     index: int
     head: bytes
     at_ms: int
+    prev: tuple[int, bytes] | None = None
 
     @property
     def expect_head(self) -> tuple[int, bytes]:
         return self.index, self.head
 
+    @property
+    def link(self) -> tuple[int, bytes]:
+        """What the next checkpoint names as its previous one: (this index, SHA-256 of this body)."""
+        return self.index, hashlib.sha256(self.body()).digest()
+
     def body(self) -> bytes:
-        return _canonical({"member": self.member, "index": self.index, "head": self.head.hex(), "at_ms": self.at_ms})
+        fields: dict[str, Any] = {"member": self.member, "index": self.index, "head": self.head.hex(), "at_ms": self.at_ms}
+        if self.prev is not None:
+            fields.update(prev_index=self.prev[0], prev_digest=self.prev[1].hex())
+        return _canonical(fields)
 
     @classmethod
     def parse(cls, body: bytes) -> Checkpoint:
@@ -932,8 +952,9 @@ class Checkpoint:
             raw = files.parse_json(body)
         except (ValueError, UnicodeDecodeError):
             raise CheckpointInvalid("checkpoint body is not JSON") from None
-        if not isinstance(raw, dict) or set(raw) != CHECKPOINT_KEYS:
-            raise CheckpointInvalid("checkpoint body does not have exactly member, index, head, at_ms")
+        if not isinstance(raw, dict) or set(raw) not in (CHECKPOINT_KEYS, LEGACY_CHECKPOINT_KEYS):
+            raise CheckpointInvalid("checkpoint body does not have exactly member, index, head, at_ms, prev_index, "
+                                    "prev_digest")
         member, index, head, at_ms = raw["member"], raw["index"], raw["head"], raw["at_ms"]
         if not isinstance(member, str) or not _ID_RE.fullmatch(member) or not member:
             raise CheckpointInvalid("checkpoint member is malformed")
@@ -947,10 +968,23 @@ class Checkpoint:
             head_b = b""
         if len(head_b) != HASH_BYTES or (index == 0 and head_b != GENESIS):
             raise CheckpointInvalid("checkpoint head is malformed")
-        checkpoint = cls(member, index, head_b, at_ms)
+        checkpoint = cls(member, index, head_b, at_ms, _parse_prev(raw) if "prev_index" in raw else None)
         if checkpoint.body() != body:
             raise CheckpointInvalid("checkpoint body is not in canonical form")
         return checkpoint
+
+
+def _parse_prev(raw: dict[str, Any]) -> tuple[int, bytes]:
+    index, digest = raw["prev_index"], raw["prev_digest"]
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= _I64_MAX:
+        raise CheckpointInvalid("checkpoint prev_index is malformed")
+    try:
+        digest_b = bytes.fromhex(digest) if isinstance(digest, str) else b""
+    except ValueError:
+        digest_b = b""
+    if len(digest_b) != HASH_BYTES or (digest_b == GENESIS and index != 0):
+        raise CheckpointInvalid("checkpoint prev_digest is malformed")
+    return index, digest_b
 
 
 @dataclass(frozen=True)
@@ -972,10 +1006,14 @@ class SignedCheckpoint:
 
 
 def make_checkpoint(log: AuditLog | HashChain, signer: signing.Signer, member_identity: str, *,
-                    at_ms: int | None = None) -> SignedCheckpoint:
-    """Sign the current head of `log` as `member_identity`."""
+                    prev: tuple[int, bytes] = NO_PREVIOUS, at_ms: int | None = None) -> SignedCheckpoint:
+    """Sign the current head of `log` as `member_identity`, extending the checkpoint `prev` names (its `link`)."""
     index, head = log.head()
-    checkpoint = Checkpoint(member_identity, index, head, _now_ms() if at_ms is None else at_ms)
+    return sign_checkpoint(Checkpoint(member_identity, index, head, _now_ms() if at_ms is None else at_ms, prev), signer)
+
+
+def sign_checkpoint(checkpoint: Checkpoint, signer: signing.Signer) -> SignedCheckpoint:
+    """Sign `checkpoint` (its member must be the signer's identity for anyone to accept it)."""
     body = checkpoint.body()
     Checkpoint.parse(body)  # the member identity must be of the allowed form
     message = coordinator_pb2.AuditCheckpoint(body=body, signature=signer.sign(signing.CHECKPOINT, body))
@@ -1065,6 +1103,17 @@ class CheckpointFile:
             return []
         return read_checkpoint_blobs(self.path)
 
+    def last_link(self) -> tuple[int, bytes]:
+        """The `link` of the last readable checkpoint in the file (`NO_PREVIOUS` if none): what the next extends."""
+        for _, blob, _ in reversed(self.read()):
+            if blob is None:
+                continue
+            try:
+                return Checkpoint.parse(_message(blob).body).link
+            except CheckpointInvalid:
+                continue
+        return NO_PREVIOUS
+
 
 class NodeCheckpointer:
     """Makes, keeps and lodges the node's checkpoints; call `run_once` periodically."""
@@ -1076,26 +1125,65 @@ class NodeCheckpointer:
         self.file = file
         self._pending: SignedCheckpoint | None = None
         self._lodged: tuple[int, bytes] | None = None
+        self._prev: tuple[int, bytes] | None = None  # the link of the checkpoint the coordinator holds; None: ask
+
+    def held(self, message: coordinator_pb2.AuditCheckpoint) -> None:
+        """Take `message` (LatestCheckpoint's answer; empty: none held) as the checkpoint to extend."""
+        if not message.body:
+            self._lodged, self._prev = None, NO_PREVIOUS
+            return
+        checkpoint = Checkpoint.parse(message.body)
+        if checkpoint.member != self.identity:
+            raise CheckpointInvalid("the coordinator answered with another member's checkpoint")
+        self._lodged, self._prev = checkpoint.expect_head, checkpoint.link
 
     def make(self) -> SignedCheckpoint | None:
         """A new checkpoint kept in the local file if the head moved since the last lodged one."""
+        assert self._prev is not None, "held() first"
         head = self.log.head()
         if head == self._lodged:
             return None
-        if self._pending is None or self._pending.checkpoint.expect_head != head:
-            signed = make_checkpoint(self.log, self.signer, self.identity)
+        pending = self._pending
+        if pending is None or pending.checkpoint.expect_head != head or pending.checkpoint.prev != self._prev:
+            signed = make_checkpoint(self.log, self.signer, self.identity, prev=self._prev)
             self.file.append(signed)
             self._pending = signed
         return self._pending
 
-    async def run_once(self, submit: Callable[[coordinator_pb2.AuditCheckpoint], Awaitable[Any]]) -> SignedCheckpoint | None:
-        """Make a checkpoint if needed and `await submit(message)`; errors propagate (retry later)."""
+    async def run_once(self, submit: Callable[[coordinator_pb2.AuditCheckpoint], Awaitable[Any]],
+                       latest: Callable[[], Awaitable[coordinator_pb2.AuditCheckpoint]]) -> SignedCheckpoint | None:
+        """Make a checkpoint extending the one held (asking `latest()` when unknown) and `await submit(message)`.
+
+        Errors propagate (retry later); after one, the held checkpoint is asked for again (an
+        acknowledgement may have been lost, or the coordinator holds another one).
+        """
+        if self._prev is None:
+            self.held(await latest())
         signed = await asyncio.get_running_loop().run_in_executor(None, self.make)
         if signed is None:
             return None
-        await submit(signed.message)
-        self._lodged, self._pending = signed.checkpoint.expect_head, None
+        try:
+            await submit(signed.message)
+        except BaseException:
+            self._prev = None
+            raise
+        self._lodged, self._prev, self._pending = signed.checkpoint.expect_head, signed.checkpoint.link, None
         return signed
+
+
+def extension_problem(held: Checkpoint | None, new: Checkpoint) -> str | None:
+    """Why `new` does not extend `held` (the member's latest checkpoint, None if none), or None when it does."""
+    want = NO_PREVIOUS if held is None else held.link
+    if new.prev != want:
+        where = "none" if held is None else f"the one at index {held.index}"
+        named = "none" if new.prev == NO_PREVIOUS else f"another at index {new.prev[0] if new.prev else '?'}"
+        return (f"it names {named} as its previous checkpoint where the coordinator holds {where} "
+                "(audit history forked or checkpoints withheld)")
+    if held is not None and new.index < held.index:
+        return f"index {new.index} is below the held index {held.index} (audit history truncated)"
+    if held is not None and new.index == held.index and new.head != held.head:
+        return f"index {new.index} is held with another head (audit history rewritten)"
+    return None
 
 
 class CheckpointStore:
@@ -1113,8 +1201,9 @@ class CheckpointStore:
         """Verify and keep a checkpoint lodged by `peer_identity` (its TLS identity).
 
         Returns the chain entry holding it (an identical resubmission returns the earlier one).
-        A checkpoint that goes backwards or contradicts one already held is recorded as
-        ``audit.checkpoint.conflict`` and refused: the member's history was rewritten or cut.
+        A checkpoint that does not extend the one held (it names another previous checkpoint, or
+        goes backwards, or has the held index with another head) is recorded as
+        ``audit.checkpoint.conflict`` and refused: the member's history was rewritten, cut or forked.
         """
         try:
             signed = signed_from_blob(message, self.verifier)
@@ -1125,22 +1214,24 @@ class CheckpointStore:
             raise Refusal(ErrorCode.IDENTITY_MISMATCH, "checkpoint names another member than the caller")
         if checkpoint.at_ms > self.clock() * 1000 + self.clock_skew_ms:
             raise Refusal(ErrorCode.CLOCK_WINDOW, "checkpoint is dated in the future")
+        if checkpoint.prev is None:
+            raise Refusal(ErrorCode.MALFORMED, "checkpoint names no previous checkpoint (prev_index, prev_digest)")
         with self._lock:
             held = self._latest_entry(checkpoint.member)
-            if held is not None:
-                previous = Checkpoint.parse(_message(held.payload).body)
-                if previous.expect_head == checkpoint.expect_head:
-                    return held
-                if checkpoint.index <= previous.index:
-                    earlier = self._held_with_head(checkpoint)
-                    if earlier is not None:  # a late duplicate of one already held
-                        return earlier
-                    self.chain.append(KIND_CHECKPOINT_CONFLICT, checkpoint.member, signed.blob)
-                    raise Refusal(ErrorCode.MALFORMED, f"checkpoint contradicts the one held at index {previous.index}: "
-                                                       "audit history rewritten or truncated")
+            previous = None if held is None else Checkpoint.parse(_message(held.payload).body)
+            if held is not None and previous is not None and previous.expect_head == checkpoint.expect_head:
+                return held
+            problem = extension_problem(previous, checkpoint)
+            if problem is not None:
+                earlier = self._held_with_head(checkpoint)
+                if earlier is not None:  # a late duplicate of one already held
+                    return earlier
+                self.chain.append(KIND_CHECKPOINT_CONFLICT, checkpoint.member, signed.blob)
+                raise Refusal(ErrorCode.MALFORMED, f"checkpoint does not extend the one held: {problem}")
             return self.chain.append(KIND_CHECKPOINT, checkpoint.member, signed.blob)
 
     def _held_with_head(self, checkpoint: Checkpoint) -> Entry | None:
+        """An earlier held checkpoint of the same member with the same index and head, if any."""
         for entry in self.chain.entries(key=checkpoint.member):
             if entry.kind == KIND_CHECKPOINT:
                 held = Checkpoint.parse(_message(entry.payload).body)
@@ -1185,7 +1276,7 @@ __all__ = [
     "DISCOVER", "KIND_CHECKPOINT", "KIND_CHECKPOINT_CONFLICT", "KIND_PRUNE", "KIND_RECORD",
     "LEGACY_RECORD_KEYS", "MIN_RETENTION_DAYS", "RECORD_KEYS", "ROUTE", "AsyncAuditor", "AuditLog", "AuditRecord", "AuditReport",
     "AuditUnavailable", "Checkpoint", "CheckpointFile", "CheckpointInvalid", "CheckpointResult",
-    "CheckpointStore", "NodeCheckpointer", "SignedCheckpoint", "answered", "coordinator_event",
-    "export_row", "make_checkpoint", "read_checkpoint_blobs", "refusal", "refused", "retention_days",
+    "CheckpointStore", "LEGACY_CHECKPOINT_KEYS", "NO_PREVIOUS", "NodeCheckpointer", "SignedCheckpoint", "answered",
+    "coordinator_event", "export_row", "extension_problem", "make_checkpoint", "sign_checkpoint", "read_checkpoint_blobs", "refusal", "refused", "retention_days",
     "verify_checkpoint",
 ]

@@ -134,7 +134,7 @@ def test_rewritten_history_passes_alone_but_not_against_the_coordinator_checkpoi
 
     # Re-signing the rewritten head with the node's key does not get it past the coordinator either.
     with AuditLog.open_readonly(db) as log:
-        resigned = make_checkpoint(log, node.signer, MEMBER)
+        resigned = make_checkpoint(log, node.signer, MEMBER, prev=signed.checkpoint.link)  # linked as it must be
     with HashChain(data_dir(coord_cfg) / "ledger.sqlite", table="ledger") as ledger:
         with pytest.raises(Exception, match="rewritten"):
             CheckpointStore(ledger, coordinator.verifier).receive(resigned.message, MEMBER)

@@ -226,14 +226,14 @@ def test_coordinator_store_keeps_latest_and_refuses_contradictions(
         entry = store.receive(first.message, member)
         assert entry.kind == KIND_CHECKPOINT and store.receive(first.blob, member).idx == entry.idx
         log.record_many([rec(i) for i in range(3, 6)])
-        second = make_checkpoint(log, members["44"], member)
+        second = make_checkpoint(log, members["44"], member, prev=first.checkpoint.link)
         store.receive(second.message, member)
         assert store.latest(member) == second.checkpoint
         assert store.receive(first.message, member).idx == entry.idx  # a late duplicate, not a conflict
         with pytest.raises(Refusal) as wrong_peer:
             store.receive(second.message, province_uri("51"))
         assert wrong_peer.value.code is ErrorCode.IDENTITY_MISMATCH
-        rewritten = Checkpoint(member, 6, b"\x01" * 32, second.checkpoint.at_ms + 1)
+        rewritten = Checkpoint(member, 6, b"\x01" * 32, second.checkpoint.at_ms + 1, second.checkpoint.link)
         body = rewritten.body()
         message = coordinator_pb2.AuditCheckpoint(body=body, signature=members["44"].sign(signing.CHECKPOINT, body))
         with pytest.raises(Refusal) as conflict:
@@ -272,15 +272,18 @@ def test_node_checkpointer_keeps_a_local_copy_and_retries_until_lodged(
     async def failing(message: coordinator_pb2.AuditCheckpoint) -> None:
         raise ConnectionError("coordinator unreachable")
 
+    async def latest() -> coordinator_pb2.AuditCheckpoint:
+        return lodged[-1] if lodged else coordinator_pb2.AuditCheckpoint()
+
     async def scenario() -> None:
         log.record(rec(1))
         with pytest.raises(ConnectionError):
-            await checkpointer.run_once(failing)
-        first = await checkpointer.run_once(submit)
+            await checkpointer.run_once(failing, latest)
+        first = await checkpointer.run_once(submit, latest)
         assert first is not None and first.checkpoint.index == 1
-        assert await checkpointer.run_once(submit) is None  # head unchanged: nothing to lodge
+        assert await checkpointer.run_once(submit, latest) is None  # head unchanged: nothing to lodge
         log.record(rec(2))
-        second = await checkpointer.run_once(submit)
+        second = await checkpointer.run_once(submit, latest)
         assert second is not None and second.checkpoint.index == 2
 
     asyncio.run(scenario())

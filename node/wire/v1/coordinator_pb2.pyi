@@ -303,11 +303,33 @@ class AuditCheckpoint(_message.Message):
     signature: _common_pb2.Signature
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
 
+class AuditHeadBody(_message.Message):
+    __slots__ = ("head_index", "head_hash", "at_ms", "anchor_index")
+    HEAD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_INDEX_FIELD_NUMBER: _ClassVar[int]
+    head_index: int
+    head_hash: bytes
+    at_ms: int
+    anchor_index: int
+    def __init__(self, head_index: _Optional[int] = ..., head_hash: _Optional[bytes] = ..., at_ms: _Optional[int] = ..., anchor_index: _Optional[int] = ...) -> None: ...
+
+class SignedAuditHead(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
 class CheckpointAck(_message.Message):
-    __slots__ = ("ledger_index",)
+    __slots__ = ("ledger_index", "audit_head")
     LEDGER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     ledger_index: int
-    def __init__(self, ledger_index: _Optional[int] = ...) -> None: ...
+    audit_head: SignedAuditHead
+    def __init__(self, ledger_index: _Optional[int] = ..., audit_head: _Optional[_Union[SignedAuditHead, _Mapping]] = ...) -> None: ...
 
 class LatestCheckpointRequest(_message.Message):
     __slots__ = ()
