@@ -197,7 +197,7 @@ def _verify(args: argparse.Namespace) -> int:
             **_witness_json(args.witness, witnessed, invalid_heads),
         }))  # fmt: skip
     elif witnessed is not None and not witnessed.ok:
-        print(f"AUDIT LOG REWRITTEN: {witnessed.reason}")
+        print(f"AUDIT LOG {'TRUNCATED' if witnessed.truncated else 'REWRITTEN'}: {witnessed.reason}")
     elif not report.ok:
         where = f" (record key {report.bad_key!r})" if report.bad_key else ""
         print(f"AUDIT LOG TAMPERED: {report.reason}{where}")

@@ -141,7 +141,7 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     elif not report.ok:
         print(f"LEDGER TAMPERED: {report.reason}")
     elif witnessed is not None and not witnessed.ok:
-        print(f"LEDGER REWRITTEN: {witnessed.reason}")
+        print(f"LEDGER {'TRUNCATED' if witnessed.truncated else 'REWRITTEN'}: {witnessed.reason}")
     elif invalid:
         print(f"WITNESS INVALID: {invalid[0]}")
     elif truncated is not None:
@@ -176,6 +176,7 @@ def _witness_json(directories: list[Path], report: Any, invalid: list[str]) -> d
     return {"witness": {"ok": report is not None and report.ok and not invalid,
                         "first_bad": None if report is None else report.first_bad,
                         "reason": None if report is None else report.reason,
+                        "truncated": report is not None and report.truncated,
                         "heads": [] if report is None else report.to_json(), "invalid": invalid}}
 
 

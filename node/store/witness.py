@@ -45,7 +45,7 @@ _MAX_LINE: Final[int] = 64 * 1024
 MISMATCH: Final[str] = ("entry {n} is not the one the coordinator signed as its head ({source}): "
                         "history rewritten at or before entry {n}{after}")
 MISSING: Final[str] = ("the chain ends at entry {last} but the coordinator signed a head at entry {n} ({source}): "
-                       "entries {first} to {n} are missing (truncated)")
+                       "{lost} missing (truncated)")
 FOREIGN: Final[str] = "the coordinator signed a head of another ledger or epoch than this one holds ({source})"
 
 
@@ -201,6 +201,7 @@ class WitnessReport:
     first_bad: int | None
     reason: str | None
     checked: tuple[Checked, ...]
+    truncated: bool = False  # the first problem is a witnessed entry the chain no longer reaches
 
     def to_json(self) -> list[dict[str, object]]:
         return [{"source": c.head.source, "index": c.head.index, "hash": c.head.hash.hex(), "status": c.status}
@@ -249,8 +250,10 @@ def _report(checked: list[Checked], last: int) -> WitnessReport:
     if first.status == "foreign":
         return WitnessReport(False, h.index, FOREIGN.format(source=h.source), tuple(checked))
     if first.status == "missing":
-        reason = MISSING.format(last=last, n=h.index, first=last + 1, source=h.source)
-        return WitnessReport(False, h.index, reason, tuple(checked))
+        top = max(c.head.index for c in checked if c.status == "missing")
+        lost = f"entry {top} is" if top == last + 1 else f"entries {last + 1} to {top} are"
+        reason = MISSING.format(last=last, n=h.index, lost=lost, source=h.source)
+        return WitnessReport(False, h.index, reason, tuple(checked), truncated=True)
     below = [c.head.index for c in checked if c.status == "ok" and c.head.index < h.index]
     after = f", after entry {max(below)} (witnessed and intact)" if below else ""
     return WitnessReport(False, h.index, MISMATCH.format(n=h.index, source=h.source, after=after), tuple(checked))
