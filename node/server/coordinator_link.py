@@ -134,8 +134,14 @@ class CoordinatorLink:
     async def checkpoint_once(self) -> None:
         """Sign the audit chain's head (if it moved) and lodge it with the coordinator."""
         if self.checkpointer is not None:
-            await self.checkpointer.run_once(self._submit_checkpoint, lambda: self._stub.LatestCheckpoint(
-                coordinator_pb2.LatestCheckpointRequest(), timeout=5))
+            try:
+                await self.checkpointer.run_once(self._submit_checkpoint, lambda: self._stub.LatestCheckpoint(
+                    coordinator_pb2.LatestCheckpointRequest(), timeout=5))
+            finally:
+                if self.checkpointer.went_back is not None:  # the coordinator lost checkpoints this node lodged
+                    lodged, held = self.checkpointer.went_back
+                    self.checkpointer.went_back = None
+                    self.log.error("coordinator_checkpoints_went_back", lodged_index=lodged, held_index=held)
 
     async def _submit_checkpoint(self, message: coordinator_pb2.AuditCheckpoint) -> coordinator_pb2.CheckpointAck:
         """Lodge one checkpoint; keep the coordinator's signed audit head from the acknowledgement."""

@@ -1126,16 +1126,22 @@ class NodeCheckpointer:
         self._pending: SignedCheckpoint | None = None
         self._lodged: tuple[int, bytes] | None = None
         self._prev: tuple[int, bytes] | None = None  # the link of the checkpoint the coordinator holds; None: ask
+        #: (index lodged before, index the coordinator now holds) when it holds less than this node lodged
+        self.went_back: tuple[int, int] | None = None
 
     def held(self, message: coordinator_pb2.AuditCheckpoint) -> None:
         """Take `message` (LatestCheckpoint's answer; empty: none held) as the checkpoint to extend."""
+        before = self._lodged
         if not message.body:
             self._lodged, self._prev = None, NO_PREVIOUS
-            return
-        checkpoint = Checkpoint.parse(message.body)
-        if checkpoint.member != self.identity:
-            raise CheckpointInvalid("the coordinator answered with another member's checkpoint")
-        self._lodged, self._prev = checkpoint.expect_head, checkpoint.link
+        else:
+            checkpoint = Checkpoint.parse(message.body)
+            if checkpoint.member != self.identity:
+                raise CheckpointInvalid("the coordinator answered with another member's checkpoint")
+            self._lodged, self._prev = checkpoint.expect_head, checkpoint.link
+        now = 0 if self._lodged is None else self._lodged[0]
+        if before is not None and now < before[0]:
+            self.went_back = (before[0], now)
 
     def make(self) -> SignedCheckpoint | None:
         """A new checkpoint kept in the local file if the head moved since the last lodged one."""

@@ -19,7 +19,7 @@ from node.service.verification import Decided
 from node.store.audit import (
     ANSWERED, DAY_MS, KIND_CHECKPOINT, KIND_CHECKPOINT_CONFLICT, KIND_PRUNE, RECORD_KEYS, ROUTE, AsyncAuditor,
     AuditLog, AuditRecord, AuditUnavailable, Checkpoint, CheckpointFile, CheckpointInvalid, CheckpointStore,
-    NodeCheckpointer, answered,
+    NO_PREVIOUS, NodeCheckpointer, answered,
     coordinator_event, make_checkpoint, refusal, refused, retention_days, verify_checkpoint,
 )  # fmt: skip
 from node.store.chain import HashChain, entry_hash
@@ -398,3 +398,36 @@ def test_outcome_digest_that_happens_to_contain_an_id_like_run_is_accepted() -> 
     assert record.outcome_digest == digest
     with pytest.raises(ValueError):
         AuditRecord(at_ms=1, request_id=digest[-18:], requester="51", decision="answered")
+
+
+def test_node_checkpointer_links_each_checkpoint_and_notices_a_coordinator_that_lost_its_checkpoints(
+        tmp_path: Path, log: AuditLog, members: dict[str, Any]) -> None:
+    """Each lodged checkpoint names the one before it; when the coordinator later holds less than was lodged,
+    the checkpointer says so (`went_back`) and starts a new sequence from what is held."""
+    checkpointer = NodeCheckpointer(log, members["44"], province_uri("44"), CheckpointFile(tmp_path / "cp.jsonl"))
+    held: list[coordinator_pb2.AuditCheckpoint] = []
+
+    async def submit(message: coordinator_pb2.AuditCheckpoint) -> None:
+        held.append(message)
+
+    async def latest() -> coordinator_pb2.AuditCheckpoint:
+        return held[-1] if held else coordinator_pb2.AuditCheckpoint()
+
+    async def refuse(message: coordinator_pb2.AuditCheckpoint) -> None:
+        raise ConnectionError("refused")
+
+    async def scenario() -> list[Any]:
+        made = []
+        for i in range(2):
+            log.record(rec(i))
+            made.append(await checkpointer.run_once(submit, latest))
+        log.record(rec(2))
+        held.clear()  # the coordinator's ledger was put back to before any of them
+        with pytest.raises(ConnectionError):
+            await checkpointer.run_once(refuse, latest)
+        made.append(await checkpointer.run_once(submit, latest))
+        return made
+
+    first, second, third = asyncio.run(scenario())
+    assert first.checkpoint.prev == NO_PREVIOUS and second.checkpoint.prev == first.checkpoint.link
+    assert checkpointer.went_back == (2, 0) and third.checkpoint.prev == NO_PREVIOUS
