@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 from cryptography import x509
 
@@ -20,6 +21,9 @@ from node.crypto import revocation, signing
 from node.crypto.errors import CertificateRejected
 from node.crypto.pki import TrustAnchor
 from node.wire.v1 import common_pb2
+
+
+_REMEMBERED: Final[int] = 64  # CRLs whose merged Evidence is kept
 
 
 def at_ms(ms: int) -> dt.datetime:
@@ -66,6 +70,7 @@ class Evidence:
     anchor: TrustAnchor
     revocations: Mapping[int, dt.datetime]
     crl_number: int = -1
+    _derived: dict[bytes, Evidence] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, ca_cert: x509.Certificate, crls: Iterable[bytes] = ()) -> Evidence:
@@ -75,8 +80,11 @@ class Evidence:
     def including(self, *crls: bytes) -> Evidence:
         """The same trust with more CRLs' entries (CRLs are cumulative; the earliest date of a serial counts).
 
-        Raises CertificateRejected for a CRL that does not parse or is not signed by the CA.
+        Raises CertificateRejected for a CRL that does not parse or is not signed by the CA. The
+        result for one CRL is remembered (the lines of a results file carry the same one).
         """
+        if len(crls) == 1 and crls[0] in self._derived:
+            return self._derived[crls[0]]
         entries = dict(self.revocations)
         number = self.crl_number
         for data in crls:
@@ -88,7 +96,10 @@ class Evidence:
                 when = revoked_at(entry)
                 if entry.serial_number not in entries or when < entries[entry.serial_number]:
                     entries[entry.serial_number] = when
-        return Evidence(self.anchor, entries, number)
+        derived = Evidence(self.anchor, entries, number)
+        if len(crls) == 1 and len(self._derived) < _REMEMBERED:
+            self._derived[crls[0]] = derived
+        return derived
 
     def verifier(self, at: dt.datetime) -> TimedVerifier:
         """A verifier of signatures as of `at` (the evidence's signed time)."""

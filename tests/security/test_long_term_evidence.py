@@ -64,8 +64,10 @@ def current_serial(fed: Federation, code: str) -> int:
     return pki.load_cert(fed.member(code).cfg.sign_cert).serial_number
 
 
-def save_answer(fed: Federation, consent: str, path: Path) -> Path:
-    proc = hedui("verify", "--config", fed.configs["51"], "--to", fed.addresses["44"], "--id", WORKER,
+def save_answer(fed: Federation, consent: str, path: Path, *, routed: bool = False) -> Path:
+    """`hedui verify --save` as province 51: directly to 44, or routed through the coordinator."""
+    to = [] if routed else ["--to", fed.addresses["44"]]
+    proc = hedui("verify", "--config", fed.configs["51"], *to, "--id", WORKER,
                  "--purpose", "dibao", "--check", CHECK, "--consent", consent, "--save", path)
     assert proc.returncode in (0, 1), proc.stderr  # 1: the live check may already see a revocation
     return path
@@ -152,6 +154,9 @@ def test_saved_answer_proves_the_asker_and_tampering_fails(fed: Federation, cons
     saved.write_text(json.dumps(data))
     proc = hedui("answer", "verify", "--pki", fed.pki, saved)
     assert proc.returncode == 1 and "INVALID: requester's query signature" in proc.stdout
+    routed = save_answer(fed, consent, tmp_path / "routed.json", routed=True)
+    entry = SavedEntry.from_json(json.loads(routed.read_text())["answers"][0])
+    assert entry.query_signature and check_saved(entry, evidence(fed)).valid
 
 
 def test_an_old_answer_file_verifies_with_a_warning(fed: Federation, consent: str, tmp_path: Path) -> None:
@@ -167,9 +172,10 @@ def test_an_old_answer_file_verifies_with_a_warning(fed: Federation, consent: st
     assert "does not prove who asked" in proc.stderr and "revocation list" in proc.stderr
 
 
-def old_signer(fed: Federation, code: str, now: dt.datetime) -> signing.Signer:
-    """A real signing key of `code` whose certificate was valid from 800 to 70 days ago."""
-    ca_cert, ca_key = pki.load_cert(fed.pki / "ca.pem"), pki.load_private_key(fed.pki / "ca.key")
+def old_signer(fed: Federation, code: str, now: dt.datetime, *, foreign: bool = False) -> signing.Signer:
+    """A real signing key of `code` whose certificate was valid from 800 to 70 days ago (from another CA if `foreign`)."""
+    ca_cert, ca_key = (pki.make_ca("Other Root CA") if foreign else
+                       (pki.load_cert(fed.pki / "ca.pem"), pki.load_private_key(fed.pki / "ca.key")))
     key = ed25519.Ed25519PrivateKey.generate()
     cert = pki.issue_signing_cert(ca_cert, ca_key, province_uri(code), key.public_key(),  # type: ignore[arg-type]
                                   not_before=now - dt.timedelta(days=800), not_after=now - dt.timedelta(days=70))
@@ -177,24 +183,25 @@ def old_signer(fed: Federation, code: str, now: dt.datetime) -> signing.Signer:
 
 
 def test_signature_made_before_expiry_verifies_after_it(fed: Federation) -> None:
-    """A signature dated inside its certificate's validity verifies after expiry; one dated after expiry fails."""
+    """A signature dated inside its certificate's validity verifies after expiry; one dated after expiry, or by
+    a certificate of another CA, fails."""
     now = dt.datetime.now(dt.UTC)
     holder, requester = old_signer(fed, "44", now), old_signer(fed, "51", now)
     body = verification_pb2.QueryBody(requester="51", request_id="old-answer-1", issued_at_ms=1, purpose="dibao")
     signed_query = sign_query(requester, body)
-    for days_ago, valid in ((100, True), (10, False)):
+    for days_ago, valid, signer in ((100, True, holder), (10, False, holder),
+                                    (100, False, old_signer(fed, "44", now, foreign=True))):
         answered = int((now - dt.timedelta(days=days_ago)).timestamp() * 1000)
         answer_body = verification_pb2.AnswerBody(responder="44", requester="51", request_id="old-answer-1",
                                                   digest_algorithm="sha256", query_digest=signing.digest(signed_query.body),
                                                   answered_at_ms=answered)
         raw = answer_body.SerializeToString()
-        answer = verification_pb2.SignedAnswer(body=raw, signature=holder.sign(signing.ANSWER, raw))
+        answer = verification_pb2.SignedAnswer(body=raw, signature=signer.sign(signing.ANSWER, raw))
         entry = SavedEntry(signed_query.body, answer.SerializeToString(), signed_query.signature.SerializeToString())
         checked = check_saved(entry, evidence(fed))
         assert checked.valid is valid, checked.problem
         if not valid:
-            assert checked.problem == "expired"
-    assert not signing.Verifier(pki.TrustAnchor.load(fed.pki / "ca.pem")).anchor.is_revoked(0)
+            assert checked.problem == ("expired" if signer is holder else "not issued by the federation CA")
 
 
 def household_record(fed: Federation, consent: str) -> dict[str, Any]:
