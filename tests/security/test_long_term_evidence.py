@@ -265,11 +265,13 @@ def test_batch_evidence_verifies_after_rotation_and_fails_if_revoked_before(fed:
     revoke(fed.pki, serials=[old])
     proc = hedui("answer", "verify", "--pki", fed.pki, out)
     assert proc.returncode == 0 and "province 44: valid" in proc.stdout
-    answered = dt.datetime.fromtimestamp(verification_pb2.AnswerBody.FromString(verification_pb2.SignedAnswer.FromString(
-        base64.b64decode(line["evidence"][0]["answer"])).body).answered_at_ms / 1000, dt.UTC)
-    revoke(fed.pki, serials=[old], compromised_since=answered - dt.timedelta(seconds=1))
-    proc = hedui("answer", "verify", "--pki", fed.pki, out)
-    assert proc.returncode == 0  # the old serial's first (later) date stands: a CRL entry is not re-dated
+    rotate(fed, "44")
+    revoke(fed.pki, serials=[current_serial(fed, "44")], now=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2))
+    early = tmp_path / "early.jsonl"
+    assert hedui("verify-batch", "--config", fed.configs["51"], "--in", households, "--consents", consents,
+                 "--purpose", "dibao", "--check", CHECK, "--out", early).returncode == 0
+    proc = hedui("answer", "verify", "--pki", fed.pki, early)
+    assert proc.returncode == 1 and "revoked" in proc.stdout
     line["evidence"][0]["query"] = line["evidence"][0]["answer"]
     out.write_text(json.dumps(line) + "\n")
     assert hedui("answer", "verify", "--pki", fed.pki, out).returncode == 1
