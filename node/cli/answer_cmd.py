@@ -111,7 +111,7 @@ def _verify(args: argparse.Namespace) -> int:
         except CertificateRejected as exc:
             results.extend(SavedCheck("?", False, f"the file's revocation list: {exc}") for _ in entries)
             continue
-        if crl is None:
+        if crl is None and entries:
             warnings.append("saved without the revocation list in force: checked against the verifier's only")
         results.extend(check_saved(entry, trust) for entry in entries)
     warnings += sorted({r.warning for r in results if r.warning})
