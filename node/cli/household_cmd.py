@@ -43,9 +43,9 @@ def register(sub: Any) -> None:
 
     verify = household_sub.add_parser("verify", help="check a decision record, or every line of check-batch results, "
                                                      "offline (exit 0 valid, 1 invalid)")
-    where = verify.add_mutually_exclusive_group(required=True)
-    where.add_argument("--pki", type=Path, metavar="DIR", help="PKI dir holding ca.pem")
-    where.add_argument("--ca", type=Path, metavar="FILE", help="the federation CA certificate")
+    from node.cli.answer_cmd import add_trust_arguments
+
+    add_trust_arguments(verify)
     verify.add_argument("record", type=Path, metavar="RECORD|RESULTS.jsonl")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_verify)
@@ -129,12 +129,13 @@ def render(data: dict[str, Any]) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    import sys
+
+    from node.cli.answer_cmd import evidence_of
     from node.client.decision_record import verify_record
-    from node.crypto import pki, signing
     from node.files import parse_json
 
-    ca = args.ca or args.pki / "ca.pem"
-    verifier = signing.Verifier(pki.TrustAnchor.load(ca))
+    verifier = evidence_of(args)  # signatures checked at each record's decision time
     if not args.record.is_file():
         raise BadInput(f"{args.record}: no such file")
     if _is_results(args.record):
@@ -148,9 +149,13 @@ def _verify(args: argparse.Namespace) -> int:
     checked = verify_record(record, verifier)
     if args.json:
         print(json.dumps({"valid": checked.valid, "problems": list(checked.problems), "requester": checked.requester,
-                          "verdict": checked.verdict}))
-    elif checked.valid:
-        print(f"decision record valid: {checked.verdict}, decided by province {checked.requester}")
+                          "verdict": checked.verdict, "decided_at": checked.decided_at,
+                          "warnings": list(checked.warnings)}))
+        return 0 if checked.valid else EXIT_INVALID
+    for warning in checked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if checked.valid:
+        print(f"decision record valid: {checked.verdict}, decided by province {checked.requester} at {checked.decided_at}")
     else:
         print("decision record INVALID: " + "; ".join(checked.problems))
     return 0 if checked.valid else EXIT_INVALID
@@ -171,12 +176,15 @@ def _is_results(path: Path) -> bool:
 
 def _verify_results(args: argparse.Namespace, verifier: Any) -> int:
     """Check every line of a results file; print the invalid ones and a count (exit 1 if any is invalid)."""
+    import sys
+
     from node.client.decision_record import RecordCheck, check_line
     from node.domain import freetext
     from node.files import parse_json
 
     standards: dict[str, Any] = {}
     lines: list[dict[str, Any]] = []
+    warnings: set[str] = set()
     with open(args.record, "rb") as f:
         for n, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -191,13 +199,16 @@ def _verify_results(args: argparse.Namespace, verifier: Any) -> int:
                 RecordCheck(False, ("not a JSON line",))
             household = line.get("household") if isinstance(line, dict) and isinstance(line.get("household"), str) else ""
             lines.append({"line": n, "household": household, "valid": checked.valid, "verdict": checked.verdict,
-                          "problems": list(checked.problems)})
+                          "problems": list(checked.problems), "decided_at": checked.decided_at})
+            warnings.update(checked.warnings)
     if not lines:
         raise BadInput(f"{args.record}: holds no results")
     valid = all(x["valid"] for x in lines)
     if args.json:
-        print(json.dumps({"valid": valid, "lines": lines}, ensure_ascii=False))
+        print(json.dumps({"valid": valid, "lines": lines, "warnings": sorted(warnings)}, ensure_ascii=False))
         return 0 if valid else EXIT_INVALID
+    for warning in sorted(warnings):
+        print(f"warning: {warning}", file=sys.stderr)
     for x in lines:
         if not x["valid"]:
             print(f"line {x['line']} (household {freetext.show(x['household'])}): INVALID: " + "; ".join(x["problems"]))

@@ -37,6 +37,9 @@ def _register_revoke(pki_sub: Any) -> None:
     who.add_argument("--province", metavar="CODE")
     who.add_argument("--coordinator", action="store_true")
     who.add_argument("--serial", type=int, action="append", metavar="N", help="certificate serial number (repeatable)")
+    revoke.add_argument("--compromised-since", metavar="ISO_TIME", type=_instant,
+                        help="the key is suspected compromised since then (e.g. 2026-11-30T08:00Z): "
+                             "saved evidence signed from then on fails `answer verify` / `household verify`")
     revoke.add_argument("--publish", type=Path, metavar="COORD_CONFIG",
                         help="also install the CRL at this coordinator, which distributes it to every node")
     revoke.add_argument("--json", action="store_true")
@@ -51,7 +54,8 @@ def _revoke(args: argparse.Namespace) -> int:
     cfg = config.load(args.publish) if args.publish else None
     # Numbered past (and merged with) the CRL the coordinator already distributes: members refuse an older one.
     newer_than = None if cfg is None else accepted_crl(cfg.data_dir)
-    report = revoke(args.pki, member=member, serials=args.serial or (), newer_than=newer_than)
+    report = revoke(args.pki, member=member, serials=args.serial or (), newer_than=newer_than,
+                    compromised_since=args.compromised_since)
     published = None
     if cfg is not None:
         published = cfg.data_dir / CRL_FILE
@@ -61,6 +65,19 @@ def _revoke(args: argparse.Namespace) -> int:
          f"CRL #{report.crl_number} lists {len(report.serials)} revoked certificate(s): {report.path}"
          + (f"; published to {published}" if published else ""))
     return 0
+
+
+def _instant(text: str) -> Any:
+    """A timezone-aware instant from ISO 8601 text (argparse type: a bad one is a one-line usage error)."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError("give the time zone, e.g. 2026-11-30T08:00Z or +08:00")
+    return when
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from node.domain.regions import province_name
 from node.errors import BadInput
 
 ANSWER_FILE_FORMAT = "hedui-answer/v1"
+#: 2: entries keep the query's signature, the file the CRL in force (a file without "version" is 1).
+ANSWER_FILE_VERSION = 2
 
 
 def register(sub: Any) -> None:
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
         result = routed_verify(member, args.ids, args.purpose, args.checks, consent=consent, deadline_s=args.deadline)
     if args.save:
-        save_answers(args.save, result, replace=args.force)
+        save_answers(args.save, result, replace=args.force, crl=member.crl.der)
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False))
     else:
@@ -63,16 +65,17 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(a.signature_valid for a in result.answers) else 1
 
 
-def save_answers(path: Path, result: VerifyResult, *, replace: bool = False) -> None:
-    """Write the signed answers (and the query they answer) for offline checking: 0600, never over a file unasked."""
+def save_answers(path: Path, result: VerifyResult, *, replace: bool = False, crl: bytes = b"") -> None:
+    """Write the signed answers, the signed queries they answer and the CRL in force (`crl`, DER) for
+    offline checking at the time of each answer: 0600, never over a file unasked."""
+    from node.client.saved_answers import evidence_entry
+
     data = {
         "format": ANSWER_FILE_FORMAT,
+        "version": ANSWER_FILE_VERSION,
         "request_id": result.request_id,
-        "answers": [
-            {"province": a.province, "query": base64.b64encode(a.query_body).decode(),
-             "answer": base64.b64encode(a.signed.SerializeToString()).decode()}
-            for a in result.answers if a.signed is not None
-        ],
+        "answers": [evidence_entry(a) for a in result.answers if a.signed is not None],
+        "crl": base64.b64encode(crl).decode(),
     }
     files.write_file(path, json.dumps(data, indent=1) + "\n", replace=replace)  # evidence about applicants: 0600
 

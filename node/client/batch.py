@@ -27,6 +27,7 @@ from grpc import aio
 from node import files
 from node.client.client import translate
 from node.client.query import Answer, PreparedQuery, check_answer, locked_envelope
+from node.client.saved_answers import evidence_entry
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.router import status_name
 from node.crypto import sealing, signing
@@ -256,6 +257,7 @@ class BatchSession:
         flat = [(h, i, body, raw) for h, items in per_holder.items() for i, body, raw in items]
         signatures = await self.signer.sign_many([(signing.QUERY, raw) for *_, raw in flat]) if flat else []
         batches: dict[str, list[tuple[PreparedQuery, bytes]]] = {}
+        query_signatures = {(holder, i): sig for (holder, i, _, _), sig in zip(flat, signatures, strict=True)}
         for (holder, i, _, raw), sig in zip(flat, signatures, strict=True):
             batches.setdefault(holder, []).append(
                 (prepared[i], verification_pb2.SignedQuery(body=raw, signature=sig).SerializeToString()))
@@ -286,8 +288,10 @@ class BatchSession:
                 elif item.error_code:
                     answers[(holder, i)] = (None, ITEM_STATUS.get(item.error_code, "DENIED"))
                 else:
-                    answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder).with_query(raw)
+                    answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder).with_query(
+                        raw, query_signatures[(holder, i)])
                     answers[(holder, i)] = (answer, "OK")
+        crl_b64 = base64.b64encode(m.crl.der).decode()
         records = []
         for i, ((h, _receipt), holders) in enumerate(zip(chunk, found.households, strict=True)):
             routing = dict(contacted)
@@ -306,10 +310,12 @@ class BatchSession:
                 if answer is not None:
                     household_answers.append({"province": holder, "signature_valid": answer.signature_valid, "results": [
                         {"subject": r.subject, "check": r.check, "outcome": r.outcome, "as_of": r.as_of} for r in answer.results]})
-                    evidence.append({"province": holder, "query": base64.b64encode(answer.query_body).decode(),
-                                     "answer": base64.b64encode(answer.signed.SerializeToString()).decode()})
-            records.append({"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
-                            "routing": dict(sorted(routing.items())), "answers": household_answers, "evidence": evidence})
+                    evidence.append(evidence_entry(answer))
+            record = {"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
+                      "routing": dict(sorted(routing.items())), "answers": household_answers, "evidence": evidence}
+            if evidence:  # the CRL in force: each line stays checkable on its own (node.client.saved_answers)
+                record["crl"] = crl_b64
+            records.append(record)
         return records
 
 

@@ -104,7 +104,7 @@ class PeerClient:
         except grpc.RpcError as exc:
             raise translate(exc) from None
         answer = check_answer(response.signed, body, signed.body, self.member.verifier,
-                              expect_province=audience or None).with_query(signed.body)
+                              expect_province=audience or None).with_query(signed.body, signed.signature)
         return VerifyResult(request_id=body.request_id, answers=[answer], query_body=signed.body)
 
     def wait_ready(self, timeout: float = 10.0) -> None:

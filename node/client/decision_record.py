@@ -9,6 +9,7 @@ verdict and allowance follow from the published rules, without revealing any con
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -20,12 +21,17 @@ from google.protobuf.message import DecodeError
 from node.coordinator.standards import verify_standards
 from node.crypto import masks, signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.crypto.evidence import Evidence, TimedVerifier, at_ms
 from node.domain.regions import COORDINATOR_URI
 from node.domain.standards import evaluate
 from node.errors import HeduiError, Refusal
 from node.wire.v1 import common_pb2, coordinator_pb2, household_pb2
 
 RECORD_FORMAT: Final[str] = "hedui-household-decision/v1"
+#: 2: the record carries the CRL in force beside its signed body (a record without "version" is 1).
+RECORD_VERSION: Final[int] = 2
+#: Shown when a record is checked without a CRL of its own.
+NO_CRL: Final[str] = "record saved without the revocation list in force: checked against the verifier's only"
 
 
 def _b64(data: bytes) -> str:
@@ -87,9 +93,11 @@ def record_body(*, requester: str, consent_id: str, purpose: str, region: str, p
     }  # fmt: skip
 
 
-def signed_record(body: dict[str, Any], signature: common_pb2.Signature) -> dict[str, Any]:
-    """The record of `body` under the requester's signature over `canonical(body)`."""
-    return {"format": RECORD_FORMAT, "body": body, "signature": _b64(signature.SerializeToString())}
+def signed_record(body: dict[str, Any], signature: common_pb2.Signature, *, crl: bytes = b"") -> dict[str, Any]:
+    """The record of `body` under the requester's signature over `canonical(body)`, with the CRL in force
+    (`crl`, DER; CA-signed, so it needs no signature of the requester's)."""
+    return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "body": body,
+            "signature": _b64(signature.SerializeToString()), "crl": _b64(crl)}
 
 
 def canonical(body: dict[str, Any]) -> bytes:
@@ -105,26 +113,51 @@ class RecordCheck:
     problems: tuple[str, ...]
     requester: str = ""
     verdict: str = ""
+    decided_at: str = ""
+    warnings: tuple[str, ...] = ()
 
 
-def verify_record(record: Any, verifier: signing.Verifier, *, standards: dict[str, Any] | None = None) -> RecordCheck:
+def verify_record(record: Any, verifier: signing.Verifier | Evidence, *,
+                  standards: dict[str, Any] | None = None) -> RecordCheck:
     """Check a decision record: every signature, the sum of the masked contributions, and the decision.
 
+    With a signing.Verifier, signatures are checked now; with an Evidence (long-term checking), at
+    the record's signed `decided_at_ms`, against the verifier's CRLs and the one the record carries.
     `standards` (any dict, kept by the caller) remembers the standards documents already verified,
     for checking many records that carry the same one.
     """
     try:
+        if isinstance(verifier, Evidence):
+            return _verify_at_decision(record, verifier, standards)
         return _verify(record, verifier, standards)
     except (KeyError, TypeError, ValueError, DecodeError, HeduiError) as exc:
         reason = str(exc) if isinstance(exc, HeduiError) else f"record is malformed ({type(exc).__name__})"
         return RecordCheck(False, (reason,))
 
 
+def _verify_at_decision(record: Any, evidence: Evidence, standards: dict[str, Any] | None) -> RecordCheck:
+    """verify_record at the record's signed decision time."""
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return RecordCheck(False, (f"not a {RECORD_FORMAT} record",))
+    decided_at_ms = record["body"]["decided_at_ms"]
+    if not isinstance(decided_at_ms, int) or decided_at_ms <= 0:
+        return RecordCheck(False, ("record carries no decision time",))
+    crl = _unb64(record["crl"]) if "crl" in record else b""
+    try:
+        trust = evidence.including(crl)
+    except CertificateRejected as exc:
+        return RecordCheck(False, (f"the record's revocation list: {exc}",))
+    when = at_ms(decided_at_ms)
+    checked = _verify(record, trust.verifier(when), standards)
+    return dataclasses.replace(checked, decided_at=when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               warnings=() if crl else (NO_CRL,))
+
+
 #: The keys of a check-batch line that repeat what its record's body says.
 _LINE_KEYS: Final[tuple[str, ...]] = ("routing", "missing", "as_of", "consent_id")
 
 
-def check_line(line: Any, verifier: signing.Verifier, *, standards: dict[str, Any] | None = None) -> RecordCheck:
+def check_line(line: Any, verifier: signing.Verifier | Evidence, *, standards: dict[str, Any] | None = None) -> RecordCheck:
     """Check one line of a `household check-batch` results file: its record, and that what the line
     shows (verdict, totals, rules, routing, ...) is what the record signs."""
     if not isinstance(line, dict) or not isinstance(line.get("household"), str):
@@ -211,6 +244,12 @@ def _check_decision(body: dict[str, Any], decision: dict[str, Any], totals: dict
     if not body["standard"]:
         return ["record carries no published standard"]
     document = standards.get(body["standard"]) if standards is not None else None
+    if isinstance(verifier, TimedVerifier):  # a document verified for another record's time is checked at this one's
+        signed = coordinator_pb2.SignedStandards.FromString(_unb64(body["standard"]))
+        try:
+            verifier.verify(signed.signature, signing.STANDARDS, signed.body)
+        except (SignatureInvalid, CertificateRejected) as exc:
+            return [f"published standard does not verify: {exc}"]
     if document is None:
         signed = coordinator_pb2.SignedStandards.FromString(_unb64(body["standard"]))
         try:

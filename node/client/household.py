@@ -69,10 +69,11 @@ class Pending:
 
     result: HouseholdResult  # its record is the unsigned body
 
-    def signed(self, signature: common_pb2.Signature) -> HouseholdResult:
+    def signed(self, signature: common_pb2.Signature, crl: bytes = b"") -> HouseholdResult:
+        """The result with its signed record, carrying `crl` (DER), the revocation list in force."""
         r = self.result
         return HouseholdResult(r.decision, r.routing, r.missing, r.as_of, r.round_id, r.consent_id,
-                               signed_record(r.record, signature))
+                               signed_record(r.record, signature, crl=crl))
 
 
 def household_check(member: Member, ids: Sequence[str], purpose: str, region: str, *, consent: verification_pb2.SignedConsent,
@@ -98,7 +99,7 @@ def household_check(member: Member, ids: Sequence[str], purpose: str, region: st
         routing, holder_set, answered = session.run()
     pending = decide(m, standard, signed_standard, members=len(numbers), region=region, period=period, purpose=purpose,
                      consent_id=consent_id, routing=routing, holder_set=holder_set, answered=answered)
-    return pending.signed(m.signer.sign(signing.HOUSEHOLD_DECISION, canonical(pending.result.record)))
+    return pending.signed(m.signer.sign(signing.HOUSEHOLD_DECISION, canonical(pending.result.record)), m.crl.der)
 
 
 def decide(member: Member, standard: Standard, signed_standard: coordinator_pb2.SignedStandards, *, members: int,

@@ -260,7 +260,7 @@ class HouseholdBatchSession(BatchSession):
                 s.error = str(exc)
         signatures = await self.signer.sign_many([(signing.HOUSEHOLD_DECISION, canonical(p.result.record))
                                                   for p in pending.values()]) if pending else []
-        signed = {i: p.signed(sig) for (i, p), sig in zip(pending.items(), signatures, strict=True)}
+        signed = {i: p.signed(sig, self.member.crl.der) for (i, p), sig in zip(pending.items(), signatures, strict=True)}
         return [result_line(s.household.key, signed[i]) if i in signed else s.line() for i, s in enumerate(states)]
 
     def _b64_of(self, signed: coordinator_pb2.SignedStandards) -> str:

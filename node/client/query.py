@@ -52,10 +52,12 @@ class Answer:
     signed: verification_pb2.SignedAnswer | None = None
     problem: str | None = None
     query_body: bytes = b""
+    query_signature: common_pb2.Signature | None = None
 
-    def with_query(self, query_body: bytes) -> Answer:
-        """The same answer, keeping the serialized query it answers (for saving as evidence)."""
-        return dataclasses.replace(self, query_body=query_body)
+    def with_query(self, query_body: bytes, signature: common_pb2.Signature | None = None) -> Answer:
+        """The same answer, keeping the serialized query it answers and the requester's signature
+        over it (for saving as evidence that also proves who asked)."""
+        return dataclasses.replace(self, query_body=query_body, query_signature=signature)
 
 
 @dataclass

@@ -71,6 +71,7 @@ def routed_verify(
                                    reply_suite=sealing.SUITE_NAME) for h in holders}
         raws = {h: b.SerializeToString() for h, b in bodies.items()}
         signatures = m.signer.sign_many([(signing.QUERY, raws[h]) for h in holders])
+        query_signatures = dict(zip(holders, signatures, strict=True))
         envelopes = [  # locked to the household's possession keys: only a real holder can read it
             locked_envelope(h, [(prepared, verification_pb2.SignedQuery(body=raws[h], signature=sig).SerializeToString())],
                             request_id=request_id, seal_key=directory[h].seal_public_key)
@@ -92,6 +93,6 @@ def routed_verify(
             continue
         answer = check_answer(signed, bodies[routed.province], raws[routed.province], m.verifier,
                               expect_province=routed.province)
-        answers.append(answer.with_query(raws[routed.province]))
+        answers.append(answer.with_query(raws[routed.province], query_signatures[routed.province]))
     answers.sort(key=lambda a: a.province)
     return VerifyResult(request_id=request_id, answers=answers, routing=routing)

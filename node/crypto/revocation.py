@@ -57,12 +57,15 @@ def read_crl(path: Path) -> x509.CertificateRevocationList | None:
 
 
 def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] = (),
-           newer_than: bytes | None = None) -> RevocationReport:
+           newer_than: bytes | None = None, compromised_since: dt.datetime | None = None,
+           now: dt.datetime | None = None) -> RevocationReport:
     """Add a member's current certificates (or given serials) to the federation CRL; re-sign it.
 
     `newer_than` (a CA-signed CRL, e.g. the newest one the coordinator accepted) is merged in and
     numbered past, so a PKI directory restored with an older crl.pem still issues a CRL that
-    members accept and that un-revokes nothing.
+    members accept and that un-revokes nothing. `compromised_since` records an invalidityDate on
+    the new entries: evidence signed from then on fails (node.crypto.evidence), though the
+    revocation is only made now. `now` (default the clock) is the time of the revocation.
     """
     wanted = set(serials)
     if member is not None:
@@ -81,10 +84,14 @@ def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] =
     earlier = [crl for crl in (read_crl(path),) if crl is not None]
     if newer_than:
         earlier.append(_verified(newer_than, TrustAnchor(ca_cert)))
-    now = dt.datetime.now(dt.UTC)
-    entries = {r.serial_number: r.revocation_date_utc for crl in earlier for r in crl}
+    now = now or dt.datetime.now(dt.UTC)
+    if compromised_since is not None and (compromised_since.tzinfo is None or compromised_since > now):
+        raise PkiError("the compromise time must be a past, timezone-aware instant")
+    entries = {r.serial_number: (r.revocation_date_utc, invalidity_date(r)) for crl in earlier for r in crl}
+    # CRL times have whole seconds: the next one, so that no signature made before now reads as made after.
+    revoked_at = now.replace(microsecond=0) + dt.timedelta(seconds=1)
     for serial in wanted:
-        entries.setdefault(serial, now)
+        entries.setdefault(serial, (revoked_at, compromised_since))
     number = max((crl_number(crl) for crl in earlier), default=0) + 1
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -93,12 +100,23 @@ def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] =
         .next_update(now + NEXT_UPDATE)
         .add_extension(x509.CRLNumber(number), critical=False)
     )
-    for serial, when in sorted(entries.items()):
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
+    for serial, (when, invalid) in sorted(entries.items()):
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+        if invalid is not None:
+            entry = entry.add_extension(x509.InvalidityDate(invalid.astimezone(dt.UTC).replace(tzinfo=None)),
+                                        critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
     crl = builder.sign(ca_key, hashes.SHA256())
     files.write_file(path, crl.public_bytes(serialization.Encoding.PEM), replace=True, mode=files.PUBLIC)
     return RevocationReport(path, tuple(sorted(entries)), number)
+
+
+def invalidity_date(entry: x509.RevokedCertificate) -> dt.datetime | None:
+    """An entry's invalidityDate (when the key is known or suspected to be compromised), if it has one."""
+    try:
+        return entry.extensions.get_extension_for_class(x509.InvalidityDate).value.invalidity_date_utc
+    except x509.ExtensionNotFound:
+        return None
 
 
 def accepted_crl(data_dir: Path) -> bytes | None:
@@ -133,6 +151,11 @@ def _verified(data: bytes, anchor: TrustAnchor) -> x509.CertificateRevocationLis
     if crl.issuer != anchor.ca_cert.subject or not crl.is_signature_valid(anchor.ca_cert.public_key()):  # type: ignore[arg-type]
         raise CertificateRejected("revocation list not signed by the federation CA")
     return crl
+
+
+def verified_crl(data: bytes, anchor: TrustAnchor) -> x509.CertificateRevocationList:
+    """A CRL (PEM or DER) after checking that the anchor's CA signed it; CertificateRejected otherwise."""
+    return _verified(data, anchor)
 
 
 def crl_number(crl: x509.CertificateRevocationList) -> int:
