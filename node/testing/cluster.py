@@ -197,9 +197,9 @@ def build_federation(root: Path, provinces: Sequence[str], *, data: dict[str, Pa
     init_pki(pki)
     configs = {}
     for code in provinces:
-        issue_member(pki, code)
+        issue_member(pki, code, loopback=True)
         configs[code] = write_node_config(root, pki, code, extra=config_extra)
-    issue_member(pki, "coordinator")
+    issue_member(pki, "coordinator", loopback=True)
     coordinator = root / "coordinator.toml"
     config_mod.write(coordinator, {**coordinator_config(pki, "127.0.0.1:0", root / "coordinator"),
                                    **(coordinator_extra or {})})
