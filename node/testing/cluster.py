@@ -151,11 +151,13 @@ class Federation:
             set_coordinator(path, self.addresses["coordinator"])
         return port
 
-    def client(self, code: str, *, to: str, deadline_s: float | None = None) -> Any:
-        """A synchronous PeerClient of province `code` talking to province `to` (or a HOST:PORT)."""
+    def client(self, code: str, *, to: str, deadline_s: float | None = None, province: str | None = None) -> Any:
+        """A synchronous PeerClient of province `code` talking to province `to` (or a HOST:PORT, the
+        province then found in the directory; `province` names it instead)."""
         from node.client.client import PeerClient
 
-        return PeerClient(self.member(code), self.addresses.get(to, to), deadline_s=deadline_s)
+        expected = province or (to if to in self.configs else None)
+        return PeerClient(self.member(code), self.addresses.get(to, to), province=expected, deadline_s=deadline_s)
 
     def start_node(self, code: str, server_class: type | None = None) -> int:
         """Start (or restart) one province's node on a fresh port; return the port.

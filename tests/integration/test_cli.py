@@ -178,7 +178,7 @@ def test_ledger_verify_reports_an_intact_chain(setup: dict[str, Path]) -> None:
 
 def test_unreachable_peer_exits_4(setup: dict[str, Path]) -> None:
     """A peer that is not listening gives exit code 4."""
-    proc = hedui("verify", "--config", setup["cfg51"], "--to", "127.0.0.1:1", "--deadline", "2", "--id", WORKER,
+    proc = hedui("verify", "--config", setup["cfg51"], "--to", "127.0.0.1:1", "--province", "44", "--deadline", "2", "--id", WORKER,
                  "--purpose", "dibao", "--check", "deposit.balance_total<=2000000", "--consent", str(setup["consent"]))
     assert proc.returncode == 4 and len(proc.stderr.strip().splitlines()) == 1
 
