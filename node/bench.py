@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from node.domain.regions import province_tls_name
 from node.testing.standards import standards_document
 
 VERIFY_RATIO_C32_GOAL: Final[float] = 0.8
@@ -507,8 +508,8 @@ def _spread_channels() -> Callable[[], None]:
 
     original = tls.channel_options
 
-    def options(limits: Any) -> Any:
-        return [*original(limits), ("grpc.use_local_subchannel_pool", 1)]
+    def options(limits: Any, **kw: Any) -> Any:
+        return [*original(limits, **kw), ("grpc.use_local_subchannel_pool", 1)]
 
     tls.channel_options = options  # type: ignore[assignment]
 
@@ -561,14 +562,17 @@ async def client_main(spec: dict[str, Any]) -> None:
     n_channels = max(int(phase.get("channels", 1)) for phase in spec["phases"])
     undo = _spread_channels() if n_channels > 1 else None
     try:
-        peers = [AsyncPeerClient(member, spec["verify_target"], signer=signer) for _ in range(n_channels)]
+        provider = province_tls_name(PROVIDER)  # the Verify target and the echo server both serve as PROVIDER
+        peers = [AsyncPeerClient(member, spec["verify_target"], signer=signer, server_name=provider)
+                 for _ in range(n_channels)]
     finally:
         if undo is not None:
             undo()
     echo_channel = echo_stub = None
     if spec.get("echo_target"):
         echo_channel = aio.secure_channel(spec["echo_target"], tls.channel_credentials(member.cfg),
-                                          options=tls.channel_options(member.cfg.limits))
+                                          options=tls.channel_options(member.cfg.limits,
+                                                                      server_name=province_tls_name(PROVIDER)))
         echo_stub = echo_channel.unary_unary(ECHO_METHOD)  # no (de)serializers: bytes in, bytes out
         await echo_channel.channel_ready()
     for peer in peers:

@@ -23,7 +23,10 @@ def register(sub: Any) -> None:
     who.add_argument("--province", metavar="CODE", help="two-digit province code, e.g. 32")
     who.add_argument("--coordinator", action="store_true", help="issue the coordinator's identity")
     issue.add_argument("--pki", required=True, type=Path, metavar="DIR")
-    issue.add_argument("--host", action="append", default=[], metavar="NAME", help="extra DNS name or IP for the TLS certificate")
+    issue.add_argument("--host", action="append", default=[], metavar="NAME",
+                       help="DNS name or IP the member is reached at, put in its TLS certificate (repeatable)")
+    issue.add_argument("--loopback", action="store_true",
+                       help="also name localhost, 127.0.0.1 and ::1 in the TLS certificate (tests and demos only)")
     issue.add_argument("--json", action="store_true")
     issue.set_defaults(func=_issue)
 
@@ -92,7 +95,7 @@ def _issue(args: argparse.Namespace) -> int:
     from node.crypto.pki import issue_member
 
     member = "coordinator" if args.coordinator else args.province
-    paths = issue_member(args.pki, member, hosts=args.host)
+    paths = issue_member(args.pki, member, hosts=args.host, loopback=args.loopback)
     _say(
         args,
         {"member": member, "tls_cert": str(paths.tls_cert), "sign_cert": str(paths.sign_cert), "seal_pub": str(paths.seal_pub)},

@@ -22,6 +22,8 @@ def register(sub: Any) -> None:
     verify = sub.add_parser("verify", help="verify a household against peer provinces' data")
     verify.add_argument("--config", required=True, type=Path, metavar="FILE")
     verify.add_argument("--to", metavar="HOST:PORT", help="ask this node directly (default: route via the coordinator)")
+    verify.add_argument("--province", metavar="CODE",
+                        help="the province expected at --to (default: the one the federation directory lists there)")
     verify.add_argument("--id", dest="ids", action="append", required=True, metavar="ID", help="ID number; repeat for each member")
     verify.add_argument("--purpose", required=True, metavar="P")
     verify.add_argument("--check", dest="checks", action="append", required=True, metavar="EXPR",
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
         consent = fetch_receipt(member, args.consent, deadline_s=args.deadline)
     if args.to:
-        with PeerClient(member, args.to, deadline_s=args.deadline) as peer:
+        with PeerClient(member, args.to, province=args.province, deadline_s=args.deadline) as peer:
             prepared = peer.prepare(args.ids, args.purpose, args.checks)
             result = peer.send(prepared, consent=consent)
     else:

@@ -35,7 +35,7 @@ from node.crypto.tokens import possession_key, subject_token
 from node.domain import freetext, idnumber
 from node.domain.predicate import Check, parse_check, require_one_per_item
 from node.domain.standards import fallback_regions
-from node.domain.regions import province_uri
+from node.domain.regions import COORDINATOR_TLS_NAME, province_uri
 from node.errors import BadInput, HeduiError
 from node.member import Member
 from node.server import tls
@@ -181,7 +181,7 @@ class BatchSession:
         self.member = member
         self.deadline_s = deadline_s
         self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
-                                           options=tls.channel_options(member.cfg.limits))
+                                           options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self.signer = signing.AsyncBatchSigner(member.signer)
         self._directory: dict[str, Any] | None = None

@@ -17,6 +17,7 @@ from node.server import tls
 from node.wire.v1 import verification_pb2, verification_pb2_grpc
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+NOT_IDENTIFIED = "the server's TLS certificate is not that of the member meant (nothing was sent)"
 
 
 class PeerRefused(HeduiError):
@@ -39,6 +40,8 @@ def translate(error: grpc.RpcError) -> HeduiError:
     """A gRPC error as a typed Hedui error with a one-line message."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or ""
+    if code == grpc.StatusCode.UNAVAILABLE and tls.identity_refused(details):
+        return PeerUnreachable(code.name, NOT_IDENTIFIED)
     details = details.splitlines()[0] if details else code.name.lower()
     if code in _UNREACHABLE:
         return PeerUnreachable(code.name, details)
@@ -50,14 +53,25 @@ class PeerClient:
 
     `verify()` validates the input locally (bad ID numbers never leave the machine), turns ID
     numbers into subject tokens, signs the query, and checks the signed answer it gets back.
+    The server must present the certificate of `province` (by default the province the
+    federation directory lists at `target`), the announced one when the directory has it
+    (node.client.identity); `server_name` gives that name directly.
     """
 
-    def __init__(self, member: Member, target: str, *, deadline_s: float | None = None) -> None:
+    def __init__(self, member: Member, target: str, *, province: str | None = None, server_name: str | None = None,
+                 deadline_s: float | None = None) -> None:
         self.member = member
         self.target = target
         self.deadline_s = deadline_s or member.cfg.limits.default_deadline_s
+        if server_name is None:
+            from node.client.identity import peer_server_name
+
+            self.province, server_name = peer_server_name(member, target, province)
+        else:
+            self.province = province
         self._channel = grpc.secure_channel(
-            target, tls.channel_credentials(member.cfg), options=tls.channel_options(member.cfg.limits)
+            target, tls.channel_credentials(member.cfg),
+            options=tls.channel_options(member.cfg.limits, server_name=server_name),
         )
         self._stub = verification_pb2_grpc.VerificationStub(self._channel)
 
@@ -104,7 +118,7 @@ class PeerClient:
         except grpc.RpcError as exc:
             raise translate(exc) from None
         answer = check_answer(response.signed, body, signed.body, self.member.verifier,
-                              expect_province=audience or None).with_query(signed.body, signed.signature)
+                              expect_province=audience or self.province).with_query(signed.body, signed.signature)
         return VerifyResult(request_id=body.request_id, answers=[answer], query_body=signed.body)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -115,7 +129,7 @@ class PeerClient:
 class AsyncPeerClient:
     """Async client for one peer; many concurrent calls share batched query signatures."""
 
-    def __init__(self, member: Member, target: str, *, signer: Any = None) -> None:
+    def __init__(self, member: Member, target: str, *, server_name: str, signer: Any = None) -> None:
         from node.crypto.signing import AsyncBatchSigner
         from node.inflight import InFlight
 
@@ -124,8 +138,8 @@ class AsyncPeerClient:
         self._signer = signer or AsyncBatchSigner(member.signer, in_flight=self.in_flight)
         if self._signer.in_flight is None:  # a shared signer learns how many of our calls are in flight
             self._signer.in_flight = self.in_flight
-        self._channel = aio.secure_channel(
-            target, tls.channel_credentials(member.cfg), options=tls.channel_options(member.cfg.limits)
+        self._channel = aio.secure_channel(  # the server must carry `server_name` (tls.channel_options)
+            target, tls.channel_credentials(member.cfg), options=tls.channel_options(member.cfg.limits, server_name=server_name)
         )
         self._stub = verification_pb2_grpc.VerificationStub(self._channel)
 

@@ -19,6 +19,7 @@ from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import Entry, verify_directory
 from node.crypto.tokens import subject_token
 from node.domain import freetext
+from node.domain.regions import COORDINATOR_TLS_NAME
 from node.errors import BadInput
 from node.member import Member
 from node.server import tls
@@ -64,8 +65,9 @@ class CoordinatorClient:
             raise BadInput("this node has no coordinator configured (hedui node init --coordinator HOST:PORT)")
         self.member = member
         self.deadline_s = deadline_s or member.cfg.limits.default_deadline_s
+        # The coordinator's certificate must carry its federation name (checked in every handshake).
         self._channel = grpc.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
-                                            options=tls.channel_options(member.cfg.limits))
+                                            options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
 
     def __enter__(self) -> CoordinatorClient:

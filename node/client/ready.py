@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from node.client.client import PeerUnreachable, translate
 from node.client.coordinator import CoordinatorClient
 from node.config import MemberConfig
+from node.domain.regions import COORDINATOR_TLS_NAME, province_tls_name
 from node.errors import BadInput
 from node.member import Member
 from node.server import tls
@@ -54,7 +55,9 @@ def _remaining(deadline: float, what: str, timeout_s: float) -> float:
 
 def _wait_serving(cfg: MemberConfig, target: str, deadline: float, timeout_s: float) -> None:
     """Watch the server's overall health until it is SERVING (no polling: the server pushes changes)."""
-    with grpc.secure_channel(target, tls.channel_credentials(cfg), options=tls.channel_options(cfg.limits)) as channel:
+    own = province_tls_name(cfg.province) if cfg.province is not None else COORDINATOR_TLS_NAME  # this member's server
+    with grpc.secure_channel(target, tls.channel_credentials(cfg),
+                             options=tls.channel_options(cfg.limits, server_name=own)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             left = _remaining(deadline, target, timeout_s)

@@ -21,8 +21,10 @@ from google.protobuf.message import DecodeError
 
 from node import files
 from node.crypto import signing
+from node.crypto.pki import is_certificate_tls_name, serial_of_tls_name
 from node.coordinator.standards import PublishedStandards, verify_standards
 from node.crypto.errors import CertificateRejected, SignatureInvalid
+from node.domain.regions import province_tls_name
 from node.domain.standards import StandardsDocument
 from node.coordinator.shared_file import changed_entries
 from node.service.signed import coordinator_signed
@@ -75,6 +77,7 @@ class Entry:
     tls_cert_sha256: bytes
     sign_serial: int = 0
     mask_public_key: bytes = b""  # empty for a node that predates the household secure sum
+    tls_name: str = ""  # the name only the announced TLS certificate carries; "" for an older certificate
 
 
 def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: signing.Verifier) -> Entry:
@@ -91,8 +94,16 @@ def verify_announcement(signed: coordinator_pb2.SignedAnnouncement, verifier: si
     check_endpoint(body.endpoint)
     if body.mask_public_key and len(body.mask_public_key) != 32:
         raise Refusal(ErrorCode.MALFORMED, "announcement's mask key is not 32 bytes")
+    if body.tls_name and not is_certificate_tls_name(body.tls_name, body.province):
+        raise Refusal(ErrorCode.MALFORMED, "announcement's TLS name is not a certificate name of that province")
     return Entry(body.province, body.endpoint, body.seal_suite, body.seal_public_key, body.tls_cert_sha256,
-                 verified.identity.serial, body.mask_public_key)
+                 verified.identity.serial, body.mask_public_key, body.tls_name)
+
+
+def server_name(entry: Entry) -> str:
+    """The name a caller requires of the province's TLS certificate: the announced certificate's own
+    name, or (an announcement of an older certificate) the province's."""
+    return entry.tls_name or province_tls_name(entry.province)
 
 
 class FederationDirectory(dict[str, Entry]):
@@ -181,11 +192,15 @@ class Directory:
                 self._entries[entry.province] = entry
                 self._signed = None
 
-    def announce(self, peer_province: str, signed: coordinator_pb2.SignedAnnouncement) -> Entry:
-        """Accept a province's announcement of itself."""
+    def announce(self, peer_province: str, signed: coordinator_pb2.SignedAnnouncement, *, presented: bytes | None) -> Entry:
+        """Accept a province's announcement of itself; `presented` is the SHA-256 of the TLS certificate
+        the announcing call came with (None: unknown, refused), which must be the one announced, so callers
+        pin a certificate the province really serves."""
         entry = verify_announcement(signed, self.verifier)
         if entry.province != peer_province:
             raise Refusal(ErrorCode.IDENTITY_MISMATCH)
+        if presented is None or entry.tls_cert_sha256 != presented:
+            raise Refusal(ErrorCode.IDENTITY_MISMATCH, "the announced TLS certificate is not the one this call came with")
         with self._lock:
             self._reload()
             self._announcements[entry.province] = signed
@@ -200,11 +215,13 @@ class Directory:
         self._stamp = self.path.stat().st_mtime_ns
 
     def entries(self) -> dict[str, Entry]:
-        """Members that may be contacted: a member whose certificates were revoked is left out."""
+        """Members that may be contacted: a member whose signing certificate, or announced TLS certificate,
+        was revoked is left out."""
         with self._lock:
             self._reload()
             anchor = self.verifier.anchor
-            return {p: e for p, e in self._entries.items() if not anchor.is_revoked(e.sign_serial)}
+            return {p: e for p, e in self._entries.items()
+                    if not anchor.is_revoked(e.sign_serial) and not anchor.is_revoked(serial_of_tls_name(e.tls_name) or -1)}
 
     def signed(self) -> coordinator_pb2.SignedDirectory:
         """The current directory, signed by the coordinator (re-signed only after a change)."""

@@ -17,7 +17,7 @@ from grpc import aio
 from node.config import MemberConfig
 from node.coordinator import claims
 from node.coordinator.claims import ClaimBook
-from node.coordinator.directory import Directory
+from node.coordinator.directory import Directory, server_name
 from node.crypto import possession
 from node.domain.regions import province_uri
 from node.errors import ErrorCode, Refusal
@@ -30,6 +30,7 @@ MAX_LOCKED: Final[int] = 512  # locked queries per batch envelope
 MAX_HOLDS_TOKENS: Final[int] = 4096  # what a node answers in one Holds call
 _NOT_HELD: Final[str] = "province showed no possession of a subject it claimed"
 _IMPLAUSIBLE: Final[str] = "province's held claims were contradicted too often: not routed to"
+_NOT_IDENTIFIED: Final[str] = "province's server did not present its announced certificate: nothing sent"
 T = TypeVar("T")
 
 
@@ -50,9 +51,12 @@ def status_of(error: grpc.RpcError) -> tuple[int, str]:
 
 def _status_of(error: grpc.RpcError) -> tuple[int, str]:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = ((error.details() if hasattr(error, "details") else "") or code.name.lower()).splitlines()[0][:200]
+    raw = (error.details() if hasattr(error, "details") else "") or ""
+    details = (raw or code.name.lower()).splitlines()[0][:200]
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return coordinator_pb2.ROUTE_DEADLINE_EXCEEDED, "deadline exceeded"
+    if code == grpc.StatusCode.UNAVAILABLE and tls.identity_refused(raw):  # refused in the handshake
+        return coordinator_pb2.ROUTE_UNAVAILABLE, _NOT_IDENTIFIED
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
                 grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return coordinator_pb2.ROUTE_UNAVAILABLE, "province unavailable"
@@ -74,7 +78,8 @@ class Router:
         self.directory = directory
         self.claims = claims
         self._credentials = tls.channel_credentials(cfg)
-        self._channels: dict[str, tuple[str, aio.Channel, verification_pb2_grpc.VerificationStub]] = {}
+        # province -> ((endpoint, TLS name), channel, stub): a new announcement (endpoint or certificate) redials
+        self._channels: dict[str, tuple[tuple[str, str], aio.Channel, verification_pb2_grpc.VerificationStub]] = {}
 
     def _bounded(self, timeout: float) -> float:
         """How long to wait on one province: never beyond the configured bound."""
@@ -84,17 +89,19 @@ class Router:
         entry = self.directory.entries().get(province)
         if entry is None:
             return None
+        dialled = (entry.endpoint, server_name(entry))
         known = self._channels.get(province)
-        if known is not None and known[0] == entry.endpoint:
+        if known is not None and known[0] == dialled:
             return known[2]
         if known is not None:
             asyncio.get_running_loop().create_task(known[1].close())
         # An announced HOST:PORT (checked by verify_announcement) is always resolved as a name or
-        # address: never read as a gRPC target scheme ("unix:", "vsock:", ...).
+        # address: never read as a gRPC target scheme ("unix:", "vsock:", ...). Every handshake requires
+        # the announced certificate's own name (or the province's), so nothing reaches another server.
         channel = aio.secure_channel(f"dns:///{entry.endpoint}", self._credentials,
-                                     options=tls.channel_options(self.cfg.limits))
+                                     options=tls.channel_options(self.cfg.limits, server_name=dialled[1]))
         stub = verification_pb2_grpc.VerificationStub(channel)
-        self._channels[province] = (entry.endpoint, channel, stub)
+        self._channels[province] = (dialled, channel, stub)
         return stub
 
     def household_stub(self, province: str) -> household_pb2_grpc.HouseholdHolderStub | None:

@@ -27,7 +27,7 @@ from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server.base import RunningServer, start_server
 from node.server.admission import Admission
-from node.server.edge import edge
+from node.server.edge import edge, peer_certificate_sha256
 from node.server import metrics
 from node.server.metrics import MemberMetrics
 from node.service.consent import commitment
@@ -105,7 +105,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Announce(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Announce", self.metrics, self._refusal_hook("Announce", request, context)):
             province = self._province(context)
-            entry = self.directory.announce(province, request)
+            entry = self.directory.announce(province, request, presented=peer_certificate_sha256(context))
             await self._audit(audit.coordinator_event("announce", requester=province))
             self.log.info("announced", province=province, endpoint=entry.endpoint)
             return coordinator_pb2.AnnounceResponse()

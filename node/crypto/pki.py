@@ -26,7 +26,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from node import files
 from node.crypto import tokens
 from node.crypto.errors import CertificateRejected, PkiError
-from node.domain.regions import COORDINATOR_URI, is_province, province_uri
+from node.domain.regions import (
+    COORDINATOR_TLS_NAME,
+    COORDINATOR_URI,
+    TLS_NAME_SUFFIX,
+    is_province,
+    province_tls_name,
+    province_uri,
+)
 
 HEDUI_SIGNING_EKU: Final[ObjectIdentifier] = ObjectIdentifier("1.3.6.1.4.1.59999.1.1")
 """Extended key usage of Hedui message-signing certificates.
@@ -49,7 +56,7 @@ CACHE_SIZE: Final[int] = 4096
 
 _HEDUI_URI_PREFIX: Final[str] = "urn:hedui:"
 _PROVINCE_URI_PREFIX: Final[str] = "urn:hedui:province:"
-_DEFAULT_HOSTS: Final[tuple[x509.GeneralName, ...]] = (
+LOOPBACK_HOSTS: Final[tuple[x509.GeneralName, ...]] = (
     x509.DNSName("localhost"),
     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
     x509.IPAddress(ipaddress.ip_address("::1")),
@@ -58,6 +65,7 @@ _LABEL: Final[str] = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME_RE: Final[re.Pattern[str]] = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _KEY_MODE: Final[int] = 0o600
 _PUBLIC_MODE: Final[int] = 0o644
+_CERT_NAME_PREFIX: Final[str] = "s"  # per-certificate name: s<serial hex>.<member TLS name>
 _DIR_MODE: Final[int] = 0o700
 # Errors cryptography raises while parsing or reading a hostile certificate.
 _PARSE_ERRORS: Final = (
@@ -201,6 +209,7 @@ def issue_tls_cert(
     identity_uri: str,
     *,
     hosts: Sequence[str] = (),
+    loopback: bool = False,
     not_before: _dt.datetime | None = None,
     not_after: _dt.datetime | None = None,
     server_only: bool = False,
@@ -208,8 +217,11 @@ def issue_tls_cert(
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A new P-256 key and its TLS certificate for `identity_uri`, issued by the CA.
 
-    SAN: the identity URI, localhost, 127.0.0.1, ::1 and `hosts` (IP when it parses as one,
-    DNS name otherwise). EKU serverAuth+clientAuth unless `server_only`/`client_only`.
+    SAN: the identity URI; for a member identity its federation-internal DNS names (the
+    member's, which clients require of its server, and one naming this certificate alone, which
+    its announcement pins: `member_tls_names`); `hosts` (IP when it parses as one, DNS name
+    otherwise); localhost, 127.0.0.1 and ::1 only with `loopback` (tests and demos).
+    EKU serverAuth+clientAuth unless `server_only`/`client_only`.
     `identity_uri` is not checked here (tests forge odd certificates); issue_member is the
     checked entry point.
     """
@@ -222,14 +234,17 @@ def issue_tls_cert(
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     if not server_only:
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    serial = x509.random_serial_number()
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity_uri)]
-    for general_name in (*_DEFAULT_HOSTS, *(_host_name(h) for h in hosts)):
+    internal = [x509.DNSName(n) for n in member_tls_names(identity_uri, serial)]
+    loopback_names = LOOPBACK_HOSTS if loopback else ()
+    for general_name in (*internal, *(_host_name(h) for h in hosts), *loopback_names):
         if general_name not in names:
             names.append(general_name)
     key = ec.generate_private_key(ec.SECP256R1())
     start, end = _window(not_before, not_after, MEMBER_VALIDITY)
     cert = (
-        _member_builder(ca_cert, identity_uri, key.public_key(), start, end)
+        _member_builder(ca_cert, identity_uri, key.public_key(), start, end, serial=serial)
         .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -270,6 +285,8 @@ def _member_builder(
     public_key: CertificatePublicKeyTypes,
     start: _dt.datetime,
     end: _dt.datetime,
+    *,
+    serial: int | None = None,
 ) -> x509.CertificateBuilder:
     issuer_key = ca_cert.public_key()
     if not isinstance(issuer_key, ec.EllipticCurvePublicKey):
@@ -279,7 +296,7 @@ def _member_builder(
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity_uri)]))
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial if serial is not None else x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -320,7 +337,61 @@ def _host_name(host: str) -> x509.GeneralName:
     name = text.lower().removesuffix(".")
     if len(name) > 253 or not _HOSTNAME_RE.fullmatch(name):
         raise PkiError(f"invalid host name {host!r}: expected a DNS name or an IP address")
+    if name == TLS_NAME_SUFFIX[1:] or name.endswith(TLS_NAME_SUFFIX):
+        raise PkiError(f"host name {host!r} is reserved for federation identities")
     return x509.DNSName(name)
+
+
+def member_tls_names(identity_uri: str, serial: int) -> tuple[str, ...]:
+    """The federation-internal DNS names of a member's TLS certificate with this serial number.
+
+    The member's own name (`province-32.hedui.internal`, `coordinator.hedui.internal`) is what
+    every client dials it as (`grpc.ssl_target_name_override`), so gRPC's hostname check refuses
+    another member's certificate; a province's certificate also carries a name no other
+    certificate has (`s<serial>.province-32.hedui.internal`), which its signed announcement
+    names so that callers holding the announcement accept only that certificate. Nothing for an
+    identity that is not a member's (tests forge such certificates).
+    """
+    if identity_uri == COORDINATOR_URI:
+        return (COORDINATOR_TLS_NAME,)
+    province = province_of_identity(identity_uri)
+    if province is None:
+        return ()
+    own = province_tls_name(province)
+    return (own, f"{_CERT_NAME_PREFIX}{serial:x}.{own}")
+
+
+def certificate_tls_name(cert: x509.Certificate) -> str:
+    """The name that only this province TLS certificate carries (see member_tls_names), or "" (none,
+    e.g. a certificate issued before such names existed)."""
+    identity = identity_of(cert)
+    if identity is None or province_of_identity(identity) is None:
+        return ""
+    expected = member_tls_names(identity, cert.serial_number)[1]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    return expected if expected in san.get_values_for_type(x509.DNSName) else ""
+
+
+def serial_of_tls_name(name: str) -> int | None:
+    """The serial number a per-certificate name (s<serial hex>.province-NN...) carries, else None."""
+    tag = name.split(".", 1)[0]
+    if not tag.startswith(_CERT_NAME_PREFIX) or not name.endswith(TLS_NAME_SUFFIX):
+        return None
+    try:
+        return int(tag[len(_CERT_NAME_PREFIX):], 16)
+    except ValueError:
+        return None
+
+
+def is_certificate_tls_name(name: str, province: str) -> bool:
+    """True when `name` has the form of a per-certificate name of `province`'s TLS certificates."""
+    own = "." + province_tls_name(province)
+    tag = name[: -len(own)] if name.endswith(own) else ""
+    return (len(tag) > 1 and len(tag) <= 63 and tag.startswith(_CERT_NAME_PREFIX)
+            and all(c in "0123456789abcdef" for c in tag[1:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,13 +421,17 @@ def init_pki(pki_dir: Path, *, force: bool = False) -> None:
     _write(pki_dir / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), _PUBLIC_MODE)
 
 
-def issue_member(pki_dir: Path, member: str, *, hosts: Sequence[str] = ()) -> MemberPaths:
-    """Issue (or re-issue, with new keys) the TLS, signing and sealing credentials of `member`."""
+def issue_member(pki_dir: Path, member: str, *, hosts: Sequence[str] = (), loopback: bool = False) -> MemberPaths:
+    """Issue (or re-issue, with new keys) the TLS, signing and sealing credentials of `member`.
+
+    The TLS certificate names the member (URI and federation-internal DNS names) and `hosts`;
+    localhost and the loopback addresses only with `loopback` (tests and demos).
+    """
     pki_dir = Path(pki_dir)
     paths = member_paths(pki_dir, member)
     ca_cert, ca_key = _load_ca(pki_dir)
     identity = _member_identity(member)
-    tls_cert, tls_key = issue_tls_cert(ca_cert, ca_key, identity, hosts=hosts)
+    tls_cert, tls_key = issue_tls_cert(ca_cert, ca_key, identity, hosts=hosts, loopback=loopback)
     sign_key = ed25519.Ed25519PrivateKey.generate()
     sign_cert = issue_signing_cert(ca_cert, ca_key, identity, sign_key.public_key())
     seal_key = x25519.X25519PrivateKey.generate()

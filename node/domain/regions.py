@@ -58,3 +58,13 @@ def province_uri(code: str) -> str:
 
 
 COORDINATOR_URI: Final[str] = "urn:hedui:coordinator"
+
+TLS_NAME_SUFFIX: Final[str] = ".hedui.internal"
+"""Federation-internal DNS names in TLS certificates end so: never resolved, only verified (docs/PROTOCOL.md §2)."""
+
+COORDINATOR_TLS_NAME: Final[str] = "coordinator" + TLS_NAME_SUFFIX
+
+
+def province_tls_name(code: str) -> str:
+    """The DNS name every TLS certificate of a province carries, and that clients require of its server."""
+    return f"province-{code}{TLS_NAME_SUFFIX}"

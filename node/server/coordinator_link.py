@@ -16,7 +16,7 @@ from node.coordinator.audit_heads import parse_audit_head
 from node.coordinator.directory import ANNOUNCEMENT, Entry, FederationDirectory, verify_directory
 from node.crypto import masks, pki, sealing
 from node.crypto.pki import province_of_identity
-from node.domain.regions import COORDINATOR_URI, province_uri
+from node.domain.regions import COORDINATOR_TLS_NAME, COORDINATOR_URI, province_uri
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
@@ -49,11 +49,12 @@ class CoordinatorLink:
         self.mask_key = masks.mask_key_from_seal_key(self._seal_key)
         self.seal_public = sealing.public_bytes(seal_pub)
         self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
-                                           options=tls.channel_options(member.cfg.limits))
+                                           options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._directory: FederationDirectory = FederationDirectory({})
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._endpoint: str | None = None  # what start() announced
         self._crl_digest = b""
         self._sync_lock = asyncio.Lock()
         self.checkpoint_every_s = checkpoint_every_s
@@ -68,6 +69,7 @@ class CoordinatorLink:
 
         Returns True when both first attempts succeeded (the node is then fully ready).
         """
+        self._endpoint = endpoint
         signed = self.announcement(endpoint)
         announced = await self._announce_once(signed)
         try:
@@ -93,11 +95,16 @@ class CoordinatorLink:
             self.checkpointer.signer = signer
         self.redial()
 
+    async def reannounce(self) -> bool:
+        """Announce again (after a rotation: the new TLS certificate's fingerprint and name)."""
+        return self._endpoint is not None and await self._announce_once(self.announcement(self._endpoint))
+
     def redial(self) -> None:
         """Reconnect to the coordinator with the (rotated) TLS certificate."""
         old = self._channel
         self._channel = aio.secure_channel(self.member.cfg.coordinator, tls.channel_credentials(self.member.cfg),
-                                           options=tls.channel_options(self.member.cfg.limits))
+                                           options=tls.channel_options(self.member.cfg.limits,
+                                                                       server_name=COORDINATOR_TLS_NAME))
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         asyncio.get_running_loop().create_task(old.close(grace=5))
 
@@ -108,11 +115,13 @@ class CoordinatorLink:
         await self._channel.close()
 
     def announcement(self, endpoint: str) -> coordinator_pb2.SignedAnnouncement:
-        tls_der = pki.load_cert(self.member.cfg.tls_cert).public_bytes(Encoding.DER)
+        tls_cert = pki.load_cert(self.member.cfg.tls_cert)
+        tls_der = tls_cert.public_bytes(Encoding.DER)
         body = coordinator_pb2.AnnouncementBody(
             province=self.member.province, endpoint=endpoint, seal_suite=sealing.SUITE_NAME,
             seal_public_key=self.seal_public, tls_cert_sha256=hashlib.sha256(tls_der).digest(),
             issued_at_ms=int(time.time() * 1000), mask_public_key=masks.public_bytes(self.mask_key),
+            tls_name=pki.certificate_tls_name(tls_cert),
         ).SerializeToString()
         return coordinator_pb2.SignedAnnouncement(body=body, signature=self.member.signer.sign(ANNOUNCEMENT, body))
 

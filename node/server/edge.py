@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, NoReturn
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc import aio
 
 from node.crypto.errors import CertificateRejected
@@ -55,6 +58,18 @@ def peer_identity(context: aio.ServicerContext, anchor: TrustAnchor) -> str:
         return anchor.validate_tls_peer_cert(pems[0])
     except CertificateRejected as exc:
         raise Refusal(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+
+
+def peer_certificate_sha256(context: aio.ServicerContext) -> bytes | None:
+    """SHA-256 of the DER of the TLS peer's certificate on this call, or None when it has none."""
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        return None
+    try:
+        der = x509.load_pem_x509_certificate(pems[0]).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        return None
+    return hashlib.sha256(der).digest()
 
 
 async def refuse(context: aio.ServicerContext, refusal: Refusal, log: Any, method: str = "", metrics: Any = None,

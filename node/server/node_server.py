@@ -186,6 +186,7 @@ class NodeServer:
             self.batch_signer.signer = signer
             if self.link is not None:
                 self.link.rotate(member.signer)
+                await self.link.reannounce()  # callers pin the announced TLS certificate
             self._log.info("keys_rotated")
             return True
         except (OSError, HeduiError, ValueError) as exc:

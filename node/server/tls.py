@@ -76,11 +76,26 @@ def server_options(limits: Limits, *, reuse_port: bool = False) -> list[tuple[st
     ]
 
 
-def channel_options(limits: Limits) -> list[tuple[str, Any]]:
-    """Message-size and keepalive limits for every client channel."""
+def channel_options(limits: Limits, *, server_name: str) -> list[tuple[str, Any]]:
+    """Message-size and keepalive limits for every client channel, and the name its server must carry.
+
+    `server_name` is the federation-internal DNS name of the member meant (province_tls_name,
+    COORDINATOR_TLS_NAME, or the per-certificate name of an announcement). gRPC checks it against
+    the server certificate's DNS names in every handshake of the channel, reconnections
+    included, before any call is sent: a certificate of another member (or one the
+    announcement does not name) fails the handshake, and the call fails UNAVAILABLE.
+    """
+    if not server_name:
+        raise ValueError("a channel needs the federation name of the server it means")
     return [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.ssl_target_name_override", server_name),
     ]
+
+
+def identity_refused(details: str) -> bool:
+    """True when a failed call's details say the server's certificate did not carry the name meant."""
+    return "Hostname Verification Check failed" in details or "not in peer certificate" in details

@@ -151,11 +151,13 @@ class Federation:
             set_coordinator(path, self.addresses["coordinator"])
         return port
 
-    def client(self, code: str, *, to: str, deadline_s: float | None = None) -> Any:
-        """A synchronous PeerClient of province `code` talking to province `to` (or a HOST:PORT)."""
+    def client(self, code: str, *, to: str, deadline_s: float | None = None, province: str | None = None) -> Any:
+        """A synchronous PeerClient of province `code` talking to province `to` (or a HOST:PORT, the
+        province then found in the directory; `province` names it instead)."""
         from node.client.client import PeerClient
 
-        return PeerClient(self.member(code), self.addresses.get(to, to), deadline_s=deadline_s)
+        expected = province or (to if to in self.configs else None)
+        return PeerClient(self.member(code), self.addresses.get(to, to), province=expected, deadline_s=deadline_s)
 
     def start_node(self, code: str, server_class: type | None = None) -> int:
         """Start (or restart) one province's node on a fresh port; return the port.
@@ -197,9 +199,9 @@ def build_federation(root: Path, provinces: Sequence[str], *, data: dict[str, Pa
     init_pki(pki)
     configs = {}
     for code in provinces:
-        issue_member(pki, code)
+        issue_member(pki, code, loopback=True)
         configs[code] = write_node_config(root, pki, code, extra=config_extra)
-    issue_member(pki, "coordinator")
+    issue_member(pki, "coordinator", loopback=True)
     coordinator = root / "coordinator.toml"
     config_mod.write(coordinator, {**coordinator_config(pki, "127.0.0.1:0", root / "coordinator"),
                                    **(coordinator_extra or {})})

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from node.client.coordinator import CoordinatorClient
 from node.client.household import household_check
 from node.client.routed import routed_verify
+from node.coordinator.directory import Entry, server_name
 from node.domain import idnumber
 from node.errors import BadInput, HeduiError
 from node.member import Member
@@ -277,7 +278,7 @@ class Desk:
         self.require(account, Role.CASEWORKER, Role.SUPERVISOR, Role.AUDITOR, action="federation")
         directory = self.coordinator.directory()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            health = dict(zip(directory, pool.map(self._health, [e.endpoint for e in directory.values()]), strict=True))
+            health = dict(zip(directory, pool.map(self._health, directory.values()), strict=True))
         with Store.open(self.member.cfg.data_dir) as store:
             counts, newest = store.counts(), store.newest_as_of()
         refusals = []
@@ -293,10 +294,11 @@ class Desk:
                               for p, e in sorted(directory.items())],
                 "counts": counts, "newest": newest, "refusals": refusals[-20:][::-1]}
 
-    def _health(self, endpoint: str) -> str:
+    def _health(self, entry: Entry) -> str:
         cfg = self.member.cfg
+        options = tls.channel_options(cfg.limits, server_name=server_name(entry))  # the announced certificate only
         try:
-            with grpc.secure_channel(endpoint, tls.channel_credentials(cfg), options=tls.channel_options(cfg.limits)) as ch:
+            with grpc.secure_channel(entry.endpoint, tls.channel_credentials(cfg), options=options) as ch:
                 reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.5)
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         except grpc.RpcError as exc:

@@ -121,9 +121,9 @@ def test_the_readmes_federation_runs_as_written_and_shows_answers_from_another_p
 
 FEDERATION = """
 hedui pki init --pki pki
-hedui pki issue --pki pki --coordinator
-hedui pki issue --pki pki --province 32
-hedui pki issue --pki pki --province 41
+hedui pki issue --pki pki --coordinator --loopback
+hedui pki issue --pki pki --province 32 --loopback
+hedui pki issue --pki pki --province 41 --loopback
 hedui coordinator init --pki pki --listen 127.0.0.1:7400 --data-dir run/coord --config run/coord.toml
 hedui node init --pki pki --province 32 --listen 127.0.0.1:7432 --data-dir run/32 --config run/32.toml --coordinator 127.0.0.1:7400
 hedui node init --pki pki --province 41 --listen 127.0.0.1:7441 --data-dir run/41 --config run/41.toml --coordinator 127.0.0.1:7400

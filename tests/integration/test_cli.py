@@ -57,12 +57,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory, planted: dict[str, Path]) ->
     root = tmp_path_factory.mktemp("cli")
     pki = root / "pki"
     hedui("pki", "init", "--pki", pki, check=True)
-    hedui("pki", "issue", "--pki", pki, "--coordinator", check=True)
+    hedui("pki", "issue", "--pki", pki, "--coordinator", "--loopback", check=True)
     hedui("coordinator", "init", "--pki", pki, "--listen", "127.0.0.1:0", "--data-dir", root / "coord",
           "--config", root / "coord.toml", check=True)
     coordinator = Serving(root / "coord.toml", "coordinator")
     for code in ("44", "51"):
-        hedui("pki", "issue", "--pki", pki, "--province", code, "--host", f"node{code}.example", check=True)
+        hedui("pki", "issue", "--pki", pki, "--province", code, "--loopback", "--host", f"node{code}.example", check=True)
         hedui("node", "init", "--pki", pki, "--province", code, "--listen", "127.0.0.1:0",
               "--data-dir", root / f"data{code}", "--config", root / f"node{code}.toml",
               "--coordinator", coordinator.address, check=True)
@@ -178,7 +178,7 @@ def test_ledger_verify_reports_an_intact_chain(setup: dict[str, Path]) -> None:
 
 def test_unreachable_peer_exits_4(setup: dict[str, Path]) -> None:
     """A peer that is not listening gives exit code 4."""
-    proc = hedui("verify", "--config", setup["cfg51"], "--to", "127.0.0.1:1", "--deadline", "2", "--id", WORKER,
+    proc = hedui("verify", "--config", setup["cfg51"], "--to", "127.0.0.1:1", "--province", "44", "--deadline", "2", "--id", WORKER,
                  "--purpose", "dibao", "--check", "deposit.balance_total<=2000000", "--consent", str(setup["consent"]))
     assert proc.returncode == 4 and len(proc.stderr.strip().splitlines()) == 1
 

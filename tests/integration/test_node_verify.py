@@ -242,7 +242,7 @@ def test_stale_query_is_refused(fed: Federation) -> None:
 
 def test_unreachable_peer_raises_peer_unreachable(fed: Federation, consents: dict) -> None:
     """Calling an address where no node listens is reported as unreachable, not refused."""
-    with fed.client("51", to="127.0.0.1:1", deadline_s=2) as peer, pytest.raises(PeerUnreachable):
+    with fed.client("51", to="127.0.0.1:1", province="44", deadline_s=2) as peer, pytest.raises(PeerUnreachable):
         peer.verify([WORKER], "dibao", CHECKS, consent=consents["51:dibao"])
 
 

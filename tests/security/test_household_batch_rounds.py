@@ -18,7 +18,7 @@ from node.client.household import contribution_query
 from node.crypto import sealing, signing
 from node.crypto.tokens import subject_token
 from node.domain import idnumber
-from node.domain.regions import province_uri
+from node.domain.regions import province_tls_name, province_uri
 from node.server import tls
 from node.store import audit
 from node.testing import Federation, run_cluster
@@ -82,7 +82,7 @@ def _contribute_directly(fed: Federation, holder: str, queries: list[household_p
     sealed = sealing.seal(household_pb2.ContributionQueryBatch(queries=queries).SerializeToString(), kind=sealing.QUERY,
                           recipient=province_uri(holder), public_key=seal_key)
     with grpc.secure_channel(fed.addresses[holder], tls.channel_credentials(member.cfg),
-                             options=tls.channel_options(member.cfg.limits)) as channel:
+                             options=tls.channel_options(member.cfg.limits, server_name=province_tls_name(holder))) as channel:
         return household_pb2_grpc.HouseholdHolderStub(channel).ContributeBatch(
             household_pb2.ContributeBatchRequest(request_id=uuid.uuid4().hex, queries=sealed), timeout=10)
 

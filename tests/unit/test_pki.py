@@ -101,7 +101,7 @@ def test_linkage_key_is_readable_by_tokens(p32: pki.MemberPaths) -> None:
 
 
 def test_tls_cert_has_identity_sans_ekus_and_p256(p32: pki.MemberPaths) -> None:
-    """The TLS certificate is P-256 with the identity URI, default and extra hosts, both EKUs."""
+    """The TLS certificate is P-256 with the identity URI, its federation names and the hosts given (no loopback), both EKUs."""
     cert = pki.load_cert(p32.tls_cert)
     public_key = cert.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
@@ -110,13 +110,9 @@ def test_tls_cert_has_identity_sans_ekus_and_p256(p32: pki.MemberPaths) -> None:
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
     assert cn == "urn:hedui:province:32"
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["localhost", "node32.example"]
-    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [
-        "127.0.0.1",
-        "::1",
-        "10.0.0.32",
-        "2001:db8::32",
-    ]
+    assert san.get_values_for_type(x509.DNSName) == [
+        "province-32.hedui.internal", f"s{cert.serial_number:x}.province-32.hedui.internal", "node32.example"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.32", "2001:db8::32"]
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value

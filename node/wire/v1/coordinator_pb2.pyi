@@ -164,7 +164,7 @@ class ConsentUpdatesResponse(_message.Message):
     def __init__(self, updates: _Optional[_Iterable[_Union[ConsentUpdate, _Mapping]]] = ..., head_index: _Optional[int] = ..., as_of_ms: _Optional[int] = ..., head: _Optional[_Union[SignedLedgerHead, _Mapping]] = ..., after_hash: _Optional[bytes] = ...) -> None: ...
 
 class AnnouncementBody(_message.Message):
-    __slots__ = ("province", "endpoint", "seal_suite", "seal_public_key", "tls_cert_sha256", "issued_at_ms", "mask_public_key")
+    __slots__ = ("province", "endpoint", "seal_suite", "seal_public_key", "tls_cert_sha256", "issued_at_ms", "mask_public_key", "tls_name")
     PROVINCE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SEAL_SUITE_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class AnnouncementBody(_message.Message):
     TLS_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TLS_NAME_FIELD_NUMBER: _ClassVar[int]
     province: str
     endpoint: str
     seal_suite: str
@@ -179,7 +180,8 @@ class AnnouncementBody(_message.Message):
     tls_cert_sha256: bytes
     issued_at_ms: int
     mask_public_key: bytes
-    def __init__(self, province: _Optional[str] = ..., endpoint: _Optional[str] = ..., seal_suite: _Optional[str] = ..., seal_public_key: _Optional[bytes] = ..., tls_cert_sha256: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., mask_public_key: _Optional[bytes] = ...) -> None: ...
+    tls_name: str
+    def __init__(self, province: _Optional[str] = ..., endpoint: _Optional[str] = ..., seal_suite: _Optional[str] = ..., seal_public_key: _Optional[bytes] = ..., tls_cert_sha256: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., mask_public_key: _Optional[bytes] = ..., tls_name: _Optional[str] = ...) -> None: ...
 
 class SignedAnnouncement(_message.Message):
     __slots__ = ("body", "signature")
