@@ -66,7 +66,8 @@ def current_serial(fed: Federation, code: str) -> int:
 
 def save_answer(fed: Federation, consent: str, path: Path, *, routed: bool = False) -> Path:
     """`hedui verify --save` as province 51: directly to 44, or routed through the coordinator."""
-    to = [] if routed else ["--to", fed.addresses["44"]]
+    # --province: a province whose signing certificate is revoked is no longer in the directory
+    to = [] if routed else ["--to", fed.addresses["44"], "--province", "44"]
     proc = hedui("verify", "--config", fed.configs["51"], *to, "--id", WORKER,
                  "--purpose", "dibao", "--check", CHECK, "--consent", consent, "--save", path)
     assert proc.returncode in (0, 1), proc.stderr  # 1: the live check may already see a revocation
