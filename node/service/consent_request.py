@@ -31,9 +31,9 @@ BOUND_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("evidence_digest", "evidence digest"),
 )
 
-UNBOUND: Final[str] = ("consent receipt carries no request signed by the requester (receipts registered "
-                       "before consents were bound to requests are no longer honoured: the coordinator's "
-                       "signature alone does not authorise a query); register the consent again")
+#: Under 160 characters, so the coordinator passes it on whole in a route status (it cuts at 200).
+UNBOUND: Final[str] = ("receipt carries no request signed by the requester (as before consents were bound): "
+                       "the coordinator alone cannot authorise; register the consent again")
 
 
 def _expected(req: coordinator_pb2.ConsentRequestBody, field: str) -> Any:
