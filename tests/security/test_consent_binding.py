@@ -8,6 +8,7 @@ household round). Real servers, real mutual TLS, real signatures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from node import config as config_mod
+from node.client.batch import BatchSession, Household, parse_checks
 from node.client.client import PeerRefused
 from node.client.household import household_check
 from node.client.routed import routed_verify
@@ -190,6 +192,31 @@ def test_household_round_under_a_forged_receipt_is_refused_by_the_holders(
     decisions = [r["decision"] for r in audit_rows(fed, "44", after=before)]
     assert "refused:CONSENT_INVALID" in decisions and not any(d.startswith("contribut") for d in decisions), decisions
     assert fed.household("51", [WORKER, SPOUSE], REGION, consent_id=genuine.consent_id).routing["44"] == "OK"
+
+
+def test_batch_verification_refuses_the_forged_receipt_and_answers_the_genuine(
+        fed: Federation, coordinator_key: signing.Signer) -> None:
+    """In one VerifyBatch, the household under a receipt without the signed request is DENIED and audited; the other answered."""
+    genuine = fed.grant("51", [WORKER], "dibao")
+    forged = reissue(fed.grant("51", [WORKER, SPOUSE], "dibao").receipt, coordinator_key, drop_request=True)
+    member = fed.member("51")
+
+    async def run() -> list[dict[str, Any]]:
+        session = BatchSession(member)
+        try:
+            return await session.verify([(Household("good", [WORKER]), genuine.receipt),
+                                         (Household("forged", [WORKER, SPOUSE]), forged)],
+                                        "dibao", parse_checks(CHECKS, member, "dibao"))
+        finally:
+            await session.close()
+
+    before = audit_head(fed, "44")
+    good, bad = asyncio.run(run())
+    assert good["routing"]["44"] == "OK" and good["answers"][0]["signature_valid"]
+    assert bad["routing"]["44"] == "DENIED" and bad["answers"] == []
+    rows = audit_rows(fed, "44", after=before)
+    forged_id = verification_pb2.ConsentBody.FromString(forged.body).consent_id
+    assert [r["decision"] for r in rows if r["consent_id"] == forged_id] == ["refused:CONSENT_INVALID"]
 
 
 def test_receipt_in_the_ledger_from_before_binding_is_refused_by_the_coordinator(fed: Federation,
