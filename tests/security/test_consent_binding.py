@@ -169,6 +169,9 @@ def test_genuine_receipt_works_end_to_end_and_shows_its_request(fed: Federation,
     data = json.loads(shown.stdout)
     assert data["requester_signed"] is True and data["request_id"] == request.request_id
     assert data["consent_id"] == consent.consent_id and data["state"] == "ACTIVE"
+    text = subprocess.run([*HEDUI, "consent", "show", consent.consent_id, "--config", str(fed.configs["51"])],
+                          capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0 and f"request     {request.request_id}" in text.stdout
 
 
 @pytest.mark.parametrize("forgery", ["no request", "longer validity"])
