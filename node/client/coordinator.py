@@ -18,6 +18,7 @@ from node.client.client import translate
 from node.client.query import validate_household
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import Entry, verify_directory
+from node.crypto import signing
 from node.crypto.tokens import subject_token
 from node.domain import freetext
 from node.errors import BadInput, ErrorCode, Refusal
@@ -153,7 +154,7 @@ class CoordinatorClient:
         )
 
 
-def require_own_request(receipt: verification_pb2.SignedConsent, request: bytes, verifier: Any) -> None:
+def require_own_request(receipt: verification_pb2.SignedConsent, request: bytes, verifier: signing.Verifier) -> None:
     """Refuse a fresh receipt that does not carry, unmodified and matching, the request this province just signed."""
     body = parse_receipt(receipt, verifier)
     if body.request != request:

@@ -194,7 +194,7 @@ class ConsentRegistry:
         return self._status(self._get(peer_province, consent_id))
 
     def check_active(self, requester: str, consent_id: str) -> verification_pb2.ConsentBody:
-        """The consent body if `consent_id` is the requester's, current and unrevoked; else Refusal."""
+        """The consent body if `consent_id` is the requester's, unrevoked, bound to its signed request and current; else Refusal."""
         self._catch_up()
         consent = self._consents.get(consent_id)
         if consent is None or consent.body.requester != requester:
