@@ -86,5 +86,7 @@ def _show(args: argparse.Namespace) -> int:
         f"case        {info.case_reference or '-'}",
         f"evidence    {('sha256:' + info.evidence_sha256) if info.evidence_sha256 else '-'}",
         f"ledger      entry {info.ledger_index}",
+        f"request     {info.request_id}" if info.request_id
+        else "request     none signed by this province: holders refuse it, register the consent again",
     ]))
     return 0

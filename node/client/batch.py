@@ -26,6 +26,7 @@ from grpc import aio
 
 from node import files
 from node.client.client import translate
+from node.client.coordinator import require_own_request
 from node.client.query import Answer, PreparedQuery, check_answer, locked_envelope
 from node.client.saved_answers import evidence_entry
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
@@ -36,7 +37,7 @@ from node.domain import freetext, idnumber
 from node.domain.predicate import Check, parse_check, require_one_per_item
 from node.domain.standards import fallback_regions
 from node.domain.regions import COORDINATOR_TLS_NAME, province_uri
-from node.errors import BadInput, HeduiError
+from node.errors import BadInput, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
 from node.service.consent import SALT_BYTES, commitment
@@ -224,8 +225,18 @@ class BatchSession:
         signatures = await self.signer.sign_many([(CONSENT_REQUEST_DOMAIN, b) for b in bodies])
         reply = await self.call("RegisterConsentBatch", coordinator_pb2.RegisterConsentBatchRequest(
             requests=[coordinator_pb2.RegisterConsentRequest(body=b, signature=s) for b, s in zip(bodies, signatures, strict=True)]))
-        return [(h, item.status.receipt if not item.error_code else None, item.error)
-                for h, item in zip(households, reply.items, strict=True)]
+        out: list[tuple[Household, verification_pb2.SignedConsent | None, str]] = []
+        for h, raw, item in zip(households, bodies, reply.items, strict=True):
+            if item.error_code:
+                out.append((h, None, item.error))
+                continue
+            try:  # the receipt must carry, unmodified, the request this node signed for the household
+                require_own_request(item.status.receipt, raw, m.verifier)
+            except Refusal as refusal:
+                out.append((h, None, str(refusal)))
+                continue
+            out.append((h, item.status.receipt, item.error))
+        return out
 
     # -- verification --------------------------------------------------------------------
 

@@ -11,19 +11,22 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from node import files
 from node.client.client import translate
 from node.client.query import validate_household
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import Entry, verify_directory
+from node.crypto import signing
 from node.crypto.tokens import subject_token
 from node.domain import freetext
 from node.domain.regions import COORDINATOR_TLS_NAME
-from node.errors import BadInput
+from node.errors import BadInput, ErrorCode, Refusal
 from node.member import Member
 from node.server import tls
 from node.service.consent import SALT_BYTES, commitment, parse_receipt
+from node.service.consent_request import bound_request
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 DAY_MS: Final[int] = 24 * 3600 * 1000
@@ -47,6 +50,8 @@ class ConsentInfo:
     ledger_index: int
     revoked_at_ms: int
     receipt: verification_pb2.SignedConsent
+    #: The id of the request the province signed; "" for a receipt that carries none (holders refuse those).
+    request_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +59,7 @@ class ConsentInfo:
             "subjects": self.subjects, "not_before_ms": self.not_before_ms, "not_after_ms": self.not_after_ms,
             "case_reference": self.case_reference, "evidence_sha256": self.evidence_sha256,
             "ledger_index": self.ledger_index, "revoked_at_ms": self.revoked_at_ms or None,
+            "request_id": self.request_id, "requester_signed": bool(self.request_id),
         }
 
 
@@ -109,7 +115,9 @@ class CoordinatorClient:
             case_reference=case_reference, evidence_algorithm="sha256" if digest else "", evidence_digest=digest,
         ).SerializeToString()
         request = coordinator_pb2.RegisterConsentRequest(body=body, signature=m.signer.sign(CONSENT_REQUEST_DOMAIN, body))
-        return self._info(self.call("RegisterConsent", request))
+        info = self._info(self.call("RegisterConsent", request))
+        require_own_request(info.receipt, body, self.member.verifier)
+        return info
 
     def revoke(self, consent_id: str, reason: str = "applicant_withdrew") -> ConsentInfo:
         return self._info(self.call("RevokeConsent", coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, reason=reason)))
@@ -135,13 +143,25 @@ class CoordinatorClient:
 
     def _info(self, status: coordinator_pb2.ConsentStatus) -> ConsentInfo:
         body = parse_receipt(status.receipt, self.member.verifier)
+        try:  # this province's own request, shown as it is (holders verify it): old consents stay listable
+            request_id = coordinator_pb2.ConsentRequestBody.FromString(body.request).request_id if body.request else ""
+        except DecodeError:
+            request_id = ""
         return ConsentInfo(
             consent_id=body.consent_id, state=coordinator_pb2.ConsentState.Name(status.state), purpose=body.purpose,
             scopes=tuple(body.scopes), subjects=len(body.subject_commitments), not_before_ms=body.not_before_ms,
             not_after_ms=body.not_after_ms, case_reference=body.case_reference,
             evidence_sha256=body.evidence_digest.hex(), ledger_index=status.ledger_index,
-            revoked_at_ms=status.revoked_at_ms, receipt=status.receipt,
+            revoked_at_ms=status.revoked_at_ms, receipt=status.receipt, request_id=request_id,
         )
+
+
+def require_own_request(receipt: verification_pb2.SignedConsent, request: bytes, verifier: signing.Verifier) -> None:
+    """Refuse a fresh receipt that does not carry, unmodified and matching, the request this province just signed."""
+    body = parse_receipt(receipt, verifier)
+    if body.request != request:
+        raise Refusal(ErrorCode.CONSENT_INVALID, "the coordinator's receipt does not carry the consent request this node signed")
+    bound_request(body, verifier)
 
 
 def fetch_receipt(member: Member, consent_id: str, *, deadline_s: float | None = None) -> verification_pb2.SignedConsent:

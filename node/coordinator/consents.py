@@ -17,6 +17,7 @@ from node.domain import freetext, request_ids
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
 from node.errors import ErrorCode, Refusal
+from node.service.consent_request import UNBOUND, receipt_body
 from node.service.verification import ReplayGuard
 from node.store import ledger
 from node.store.chain import HashChain
@@ -25,7 +26,7 @@ from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
 GRANT: Final[str] = ledger.GRANT
 REVOKE: Final[str] = ledger.REVOKE
-CONSENT_REQUEST_DOMAIN: Final[str] = "hedui/v1/consent-request"
+CONSENT_REQUEST_DOMAIN: Final[str] = signing.CONSENT_REQUEST
 MAX_VALIDITY_MS: Final[int] = 366 * 24 * 3600 * 1000
 REVOKE_REASONS: Final[frozenset[str]] = frozenset({"applicant_withdrew", "case_closed", "registered_in_error", "other"})
 
@@ -90,15 +91,17 @@ class ConsentRegistry:
                       ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
         """Record many consents in one ledger transaction, with one (batch) signature over the receipts."""
         results: list[coordinator_pb2.ConsentStatus | Refusal | None] = [None] * len(requests)
-        accepted: list[tuple[int, coordinator_pb2.ConsentRequestBody]] = []
+        accepted: list[tuple[int, coordinator_pb2.RegisterConsentRequest, coordinator_pb2.ConsentRequestBody]] = []
         for position, request in enumerate(requests):
             try:
-                accepted.append((position, self._accept(peer_province, request)))
+                accepted.append((position, request, self._accept(peer_province, request)))
             except Refusal as refusal:
                 results[position] = refusal
         if accepted:
             now_ms = int(self.clock() * 1000)
-            bodies = [self._body(req, "c-" + secrets.token_hex(12), now_ms) for _, req in accepted]
+            # The receipt carries the requester's signed request unmodified: holders check it matches.
+            bodies = [receipt_body(request.body, request.signature, req, "c-" + secrets.token_hex(12), now_ms)
+                      for _, request, req in accepted]
             receipts: list[verification_pb2.SignedConsent] = []
 
             def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
@@ -114,7 +117,7 @@ class ConsentRegistry:
 
             with self._lock:
                 entries = self.chain.append_next(build, at_ms=now_ms)
-                for (position, _), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
+                for (position, *_), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
                     consent = _Consent(receipt, body, entry.idx)
                     self._consents[body.consent_id] = consent
                     results[position] = self._status(consent)
@@ -133,16 +136,6 @@ class ConsentRegistry:
             raise Refusal(ErrorCode.MALFORMED, "consent request does not parse") from None
         self._validate(req, peer_province)
         return req
-
-    @staticmethod
-    def _body(req: coordinator_pb2.ConsentRequestBody, consent_id: str, now_ms: int) -> verification_pb2.ConsentBody:
-        return verification_pb2.ConsentBody(
-            consent_id=consent_id, requester=req.requester, subject_commitments=list(req.subject_commitments),
-            purpose=req.purpose, scopes=sorted(set(req.scopes)), not_before_ms=req.not_before_ms,
-            not_after_ms=req.not_after_ms, case_reference=req.case_reference,
-            evidence_algorithm=req.evidence_algorithm, evidence_digest=req.evidence_digest,
-            registered_at_ms=now_ms, subject_salt=req.subject_salt,
-        )
 
     def _validate(self, req: coordinator_pb2.ConsentRequestBody, peer_province: str) -> None:
         if req.requester != peer_province:
@@ -201,13 +194,15 @@ class ConsentRegistry:
         return self._status(self._get(peer_province, consent_id))
 
     def check_active(self, requester: str, consent_id: str) -> verification_pb2.ConsentBody:
-        """The consent body if `consent_id` is the requester's, current and unrevoked; else Refusal."""
+        """The consent body if `consent_id` is the requester's, unrevoked, bound to its signed request and current; else Refusal."""
         self._catch_up()
         consent = self._consents.get(consent_id)
         if consent is None or consent.body.requester != requester:
             raise Refusal(ErrorCode.CONSENT_MISSING)
         if consent.revoked_at_ms:
             raise Refusal(ErrorCode.CONSENT_REVOKED)
+        if not consent.body.request:  # registered before receipts carried the request: holders refuse it too
+            raise Refusal(ErrorCode.CONSENT_INVALID, UNBOUND)
         now_ms = int(self.clock() * 1000)
         if not consent.body.not_before_ms <= now_ms <= consent.body.not_after_ms:
             raise Refusal(ErrorCode.CONSENT_EXPIRED)

@@ -35,6 +35,7 @@ ALGORITHMS: Final[frozenset[str]] = frozenset({ED25519, ED25519_BATCH})
 QUERY: Final[str] = "hedui/v1/query"
 ANSWER: Final[str] = "hedui/v1/answer"
 CONSENT: Final[str] = "hedui/v1/consent"
+CONSENT_REQUEST: Final[str] = "hedui/v1/consent-request"
 DIRECTORY: Final[str] = "hedui/v1/directory"
 CHECKPOINT: Final[str] = "hedui/v1/audit-checkpoint"
 REVOCATIONS: Final[str] = "hedui/v1/revocations"
@@ -228,7 +229,7 @@ class Verifier:
 
 
 __all__ = [
-    "ALGORITHMS", "ANSWER", "AUDIT_HEAD", "CHECKPOINT", "CONSENT", "DIRECTORY", "ED25519", "ED25519_BATCH",
+    "ALGORITHMS", "ANSWER", "AUDIT_HEAD", "CHECKPOINT", "CONSENT", "CONSENT_REQUEST", "DIRECTORY", "ED25519", "ED25519_BATCH",
     "QUERY", "REVOCATIONS", "STANDARDS", "AsyncBatchSigner", "CertificateRejected", "SignatureInvalid",
     "Signer", "Verified", "Verifier", "digest", "to_be_signed",
 ]

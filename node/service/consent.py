@@ -17,6 +17,7 @@ from node.domain import idnumber
 from node.domain.predicate import Check
 from node.domain.regions import COORDINATOR_URI
 from node.errors import ErrorCode, Refusal
+from node.service.consent_request import bound_request, recheck_requester
 from node.wire.v1 import coordinator_pb2, verification_pb2
 
 _COMMIT_PREFIX: Final[bytes] = b"hedui/v1/consent-subject\x00"
@@ -188,8 +189,9 @@ def parse_receipt(receipt: verification_pb2.SignedConsent, verifier: signing.Ver
 class ReceiptGate:
     """Checks that a query's consent receipt covers requester, purpose, subjects, items and time.
 
-    A receipt's signature is verified once and remembered (by a digest of the exact signed
-    bytes and signature); every call still checks the coordinator's certificate (validity,
+    A receipt's signatures (the coordinator's, and the requester's on the request it carries,
+    `consent_request.bound_request`) are verified once and remembered (by a digest of the exact
+    signed bytes and signature); every call still checks both certificates (validity,
     revocation), the time window, revocation of the consent, and coverage.
     """
 
@@ -208,6 +210,7 @@ class ReceiptGate:
             body = parse_receipt(receipt, self.verifier)
             if idnumber.contains_id_number(body.case_reference):  # registered before the coordinator refused these
                 raise Refusal(ErrorCode.CONSENT_INVALID, "consent case reference holds an ID number; register it again")
+            bound_request(body, self.verifier)  # the requester signed exactly this: not the coordinator's word alone
             self._verified[key] = body
             if len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
@@ -216,6 +219,7 @@ class ReceiptGate:
             self.verifier.anchor.validate_signing_cert(receipt.signature.certificate)
         except CertificateRejected:
             raise Refusal(ErrorCode.CONSENT_INVALID, "receipt signer no longer valid") from None
+        recheck_requester(body, self.verifier)
         return body
 
     def check(self, query: verification_pb2.QueryBody, checks: list[Check]) -> str:

@@ -26,6 +26,7 @@ from node.domain.idnumber import InvalidIdNumber
 from node.domain.regions import province_uri
 from node.member import Member
 from node.testing import Federation, run_cluster
+from node.testing.consents import reissue
 from node.wire.v1 import verification_pb2, verification_pb2_grpc
 from tests.conftest import SPOUSE, STRANGER, WORKER
 
@@ -234,13 +235,13 @@ def test_missing_consent_is_refused(fed: Federation, receipts: dict) -> None:
 
 
 def test_expired_consent_is_refused(fed: Federation, receipts: dict) -> None:
-    """A coordinator-signed receipt whose validity ended is refused."""
+    """A coordinator-signed receipt whose validity (as the requester signed it) ended is refused."""
     coordinator = Member.from_config(fed.coordinator_config)
-    consent = verification_pb2.ConsentBody.FromString(receipts["51"].body)
-    consent.not_after_ms = int(time.time() * 1000) - 1000
-    raw = consent.SerializeToString()
+    now_ms = int(time.time() * 1000)
+    expired = {"not_before_ms": now_ms - 86_400_000, "not_after_ms": now_ms - 1000}
     body = body_for(fed, receipts)
-    body.consent.CopyFrom(verification_pb2.SignedConsent(body=raw, signature=coordinator.signer.sign(signing.CONSENT, raw)))
+    body.consent.CopyFrom(reissue(receipts["51"], coordinator.signer, request_signer=fed.member("51").signer,
+                                  request_edits=expired, **expired))
     with as_member(fed, "51", "44") as ch:
         err = refused(lambda: call(ch, sign_query(fed.member("51").signer, body)))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "expired" in err.details()

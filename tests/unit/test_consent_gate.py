@@ -14,6 +14,7 @@ from node.errors import ErrorCode, Refusal
 from node.member import Member
 from node.service.consent import LedgerHead, ReceiptGate, RevocationView, commitment
 from node.testing.cluster import build_federation
+from node.testing.consents import issue, sign_request
 from node.wire.v1 import verification_pb2
 
 KEY = os.urandom(32)
@@ -32,14 +33,15 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> dict[str, signing.Signe
             "verifier": signing.Verifier(pki.TrustAnchor.load(fed.pki / "ca.pem"))}
 
 
-def receipt(signer: signing.Signer, **over: object) -> verification_pb2.SignedConsent:
+def receipt(members: dict, signer: str = "coordinator", **over: object) -> verification_pb2.SignedConsent:
+    """The receipt `members[signer]` signs for a request signed by province 51 (`over` sets the request's fields)."""
     salt = b"s" * 16
-    fields: dict[str, object] = dict(consent_id="c-1", requester="51", purpose="dibao", subject_salt=salt,
-                                     subject_commitments=[commitment(salt, A)], not_before_ms=int(NOW * 1000) - 1000,
-                                     not_after_ms=int(NOW * 1000) + 86_400_000, ledger_epoch=EPOCH, ledger_index=1)
+    fields: dict[str, object] = dict(requester="51", request_id="r-0001", nonce=b"n" * 16, purpose="dibao",
+                                     subject_salt=salt, subject_commitments=[commitment(salt, A)],
+                                     not_before_ms=int(NOW * 1000) - 1000, not_after_ms=int(NOW * 1000) + 86_400_000)
     fields.update(over)
-    body = verification_pb2.ConsentBody(**fields).SerializeToString()  # type: ignore[arg-type]
-    return verification_pb2.SignedConsent(body=body, signature=signer.sign(signing.CONSENT, body))
+    raw, signature = sign_request(members["province"], **fields)
+    return issue(members[signer], raw, signature, consent_id="c-1", ledger_epoch=EPOCH, ledger_index=1)
 
 
 def query(consent: verification_pb2.SignedConsent | None, subjects: list[bytes] | None = None,
@@ -68,7 +70,7 @@ def refusal(g: ReceiptGate, q: verification_pb2.QueryBody, checks=CHECKS) -> Err
 
 def test_valid_receipt_passes(members: dict) -> None:
     """A coordinator-signed, current receipt covering subject, purpose and item lets the query through."""
-    gate(members).check(query(receipt(members["coordinator"])), CHECKS)
+    gate(members).check(query(receipt(members)), CHECKS)
 
 
 def test_missing_receipt_is_refused(members: dict) -> None:
@@ -78,22 +80,22 @@ def test_missing_receipt_is_refused(members: dict) -> None:
 
 def test_receipt_signed_by_a_province_is_refused(members: dict) -> None:
     """A province cannot mint its own consent receipts."""
-    assert refusal(gate(members), query(receipt(members["province"]))) is ErrorCode.CONSENT_INVALID
+    assert refusal(gate(members), query(receipt(members, "province"))) is ErrorCode.CONSENT_INVALID
 
 
 def test_expired_and_future_receipts_are_refused(members: dict) -> None:
     """Outside its validity window a receipt is CONSENT_EXPIRED."""
-    r = receipt(members["coordinator"])
+    r = receipt(members)
     assert refusal(gate(members, clock=NOW + 2 * 86_400), query(r)) is ErrorCode.CONSENT_EXPIRED
     assert refusal(gate(members, clock=NOW - 3600), query(r)) is ErrorCode.CONSENT_EXPIRED
 
 
 def test_uncovered_subject_purpose_and_scope_are_refused(members: dict) -> None:
     """Another subject, another purpose, or an item outside the scopes is CONSENT_INVALID."""
-    r = receipt(members["coordinator"])
+    r = receipt(members)
     assert refusal(gate(members), query(r, subjects=[A, B])) is ErrorCode.CONSENT_INVALID
     assert refusal(gate(members), query(r, purpose="medical")) is ErrorCode.CONSENT_INVALID
-    scoped = receipt(members["coordinator"], scopes=["income"])
+    scoped = receipt(members, scopes=["income"])
     assert refusal(gate(members), query(scoped)) is ErrorCode.CONSENT_INVALID
 
 
@@ -101,17 +103,17 @@ def test_revoked_consent_is_refused(members: dict) -> None:
     """A consent the view learnt is revoked is CONSENT_REVOKED."""
     g = gate(members)
     g.revocations.apply([(5, "c-1", True)], HEAD)
-    assert refusal(g, query(receipt(members["coordinator"]))) is ErrorCode.CONSENT_REVOKED
+    assert refusal(g, query(receipt(members))) is ErrorCode.CONSENT_REVOKED
 
 
 def test_stale_revocation_view_fails_closed(members: dict) -> None:
     """Without a recent sync with the coordinator no consent is trusted."""
-    assert refusal(gate(members, synced=False), query(receipt(members["coordinator"]))) is ErrorCode.UNAVAILABLE
+    assert refusal(gate(members, synced=False), query(receipt(members))) is ErrorCode.UNAVAILABLE
     now = [100.0]
     view = RevocationView(max_staleness_s=4.0, clock=lambda: now[0])
     view.apply([], HEAD)
     g = ReceiptGate(members["verifier"], view, clock=lambda: NOW)
-    g.check(query(receipt(members["coordinator"])), CHECKS)
+    g.check(query(receipt(members)), CHECKS)
     now[0] += 4.5
-    assert refusal(g, query(receipt(members["coordinator"]))) is ErrorCode.UNAVAILABLE
+    assert refusal(g, query(receipt(members))) is ErrorCode.UNAVAILABLE
     _ = Path
