@@ -194,6 +194,9 @@ def test_wrong_or_missing_passphrase_is_one_line_and_exit_2(tmp_path: Path) -> N
     assert "wrong passphrase" in line and sorted(p.name for p in (pki / "members").iterdir()) == members_before
     line = one_line_error(hedui("pki", "encrypt-keys", "--config", cfg, "--passphrase-file", wrong))
     assert "wrong passphrase" in line
+    line = one_line_error(hedui("node", "init", "--pki", pki, "--province", "32", "--listen", "127.0.0.1:0",
+                                "--data-dir", tmp_path / "n2", "--config", tmp_path / "n2.toml", "--passphrase-file", wrong))
+    assert "wrong passphrase" in line and not (tmp_path / "n2.toml").exists()
     short = secret_file(tmp_path / "short", "2short")
     line = one_line_error(hedui("pki", "init", "--pki", tmp_path / "pki2", "--passphrase-file", short))
     assert "at least 16" in line and not (tmp_path / "pki2").exists()
