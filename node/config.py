@@ -172,8 +172,9 @@ def _token_key(raw: Any, base: Path) -> TokenKey | None:
     pin = _secret(raw, base, "pin", "pkcs11")
     if not pin:
         raise ConfigError("config table [pkcs11] needs pin_file or pin_credential")
-    return TokenKey(module=_resolve(base, raw["module"], "pkcs11.module"), token_label=raw["token_label"],
-                    key_label=raw["key_label"], pin=pin)
+    return TokenKey(module=_resolve(base, raw["module"], "pkcs11.module"), pin=pin,  # labels appear in messages
+                    token_label=_text(raw["token_label"], "pkcs11.token_label") or "",
+                    key_label=_text(raw["key_label"], "pkcs11.key_label") or "")
 
 
 def load(path: Path | str) -> MemberConfig:

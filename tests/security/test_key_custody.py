@@ -10,6 +10,8 @@ import base64
 import contextlib
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import tomllib
@@ -69,6 +71,20 @@ def started(fed: Federation) -> Iterator[Federation]:
         for code in sorted(fed.servers, key=lambda c: c == "coordinator"):
             fed.stop_node(code)
         fed.loop.close()
+
+
+def served_tls_certificate(fed: Federation, code: str) -> x509.Certificate:
+    """The TLS certificate node `code` presents on a fresh handshake (the client's own key is encrypted too)."""
+    m = fed.member("51")
+    context = ssl.create_default_context(cafile=str(m.cfg.ca_cert))
+    context.load_cert_chain(str(m.cfg.tls_cert), str(m.cfg.tls_key), password=PASSPHRASE)
+    context.set_alpn_protocols(["h2"])
+    host, port = fed.addresses[code].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 def plain_private_keys(root: Path) -> list[Path]:
@@ -137,6 +153,14 @@ def test_encrypted_keys_round_trip_and_a_federation_serves_with_them(
         assert answer.signature_valid
         signer = x509.load_der_x509_certificate(answer.signed.signature.certificate)
         assert signer == load_cert(fed.member("44").cfg.sign_cert)
+        # Rotation without restart works with encrypted keys too (`pki issue` + `node rotate`).
+        issue_member(fed.pki, "44", passphrase=PASSPHRASE.encode(), ca_passphrase=keyfile.SecretSource(file=passphrase))
+        assert main(["node", "rotate", "--config", str(fed.configs["44"]), "--pki", str(fed.pki)]) == 0
+        assert fed.loop is not None and fed.loop.run(fed.servers["44"].check_keys())
+        rotated = fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44").answers[0]
+        assert rotated.signature_valid
+        assert x509.load_der_x509_certificate(rotated.signed.signature.certificate) == load_cert(fed.member("44").cfg.sign_cert) != signer
+        assert served_tls_certificate(fed, "44") == load_cert(fed.member("44").cfg.tls_cert)  # decrypted on reload
     assert plain_private_keys(tmp_path) == []  # the TLS keys were decrypted in memory only
 
 
