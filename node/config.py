@@ -12,6 +12,8 @@ from typing import Any
 import tomli_w
 
 from node import files
+from node.crypto.keyfile import NO_SECRET, SecretSource
+from node.crypto.token_key import TokenKey
 from node.domain import idnumber
 from node.domain.freetext import show
 from node.errors import BadInput
@@ -80,7 +82,7 @@ class MemberConfig:
     tls_cert: Path
     tls_key: Path
     sign_cert: Path
-    sign_key: Path
+    sign_key: Path | None  # None when the signing key is in a PKCS#11 token ([pkcs11])
     seal_key: Path
     seal_pub: Path
     linkage_key: Path | None
@@ -96,6 +98,8 @@ class MemberConfig:
     metrics_allow_plain_remote: bool = False  # explicit opt-in: plain HTTP on a non-loopback address
     limits: Limits = field(default_factory=Limits)
     claims: ClaimPolicy = field(default_factory=ClaimPolicy)  # coordinator only: [claims]
+    key_passphrase: SecretSource = NO_SECRET  # [keys] passphrase_file / passphrase_credential: opens encrypted key files
+    token_key: TokenKey | None = None  # [pkcs11]: the signing key lives in a PKCS#11 token
 
     @property
     def is_coordinator(self) -> bool:
@@ -139,6 +143,40 @@ def _resolve(base: Path, value: Any, key: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def _secret(table: dict[str, Any], base: Path, prefix: str, where: str) -> SecretSource:
+    """`<prefix>_file` (a path) or `<prefix>_credential` (a systemd credential name) of a table."""
+    file_value, credential = table.get(f"{prefix}_file"), table.get(f"{prefix}_credential")
+    if file_value and credential:
+        raise ConfigError(f"config table [{where}] names both {prefix}_file and {prefix}_credential")
+    if credential is not None and not isinstance(credential, str):
+        raise ConfigError(f"config key {where}.{prefix}_credential must be a string")
+    file_path = _resolve(base, file_value, f"{where}.{prefix}_file") if file_value else None
+    return SecretSource(file=file_path, credential=credential or None)
+
+
+_PKCS11_KEYS = frozenset({"module", "token_label", "key_label", "pin_file", "pin_credential"})
+
+
+def _token_key(raw: Any, base: Path) -> TokenKey | None:
+    """[pkcs11]: module, token_label, key_label, and pin_file or pin_credential."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("config table [pkcs11] must be a table")
+    unknown = sorted(set(raw) - _PKCS11_KEYS)
+    if unknown:
+        raise ConfigError(f"config table [pkcs11] has an unknown key {show(unknown[0])}; known: {', '.join(sorted(_PKCS11_KEYS))}")
+    for key in ("module", "token_label", "key_label"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"config key pkcs11.{key} must be a non-empty string")
+    pin = _secret(raw, base, "pin", "pkcs11")
+    if not pin:
+        raise ConfigError("config table [pkcs11] needs pin_file or pin_credential")
+    return TokenKey(module=_resolve(base, raw["module"], "pkcs11.module"), pin=pin,  # labels appear in messages
+                    token_label=_text(raw["token_label"], "pkcs11.token_label") or "",
+                    key_label=_text(raw["key_label"], "pkcs11.key_label") or "")
+
+
 def load(path: Path | str) -> MemberConfig:
     """Read a config file written by `hedui node init` or `hedui coordinator init`."""
     path = Path(path)
@@ -154,6 +192,7 @@ def load(path: Path | str) -> MemberConfig:
         if not isinstance(member, dict) or not isinstance(keys, dict):
             raise ConfigError(f"config file {path}: [member] and [keys] must be tables")
         opt = lambda k: _resolve(base, keys[k], f"keys.{k}") if keys.get(k) else None  # noqa: E731
+        token_key = _token_key(raw.get("pkcs11"), base)
         limits = _limits(raw.get("limits", {}))
         claims_table = raw.get("claims", {})
         if not isinstance(claims_table, dict):
@@ -181,7 +220,7 @@ def load(path: Path | str) -> MemberConfig:
             tls_cert=_resolve(base, keys["tls_cert"], "keys.tls_cert"),
             tls_key=_resolve(base, keys["tls_key"], "keys.tls_key"),
             sign_cert=_resolve(base, keys["sign_cert"], "keys.sign_cert"),
-            sign_key=_resolve(base, keys["sign_key"], "keys.sign_key"),
+            sign_key=opt("sign_key") if token_key is not None else _resolve(base, keys["sign_key"], "keys.sign_key"),
             seal_key=_resolve(base, keys["seal_key"], "keys.seal_key"),
             seal_pub=_resolve(base, keys["seal_pub"], "keys.seal_pub"),
             linkage_key=opt("linkage_key"),
@@ -195,6 +234,8 @@ def load(path: Path | str) -> MemberConfig:
             metrics_allow_plain_remote=allow_plain_remote,
             limits=limits,
             claims=claims,
+            key_passphrase=_secret(keys, base, "passphrase", "keys"),
+            token_key=token_key,
         )
     except KeyError as exc:
         raise ConfigError(f"config file {path} lacks key {exc.args[0]}") from None

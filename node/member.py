@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from node import config as config_mod
@@ -16,6 +17,20 @@ from node.crypto.tokens import load_linkage_key
 from node.domain.catalogue import Catalogue, load_catalogue
 from node.domain.policy import Policy, load_policy
 from node.errors import BadInput
+
+
+def signing_key(cfg: MemberConfig) -> signing.SigningKey:
+    """The configured Ed25519 signing key: in the [pkcs11] token, else the `sign_key` file (decrypted in memory)."""
+    if cfg.token_key is not None:
+        from node.crypto.token_key import Pkcs11SigningKey
+
+        return Pkcs11SigningKey(cfg.token_key)
+    if cfg.sign_key is None:
+        raise BadInput("the config names no signing key: set [keys] sign_key or a [pkcs11] table")
+    key = pki.load_private_key(cfg.sign_key, cfg.key_passphrase)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BadInput(f"{cfg.sign_key} is not an Ed25519 key")
+    return key
 
 
 @dataclass
@@ -53,9 +68,9 @@ class Member:
 
     @cached_property
     def signer(self) -> signing.Signer:
-        key = pki.load_private_key(self.cfg.sign_key)
+        """The member's message signer: its key from a (possibly encrypted) file or a PKCS#11 token."""
         cert = pki.load_cert(self.cfg.sign_cert)
-        return signing.Signer(key, cert.public_bytes(Encoding.DER))  # type: ignore[arg-type]
+        return signing.Signer(signing_key(self.cfg), cert.public_bytes(Encoding.DER))
 
     @cached_property
     def linkage_key(self) -> bytes:

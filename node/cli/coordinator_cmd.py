@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.cli.node_cmd import add_config_file_options, add_wait_options
+from node.cli.node_cmd import add_config_file_options, add_key_passphrase_options, add_wait_options
 from node.errors import BadInput
 
 
@@ -22,6 +22,7 @@ def register(sub: Any) -> None:
     init.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
     init.add_argument("--config", required=True, type=Path, metavar="FILE")
     add_config_file_options(init)
+    add_key_passphrase_options(init)
     init.set_defaults(func=_init)
     serve = coord_sub.add_parser("serve", help="run the coordinator until SIGTERM/SIGINT")
     serve.add_argument("--config", required=True, type=Path, metavar="FILE")
@@ -70,7 +71,7 @@ def coordinator_config(pki: Path, listen: str, data_dir: Path) -> dict[str, Any]
 
 def _init(args: argparse.Namespace) -> int:
     from node import config
-    from node.cli.node_cmd import check_hostport, config_file_keys
+    from node.cli.node_cmd import check_hostport, config_file_keys, key_passphrase_keys
 
     check_hostport(args.listen)
     files = config_file_keys(args)
@@ -78,6 +79,7 @@ def _init(args: argparse.Namespace) -> int:
     args.data_dir.chmod(0o700)
     table = coordinator_config(args.pki, args.listen, args.data_dir)
     table["keys"] |= files
+    table["keys"] |= key_passphrase_keys(args, table["keys"])
     config.write(args.config, table)
     print(f"coordinator configured: {args.config} (data in {args.data_dir.resolve()})")
     return 0

@@ -24,6 +24,7 @@ def register(sub: Any) -> None:
     init.add_argument("--config", required=True, type=Path, metavar="FILE")
     init.add_argument("--coordinator", metavar="HOST:PORT", help="the federation coordinator")
     add_config_file_options(init)
+    add_key_passphrase_options(init)
     init.set_defaults(func=_init)
 
     serve = node_sub.add_parser("serve", help="run the node until SIGTERM/SIGINT")
@@ -55,6 +56,25 @@ def add_config_file_options(parser: Any) -> None:
                         help="a province's own data-item catalogue (default: the national one shipped with hedui)")
     parser.add_argument("--policy", type=Path, metavar="FILE",
                         help="a province's own purpose policy (default: the one shipped with hedui)")
+
+
+def add_key_passphrase_options(parser: Any) -> None:
+    """`--passphrase-file FILE` / `--passphrase-credential NAME` of `node init` and `coordinator init`."""
+    from node.cli.keys_cmd import add_secret_options
+
+    add_secret_options(parser, "passphrase", "the passphrase of encrypted key files (recorded in [keys])")
+
+
+def key_passphrase_keys(args: argparse.Namespace, keys: dict[str, str]) -> dict[str, str]:
+    """The [keys] passphrase entries of init's options, after checking the installed keys open with it."""
+    from node.cli.keys_cmd import passphrase_keys, secret_from
+    from node.crypto import keyfile
+
+    source = secret_from(args, "passphrase")
+    for name in ("tls_key", "sign_key", "seal_key"):
+        if name in keys and keyfile.is_encrypted(Path(keys[name])):
+            keyfile.load_private_key(Path(keys[name]), source)  # no or a wrong passphrase: one line, exit 2
+    return passphrase_keys(source)
 
 
 def config_file_keys(args: argparse.Namespace) -> dict[str, str]:
@@ -113,6 +133,8 @@ def install_member_keys(pki_dir: Path, member: str, data_dir: Path, *, linkage: 
     }
     if linkage:
         files["linkage_key"] = (paths.linkage_key, True)
+    if not paths.sign_key.exists() and paths.sign_cert.exists():
+        del files["sign_key"]  # the signing key is in a PKCS#11 token (`hedui pki hsm-generate`)
     for name, (src, private) in files.items():
         dst = keys_dir / src.name
         copy_secret(src, dst, private=private)
@@ -135,6 +157,7 @@ def _init(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # the store, audit log and keys are the operator's alone
     keys = install_member_keys(args.pki, args.province, data_dir, linkage=True) | files
+    keys |= key_passphrase_keys(args, keys)
     member: dict[str, Any] = {
         "identity": province_uri(args.province), "province": args.province,
         "listen": args.listen, "data_dir": str(data_dir),

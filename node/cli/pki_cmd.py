@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from node.cli.keys_cmd import add_secret_options, new_passphrase, secret_from
+
 
 def register(sub: Any) -> None:
     pki = sub.add_parser("pki", help="federation PKI: CA, member certificates, keys")
@@ -16,6 +18,7 @@ def register(sub: Any) -> None:
     init.add_argument("--pki", required=True, type=Path, metavar="DIR")
     init.add_argument("--force", action="store_true", help="replace an existing CA (invalidates every member)")
     init.add_argument("--json", action="store_true")
+    add_secret_options(init, "passphrase", "a passphrase to encrypt ca.key with")
     init.set_defaults(func=_init)
 
     issue = pki_sub.add_parser("issue", help="issue a province's (or the coordinator's) TLS, signing and sealing keys")
@@ -28,9 +31,14 @@ def register(sub: Any) -> None:
     issue.add_argument("--loopback", action="store_true",
                        help="also name localhost, 127.0.0.1 and ::1 in the TLS certificate (tests and demos only)")
     issue.add_argument("--json", action="store_true")
+    add_secret_options(issue, "passphrase", "a passphrase to encrypt the new private keys with")
+    add_secret_options(issue, "ca-passphrase", "the passphrase of an encrypted ca.key")
     issue.set_defaults(func=_issue)
 
     _register_revoke(pki_sub)
+    from node.cli import keys_cmd
+
+    keys_cmd.register(pki_sub)
 
 
 def _register_revoke(pki_sub: Any) -> None:
@@ -46,6 +54,7 @@ def _register_revoke(pki_sub: Any) -> None:
     revoke.add_argument("--publish", type=Path, metavar="COORD_CONFIG",
                         help="also install the CRL at this coordinator, which distributes it to every node")
     revoke.add_argument("--json", action="store_true")
+    add_secret_options(revoke, "ca-passphrase", "the passphrase of an encrypted ca.key")
     revoke.set_defaults(func=_revoke)
 
 
@@ -58,7 +67,7 @@ def _revoke(args: argparse.Namespace) -> int:
     # Numbered past (and merged with) the CRL the coordinator already distributes: members refuse an older one.
     newer_than = None if cfg is None else accepted_crl(cfg.data_dir)
     report = revoke(args.pki, member=member, serials=args.serial or (), newer_than=newer_than,
-                    compromised_since=args.compromised_since)
+                    compromised_since=args.compromised_since, ca_passphrase=secret_from(args, "ca-passphrase"))
     published = None
     if cfg is not None:
         published = cfg.data_dir / CRL_FILE
@@ -86,7 +95,7 @@ def _instant(text: str) -> Any:
 def _init(args: argparse.Namespace) -> int:
     from node.crypto.pki import init_pki
 
-    init_pki(args.pki, force=args.force)
+    init_pki(args.pki, force=args.force, passphrase=new_passphrase(args))
     _say(args, {"pki": str(args.pki), "ca": str(args.pki / "ca.pem")}, f"federation CA created in {args.pki}")
     return 0
 
@@ -95,7 +104,8 @@ def _issue(args: argparse.Namespace) -> int:
     from node.crypto.pki import issue_member
 
     member = "coordinator" if args.coordinator else args.province
-    paths = issue_member(args.pki, member, hosts=args.host, loopback=args.loopback)
+    paths = issue_member(args.pki, member, hosts=args.host, loopback=args.loopback, passphrase=new_passphrase(args),
+                         ca_passphrase=secret_from(args, "ca-passphrase"))
     _say(
         args,
         {"member": member, "tls_cert": str(paths.tls_cert), "sign_cert": str(paths.sign_cert), "seal_pub": str(paths.seal_pub)},

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from node import files
-from node.crypto import tokens
+from node.crypto import keyfile, tokens
 from node.crypto.errors import CertificateRejected, PkiError
 from node.domain.regions import (
     COORDINATOR_TLS_NAME,
@@ -398,8 +398,8 @@ def is_certificate_tls_name(name: str, province: str) -> bool:
 # PKI directory
 
 
-def init_pki(pki_dir: Path, *, force: bool = False) -> None:
-    """Create the federation root CA and linkage key in `pki_dir`.
+def init_pki(pki_dir: Path, *, force: bool = False, passphrase: bytes | None = None) -> None:
+    """Create the federation root CA and linkage key in `pki_dir` (`ca.key` encrypted under `passphrase` if given).
 
     Refuses when the directory already holds a CA key or linkage key, unless `force`, which
     starts a new federation: the CA and linkage key are replaced, so every member must be
@@ -413,58 +413,67 @@ def init_pki(pki_dir: Path, *, force: bool = False) -> None:
         )
     if pki_dir.exists() and not pki_dir.is_dir():
         raise PkiError(f"{pki_dir} exists and is not a directory")
+    cert, key = make_ca(CA_COMMON_NAME)
+    ca_key_pem = keyfile.pem_of(key, passphrase)  # a passphrase refused: nothing is created
     pki_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     (pki_dir / "members").mkdir(mode=_DIR_MODE, exist_ok=True)
-    cert, key = make_ca(CA_COMMON_NAME)
-    _write(ca_key_path, _private_pem(key), _KEY_MODE)
+    _write(ca_key_path, ca_key_pem, _KEY_MODE)
     _write(linkage_path, (tokens.new_linkage_key().hex() + "\n").encode("ascii"), _KEY_MODE)
     _write(pki_dir / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), _PUBLIC_MODE)
 
 
-def issue_member(pki_dir: Path, member: str, *, hosts: Sequence[str] = (), loopback: bool = False) -> MemberPaths:
+def issue_member(pki_dir: Path, member: str, *, hosts: Sequence[str] = (), loopback: bool = False,
+                 passphrase: bytes | None = None,
+                 ca_passphrase: keyfile.SecretSource = keyfile.NO_SECRET) -> MemberPaths:
     """Issue (or re-issue, with new keys) the TLS, signing and sealing credentials of `member`.
 
     The TLS certificate names the member (URI and federation-internal DNS names) and `hosts`;
-    localhost and the loopback addresses only with `loopback` (tests and demos).
+    localhost and the loopback addresses only with `loopback` (tests and demos). With
+    `passphrase` the three private keys are written encrypted (PKCS#8, keyfile.pem_of);
+    `ca_passphrase` opens an encrypted `ca.key`.
     """
     pki_dir = Path(pki_dir)
     paths = member_paths(pki_dir, member)
-    ca_cert, ca_key = _load_ca(pki_dir)
+    ca_cert, ca_key = load_ca(pki_dir, ca_passphrase)
     identity = _member_identity(member)
     tls_cert, tls_key = issue_tls_cert(ca_cert, ca_key, identity, hosts=hosts, loopback=loopback)
     sign_key = ed25519.Ed25519PrivateKey.generate()
     sign_cert = issue_signing_cert(ca_cert, ca_key, identity, sign_key.public_key())
     seal_key = x25519.X25519PrivateKey.generate()
 
+    private = [keyfile.pem_of(tls_key, passphrase), keyfile.pem_of(sign_key, passphrase),
+               seal_key_bytes(seal_key, passphrase)]  # encrypted before anything is written
+
     paths.tls_cert.parent.parent.mkdir(mode=_DIR_MODE, exist_ok=True)
     paths.tls_cert.parent.mkdir(mode=_DIR_MODE, exist_ok=True)
     pem = serialization.Encoding.PEM
-    _write(paths.tls_key, _private_pem(tls_key), _KEY_MODE)
+    _write(paths.tls_key, private[0], _KEY_MODE)
     _write(paths.tls_cert, tls_cert.public_bytes(pem), _PUBLIC_MODE)
-    _write(paths.sign_key, _private_pem(sign_key), _KEY_MODE)
+    _write(paths.sign_key, private[1], _KEY_MODE)
     _write(paths.sign_cert, sign_cert.public_bytes(pem), _PUBLIC_MODE)
-    _write(paths.seal_key, _hex_line(seal_key.private_bytes_raw()), _KEY_MODE)
+    _write(paths.seal_key, private[2], _KEY_MODE)
     _write(paths.seal_pub, _hex_line(seal_key.public_key().public_bytes_raw()), _PUBLIC_MODE)
     return paths
 
 
-def _load_ca(pki_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    cert_path, key_path = pki_dir / "ca.pem", pki_dir / "ca.key"
+def load_ca(
+    pki_dir: Path, passphrase: keyfile.SecretSource = keyfile.NO_SECRET
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The federation CA certificate and its (decrypted) key, checked to belong together."""
+    cert_path, key_path = Path(pki_dir) / "ca.pem", Path(pki_dir) / "ca.key"
     if not cert_path.is_file() or not key_path.is_file():
         raise PkiError(f"no federation CA in {pki_dir}: run `hedui pki init --pki {pki_dir}` first")
     cert = load_cert(cert_path)
-    key = load_private_key(key_path)
+    key = load_private_key(key_path, passphrase)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
         raise PkiError(f"{key_path} is not the private key of {cert_path}")
     return cert, key
 
 
-def _private_pem(key: PrivateKeyTypes) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+
+def seal_key_bytes(key: x25519.X25519PrivateKey, passphrase: bytes | None = None) -> bytes:
+    """`seal.key` contents: a hex line, or encrypted PKCS#8 PEM under `passphrase`."""
+    return _hex_line(key.private_bytes_raw()) if passphrase is None else keyfile.pem_of(key, passphrase)
 
 
 def _hex_line(raw: bytes) -> bytes:
@@ -480,14 +489,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 # Loading
 
 
-def load_private_key(path: Path) -> PrivateKeyTypes:
-    """Read an unencrypted PEM private key."""
-    try:
-        return serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except FileNotFoundError:
-        raise PkiError(f"missing private key {path}") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise PkiError(f"{path} is not an unencrypted PEM private key") from None
+def load_private_key(path: Path, passphrase: keyfile.SecretSource = keyfile.NO_SECRET) -> PrivateKeyTypes:
+    """Read a PEM private key, plain or encrypted (node.crypto.keyfile is the one loader)."""
+    return keyfile.load_private_key(path, passphrase)
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -505,13 +509,29 @@ def cert_fingerprint(cert: x509.Certificate) -> bytes:
     return cert.fingerprint(hashes.SHA256())
 
 
-def load_seal_keys(seal_key: Path, seal_pub: Path) -> tuple[x25519.X25519PrivateKey, x25519.X25519PublicKey]:
-    """A member's X25519 sealing key pair; refuses a seal.pub that does not match seal.key."""
-    private = x25519.X25519PrivateKey.from_private_bytes(_read_hex(seal_key, 32))
+def load_seal_keys(
+    seal_key: Path, seal_pub: Path, passphrase: keyfile.SecretSource = keyfile.NO_SECRET
+) -> tuple[x25519.X25519PrivateKey, x25519.X25519PublicKey]:
+    """A member's X25519 sealing key pair (seal.key hex or PKCS#8 PEM); refuses a seal.pub that does not match."""
+    if keyfile.is_encrypted(seal_key) or _is_pem(seal_key):
+        loaded = keyfile.load_private_key(seal_key, passphrase)
+        if not isinstance(loaded, x25519.X25519PrivateKey):
+            raise PkiError(f"{seal_key} is not an X25519 key")
+        private = loaded
+    else:
+        private = x25519.X25519PrivateKey.from_private_bytes(_read_hex(seal_key, 32))
     public = x25519.X25519PublicKey.from_public_bytes(_read_hex(seal_pub, 32))
     if private.public_key() != public:
         raise PkiError(f"{seal_pub} does not match {seal_key}")
     return private, public
+
+
+def _is_pem(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).lstrip().startswith(b"-----BEGIN")
+    except OSError:
+        return False
 
 
 def _read_hex(path: Path, length: int) -> bytes:

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from node import files
 from node.crypto.errors import CertificateRejected, PkiError
+from node.crypto.keyfile import NO_SECRET, SecretSource
 from node.crypto.pki import TrustAnchor, load_cert, load_private_key, member_paths
 
 CRL_FILE: Final[str] = "crl.pem"
@@ -58,7 +59,7 @@ def read_crl(path: Path) -> x509.CertificateRevocationList | None:
 
 def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] = (),
            newer_than: bytes | None = None, compromised_since: dt.datetime | None = None,
-           now: dt.datetime | None = None) -> RevocationReport:
+           now: dt.datetime | None = None, ca_passphrase: SecretSource = NO_SECRET) -> RevocationReport:
     """Add a member's current certificates (or given serials) to the federation CRL; re-sign it.
 
     `newer_than` (a CA-signed CRL, e.g. the newest one the coordinator accepted) is merged in and
@@ -77,7 +78,7 @@ def revoke(pki_dir: Path, *, member: str | None = None, serials: Iterable[int] =
     if not wanted:
         raise PkiError("name a member or at least one serial number to revoke")
     ca_cert = load_cert(pki_dir / "ca.pem")
-    ca_key = load_private_key(pki_dir / "ca.key")
+    ca_key = load_private_key(pki_dir / "ca.key", ca_passphrase)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise PkiError("the CA key is not an ECDSA key")
     path = pki_dir / CRL_FILE

@@ -16,10 +16,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.crypto import merkle
 from node.inflight import FlushPolicy, InFlight
@@ -67,11 +67,23 @@ def digest(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
 
+class SigningKey(Protocol):
+    """Where an Ed25519 signature is made: a key file in memory or a PKCS#11 token.
+
+    cryptography's Ed25519PrivateKey has exactly this interface, so a file key is used as it is
+    (no wrapper on the hot path); node.crypto.token_key.Pkcs11SigningKey signs inside a token.
+    """
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> Ed25519PublicKey: ...
+
+
 class Signer:
     """Signs with one member's Ed25519 key and names its certificate in every signature."""
 
-    def __init__(self, private_key: Ed25519PrivateKey, certificate_der: bytes) -> None:
-        self._key = private_key
+    def __init__(self, key: SigningKey, certificate_der: bytes) -> None:
+        self._key = key
         self.certificate_der = certificate_der
         self.key_id = hashlib.sha256(certificate_der).digest()
 
@@ -231,5 +243,5 @@ class Verifier:
 __all__ = [
     "ALGORITHMS", "ANSWER", "AUDIT_HEAD", "CHECKPOINT", "CONSENT", "CONSENT_REQUEST", "DIRECTORY", "ED25519", "ED25519_BATCH",
     "QUERY", "REVOCATIONS", "STANDARDS", "AsyncBatchSigner", "CertificateRejected", "SignatureInvalid",
-    "Signer", "Verified", "Verifier", "digest", "to_be_signed",
+    "Signer", "SigningKey", "Verified", "Verifier", "digest", "to_be_signed",
 ]

@@ -45,7 +45,7 @@ class CoordinatorLink:
         self.revocations = revocations
         self.log = log
         self.identity = province_uri(member.province)
-        self._seal_key, seal_pub = pki.load_seal_keys(member.cfg.seal_key, member.cfg.seal_pub)
+        self._seal_key, seal_pub = pki.load_seal_keys(member.cfg.seal_key, member.cfg.seal_pub, member.cfg.key_passphrase)
         self.mask_key = masks.mask_key_from_seal_key(self._seal_key)
         self.seal_public = sealing.public_bytes(seal_pub)
         self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),

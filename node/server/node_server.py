@@ -103,7 +103,7 @@ class NodeServer:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
         close.callback(self._nonces.close)
-        seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub)
+        seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub, cfg.key_passphrase)
         self.probes = ProbeLedger(cfg.data_dir / PROBES_DB, key=ledger_key(seal_key.private_bytes_raw()))
         close.callback(self.probes.close)
         gate = ReceiptGate(member.verifier, self.revocations)
@@ -155,7 +155,7 @@ class NodeServer:
     def _household_servicer(self, member: Member, gate: ReceiptGate, log: Any, in_flight: InFlight) -> Any:
         """The HouseholdHolder servicer: this province's masked share of household rounds."""
         cfg = self.cfg
-        seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub)
+        seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub, cfg.key_passphrase)
         service = HouseholdService(
             province=member.province, store=self.store, catalogue=member.catalogue, policy=member.policy,
             verifier=member.verifier, limits=cfg.limits, consent=gate, replay=self._nonces,
@@ -167,7 +167,7 @@ class NodeServer:
 
     def _key_stamp(self) -> tuple[int, ...]:
         paths = (self.cfg.sign_key, self.cfg.sign_cert, self.cfg.tls_cert, self.cfg.tls_key)
-        return tuple(p.stat().st_mtime_ns for p in paths)
+        return tuple(p.stat().st_mtime_ns for p in paths if p is not None)  # no sign_key: it is in a token
 
     async def check_keys(self) -> bool:
         """Rotation without restart: use a new signing key, and redial the coordinator, once the key

@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 
 from node.config import Limits, MemberConfig
+from node.crypto import keyfile
+from node.errors import HeduiError
 
 
 def _read(path: Path) -> bytes:
@@ -17,10 +19,14 @@ def _read(path: Path) -> bytes:
 
 
 class _ServerCertReloader:
-    """gRPC fetcher: re-reads the certificate files when their modification times change."""
+    """gRPC fetcher: re-reads the certificate files when their modification times change.
 
-    def __init__(self, ca: Path, cert: Path, key: Path) -> None:
+    The TLS key may be encrypted: it is decrypted in memory (keyfile.plain_pem), never written out.
+    """
+
+    def __init__(self, ca: Path, cert: Path, key: Path, passphrase: keyfile.SecretSource = keyfile.NO_SECRET) -> None:
         self._paths = (ca, cert, key)
+        self._passphrase = passphrase
         self._lock = threading.Lock()
         self._stamp = self._mtimes()
 
@@ -28,8 +34,9 @@ class _ServerCertReloader:
         return tuple(os.stat(p).st_mtime_ns for p in self._paths)
 
     def config(self) -> Any:
-        ca, cert, key = (_read(p) for p in self._paths)
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+        ca_path, cert_path, key_path = self._paths
+        key = keyfile.plain_pem(key_path, self._passphrase)
+        return grpc.ssl_server_certificate_configuration([(key, _read(cert_path))], root_certificates=_read(ca_path))
 
     def __call__(self) -> Any:
         try:
@@ -42,13 +49,13 @@ class _ServerCertReloader:
             self._stamp = stamp
         try:
             return self.config()
-        except OSError:
+        except (OSError, HeduiError):  # e.g. a key re-encrypted under a passphrase this process lacks
             return None
 
 
 def server_credentials(cfg: MemberConfig) -> grpc.ServerCredentials:
     """Server credentials that require a client certificate from the federation CA."""
-    reloader = _ServerCertReloader(cfg.ca_cert, cfg.tls_cert, cfg.tls_key)
+    reloader = _ServerCertReloader(cfg.ca_cert, cfg.tls_cert, cfg.tls_key, cfg.key_passphrase)
     return grpc.dynamic_ssl_server_credentials(reloader.config(), reloader, require_client_authentication=True)
 
 
@@ -56,7 +63,7 @@ def channel_credentials(cfg: MemberConfig) -> grpc.ChannelCredentials:
     """Client credentials presenting this member's TLS certificate."""
     return grpc.ssl_channel_credentials(
         root_certificates=_read(cfg.ca_cert),
-        private_key=_read(cfg.tls_key),
+        private_key=keyfile.plain_pem(cfg.tls_key, cfg.key_passphrase),
         certificate_chain=_read(cfg.tls_cert),
     )
 
