@@ -154,7 +154,8 @@ def test_encrypted_keys_round_trip_and_a_federation_serves_with_them(
         signer = x509.load_der_x509_certificate(answer.signed.signature.certificate)
         assert signer == load_cert(fed.member("44").cfg.sign_cert)
         # Rotation without restart works with encrypted keys too (`pki issue` + `node rotate`).
-        issue_member(fed.pki, "44", passphrase=PASSPHRASE.encode(), ca_passphrase=keyfile.SecretSource(file=passphrase))
+        issue_member(fed.pki, "44", loopback=True, passphrase=PASSPHRASE.encode(),
+                     ca_passphrase=keyfile.SecretSource(file=passphrase))
         assert main(["node", "rotate", "--config", str(fed.configs["44"]), "--pki", str(fed.pki)]) == 0
         assert fed.loop is not None and fed.loop.run(fed.servers["44"].check_keys())
         rotated = fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44").answers[0]
