@@ -2,7 +2,7 @@
 
 An entry keeps the query, the requester's signature over it, and the holder's signed answer; the
 file keeps the CRL in force when it was saved. Every signature in an entry (holder, requester,
-the coordinator's consent receipt) is checked at the answer's signed time (node.crypto.evidence),
+the coordinator's consent receipt and the requester's signed consent request it carries) is checked at the answer's signed time (node.crypto.evidence),
 so an answer verifies after certificates expire or are rotated, and fails when one was revoked
 before it. Entries saved before the query's signature was kept verify their answer alone, with a
 warning that the file does not prove who asked.
@@ -21,6 +21,8 @@ from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.crypto.evidence import Evidence, at_ms
 from node.domain.regions import COORDINATOR_URI
+from node.errors import Refusal
+from node.service import consent_request
 from node.wire.v1 import common_pb2, verification_pb2
 
 #: How much earlier than its query an answer may be dated (clocks differ; holders refuse older queries).
@@ -122,4 +124,9 @@ def _asker(query: verification_pb2.QueryBody, query_bytes: bytes, signature: com
             return "the query's consent receipt does not parse"
         if coordinator.identity != COORDINATOR_URI or consent.requester != query.requester:
             return "the query's consent receipt is not the coordinator's receipt for its requester"
+        if consent.request:  # receipts made before consents were bound carry none (the holder took it then)
+            try:
+                consent_request.bound_request(consent, verifier)
+            except Refusal as exc:
+                return f"consent receipt: {exc.detail}"
     return None

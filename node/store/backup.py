@@ -7,7 +7,8 @@ What is copied
     readers never block the writer). Each database is consistent on its own; the copies are
     not one cross-database snapshot (a fact written between two copies may be in one and not
     the other), which nothing relies on.
-    directory.json and audit-checkpoints.jsonl (when present): read whole in one go. Writers
+    directory.json, audit-checkpoints.jsonl and a node's witness/ files (the coordinator's
+    signed heads it kept, node.store.witness), when present: read whole in one go. Writers
     replace directory.json atomically; of the append-only .jsonl only complete lines are kept.
     They are copied *before* the databases, so a checkpoint in the backup never names an audit
     entry that the (later) audit snapshot lacks.
@@ -63,7 +64,7 @@ from typing import Any, Final
 from node import __version__
 from node.errors import BadInput
 from node.files import parse_json, write_file
-from node.store import ledger
+from node.store import ledger, witness
 from node.store.chain import GENESIS, HASH_BYTES, HashChain
 from node.store.errors import StoreCorrupt, StoreError
 
@@ -76,7 +77,11 @@ DATABASES: Final[dict[str, str | None]] = {
     "ledger.sqlite": "ledger",
     "probes.sqlite": None,  # the probing ledger: a restore must not hand back spent budgets
 }
-STATE_FILES: Final[tuple[str, ...]] = ("directory.json", "audit-checkpoints.jsonl")
+STATE_FILES: Final[tuple[str, ...]] = (
+    "directory.json", "audit-checkpoints.jsonl",
+    # A node's witnesses of the coordinator's chains (node.store.witness): lost with the data dir otherwise.
+    f"{witness.WITNESS_DIR}/{witness.LEDGER_HEADS}", f"{witness.WITNESS_DIR}/{witness.AUDIT_HEADS}",
+)
 SIDECARS: Final[tuple[str, ...]] = ("-wal", "-shm", "-journal")
 _BUSY_TIMEOUT_S: Final[float] = 10.0  # reading a snapshot of a live database
 _PROBE_TIMEOUT_S: Final[float] = 0.5  # probing whether a database is in use
@@ -189,6 +194,7 @@ def backup(data_dir: Path, out: Path, *, identity: str | None = None) -> BackupR
         for name in STATE_FILES:  # before the databases: see the module docstring
             data = _read_state_file(data_dir / name)
             if data is not None:
+                (tmp / name).parent.mkdir(mode=0o700, exist_ok=True)
                 _write_new(tmp / name, data)
                 files.append(BackupFile(name, len(data), hashlib.sha256(data).hexdigest()))
         for name in databases:
@@ -204,6 +210,7 @@ def backup(data_dir: Path, out: Path, *, identity: str | None = None) -> BackupR
             "files": [f.to_json() for f in files],
         }
         _write_new(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        _fsync_subdirs(tmp)
         _fsync_dir(tmp)
         try:
             os.rename(tmp, out)  # replaces an empty directory atomically; fails on a non-empty one
@@ -368,10 +375,12 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
     try:
         checked: list[BackupFile] = []
         for f in files:
+            (stage / f.name).parent.mkdir(mode=0o700, exist_ok=True)
             _stage(backup_dir / f.name, stage / f.name, f, backup_dir)
             if f.name in DATABASES:
                 _check_copy(stage / f.name, f.name, f"backup {backup_dir}: ", expect=f)
             checked.append(f)
+        _fsync_subdirs(stage)
         _fsync_dir(stage)
 
         replaced = [data_dir / f.name for f in files]
@@ -389,7 +398,9 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
                 os.replace(path, moved_aside / path.name)
             _fsync_dir(moved_aside)
         for f in files:
+            (data_dir / f.name).parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(stage / f.name, data_dir / f.name)
+        _fsync_subdirs(data_dir)
         _fsync_dir(data_dir)
         # A consent ledger goes back to the backup's head: a new epoch tells every node so.
         restored_ledger = (ledger.restored(data_dir, moved_aside)
@@ -551,6 +562,13 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_subdirs(path: Path) -> None:
+    """fsync the subdirectories state files live in (witness/), where they exist."""
+    for sub in {Path(name).parent for name in STATE_FILES} - {Path(".")}:
+        if (path / sub).is_dir():
+            _fsync_dir(path / sub)
 
 
 def _fsync_dir(path: Path) -> None:

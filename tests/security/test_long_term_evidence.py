@@ -115,6 +115,24 @@ def test_saved_answer_fails_if_revoked_before_the_answer(fed: Federation, consen
     assert proc.returncode == 1 and "revoked" in proc.stdout
 
 
+def test_saved_answer_fails_if_the_consent_requests_certificate_was_compromised_before_it(
+        fed: Federation, tmp_path: Path) -> None:
+    """The requester's signed consent request inside the receipt is checked at the answer's time too."""
+    rotate(fed, "44")  # earlier tests leave the holder's current certificate revoked
+    rotate(fed, "51")  # the module's consent keeps the certificate it was signed with
+    consent = fed.grant("51", [WORKER], "dibao").consent_id
+    request_serial = current_serial(fed, "51")
+    rotate(fed, "51")  # the query is signed with a newer certificate than the consent request
+    saved = save_answer(fed, consent, tmp_path / "answer.json")
+    assert hedui("answer", "verify", "--pki", fed.pki, saved).returncode == 0
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    revoked = hedui("pki", "revoke", "--pki", fed.pki, "--serial", request_serial,
+                    "--compromised-since", before.isoformat())
+    assert revoked.returncode == 0, revoked.stderr
+    proc = hedui("answer", "verify", "--pki", fed.pki, saved)
+    assert proc.returncode == 1 and "consent request" in proc.stdout, proc.stdout
+
+
 def test_the_files_own_revocation_list_is_applied(fed: Federation, consent: str, tmp_path: Path) -> None:
     """A verifier without a CRL of its own still applies the CA-signed CRL the file carries; a forged one is refused."""
     rotate(fed, "44")

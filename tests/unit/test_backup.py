@@ -106,6 +106,23 @@ def test_backup_excludes_keys_and_torn_jsonl_line(member: Path, tmp_path: Path) 
     assert not list(out.glob("*-wal")) and not list(out.glob("*-shm"))
 
 
+def test_witness_files_are_backed_up_and_restored(member: Path, tmp_path: Path) -> None:
+    """A node's witnesses of the coordinator's heads travel with its backup and come back on restore."""
+    wdir = member / "witness"
+    wdir.mkdir(mode=0o700)
+    (wdir / "ledger-heads.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n{"torn')
+    (wdir / "audit-heads.jsonl").write_bytes(b'{"i": 7}\n')
+    out = tmp_path / "bk"
+    report = backup(member, out)
+    assert {"witness/ledger-heads.jsonl", "witness/audit-heads.jsonl"} <= {f.name for f in report.files}
+    assert (out / "witness" / "ledger-heads.jsonl").read_bytes() == b'{"i": 1}\n{"i": 2}\n'
+    assert (out / "witness").stat().st_mode & 0o077 == 0
+    fresh = tmp_path / "fresh"
+    restore(out, fresh)
+    assert (fresh / "witness" / "ledger-heads.jsonl").read_bytes() == b'{"i": 1}\n{"i": 2}\n'
+    assert (fresh / "witness" / "audit-heads.jsonl").read_bytes() == b'{"i": 7}\n'
+
+
 def test_backup_during_concurrent_writes_is_consistent(member: Path, tmp_path: Path) -> None:
     """Backups taken while threads keep writing facts and audit entries pass integrity and chain checks."""
     stop = threading.Event()
