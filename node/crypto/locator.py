@@ -68,9 +68,11 @@ def build(edts: Iterable[bytes], count: int) -> tuple[int, list[tuple[int, bytes
 
 
 def max_fill(count: int, size_bits: int, hashes: int) -> float:
-    """The most bits `count` keys can plausibly set: the expected fill plus six standard deviations."""
+    """The most bits `count` keys can plausibly set: the expected fill plus six standard deviations,
+    and never more than `hashes` bits per key."""
     expected = 1.0 - math.exp(-hashes * count / size_bits)
-    return min(1.0, expected + 6.0 * math.sqrt(max(expected * (1.0 - expected), 1e-12) / size_bits) + 2.0 / size_bits)
+    spread = 6.0 * math.sqrt(max(expected * (1.0 - expected), 1e-12) / size_bits) + 2.0 / size_bits
+    return min(1.0, expected + spread, hashes * count / size_bits)
 
 
 class Shard:
