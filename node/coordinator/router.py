@@ -28,7 +28,7 @@ from node.wire.v1 import coordinator_pb2, household_pb2_grpc, verification_pb2, 
 MARGIN_S: Final[float] = 0.1
 MIN_PER_PROVINCE_S: Final[float] = 0.05
 MAX_LOCKED: Final[int] = 512  # locked queries per batch envelope
-MAX_DISCOVERY_TOKENS: Final[int] = 4096  # discovery tokens in one batch discovery
+MAX_DISCOVERY_TOKENS: Final[int] = 512 * 16  # discovery tokens in one batch discovery: 512 households of 16
 _NOT_HELD: Final[str] = "province showed no possession of a subject it claimed"
 _IMPLAUSIBLE: Final[str] = "province's held claims were contradicted too often: not routed to"
 _NO_LOCATOR: Final[str] = "province has no locator for this discovery epoch"
