@@ -5,7 +5,8 @@ checked before it is held: signed by the province it names (the TLS peer), for t
 the next epoch (or the one just ended, for clocks at a boundary), of a known filter kind, for
 at most `[discovery] max_subjects` subjects, each shard exactly the size its key count fixes.
 Shards of one generation are held apart until all arrived (and their counts add up), then
-replace the province's locator for that epoch in one transaction. Epochs that ended are
+replace the province's locator for that epoch in one transaction; at most MAX_PENDING
+unfinished generations are kept beside the one in force. Epochs that ended are
 deleted. The locators live in `locators.sqlite` in the data dir, so every coordinator worker
 answers from the same ones; each worker keeps the filters it loaded until the set changes.
 """
@@ -28,6 +29,7 @@ from node.errors import ErrorCode, Refusal
 from node.wire.v1 import coordinator_pb2
 
 LOCATORS_FILE: Final[str] = "locators.sqlite"
+MAX_PENDING: Final[int] = 2  # unfinished generations kept per province and epoch
 _SCHEMA: Final[str] = """
 CREATE TABLE IF NOT EXISTS shards(
     province TEXT NOT NULL, epoch INTEGER NOT NULL, generation INTEGER NOT NULL, shard INTEGER NOT NULL,
@@ -115,26 +117,28 @@ class LocatorBook:
         db = self._db
         key = (body.province, body.epoch)
         row = db.execute("SELECT generation FROM active WHERE province = ? AND epoch = ?", key).fetchone()
-        if row is not None and body.generation < row[0]:
-            raise Refusal(ErrorCode.MALFORMED, "locator is older than the one in force")
-        if row is not None and body.generation == row[0]:
-            return True  # a shard of the set in force, sent again
         in_force = row[0] if row is not None else 0
-        db.execute("DELETE FROM shards WHERE province = ? AND epoch = ? AND generation NOT IN (?, ?)",
-                   (*key, body.generation, in_force))
+        if body.generation < in_force:
+            raise Refusal(ErrorCode.MALFORMED, "locator is older than the one in force")
+        if body.generation == in_force:
+            return True  # a shard of the set in force, sent again
         db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    (*key, body.generation, body.shard, body.shard_bits, body.subject_count, body.shard_count,
                     body.filter))
+        # Generations still arriving side by side (e.g. from a node's several workers) each complete on
+        # their own; beyond the newest MAX_PENDING, older unfinished ones are dropped (bounded storage).
+        db.execute("DELETE FROM shards WHERE province = ? AND epoch = ? AND generation != ? AND generation NOT IN "
+                   "(SELECT DISTINCT generation FROM shards WHERE province = ? AND epoch = ? AND generation != ?"
+                   " ORDER BY generation DESC LIMIT ?)", (*key, in_force, *key, in_force, MAX_PENDING))
         shards, total, claims = db.execute(
             "SELECT count(*), sum(shard_count), count(DISTINCT subject_count) FROM shards"
             " WHERE province = ? AND epoch = ? AND generation = ?", (*key, body.generation)).fetchone()
         if shards < 1 << body.shard_bits:
             return False
         if claims != 1 or total != body.subject_count:
-            db.execute("DELETE FROM shards WHERE province = ? AND epoch = ? AND generation = ?", (*key, body.generation))
             raise Refusal(ErrorCode.MALFORMED, "locator shards do not add up to the subject count they claim")
         db.execute("INSERT OR REPLACE INTO active VALUES (?, ?, ?, ?)", (*key, body.generation, body.subject_count))
-        db.execute("DELETE FROM shards WHERE province = ? AND epoch = ? AND generation != ?", (*key, body.generation))
+        db.execute("DELETE FROM shards WHERE province = ? AND epoch = ? AND generation < ?", (*key, body.generation))
         oldest = self.epochs().start
         db.execute("DELETE FROM shards WHERE epoch < ?", (oldest,))
         db.execute("DELETE FROM active WHERE epoch < ?", (oldest,))

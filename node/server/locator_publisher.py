@@ -11,6 +11,7 @@ read by the coordinator-link loop every second. Stored tokens never leave the no
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from node.crypto import discovery, locator, signing
 from node.store.store import Store
 from node.wire.v1 import coordinator_pb2
+
+LOCK_FILE = "locator.lock"
 
 
 def build_shards(store: Store, epoch: int) -> tuple[int, int, list[tuple[int, bytes]]]:
@@ -40,6 +43,10 @@ class LocatorPublisher:
         self._epoch_s = epoch_s
         self._send = send
         self._watch = store.change_watch()
+        # One publisher per node, however many `--workers` processes share the store: the one
+        # holding this lock (another takes over when it exits).
+        self._lock_file = open(store.path.parent / LOCK_FILE, "a+b")  # noqa: SIM115 - held for the process's life
+        self._leader = False
         self._published: dict[int, int] = {}  # epoch -> store data version it was built from
         self._generation = 0
         self._lock = asyncio.Lock()
@@ -47,6 +54,17 @@ class LocatorPublisher:
 
     def close(self) -> None:
         self._watch.close()
+        self._lock_file.close()
+
+    def _lead(self) -> bool:
+        """Whether this process publishes the node's locators (it holds the lock, or takes it now)."""
+        if not self._leader:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._leader = True
+        return True
 
     async def republish(self) -> list[int]:
         """Build and send both epochs' locators again, whether due or not."""
@@ -57,6 +75,8 @@ class LocatorPublisher:
     async def run_once(self) -> list[int]:
         """Publish what is due (epochs new or whose store changed); the epochs published."""
         async with self._lock:
+            if not self._lead():
+                return []
             epoch_s = await self._epoch_s()
             if epoch_s < 1:
                 return []  # a coordinator without locator discovery
