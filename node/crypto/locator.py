@@ -3,7 +3,7 @@
 A shard is an rbloom Bloom filter sized for its key count at a false-positive rate of 2^-16
 (16 hash functions, about 23 bits per subject); shards split the tokens by their first bits so
 one shard stays near `SHARD_TARGET` keys (about 1.5 MB) whatever the province's size. The
-filter's hash of a token is 128 of its bits (tokens are HMAC outputs, uniform already).
+filter's hash of a token is its last 128 bits (tokens are HMAC outputs, uniform already).
 
 A shard is a claim and is checked before it is loaded: its length and header (hash count) must
 be exactly those of a filter of its claimed key count, and its fill (share of set bits) at most
@@ -32,8 +32,8 @@ class FilterRejected(ValueError):
     """Filter bytes that are not a plausible shard of the claimed size."""
 
 
-def _hash(edt: bytes) -> int:
-    return int.from_bytes(edt[16:32], "big", signed=True)  # bits the shard choice does not use
+def _hash(tail: bytes) -> int:
+    return int.from_bytes(tail, "big", signed=True)  # edt[16:32]: bits the shard choice does not use
 
 
 def shard_bits_for(count: int) -> int:
@@ -54,16 +54,21 @@ def _empty(count: int) -> rbloom.Bloom:
 
 
 def build(edts: Iterable[bytes], count: int) -> tuple[int, list[tuple[int, bytes]]]:
-    """(shard_bits, [(key count, serialized shard)] in shard order) over `count` discovery tokens."""
+    """(shard_bits, [(key count, serialized shard)] in shard order) over `count` discovery tokens.
+
+    One pass over `edts` (a stream); per shard only the 16 bytes the filter hashes are kept
+    (1.6 GB for 10^8 subjects), then each shard's filter is built and serialized in turn."""
     bits = shard_bits_for(count)
-    keys: list[set[bytes]] = [set() for _ in range(1 << bits)]
+    tails = [bytearray() for _ in range(1 << bits)]
     for edt in edts:
-        keys[shard_of(edt, bits)].add(edt)
+        tails[shard_of(edt, bits)] += edt[16:32]
     shards = []
-    for shard_keys in keys:
-        bloom = _empty(len(shard_keys))
-        bloom.update(shard_keys)
-        shards.append((len(shard_keys), bloom.save_bytes()))
+    for i, raw in enumerate(tails):
+        n = len(raw) // 16
+        bloom = _empty(n)
+        bloom.update(bytes(raw[j:j + 16]) for j in range(0, len(raw), 16))
+        tails[i] = bytearray()  # free the shard's keys before the next one is built
+        shards.append((n, bloom.save_bytes()))
     return bits, shards
 
 
@@ -98,4 +103,4 @@ class Shard:
 
     def contains(self, edt: bytes) -> bool:
         """Whether the token may be in the shard (false positives ~2^-16; never a false negative)."""
-        return self.count > 0 and edt in self._bloom
+        return self.count > 0 and edt[16:32] in self._bloom

@@ -24,10 +24,15 @@ LOCK_FILE = "locator.lock"
 
 
 def build_shards(store: Store, epoch: int) -> tuple[int, int, list[tuple[int, bytes]]]:
-    """(subject count, shard bits, shards) of the store's locator for one epoch (CPU-bound: run in a thread)."""
-    edts = [discovery.discovery_token(t, epoch) for t in store.held_tokens()]
-    bits, shards = locator.build(edts, len(edts))
-    return len(edts), bits, shards
+    """(subject count, shard bits, shards) of the store's locator for one epoch (CPU-bound: run in a thread;
+    the tokens are streamed, only 16 bytes per subject are held while the filters are built)."""
+    count = store.held_count()
+    edts = (discovery.discovery_token(t, epoch) for t in store.held_tokens())
+    bits, shards = locator.build(edts, count)
+    built = sum(n for n, _ in shards)
+    if locator.shard_bits_for(built) != bits:  # the store grew past a shard boundary meanwhile: again
+        return build_shards(store, epoch)
+    return built, bits, shards
 
 
 class LocatorPublisher:

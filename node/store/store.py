@@ -390,6 +390,15 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {type(exc).__name__}") from None
 
+    def held_count(self) -> int:
+        """How many subjects this store has a fact about (the count `held_tokens` streams)."""
+        conn = self._reader()
+        try:
+            return int(conn.execute("SELECT count(*) FROM subjects s WHERE EXISTS "
+                                    "(SELECT 1 FROM facts f WHERE f.subject_id = s.id)").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+
     def change_watch(self) -> ChangeWatch:
         """A watch that tells when anyone (this process or `hedui data ingest`) committed a change."""
         return ChangeWatch(self.path)
