@@ -203,3 +203,41 @@ def test_the_coordinator_never_holds_a_token_and_discovery_survives_an_epoch_cha
         old = [discovery.discovery_token(token, e) for e in range(first - 1, first + 1)]
         assert not [e for e in old if e in since or e[:16] in since], "an earlier epoch's discovery token was sent"
         assert not [e for e in old + [discovery.discovery_token(token, first + 1)] if e in stored or e[:16] in stored]
+
+
+def test_a_sharded_locator_is_found_and_interleaved_uploads_each_complete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With shards of at most 2 subjects (as 2^19 are for a large province), 44's locator arrives in 8 signed
+    messages and every subject is found; two generations uploaded interleaved (two workers) both complete,
+    the newer one in force."""
+    monkeypatch.setattr(locator, "SHARD_TARGET", 2)
+    people = [idnumber.make("440305", dt.date(1970 + i, 1, 1 + i), 300 + i) for i in range(12)]
+    data = {"44": write_csv(tmp_path / "44.csv", [(p, "income.wage_monthly", 100000 + i, "2026-11-30", "hrss")
+                                                  for i, p in enumerate(people)])}
+    with run_cluster(["51", "44"], data=data, root=tmp_path / "fed", coordinator_extra=CONFIG) as fed:
+        book = fed.servers["coordinator"].router.locators
+        epoch = discovery.current_epoch(EPOCH_S)
+        held = book.held("44", epoch)
+        assert held is not None and held.subject_count == 12 and len(held.shards) == 8
+        consent = fed.grant("51", people[:3], "dibao").consent_id
+        assert fed.verify("51", people[:3], [CHECK], consent_id=consent).routing == {"44": "OK"}
+        m = fed.member("44")
+        edts = [discovery.discovery_token(subject_token(m.linkage_key, p), epoch) for p in people]
+        bits, shards = locator.build(iter(edts), len(edts))
+        first, second = (int(time.time() * 1000) + 10_000 + i for i in range(2))
+
+        def signed(generation: int, index: int) -> coordinator_pb2.SignedLocator:
+            count, filt = shards[index]
+            body = coordinator_pb2.LocatorBody(province="44", epoch=epoch, filter_kind=locator.FILTER_KIND,
+                                               subject_count=12, shard_bits=bits, shard=index, shard_count=count,
+                                               filter=filt, generation=generation).SerializeToString()
+            return coordinator_pb2.SignedLocator(body=body, signature=m.signer.sign(signing.LOCATOR, body))
+
+        completes = []
+        with fed.coordinator("44") as c:
+            stub = coordinator_pb2_grpc.CoordinatorStub(c._channel)
+            for index in range(len(shards)):
+                for generation in (first, second):
+                    completes.append(stub.PublishLocator(signed(generation, index), timeout=10).complete)
+        assert completes[-2:] == [True, True] and not any(completes[:-2])
+        assert book.held("44", epoch).generation == second
