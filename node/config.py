@@ -70,6 +70,25 @@ class ClaimPolicy:
 
 
 @dataclass(frozen=True)
+class DiscoveryPolicy:
+    """The coordinator's discovery epochs and what it accepts as a province's locator ([discovery]).
+
+    `epoch_s` is published in the signed directory (requesters and holders derive discovery
+    tokens for the same epoch); `max_subjects` bounds the subject count one province's locator
+    may claim (a claim of more is refused, so no province can ask to be sent everyone's queries).
+    """
+
+    epoch_s: int = 7 * 24 * 3600
+    max_subjects: int = 200_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("epoch_s", "max_subjects"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"discovery.{name} must be a positive integer")
+
+
+@dataclass(frozen=True)
 class MemberConfig:
     """Everything a federation member (province node or coordinator) needs to run."""
 
@@ -100,6 +119,7 @@ class MemberConfig:
     claims: ClaimPolicy = field(default_factory=ClaimPolicy)  # coordinator only: [claims]
     key_passphrase: SecretSource = NO_SECRET  # [keys] passphrase_file / passphrase_credential: opens encrypted key files
     token_key: TokenKey | None = None  # [pkcs11]: the signing key lives in a PKCS#11 token
+    discovery: DiscoveryPolicy = field(default_factory=DiscoveryPolicy)  # coordinator only: [discovery]
 
     @property
     def is_coordinator(self) -> bool:
@@ -198,6 +218,11 @@ def load(path: Path | str) -> MemberConfig:
         if not isinstance(claims_table, dict):
             raise ConfigError(f"config file {path}: [claims] must be a table")
         claims = ClaimPolicy(**claims_table)
+        discovery_table = raw.get("discovery", {})
+        known = {f.name for f in dataclasses.fields(DiscoveryPolicy)}
+        if not isinstance(discovery_table, dict) or set(discovery_table) - known:
+            raise ConfigError(f"config file {path}: [discovery] must be a table of {', '.join(sorted(known))}")
+        discovery = DiscoveryPolicy(**discovery_table)
         logging, metrics = raw.get("logging", {}), raw.get("metrics", {})
         if not isinstance(logging, dict) or not isinstance(metrics, dict):
             raise ConfigError(f"config file {path}: [logging] and [metrics] must be tables")
@@ -236,6 +261,7 @@ def load(path: Path | str) -> MemberConfig:
             claims=claims,
             key_passphrase=_secret(keys, base, "passphrase", "keys"),
             token_key=token_key,
+            discovery=discovery,
         )
     except KeyError as exc:
         raise ConfigError(f"config file {path} lacks key {exc.args[0]}") from None

@@ -31,7 +31,7 @@ from node.client.query import Answer, PreparedQuery, check_answer, locked_envelo
 from node.client.saved_answers import evidence_entry
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.router import status_name
-from node.crypto import sealing, signing
+from node.crypto import discovery, sealing, signing
 from node.crypto.tokens import possession_key, subject_token
 from node.domain import freetext, idnumber
 from node.domain.predicate import Check, parse_check, require_one_per_item
@@ -205,6 +205,13 @@ class BatchSession:
             self._directory = verify_directory(signed, self.member.verifier)
         return self._directory
 
+    async def discovery_epoch_s(self) -> int:
+        """The coordinator's discovery epoch length, from its signed directory."""
+        epoch_s = (await self.directory()).discovery_epoch_s
+        if epoch_s < 1:
+            raise BadInput("the coordinator publishes no discovery epoch (it predates locator discovery)")
+        return epoch_s
+
     # -- consents ------------------------------------------------------------------------
 
     async def grant(self, households: Sequence[Household], purpose: str, days: int,
@@ -212,15 +219,19 @@ class BatchSession:
         """Register one consent per household; (household, receipt or None, error)."""
         m = self.member
         now_ms = int(time.time() * 1000)
+        not_before_ms, not_after_ms = now_ms - 60_000, now_ms + days * DAY_MS
+        epochs = discovery.consent_epochs(not_before_ms, not_after_ms, await self.discovery_epoch_s())
         bodies = []
         for h in households:
             salt = os.urandom(SALT_BYTES)
+            tokens = [subject_token(m.linkage_key, n) for n in h.ids]
             bodies.append(coordinator_pb2.ConsentRequestBody(
                 requester=m.province, request_id=uuid.uuid4().hex, nonce=os.urandom(16), issued_at_ms=now_ms,
                 purpose=purpose, subject_salt=salt,
-                subject_commitments=[commitment(salt, subject_token(m.linkage_key, n)) for n in h.ids],
-                not_before_ms=now_ms - 60_000, not_after_ms=now_ms + days * DAY_MS,
+                subject_commitments=[commitment(salt, t) for t in tokens],
+                not_before_ms=not_before_ms, not_after_ms=not_after_ms,
                 case_reference="", evidence_algorithm="sha256" if h.evidence else "", evidence_digest=h.evidence,
+                discovery_commitments=discovery.consent_commitments(salt, tokens, epochs),
             ).SerializeToString())
         signatures = await self.signer.sign_many([(CONSENT_REQUEST_DOMAIN, b) for b in bodies])
         reply = await self.call("RegisterConsentBatch", coordinator_pb2.RegisterConsentBatchRequest(
@@ -249,10 +260,12 @@ class BatchSession:
         prepared = [PreparedQuery(m.province, purpose, tuple(subject_token(m.linkage_key, n) for n in h.ids), tuple(checks),
                                   tuple(possession_key(m.linkage_key, n) for n in h.ids))
                     for h, _ in chunk]
+        epoch = discovery.current_epoch(await self.discovery_epoch_s())
         found = await self.call("DiscoverBatch", coordinator_pb2.DiscoverBatchRequest(
-            request_id=request_id,
-            households=[coordinator_pb2.HouseholdDiscovery(consent_id=c, tokens=list(p.tokens))
-                        for c, p in zip(consent_ids, prepared, strict=True)]))
+            request_id=request_id, epoch=epoch,
+            households=[coordinator_pb2.HouseholdDiscovery(
+                consent_id=c, discovery_tokens=[discovery.discovery_token(t, epoch) for t in p.tokens])
+                for c, p in zip(consent_ids, prepared, strict=True)]))
         contacted = {s.province: status_name(s.status) for s in found.statuses}
         directory = await self.directory()
         reply_key = X25519PrivateKey.generate()

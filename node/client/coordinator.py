@@ -18,7 +18,7 @@ from node.client.client import translate
 from node.client.query import validate_household
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import Entry, verify_directory
-from node.crypto import signing
+from node.crypto import discovery, signing
 from node.crypto.tokens import subject_token
 from node.domain import freetext
 from node.domain.regions import COORDINATOR_TLS_NAME
@@ -107,17 +107,38 @@ class CoordinatorClient:
             digest = files.sha256_of(evidence, max_bytes=MAX_EVIDENCE_BYTES, what="evidence file")
         salt = os.urandom(SALT_BYTES)
         now_ms = int(time.time() * 1000)
+        tokens = [subject_token(m.linkage_key, n) for n in numbers]
+        not_before_ms, not_after_ms = now_ms - 60_000, now_ms + days * DAY_MS
         body = coordinator_pb2.ConsentRequestBody(
             requester=m.province, request_id=uuid.uuid4().hex, nonce=os.urandom(16), issued_at_ms=now_ms,
             purpose=purpose, subject_salt=salt,
-            subject_commitments=[commitment(salt, subject_token(m.linkage_key, n)) for n in numbers],
-            scopes=list(scopes), not_before_ms=now_ms - 60_000, not_after_ms=now_ms + days * DAY_MS,
+            subject_commitments=[commitment(salt, t) for t in tokens],
+            scopes=list(scopes), not_before_ms=not_before_ms, not_after_ms=not_after_ms,
             case_reference=case_reference, evidence_algorithm="sha256" if digest else "", evidence_digest=digest,
+            discovery_commitments=self.discovery_commitments(salt, tokens, not_before_ms, not_after_ms),
         ).SerializeToString()
         request = coordinator_pb2.RegisterConsentRequest(body=body, signature=m.signer.sign(CONSENT_REQUEST_DOMAIN, body))
         info = self._info(self.call("RegisterConsent", request))
         require_own_request(info.receipt, body, self.member.verifier)
         return info
+
+    def discovery_epoch_s(self) -> int:
+        """The coordinator's discovery epoch length, from its signed directory."""
+        epoch_s = self._fetch_directory(30.0)[2].discovery_epoch_s
+        if epoch_s < 1:
+            raise BadInput("the coordinator publishes no discovery epoch (it predates locator discovery)")
+        return epoch_s
+
+    def discovery_commitments(self, salt: bytes, tokens: Sequence[bytes], not_before_ms: int,
+                              not_after_ms: int) -> list[bytes]:
+        """A consent's commitments to its members' discovery tokens, for the epochs it covers."""
+        epochs = discovery.consent_epochs(not_before_ms, not_after_ms, self.discovery_epoch_s())
+        return discovery.consent_commitments(salt, tokens, epochs)
+
+    def discovery_tokens(self, tokens: Sequence[bytes]) -> tuple[int, list[bytes]]:
+        """The current discovery epoch and the subjects' discovery tokens in it (no token leaves)."""
+        epoch = discovery.current_epoch(self.discovery_epoch_s())
+        return epoch, [discovery.discovery_token(t, epoch) for t in tokens]
 
     def revoke(self, consent_id: str, reason: str = "applicant_withdrew") -> ConsentInfo:
         return self._info(self.call("RevokeConsent", coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, reason=reason)))

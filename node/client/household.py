@@ -95,7 +95,8 @@ def household_check(member: Member, ids: Sequence[str], purpose: str, region: st
         directory = coordinator.directory()
         standard, signed_standard = StandardsInForce(m, signed_directory).find(region, purpose, period)
         rounds = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
-        session = _Round(m, rounds, directory, consent, consent_id, purpose, tokens, sorted(standard.measures), deadline)
+        session = _Round(m, rounds, directory, consent, consent_id, purpose, tokens, sorted(standard.measures), deadline,
+                         discovery=coordinator.discovery_tokens(tokens))
         routing, holder_set, answered = session.run()
     pending = decide(m, standard, signed_standard, members=len(numbers), region=region, period=period, purpose=purpose,
                      consent_id=consent_id, routing=routing, holder_set=holder_set, answered=answered)
@@ -181,7 +182,9 @@ class _Round:
     """One household's rounds: open, seal one query per holder, route, check and add up."""
 
     def __init__(self, member: Member, stub: Any, directory: Any, consent: verification_pb2.SignedConsent,
-                 consent_id: str, purpose: str, tokens: list[bytes], measures: Sequence[str], deadline: float) -> None:
+                 consent_id: str, purpose: str, tokens: list[bytes], measures: Sequence[str], deadline: float, *,
+                 discovery: tuple[int, list[bytes]]) -> None:
+        self.epoch, self.edts = discovery  # the members' epoch discovery tokens (the coordinator sees only these)
         self.m, self.stub, self.directory = member, stub, directory
         self.consent, self.consent_id, self.purpose = consent, consent_id, purpose
         self.tokens, self.measures, self.deadline = tokens, list(measures), deadline
@@ -200,7 +203,7 @@ class _Round:
 
     def run(self) -> tuple[dict[str, str], household_pb2.SignedHolderSet, dict[str, Answered]]:
         opened = self.call("OpenRound", household_pb2.OpenRoundRequest(
-            consent_id=self.consent_id, round_id=uuid.uuid4().hex, tokens=self.tokens))
+            consent_id=self.consent_id, round_id=uuid.uuid4().hex, discovery_tokens=self.edts, epoch=self.epoch))
         routing = {s.province: status_name(s.status) for s in opened.statuses}
         holder_set = opened.holder_set
         for attempt in range(MAX_ROUNDS):

@@ -31,10 +31,12 @@ from node.client.query import validate_household
 from node.client.standards import current_period
 from node.coordinator.router import status_name
 from node.crypto import sealing, signing
+from node.coordinator.directory import verify_directory
+from node.crypto import discovery
 from node.crypto.tokens import subject_token
 from node.domain.regions import province_uri
 from node.domain.standards import Standard
-from node.errors import HeduiError
+from node.errors import BadInput, HeduiError
 from node.member import Member
 from node.wire.v1 import coordinator_pb2, household_pb2, household_pb2_grpc, verification_pb2
 
@@ -94,12 +96,17 @@ class HouseholdBatchSession(BatchSession):
         self.period = period or current_period()
         self.rounds = household_pb2_grpc.HouseholdRoundsStub(self._channel)
         self._standards: StandardsInForce | None = None
+        self._epoch_s = 0  # the coordinator's discovery epoch length, read with the standards
         self._standard_b64: dict[int, str] = {}
 
     async def standards(self) -> StandardsInForce:
         """The standards published in the federation directory (fetched once per session)."""
         if self._standards is None:
-            self._standards = StandardsInForce(self.member, await self.call("Directory", coordinator_pb2.DirectoryRequest()))
+            signed = await self.call("Directory", coordinator_pb2.DirectoryRequest())
+            self._standards = StandardsInForce(self.member, signed)
+            self._epoch_s = verify_directory(signed, self.member.verifier).discovery_epoch_s
+            if self._epoch_s < 1:
+                raise BadInput("the coordinator publishes no discovery epoch (it predates locator discovery)")
         return self._standards
 
     async def check(self, chunk: Sequence[BatchHousehold]) -> list[dict[str, Any]]:
@@ -144,10 +151,12 @@ class HouseholdBatchSession(BatchSession):
         """One OpenRoundBatch: fresh rounds (one discovery for all), or repeats without each one's failed holders."""
         if not states:
             return
+        epoch = 0 if repeat else discovery.current_epoch(self._epoch_s)  # one epoch for the whole batch
         households = [household_pb2.OpenRoundRequest(consent_id=s.consent_id, round_id=uuid.uuid4().hex,
                                                      previous=s.holder_set, outcome=s.outcome, exclude=sorted(s.failed))
                       if repeat else
-                      household_pb2.OpenRoundRequest(consent_id=s.consent_id, round_id=uuid.uuid4().hex, tokens=s.tokens)
+                      household_pb2.OpenRoundRequest(consent_id=s.consent_id, round_id=uuid.uuid4().hex, epoch=epoch,
+                                                     discovery_tokens=[discovery.discovery_token(t, epoch) for t in s.tokens])
                       for s in states]
         try:
             reply = await self.call("OpenRoundBatch", household_pb2.OpenRoundBatchRequest(

@@ -56,8 +56,9 @@ def routed_verify(
     with contextlib.ExitStack() as stack:
         if coordinator is None:
             coordinator = stack.enter_context(CoordinatorClient(m, deadline_s=budget))
+        epoch, edts = coordinator.discovery_tokens(prepared.tokens)
         found = coordinator.call("Discover", coordinator_pb2.DiscoverRequest(
-            consent_id=consent_id, request_id=request_id, tokens=list(prepared.tokens)), timeout=remaining())
+            consent_id=consent_id, request_id=request_id, discovery_tokens=edts, epoch=epoch), timeout=remaining())
         routing = {s.province: status_name(s.status) for s in found.statuses}
         if not found.holders:
             return VerifyResult(request_id=request_id, answers=[], routing=routing)

@@ -11,7 +11,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
-from node.crypto import signing
+from node.crypto import discovery, signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain import freetext, request_ids
 from node.domain.catalogue import Catalogue
@@ -153,6 +153,10 @@ class ConsentRegistry:
         n = len(req.subject_commitments)
         if not 1 <= n <= 16 or any(len(c) != 32 for c in req.subject_commitments) or len(set(req.subject_commitments)) != n:
             raise Refusal(ErrorCode.MALFORMED, "1 to 16 distinct 32-byte subject commitments")
+        d = req.discovery_commitments  # node.crypto.discovery: checked at each Discover
+        if len(d) > n * discovery.MAX_CONSENT_EPOCHS or len(d) % n or any(len(c) != 32 for c in d):
+            raise Refusal(ErrorCode.MALFORMED, "discovery commitments: 32 bytes each, one per subject and epoch, "
+                                               f"at most {discovery.MAX_CONSENT_EPOCHS} epochs")
         unknown = set(req.scopes) - set(self.catalogue.categories)
         if unknown:
             raise Refusal(ErrorCode.UNKNOWN_ITEM, "unknown scope category")

@@ -110,8 +110,10 @@ class FederationDirectory(dict[str, Entry]):
     """A verified directory: province -> Entry, plus each province's verified standards document."""
 
     def __init__(self, entries: dict[str, Entry], standards: dict[str, StandardsDocument] | None = None,
-                 rejected_standards: tuple[str, ...] = ()) -> None:
+                 rejected_standards: tuple[str, ...] = (), discovery_epoch_s: int = 0) -> None:
         super().__init__(entries)
+        #: The coordinator's discovery epoch length (0: a coordinator that publishes none).
+        self.discovery_epoch_s = discovery_epoch_s
         self.standards: dict[str, StandardsDocument] = dict(standards or {})
         #: Provinces whose carried standards document did not verify (left out of `standards`).
         self.rejected_standards = rejected_standards
@@ -154,15 +156,17 @@ def verify_directory(signed: coordinator_pb2.SignedDirectory, verifier: signing.
         except Refusal:
             continue
         entries[entry.province] = entry
-    return FederationDirectory(entries, *_verified_standards(body, verifier))
+    return FederationDirectory(entries, *_verified_standards(body, verifier), discovery_epoch_s=body.discovery_epoch_s)
 
 
 class Directory:
     """The coordinator's view of where provinces listen; persisted so a restart keeps it."""
 
     def __init__(self, path: Path, *, signer: signing.Signer, verifier: signing.Verifier,
-                 clock: Callable[[], float] = time.time, standards: PublishedStandards | None = None) -> None:
+                 clock: Callable[[], float] = time.time, standards: PublishedStandards | None = None,
+                 discovery_epoch_s: int = 0) -> None:
         self.standards = standards
+        self.discovery_epoch_s = discovery_epoch_s
         self._standards_revision: tuple[tuple[str, int], ...] = ()
         self.path = path
         self.signer = signer
@@ -235,6 +239,7 @@ class Directory:
                     issued_at_ms=int(self.clock() * 1000),
                     members=[self._announcements[p] for p in sorted(self._announcements)],
                     standards=self.standards.signed_documents() if self.standards is not None else [],
+                    discovery_epoch_s=self.discovery_epoch_s,
                 ).SerializeToString()
                 self._signed = coordinator_pb2.SignedDirectory(body=body, signature=self.signer.sign(signing.DIRECTORY, body))
             return self._signed

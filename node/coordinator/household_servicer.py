@@ -48,11 +48,11 @@ class HouseholdRoundsServicer:
                 signed = self.rounds.repeat(province, request.consent_id, request.round_id, request.previous,
                                             request.outcome, request.exclude)
             else:
-                c._check_discovery(province, request.consent_id, request.tokens)
+                c._check_discovery(province, request.consent_id, request.discovery_tokens)
                 consent = c.consents.check_active(province, request.consent_id)
-                if len(set(request.tokens)) != len(consent.subject_commitments):
+                if len(set(request.discovery_tokens)) != len(consent.subject_commitments):
                     raise Refusal(ErrorCode.MALFORMED, "a round covers every member of the consented household")
-                held, statuses = await c.router.holds(province, list(request.tokens), request.round_id, c._timeout(context))
+                held, statuses = c.router.holds(province, list(request.discovery_tokens), request.epoch)
                 unknown = {s.province for s in statuses if s.status in ROUTE_FAILURES}
                 signed = self.rounds.open(province, request.consent_id, request.round_id, held, missing=unknown)
             body = household_pb2.HolderSetBody.FromString(signed.body)
@@ -73,19 +73,23 @@ class HouseholdRoundsServicer:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_ROUND_BATCH} households per batch")
             refused: dict[int, Refusal] = {}
             asked: list[list[bytes] | None] = []
+            fresh = [h.epoch for h in households if not h.HasField("previous")]
+            epoch = fresh[0] if fresh else 0
             for i, h in enumerate(households):
                 asked.append(None)
                 try:
                     request_ids.check(h.round_id)
                     consent = c.consents.check_active(province, h.consent_id)
                     if not h.HasField("previous"):
-                        c._check_discovery(province, h.consent_id, h.tokens)
-                        if len(set(h.tokens)) != len(consent.subject_commitments):
+                        if h.epoch != epoch:
+                            raise Refusal(ErrorCode.MALFORMED, "every household of a batch names one discovery epoch")
+                        c._check_discovery(province, h.consent_id, h.discovery_tokens)
+                        if len(set(h.discovery_tokens)) != len(consent.subject_commitments):
                             raise Refusal(ErrorCode.MALFORMED, "a round covers every member of the consented household")
-                        asked[i] = list(h.tokens)
+                        asked[i] = list(h.discovery_tokens)
                 except Refusal as refusal:
                     refused[i] = refusal
-            holders, statuses = await c.router.holders_of(province, asked, request.request_id, c._timeout(context))
+            holders, statuses = c.router.holders_of(province, asked, epoch)
             unknown = {s.province for s in statuses if s.status in ROUTE_FAILURES}
             bodies: dict[int, bytes] = {}
             with self.rounds.transaction():  # every round id of the batch remembered in one transaction

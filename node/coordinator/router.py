@@ -1,6 +1,6 @@
-"""Blind fan-out: ask provinces which tokens they hold, forward sealed queries, collect sealed answers.
+"""Blind routing: find holders from their locators, forward sealed queries, collect sealed answers.
 
-The router never opens a seal. One dead or slow province never fails a request: every
+Discovery contacts no province (node.coordinator.locators). The router never opens a seal. One dead or slow province never fails a request: every
 province contacted gets a status of its own, within a deadline derived from the caller's and
 never longer than `[limits] max_province_wait_s`, however long the caller is prepared to wait.
 """
@@ -18,6 +18,7 @@ from node.config import MemberConfig
 from node.coordinator import claims
 from node.coordinator.claims import ClaimBook
 from node.coordinator.directory import Directory, server_name
+from node.coordinator.locators import LocatorBook
 from node.crypto import possession
 from node.domain.regions import province_uri
 from node.errors import ErrorCode, Refusal
@@ -27,10 +28,11 @@ from node.wire.v1 import coordinator_pb2, household_pb2_grpc, verification_pb2, 
 MARGIN_S: Final[float] = 0.1
 MIN_PER_PROVINCE_S: Final[float] = 0.05
 MAX_LOCKED: Final[int] = 512  # locked queries per batch envelope
-MAX_HOLDS_TOKENS: Final[int] = 4096  # what a node answers in one Holds call
+MAX_DISCOVERY_TOKENS: Final[int] = 512 * 16  # discovery tokens in one batch discovery: 512 households of 16
 _NOT_HELD: Final[str] = "province showed no possession of a subject it claimed"
 _IMPLAUSIBLE: Final[str] = "province's held claims were contradicted too often: not routed to"
 _NOT_IDENTIFIED: Final[str] = "province's server did not present its announced certificate: nothing sent"
+_NO_LOCATOR: Final[str] = "province has no locator for this discovery epoch"
 T = TypeVar("T")
 
 
@@ -71,10 +73,12 @@ def per_province_timeout(remaining: float | None, default: float) -> float:
 
 
 class Router:
-    """Channels to every province in the directory, and the two fan-outs."""
+    """Channels to every province in the directory; discovery from the locators, and the routed fan-out."""
 
-    def __init__(self, cfg: MemberConfig, directory: Directory, claims: ClaimBook | None = None) -> None:
+    def __init__(self, cfg: MemberConfig, directory: Directory, claims: ClaimBook | None = None,
+                 locators: LocatorBook | None = None) -> None:
         self.cfg = cfg
+        self.locators = locators
         self.directory = directory
         self.claims = claims
         self._credentials = tls.channel_credentials(cfg)
@@ -122,59 +126,60 @@ class Router:
     async def _each(self, provinces: Sequence[str], call: Callable[[str], Awaitable[T]]) -> list[T]:
         return list(await asyncio.gather(*(call(p) for p in provinces)))
 
-    async def holds(self, requester: str, tokens: Sequence[bytes], request_id: str,
-                    timeout: float) -> tuple[dict[str, set[int]], list[coordinator_pb2.ProvinceStatus]]:
-        """Ask every other province, once each, which of the tokens it holds (indexes per province)."""
+    def holds(self, requester: str, edts: Sequence[bytes],
+              epoch: int) -> tuple[dict[str, set[int]], list[coordinator_pb2.ProvinceStatus]]:
+        """Which other provinces' locators match which of the discovery tokens (indexes per province).
+
+        Answered from the locators alone: no province is contacted, so none learns of the query.
+        A province without a locator for the epoch is UNAVAILABLE (it may hold data; it cannot be
+        told); one no longer routed to (node.coordinator.claims) is IMPLAUSIBLE.
+        """
+        if self.locators is None:
+            raise Refusal(ErrorCode.UNAVAILABLE, "this coordinator holds no locators")
         provinces = sorted(p for p in self.directory.entries() if p != requester)
-        holds = verification_pb2.HoldsRequest(request_id=request_id, tokens=list(tokens))
-        timeout = self._bounded(timeout)
+        refused = {p for p in provinces if self.claims is not None and self.claims.refuses(p, requester)}
+        found = self.locators.matches([p for p in provinces if p not in refused], edts, epoch)
         held: dict[str, set[int]] = {}
-
-        async def ask(province: str) -> coordinator_pb2.ProvinceStatus:
-            if self.claims is not None and self.claims.refuses(province, requester):
-                return coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_IMPLAUSIBLE,
-                                                      message=_IMPLAUSIBLE)
-            stub = self._stub(province)
-            if stub is None:
-                return coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE)
-            try:
-                reply = await stub.Holds(holds, timeout=timeout)
-            except grpc.RpcError as exc:
-                status, message = _status_of(exc)
-                return coordinator_pb2.ProvinceStatus(province=province, status=status, message=message)
-            if reply.held:
-                held[province] = {i for i in reply.held if i < len(tokens)}
-            status = coordinator_pb2.ROUTE_OK if reply.held else coordinator_pb2.ROUTE_NO_MATCH
-            return coordinator_pb2.ProvinceStatus(province=province, status=status)
-
-        statuses = await self._each(provinces, ask)
+        statuses: list[coordinator_pb2.ProvinceStatus] = []
+        for province in provinces:
+            indexes = found.get(province)
+            if province in refused:
+                statuses.append(coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_IMPLAUSIBLE,
+                                                               message=_IMPLAUSIBLE))
+            elif indexes is None:
+                statuses.append(coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE,
+                                                               message=_NO_LOCATOR))
+            elif indexes:
+                held[province] = indexes
+                statuses.append(coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_OK))
+            else:
+                statuses.append(coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_NO_MATCH))
         return held, statuses
 
-    async def holders_of(self, requester: str, households: Sequence[Sequence[bytes] | None], request_id: str,
-                         timeout: float) -> tuple[list[set[str]], list[coordinator_pb2.ProvinceStatus]]:
-        """Per household (None: not asked), the other provinces holding any of its tokens, from one
-        `holds` over every household's tokens (each province asked once for the whole batch)."""
+    def holders_of(self, requester: str, households: Sequence[Sequence[bytes] | None],
+                   epoch: int) -> tuple[list[set[str]], list[coordinator_pb2.ProvinceStatus]]:
+        """Per household (None: not asked), the other provinces whose locators match any of its
+        discovery tokens, from one `holds` over every household's tokens."""
         tokens: list[bytes] = []
         owner: list[int] = []
         for i, household in enumerate(households):
             if household is not None:
                 tokens.extend(household)
                 owner.extend([i] * len(household))
-        if len(tokens) > MAX_HOLDS_TOKENS:
-            raise Refusal(ErrorCode.TOO_MANY, f"at most {MAX_HOLDS_TOKENS} subjects per discovery batch")
+        if len(tokens) > MAX_DISCOVERY_TOKENS:
+            raise Refusal(ErrorCode.TOO_MANY, f"at most {MAX_DISCOVERY_TOKENS} subjects per discovery batch")
         found: list[set[str]] = [set() for _ in households]
         if not tokens:
             return found, []
-        held, statuses = await self.holds(requester, tokens, request_id, timeout)
+        held, statuses = self.holds(requester, tokens, epoch)
         for province, indexes in held.items():
             for index in indexes:
                 found[owner[index]].add(province)
         return found, statuses
 
-    async def discover(self, requester: str, request: coordinator_pb2.DiscoverRequest,
-                       timeout: float) -> coordinator_pb2.DiscoverResponse:
-        """Which other provinces hold any of one household's tokens."""
-        held, statuses = await self.holds(requester, request.tokens, request.request_id, timeout)
+    def discover(self, requester: str, request: coordinator_pb2.DiscoverRequest) -> coordinator_pb2.DiscoverResponse:
+        """Which other provinces' locators match any of one household's discovery tokens."""
+        held, statuses = self.holds(requester, request.discovery_tokens, request.epoch)
         return coordinator_pb2.DiscoverResponse(holders=sorted(held), statuses=statuses)
 
     async def route(self, request: Any, timeout: float, requester: str = "", *, batch: bool = False) -> Any:

@@ -16,10 +16,12 @@ from node.coordinator.audit_heads import sign_audit_head
 from node.coordinator.claims import ClaimBook
 from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
+from node.coordinator.locators import LocatorBook
 from node.coordinator.household_servicer import HouseholdRoundsServicer
 from node.coordinator.rounds import RoundBook
 from node.coordinator.router import Router, per_province_timeout, status_name
 from node.coordinator.standards import PUBLISH_DECISION, PublishedStandards
+from node.crypto import discovery
 from node.crypto.pki import TrustAnchor, province_of_identity
 from node.crypto.revocation import CrlFile, CrlRollback
 from node.domain import request_ids
@@ -30,7 +32,6 @@ from node.server.admission import Admission
 from node.server.edge import edge, peer_certificate_sha256
 from node.server import metrics
 from node.server.metrics import MemberMetrics
-from node.service.consent import commitment
 from node.store.nonces import NonceStore
 from node.store import audit
 from node.store import ledger
@@ -41,8 +42,10 @@ SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_n
 MAX_DISCOVERY_TOKENS = 16
 MAX_BATCH = 512  # households per batch message
 CLAIMS_IMPLAUSIBLE = "claims.implausible"  # audit decision: a province is no longer routed to
+LOCATOR_DECISION = "locator"  # audit decision: a province's locator for an epoch is in force
 # What nodes need to stay in force (consents, CRL, directory, announce, checkpoints): their own capacity.
-FEEDS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("ConsentUpdates", "Revocations", "Directory", "Announce", "SubmitCheckpoint"))
+FEEDS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("ConsentUpdates", "Revocations", "Directory", "Announce", "SubmitCheckpoint",
+                                                   "PublishLocator"))
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -131,13 +134,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         async with edge(context, self.log, "Discover", self.metrics, self._refusal_hook("Discover", request, context)):
             province = self._province(context)
             request_ids.check(request.request_id)  # before anything is looked up, forwarded or logged
-            self._check_discovery(province, request.consent_id, request.tokens)
-            reply = await self.router.discover(province, request, self._timeout(context))
+            self._check_discovery(province, request.consent_id, request.discovery_tokens)
+            reply = self.router.discover(province, request)
             await self._audit(audit.coordinator_event(
                 audit.DISCOVER, requester=province, request_id=request.request_id, consent_id=request.consent_id,
                 statuses={s.province: status_name(s.status) for s in reply.statuses}))
-            for st in reply.statuses:
-                self.metrics.fanout(st.province, status_name(st.status))
             self.log.info("discovered", requester=province, consent_id=request.consent_id, request_id=request.request_id,
                           statuses={s.province: status_name(s.status) for s in reply.statuses})
             return reply
@@ -190,7 +191,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             asked: list[list[bytes] | None] = []
             for household in request.households:
                 try:
-                    self._check_discovery(province, household.consent_id, household.tokens)
+                    self._check_discovery(province, household.consent_id, household.discovery_tokens)
                 except Refusal as refusal:
                     replies.append(coordinator_pb2.HouseholdHolders(error_code=refusal.code.name, error=str(refusal)))
                     asked.append(None)
@@ -198,16 +199,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                                   household.consent_id, "DiscoverBatch"))
                     continue
                 replies.append(coordinator_pb2.HouseholdHolders())
-                asked.append(list(household.tokens))
-            holders, statuses = await self.router.holders_of(province, asked, request.request_id, self._timeout(context))
+                asked.append(list(household.discovery_tokens))
+            holders, statuses = self.router.holders_of(province, asked, request.epoch)
             if statuses:
                 await self._audit(audit.coordinator_event(
                     audit.DISCOVER, requester=province, request_id=request.request_id,
                     statuses={s.province: status_name(s.status) for s in statuses}))
             for reply, found in zip(replies, holders, strict=True):
                 reply.holders.extend(sorted(found))
-            for st in statuses:
-                self.metrics.fanout(st.province, status_name(st.status))
             self.log.info("discovered_batch", requester=province, request_id=request.request_id,
                           households=len(replies), statuses={s.province: status_name(s.status) for s in statuses})
             return coordinator_pb2.DiscoverBatchResponse(households=replies, statuses=statuses)
@@ -280,14 +279,28 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                           getattr(request, "consent_id", ""), method))
         return record
 
-    def _check_discovery(self, province: str, consent_id: str, tokens: Any) -> None:
+    def _check_discovery(self, province: str, consent_id: str, edts: Any) -> None:
+        """Discovery only for the household the applicant consented for: every discovery token must
+        be one the consent committed to (for its epoch; node.crypto.discovery), no probing of others."""
         consent = self.consents.check_active(province, consent_id)
-        if not 1 <= len(tokens) <= MAX_DISCOVERY_TOKENS or any(len(t) != 32 for t in tokens):
-            raise Refusal(ErrorCode.MALFORMED, f"1 to {MAX_DISCOVERY_TOKENS} subject tokens of 32 bytes")
-        covered = set(consent.subject_commitments)
-        if any(commitment(consent.subject_salt, t) not in covered for t in tokens):
-            # Discovery only for the household the applicant consented for: no probing of others.
-            raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject")
+        if not 1 <= len(edts) <= MAX_DISCOVERY_TOKENS or any(len(t) != discovery.EDT_BYTES for t in edts):
+            raise Refusal(ErrorCode.MALFORMED, f"1 to {MAX_DISCOVERY_TOKENS} discovery tokens of 32 bytes")
+        covered = set(consent.discovery_commitments)
+        if any(discovery.commitment(consent.subject_salt, t) not in covered for t in edts):
+            raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject in this discovery epoch")
+
+    async def PublishLocator(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "PublishLocator", self.metrics, self._refusal_hook("PublishLocator", request, context)):
+            province = self._province(context)
+            if self.router.locators is None:
+                raise Refusal(ErrorCode.UNAVAILABLE, "this coordinator holds no locators")
+            complete = self.router.locators.publish(province, request)
+            if complete:
+                body = coordinator_pb2.LocatorBody.FromString(request.body)
+                await self._audit(audit.coordinator_event(LOCATOR_DECISION, requester=province, statuses={
+                    "epoch": str(body.epoch), "subjects": str(body.subject_count), "shards": str(1 << body.shard_bits)}))
+                self.log.info("locator_published", province=province, epoch=body.epoch, subjects=body.subject_count)
+            return coordinator_pb2.PublishLocatorResponse(complete=complete)
 
     async def Revocations(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Revocations", self.metrics):
@@ -358,8 +371,10 @@ class CoordinatorServer:
         standards = PublishedStandards(cfg.data_dir / "standards.json", member.verifier, catalogue=member.catalogue,
                                        policy=member.policy)
         directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier,
-                              standards=standards)
-        self.router = Router(cfg, directory, ClaimBook(cfg.claims, log, MemberMetrics(cfg.identity)))
+                              standards=standards, discovery_epoch_s=cfg.discovery.epoch_s)
+        locators = LocatorBook(cfg.data_dir, member.verifier, cfg.discovery)
+        close.callback(locators.close)
+        self.router = Router(cfg, directory, ClaimBook(cfg.claims, log, MemberMetrics(cfg.identity)), locators)
         close.push_async_callback(self.router.close)
         self.crl = member.crl  # the newest CRL accepted; an older crl.pem put back is refused
         self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)

@@ -46,6 +46,7 @@ ROUND_OUTCOME: Final[str] = "hedui/v1/round-outcome"
 CONTRIBUTION_QUERY: Final[str] = "hedui/v1/contribution-query"
 CONTRIBUTION: Final[str] = "hedui/v1/contribution"
 HOUSEHOLD_DECISION: Final[str] = "hedui/v1/household-decision"
+LOCATOR: Final[str] = "hedui/v1/locator"
 _BATCH_ROOT: Final[str] = "hedui/v1/batch-root"
 
 _SALT_BYTES: Final[int] = 16

@@ -1,4 +1,5 @@
-"""A node's link to its coordinator: announce itself, follow revocations, witness its heads, read the directory, seal."""
+"""A node's link to its coordinator: announce itself, follow revocations, witness its heads, read the
+directory, lodge its discovery locators, seal."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from node.domain.regions import COORDINATOR_TLS_NAME, COORDINATOR_URI, province_
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
+from node.server.locator_publisher import LocatorPublisher
 from node.server.metrics import MemberMetrics
 from node.service.consent import LedgerChange, LedgerHead, RevocationView, parse_ledger_head
 from node.store import audit, witness
+from node.store.store import Store
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 T = TypeVar("T")
@@ -37,7 +40,8 @@ class CoordinatorLink:
     def __init__(self, member: Member, revocations: RevocationView, log: Any, *,
                  audit_log: audit.AuditLog | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
                  metrics: MemberMetrics | None = None,
-                 on_directory: Callable[[FederationDirectory], None] | None = None) -> None:
+                 on_directory: Callable[[FederationDirectory], None] | None = None,
+                 store: Store | None = None) -> None:
         assert member.cfg.coordinator, "node has no coordinator configured"
         self.on_directory = on_directory  # told of every newly verified directory (e.g. its standards)
         self.member = member
@@ -58,6 +62,9 @@ class CoordinatorLink:
         self._crl_digest = b""
         self._sync_lock = asyncio.Lock()
         self.checkpoint_every_s = checkpoint_every_s
+        self.locators = None if store is None else LocatorPublisher(
+            member.province, store, member.signer, log, epoch_s=self._epoch_s,
+            send=lambda signed: self._stub.PublishLocator(signed, timeout=30))
         self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
         witnesses = member.cfg.data_dir / witness.WITNESS_DIR  # the coordinator's signed heads, for `--witness`
@@ -82,7 +89,10 @@ class CoordinatorLink:
             await self.directory(refresh=True)  # published standards known before the first query
         except (grpc.RpcError, HeduiError):
             pass  # the poll loop reads it later
+        await self.publish_locators()  # discoverable from the first query on
         self._tasks = [asyncio.create_task(self._poll_loop())]
+        if self.locators is not None:
+            self._tasks.append(asyncio.create_task(self._locator_loop()))
         if self.checkpointer is not None:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
         if not announced:
@@ -112,7 +122,38 @@ class CoordinatorLink:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.locators is not None:
+            self.locators.close()
         await self._channel.close()
+
+    async def _epoch_s(self) -> int:
+        return (await self.directory()).discovery_epoch_s
+
+    async def publish_locators(self) -> bool:
+        """Send the coordinator this province's locators that are due; False when that failed (retried)."""
+        if self.locators is None:
+            return True
+        try:
+            await self.locators.run_once()
+        except grpc.RpcError as exc:
+            self.log.warning("locator_publish_failed", status=exc.code().name if hasattr(exc, "code") else "?",
+                             reason=(exc.details() or "")[:200] if hasattr(exc, "details") else "")
+            return False
+        except HeduiError as exc:
+            self.log.warning("locator_publish_failed", reason=str(exc))
+            return False
+        return True
+
+    async def _locator_loop(self) -> None:
+        delay = POLL_INTERVAL_S
+        while True:
+            await asyncio.sleep(delay)  # polling period of the store's data version and the epoch
+            try:
+                ok = await self.publish_locators()
+            except Exception as exc:  # noqa: BLE001 - keep publishing whatever one attempt hit
+                self.log.error("locator_publish_failed", error_type=type(exc).__name__)
+                ok = False
+            delay = POLL_INTERVAL_S if ok else min(delay * 2, 30.0)
 
     def announcement(self, endpoint: str) -> coordinator_pb2.SignedAnnouncement:
         tls_cert = pki.load_cert(self.member.cfg.tls_cert)

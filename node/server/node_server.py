@@ -98,7 +98,8 @@ class NodeServer:
         published = PublishedValues(member.catalogue)  # refreshed with every verified directory
         if cfg.coordinator:
             self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log, metrics=member_metrics,
-                                        on_directory=lambda directory: published.update(directory.standards))
+                                        on_directory=lambda directory: published.update(directory.standards),
+                                        store=self.store)
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from typing import Any
 
@@ -137,7 +136,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             return verification_pb2.VerifyResponse(signed=answer)
 
     def _refusal_hook(self, context: aio.ServicerContext, request_id: str = "") -> Any:
-        """Audits a refusal of a whole call (VerifyBatch, Holds; a batch's items are audited one by one)."""
+        """Audits a refusal of a whole call (VerifyBatch; a batch's items are audited one by one)."""
         async def record(refusal: Refusal) -> None:
             try:
                 identity = self.anchor.validate_tls_peer_cert(context.auth_context()["x509_pem_cert"][0])
@@ -239,15 +238,3 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             return audit.refusal(refusal.code, query=body, requester=requester or "", relayed=requester is None)
         except ValueError:  # a field the auditor will not store: record without the query's fields
             return audit.refusal(refusal.code, query=None, requester=requester or "")
-
-    async def Holds(self, request: verification_pb2.HoldsRequest, context: aio.ServicerContext) -> verification_pb2.HoldsResponse:
-        async with edge(context, self.log, "Holds", self.metrics, self._refusal_hook(context, request.request_id)):
-            identity = self.admission.admit(context)
-            if identity != self.coordinator_identity:
-                raise Refusal(ErrorCode.NOT_AUTHORISED, "only the coordinator may ask which subjects are held")
-            request_id = request_ids.check(request.request_id)
-            held = self.service.holds(list(request.tokens))
-            await self._audit(audit.AuditRecord(
-                at_ms=int(time.time() * 1000), request_id=request_id, requester="coordinator", decision="holds",
-                extra={"tokens": str(len(request.tokens)), "held": str(len(held))}))
-            return verification_pb2.HoldsResponse(held=held)

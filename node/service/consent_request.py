@@ -22,6 +22,7 @@ BOUND_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("requester", "requester"),
     ("subject_salt", "subjects"),
     ("subject_commitments", "subjects"),
+    ("discovery_commitments", "subjects"),
     ("purpose", "purpose"),
     ("scopes", "scopes"),
     ("not_before_ms", "validity window"),
@@ -41,7 +42,7 @@ def _expected(req: coordinator_pb2.ConsentRequestBody, field: str) -> Any:
     if field == "scopes":
         return sorted(set(req.scopes))
     value = getattr(req, field)
-    return list(value) if field == "subject_commitments" else value
+    return list(value) if field in ("subject_commitments", "discovery_commitments") else value
 
 
 def receipt_body(raw: bytes, signature: common_pb2.Signature, req: coordinator_pb2.ConsentRequestBody,
@@ -83,7 +84,8 @@ def bound_request(body: verification_pb2.ConsentBody, verifier: signing.Verifier
     differing: list[str] = []
     for field, label in BOUND_FIELDS:
         actual = getattr(body, field)
-        if (list(actual) if field in ("subject_commitments", "scopes") else actual) != _expected(req, field):
+        if (list(actual) if field in ("subject_commitments", "discovery_commitments", "scopes") else actual) \
+                != _expected(req, field):
             if label not in differing:
                 differing.append(label)
     if differing:

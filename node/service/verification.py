@@ -229,9 +229,3 @@ class VerificationService:
             if self.probes is not None:
                 scopes.enter_context(self.probes.transaction())
             yield
-
-    def holds(self, tokens: list[bytes]) -> list[int]:
-        """Indexes of the tokens this province holds any data on."""
-        if len(tokens) > 4096 or any(len(t) != TOKEN_BYTES for t in tokens):
-            raise Refusal(ErrorCode.MALFORMED, "1 to 4096 tokens of 32 bytes")
-        return [i for i, held in enumerate(self.store.holds(tokens)) if held]

@@ -106,6 +106,25 @@ class Fact:
     as_of: str
 
 
+class ChangeWatch:
+    """`PRAGMA data_version` on a connection of its own: changes when any other connection commits."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                         check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+            self._seen = self.version()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot watch store {path}: {exc}") from None
+
+    def version(self) -> int:
+        """The data version now (comparable only with this watch's own earlier readings)."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class Store:
     """The fact store of one province node; safe to use from many threads."""
 
@@ -353,6 +372,36 @@ class Store:
             ).fetchone()[0])
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed: {type(exc).__name__}") from None
+
+    def held_tokens(self, batch: int = 10_000) -> Iterator[bytes]:
+        """Every token of a subject this store has a fact about (as `holds` answers), streamed in batches
+        from one read snapshot (for the node's discovery locator)."""
+        conn = self._reader()
+        try:
+            conn.execute("BEGIN")
+            try:
+                cursor = conn.execute("SELECT s.token FROM subjects s WHERE EXISTS "
+                                      "(SELECT 1 FROM facts f WHERE f.subject_id = s.id)")
+                while rows := cursor.fetchmany(batch):
+                    for (token,) in rows:
+                        yield bytes(token)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+
+    def held_count(self) -> int:
+        """How many subjects this store has a fact about (the count `held_tokens` streams)."""
+        conn = self._reader()
+        try:
+            return int(conn.execute("SELECT count(*) FROM subjects s WHERE EXISTS "
+                                    "(SELECT 1 FROM facts f WHERE f.subject_id = s.id)").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {type(exc).__name__}") from None
+
+    def change_watch(self) -> ChangeWatch:
+        """A watch that tells when anyone (this process or `hedui data ingest`) committed a change."""
+        return ChangeWatch(self.path)
 
     def counts(self) -> dict[str, int]:
         """Numbers of subjects and facts held (for `hedui node status`)."""

@@ -177,7 +177,7 @@ class _NoContributions(NodeServer):
 
 def test_a_holder_failing_mid_round_is_left_out_of_a_fresh_round_never_summed_from_the_first(
         fed: Federation, three: Any) -> None:
-    """33 answers Holds but not Contribute: a second round over the others is signed, INCOMPLETE names 33, and it verifies."""
+    """33 is a holder but does not answer Contribute: a second round over the others is signed, INCOMPLETE names 33, and it verifies."""
     fed.stop_node("33")
     fed.start_node("33", server_class=_NoContributions)
     try:
@@ -202,7 +202,8 @@ def test_a_reused_round_id_is_refused_by_the_coordinator_and_by_holders(fed: Fed
     round_id = uuid.uuid4().hex
     with fed.coordinator("51") as coordinator:
         stub = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
-        request = household_pb2.OpenRoundRequest(consent_id=three.consent_id, round_id=round_id, tokens=tokens)
+        request = household_pb2.OpenRoundRequest(consent_id=three.consent_id, round_id=round_id,
+                                                 **_discovery(coordinator, tokens))
         stub.OpenRound(request, timeout=10)
         with pytest.raises(grpc.RpcError) as err:
             stub.OpenRound(request, timeout=10)
@@ -321,9 +322,10 @@ def test_a_holder_refuses_a_second_contribution_to_the_same_round(fed: Federatio
     with fed.coordinator("51") as coordinator:
         stub = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
         session = _Round(member, stub, coordinator.directory(), fed.receipt("51", three.consent_id), three.consent_id,
-                         "dibao", tokens, ["income_monthly"], time.monotonic() + 30)
+                         "dibao", tokens, ["income_monthly"], time.monotonic() + 30,
+                         discovery=coordinator.discovery_tokens(tokens))
         opened = session.call("OpenRound", household_pb2.OpenRoundRequest(
-            consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=tokens))
+            consent_id=three.consent_id, round_id=uuid.uuid4().hex, **_discovery(coordinator, tokens)))
         first, failed, _ = session.ask(opened.holder_set, {})
         assert not failed and sorted(first) == ["32", "33", "44", "51"]
         second, refused, _ = session.ask(opened.holder_set, {})
@@ -349,7 +351,14 @@ def _session(fed: Federation, consent: Any, ids: list[str], coordinator: Any) ->
     tokens = [subject_token(member.linkage_key, n) for n in ids]
     stub = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
     return _Round(member, stub, coordinator.directory(), fed.receipt("51", consent.consent_id), consent.consent_id,
-                  "dibao", tokens, ["income_monthly"], time.monotonic() + 30)
+                  "dibao", tokens, ["income_monthly"], time.monotonic() + 30,
+                  discovery=coordinator.discovery_tokens(tokens))
+
+
+def _discovery(coordinator: Any, tokens: list[bytes]) -> dict[str, Any]:
+    """OpenRoundRequest's discovery fields for these members in the current epoch."""
+    epoch, edts = coordinator.discovery_tokens(tokens)
+    return {"discovery_tokens": edts, "epoch": epoch}
 
 
 def test_a_repeated_round_cannot_leave_out_a_holder_that_answered(fed: Federation, three: Any) -> None:
@@ -357,7 +366,7 @@ def test_a_repeated_round_cannot_leave_out_a_holder_that_answered(fed: Federatio
     with fed.coordinator("51") as coordinator:
         session = _session(fed, three, [EARNER, SPOUSE, GRANNY], coordinator)
         opened = session.call("OpenRound", household_pb2.OpenRoundRequest(
-            consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=session.tokens))
+            consent_id=three.consent_id, round_id=uuid.uuid4().hex, **_discovery(coordinator, session.tokens)))
         answered, failed, outcome = session.ask(opened.holder_set, {})
         assert not failed and outcome is not None
         assert list(household_pb2.RoundOutcomeBody.FromString(outcome.body).failed) == []
@@ -376,9 +385,9 @@ def test_a_round_over_part_of_the_household_is_refused(fed: Federation, three: A
         session = _session(fed, three, [EARNER, SPOUSE, GRANNY], coordinator)
         with pytest.raises(Exception, match="every member"):
             session.call("OpenRound", household_pb2.OpenRoundRequest(
-                consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=session.tokens[:1]))
+                consent_id=three.consent_id, round_id=uuid.uuid4().hex, **_discovery(coordinator, session.tokens[:1])))
         opened = session.call("OpenRound", household_pb2.OpenRoundRequest(
-            consent_id=three.consent_id, round_id=uuid.uuid4().hex, tokens=session.tokens))
+            consent_id=three.consent_id, round_id=uuid.uuid4().hex, **_discovery(coordinator, session.tokens)))
         session.tokens = session.tokens[:1]  # ask the holders about EARNER alone
         answered, failed, _ = session.ask(opened.holder_set, {})
     assert not answered and failed and all("every member" in reason for reason in failed.values()), failed

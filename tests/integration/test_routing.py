@@ -225,7 +225,7 @@ def test_coordinator_never_sees_ids_values_or_questions(fed: Federation, log_sin
         setattr(owner, name, async_wrapper if is_async else (lambda *args: record(args, original(*args))))
 
     spy(coordinator.consents, "register", is_async=False)
-    spy(coordinator.router, "discover", is_async=True)
+    spy(coordinator.router, "discover", is_async=False)
     spy(coordinator.router, "route", is_async=True)
     try:
         consent_id = fed.grant("51", [HUSBAND, WIFE, CHILD], "dibao").consent_id
@@ -279,6 +279,7 @@ def test_discovery_is_limited_to_the_consented_household(fed: Federation, consen
     outsider = idnumber.make("440305", dt.date(1979, 3, 3), 555)
     m = fed.member("51")
     with CoordinatorClient(m) as c, pytest.raises(PeerRefused) as err:
+        epoch, edts = c.discovery_tokens([subject_token(m.linkage_key, outsider)])
         c.call("Discover", coordinator_pb2.DiscoverRequest(consent_id=consent, request_id="probe-0001",
-                                                           tokens=[subject_token(m.linkage_key, outsider)]))
+                                                           discovery_tokens=edts, epoch=epoch))
     assert "every subject" in str(err.value)

@@ -248,7 +248,8 @@ def test_a_wait_on_a_stalled_province_ends_within_the_configured_bound(planted: 
     """With `max_province_wait_s = 1`, a routed verification with a 20 s deadline reports the stalled province
     DEADLINE_EXCEEDED long before its own deadline."""
     bound = {"limits": {"max_province_wait_s": 1.0}}
-    with run_cluster(["32", "51"], data={"51": planted["51"]}, coordinator_extra=bound) as federation, \
+    # 32 holds WORKER (its locator says so), so the route reaches it: discovery no longer contacts a province.
+    with run_cluster(["32", "51"], data={"32": planted["44"]}, coordinator_extra=bound) as federation, \
             stalled_node(federation, "32"):
         consent = federation.grant("51", [WORKER]).consent_id
         started = time.monotonic()

@@ -66,9 +66,9 @@ def test_every_request_is_audited_refusals_included_and_rewrites_are_caught(plan
         assert len(checkpoints.read_text().splitlines()) == 2
     rows = [json.loads(line) for line in exported.stdout.splitlines()]
     decisions = [r["decision"] for r in rows]
-    assert decisions.count("answered") == 2 and "refused:CONSENT_INVALID" in decisions and "holds" in decisions
-    assert all(r["requester"] == ("coordinator" if r["decision"] == "holds" else "51") for r in rows)
-    assert {"consent.grant", "discover", "route", "announce"} <= {
+    assert decisions.count("answered") == 2 and "refused:CONSENT_INVALID" in decisions
+    assert "holds" not in decisions and all(r["requester"] == "51" for r in rows)  # discovery asks no node
+    assert {"consent.grant", "discover", "route", "announce", "locator"} <= {
         json.loads(x)["decision"] for x in coordinator_export.stdout.splitlines()}
     for blob in (exported.stdout, coordinator_export.stdout):
         assert WORKER not in blob and str(CANARY_DEPOSIT) not in blob

@@ -1,8 +1,9 @@
 """A province that claims to hold everyone: it must never read a question, and must stop being asked.
 
-The hostile member is a real node (real store, keys, mutual TLS) whose `Holds` answers every
-token as held: the attack of issue 9 item 3. It keeps every sealed call it is sent and opens
-what it can with its own keys, so the tests assert on what it could decrypt.
+The hostile member is a real node (real store, keys, mutual TLS) whose locator claims subjects
+it does not hold (it computes their discovery tokens with the linkage key every province has):
+the attack of issue 9 item 3, in its issue 12 form. It keeps every sealed call it is sent and
+opens what it can with its own keys, so the tests assert on what it could decrypt.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 
 from node import config
 from node.client import routed
-from node.crypto import possession, sealing
+from node.crypto import discovery, locator, possession, sealing
 from node.crypto.tokens import possession_key, subject_token
 from node.domain import idnumber
 from node.errors import ErrorCode, Refusal
@@ -43,16 +44,19 @@ HEDUI = [sys.executable, "-m", "node.cli.main"]
 
 
 class ClaimsEverything(NodeServer):
-    """A hostile province: every Holds token is "held"; it keeps every sealed query it is sent."""
+    """A hostile province: its locator claims HUSBAND and WIFE besides what it holds; it keeps every
+    sealed query it is sent."""
 
     async def start(self, listen: str | None = None) -> int:
         port = await super().start(listen)
-        self.holds_calls = 0
         self.sealed: list[common_pb2.Sealed] = []
+        key = self.link.member.linkage_key
+        claimed = [subject_token(key, n) for n in (HUSBAND, WIFE)]
 
-        def holds(tokens: list[bytes]) -> list[int]:
-            self.holds_calls += 1
-            return list(range(len(tokens)))
+        def build(store: Store, epoch: int) -> tuple[int, int, list[tuple[int, bytes]]]:
+            edts = [discovery.discovery_token(t, epoch) for t in [*store.held_tokens(), *claimed]]
+            bits, shards = locator.build(edts, len(edts))
+            return len(edts), bits, shards
 
         def keep(open_fn: Any) -> Any:
             def wrapper(sealed: common_pb2.Sealed, peer: str) -> Any:
@@ -60,10 +64,16 @@ class ClaimsEverything(NodeServer):
                 return open_fn(sealed, peer)
             return wrapper
 
-        self.servicer.service.holds = holds
         self.link.open_query = keep(self.link.open_query)
         self.link.open_batch = keep(self.link.open_batch)
+        self.link.locators.build = build
+        await self.link.locators.republish()
         return port
+
+    @property
+    def calls(self) -> int:
+        """Sealed calls the coordinator sent it."""
+        return len(self.sealed)
 
     def readable(self) -> list[bytes]:
         """Everything the hostile province can decrypt of what it was sent, with its own keys."""
@@ -169,10 +179,10 @@ def test_contradicted_claims_stop_routing_and_raise_an_alert(data: dict[str, Pat
         statuses = [verify(fed, "51", consent).routing["33"] for _ in range(4)]
         assert statuses == ["NOT_HELD", "NOT_HELD", "NOT_HELD", "IMPLAUSIBLE"]
         hostile: ClaimsEverything = fed.servers["33"]
-        asked = hostile.holds_calls
+        asked = hostile.calls
         result = verify(fed, "51", consent)
         assert result.routing == {"44": "OK", "33": "IMPLAUSIBLE"}
-        assert hostile.holds_calls == asked, "a province found implausible still received the tokens"
+        assert hostile.calls == asked, "a province found implausible was still sent the query"
         assert [a.province for a in result.answers] == ["44"] and result.answers[0].signature_valid
         alerts = [json.loads(line) for line in log_sink.getvalue().splitlines() if '"claims_implausible"' in line]
         assert [(a["holder"], a["requester"], a["scope"], a["level"]) for a in alerts] == [("33", "51", "requester", "error")]
@@ -242,10 +252,10 @@ def test_a_province_implausible_to_enough_requesters_is_routed_to_by_nobody(data
             for _ in range(3):
                 verify(fed, requester, consent)
         hostile: ClaimsEverything = fed.servers["33"]
-        asked = hostile.holds_calls
+        asked = hostile.calls
         third = fed.grant("44", [WIFE], "dibao").consent_id
         assert verify(fed, "44", third, [WIFE]).routing["33"] == "IMPLAUSIBLE"
-        assert hostile.holds_calls == asked
+        assert hostile.calls == asked
 
 
 def test_batch_queries_to_a_false_holder_stay_locked_and_are_counted(data: dict[str, Path], tmp_path: Path) -> None:

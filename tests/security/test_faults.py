@@ -72,10 +72,12 @@ def test_call_in_flight_survives_a_coordinator_restart(fed: Federation) -> None:
     m = fed.member("51")
     consent = fed.grant("51", [WORKER], "dibao")
     body = verification_pb2.ConsentBody.FromString(consent.receipt.body)
+    with CoordinatorClient(m) as client:
+        epoch, edts = client.discovery_tokens([subject_token(m.linkage_key, WORKER)])
     fed.stop_node("coordinator")
     with CoordinatorClient(m, deadline_s=20) as client:
         pending = client.stub.Discover.future(coordinator_pb2.DiscoverRequest(
-            consent_id=body.consent_id, request_id="restart-0001", tokens=[subject_token(m.linkage_key, WORKER)]),
+            consent_id=body.consent_id, request_id="restart-0001", discovery_tokens=edts, epoch=epoch),
             timeout=20, wait_for_ready=True)
         assert not pending.done()  # it is waiting for the coordinator, not failed
         fed.start_coordinator()

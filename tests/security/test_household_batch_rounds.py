@@ -58,8 +58,10 @@ def _open(fed: Federation, rounds: list[household_pb2.OpenRoundRequest]) -> hous
 
 def _fresh(fed: Federation, consent: Any, ids: list[str], round_id: str | None = None) -> household_pb2.OpenRoundRequest:
     member = fed.member("51")
+    with fed.coordinator("51") as c:
+        epoch, edts = c.discovery_tokens([subject_token(member.linkage_key, n) for n in ids])
     return household_pb2.OpenRoundRequest(consent_id=consent.consent_id, round_id=round_id or uuid.uuid4().hex,
-                                          tokens=[subject_token(member.linkage_key, n) for n in ids])
+                                          discovery_tokens=edts, epoch=epoch)
 
 
 def _queries(fed: Federation, opened: list[tuple[household_pb2.SignedHolderSet, Any, list[str]]], holder: str,

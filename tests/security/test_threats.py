@@ -374,11 +374,12 @@ def test_call_without_deadline_is_refused(fed: Federation, receipts: dict) -> No
 
 
 def test_province_cannot_probe_which_subjects_another_holds(fed: Federation) -> None:
-    """Only the coordinator may ask a node which tokens it holds."""
+    """No node answers "which of these tokens do you hold" to anyone: the Holds call is gone (discovery uses locators)."""
     with as_member(fed, "51", "44") as ch:
-        stub = verification_pb2_grpc.VerificationStub(ch)
-        err = refused(lambda: stub.Holds(verification_pb2.HoldsRequest(tokens=[bytes(32)]), timeout=5))
-    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        holds = ch.unary_unary("/hedui.v1.Verification/Holds", request_serializer=lambda b: b,
+                               response_deserializer=lambda b: b)
+        err = refused(lambda: holds(bytes(34), timeout=5))
+    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 # ---------------------------------------------------------------- revocation of certificates

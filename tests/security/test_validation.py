@@ -100,6 +100,12 @@ def token(fed: Federation, number: str = WORKER) -> bytes:
     return subject_token(fed.member("51").linkage_key, number)
 
 
+def discovery_tokens(fed: Federation, number: str = WORKER) -> tuple[int, list[bytes]]:
+    """The current discovery epoch and `number`'s discovery token in it, as province 51 derives them."""
+    with fed.coordinator("51") as c:
+        return c.discovery_tokens([token(fed, number)])
+
+
 def body(fed: Federation, consent: Any, *, checks: list[str] = CHECKS, audience: str = "44",
          reply_key: bytes = b"", reply_suite: str = sealing.SUITE_NAME) -> verification_pb2.QueryBody:
     """A query from 51 about WORKER with a fixed nonce: change only what a test varies, then sign it."""
@@ -182,15 +188,6 @@ def _verify_batch(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcom
     return send, "44"
 
 
-def _holds(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcome], str]:
-    def send(request_id: str) -> Outcome:
-        with channel(fed, "coordinator", "44") as ch:
-            verification_pb2_grpc.VerificationStub(ch).Holds(
-                verification_pb2.HoldsRequest(request_id=request_id, tokens=[token(fed)]), timeout=10)
-        return "OK", ""
-    return send, "44"
-
-
 def _coordinator_call(fed: Federation, method: str, request: Any) -> Any:
     with channel(fed, "51", "coordinator") as ch:
         return getattr(coordinator_pb2_grpc.CoordinatorStub(ch), method)(request, timeout=10)
@@ -198,17 +195,19 @@ def _coordinator_call(fed: Federation, method: str, request: Any) -> Any:
 
 def _discover(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcome], str]:
     def send(request_id: str) -> Outcome:
+        epoch, edts = discovery_tokens(fed)
         _coordinator_call(fed, "Discover", coordinator_pb2.DiscoverRequest(
-            consent_id=consent.consent_id, request_id=request_id, tokens=[token(fed)]))
+            consent_id=consent.consent_id, request_id=request_id, discovery_tokens=edts, epoch=epoch))
         return "OK", ""
     return send, "coordinator"
 
 
 def _discover_batch(fed: Federation, consent: Any) -> tuple[Callable[[str], Outcome], str]:
     def send(request_id: str) -> Outcome:
+        epoch, edts = discovery_tokens(fed)
         _coordinator_call(fed, "DiscoverBatch", coordinator_pb2.DiscoverBatchRequest(
-            request_id=request_id,
-            households=[coordinator_pb2.HouseholdDiscovery(consent_id=consent.consent_id, tokens=[token(fed)])]))
+            request_id=request_id, epoch=epoch,
+            households=[coordinator_pb2.HouseholdDiscovery(consent_id=consent.consent_id, discovery_tokens=edts)]))
         return "OK", ""
     return send, "coordinator"
 
@@ -274,7 +273,7 @@ def _register_consent_batch(fed: Federation, consent: Any) -> tuple[Callable[[st
 
 
 ENTRY_POINTS = {
-    "Verify": _verify, "VerifyBatch": _verify_batch, "Holds": _holds, "Discover": _discover,
+    "Verify": _verify, "VerifyBatch": _verify_batch, "Discover": _discover,
     "DiscoverBatch": _discover_batch, "Route": _route, "RouteBatch": _route_batch,
     "RegisterConsent": _register_consent, "RegisterConsentBatch": _register_consent_batch,
 }

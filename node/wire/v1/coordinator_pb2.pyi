@@ -38,7 +38,7 @@ ROUTE_NOT_HELD: RouteStatus
 ROUTE_IMPLAUSIBLE: RouteStatus
 
 class ConsentRequestBody(_message.Message):
-    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subject_salt", "subject_commitments", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest")
+    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subject_salt", "subject_commitments", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "discovery_commitments")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class ConsentRequestBody(_message.Message):
     CASE_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     requester: str
     request_id: str
     nonce: bytes
@@ -65,7 +66,8 @@ class ConsentRequestBody(_message.Message):
     case_reference: str
     evidence_algorithm: str
     evidence_digest: bytes
-    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subject_salt: _Optional[bytes] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ...) -> None: ...
+    discovery_commitments: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subject_salt: _Optional[bytes] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., discovery_commitments: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class RegisterConsentRequest(_message.Message):
     __slots__ = ("body", "signature")
@@ -200,14 +202,16 @@ class DirectoryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DirectoryBody(_message.Message):
-    __slots__ = ("issued_at_ms", "members", "standards")
+    __slots__ = ("issued_at_ms", "members", "standards", "discovery_epoch_s")
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     STANDARDS_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_EPOCH_S_FIELD_NUMBER: _ClassVar[int]
     issued_at_ms: int
     members: _containers.RepeatedCompositeFieldContainer[SignedAnnouncement]
     standards: _containers.RepeatedCompositeFieldContainer[SignedStandards]
-    def __init__(self, issued_at_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ..., standards: _Optional[_Iterable[_Union[SignedStandards, _Mapping]]] = ...) -> None: ...
+    discovery_epoch_s: int
+    def __init__(self, issued_at_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ..., standards: _Optional[_Iterable[_Union[SignedStandards, _Mapping]]] = ..., discovery_epoch_s: _Optional[int] = ...) -> None: ...
 
 class SignedDirectory(_message.Message):
     __slots__ = ("body", "signature")
@@ -218,14 +222,52 @@ class SignedDirectory(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
 
 class DiscoverRequest(_message.Message):
-    __slots__ = ("consent_id", "request_id", "tokens")
+    __slots__ = ("consent_id", "request_id", "discovery_tokens", "epoch")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     request_id: str
-    tokens: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, consent_id: _Optional[str] = ..., request_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    discovery_tokens: _containers.RepeatedScalarFieldContainer[bytes]
+    epoch: int
+    def __init__(self, consent_id: _Optional[str] = ..., request_id: _Optional[str] = ..., discovery_tokens: _Optional[_Iterable[bytes]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class LocatorBody(_message.Message):
+    __slots__ = ("province", "epoch", "filter_kind", "subject_count", "shard_bits", "shard", "shard_count", "filter", "generation")
+    PROVINCE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    FILTER_KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARD_BITS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    province: str
+    epoch: int
+    filter_kind: str
+    subject_count: int
+    shard_bits: int
+    shard: int
+    shard_count: int
+    filter: bytes
+    generation: int
+    def __init__(self, province: _Optional[str] = ..., epoch: _Optional[int] = ..., filter_kind: _Optional[str] = ..., subject_count: _Optional[int] = ..., shard_bits: _Optional[int] = ..., shard: _Optional[int] = ..., shard_count: _Optional[int] = ..., filter: _Optional[bytes] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class SignedLocator(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: _common_pb2.Signature
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+
+class PublishLocatorResponse(_message.Message):
+    __slots__ = ("complete",)
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    complete: bool
+    def __init__(self, complete: _Optional[bool] = ...) -> None: ...
 
 class ProvinceStatus(_message.Message):
     __slots__ = ("province", "status", "message")
@@ -360,20 +402,22 @@ class RegisterConsentBatchResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ConsentBatchItem, _Mapping]]] = ...) -> None: ...
 
 class HouseholdDiscovery(_message.Message):
-    __slots__ = ("consent_id", "tokens")
+    __slots__ = ("consent_id", "discovery_tokens")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
-    tokens: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, consent_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    discovery_tokens: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, consent_id: _Optional[str] = ..., discovery_tokens: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DiscoverBatchRequest(_message.Message):
-    __slots__ = ("request_id", "households")
+    __slots__ = ("request_id", "households", "epoch")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HOUSEHOLDS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     households: _containers.RepeatedCompositeFieldContainer[HouseholdDiscovery]
-    def __init__(self, request_id: _Optional[str] = ..., households: _Optional[_Iterable[_Union[HouseholdDiscovery, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, request_id: _Optional[str] = ..., households: _Optional[_Iterable[_Union[HouseholdDiscovery, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class HouseholdHolders(_message.Message):
     __slots__ = ("holders", "error_code", "error")

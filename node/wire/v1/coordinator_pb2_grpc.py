@@ -109,6 +109,11 @@ class CoordinatorStub:
                 request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedStandards.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishStandardsResponse.FromString,
                 _registered_method=True)
+        self.PublishLocator = channel.unary_unary(
+                '/hedui.v1.Coordinator/PublishLocator',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedLocator.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishLocatorResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -207,6 +212,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishLocator(self, request, context):
+        """A province lodges one shard of its locator for a discovery epoch (docs/PROTOCOL.md §10.2).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +296,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.PublishStandards,
                     request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedStandards.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishStandardsResponse.SerializeToString,
+            ),
+            'PublishLocator': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishLocator,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedLocator.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishLocatorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -691,6 +708,33 @@ class Coordinator:
             '/hedui.v1.Coordinator/PublishStandards',
             node_dot_wire_dot_v1_dot_coordinator__pb2.SignedStandards.SerializeToString,
             node_dot_wire_dot_v1_dot_coordinator__pb2.PublishStandardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishLocator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/PublishLocator',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.SignedLocator.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.PublishLocatorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,20 +36,22 @@ class SignedHolderSet(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
 
 class OpenRoundRequest(_message.Message):
-    __slots__ = ("consent_id", "round_id", "tokens", "previous", "exclude", "outcome")
+    __slots__ = ("consent_id", "round_id", "discovery_tokens", "epoch", "previous", "exclude", "outcome")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     round_id: str
-    tokens: _containers.RepeatedScalarFieldContainer[bytes]
+    discovery_tokens: _containers.RepeatedScalarFieldContainer[bytes]
+    epoch: int
     previous: SignedHolderSet
     exclude: _containers.RepeatedScalarFieldContainer[str]
     outcome: SignedRoundOutcome
-    def __init__(self, consent_id: _Optional[str] = ..., round_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ..., previous: _Optional[_Union[SignedHolderSet, _Mapping]] = ..., exclude: _Optional[_Iterable[str]] = ..., outcome: _Optional[_Union[SignedRoundOutcome, _Mapping]] = ...) -> None: ...
+    def __init__(self, consent_id: _Optional[str] = ..., round_id: _Optional[str] = ..., discovery_tokens: _Optional[_Iterable[bytes]] = ..., epoch: _Optional[int] = ..., previous: _Optional[_Union[SignedHolderSet, _Mapping]] = ..., exclude: _Optional[_Iterable[str]] = ..., outcome: _Optional[_Union[SignedRoundOutcome, _Mapping]] = ...) -> None: ...
 
 class RoundOutcomeBody(_message.Message):
     __slots__ = ("holder_set_digest", "failed", "issued_at_ms")

@@ -133,20 +133,6 @@ class PossessionProof(_message.Message):
     proof: bytes
     def __init__(self, index: _Optional[int] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
-class HoldsRequest(_message.Message):
-    __slots__ = ("request_id", "tokens")
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_FIELD_NUMBER: _ClassVar[int]
-    request_id: str
-    tokens: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, request_id: _Optional[str] = ..., tokens: _Optional[_Iterable[bytes]] = ...) -> None: ...
-
-class HoldsResponse(_message.Message):
-    __slots__ = ("held",)
-    HELD_FIELD_NUMBER: _ClassVar[int]
-    held: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, held: _Optional[_Iterable[int]] = ...) -> None: ...
-
 class QueryBatch(_message.Message):
     __slots__ = ("queries",)
     QUERIES_FIELD_NUMBER: _ClassVar[int]
@@ -186,7 +172,7 @@ class VerifyBatchResponse(_message.Message):
     def __init__(self, sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ..., possession_proofs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ConsentBody(_message.Message):
-    __slots__ = ("consent_id", "requester", "subject_commitments", "purpose", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "registered_at_ms", "ledger_index", "subject_salt", "ledger_epoch", "request", "request_signature")
+    __slots__ = ("consent_id", "requester", "subject_commitments", "purpose", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "registered_at_ms", "ledger_index", "subject_salt", "ledger_epoch", "request", "request_signature", "discovery_commitments")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +189,7 @@ class ConsentBody(_message.Message):
     LEDGER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     REQUEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     requester: str
     subject_commitments: _containers.RepeatedScalarFieldContainer[bytes]
@@ -219,7 +206,8 @@ class ConsentBody(_message.Message):
     ledger_epoch: bytes
     request: bytes
     request_signature: _common_pb2.Signature
-    def __init__(self, consent_id: _Optional[str] = ..., requester: _Optional[str] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., purpose: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., registered_at_ms: _Optional[int] = ..., ledger_index: _Optional[int] = ..., subject_salt: _Optional[bytes] = ..., ledger_epoch: _Optional[bytes] = ..., request: _Optional[bytes] = ..., request_signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
+    discovery_commitments: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, consent_id: _Optional[str] = ..., requester: _Optional[str] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., purpose: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., registered_at_ms: _Optional[int] = ..., ledger_index: _Optional[int] = ..., subject_salt: _Optional[bytes] = ..., ledger_epoch: _Optional[bytes] = ..., request: _Optional[bytes] = ..., request_signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ..., discovery_commitments: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SignedConsent(_message.Message):
     __slots__ = ("body", "signature")

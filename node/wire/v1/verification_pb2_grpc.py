@@ -39,11 +39,6 @@ class VerificationStub:
                 request_serializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyResponse.FromString,
                 _registered_method=True)
-        self.Holds = channel.unary_unary(
-                '/hedui.v1.Verification/Holds',
-                request_serializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsRequest.SerializeToString,
-                response_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsResponse.FromString,
-                _registered_method=True)
         self.VerifyBatch = channel.unary_unary(
                 '/hedui.v1.Verification/VerifyBatch',
                 request_serializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyBatchRequest.SerializeToString,
@@ -61,15 +56,10 @@ class VerificationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Holds(self, request, context):
-        """Say which discovery tokens this province holds (called by the coordinator).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def VerifyBatch(self, request, context):
-        """Answer a sealed batch of queries (relayed by the coordinator, or sent directly).
+        """(Holds, the coordinator's per-query fan-out of subject tokens, was removed: discovery is
+        answered from the provinces' signed locators, docs/PROTOCOL.md §10.)
+        Answer a sealed batch of queries (relayed by the coordinator, or sent directly).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,11 +72,6 @@ def add_VerificationServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyRequest.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_verification__pb2.VerifyResponse.SerializeToString,
-            ),
-            'Holds': grpc.unary_unary_rpc_method_handler(
-                    servicer.Holds,
-                    request_deserializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsRequest.FromString,
-                    response_serializer=node_dot_wire_dot_v1_dot_verification__pb2.HoldsResponse.SerializeToString,
             ),
             'VerifyBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyBatch,
@@ -121,33 +106,6 @@ class Verification:
             '/hedui.v1.Verification/Verify',
             node_dot_wire_dot_v1_dot_verification__pb2.VerifyRequest.SerializeToString,
             node_dot_wire_dot_v1_dot_verification__pb2.VerifyResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Holds(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/hedui.v1.Verification/Holds',
-            node_dot_wire_dot_v1_dot_verification__pb2.HoldsRequest.SerializeToString,
-            node_dot_wire_dot_v1_dot_verification__pb2.HoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

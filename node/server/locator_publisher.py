@@ -1,0 +1,109 @@
+"""A node's locator: the signed filter of its subjects' discovery tokens it lodges with the coordinator.
+
+For the current and the next discovery epoch, the node builds a sharded fuse filter
+(node.crypto.locator) over the epoch discovery tokens of every subject it holds, signs each
+shard and sends it (PublishLocator). It does so at start, when an epoch begins (the next one is
+then built ahead of time), and after every change to the store: an ingest by `hedui data
+ingest` in another process is seen through the store's data version (node.store.store.ChangeWatch),
+read by the coordinator-link loop every second. Stored tokens never leave the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from node.crypto import discovery, locator, signing
+from node.store.store import Store
+from node.wire.v1 import coordinator_pb2
+
+LOCK_FILE = "locator.lock"
+
+
+def build_shards(store: Store, epoch: int) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """(subject count, shard bits, shards) of the store's locator for one epoch (CPU-bound: run in a thread;
+    the tokens are streamed, only 16 bytes per subject are held while the filters are built)."""
+    count = store.held_count()
+    edts = (discovery.discovery_token(t, epoch) for t in store.held_tokens())
+    bits, shards = locator.build(edts, count)
+    built = sum(n for n, _ in shards)
+    if locator.shard_bits_for(built) != bits:  # the store grew past a shard boundary meanwhile: again
+        return build_shards(store, epoch)
+    return built, bits, shards
+
+
+class LocatorPublisher:
+    """Keeps the coordinator's locators of this province current for this and the next epoch."""
+
+    def __init__(self, province: str, store: Store, signer: Any, log: Any, *,
+                 epoch_s: Callable[[], Awaitable[int]],
+                 send: Callable[[coordinator_pb2.SignedLocator], Awaitable[Any]]) -> None:
+        self.province = province
+        self.store = store
+        self.signer = signer
+        self.log = log
+        self._epoch_s = epoch_s
+        self._send = send
+        self._watch = store.change_watch()
+        # One publisher per node, however many `--workers` processes share the store: the one
+        # holding this lock (another takes over when it exits).
+        self._lock_file = open(store.path.parent / LOCK_FILE, "a+b")  # noqa: SIM115 - held for the process's life
+        self._leader = False
+        self._published: dict[int, int] = {}  # epoch -> store data version it was built from
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self.build: Callable[[Store, int], tuple[int, int, list[tuple[int, bytes]]]] = build_shards
+
+    def close(self) -> None:
+        self._watch.close()
+        self._lock_file.close()
+
+    def _lead(self) -> bool:
+        """Whether this process publishes the node's locators (it holds the lock, or takes it now)."""
+        if not self._leader:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._leader = True
+        return True
+
+    async def republish(self) -> list[int]:
+        """Build and send both epochs' locators again, whether due or not."""
+        async with self._lock:
+            self._published.clear()
+        return await self.run_once()
+
+    async def run_once(self) -> list[int]:
+        """Publish what is due (epochs new or whose store changed); the epochs published."""
+        async with self._lock:
+            if not self._lead():
+                return []
+            epoch_s = await self._epoch_s()
+            if epoch_s < 1:
+                return []  # a coordinator without locator discovery
+            version = self._watch.version()
+            now = discovery.current_epoch(epoch_s)
+            self._published = {e: v for e, v in self._published.items() if e >= now}
+            done = []
+            for epoch in (now, now + 1):
+                if self._published.get(epoch) == version:
+                    continue
+                await self._publish(epoch)
+                self._published[epoch] = version
+                done.append(epoch)
+            return done
+
+    async def _publish(self, epoch: int) -> None:
+        count, bits, shards = await asyncio.to_thread(self.build, self.store, epoch)
+        self._generation = max(int(time.time() * 1000), self._generation + 1)
+        bodies = [coordinator_pb2.LocatorBody(
+            province=self.province, epoch=epoch, filter_kind=locator.FILTER_KIND, subject_count=count,
+            shard_bits=bits, shard=i, shard_count=n, filter=data, generation=self._generation).SerializeToString()
+            for i, (n, data) in enumerate(shards)]
+        for body in bodies:
+            await self._send(coordinator_pb2.SignedLocator(body=body, signature=self.signer.sign(signing.LOCATOR, body)))
+        self.log.info("locator_published", epoch=epoch, subjects=count, shards=len(shards))
