@@ -246,8 +246,9 @@ def test_receipt_in_the_ledger_from_before_binding_is_refused_by_the_coordinator
     finally:
         chain.close()
     with fed.coordinator("51") as coordinator, pytest.raises(PeerRefused) as refused:
+        epoch, tokens = coordinator.discovery_tokens([subject_token(m.linkage_key, WORKER)])
         coordinator.call("Discover", coordinator_pb2.DiscoverRequest(
-            consent_id=consent_id, request_id=uuid.uuid4().hex, tokens=[subject_token(m.linkage_key, WORKER)]))
+            consent_id=consent_id, request_id=uuid.uuid4().hex, discovery_tokens=tokens, epoch=epoch))
     assert refused.value.status == "PERMISSION_DENIED"
     assert "carries no request signed by the requester" in str(refused.value) and "register the consent again" in str(refused.value)
     shown = fed.coordinator("51").show(consent_id)
