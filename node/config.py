@@ -133,7 +133,7 @@ def _text(value: Any, key: str) -> str | None:
 
 
 def _resolve(base: Path, value: Any, key: str) -> Path:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\0" in value:  # no file name holds a NUL (found by fuzzing)
         raise ConfigError(f"config key {key} must be a path")
     p = Path(value)
     return p if p.is_absolute() else (base / p).resolve()

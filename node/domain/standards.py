@@ -266,6 +266,8 @@ def evaluate(standard: Standard, members: int, totals: Mapping[str, int], *, com
     """
     if type(members) is not int or members < 1:
         raise BadInput("a household has at least one member")
+    if not isinstance(totals, Mapping):  # e.g. a decision record's "totals" that is not a JSON object (found by fuzzing)
+        raise BadInput("household totals must map each measure to its total")
     region = standard.region if region is None else region
     if standard.region not in fallback_regions(region):
         raise BadInput(f"standard of region {standard.region} does not apply to region {region}")

@@ -19,7 +19,12 @@ from google.protobuf.message import DecodeError, Message
 
 from node import config as config_mod
 from node import files
+from node.cli.answer_cmd import load_answer_file
+from node.client import decision_record as decision_record_mod
 from node.client.batch import read_consents, read_households
+from node.client.household import check_contribution
+from node.client.query import check_answer
+from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import ANNOUNCEMENT, verify_announcement, verify_directory
 from node.coordinator.standards import verify_standards
 from node.crypto import pki, revocation, sealing, signing
@@ -246,6 +251,53 @@ def locked_batch(data: bytes) -> None:
             continue
 
 
+# -- what a requester takes back, and the evidence files it keeps --------------------------------
+
+def answer(data: bytes) -> None:
+    """A holder's answer body, checked by the requester against the query it sent."""
+    w = world()
+    signed = verification_pb2.SignedAnswer(body=data, signature=_by(HOLDER, signing.ANSWER, data))
+    sent = w.sent_query
+    check_answer(signed, verification_pb2.QueryBody.FromString(sent), sent, w.holder.verifier, expect_province=HOLDER)
+
+
+def contribution(data: bytes) -> None:
+    """A holder's contribution to a household round, checked by the requester."""
+    w = world()
+    signed = household_pb2.SignedContribution(body=data, signature=_by(HOLDER, signing.CONTRIBUTION, data))
+    check_contribution(signed, w.holder.verifier, holder_set=w.holder_set, requester=REQUESTER, province=HOLDER,
+                       measures=["financial_assets", "income_monthly"])
+
+
+def answer_file(data: bytes) -> None:
+    """A saved answer file (`hedui answer verify`): every (query, answer) pair it holds is checked."""
+    w = world()
+    for query_bytes, raw in load_answer_file(_file("answer.json", data)):
+        q, a = _wire(verification_pb2.QueryBody, query_bytes), _wire(verification_pb2.SignedAnswer, raw)
+        if q is not None and a is not None:
+            check_answer(a, q, query_bytes, w.holder.verifier)
+
+
+def decision_record(data: bytes) -> None:
+    """A household decision record (`hedui household verify`), checked offline."""
+    decision_record_mod.verify_record(files.parse_json(data), world().holder.verifier)
+
+
+def results_line(data: bytes) -> None:
+    """One line of `household check-batch` results (`hedui household verify RESULTS.jsonl`)."""
+    decision_record_mod.check_line(files.parse_json(data), world().holder.verifier)
+
+
+# -- what the coordinator takes from provinces ----------------------------------------------------
+
+def consent_request(data: bytes) -> None:
+    """A requester's consent request body as the coordinator registers it (RegisterConsent)."""
+    w = world()
+    request = coordinator_pb2.RegisterConsentRequest(
+        body=data, signature=_by(REQUESTER, CONSENT_REQUEST_DOMAIN, data))
+    w.registry.register(REQUESTER, request)
+
+
 def audit_refusal(data: bytes) -> None:
     """The audit record of a refused query, made from its raw (unauthenticated) body."""
     audit.refusal(ErrorCode.MALFORMED, query=data, requester=REQUESTER)
@@ -287,6 +339,13 @@ TARGETS: dict[str, Target] = {
     "sealed_query": Target(sealed_query),
     "locked_query": Target(locked_query),
     "locked_batch": Target(locked_batch),
+    "answer": Target(answer),
+    "contribution": Target(contribution),
+    # files.parse_json raises ValueError for text that is not JSON: `household verify` reports it as such.
+    "answer_file": Target(answer_file),
+    "decision_record": Target(decision_record, (ValueError,)),
+    "results_line": Target(results_line, (ValueError,)),
+    "consent_request": Target(consent_request),
     # The servicer records a refusal without the query's fields when audit.refusal raises ValueError.
     "audit_refusal": Target(audit_refusal, (ValueError,)),
 }

@@ -86,7 +86,7 @@ def _holder_set(**kw: object) -> household_pb2.HolderSetBody:
     return household_pb2.HolderSetBody(**fields)  # type: ignore[arg-type]
 
 
-def _contribution(measures: Iterable[str] = ("financial_assets", "income_monthly")) -> household_pb2.ContributionQueryBody:
+def contribution_seed(measures: Iterable[str] = ("financial_assets", "income_monthly")) -> household_pb2.ContributionQueryBody:
     w = world()
     hs = _holder_set().SerializeToString()
     return household_pb2.ContributionQueryBody(
@@ -117,6 +117,58 @@ def _no_comments(text: str) -> bytes:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")).encode("utf-8") + b"\n"
 
 
+def _answer_seeds() -> tuple[bytes, bytes, bytes]:
+    """(answer body, answer file, contribution body) the holder's own services make for the seed queries."""
+    w = world()
+    sent = query_body()
+    raw = sent.SerializeToString()
+    decided = w.verification.decide(verification_pb2.SignedQuery(body=raw, signature=_sign(REQUESTER, signing.QUERY, raw)),
+                                    REQUESTER)
+    answer_body = decided.answer.SerializeToString()
+    signed_answer = verification_pb2.SignedAnswer(body=answer_body, signature=_sign(HOLDER, signing.ANSWER, answer_body))
+    answer_file = json.dumps({"format": "hedui-answer/v1", "request_id": sent.request_id, "answers": [
+        {"province": HOLDER, "query": base64.b64encode(raw).decode(),
+         "answer": base64.b64encode(signed_answer.SerializeToString()).decode()}]}, indent=1).encode()
+    cq = contribution_seed().SerializeToString()
+    made = w.household.contribute(household_pb2.SignedContributionQuery(
+        body=cq, signature=_sign(REQUESTER, signing.CONTRIBUTION_QUERY, cq)), REQUESTER, w.mask_publics)
+    return answer_body, answer_file, made.body.SerializeToString()
+
+
+def _record_seeds(contribution_body: bytes) -> tuple[bytes, bytes]:
+    """A household decision record (as `household check` writes it) and its check-batch results line."""
+    from node.client import decision_record as dr
+
+    w = world()
+    holder_set = contribution_seed().holder_set
+    signed = household_pb2.SignedContribution(body=contribution_body, signature=_sign(HOLDER, signing.CONTRIBUTION,
+                                                                                       contribution_body))
+    doc = _standards_doc()
+    standard = coordinator_pb2.SignedStandards(body=doc, signature=_sign(REQUESTER, signing.STANDARDS, doc))
+    parsed = standards.from_canonical(doc, w.holder.catalogue, w.holder.policy)
+    entry = parsed.find("510100", "dibao", "2026-11")
+    measures = sorted(entry.measures)
+    totals = {m: 0 for m in measures}
+    decision = standards.evaluate(entry, 2, totals, complete=False, region="510100", period="2026-11").to_json()
+    body = dr.record_body(requester=REQUESTER, consent_id="c-fuzz-0001", purpose="dibao", region="510100",
+                          period="2026-11", members=2, measures=measures, decision=decision,
+                          routing={HOLDER: "answered", REQUESTER: "own"}, missing=[], as_of=("2026-09-30", "2026-10-31"),
+                          holder_set=holder_set, contributions=[signed], standard=standard, decided_at_ms=NOW_MS)
+    record = dr.signed_record(body, _sign(REQUESTER, signing.HOUSEHOLD_DECISION, dr.canonical(body)))
+    line = {"household": "h1", **decision, "routing": body["routing"], "missing": [], "as_of": body["as_of"],
+            "consent_id": "c-fuzz-0001", "round_id": "round-fuzz-0001", "record": record}
+    return json.dumps(record).encode(), json.dumps(line).encode()
+
+
+def _consent_request() -> bytes:
+    w = world()
+    return coordinator_pb2.ConsentRequestBody(
+        requester=REQUESTER, request_id="creq-fuzz-0001", nonce=bytes(range(16)), issued_at_ms=NOW_MS, purpose="dibao",
+        subject_salt=SALT, subject_commitments=[commitment(SALT, w.token(i)) for i in (WORKER, SPOUSE)],
+        scopes=["deposit", "income"], not_before_ms=NOW_MS - 60_000, not_after_ms=NOW_MS + 30 * 86_400_000,
+        case_reference="case-2026-11", evidence_algorithm="sha256", evidence_digest=bytes(32)).SerializeToString()
+
+
 def seeds() -> dict[str, list[bytes]]:
     """Target name -> its seed inputs."""
     w = world()
@@ -144,7 +196,15 @@ def seeds() -> dict[str, list[bytes]]:
     q1 = query_body()
     q2 = query_body("req-fuzz-0002", [("real_estate.count", common_pb2.EQ, 0)], ids=(WORKER, SPOUSE))
     l1, l2 = _locked(q1, [WORKER]), _locked(q2, [WORKER, SPOUSE])
+    answer_body, answer_file, contribution_body = _answer_seeds()
+    record, line = _record_seeds(contribution_body)
     return {
+        "answer": [answer_body],
+        "contribution": [contribution_body],
+        "answer_file": [answer_file],
+        "decision_record": [record],
+        "results_line": [line],
+        "consent_request": [_consent_request()],
         "check_expression": [b"deposit.balance_total<=2000000", b"income.wage_monthly>100000", b"real_estate.count==0",
                              b"vehicle.count != 1", b"securities.value_total>=0"],
         "standards_toml": [standards_document().encode("utf-8"),
@@ -173,7 +233,7 @@ def seeds() -> dict[str, list[bytes]]:
         "holder_set": [_holder_set().SerializeToString(), _holder_set(missing=["33"], holders=["33", "44", "51"],
                                                                       previous_round_id="round-fuzz-0000").SerializeToString()],
         "query": [q1.SerializeToString(), q2.SerializeToString()],
-        "contribution_query": [_contribution().SerializeToString(), _contribution(["income_monthly"]).SerializeToString()],
+        "contribution_query": [contribution_seed().SerializeToString(), contribution_seed(["income_monthly"]).SerializeToString()],
         "sealed_query": [sealing.seal(l1.SerializeToString(), kind=sealing.QUERY, recipient=province_uri(HOLDER),
                                       public_key=masks.public_bytes(w.seal_keys[HOLDER])).SerializeToString()],
         "locked_query": [l1.SerializeToString(), l2.SerializeToString()],

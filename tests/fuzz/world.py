@@ -9,7 +9,6 @@ import hashlib
 import itertools
 import tempfile
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from node.crypto import masks, pki, signing, tokens
 from node.domain import idnumber
 from node.domain.regions import province_uri
+from node.coordinator.consents import ConsentRegistry
 from node.member import Member
 from node.service.consent import ReceiptGate, RevocationView
 from node.service.household import HouseholdService
 from node.service.possession import Unlocker
 from node.service.verification import VerificationService
+from node.store import ledger
 from node.store.store import Store
+from node.wire.v1 import household_pb2
 
 #: The harnesses' clock (seconds): seeds carry issue and validity times around it (2026-11-18).
 NOW_S = 1_795_000_000.0
@@ -84,6 +86,10 @@ class World:
     gate: ReceiptGate
     seal_keys: dict[str, x25519.X25519PrivateKey]
     mask_publics: dict[str, bytes]
+    registry: ConsentRegistry
+    #: What the requester sent, for the targets that check what comes back (set by `seeded`).
+    sent_query: bytes = b""
+    holder_set: household_pb2.SignedHolderSet = dataclasses.field(default_factory=household_pb2.SignedHolderSet)
 
     @property
     def holder(self) -> Member:
@@ -102,9 +108,14 @@ class World:
         return self.root / "inputs" / name
 
 
-@cache
+_world: World | None = None
+
+
 def world() -> World:
     """Build the federation once per process in a temporary folder (removed at exit)."""
+    global _world
+    if _world is not None:
+        return _world
     from node.testing.cluster import build_federation
 
     holder = tempfile.TemporaryDirectory(prefix="hedui-fuzz-")
@@ -126,6 +137,10 @@ def world() -> World:
     common: dict[str, Any] = dict(province=HOLDER, store=store, catalogue=m.catalogue, policy=m.policy,
                                   verifier=m.verifier, limits=m.cfg.limits, consent=gate, replay=AcceptAll(),
                                   clock=lambda: NOW_S)
+    coordinator = members["coordinator"]
+    registry = ConsentRegistry(ledger.open_ledger(root / "ledger"), signer=coordinator.signer,
+                               verifier=coordinator.verifier, catalogue=coordinator.catalogue,
+                               policy=coordinator.policy, replay=AcceptAll(), clock=lambda: NOW_S)
     w = World(
         root=root, members=members, store=store, ingest_store=ingest_store,
         verification=VerificationService(**common),
@@ -134,6 +149,12 @@ def world() -> World:
         gate=gate, seal_keys=seal_keys,
         mask_publics={code: masks.public_bytes(masks.mask_key_from_seal_key(k)) for code, k in seal_keys.items()
                       if code != "coordinator"},
+        registry=registry,
     )
     w._holder = holder  # type: ignore[attr-defined]  # keeps the folder until the process ends
+    _world = w
+    from tests.fuzz.seeds import contribution_seed, query_body  # the seeds are made in this world
+
+    w.sent_query = query_body().SerializeToString()
+    w.holder_set = contribution_seed().holder_set
     return w
