@@ -120,8 +120,8 @@ def _no_comments(text: str) -> bytes:
 def _answer_seeds() -> tuple[bytes, bytes, bytes]:
     """(answer body, answer file, contribution body) the holder's own services make for the seed queries."""
     w = world()
-    sent = query_body()
-    raw = sent.SerializeToString()
+    raw = w.sent_query
+    sent = verification_pb2.QueryBody.FromString(raw)
     decided = w.verification.decide(verification_pb2.SignedQuery(body=raw, signature=_sign(REQUESTER, signing.QUERY, raw)),
                                     REQUESTER)
     answer_body = decided.answer.SerializeToString()
@@ -243,6 +243,9 @@ def seeds() -> dict[str, list[bytes]]:
 
 
 def main(argv: list[str]) -> int:
+    from tests.fuzz.world import SENT_QUERY
+
+    SENT_QUERY.write_bytes(world().sent_query)
     made = seeds()
     missing = set(TARGETS) - set(made)
     if missing:

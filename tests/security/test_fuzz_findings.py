@@ -7,6 +7,7 @@ subprocess, against the fuzz world's real PKI (the record is signed by its membe
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -51,3 +52,36 @@ def test_results_line_whose_totals_are_not_an_object_is_invalid(tmp_path: Path) 
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "household totals must map each measure" in proc.stdout
+
+
+def _answer_file(tmp_path: Path, answer_body: bytes, query_body: bytes | None = None) -> Path:
+    """A `hedui-answer/v1` file holding `answer_body` signed by the fuzz world's holder (44)."""
+    from node.crypto import signing
+    from node.wire.v1 import verification_pb2
+
+    w = world()
+    signed = verification_pb2.SignedAnswer(body=answer_body, signature=w.signer("44").sign(signing.ANSWER, answer_body))
+    path = tmp_path / "answer.json"
+    path.write_text(json.dumps({"format": "hedui-answer/v1", "answers": [{
+        "province": "44", "query": base64.b64encode(query_body or w.sent_query).decode(),
+        "answer": base64.b64encode(signed.SerializeToString()).decode()}]}), encoding="utf-8")
+    return path
+
+
+def test_answer_with_an_unknown_outcome_is_invalid_not_a_crash(tmp_path: Path) -> None:
+    """`answer verify` of a holder-signed answer whose result carries an outcome outside the enum says INVALID (exit 1)."""
+    body = (REGRESSIONS / "answer" / "unknown-outcome").read_bytes()
+    proc = hedui("answer", "verify", "--pki", world().root / "pki", _answer_file(tmp_path, body), "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["answers"][0]["problem"] == "answer has a result with an unknown outcome"
+
+
+def test_saved_query_with_an_unknown_comparator_is_invalid_not_a_crash(tmp_path: Path) -> None:
+    """`answer verify` of a file whose saved query has a comparator outside the enum reports it invalid (exit 1)."""
+    path = tmp_path / "answer.json"
+    path.write_bytes((REGRESSIONS / "answer_file" / "unknown-comparator-in-saved-query").read_bytes())
+    proc = hedui("answer", "verify", "--pki", world().root / "pki", path, "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout)["answers"][0]["valid"] is False
