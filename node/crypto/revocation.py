@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -130,7 +131,11 @@ def _load(data: bytes) -> x509.CertificateRevocationList:
 
 def _verified(data: bytes, anchor: TrustAnchor) -> x509.CertificateRevocationList:
     crl = _load(data)
-    if crl.issuer != anchor.ca_cert.subject or not crl.is_signature_valid(anchor.ca_cert.public_key()):  # type: ignore[arg-type]
+    try:  # the issuer name and the signature are parsed only now: a malformed one is refused, not raised (found by fuzzing)
+        signed = crl.issuer == anchor.ca_cert.subject and crl.is_signature_valid(anchor.ca_cert.public_key())  # type: ignore[arg-type]
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertificateRejected("revocation list does not parse") from None
+    if not signed:
         raise CertificateRejected("revocation list not signed by the federation CA")
     return crl
 

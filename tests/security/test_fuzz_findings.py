@@ -8,6 +8,7 @@ subprocess, against the fuzz world's real PKI (the record is signed by its membe
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -85,3 +86,55 @@ def test_saved_query_with_an_unknown_comparator_is_invalid_not_a_crash(tmp_path:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads(proc.stdout)["answers"][0]["valid"] is False
+
+
+def _one(target: str) -> bytes:
+    (path,) = sorted((REGRESSIONS / target).glob("crash-*"))[:1]
+    return path.read_bytes()
+
+
+def test_query_signed_with_a_certificate_of_bad_version_is_unauthenticated(planted: dict[str, Path]) -> None:
+    """A query whose signature carries a certificate with an out-of-range version is refused UNAUTHENTICATED, not INTERNAL."""
+    import grpc
+
+    from node.client.query import prepare, sign_query
+    from node.testing import run_cluster
+    from node.wire.v1 import verification_pb2, verification_pb2_grpc
+    from tests.conftest import WORKER
+
+    certificate = _one("signing_cert")
+    with run_cluster(["44", "51"], data=planted) as fed:
+        m = fed.member("51")
+        receipt = fed.grant("51", [WORKER], "dibao").receipt
+        prepared = prepare(requester="51", linkage_key=m.linkage_key, ids=[WORKER], purpose="dibao",
+                           checks=["deposit.balance_total<=2000000"], catalogue=m.catalogue, policy=m.policy)
+        query = sign_query(m.signer, prepared.body(consent=receipt))
+        query.signature.certificate = certificate
+        query.signature.key_id = hashlib.sha256(certificate).digest()
+        creds = grpc.ssl_channel_credentials(root_certificates=(fed.pki / "ca.pem").read_bytes(),
+                                             private_key=m.cfg.tls_key.read_bytes(),
+                                             certificate_chain=m.cfg.tls_cert.read_bytes())
+        with grpc.secure_channel(fed.addresses["44"], creds) as ch:
+            try:
+                verification_pb2_grpc.VerificationStub(ch).Verify(verification_pb2.VerifyRequest(signed=query), timeout=10)
+                raise AssertionError("the query was answered")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err.details()
+                assert "malformed certificate" in (err.details() or "")
+
+
+def test_crl_with_a_malformed_issuer_is_rejected_and_the_accepted_one_kept(tmp_path: Path) -> None:
+    """A CRL whose issuer name does not parse is CertificateRejected by CrlFile.accept; the CRL in force stays."""
+    import pytest
+
+    from node.crypto import pki, revocation
+
+    w = world()
+    state = tmp_path / "crl-state.json"
+    crl = revocation.CrlFile(tmp_path / "crl.pem", pki.TrustAnchor.load(w.holder.cfg.ca_cert), state_path=state)
+    good = (REGRESSIONS.parent / "corpus" / "crl" / "seed-1").read_bytes()
+    assert crl.accept(good) == 2
+    with pytest.raises(revocation.CertificateRejected, match="revocation list does not parse"):
+        crl.accept(_one("crl"))
+    assert crl.number >= 1
+    assert crl.anchor.revoked_serials == frozenset({4242, 77})
