@@ -143,7 +143,7 @@ def load(path: Path | str) -> MemberConfig:
     """Read a config file written by `hedui node init` or `hedui coordinator init`."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = files.parse_toml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from node import files
 from node.domain.catalogue import Catalogue, UnknownMeasure
 from node.domain.policy import Policy, UnknownPurpose
 from node.domain.regions import is_province
@@ -349,7 +350,7 @@ def parse_standards(text: str | bytes, catalogue: Catalogue, policy: Policy, *, 
         except UnicodeDecodeError:
             raise StandardsError(f"{source}: not UTF-8 text") from None
     try:
-        raw = tomllib.loads(text)
+        raw = files.parse_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise StandardsError(f"{source}: not valid TOML: {exc}") from None
     doc = _document(raw, catalogue, policy, source)

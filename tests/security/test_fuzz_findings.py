@@ -138,3 +138,34 @@ def test_crl_with_a_malformed_issuer_is_rejected_and_the_accepted_one_kept(tmp_p
         crl.accept(_one("crl"))
     assert crl.number >= 1
     assert crl.anchor.revoked_serials == frozenset({4242, 77})
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_consents_file_with_a_field_past_the_csv_limit_is_bad_input(tmp_path: Path) -> None:
+    """`verify-batch` given a consents file with a field longer than csv's limit exits 2 with one line, no csv.Error traceback."""
+    from tests.fuzz.world import WORKER
+
+    households = tmp_path / "households.csv"
+    households.write_text(f"household,id_number\nh,{WORKER}\n", encoding="utf-8")
+    consents = tmp_path / "consents.csv"
+    consents.write_bytes((REGRESSIONS / "consents_csv" / "field-past-csv-limit").read_bytes())
+    proc = hedui("verify-batch", "--config", world().members["51"].cfg.path, "--in", households, "--consents", consents,
+                 "--purpose", "dibao", "--check", "deposit.balance_total<=2000000", "--out", tmp_path / "out.jsonl")
+    assert "not a consents file" in _one_line_exit_2(proc)
+
+
+def test_toml_with_an_integer_of_5000_digits_is_not_valid_toml(tmp_path: Path) -> None:
+    """A config file or standards document with an integer past Python's digit limit is refused as bad TOML (exit 2)."""
+    config = tmp_path / "node.toml"
+    config.write_bytes((REGRESSIONS / "member_config" / "integer-of-5000-digits").read_bytes())
+    assert "more digits than any setting can use" in _one_line_exit_2(hedui("node", "status", "--config", config))
+    document = tmp_path / "standards.toml"
+    document.write_bytes((REGRESSIONS / "standards_toml" / "integer-of-5000-digits").read_bytes())
+    line = _one_line_exit_2(hedui("standards", "publish", "--config", world().members["51"].cfg.path, document))
+    assert "not valid TOML" in line
