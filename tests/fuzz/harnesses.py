@@ -10,6 +10,7 @@ the service does after the signature verifies (a forged signature is the `signat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import ANNOUNCEMENT, verify_announcement, verify_directory
 from node.coordinator.standards import verify_standards
 from node.crypto import pki, revocation, sealing, signing
-from node.domain import predicate, standards
+from node.domain import freetext, idnumber, predicate, standards
 from node.domain.catalogue import load_catalogue
 from node.domain.policy import load_policy
 from node.domain.regions import province_uri
@@ -112,6 +113,22 @@ def households_csv(data: bytes) -> None:
 
 def consents_csv(data: bytes) -> None:
     read_consents(_file("consents.csv", data))
+
+
+def id_number(data: bytes) -> None:
+    """An ID number as typed on the command line, in a CSV cell or a web form; then the text scans for one."""
+    text = _text(data)
+    with contextlib.suppress(idnumber.InvalidIdNumber):
+        idnumber.validate(text, today=TODAY)
+    idnumber.redact(text)
+    idnumber.contains_id_number(text)
+
+
+def free_text(data: bytes) -> None:
+    """A case reference (stored in the ledger, sent in every query) and the echo of a value in an error."""
+    text = _text(data)
+    freetext.show(text)
+    freetext.case_reference(text)
 
 
 def evidence_json(data: bytes) -> None:
@@ -322,6 +339,8 @@ TARGETS: dict[str, Target] = {
     "catalogue_toml": Target(catalogue_toml),
     "policy_toml": Target(policy_toml),
     "households_csv": Target(households_csv),
+    "id_number": Target(id_number),
+    "free_text": Target(free_text),
     "consents_csv": Target(consents_csv),
     # node.files.parse_json raises ValueError (json's own) for text that is not JSON; its callers catch it.
     "evidence_json": Target(evidence_json, (ValueError,)),
