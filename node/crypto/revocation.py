@@ -53,7 +53,7 @@ def read_crl(path: Path) -> x509.CertificateRevocationList | None:
         return x509.load_pem_x509_crl(path.read_bytes())
     except FileNotFoundError:
         return None
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise PkiError(f"{path} is not a CRL") from None
 
 
@@ -122,10 +122,14 @@ def _read_state(state_path: Path, crl_path: Path) -> bytes | None:
                        "and remove it") from None
 
 
+#: What cryptography raises for a hostile CRL, at load or when a part is first read (InvalidVersion is no ValueError).
+_PARSE_ERRORS: Final = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
+
+
 def _load(data: bytes) -> x509.CertificateRevocationList:
     try:
         return x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
-    except ValueError:
+    except _PARSE_ERRORS:
         raise CertificateRejected("revocation list does not parse") from None
 
 
@@ -133,7 +137,7 @@ def _verified(data: bytes, anchor: TrustAnchor) -> x509.CertificateRevocationLis
     crl = _load(data)
     try:  # the issuer name and the signature are parsed only now: a malformed one is refused, not raised (found by fuzzing)
         signed = crl.issuer == anchor.ca_cert.subject and crl.is_signature_valid(anchor.ca_cert.public_key())  # type: ignore[arg-type]
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except _PARSE_ERRORS:
         raise CertificateRejected("revocation list does not parse") from None
     if not signed:
         raise CertificateRejected("revocation list not signed by the federation CA")

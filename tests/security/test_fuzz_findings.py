@@ -169,3 +169,16 @@ def test_toml_with_an_integer_of_5000_digits_is_not_valid_toml(tmp_path: Path) -
     document.write_bytes((REGRESSIONS / "standards_toml" / "integer-of-5000-digits").read_bytes())
     line = _one_line_exit_2(hedui("standards", "publish", "--config", world().members["51"].cfg.path, document))
     assert "not valid TOML" in line
+
+
+def test_crl_with_a_bad_version_is_rejected(tmp_path: Path) -> None:
+    """A CRL whose version field is out of range is CertificateRejected (not x509.InvalidVersion) by CrlFile.accept."""
+    import pytest
+
+    from node.crypto import pki, revocation
+
+    crl = revocation.CrlFile(tmp_path / "crl.pem", pki.TrustAnchor.load(world().holder.cfg.ca_cert),
+                             state_path=tmp_path / "crl-state.json")
+    bad = [p for p in sorted((REGRESSIONS / "crl").glob("crash-*")) if p.name.startswith("crash-0995")]
+    with pytest.raises(revocation.CertificateRejected, match="revocation list does not parse"):
+        crl.accept(bad[0].read_bytes())
