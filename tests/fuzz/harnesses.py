@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -129,6 +130,15 @@ def free_text(data: bytes) -> None:
     text = _text(data)
     freetext.show(text)
     freetext.case_reference(text)
+
+
+def web_case_form(data: bytes) -> None:
+    """A case form posted to the web app (urlencoded fields), validated by node.web.cases.parse_case."""
+    from node.web.cases import FormErrors, parse_case
+
+    fields = dict(urllib.parse.parse_qsl(_text(data), keep_blank_values=True))
+    with contextlib.suppress(FormErrors):  # the page shows each problem next to its field
+        parse_case(fields, province=REQUESTER, purposes=tuple(world().holder.policy.purposes))
 
 
 def evidence_json(data: bytes) -> None:
@@ -341,6 +351,7 @@ TARGETS: dict[str, Target] = {
     "households_csv": Target(households_csv),
     "id_number": Target(id_number),
     "free_text": Target(free_text),
+    "web_case_form": Target(web_case_form),
     "consents_csv": Target(consents_csv),
     # node.files.parse_json raises ValueError (json's own) for text that is not JSON; its callers catch it.
     "evidence_json": Target(evidence_json, (ValueError,)),

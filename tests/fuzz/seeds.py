@@ -222,6 +222,8 @@ def seeds() -> dict[str, list[bytes]]:
         "id_number": [WORKER.encode(), SPOUSE.lower().encode(), f" {WORKER[:6]} {WORKER[6:14]} {WORKER[14:]} ".encode(),
                       f"call {WORKER} now".encode()],
         "free_text": [b"case-2026-11", b"SC/2026/chengdu.17"],
+        "web_case_form": [f"region=510104&purpose=dibao&applicant=Zhang+Wei&notes=&id_1={WORKER}&wage_1=5%2C678.00"
+                          f"&deposit_1=&id_2={SPOUSE}&wage_2=&deposit_2=1500&consent_days=30".encode()],
         "evidence_json": [json.dumps({"format": "hedui-answer/v1", "query": "AAEC", "answers": [{"a": [1, 2]}]}).encode()],
         "crl": [crl_pem, revocation.der_and_digest(pki_dir / "crl.pem")[0]],
         "signing_cert": [sign_der],
