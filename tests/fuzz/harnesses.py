@@ -16,6 +16,7 @@ import shutil
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf.message import DecodeError, Message
 
@@ -62,7 +63,8 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-def _file(name: str, data: bytes):  # noqa: ANN202 - a Path
+def _file(name: str, data: bytes) -> Path:
+    """`data` as the file `name` in the fuzz world's inputs folder (rewritten for every input)."""
     path = world().tmp(name)
     path.write_bytes(data)
     return path
