@@ -46,7 +46,7 @@ def test_seeds_reach_past_signatures() -> None:
 def test_bounded_fuzz_run_finds_nothing(tmp_path: Path) -> None:
     """A short coverage-guided run over all targets (every committed input first, then mutations) breaks no contract."""
     pytest.importorskip("atheris")
-    budget = os.environ.get("HEDUI_FUZZ_SECONDS", "20")
+    budget = os.environ.get("HEDUI_FUZZ_SECONDS", "15")
     proc = subprocess.run(
         [sys.executable, "-m", "tests.fuzz.run", "all", "--save", str(tmp_path), f"-max_total_time={budget}",
          "-runs=200000", "-print_final_stats=0"],
@@ -56,3 +56,12 @@ def test_bounded_fuzz_run_finds_nothing(tmp_path: Path) -> None:
     findings = [line for line in lines if line.startswith("FUZZ FINDING")]
     assert proc.returncode == 0 and not findings, "\n".join(findings + lines[-40:])
     assert "Done" in proc.stderr
+
+
+def test_structured_passes_find_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Type-confused JSON/TOML seeds and edge-valued protobuf fields (tests/fuzz/structured.py) break no contract."""
+    from tests.fuzz import structured
+
+    status = structured.main(["--save", str(tmp_path)])
+    findings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("FUZZ FINDING")]
+    assert status == 0 and not findings, "\n".join(findings)
