@@ -157,7 +157,7 @@ def _text(value: Any, key: str) -> str | None:
 
 
 def _resolve(base: Path, value: Any, key: str) -> Path:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\0" in value:  # no file name holds a NUL (found by fuzzing)
         raise ConfigError(f"config key {key} must be a path")
     p = Path(value)
     return p if p.is_absolute() else (base / p).resolve()
@@ -201,7 +201,7 @@ def load(path: Path | str) -> MemberConfig:
     """Read a config file written by `hedui node init` or `hedui coordinator init`."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = files.parse_toml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

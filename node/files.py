@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import stat
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
@@ -123,6 +124,20 @@ def sha256_of(path: Path, *, max_bytes: int, what: str = "file") -> bytes:
                 raise too_big
             digest.update(chunk)
     return digest.digest()
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """tomllib.loads for untrusted input: every failure is a tomllib.TOMLDecodeError.
+
+    tomllib parses an integer literal with int(), which raises a plain ValueError for one longer
+    than Python's 4300-digit limit (found by fuzzing); callers catch TOMLDecodeError only.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:
+        raise tomllib.TOMLDecodeError("an integer has more digits than any setting can use") from None
 
 
 def parse_json(text: str | bytes) -> Any:

@@ -408,5 +408,5 @@ def read_consents(path: Path) -> dict[str, verification_pb2.SignedConsent]:
                     for row in reader}
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
-    except (ValueError, KeyError, TypeError, DecodeError):
+    except (ValueError, KeyError, TypeError, DecodeError, csv.Error):  # csv.Error: e.g. a field past csv's size limit (fuzzing)
         raise BadInput(f"{path}: not a consents file written by `hedui consent grant-batch`") from None

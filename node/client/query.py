@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from google.protobuf.message import DecodeError
 
@@ -214,14 +215,16 @@ def check_answer(
             problem = "answer is bound to another query"
         elif len(body.results) != len(query.subjects) * len(query.checks):
             problem = "answer does not cover every subject and check"
+        elif any(r.outcome not in _OUTCOMES for r in body.results):
+            problem = "answer has a result with an unknown outcome"
     except (SignatureInvalid, CertificateRejected) as exc:
         problem = str(exc)
-    checks = [f"{c.attribute}{_SYMBOL[c.op]}{c.operand}" for c in query.checks]
+    checks = [f"{c.attribute}{_SYMBOL.get(c.op, '?')}{c.operand}" for c in query.checks]  # a saved query is outside bytes
     rows = tuple(
         ResultRow(
             subject=r.subject,
             check=checks[r.check] if r.check < len(checks) else "?",
-            outcome=common_pb2.Outcome.Name(r.outcome),
+            outcome=common_pb2.Outcome.Name(r.outcome) if r.outcome in _OUTCOMES else "?",
             as_of=r.as_of or None,
         )
         for r in body.results
@@ -229,4 +232,6 @@ def check_answer(
     return Answer(province, problem is None, rows, signed, problem)
 
 
+#: The outcomes an answer may carry: another value (a newer or a broken holder) makes the answer invalid, not a crash.
+_OUTCOMES: Final[frozenset[int]] = frozenset(common_pb2.Outcome.values())
 _SYMBOL = {common_pb2.LT: "<", common_pb2.LE: "<=", common_pb2.EQ: "==", common_pb2.NE: "!=", common_pb2.GE: ">=", common_pb2.GT: ">"}

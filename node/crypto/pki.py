@@ -74,6 +74,7 @@ _PARSE_ERRORS: Final = (
     UnsupportedAlgorithm,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
+    x509.InvalidVersion,  # not a ValueError: raised by the loaders for a version field out of range (found by fuzzing)
 )
 
 
@@ -680,7 +681,7 @@ class TrustAnchor:
     def _check_signing(self, der: bytes, fingerprint: bytes) -> _Checked:
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError:
+        except _PARSE_ERRORS:
             raise CertificateRejected("malformed certificate") from None
         self._check_issuer(cert)
         try:
@@ -714,7 +715,7 @@ class TrustAnchor:
     def _check_tls(self, pem_or_der: bytes) -> _Checked:
         try:
             cert = _parse_cert(pem_or_der)
-        except ValueError:
+        except _PARSE_ERRORS:
             raise CertificateRejected("malformed certificate") from None
         self._check_issuer(cert)
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -53,7 +54,7 @@ def read_crl(path: Path) -> x509.CertificateRevocationList | None:
         return x509.load_pem_x509_crl(path.read_bytes())
     except FileNotFoundError:
         return None
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise PkiError(f"{path} is not a CRL") from None
 
 
@@ -140,16 +141,24 @@ def _read_state(state_path: Path, crl_path: Path) -> bytes | None:
                        "and remove it") from None
 
 
+#: What cryptography raises for a hostile CRL, at load or when a part is first read (InvalidVersion is no ValueError).
+_PARSE_ERRORS: Final = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion)
+
+
 def _load(data: bytes) -> x509.CertificateRevocationList:
     try:
         return x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
-    except ValueError:
+    except _PARSE_ERRORS:
         raise CertificateRejected("revocation list does not parse") from None
 
 
 def _verified(data: bytes, anchor: TrustAnchor) -> x509.CertificateRevocationList:
     crl = _load(data)
-    if crl.issuer != anchor.ca_cert.subject or not crl.is_signature_valid(anchor.ca_cert.public_key()):  # type: ignore[arg-type]
+    try:  # the issuer name and the signature are parsed only now: a malformed one is refused, not raised (found by fuzzing)
+        signed = crl.issuer == anchor.ca_cert.subject and crl.is_signature_valid(anchor.ca_cert.public_key())  # type: ignore[arg-type]
+    except _PARSE_ERRORS:
+        raise CertificateRejected("revocation list does not parse") from None
+    if not signed:
         raise CertificateRejected("revocation list not signed by the federation CA")
     return crl
 

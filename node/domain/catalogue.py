@@ -12,6 +12,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
+from node import files
 from node.domain import freetext
 from node.errors import BadInput
 
@@ -276,7 +277,7 @@ def read_toml(path: Path | Traversable, what: str, error: type[BadInput] = Catal
     """Read a TOML config file, turning every failure into `error` naming the file."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            return files.parse_toml(fh.read().decode("utf-8"))
     except FileNotFoundError:
         raise error(f"{what} file not found: {path}") from None
     except IsADirectoryError:

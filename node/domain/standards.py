@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from node import files
 from node.domain.catalogue import Catalogue, UnknownMeasure
 from node.domain.policy import Policy, UnknownPurpose
 from node.domain.regions import is_province
@@ -266,6 +267,8 @@ def evaluate(standard: Standard, members: int, totals: Mapping[str, int], *, com
     """
     if type(members) is not int or members < 1:
         raise BadInput("a household has at least one member")
+    if not isinstance(totals, Mapping):  # e.g. a decision record's "totals" that is not a JSON object (found by fuzzing)
+        raise BadInput("household totals must map each measure to its total")
     region = standard.region if region is None else region
     if standard.region not in fallback_regions(region):
         raise BadInput(f"standard of region {standard.region} does not apply to region {region}")
@@ -347,7 +350,7 @@ def parse_standards(text: str | bytes, catalogue: Catalogue, policy: Policy, *, 
         except UnicodeDecodeError:
             raise StandardsError(f"{source}: not UTF-8 text") from None
     try:
-        raw = tomllib.loads(text)
+        raw = files.parse_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise StandardsError(f"{source}: not valid TOML: {exc}") from None
     doc = _document(raw, catalogue, policy, source)

@@ -746,7 +746,7 @@ def check_retention(days: object) -> int:
 def retention_days(config_path: Path) -> int:
     """`[audit] retention_days` of a member config file (default 190)."""
     try:
-        raw = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+        raw = files.parse_toml(Path(config_path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput(f"config file not found: {config_path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
