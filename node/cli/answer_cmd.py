@@ -96,25 +96,13 @@ def load_answer_file(path: Path) -> list[tuple[list[Any], bytes | None]]:
 def _verify(args: argparse.Namespace) -> int:
     import sys
 
-    from node.client.saved_answers import SavedCheck, check_saved
-    from node.crypto.errors import CertificateRejected
+    from node.client.saved_answers import check_documents
 
     evidence = evidence_of(args)
     documents = load_answer_file(args.file)
     if not any(entries for entries, _ in documents):
         raise BadInput(f"{args.file}: holds no answers")
-    results: list[SavedCheck] = []
-    warnings: list[str] = []
-    for entries, crl in documents:
-        try:
-            trust = evidence.including(crl) if crl else evidence
-        except CertificateRejected as exc:
-            results.extend(SavedCheck("?", False, f"the file's revocation list: {exc}") for _ in entries)
-            continue
-        if crl is None and entries:
-            warnings.append("saved without the revocation list in force: checked against the verifier's only")
-        results.extend(check_saved(entry, trust) for entry in entries)
-    warnings += sorted({r.warning for r in results if r.warning})
+    results, warnings = check_documents(documents, evidence)
     ok = all(r.valid for r in results)
     if args.json:
         print(json.dumps({"valid": ok, "answers": [r.to_json() for r in results],

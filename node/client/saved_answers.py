@@ -130,3 +130,26 @@ def _asker(query: verification_pb2.QueryBody, query_bytes: bytes, signature: com
             except Refusal as exc:
                 return f"consent receipt: {exc.detail}"
     return None
+
+
+def check_documents(documents: list[tuple[list[SavedEntry], bytes | None]],
+                    evidence: Evidence) -> tuple[list[SavedCheck], list[str]]:
+    """Check every entry of a file's documents (entries, the CRL saved with them): results and warnings.
+
+    Each document's own CRL joins the verifier's revocations; one that the CA did not sign makes
+    that document's entries invalid.
+    """
+    results: list[SavedCheck] = []
+    warnings: set[str] = set()
+    for entries, crl in documents:
+        try:
+            trust = evidence.including(crl) if crl else evidence
+        except CertificateRejected as exc:
+            results.extend(SavedCheck("?", False, f"the file's revocation list: {exc}") for _ in entries)
+            continue
+        if crl is None and entries:
+            warnings.add("saved without the revocation list in force: checked against the verifier's only")
+        results.extend(check_saved(entry, trust) for entry in entries)
+    warnings |= {r.warning for r in results if r.warning}
+    return results, sorted(warnings)
+

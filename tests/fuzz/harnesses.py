@@ -27,10 +27,12 @@ from node.client import decision_record as decision_record_mod
 from node.client.batch import read_consents, read_households
 from node.client.household import check_contribution
 from node.client.query import check_answer
+from node.client.saved_answers import check_documents
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import ANNOUNCEMENT, verify_announcement, verify_directory
 from node.coordinator.standards import verify_standards
 from node.crypto import pki, revocation, sealing, signing
+from node.crypto.evidence import Evidence
 from node.domain import freetext, idnumber, predicate, standards
 from node.domain.catalogue import load_catalogue
 from node.domain.policy import load_policy
@@ -301,10 +303,7 @@ def contribution(data: bytes) -> None:
 def answer_file(data: bytes) -> None:
     """A saved answer file (`hedui answer verify`): every (query, answer) pair it holds is checked."""
     w = world()
-    for query_bytes, raw in load_answer_file(_file("answer.json", data)):
-        q, a = _wire(verification_pb2.QueryBody, query_bytes), _wire(verification_pb2.SignedAnswer, raw)
-        if q is not None and a is not None:
-            check_answer(a, q, query_bytes, w.holder.verifier)
+    check_documents(load_answer_file(_file("answer.json", data)), Evidence.of(pki.load_cert(w.holder.cfg.ca_cert), []))
 
 
 def decision_record(data: bytes) -> None:

@@ -24,6 +24,7 @@ from node.crypto import masks, pki, possession, revocation, sealing, signing
 from node.domain import standards
 from node.domain.regions import province_uri
 from node.service.consent import commitment
+from node.testing import consents
 from node.testing.standards import standards_document
 from node.wire.v1 import common_pb2, coordinator_pb2, household_pb2, verification_pb2
 from node.coordinator.directory import ANNOUNCEMENT
@@ -39,20 +40,20 @@ def _sign(who: str, domain: str, body: bytes) -> common_pb2.Signature:
     return world().signer(who).sign(domain, body)
 
 
-def _consent_body(**kw: object) -> verification_pb2.ConsentBody:
+def receipt(**kw: object) -> verification_pb2.SignedConsent:
+    """The coordinator's receipt for a consent request the requester signed (`kw` overrides request fields)."""
     w = world()
     fields: dict[str, object] = dict(
-        consent_id="c-fuzz-0001", requester=REQUESTER, purpose="dibao", scopes=["deposit", "income", "real_estate"],
+        requester=REQUESTER, request_id="fuzz-consent-0001", nonce=bytes(16), issued_at_ms=NOW_MS - 3_600_000,
+        purpose="dibao", scopes=["deposit", "income", "real_estate"],
         subject_commitments=[commitment(SALT, w.token(i)) for i in (WORKER, SPOUSE)], subject_salt=SALT,
         not_before_ms=NOW_MS - 86_400_000, not_after_ms=NOW_MS + 86_400_000, case_reference="case-2026-11",
-        evidence_algorithm="sha256", evidence_digest=bytes(32), registered_at_ms=NOW_MS - 3_600_000)
+        evidence_algorithm="sha256", evidence_digest=bytes(32))
+    consent_id = str(kw.pop("consent_id", "c-fuzz-0001"))
     fields.update(kw)
-    return verification_pb2.ConsentBody(**fields)  # type: ignore[arg-type]
-
-
-def receipt(**kw: object) -> verification_pb2.SignedConsent:
-    body = _consent_body(**kw).SerializeToString()
-    return verification_pb2.SignedConsent(body=body, signature=_sign("coordinator", signing.CONSENT, body))
+    raw, signature = consents.sign_request(w.signer(str(fields["requester"])), **fields)
+    return consents.issue(w.signer("coordinator"), raw, signature, consent_id=consent_id,
+                          registered_at_ms=NOW_MS - 3_600_000)
 
 
 def _reply_key() -> bytes:
@@ -234,7 +235,7 @@ def seeds() -> dict[str, list[bytes]]:
         "ledger_head": [coordinator_pb2.LedgerHeadBody(
             ledger_id=bytes(16), epoch=bytes(range(16)), head_index=12, head_hash=bytes(32),
             lineage=[coordinator_pb2.EpochLimit(epoch=b"", last_index=3)]).SerializeToString()],
-        "consent_receipt": [_consent_body().SerializeToString(), _consent_body(scopes=[]).SerializeToString()],
+        "consent_receipt": [receipt().body, receipt(scopes=[]).body],
         "holder_set": [_holder_set().SerializeToString(), _holder_set(missing=["33"], holders=["33", "44", "51"],
                                                                       previous_round_id="round-fuzz-0000").SerializeToString()],
         "query": [q1.SerializeToString(), q2.SerializeToString()],
@@ -250,6 +251,7 @@ def seeds() -> dict[str, list[bytes]]:
 def main(argv: list[str]) -> int:
     from tests.fuzz.world import SENT_QUERY
 
+    SENT_QUERY.unlink(missing_ok=True)  # the world then makes a fresh one with today's messages
     SENT_QUERY.write_bytes(world().sent_query)
     made = seeds()
     missing = set(TARGETS) - set(made)

@@ -60,6 +60,9 @@ def deterministic_keys() -> Iterator[None]:
 
     saved = (ed25519.Ed25519PrivateKey.generate, x25519.X25519PrivateKey.generate, ec.generate_private_key,
              tokens.new_linkage_key)
+    saved_now = pki._now
+    # Certificates valid from a fixed day before NOW_S: evidence is checked at its signed time (NOW_MS).
+    pki._now = lambda: dt.datetime.fromtimestamp(NOW_S - 86400, dt.UTC)  # type: ignore[assignment]
     ed25519.Ed25519PrivateKey.generate = staticmethod(lambda: ed25519.Ed25519PrivateKey.from_private_bytes(secret()))  # type: ignore[method-assign]
     x25519.X25519PrivateKey.generate = staticmethod(lambda: x25519.X25519PrivateKey.from_private_bytes(secret()))  # type: ignore[method-assign]
     ec.generate_private_key = lambda curve, backend=None: ec.derive_private_key(  # type: ignore[assignment]
@@ -70,6 +73,7 @@ def deterministic_keys() -> Iterator[None]:
     finally:
         (ed25519.Ed25519PrivateKey.generate, x25519.X25519PrivateKey.generate, ec.generate_private_key,  # type: ignore[method-assign]
          tokens.new_linkage_key) = saved
+        pki._now = saved_now  # type: ignore[assignment]
 
 
 @dataclasses.dataclass
