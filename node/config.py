@@ -14,7 +14,7 @@ import tomli_w
 from node import files
 from node.crypto.keyfile import NO_SECRET, SecretSource
 from node.crypto.token_key import TokenKey
-from node.domain import idnumber
+from node.domain import idnumber, regions
 from node.domain.freetext import show
 from node.errors import BadInput
 from node.logs import LEVELS
@@ -80,12 +80,25 @@ class DiscoveryPolicy:
 
     epoch_s: int = 7 * 24 * 3600
     max_subjects: int = 200_000_000
+    #: Per-province bounds ([discovery.max_subjects_of], e.g. "44" = 180_000_000 from census figures):
+    #: tighter than `max_subjects`, so a small province cannot claim a large one's population.
+    max_subjects_of: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("epoch_s", "max_subjects"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"discovery.{name} must be a positive integer")
+        if not isinstance(self.max_subjects_of, dict):
+            raise ConfigError("discovery.max_subjects_of must be a table of province code = positive integer")
+        for code, value in self.max_subjects_of.items():
+            if not regions.is_province(code) or isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError("discovery.max_subjects_of must map two-digit province codes to positive "
+                                  f"integers (not {show(str(code))} = {show(str(value))})")
+
+    def subject_limit(self, province: str) -> int:
+        """The most subjects a locator of `province` may claim."""
+        return self.max_subjects_of.get(province, self.max_subjects)
 
 
 @dataclass(frozen=True)

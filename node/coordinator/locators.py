@@ -3,7 +3,8 @@
 Discovery is answered from these alone; no province is asked. A locator is a claim, so it is
 checked before it is held: signed by the province it names (the TLS peer), for the current or
 the next epoch (or the one just ended, for clocks at a boundary), of a known filter kind, for
-at most `[discovery] max_subjects` subjects, each shard exactly the size its key count fixes.
+at most `[discovery] max_subjects` subjects (or the province's own bound in
+`[discovery.max_subjects_of]`), each shard exactly the size its key count fixes.
 Shards of one generation are held apart until all arrived (and their counts add up), then
 replace the province's locator for that epoch in one transaction; at most MAX_PENDING
 unfinished generations are kept beside the one in force. Epochs that ended are
@@ -101,9 +102,10 @@ class LocatorBook:
             raise Refusal(ErrorCode.MALFORMED, f"locator filter kind must be {locator.FILTER_KIND}")
         if body.epoch not in self.epochs():
             raise Refusal(ErrorCode.MALFORMED, "locator is not for the current or the next discovery epoch")
-        if body.subject_count > self.policy.max_subjects:
+        limit = self.policy.subject_limit(body.province)
+        if body.subject_count > limit:
             raise Refusal(ErrorCode.TOO_MANY, f"locator claims {body.subject_count} subjects; "
-                                              f"at most {self.policy.max_subjects} per province are accepted")
+                                              f"at most {limit} are accepted for province {body.province}")
         if body.shard_bits != locator.shard_bits_for(body.subject_count) or body.shard >= 1 << body.shard_bits \
                 or body.shard_count > body.subject_count or body.generation <= 0:
             raise Refusal(ErrorCode.MALFORMED, "locator shard does not fit its subject count")

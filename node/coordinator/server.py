@@ -45,7 +45,7 @@ CLAIMS_IMPLAUSIBLE = "claims.implausible"  # audit decision: a province is no lo
 LOCATOR_DECISION = "locator"  # audit decision: a province's locator for an epoch is in force
 # What nodes need to stay in force (consents, CRL, directory, announce, checkpoints): their own capacity.
 FEEDS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("ConsentUpdates", "Revocations", "Directory", "Announce", "SubmitCheckpoint",
-                                                   "PublishLocator"))
+                                                   "PublishLocator", "HeldLocators"))
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -301,6 +301,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     "epoch": str(body.epoch), "subjects": str(body.subject_count), "shards": str(1 << body.shard_bits)}))
                 self.log.info("locator_published", province=province, epoch=body.epoch, subjects=body.subject_count)
             return coordinator_pb2.PublishLocatorResponse(complete=complete)
+
+    async def HeldLocators(self, request: Any, context: aio.ServicerContext) -> Any:
+        async with edge(context, self.log, "HeldLocators", self.metrics):
+            province = self._province(context)
+            book = self.router.locators
+            held = [] if book is None else [(e, h) for e in book.epochs() if (h := book.held(province, e)) is not None]
+            return coordinator_pb2.HeldLocatorsResponse(locators=[
+                coordinator_pb2.HeldLocator(epoch=e, generation=h.generation) for e, h in held])
 
     async def Revocations(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Revocations", self.metrics):

@@ -64,7 +64,8 @@ class CoordinatorLink:
         self.checkpoint_every_s = checkpoint_every_s
         self.locators = None if store is None else LocatorPublisher(
             member.province, store, member.signer, log, epoch_s=self._epoch_s,
-            send=lambda signed: self._stub.PublishLocator(signed, timeout=30))
+            send=lambda signed: self._stub.PublishLocator(signed, timeout=30),
+            held=lambda: self._stub.HeldLocators(coordinator_pb2.HeldLocatorsRequest(), timeout=5))
         self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
         witnesses = member.cfg.data_dir / witness.WITNESS_DIR  # the coordinator's signed heads, for `--witness`

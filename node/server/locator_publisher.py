@@ -1,11 +1,12 @@
 """A node's locator: the signed filter of its subjects' discovery tokens it lodges with the coordinator.
 
-For the current and the next discovery epoch, the node builds a sharded fuse filter
+For the current and the next discovery epoch, the node builds a sharded Bloom filter
 (node.crypto.locator) over the epoch discovery tokens of every subject it holds, signs each
 shard and sends it (PublishLocator). It does so at start, when an epoch begins (the next one is
 then built ahead of time), and after every change to the store: an ingest by `hedui data
 ingest` in another process is seen through the store's data version (node.store.store.ChangeWatch),
-read by the coordinator-link loop every second. Stored tokens never leave the node.
+read by the coordinator-link loop every second; and again when the coordinator, asked every
+HELD_CHECK_S, no longer holds what it lodged. Stored tokens never leave the node.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from node.store.store import Store
 from node.wire.v1 import coordinator_pb2
 
 LOCK_FILE = "locator.lock"
+#: How often the publisher asks which of its locators the coordinator holds (a restored coordinator lost them).
+HELD_CHECK_S = 300.0
 
 
 def build_shards(store: Store, epoch: int) -> tuple[int, int, list[tuple[int, bytes]]]:
@@ -40,13 +43,17 @@ class LocatorPublisher:
 
     def __init__(self, province: str, store: Store, signer: Any, log: Any, *,
                  epoch_s: Callable[[], Awaitable[int]],
-                 send: Callable[[coordinator_pb2.SignedLocator], Awaitable[Any]]) -> None:
+                 send: Callable[[coordinator_pb2.SignedLocator], Awaitable[Any]],
+                 held: Callable[[], Awaitable[coordinator_pb2.HeldLocatorsResponse]] | None = None) -> None:
         self.province = province
         self.store = store
         self.signer = signer
         self.log = log
         self._epoch_s = epoch_s
         self._send = send
+        self._held = held
+        self._held_checked = time.monotonic()  # what start() publishes needs no check
+        self._generations: dict[int, int] = {}  # epoch -> generation this process last lodged
         self._watch = store.change_watch()
         # One publisher per node, however many `--workers` processes share the store: the one
         # holding this lock (another takes over when it exits).
@@ -88,6 +95,7 @@ class LocatorPublisher:
             version = self._watch.version()
             now = discovery.current_epoch(epoch_s)
             self._published = {e: v for e, v in self._published.items() if e >= now}
+            await self._forget_lost()
             done = []
             for epoch in (now, now + 1):
                 if self._published.get(epoch) == version:
@@ -96,6 +104,18 @@ class LocatorPublisher:
                 self._published[epoch] = version
                 done.append(epoch)
             return done
+
+    async def _forget_lost(self) -> None:
+        """Every HELD_CHECK_S: epochs whose locator the coordinator holds older than ours, or not at all,
+        are due again (a coordinator restored from a backup, or on a new data dir, lost them)."""
+        if self._held is None or time.monotonic() - self._held_checked < HELD_CHECK_S:
+            return
+        self._held_checked = time.monotonic()
+        held = {h.epoch: h.generation for h in (await self._held()).locators}
+        for epoch in list(self._published):
+            if held.get(epoch, 0) < self._generations.get(epoch, 0):
+                self.log.warning("locator_lost_by_coordinator", epoch=epoch)
+                del self._published[epoch]
 
     async def _publish(self, epoch: int) -> None:
         count, bits, shards = await asyncio.to_thread(self.build, self.store, epoch)
@@ -106,4 +126,5 @@ class LocatorPublisher:
             for i, (n, data) in enumerate(shards)]
         for body in bodies:
             await self._send(coordinator_pb2.SignedLocator(body=body, signature=self.signer.sign(signing.LOCATOR, body)))
+        self._generations[epoch] = self._generation
         self.log.info("locator_published", epoch=epoch, subjects=count, shards=len(shards))

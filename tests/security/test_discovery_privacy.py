@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,10 +21,12 @@ from typing import Any
 import grpc
 import pytest
 
+from node import config as config_mod
+from node.coordinator.locators import LOCATORS_FILE
 from node.crypto import discovery, locator, signing
 from node.crypto.tokens import subject_token
 from node.domain import idnumber
-from node.server import base
+from node.server import base, locator_publisher
 from node.store import audit
 from node.testing import Federation, run_cluster
 from node.testing.standards import standards_document
@@ -37,7 +40,8 @@ OTHER = idnumber.make("320102", dt.date(1990, 5, 6), 203)  # held by 32, never a
 LATE = idnumber.make("510104", dt.date(1999, 9, 9), 204)  # ingested into 44 while it runs
 EPOCH_S = 3600
 COORDINATOR_SERVICES = ("hedui.v1.Coordinator", "hedui.v1.HouseholdRounds")
-CONFIG = {"discovery": {"epoch_s": EPOCH_S, "max_subjects": 1000}}
+# 32's own bound (from its population, say) is tighter than the federation's.
+CONFIG = {"discovery": {"epoch_s": EPOCH_S, "max_subjects": 1000, "max_subjects_of": {"32": 50}}}
 CHECK = "income.wage_monthly<=400000"
 PERIOD = "2026-12"
 
@@ -125,7 +129,8 @@ def test_a_non_holder_receives_nothing_about_a_routed_a_batch_or_a_household_que
 
 
 def test_a_locator_claiming_implausibly_much_is_refused(fed: Federation) -> None:
-    """The coordinator refuses a locator over its subject bound, one whose bytes are all ones (it would
+    """The coordinator refuses a locator over its subject bound (the federation's, or the province's own
+    tighter one), one whose bytes are all ones (it would
     match everyone), one another province signed, and one for an epoch long past; each with a clear status."""
     m = fed.member("32")
     epoch = discovery.current_epoch(EPOCH_S)
@@ -143,7 +148,10 @@ def test_a_locator_claiming_implausibly_much_is_refused(fed: Federation) -> None
         return err.value
 
     too_many = lodge(5000)
-    assert too_many.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000" in (too_many.details() or "")
+    assert too_many.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 50 " in (too_many.details() or "")
+    over_own = lodge(100)  # under the federation's 1000, over 32's own 50
+    assert over_own.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 50 are accepted for province 32" in (over_own.details() or "")
     saturated = lodge(1, genuine[:8] + b"\xff" * (len(genuine) - 8))
     assert saturated.code() == grpc.StatusCode.INVALID_ARGUMENT and "of its bits" in (saturated.details() or "")
     wrong_size = lodge(1, genuine + b"\0" * 64)
@@ -153,6 +161,28 @@ def test_a_locator_claiming_implausibly_much_is_refused(fed: Federation) -> None
     stale = lodge(1, at=epoch - 5)
     assert stale.code() == grpc.StatusCode.INVALID_ARGUMENT and "epoch" in (stale.details() or "")
     # 32's own locator is untouched: OTHER is still found there.
+    consent = fed.grant("51", [OTHER], "dibao").consent_id
+    assert fed.verify("51", [OTHER], [CHECK], consent_id=consent).routing["32"] == "OK"
+
+
+def test_a_coordinator_that_lost_a_locator_gets_it_again(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coordinator restored without 32's locator (rows gone) is sent it again: 32 asks which of its
+    locators are held, sees one missing, lodges it again, and OTHER is found at 32 once more."""
+    book = fed.servers["coordinator"].router.locators
+    epoch = discovery.current_epoch(EPOCH_S)
+    assert book.held("32", epoch) is not None
+    monkeypatch.setattr(locator_publisher, "HELD_CHECK_S", 0.0)  # ask at every turn of the loop
+    db = sqlite3.connect(config_mod.load(fed.coordinator_config).data_dir / LOCATORS_FILE)
+    with db:
+        db.execute("DELETE FROM active WHERE province = '32'")
+        db.execute("DELETE FROM shards WHERE province = '32'")
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+    db.close()
+    assert book.held("32", epoch) is None
+    deadline = time.monotonic() + 30
+    while book.held("32", epoch) is None:
+        assert time.monotonic() < deadline, "32 did not lodge its locator again"
+        time.sleep(0.1)
     consent = fed.grant("51", [OTHER], "dibao").consent_id
     assert fed.verify("51", [OTHER], [CHECK], consent_id=consent).routing["32"] == "OK"
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from node.config import ConfigError, DiscoveryPolicy
 from node.crypto import discovery, locator
 
 TOKEN = bytes.fromhex("fc4cc74cd47e6edc0118d7552136d5c715f860e25d5eb36846c4f9c9596d1c13")
@@ -46,3 +47,12 @@ def test_a_locator_that_claims_more_than_its_count_is_rejected(claim: str) -> No
            "wrong count": (data, 10 * count)}[claim]
     with pytest.raises(locator.FilterRejected):
         locator.Shard(*bad)
+
+
+def test_per_province_subject_bounds_are_checked_and_fall_back_to_the_federations() -> None:
+    """[discovery.max_subjects_of] names provinces by code with positive bounds; others get max_subjects."""
+    policy = DiscoveryPolicy(max_subjects=1000, max_subjects_of={"32": 50})
+    assert policy.subject_limit("32") == 50 and policy.subject_limit("44") == 1000
+    for bad in ({"99": 5}, {"32": 0}, {"32": True}, {"Guangdong": 5}):
+        with pytest.raises(ConfigError, match="max_subjects_of"):
+            DiscoveryPolicy(max_subjects_of=bad)

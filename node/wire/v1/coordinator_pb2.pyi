@@ -269,6 +269,24 @@ class PublishLocatorResponse(_message.Message):
     complete: bool
     def __init__(self, complete: _Optional[bool] = ...) -> None: ...
 
+class HeldLocatorsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HeldLocator(_message.Message):
+    __slots__ = ("epoch", "generation")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    generation: int
+    def __init__(self, epoch: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class HeldLocatorsResponse(_message.Message):
+    __slots__ = ("locators",)
+    LOCATORS_FIELD_NUMBER: _ClassVar[int]
+    locators: _containers.RepeatedCompositeFieldContainer[HeldLocator]
+    def __init__(self, locators: _Optional[_Iterable[_Union[HeldLocator, _Mapping]]] = ...) -> None: ...
+
 class ProvinceStatus(_message.Message):
     __slots__ = ("province", "status", "message")
     PROVINCE_FIELD_NUMBER: _ClassVar[int]

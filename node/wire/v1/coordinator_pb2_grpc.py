@@ -114,6 +114,11 @@ class CoordinatorStub:
                 request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedLocator.SerializeToString,
                 response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishLocatorResponse.FromString,
                 _registered_method=True)
+        self.HeldLocators = channel.unary_unary(
+                '/hedui.v1.Coordinator/HeldLocators',
+                request_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.HeldLocatorsRequest.SerializeToString,
+                response_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.HeldLocatorsResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -219,6 +224,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HeldLocators(self, request, context):
+        """The calling province's locators in force (epoch and generation), nothing of anyone else's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +313,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.PublishLocator,
                     request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.SignedLocator.FromString,
                     response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.PublishLocatorResponse.SerializeToString,
+            ),
+            'HeldLocators': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeldLocators,
+                    request_deserializer=node_dot_wire_dot_v1_dot_coordinator__pb2.HeldLocatorsRequest.FromString,
+                    response_serializer=node_dot_wire_dot_v1_dot_coordinator__pb2.HeldLocatorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -735,6 +752,33 @@ class Coordinator:
             '/hedui.v1.Coordinator/PublishLocator',
             node_dot_wire_dot_v1_dot_coordinator__pb2.SignedLocator.SerializeToString,
             node_dot_wire_dot_v1_dot_coordinator__pb2.PublishLocatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeldLocators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hedui.v1.Coordinator/HeldLocators',
+            node_dot_wire_dot_v1_dot_coordinator__pb2.HeldLocatorsRequest.SerializeToString,
+            node_dot_wire_dot_v1_dot_coordinator__pb2.HeldLocatorsResponse.FromString,
             options,
             channel_credentials,
             insecure,
