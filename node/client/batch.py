@@ -232,6 +232,7 @@ class BatchSession:
                 not_before_ms=not_before_ms, not_after_ms=not_after_ms,
                 case_reference="", evidence_algorithm="sha256" if h.evidence else "", evidence_digest=h.evidence,
                 discovery_commitments=discovery.consent_commitments(salt, tokens, epochs),
+                discovery_first_epoch=epochs.start,
             ).SerializeToString())
         signatures = await self.signer.sign_many([(CONSENT_REQUEST_DOMAIN, b) for b in bodies])
         reply = await self.call("RegisterConsentBatch", coordinator_pb2.RegisterConsentBatchRequest(

@@ -115,7 +115,7 @@ class CoordinatorClient:
             subject_commitments=[commitment(salt, t) for t in tokens],
             scopes=list(scopes), not_before_ms=not_before_ms, not_after_ms=not_after_ms,
             case_reference=case_reference, evidence_algorithm="sha256" if digest else "", evidence_digest=digest,
-            discovery_commitments=self.discovery_commitments(salt, tokens, not_before_ms, not_after_ms),
+            **self.discovery_commitments(salt, tokens, not_before_ms, not_after_ms),
         ).SerializeToString()
         request = coordinator_pb2.RegisterConsentRequest(body=body, signature=m.signer.sign(CONSENT_REQUEST_DOMAIN, body))
         info = self._info(self.call("RegisterConsent", request))
@@ -130,10 +130,12 @@ class CoordinatorClient:
         return epoch_s
 
     def discovery_commitments(self, salt: bytes, tokens: Sequence[bytes], not_before_ms: int,
-                              not_after_ms: int) -> list[bytes]:
-        """A consent's commitments to its members' discovery tokens, for the epochs it covers."""
+                              not_after_ms: int) -> dict[str, Any]:
+        """A consent request's discovery fields: commitments to its members' discovery tokens for the
+        epochs it covers, and the first of those epochs."""
         epochs = discovery.consent_epochs(not_before_ms, not_after_ms, self.discovery_epoch_s())
-        return discovery.consent_commitments(salt, tokens, epochs)
+        return {"discovery_commitments": discovery.consent_commitments(salt, tokens, epochs),
+                "discovery_first_epoch": epochs.start}
 
     def discovery_tokens(self, tokens: Sequence[bytes]) -> tuple[int, list[bytes]]:
         """The current discovery epoch and the subjects' discovery tokens in it (no token leaves)."""

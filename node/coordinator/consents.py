@@ -157,6 +157,8 @@ class ConsentRegistry:
         if len(d) > n * discovery.MAX_CONSENT_EPOCHS or len(d) % n or any(len(c) != 32 for c in d):
             raise Refusal(ErrorCode.MALFORMED, "discovery commitments: 32 bytes each, one per subject and epoch, "
                                                f"at most {discovery.MAX_CONSENT_EPOCHS} epochs")
+        if d and req.discovery_first_epoch < 1:
+            raise Refusal(ErrorCode.MALFORMED, "discovery commitments need the epoch of their first block")
         unknown = set(req.scopes) - set(self.catalogue.categories)
         if unknown:
             raise Refusal(ErrorCode.UNKNOWN_ITEM, "unknown scope category")

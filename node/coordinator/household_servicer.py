@@ -48,7 +48,7 @@ class HouseholdRoundsServicer:
                 signed = self.rounds.repeat(province, request.consent_id, request.round_id, request.previous,
                                             request.outcome, request.exclude)
             else:
-                c._check_discovery(province, request.consent_id, request.discovery_tokens)
+                c._check_discovery(province, request.consent_id, request.discovery_tokens, request.epoch)
                 consent = c.consents.check_active(province, request.consent_id)
                 if len(set(request.discovery_tokens)) != len(consent.subject_commitments):
                     raise Refusal(ErrorCode.MALFORMED, "a round covers every member of the consented household")
@@ -83,7 +83,7 @@ class HouseholdRoundsServicer:
                     if not h.HasField("previous"):
                         if h.epoch != epoch:
                             raise Refusal(ErrorCode.MALFORMED, "every household of a batch names one discovery epoch")
-                        c._check_discovery(province, h.consent_id, h.discovery_tokens)
+                        c._check_discovery(province, h.consent_id, h.discovery_tokens, h.epoch)
                         if len(set(h.discovery_tokens)) != len(consent.subject_commitments):
                             raise Refusal(ErrorCode.MALFORMED, "a round covers every member of the consented household")
                         asked[i] = list(h.discovery_tokens)

@@ -134,7 +134,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         async with edge(context, self.log, "Discover", self.metrics, self._refusal_hook("Discover", request, context)):
             province = self._province(context)
             request_ids.check(request.request_id)  # before anything is looked up, forwarded or logged
-            self._check_discovery(province, request.consent_id, request.discovery_tokens)
+            self._check_discovery(province, request.consent_id, request.discovery_tokens, request.epoch)
             reply = self.router.discover(province, request)
             await self._audit(audit.coordinator_event(
                 audit.DISCOVER, requester=province, request_id=request.request_id, consent_id=request.consent_id,
@@ -191,7 +191,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             asked: list[list[bytes] | None] = []
             for household in request.households:
                 try:
-                    self._check_discovery(province, household.consent_id, household.discovery_tokens)
+                    self._check_discovery(province, household.consent_id, household.discovery_tokens, request.epoch)
                 except Refusal as refusal:
                     replies.append(coordinator_pb2.HouseholdHolders(error_code=refusal.code.name, error=str(refusal)))
                     asked.append(None)
@@ -279,13 +279,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                                           getattr(request, "consent_id", ""), method))
         return record
 
-    def _check_discovery(self, province: str, consent_id: str, edts: Any) -> None:
+    def _check_discovery(self, province: str, consent_id: str, edts: Any, epoch: int) -> None:
         """Discovery only for the household the applicant consented for: every discovery token must
-        be one the consent committed to (for its epoch; node.crypto.discovery), no probing of others."""
+        be one the consent committed to for the request's epoch (its block of one commitment per
+        member; node.crypto.discovery), no probing of others, no tokens of another epoch."""
         consent = self.consents.check_active(province, consent_id)
         if not 1 <= len(edts) <= MAX_DISCOVERY_TOKENS or any(len(t) != discovery.EDT_BYTES for t in edts):
             raise Refusal(ErrorCode.MALFORMED, f"1 to {MAX_DISCOVERY_TOKENS} discovery tokens of 32 bytes")
-        covered = set(consent.discovery_commitments)
+        n, block = len(consent.subject_commitments), epoch - consent.discovery_first_epoch
+        if consent.discovery_first_epoch < 1 or not 0 <= block < len(consent.discovery_commitments) // max(n, 1):
+            raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover this discovery epoch")
+        covered = set(consent.discovery_commitments[block * n:(block + 1) * n])
         if any(discovery.commitment(consent.subject_salt, t) not in covered for t in edts):
             raise Refusal(ErrorCode.CONSENT_INVALID, "consent does not cover every subject in this discovery epoch")
 

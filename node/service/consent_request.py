@@ -23,6 +23,7 @@ BOUND_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("subject_salt", "subjects"),
     ("subject_commitments", "subjects"),
     ("discovery_commitments", "subjects"),
+    ("discovery_first_epoch", "subjects"),
     ("purpose", "purpose"),
     ("scopes", "scopes"),
     ("not_before_ms", "validity window"),

@@ -23,6 +23,7 @@ import pytest
 
 from node import config as config_mod
 from node.coordinator.locators import LOCATORS_FILE
+from node.client.client import PeerRefused
 from node.crypto import discovery, locator, signing
 from node.crypto.tokens import subject_token
 from node.domain import idnumber
@@ -163,6 +164,29 @@ def test_a_locator_claiming_implausibly_much_is_refused(fed: Federation) -> None
     # 32's own locator is untouched: OTHER is still found there.
     consent = fed.grant("51", [OTHER], "dibao").consent_id
     assert fed.verify("51", [OTHER], [CHECK], consent_id=consent).routing["32"] == "OK"
+
+
+def test_discovery_tokens_of_another_epoch_or_person_are_refused(fed: Federation) -> None:
+    """A Discover must present the consent's own members' tokens for the epoch it names: a member's token
+    of the next epoch mixed in (which would drop that member's holders from a round) or an outsider's is
+    refused CONSENT_INVALID."""
+    m = fed.member("51")
+    consent = fed.grant("51", [EARNER, SPOUSE], "dibao").consent_id
+    epoch = discovery.current_epoch(EPOCH_S)
+    earner, spouse, other = (subject_token(m.linkage_key, i) for i in (EARNER, SPOUSE, OTHER))
+
+    def discover(edts: list[bytes], at: int = epoch) -> Any:
+        with fed.coordinator("51") as c:
+            return c.call("Discover", coordinator_pb2.DiscoverRequest(
+                consent_id=consent, request_id=f"mix-{time.monotonic_ns()}", discovery_tokens=edts, epoch=at))
+
+    both = discover([discovery.discovery_token(earner, epoch), discovery.discovery_token(spouse, epoch)])
+    assert set(both.holders) == {"44", "33"}
+    for edts in ([discovery.discovery_token(earner, epoch), discovery.discovery_token(spouse, epoch + 1)],
+                 [discovery.discovery_token(earner, epoch), discovery.discovery_token(other, epoch)]):
+        with pytest.raises(PeerRefused) as refused:
+            discover(edts)
+        assert refused.value.status == "PERMISSION_DENIED" and "does not cover" in str(refused.value)
 
 
 def test_a_coordinator_that_lost_a_locator_gets_it_again(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,7 @@ ROUTE_NOT_HELD: RouteStatus
 ROUTE_IMPLAUSIBLE: RouteStatus
 
 class ConsentRequestBody(_message.Message):
-    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subject_salt", "subject_commitments", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "discovery_commitments")
+    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subject_salt", "subject_commitments", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "discovery_commitments", "discovery_first_epoch")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class ConsentRequestBody(_message.Message):
     EVIDENCE_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_FIRST_EPOCH_FIELD_NUMBER: _ClassVar[int]
     requester: str
     request_id: str
     nonce: bytes
@@ -67,7 +68,8 @@ class ConsentRequestBody(_message.Message):
     evidence_algorithm: str
     evidence_digest: bytes
     discovery_commitments: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subject_salt: _Optional[bytes] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., discovery_commitments: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    discovery_first_epoch: int
+    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subject_salt: _Optional[bytes] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., discovery_commitments: _Optional[_Iterable[bytes]] = ..., discovery_first_epoch: _Optional[int] = ...) -> None: ...
 
 class RegisterConsentRequest(_message.Message):
     __slots__ = ("body", "signature")

@@ -172,7 +172,7 @@ class VerifyBatchResponse(_message.Message):
     def __init__(self, sealed: _Optional[_Union[_common_pb2.Sealed, _Mapping]] = ..., possession_proofs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ConsentBody(_message.Message):
-    __slots__ = ("consent_id", "requester", "subject_commitments", "purpose", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "registered_at_ms", "ledger_index", "subject_salt", "ledger_epoch", "request", "request_signature", "discovery_commitments")
+    __slots__ = ("consent_id", "requester", "subject_commitments", "purpose", "scopes", "not_before_ms", "not_after_ms", "case_reference", "evidence_algorithm", "evidence_digest", "registered_at_ms", "ledger_index", "subject_salt", "ledger_epoch", "request", "request_signature", "discovery_commitments", "discovery_first_epoch")
     CONSENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class ConsentBody(_message.Message):
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     REQUEST_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_COMMITMENTS_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERY_FIRST_EPOCH_FIELD_NUMBER: _ClassVar[int]
     consent_id: str
     requester: str
     subject_commitments: _containers.RepeatedScalarFieldContainer[bytes]
@@ -207,7 +208,8 @@ class ConsentBody(_message.Message):
     request: bytes
     request_signature: _common_pb2.Signature
     discovery_commitments: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, consent_id: _Optional[str] = ..., requester: _Optional[str] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., purpose: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., registered_at_ms: _Optional[int] = ..., ledger_index: _Optional[int] = ..., subject_salt: _Optional[bytes] = ..., ledger_epoch: _Optional[bytes] = ..., request: _Optional[bytes] = ..., request_signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ..., discovery_commitments: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    discovery_first_epoch: int
+    def __init__(self, consent_id: _Optional[str] = ..., requester: _Optional[str] = ..., subject_commitments: _Optional[_Iterable[bytes]] = ..., purpose: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., case_reference: _Optional[str] = ..., evidence_algorithm: _Optional[str] = ..., evidence_digest: _Optional[bytes] = ..., registered_at_ms: _Optional[int] = ..., ledger_index: _Optional[int] = ..., subject_salt: _Optional[bytes] = ..., ledger_epoch: _Optional[bytes] = ..., request: _Optional[bytes] = ..., request_signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ..., discovery_commitments: _Optional[_Iterable[bytes]] = ..., discovery_first_epoch: _Optional[int] = ...) -> None: ...
 
 class SignedConsent(_message.Message):
     __slots__ = ("body", "signature")
