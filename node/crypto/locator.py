@@ -86,6 +86,10 @@ class Shard:
     __slots__ = ("_bloom", "count", "fill", "nbytes")
 
     def __init__(self, data: bytes, count: int) -> None:
+        # Before building the reference filter (its size follows the claim, not the bytes sent):
+        # a claim far larger than the bytes is refused without allocating for it.
+        if 8 * len(data) < 0.9 * count * -math.log(FALSE_POSITIVE_RATE) / math.log(2) ** 2:
+            raise FilterRejected(f"filter is not a {FILTER_KIND} filter of {count} subjects")
         try:
             reference = _empty(count).save_bytes()
         except (ValueError, OverflowError, MemoryError):

@@ -101,9 +101,13 @@ class CoordinatorLink:
         return announced and synced
 
     def rotate(self, signer: Any) -> None:
-        """Use rotated keys: sign checkpoints with the new key and reconnect with the new TLS certificate."""
+        """Use rotated keys: sign checkpoints and locators with the new key (locators are lodged again,
+        signed by it) and reconnect with the new TLS certificate."""
         if self.checkpointer is not None:
             self.checkpointer.signer = signer
+        if self.locators is not None:  # locators signed by a revoked key would be refused from then on
+            self.locators.signer = signer
+            self.locators.resign()
         self.redial()
 
     async def reannounce(self) -> bool:

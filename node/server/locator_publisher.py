@@ -80,9 +80,12 @@ class LocatorPublisher:
 
     async def republish(self) -> list[int]:
         """Build and send both epochs' locators again, whether due or not."""
-        async with self._lock:
-            self._published.clear()
+        self.resign()
         return await self.run_once()
+
+    def resign(self) -> None:
+        """Make every epoch due again (e.g. after a key rotation: the next run lodges them signed anew)."""
+        self._published.clear()
 
     async def run_once(self) -> list[int]:
         """Publish what is due (epochs new or whose store changed); the epochs published."""

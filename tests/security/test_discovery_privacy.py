@@ -295,3 +295,22 @@ def test_a_sharded_locator_is_found_and_interleaved_uploads_each_complete(
                     completes.append(stub.PublishLocator(signed(generation, index), timeout=10).complete)
         assert completes[-2:] == [True, True] and not any(completes[:-2])
         assert book.held("44", epoch).generation == second
+
+
+def test_a_rotated_node_lodges_its_locators_again_signed_with_its_new_key(fed: Federation) -> None:
+    """After `pki issue` + rotation at 33, its locators are lodged again signed by the new key, so
+    revoking the old certificate does not leave the coordinator with locators it would refuse."""
+    from node.cli.node_cmd import install_member_keys
+    from node.crypto.pki import issue_member
+
+    book = fed.servers["coordinator"].router.locators
+    epoch = discovery.current_epoch(EPOCH_S)
+    before = book.held("33", epoch)
+    assert before is not None
+    issue_member(fed.pki, "33", loopback=True)
+    install_member_keys(fed.pki, "33", fed.member("33").cfg.data_dir, linkage=True)
+    assert fed.loop is not None and fed.loop.run(fed.servers["33"].check_keys())
+    deadline = time.monotonic() + 30
+    while (now := book.held("33", epoch)) is None or now.generation == before.generation:
+        assert time.monotonic() < deadline, "33 did not lodge its locator again after the rotation"
+        time.sleep(0.1)

@@ -56,3 +56,9 @@ def test_per_province_subject_bounds_are_checked_and_fall_back_to_the_federation
     for bad in ({"99": 5}, {"32": 0}, {"32": True}, {"Guangdong": 5}):
         with pytest.raises(ConfigError, match="max_subjects_of"):
             DiscoveryPolicy(max_subjects_of=bad)
+
+
+def test_a_small_shard_claiming_a_huge_count_is_refused_before_anything_is_allocated() -> None:
+    """A 40-byte shard claiming 2·10^8 keys is refused from its length alone (no 580 MB reference filter)."""
+    with pytest.raises(locator.FilterRejected, match="200000000 subjects"):
+        locator.Shard(bytes(40), 200_000_000)
