@@ -21,6 +21,7 @@ from node.domain.regions import COORDINATOR_TLS_NAME, COORDINATOR_URI, province_
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
+from node.server.lead import Lead
 from node.server.locator_publisher import LocatorPublisher
 from node.server.metrics import MemberMetrics
 from node.service.consent import LedgerChange, LedgerHead, RevocationView, parse_ledger_head
@@ -29,6 +30,7 @@ from node.store.store import Store
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 T = TypeVar("T")
+CHAIN_LEAD_FILE = "chain-lead.lock"
 POLL_INTERVAL_S: Final[float] = 1.0
 CHECKPOINT_EVERY_S: Final[float] = 60.0
 DIRECTORY_MAX_AGE_S: Final[float] = 30.0
@@ -68,6 +70,9 @@ class CoordinatorLink:
             held=lambda: self._stub.HeldLocators(coordinator_pb2.HeldLocatorsRequest(), timeout=5))
         self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
+        # One process of a node's `--workers` lodges checkpoints and writes witnesses: the one holding this
+        # lock (checkpoints of one chain from several processes would not extend each other).
+        self._lead = Lead(member.cfg.data_dir / CHAIN_LEAD_FILE)
         witnesses = member.cfg.data_dir / witness.WITNESS_DIR  # the coordinator's signed heads, for `--witness`
         self.ledger_witness = witness.WitnessFile(witnesses / witness.LEDGER_HEADS)
         self.audit_witness = witness.WitnessFile(witnesses / witness.AUDIT_HEADS)
@@ -129,6 +134,7 @@ class CoordinatorLink:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.locators is not None:
             self.locators.close()
+        self._lead.release()  # a node restarted in this process takes the lead again
         await self._channel.close()
 
     async def _epoch_s(self) -> int:
@@ -187,8 +193,8 @@ class CoordinatorLink:
             delay = min(delay * 2, 5.0)
 
     async def checkpoint_once(self) -> None:
-        """Sign the audit chain's head (if it moved) and lodge it with the coordinator."""
-        if self.checkpointer is not None:
+        """Sign the audit chain's head (if it moved) and lodge it with the coordinator (one process per node)."""
+        if self.checkpointer is not None and self._lead.held():
             try:
                 await self.checkpointer.run_once(self._submit_checkpoint, lambda: self._stub.LatestCheckpoint(
                     coordinator_pb2.LatestCheckpointRequest(), timeout=5))
@@ -213,7 +219,10 @@ class CoordinatorLink:
         return ack
 
     def _witness(self, file: witness.WitnessFile, head: witness.Head) -> None:
-        """Keep a signed head of the coordinator's; a failure to write it is logged, never fatal to the feed."""
+        """Keep a signed head of the coordinator's (one process per node writes them); a failure to write it
+        is logged, never fatal to the feed."""
+        if not self._lead.held():
+            return
         try:
             file.offer(head)
         except HeduiError as exc:

@@ -12,12 +12,12 @@ HELD_CHECK_S, no longer holds what it lodged. Stored tokens never leave the node
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from node.crypto import discovery, locator, signing
+from node.server.lead import Lead
 from node.store.store import Store
 from node.wire.v1 import coordinator_pb2
 
@@ -55,10 +55,8 @@ class LocatorPublisher:
         self._held_checked = time.monotonic()  # what start() publishes needs no check
         self._generations: dict[int, int] = {}  # epoch -> generation this process last lodged
         self._watch = store.change_watch()
-        # One publisher per node, however many `--workers` processes share the store: the one
-        # holding this lock (another takes over when it exits).
-        self._lock_file = open(store.path.parent / LOCK_FILE, "a+b")  # noqa: SIM115 - held for the process's life
-        self._leader = False
+        # One publisher per node, however many `--workers` processes share the store (node.server.lead).
+        self._lead = Lead(store.path.parent / LOCK_FILE)
         self._published: dict[int, int] = {}  # epoch -> store data version it was built from
         self._generation = 0
         self._lock = asyncio.Lock()
@@ -66,17 +64,7 @@ class LocatorPublisher:
 
     def close(self) -> None:
         self._watch.close()
-        self._lock_file.close()
-
-    def _lead(self) -> bool:
-        """Whether this process publishes the node's locators (it holds the lock, or takes it now)."""
-        if not self._leader:
-            try:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            self._leader = True
-        return True
+        self._lead.release()
 
     async def republish(self) -> list[int]:
         """Build and send both epochs' locators again, whether due or not."""
@@ -90,7 +78,7 @@ class LocatorPublisher:
     async def run_once(self) -> list[int]:
         """Publish what is due (epochs new or whose store changed); the epochs published."""
         async with self._lock:
-            if not self._lead():
+            if not self._lead.held():
                 return []
             epoch_s = await self._epoch_s()
             if epoch_s < 1:
