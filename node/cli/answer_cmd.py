@@ -56,6 +56,11 @@ def evidence_of(args: argparse.Namespace) -> Any:
         if not path.is_file():
             raise BadInput(f"{path}: no such file")
         crls.append(path.read_bytes())
+    if not any(crls):  # a file may carry an old CRL, from before a revocation it would not show
+        import sys
+
+        print("warning: the verifier has no revocation list of its own: each file is checked against the one "
+              "it carries only (use --pki, --config or --crl for the federation's current one)", file=sys.stderr)
     try:
         return Evidence.of(pki.load_cert(ca), crls)
     except CertificateRejected as exc:

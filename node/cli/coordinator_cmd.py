@@ -46,6 +46,9 @@ def register(sub: Any) -> None:
     verify.add_argument("--witness", action="append", type=Path, default=[], metavar="DIR",
                         help="a node's witness directory (or data dir): the entry at every ledger head the "
                              "coordinator signed to it must be held with that hash (repeatable)")
+    verify.add_argument("--accept-lost", action="store_true",
+                        help="with --witness: accept witnessed entries the coordinator declared lost in a new "
+                             "epoch (a restore you know of); without it they make the check fail (LEDGER CUT)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_ledger_verify)
     epoch = ledger_sub.add_parser(
@@ -131,7 +134,10 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     if head_problem is None and head is None and report.ok and (identity is not None or report.count == 0):
         head_problem = (f"{ledger.HEAD_FILE} is missing: a truncated ledger cannot be told from a complete one "
                         "(if no entry was lost: `hedui ledger new-epoch`)")
-    ok = report.ok and truncated is None and head_problem is None and not invalid and (witnessed is None or witnessed.ok)
+    lost = [] if witnessed is None else [c.head for c in witnessed.checked if c.status == "lost"]
+    cut = bool(lost) and not args.accept_lost  # entries nodes saw, declared lost by the coordinator itself
+    ok = (report.ok and truncated is None and head_problem is None and not invalid and not cut
+          and (witnessed is None or witnessed.ok))
     if args.json:
         print(json.dumps({"ok": ok, "entries": report.count, "first_bad": report.first_bad,
                           "reason": report.reason or truncated or head_problem, "head": report.head_hash.hex(),
@@ -146,6 +152,11 @@ def _ledger_verify(args: argparse.Namespace) -> int:
         print(f"LEDGER {'TRUNCATED' if witnessed.truncated else 'REWRITTEN'}: {witnessed.reason}")
     elif invalid:
         print(f"WITNESS INVALID: {invalid[0]}")
+    elif cut:
+        top = max(lost, key=lambda h: h.index)
+        print(f"LEDGER CUT: the coordinator declared entries lost in a new epoch after nodes had witnessed "
+              f"them, up to entry {top.index} ({top.source}): a restore, or history cut; "
+              "if it was a restore you know of, check again with --accept-lost")
     elif truncated is not None:
         print(f"LEDGER TRUNCATED: {truncated}")
     elif head_problem is not None:

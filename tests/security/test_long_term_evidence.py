@@ -143,6 +143,7 @@ def test_the_files_own_revocation_list_is_applied(fed: Federation, consent: str,
     ca = fed.pki / "ca.pem"
     proc = hedui("answer", "verify", "--ca", ca, saved)
     assert proc.returncode == 1 and "revoked" in proc.stdout
+    assert "no revocation list of its own" in proc.stderr  # an older CRL in a file would hide a revocation
     data = json.loads(saved.read_text())
     data["crl"] = base64.b64encode(b"not a revocation list").decode()
     saved.write_text(json.dumps(data))

@@ -120,6 +120,15 @@ def test_a_rewritten_or_truncated_ledger_is_caught_by_a_nodes_witness(planted: d
         f"LEDGER TRUNCATED: the chain ends at entry {kept[0]} but the coordinator signed a head at entry "
         f"{kept[0] + 1} ") and f"entries {kept[0] + 1} to {indices[-1]} are missing" in cut.stdout, cut.stdout
 
+    # The same cut declared by the coordinator itself (`ledger new-epoch`): still caught, as a cut, unless
+    # the operator says it was a restore they know of.
+    assert hedui("ledger", "new-epoch", "--config", config).returncode == 0
+    declared = hedui("ledger", "verify", "--config", config, "--witness", witness_dir)
+    assert declared.returncode == 1 and declared.stdout.startswith("LEDGER CUT: "), declared.stdout
+    assert f"up to entry {indices[-1]}" in declared.stdout
+    accepted = hedui("ledger", "verify", "--config", config, "--witness", witness_dir, "--accept-lost")
+    assert accepted.returncode == 0 and "lost" in accepted.stdout, accepted.stdout
+
 
 def test_a_rewritten_or_truncated_coordinator_audit_log_is_caught_by_a_nodes_witness(
         planted: dict[str, Path], tmp_path: Path) -> None:
