@@ -29,6 +29,9 @@ from node.wire.v1 import common_pb2, verification_pb2
 ANSWER_BEFORE_QUERY_MS: Final[int] = 3600 * 1000
 #: Shown when an entry lacks the query's signature (saved by an earlier version).
 NO_QUERY_SIGNATURE: Final[str] = "saved without the query's signature: the file does not prove who asked"
+#: Shown when the consent receipt in a query carries no requester-signed request (registered before binding).
+UNBOUND_CONSENT: Final[str] = ("the consent receipt carries no request signed by the requester: "
+                               "the file shows the coordinator's consent only")
 
 
 def _b64(data: bytes) -> str:
@@ -100,8 +103,19 @@ def check_saved(entry: SavedEntry, evidence: Evidence) -> SavedCheck:
     problem = answer.problem or _asker(query, entry.query, query_signature, verifier)
     if problem is None and body.answered_at_ms < query.issued_at_ms - ANSWER_BEFORE_QUERY_MS:
         problem = "answer dated before its query"
-    warning = NO_QUERY_SIGNATURE if query_signature is None else None
+    warning = NO_QUERY_SIGNATURE if query_signature is None else _unbound_consent(query)
     return SavedCheck(answer.province, problem is None, problem, shown, query.requester, warning)
+
+
+def _unbound_consent(query: verification_pb2.QueryBody) -> str | None:
+    """A warning when the query's consent receipt carries no requester-signed request (made before binding)."""
+    if not query.HasField("consent"):
+        return None
+    try:
+        consent = verification_pb2.ConsentBody.FromString(query.consent.body)
+    except DecodeError:
+        return None  # reported as a problem by _asker
+    return None if consent.request else UNBOUND_CONSENT
 
 
 def _asker(query: verification_pb2.QueryBody, query_bytes: bytes, signature: common_pb2.Signature | None,

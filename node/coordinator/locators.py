@@ -148,7 +148,15 @@ class LocatorBook:
         return True
 
     def _refresh(self) -> None:
-        """Load what changed since this worker last looked (one small read when nothing did)."""
+        """Load what changed since this worker last looked (one small read when nothing did), all from one
+        read snapshot: another worker completing a generation in between deletes the older one's shards."""
+        self._db.execute("BEGIN")
+        try:
+            self._load()
+        finally:
+            self._db.execute("COMMIT")
+
+    def _load(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
         version = row[0] if row else 0
         if version == self._version:

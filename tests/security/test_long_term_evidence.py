@@ -314,3 +314,17 @@ def test_cli_errors_are_one_line(fed: Federation, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not a" in proc.stderr
     proc = hedui("pki", "revoke", "--pki", fed.pki, "--serial", "1", "--compromised-since", "yesterday")
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "ISO 8601" in proc.stderr
+
+
+def test_a_consent_receipt_without_the_requesters_request_is_flagged() -> None:
+    """Evidence whose query carries a receipt made before consents were bound says so (it proves only the
+    coordinator's consent); one with the signed request does not."""
+    from node.client import saved_answers
+
+    def query(request: bytes) -> verification_pb2.QueryBody:
+        body = verification_pb2.ConsentBody(consent_id="c-" + "0" * 24, request=request).SerializeToString()
+        return verification_pb2.QueryBody(consent=verification_pb2.SignedConsent(body=body))
+
+    assert saved_answers._unbound_consent(query(b"")) == saved_answers.UNBOUND_CONSENT
+    assert saved_answers._unbound_consent(query(b"\x0a\x0251")) is None
+    assert saved_answers._unbound_consent(verification_pb2.QueryBody()) is None
