@@ -1,3 +1,3 @@
 """Hedui (核对): a federated node for inter-provincial household economic verification."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
