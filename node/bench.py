@@ -678,6 +678,13 @@ def _drive_threads(call: Callable[[], None], concurrency: int, seconds: float) -
 
 
 
+def _odd(routing: dict[str, str], provinces: list[str]) -> dict[str, str]:
+    """Routing statuses that mean a failure. NOT_HELD from a province that holds none of the household
+    is a locator false positive (about 2^-16 per member and province), answered as it should be."""
+    return {p: s for p, s in routing.items()
+            if s not in ("OK", "NO_MATCH") and not (s == "NOT_HELD" and p not in provinces)}
+
+
 def check_routed(result: Any, members: int, provinces: list[str], n_checks: int) -> None:
     """A routed answer is right when exactly the holding provinces answered, every answer's
     signature holds, every other province said NO_MATCH, and every member x check was decided."""
@@ -691,7 +698,7 @@ def check_routed(result: Any, members: int, provinces: list[str], n_checks: int)
         decided += sum(r.outcome in _DECIDED for r in a.results)
     if decided != members * n_checks:
         raise BenchError(f"routed verification decided {decided} results, expected {members * n_checks}")
-    odd = {p: s for p, s in result.routing.items() if s not in ("OK", "NO_MATCH")}
+    odd = _odd(result.routing, provinces)
     if odd:
         raise BenchError(f"routing statuses {odd}")
 
@@ -701,7 +708,8 @@ def check_batch_record(record: dict[str, Any], provinces: list[str], n_checks: i
     from node.client.batch import complete
 
     if "error" in record or not complete(record):
-        raise BenchError(f"household {record['household']} incomplete: {record.get('error') or record['routing']}")
+        odd = {p: s for p, s in record.get("routing", {}).items() if s not in ("OK", "NO_MATCH")}
+        raise BenchError(f"household {record['household']} incomplete: {record.get('error') or odd or record['routing']}")
     got = sorted(a["province"] for a in record["answers"])
     if got != provinces:
         raise BenchError(f"household {record['household']} answered by {got}, expected {provinces}; "
@@ -712,7 +720,7 @@ def check_batch_record(record: dict[str, Any], provinces: list[str], n_checks: i
     if decided != record["members"] * n_checks:
         raise BenchError(f"household {record['household']}: {decided} results decided, "
                          f"expected {record['members'] * n_checks}")
-    odd = {p: s for p, s in record["routing"].items() if s not in ("OK", "NO_MATCH")}
+    odd = _odd(record["routing"], provinces)
     if odd:
         raise BenchError(f"household {record['household']}: routing statuses {odd}")
 
@@ -724,9 +732,9 @@ def check_household_line(line: dict[str, Any], provinces: list[str], totals: dic
     if "error" in line or line["verdict"] not in ("ELIGIBLE", "NOT_ELIGIBLE") or line["missing"]:
         raise BenchError(f"household {line['household']} not decided: {line.get('error') or line['routing']}")
     ok = sorted(p for p, st in line["routing"].items() if st == "OK")
-    if ok != sorted({*provinces, REQUESTER}):
+    if not {*provinces, REQUESTER} <= set(ok):  # more: a locator false positive, in the round with 0
         raise BenchError(f"household {line['household']} summed over {ok}, expected {provinces} and {REQUESTER}")
-    odd = {p: st for p, st in line["routing"].items() if st not in ("OK", "NO_MATCH")}
+    odd = _odd(line["routing"], [*provinces, REQUESTER])
     if odd:
         raise BenchError(f"household {line['household']}: routing statuses {odd}")
     wrong = {m: v for m, v in line["totals"].items() if v != totals.get(m, 0)}
