@@ -1,7 +1,9 @@
-"""The coordinator's signed heads: its audit head (sent with every CheckpointAck), and re-checking witnessed ones."""
+"""The coordinator's signed heads: its audit head (sent with every CheckpointAck and consent-feed reply), and
+re-checking witnessed ones."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -31,12 +33,43 @@ class AuditHead:
     anchor_index: int
 
 
-def sign_audit_head(log: AuditLog, signer: signing.Signer) -> coordinator_pb2.SignedAuditHead:
-    """Sign the audit chain's current (committed) head."""
-    index, digest = log.head()
+def sign_audit_head(log: AuditLog, signer: signing.Signer, head: tuple[int, bytes] | None = None,
+                    ) -> coordinator_pb2.SignedAuditHead:
+    """Sign the audit chain's current (committed) head, or `head` when the caller just read it."""
+    index, digest = log.head() if head is None else head
     body = coordinator_pb2.AuditHeadBody(head_index=index, head_hash=digest, at_ms=time.time_ns() // 1_000_000,
                                          anchor_index=log.anchor()[0]).SerializeToString(deterministic=True)
     return coordinator_pb2.SignedAuditHead(body=body, signature=signer.sign(signing.AUDIT_HEAD, body))
+
+
+class AuditHeadSigner:
+    """The audit chain's signed head at constant cost: re-signed only when the head moved.
+
+    Every node polls the consent feed every second and each reply carries this head, so a poll
+    costs one read of the head; the key is used once per move (a prune moves the head too: it
+    records an entry). A slow (token) key signs off the event loop, one signing at a time.
+    """
+
+    def __init__(self, log: AuditLog, signer: signing.Signer) -> None:
+        self.log = log
+        self.signer = signer
+        self._cached: tuple[tuple[int, bytes], coordinator_pb2.SignedAuditHead] | None = None
+        self._lock = asyncio.Lock()
+        self.signings = 0  # how many times the key was used (for tests and metrics)
+
+    async def signed(self) -> coordinator_pb2.SignedAuditHead:
+        """The signed current head (a copy: callers may merge it into their reply)."""
+        head = self.log.head()
+        async with self._lock:  # concurrent polls after a move wait for one signature
+            if self._cached is None or self._cached[0] != head:
+                if self.signer.blocking:
+                    signed = await asyncio.to_thread(sign_audit_head, self.log, self.signer, head)
+                else:
+                    signed = sign_audit_head(self.log, self.signer, head)
+                self._cached, self.signings = (head, signed), self.signings + 1
+            out = coordinator_pb2.SignedAuditHead()
+            out.CopyFrom(self._cached[1])
+            return out
 
 
 def parse_audit_head(signed: coordinator_pb2.SignedAuditHead, verifier: signing.Verifier) -> AuditHead:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ from grpc import aio
 
 from node import __version__, logs
 from node.config import MemberConfig
-from node.coordinator.audit_heads import sign_audit_head
+from node.coordinator.audit_heads import AuditHeadSigner
 from node.coordinator.claims import ClaimBook
 from node.coordinator.consents import ConsentRegistry
 from node.coordinator.directory import Directory
@@ -54,10 +54,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, consents: ConsentRegistry, directory: Directory, router: Router, anchor: TrustAnchor,
                  cfg: MemberConfig, log: Any, crl: CrlFile, *, auditor: audit.AsyncAuditor,
                  checkpoints: audit.CheckpointStore,
-                 audit_head: Callable[[], coordinator_pb2.SignedAuditHead] | None = None) -> None:
+                 audit_head: Callable[[], Awaitable[coordinator_pb2.SignedAuditHead]] | None = None) -> None:
         self.auditor = auditor
         self.checkpoints = checkpoints
-        self.audit_head = audit_head  # signs the audit chain's head for the CheckpointAck (nodes witness it)
+        self.audit_head = audit_head  # the audit chain's signed head for CheckpointAck and ConsentUpdates (nodes witness it)
         self.crl = crl
         self.admission = Admission(anchor, cfg.limits, reserved=FEEDS)
         self.metrics = MemberMetrics(cfg.identity)
@@ -103,7 +103,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ConsentUpdates(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "ConsentUpdates", self.metrics):
             self._province(context)
-            return self.consents.updates(request.after_index, request.epoch)
+            reply = self.consents.updates(request.after_index, request.epoch)
+            if self.audit_head is not None:  # a node that lodges no checkpoint still witnesses the audit chain
+                reply.audit_head.CopyFrom(await self.audit_head())
+            return reply
 
     async def Announce(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Announce", self.metrics, self._refusal_hook("Announce", request, context)):
@@ -238,7 +241,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             entry = self.checkpoints.receive(request, identity)
             ack = coordinator_pb2.CheckpointAck(ledger_index=entry.idx)
             if self.audit_head is not None:
-                ack.audit_head.CopyFrom(self.audit_head())
+                ack.audit_head.CopyFrom(await self.audit_head())
             return ack
 
     async def LatestCheckpoint(self, request: Any, context: aio.ServicerContext) -> Any:
@@ -394,10 +397,9 @@ class CoordinatorServer:
         self.auditor = audit.AsyncAuditor(self.audit_log)
         close.push_async_callback(self.auditor.aclose)
         checkpoints = audit.CheckpointStore(self.chain, member.verifier, clock_skew_s=cfg.limits.clock_skew_s)
-        audit_log = self.audit_log
         servicer = CoordinatorServicer(consents, directory, self.router, member.anchor, cfg, log, self.crl,
                                        auditor=self.auditor, checkpoints=checkpoints,
-                                       audit_head=lambda: sign_audit_head(audit_log, member.signer))
+                                       audit_head=AuditHeadSigner(self.audit_log, member.signer).signed)
         self.servicer = servicer
         rounds = HouseholdRoundsServicer(servicer, RoundBook(signer=member.signer, verifier=member.verifier, replay=nonces,
                                                              clock_skew_s=cfg.limits.clock_skew_s))

@@ -73,11 +73,18 @@ class SigningKey(Protocol):
 
     cryptography's Ed25519PrivateKey has exactly this interface, so a file key is used as it is
     (no wrapper on the hot path); node.crypto.token_key.Pkcs11SigningKey signs inside a token.
+    A key whose sign may wait (a token, a network HSM) also says ``blocking = True``: callers on an
+    event loop then sign in a worker thread (see `is_blocking`); a key without the attribute is fast.
     """
 
     def sign(self, data: bytes) -> bytes: ...
 
     def public_key(self) -> Ed25519PublicKey: ...
+
+
+def is_blocking(key: SigningKey) -> bool:
+    """Whether `key` says its sign may wait on a device (then it is kept off the event loop)."""
+    return bool(getattr(key, "blocking", False))
 
 
 class Signer:
@@ -87,6 +94,11 @@ class Signer:
         self._key = key
         self.certificate_der = certificate_der
         self.key_id = hashlib.sha256(certificate_der).digest()
+
+    @property
+    def blocking(self) -> bool:
+        """Whether signing may wait on a device: async callers sign through `asyncio.to_thread` then."""
+        return is_blocking(self._key)
 
     def matches_certificate(self) -> bool:
         """True when the private key belongs to the certificate (a key pair caught mid-copy does not)."""
@@ -130,18 +142,24 @@ class Signer:
         ]
 
 
+_Pending = list[tuple[str, bytes, "asyncio.Future[common_pb2.Signature]"]]
+
+
 class AsyncBatchSigner:
     """Coalesces signatures requested by concurrent calls into one batch signature.
 
     A lone request is signed on the next loop turn, so a sequential caller pays no latency;
     with `in_flight` given, concurrent calls wait (at most ~2 ms) for each other and share
-    one Ed25519 sign (see node.inflight).
+    one Ed25519 sign (see node.inflight). A blocking key (a PKCS#11 token) signs in a worker
+    thread, one batch at a time: the loop keeps serving, and what is asked meanwhile is
+    signed together as the next batch. A file key signs inline (microseconds).
     """
 
     def __init__(self, signer: Signer, *, in_flight: InFlight | None = None) -> None:
         self.signer = signer
-        self._pending: list[tuple[str, bytes, asyncio.Future[common_pb2.Signature]]] = []
+        self._pending: _Pending = []
         self._policy = FlushPolicy(self._flush, in_flight)
+        self._signing: asyncio.Task[None] | None = None  # the batch a blocking key is signing in a thread
 
     @property
     def in_flight(self) -> InFlight | None:
@@ -170,19 +188,42 @@ class AsyncBatchSigner:
         return list(await asyncio.gather(*futures))
 
     def _flush(self) -> None:
+        if self._signing is not None:
+            return  # a blocking sign is running: what waits goes in the next batch, when it ends
         pending, self._pending = self._pending, []
         if not pending:
+            return
+        if self.signer.blocking:
+            self._signing = asyncio.get_running_loop().create_task(self._sign_in_thread(pending))
             return
         try:
             signatures = self.signer.sign_many([(d, b) for d, b, _ in pending])
         except Exception as exc:  # pragma: no cover - key failure: fail every waiter
-            for _, _, future in pending:
-                if not future.done():
-                    future.set_exception(exc)
+            _settle(pending, exc)
             return
-        for (_, _, future), signature in zip(pending, signatures, strict=True):
-            if not future.done():
-                future.set_result(signature)
+        _settle(pending, signatures)
+
+    async def _sign_in_thread(self, pending: _Pending) -> None:
+        try:
+            signatures = await asyncio.to_thread(self.signer.sign_many, [(d, b) for d, b, _ in pending])
+        except Exception as exc:  # noqa: BLE001 - key failure: fail every waiter
+            _settle(pending, exc)
+        else:
+            _settle(pending, signatures)
+        finally:
+            self._signing = None
+            if self._pending:
+                self._flush()
+
+
+def _settle(pending: _Pending, outcome: list[common_pb2.Signature] | Exception) -> None:
+    """Resolve each waiter with its signature, or every one with the key's failure."""
+    for n, (_, _, future) in enumerate(pending):
+        if not future.done():
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome[n])
 
 
 @dataclass(frozen=True)

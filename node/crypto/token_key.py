@@ -117,6 +117,8 @@ def _shared_session(where: TokenKey, *, fresh: bool = False) -> tuple[Any, threa
 class Pkcs11SigningKey:
     """A SigningKey (node.crypto.signing) whose private half never leaves the token."""
 
+    blocking = True  # a sign is a round trip to the token (a network HSM may take long): keep it off the loop
+
     def __init__(self, where: TokenKey) -> None:
         self.where = where
         self._private: Any = None

@@ -76,6 +76,7 @@ class CoordinatorLink:
         witnesses = member.cfg.data_dir / witness.WITNESS_DIR  # the coordinator's signed heads, for `--witness`
         self.ledger_witness = witness.WitnessFile(witnesses / witness.LEDGER_HEADS)
         self.audit_witness = witness.WitnessFile(witnesses / witness.AUDIT_HEADS)
+        self._audit_head_order = (0, 0)  # (signed at_ms, index) of the newest audit head offered to the witness
 
     async def start(self, endpoint: str) -> bool:
         """Announce `endpoint` and sync consent state once; keep both going in the background.
@@ -208,15 +209,27 @@ class CoordinatorLink:
         """Lodge one checkpoint; keep the coordinator's signed audit head from the acknowledgement."""
         ack = await self._stub.SubmitCheckpoint(message, timeout=5)
         if ack.HasField("audit_head"):
-            try:
-                head = parse_audit_head(ack.audit_head, self.member.verifier)
-            except Refusal as exc:  # the checkpoint is lodged all the same
-                self.log.warning("coordinator_reply_rejected", reason=str(exc))
-            else:
-                self._witness(self.audit_witness, witness.Head(
-                    head.index, head.hash, blob=ack.audit_head.SerializeToString(deterministic=True),
-                    at_ms=witness.now_ms()))
+            self._witness_audit_head(ack.audit_head)
         return ack
+
+    def _witness_audit_head(self, signed: coordinator_pb2.SignedAuditHead) -> None:
+        """Keep the coordinator's signed audit head (from a CheckpointAck or a consent-feed reply).
+
+        One that does not verify is logged and dropped (the reply it came with is used all the same). One
+        signed before the newest kept is a reply that crossed a later one in flight (the feed and the
+        checkpoint ask concurrently) and says nothing new: it is not offered, so it is not kept as a step back.
+        """
+        try:
+            head = parse_audit_head(signed, self.member.verifier)
+        except Refusal as exc:
+            self.log.warning("coordinator_reply_rejected", reason=str(exc))
+            return
+        order = (head.at_ms, head.index)
+        if order < self._audit_head_order:
+            return
+        self._audit_head_order = order
+        self._witness(self.audit_witness, witness.Head(
+            head.index, head.hash, blob=signed.SerializeToString(deterministic=True), at_ms=witness.now_ms()))
 
     def _witness(self, file: witness.WitnessFile, head: witness.Head) -> None:
         """Keep a signed head of the coordinator's (one process per node writes them); a failure to write it
@@ -259,7 +272,11 @@ class CoordinatorLink:
             self.log.info("revocations_applied", revoked=count)
 
     async def sync_revocations(self) -> None:
-        """Pull revocations and the signed ledger head; alert when the ledger went back (then read it all again)."""
+        """Pull revocations and the signed ledger head; alert when the ledger went back (then read it all again).
+
+        Each reply also carries the coordinator's signed audit head: witnessed here too, so a node that lodges
+        no checkpoint (its own audit head did not move) keeps witnessing the coordinator's audit chain.
+        """
         async with self._sync_lock:  # each reply is checked against the head of the request before it
             for _ in range(2):
                 after, epoch = self.revocations.request()
@@ -269,6 +286,8 @@ class CoordinatorLink:
                 self._witness(self.ledger_witness, witness.Head(
                     head.index, head.hash, head.epoch, head.ledger_id, reply.head.SerializeToString(deterministic=True),
                     witness.now_ms()))
+                if reply.HasField("audit_head"):
+                    self._witness_audit_head(reply.audit_head)
                 change = self.revocations.apply(
                     ((u.ledger_index, u.consent_id, u.state == coordinator_pb2.REVOKED) for u in reply.updates),
                     head, reply.after_hash)

@@ -2,7 +2,8 @@
 
 A node keeps every signed head the coordinator sends it of its consent ledger (the
 ``SignedLedgerHead`` of each consent-feed reply) and of its own audit chain (the
-``SignedAuditHead`` of each ``CheckpointAck``) in ``<data_dir>/witness/`` — ``ledger-heads.jsonl``
+``SignedAuditHead`` of each consent-feed reply and ``CheckpointAck``: a node that lodges no
+checkpoint witnesses it all the same) in ``<data_dir>/witness/`` — ``ledger-heads.jsonl``
 and ``audit-heads.jsonl`` — one JSON line per head, appended and fsync'd:
 
     {"at": ISO time received, "blob": base64 of the signed message, "epoch": hex, "hash": hex,

@@ -6,7 +6,9 @@ SoftHSM2 token created in a temp dir (SOFTHSM2_CONF). Without SoftHSM2 these tes
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -14,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,3 +292,61 @@ def test_a_node_with_its_signing_key_in_the_token_answers_a_verify_whose_signatu
         assert x509.load_der_x509_certificate(answer.signed.signature.certificate) == token_cert
         direct = fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44").answers[0]
         assert direct.signature_valid and direct.signed.signature.certificate == answer.signed.signature.certificate
+
+
+@contextlib.contextmanager
+def gated_token_sign(key: token_key.Pkcs11SigningKey) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Make the token key's sign wait for the test: (entered, release); released and restored on exit."""
+    entered, release = threading.Event(), threading.Event()
+    original = key.sign
+
+    def sign(data: bytes) -> bytes:
+        entered.set()
+        release.wait(timeout=120)  # held by the test; bounded only so a failing test cannot hang the run
+        return original(data)
+
+    key.sign = sign  # type: ignore[method-assign]
+    try:
+        yield entered, release
+    finally:
+        release.set()
+        del key.sign  # type: ignore[attr-defined]
+
+
+def test_a_token_sign_in_progress_does_not_block_the_event_loop(
+        softhsm: Path, planted: dict[str, Path], tmp_path: Path) -> None:
+    """While the holder's SoftHSM2 key is inside a sign (held by the test), coroutines and RPCs on the node's event
+    loop run to completion; the answer (and a locator republished likewise) completes, signed by the token,
+    once the sign is released."""
+    fed = build_federation(tmp_path / "fed", ["51", "44"], data=planted)
+    pin = secret_file(tmp_path / "pin", USER_PIN)
+    hsm_generate(fed.configs["44"], fed.pki, softhsm, pin, "sign-44b")
+    with started(fed), concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert fed.loop is not None
+        node = fed.servers["44"]
+        signer = node.batch_signer.signer
+        key = signer._key
+        assert isinstance(key, token_key.Pkcs11SigningKey) and signer.blocking
+        assert not fed.member("51").signer.blocking  # a file key keeps signing inline
+        consent = fed.grant("51", [WORKER], "dibao").consent_id
+
+        async def other_work() -> int:
+            await asyncio.sleep(0)
+            return len(await node.link.directory(refresh=True))  # a real RPC, served on the same loop
+
+        with gated_token_sign(key) as (entered, release):
+            answer = pool.submit(fed.verify, "51", [WORKER], CHECK, consent_id=consent, to="44")
+            assert entered.wait(timeout=60)  # the holder is inside the token's sign...
+            assert fed.loop.run(other_work(), timeout=60) == 2  # ...and the loop still serves
+            assert not answer.done() and not release.is_set()
+            release.set()
+            result = answer.result(timeout=60).answers[0]
+        assert result.signature_valid and result.signed.signature.certificate == signer.certificate_der
+
+        with gated_token_sign(key) as (entered, release):  # the locator publisher signs its shards off the loop too
+            published = pool.submit(fed.loop.run, node.link.locators.republish())
+            assert entered.wait(timeout=60)
+            assert fed.loop.run(other_work(), timeout=60) == 2
+            assert not published.done()
+            release.set()
+            assert published.result(timeout=60)

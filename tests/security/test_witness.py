@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sqlite3
@@ -132,8 +133,9 @@ def test_a_rewritten_or_truncated_ledger_is_caught_by_a_nodes_witness(planted: d
 
 def test_a_rewritten_or_truncated_coordinator_audit_log_is_caught_by_a_nodes_witness(
         planted: dict[str, Path], tmp_path: Path) -> None:
-    """The coordinator's audit head comes signed with every checkpoint acknowledgement; a node keeps it, and a
-    coordinator audit log rewritten with recomputed hashes, or truncated, fails `audit verify --witness`."""
+    """The coordinator's audit head comes signed with every checkpoint acknowledgement (and consent-feed reply); a
+    node keeps it, and a coordinator audit log rewritten with recomputed hashes, or truncated, fails
+    `audit verify --witness`."""
     with run_cluster(["51", "44"], root=tmp_path, data=planted) as fed:
         link = fed.servers["44"].link
         link.audit_witness.min_interval_s = 0
@@ -146,13 +148,13 @@ def test_a_rewritten_or_truncated_coordinator_audit_log_is_caught_by_a_nodes_wit
     witness_dir = tmp_path / "node44" / "witness"
     heads = witness_lines(witness_dir / "audit-heads.jsonl")
     indices = [h["index"] for h in heads]
-    assert len(indices) == 3 and indices == sorted(set(indices)), indices
+    assert len(indices) >= 3 and indices == sorted(set(indices)), indices  # the acks' heads, and the feed's
     ok = hedui("audit", "verify", "--config", config, "--witness", witness_dir)
-    assert ok.returncode == 0 and "witnessed heads: 3 ok" in ok.stdout, ok.stdout
+    assert ok.returncode == 0 and f"witnessed heads: {len(indices)} ok" in ok.stdout, ok.stdout
     names = [audit.AUDIT_DB]
     saved = snapshot(coordinator, names)
 
-    rewrite_from(coordinator / audit.AUDIT_DB, audit.TABLE, 2)
+    rewrite_from(coordinator / audit.AUDIT_DB, audit.TABLE, indices[0])
     assert hedui("audit", "verify", "--config", config).returncode == 0
     caught = hedui("audit", "verify", "--config", config, "--witness", witness_dir)
     assert caught.returncode == 1 and caught.stdout.startswith(
@@ -165,9 +167,74 @@ def test_a_rewritten_or_truncated_coordinator_audit_log_is_caught_by_a_nodes_wit
     cut = hedui("audit", "verify", "--config", config, "--witness", witness_dir, "--json")
     report = json.loads(cut.stdout)
     assert cut.returncode == 1 and report["witness"]["truncated"] is True
-    assert [h["status"] for h in report["witness"]["heads"]] == ["ok", "missing", "missing"]
+    assert [h["status"] for h in report["witness"]["heads"]] == ["ok"] + ["missing"] * (len(indices) - 1)
     line = hedui("audit", "verify", "--config", config, "--witness", witness_dir).stdout
     assert line.startswith(f"AUDIT LOG TRUNCATED: the chain ends at entry {indices[0]}"), line
+
+
+def test_a_quiet_node_witnesses_the_coordinators_audit_head_from_the_consent_feed(
+        planted: dict[str, Path], tmp_path: Path) -> None:
+    """A node that makes no query and lodges no checkpoint still witnesses the coordinator's audit heads moved by
+    other nodes' activity (they come with the consent feed), and a coordinator audit log rewritten afterwards is
+    caught by `audit verify --witness` with that node's witness dir."""
+    with run_cluster(["51", "44", "33"], root=tmp_path, data=planted) as fed:
+        quiet = fed.servers["33"].link
+        quiet.audit_witness.min_interval_s = 0  # keep every head that moved (the default keeps one a minute)
+        own_before = audit_head_of(tmp_path / "node33")
+        consent = fed.grant("51", [WORKER], "dibao").consent_id
+        for _ in range(3):
+            fed.verify("51", [WORKER], CHECK, consent_id=consent)  # routed 51 -> 44: the coordinator audits it
+            fed.loop.run(quiet.sync_revocations())  # what the node's poll loop does every second
+        with fed.coordinator("33") as c:
+            lodged = c.call("LatestCheckpoint", coordinator_pb2.LatestCheckpointRequest())
+        own_after = audit_head_of(tmp_path / "node33")
+        fed.stop_node("coordinator")
+    assert lodged.body == b"" and own_after == own_before  # quiet: no checkpoint, its own audit head never moved
+    coordinator, config = tmp_path / "coordinator", fed.coordinator_config
+    witness_dir = tmp_path / "node33" / "witness"
+    indices = [h["index"] for h in witness_lines(witness_dir / "audit-heads.jsonl")]
+    assert len(indices) >= 4 and indices == sorted(set(indices)), indices  # the head at start, then each route's
+    ok = hedui("audit", "verify", "--config", config, "--witness", witness_dir)
+    assert ok.returncode == 0 and f"witnessed heads: {len(indices)} ok" in ok.stdout, ok.stdout
+
+    # Rewrite the coordinator's audit log from the last witnessed head's entry on (recomputed hashes).
+    rewrite_from(coordinator / audit.AUDIT_DB, audit.TABLE, indices[-1])
+    assert hedui("audit", "verify", "--config", config).returncode == 0  # consistent on its own...
+    caught = hedui("audit", "verify", "--config", config, "--witness", witness_dir)
+    assert caught.returncode == 1 and caught.stdout.startswith(  # ...but not with what it signed to the quiet node
+        f"AUDIT LOG REWRITTEN: entry {indices[-1]} is not the one the coordinator signed") and \
+        caught.stdout.count("\n") == 1, caught.stdout
+
+
+def audit_head_of(data_dir: Path) -> tuple[int, bytes]:
+    with audit.AuditLog.open_readonly(data_dir / audit.AUDIT_DB) as log:
+        return log.head()
+
+
+def test_the_coordinator_signs_its_audit_head_only_when_it_moved(tmp_path: Path) -> None:
+    """Polls of an unmoved audit head get the same signed head without another signature; a new audit entry makes
+    the next poll's head a newly signed one of the new index, verifying as the coordinator's."""
+    from node.coordinator.audit_heads import AuditHeadSigner, parse_audit_head
+    from node.member import Member
+    from node.testing import build_federation
+
+    fed = build_federation(tmp_path / "fed", ["44"])
+    assert fed.coordinator_config is not None
+    member = Member.from_config(fed.coordinator_config)
+    with audit.AuditLog(tmp_path / "audit.sqlite") as log:
+        log.record(audit.coordinator_event("announce", requester="44"))
+        heads = AuditHeadSigner(log, member.signer)
+
+        async def polls(n: int) -> list[coordinator_pb2.SignedAuditHead]:
+            return [await heads.signed() for _ in range(n)]
+
+        first = asyncio.run(polls(50))
+        assert heads.signings == 1 and all(h == first[0] for h in first)
+        log.record(audit.coordinator_event("announce", requester="44"))
+        second = asyncio.run(polls(50))
+        assert heads.signings == 2 and all(h == second[0] for h in second)
+    before, after = (parse_audit_head(h[0], member.verifier) for h in (first, second))
+    assert (before.index, after.index) == (1, 2) and before.hash != after.hash
 
 
 def test_a_witness_line_not_signed_by_the_coordinator_proves_nothing(planted: dict[str, Path], tmp_path: Path) -> None:

@@ -154,18 +154,20 @@ class SignedLedgerHead(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[_Union[_common_pb2.Signature, _Mapping]] = ...) -> None: ...
 
 class ConsentUpdatesResponse(_message.Message):
-    __slots__ = ("updates", "head_index", "as_of_ms", "head", "after_hash")
+    __slots__ = ("updates", "head_index", "as_of_ms", "head", "after_hash", "audit_head")
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     HEAD_INDEX_FIELD_NUMBER: _ClassVar[int]
     AS_OF_MS_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     AFTER_HASH_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[ConsentUpdate]
     head_index: int
     as_of_ms: int
     head: SignedLedgerHead
     after_hash: bytes
-    def __init__(self, updates: _Optional[_Iterable[_Union[ConsentUpdate, _Mapping]]] = ..., head_index: _Optional[int] = ..., as_of_ms: _Optional[int] = ..., head: _Optional[_Union[SignedLedgerHead, _Mapping]] = ..., after_hash: _Optional[bytes] = ...) -> None: ...
+    audit_head: SignedAuditHead
+    def __init__(self, updates: _Optional[_Iterable[_Union[ConsentUpdate, _Mapping]]] = ..., head_index: _Optional[int] = ..., as_of_ms: _Optional[int] = ..., head: _Optional[_Union[SignedLedgerHead, _Mapping]] = ..., after_hash: _Optional[bytes] = ..., audit_head: _Optional[_Union[SignedAuditHead, _Mapping]] = ...) -> None: ...
 
 class AnnouncementBody(_message.Message):
     __slots__ = ("province", "endpoint", "seal_suite", "seal_public_key", "tls_cert_sha256", "issued_at_ms", "mask_public_key", "tls_name")
