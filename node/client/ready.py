@@ -1,5 +1,6 @@
 """Waiting for a member to be ready: its server answers health checks over mutual TLS and, for a
-province node, the coordinator's directory routes to it (`hedui node wait`, `hedui coordinator wait`)."""
+province node, the coordinator's directory routes to it and holds its locator (`hedui node wait`,
+`hedui coordinator wait`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node.client.client import PeerUnreachable, translate
+from node.client.client import PeerRefused, PeerUnreachable, translate
 from node.client.coordinator import CoordinatorClient
 from node.config import MemberConfig
+from node.crypto import discovery
 from node.domain.regions import COORDINATOR_TLS_NAME, province_tls_name
 from node.errors import BadInput
 from node.member import Member
 from node.server import tls
+from node.wire.v1 import coordinator_pb2
 
 #: How often the coordinator's directory is asked again while a node's announcement is awaited.
 DIRECTORY_POLL_S: Final[float] = 0.1
@@ -71,7 +74,8 @@ def _wait_serving(cfg: MemberConfig, target: str, deadline: float, timeout_s: fl
 
 
 def _wait_listed(member: Member, deadline: float, timeout_s: float) -> None:
-    """Ask the coordinator's directory until it lists this province (the node has announced itself)."""
+    """Ask the coordinator's directory until it lists this province (the node has announced itself) and
+    the coordinator holds its locator for the current discovery epoch (its subjects can be found)."""
     what = f"province {member.province} in the coordinator's directory"
     pause = threading.Event()
     with CoordinatorClient(member, deadline_s=_remaining(deadline, what, timeout_s)) as coordinator:
@@ -81,6 +85,19 @@ def _wait_listed(member: Member, deadline: float, timeout_s: float) -> None:
                 entries = coordinator.directory(max_age_s=0)
             except PeerUnreachable:
                 entries = {}
-            if member.province in entries:
+            if member.province in entries and _located(coordinator):
                 return
             pause.wait(min(DIRECTORY_POLL_S, left))
+
+
+def _located(coordinator: CoordinatorClient) -> bool:
+    """Whether the coordinator holds this province's locator for the current discovery epoch (else a
+    routed query right now would not find the node's subjects)."""
+    try:
+        epoch = discovery.current_epoch(coordinator.discovery_epoch_s())
+        held = coordinator.call("HeldLocators", coordinator_pb2.HeldLocatorsRequest())
+    except (PeerUnreachable, BadInput):
+        return False
+    except PeerRefused:  # a coordinator that cannot say: the directory listing has to do
+        return True
+    return any(h.epoch == epoch for h in held.locators)

@@ -279,6 +279,13 @@ def test_node_wait_returns_once_the_node_is_routed_to(setup: dict[str, Path]) ->
     """`node wait` returns 0 for a serving node the coordinator lists, and 4 with one line when nothing answers."""
     proc = hedui("node", "wait", "--config", setup["cfg44"], "--to", str(setup["addr"]), "--timeout", "20", check=True)
     assert "urn:hedui:province:44 ready" in proc.stdout
+    # Ready means findable: the coordinator holds 44's locator for the current discovery epoch.
+    from node.client import ready
+    from node.client.coordinator import CoordinatorClient
+    from node.member import Member
+
+    with CoordinatorClient(Member.from_config(setup["cfg44"])) as coordinator:
+        assert ready._located(coordinator)
     with socket.socket() as probe:  # a port nobody listens on: bound, never accepting
         probe.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{probe.getsockname()[1]}"
