@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InternalError, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import padding, serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -27,12 +27,19 @@ SCRYPT_N: Final[int] = 2**14  # openssl pkcs8 -scrypt defaults (16 MiB, ~0.05 s)
 SCRYPT_R: Final[int] = 8
 SCRYPT_P: Final[int] = 1
 _MAX_SECRET: Final[int] = 4096
+# Bounds on the key-derivation cost a key file may ask for (it is read before anything is checked):
+# scrypt memory 128·r·N at most 256 MiB (16× the default), work N·r·p at most 2^22 (32× the default);
+# PBKDF2 (`openssl pkcs8 -topk8 -v2 aes256`) at most 2^22 iterations.
+_MAX_SCRYPT_MEMORY: Final[int] = 256 * 1024 * 1024
+_MAX_SCRYPT_WORK: Final[int] = 1 << 22
+_MAX_PBKDF2_ITERATIONS: Final[int] = 1 << 22
 
 _ENCRYPTED_PEM: Final[bytes] = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 # DER object identifiers (content octets) of PBES2 (RFC 8018), scrypt (RFC 7914) and AES-256-CBC.
 _OID_PBES2: Final[bytes] = bytes.fromhex("2a864886f70d01050d")
 _OID_SCRYPT: Final[bytes] = bytes.fromhex("2b06010401da47040b")
 _OID_AES256_CBC: Final[bytes] = bytes.fromhex("60864801650304012a")
+_OID_PBKDF2: Final[bytes] = bytes.fromhex("2a864886f70d01050c")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +116,10 @@ def load_private_key(path: Path, passphrase: SecretSource = NO_SECRET) -> Privat
     if encrypted and not passphrase:
         raise PkiError(f"{path} is encrypted: give its passphrase ([keys] passphrase_file or passphrase_credential "
                        "in the config; --passphrase-file, or --ca-passphrase-file for ca.key)")
+    if encrypted:
+        problem = _kdf_problem(data)
+        if problem is not None:
+            raise PkiError(f"{path} is not an encrypted key this node reads: {problem}")
     secret = passphrase.read() if encrypted else None
     try:
         return serialization.load_pem_private_key(data, password=secret)
@@ -116,8 +127,76 @@ def load_private_key(path: Path, passphrase: SecretSource = NO_SECRET) -> Privat
         if encrypted:
             raise PkiError(f"wrong passphrase for {path} (from {passphrase.where})") from None
         raise PkiError(f"{path} is not a PEM private key") from None
-    except (TypeError, UnsupportedAlgorithm):
+    except (TypeError, UnsupportedAlgorithm, InternalError):  # InternalError: OpenSSL refused a parameter
         raise PkiError(f"{path} is not a PEM private key") from None
+
+
+def _kdf_problem(data: bytes) -> str | None:
+    """Why the key-derivation parameters of an encrypted PKCS#8 PEM are refused (None: within bounds, or not
+    PBES2 with scrypt or PBKDF2, which the PEM loader then judges). Checked before any derivation runs:
+    a file asking for gigabytes of scrypt memory or minutes of work would stall or kill the node at start."""
+    import base64
+    import binascii
+
+    lines = data.strip().splitlines()
+    try:
+        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+        info = _der(der, 0x30)
+        algorithm, _ = _next(info, 0x30)
+        oid, params = _next(algorithm, 0x06)
+        if oid != _OID_PBES2:
+            return None
+        kdf, _ = _next(_der(params, 0x30), 0x30)
+        kdf_oid, kdf_params = _next(kdf, 0x06)
+        fields = _der(kdf_params, 0x30)
+        _, fields = _next(fields, 0x04)  # the salt
+        if kdf_oid == _OID_PBKDF2:
+            iterations, _ = _next(fields, 0x02)
+            return "PBKDF2 iteration count out of bounds" if not 1 <= _uint(iterations) <= _MAX_PBKDF2_ITERATIONS \
+                else None
+        if kdf_oid != _OID_SCRYPT:
+            return None
+        n, fields = _next(fields, 0x02)
+        r, fields = _next(fields, 0x02)
+        p, _ = _next(fields, 0x02)
+        n_, r_, p_ = _uint(n), _uint(r), _uint(p)
+    except (ValueError, IndexError, binascii.Error):
+        return "malformed PKCS#8 encryption parameters"
+    if n_ < 2 or n_ & (n_ - 1) or r_ < 1 or p_ < 1:
+        return "scrypt parameters are not valid (N a power of two above 1, r and p at least 1)"
+    if 128 * r_ * n_ > _MAX_SCRYPT_MEMORY or n_ * r_ * p_ > _MAX_SCRYPT_WORK:
+        return "scrypt parameters ask for more memory or work than a key file may"
+    return None
+
+
+def _der(data: bytes, tag: int) -> bytes:
+    """The content of `data`, one whole DER element of `tag` (ValueError otherwise)."""
+    content, rest = _next(data, tag)
+    if rest:
+        raise ValueError("trailing bytes")
+    return content
+
+
+def _next(data: bytes, tag: int) -> tuple[bytes, bytes]:
+    """(content of the first DER element of `data`, which must be of `tag`; the bytes after it)."""
+    if len(data) < 2 or data[0] != tag:
+        raise ValueError("unexpected DER element")
+    n, at = data[1], 2
+    if n & 0x80:
+        size = n & 0x7F
+        if not 1 <= size <= 4 or len(data) < 2 + size:
+            raise ValueError("bad DER length")
+        n, at = int.from_bytes(data[2:2 + size], "big"), 2 + size
+    if len(data) < at + n:
+        raise ValueError("DER element runs past its end")
+    return data[at:at + n], data[at + n:]
+
+
+def _uint(content: bytes) -> int:
+    """A DER INTEGER's content as a non-negative int (ValueError when negative or empty)."""
+    if not content or content[0] & 0x80 or len(content) > 9:
+        raise ValueError("not a small non-negative integer")
+    return int.from_bytes(content, "big")
 
 
 _PEM_CACHE: dict[tuple[Path, int, int], bytes] = {}

@@ -28,24 +28,30 @@ from node.client.batch import read_consents, read_households
 from node.client.household import check_contribution
 from node.client.query import check_answer
 from node.client.saved_answers import check_documents
+from node.config import DiscoveryPolicy
+from node.coordinator.audit_heads import load_witnesses, parse_audit_head
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
+from node.coordinator.locators import LocatorBook
+from node.coordinator.server import CoordinatorServicer
 from node.coordinator.directory import ANNOUNCEMENT, verify_announcement, verify_directory
 from node.coordinator.standards import verify_standards
-from node.crypto import pki, revocation, sealing, signing
+from node.crypto import keyfile, locator, pki, revocation, sealing, signing
 from node.crypto.evidence import Evidence
-from node.domain import freetext, idnumber, predicate, standards
+from node.domain import freetext, idnumber, predicate, request_ids, standards
 from node.domain.catalogue import load_catalogue
 from node.domain.policy import load_policy
 from node.domain.regions import province_uri
-from node.errors import ErrorCode, HeduiError
+from node.errors import ErrorCode, HeduiError, Refusal
 from node.service.consent import parse_ledger_head, parse_receipt
 from node.service.household import verify_holder_set
 from node.service.possession import signed_query
 from node.service.verification import require_usable_reply_key
-from node.store import audit
+from node.store import audit, witness
+from node.store.chain import HashChain
 from node.store.ingest import ingest_file
 from node.wire.v1 import common_pb2, coordinator_pb2, household_pb2, verification_pb2
-from tests.fuzz.world import HOLDER, REQUESTER, TODAY, WORKER, world
+from tests.fuzz.world import (DISCOVERY_CONSENT, EPOCH, HOLDER, KEY_PASSPHRASE, NOW_MS, NOW_S, REQUESTER, TODAY,
+                              WORKER, world)
 
 
 class ContractViolation(AssertionError):
@@ -331,6 +337,190 @@ def audit_refusal(data: bytes) -> None:
     audit.refusal(ErrorCode.MALFORMED, query=data, requester=REQUESTER)
 
 
+# -- what the coordinator takes from provinces since locator discovery and linked checkpoints ------
+
+def _book() -> LocatorBook:
+    """The fuzz world's coordinator locator book, accepting the epochs around the world's clock (not the real one)."""
+    w = world()
+    book = getattr(w, "_locator_book", None)
+    if book is None:
+        folder = w.tmp("locators")
+        folder.mkdir(exist_ok=True)
+        book = LocatorBook(folder, w.members["coordinator"].verifier, DiscoveryPolicy(max_subjects=1_000_000))
+        book.epochs = lambda: range(EPOCH - 1, EPOCH + 2)  # type: ignore[method-assign]
+        w._locator_book = book  # type: ignore[attr-defined]
+    return book
+
+
+def locator_body(data: bytes) -> None:
+    """A locator shard body as the coordinator checks and keeps it (PublishLocator), signed by the holder."""
+    signed = coordinator_pb2.SignedLocator(body=data, signature=_by(HOLDER, signing.LOCATOR, data))
+    _book().publish(HOLDER, signed)
+
+
+def signed_locator(data: bytes) -> None:
+    """A whole SignedLocator request (its signature as sent) as PublishLocator takes it."""
+    signed = _wire(coordinator_pb2.SignedLocator, data)
+    if signed is not None:
+        _book().publish(HOLDER, signed)
+
+
+def locator_shard(data: bytes) -> None:
+    """Filter bytes of a shard (after a 4-byte little-endian subject count), as the coordinator loads them."""
+    shard = locator.Shard(data[4:], int.from_bytes(data[:4], "little"))
+    shard.contains(bytes(32))
+
+
+class _Coordinator:
+    """What CoordinatorServicer._check_discovery reads: the fuzz world's consent registry."""
+
+    def __init__(self) -> None:
+        self.consents = world().registry
+
+    check_discovery = CoordinatorServicer._check_discovery
+
+
+def _discovery_consent() -> str:
+    """The id of a consent registered in the fuzz world with discovery commitments (DISCOVERY_CONSENT in seeds)."""
+    w = world()
+    cid = getattr(w, "_discovery_consent", None)
+    if cid is None:
+        from tests.fuzz.seeds import discovery_consent_request
+
+        status = w.registry.register(REQUESTER, discovery_consent_request())
+        cid = verification_pb2.ConsentBody.FromString(status.receipt.body).consent_id
+        w._discovery_consent = cid  # type: ignore[attr-defined]
+    return cid
+
+
+def _consent_id(named: str) -> str:
+    """The seeds name the world's discovery consent by a placeholder (its id is the registry's)."""
+    return _discovery_consent() if named == DISCOVERY_CONSENT else named
+
+
+def discover(data: bytes) -> None:
+    """A Discover request as the coordinator checks it against the consent, then answers from its locators."""
+    request = _wire(coordinator_pb2.DiscoverRequest, data)
+    if request is None:
+        return
+    request_ids.check(request.request_id)
+    _Coordinator().check_discovery(REQUESTER, _consent_id(request.consent_id), request.discovery_tokens, request.epoch)
+    _book().matches([HOLDER], list(request.discovery_tokens), request.epoch)
+
+
+def discover_batch(data: bytes) -> None:
+    """A DiscoverBatch request: every household checked on its own, the accepted ones matched."""
+    request = _wire(coordinator_pb2.DiscoverBatchRequest, data)
+    if request is None:
+        return
+    request_ids.check(request.request_id)
+    if not 1 <= len(request.households) <= 64:
+        return
+    asked = []
+    for h in request.households:
+        try:
+            _Coordinator().check_discovery(REQUESTER, _consent_id(h.consent_id), h.discovery_tokens, request.epoch)
+        except Refusal:
+            continue
+        asked.extend(h.discovery_tokens)
+    _book().matches([HOLDER], asked, request.epoch)
+
+
+def _open_round(h: household_pb2.OpenRoundRequest) -> None:
+    request_ids.check(h.round_id)
+    consent = world().registry.check_active(REQUESTER, _consent_id(h.consent_id))
+    if h.HasField("previous"):
+        return  # a repeat round names its previous holder set: the coordinator's own signed message
+    _Coordinator().check_discovery(REQUESTER, _consent_id(h.consent_id), h.discovery_tokens, h.epoch)
+    if len(set(h.discovery_tokens)) == len(consent.subject_commitments):
+        _book().matches([HOLDER], list(h.discovery_tokens), h.epoch)
+
+
+def open_round(data: bytes) -> None:
+    """An OpenRound request (a fresh round) as the coordinator checks its discovery tokens."""
+    request = _wire(household_pb2.OpenRoundRequest, data)
+    if request is not None:
+        _open_round(request)
+
+
+def open_round_batch(data: bytes) -> None:
+    """An OpenRoundBatch request: every household checked on its own."""
+    request = _wire(household_pb2.OpenRoundBatchRequest, data)
+    if request is None:
+        return
+    request_ids.check(request.request_id)
+    for h in request.households[:64]:
+        with contextlib.suppress(Refusal):
+            _open_round(h)
+
+
+def _checkpoints() -> audit.CheckpointStore:
+    w = world()
+    store = getattr(w, "_checkpoints", None)
+    if store is None:
+        store = audit.CheckpointStore(HashChain(w.tmp("checkpoints.sqlite")), w.members["coordinator"].verifier,
+                                      clock=lambda: NOW_S)
+        w._checkpoints = store  # type: ignore[attr-defined]
+    return store
+
+
+def checkpoint(data: bytes) -> None:
+    """An audit checkpoint body (canonical JSON with prev_index/prev_digest), signed by the holder, lodged
+    (SubmitCheckpoint): verified, then checked to extend the one held."""
+    message = coordinator_pb2.AuditCheckpoint(body=data, signature=_by(HOLDER, signing.CHECKPOINT, data))
+    with contextlib.suppress(audit.CheckpointInvalid):
+        cp = audit.verify_checkpoint(message, world().holder.verifier)
+        audit.extension_problem(cp, cp)
+    _checkpoints().receive(message.SerializeToString(deterministic=True), province_uri(HOLDER))
+
+
+def checkpoint_message(data: bytes) -> None:
+    """A whole AuditCheckpoint message (its own signature) as SubmitCheckpoint or `audit verify` read it."""
+    audit.verify_checkpoint(data, world().holder.verifier, at_signing_time=True)
+
+
+def audit_head(data: bytes) -> None:
+    """The coordinator's audit head body from a CheckpointAck, signed by it: parsed, then kept and re-read as a witness line."""
+    w = world()
+    signed = coordinator_pb2.SignedAuditHead(body=data, signature=_by("coordinator", signing.AUDIT_HEAD, data))
+    head = parse_audit_head(signed, w.holder.verifier)
+    folder = w.tmp("audit-witness")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    witness.WitnessFile(folder / witness.AUDIT_HEADS).offer(witness.Head(  # as CoordinatorLink._submit_checkpoint
+        head.index, head.hash, blob=signed.SerializeToString(deterministic=True), at_ms=NOW_MS))
+    load_witnesses([folder], witness.AUDIT_HEADS, w.members["coordinator"].verifier)
+
+
+def witness_line(data: bytes) -> None:
+    """One line of a witness file (ledger-heads.jsonl, audit-heads.jsonl)."""
+    with contextlib.suppress(ValueError):  # WitnessFile.read reports a line that is not one, by its number
+        witness.parse_line(data, "fuzz line 1")
+
+
+def witness_dir(data: bytes) -> None:
+    """A witness folder's ledger-heads.jsonl as `ledger verify --witness` loads it and checks the ledger against it."""
+    w = world()
+    folder = w.tmp("witness")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    (folder / witness.LEDGER_HEADS).write_bytes(data)
+    heads, _ = load_witnesses([folder], witness.LEDGER_HEADS, w.members["coordinator"].verifier)
+    chain = w.registry.chain
+    witness.check_ledger(chain, heads)
+
+
+def private_key(data: bytes) -> None:
+    """A private key file (plain or passphrase-encrypted PKCS#8 PEM) as a node loads it with its passphrase."""
+    w = world()
+    path = _file("key.pem", data)
+    secret = w.tmp("passphrase")
+    if not secret.exists():
+        secret.write_bytes(KEY_PASSPHRASE + b"\n")
+    keyfile.plain_pem(path, keyfile.SecretSource(file=secret))
+    keyfile.load_private_key(path, keyfile.SecretSource(file=secret))
+
+
 @dataclass(frozen=True)
 class Target:
     """A harness and the errors, besides HeduiError, its caller handles as a refusal."""
@@ -379,6 +569,21 @@ TARGETS: dict[str, Target] = {
     "consent_request": Target(consent_request),
     # The servicer records a refusal without the query's fields when audit.refusal raises ValueError.
     "audit_refusal": Target(audit_refusal, (ValueError,)),
+    "locator_body": Target(locator_body),
+    "signed_locator": Target(signed_locator),
+    # locator.FilterRejected (a ValueError) is what LocatorBook turns into MALFORMED.
+    "locator_shard": Target(locator_shard, (locator.FilterRejected,)),
+    "discover": Target(discover),
+    "discover_batch": Target(discover_batch),
+    "open_round": Target(open_round),
+    "open_round_batch": Target(open_round_batch),
+    "checkpoint": Target(checkpoint),
+    # verify_checkpoint raises CheckpointInvalid; SubmitCheckpoint and `audit verify` report it.
+    "checkpoint_message": Target(checkpoint_message, (audit.CheckpointInvalid,)),
+    "audit_head": Target(audit_head),
+    "witness_line": Target(witness_line),
+    "witness_dir": Target(witness_dir),
+    "private_key": Target(private_key),
 }
 
 

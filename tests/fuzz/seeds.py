@@ -20,7 +20,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from node.crypto import masks, pki, possession, revocation, sealing, signing
+from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
+from node.crypto import discovery, locator, masks, pki, possession, revocation, sealing, signing
 from node.domain import standards
 from node.domain.regions import province_uri
 from node.service.consent import commitment
@@ -29,7 +30,8 @@ from node.testing.standards import standards_document
 from node.wire.v1 import common_pb2, coordinator_pb2, household_pb2, verification_pb2
 from node.coordinator.directory import ANNOUNCEMENT
 from tests.fuzz.harnesses import TARGETS
-from tests.fuzz.world import FACTS, HOLDER, NOW_MS, REQUESTER, SPOUSE, WORKER, world
+from tests.fuzz.world import (DISCOVERY_CONSENT, EPOCH, FACTS, HOLDER, KEY_PASSPHRASE, NOW_MS, REQUESTER, SPOUSE,
+                              WORKER, world)
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent.parent
@@ -170,6 +172,109 @@ def _consent_request() -> bytes:
         case_reference="case-2026-11", evidence_algorithm="sha256", evidence_digest=bytes(32)).SerializeToString()
 
 
+def discovery_consent_request() -> coordinator_pb2.RegisterConsentRequest:
+    """The consent (both household members, committed for the world's discovery epochs) the discovery seeds name."""
+    w = world()
+    nb, na = NOW_MS - 60_000, NOW_MS + 30 * 86_400_000
+    epochs = range(EPOCH, EPOCH + 5)  # consent_epochs starts at the real clock's epoch; the world's clock is fixed
+    tokens = [w.token(i) for i in (WORKER, SPOUSE)]
+    body = coordinator_pb2.ConsentRequestBody(
+        requester=REQUESTER, request_id="creq-fuzz-discovery", nonce=bytes(range(1, 17)), issued_at_ms=NOW_MS,
+        purpose="dibao", subject_salt=SALT, subject_commitments=[commitment(SALT, t) for t in tokens],
+        scopes=["deposit", "income"], not_before_ms=nb, not_after_ms=na, case_reference="case-2026-11",
+        discovery_commitments=discovery.consent_commitments(SALT, tokens, epochs),
+        discovery_first_epoch=epochs.start).SerializeToString()
+    return coordinator_pb2.RegisterConsentRequest(body=body, signature=_sign(REQUESTER, CONSENT_REQUEST_DOMAIN, body))
+
+
+def _edts(epoch: int = EPOCH) -> list[bytes]:
+    return [discovery.discovery_token(world().token(i), epoch) for i in (WORKER, SPOUSE)]
+
+
+def _locator_seeds() -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """(locator bodies, signed locators, shards with their count) of the holder's locator for the world's epoch."""
+    edts = _edts()
+    bits, shards = locator.build(edts, len(edts))
+    bodies = [coordinator_pb2.LocatorBody(
+        province=HOLDER, epoch=EPOCH, filter_kind=locator.FILTER_KIND, subject_count=len(edts), shard_bits=bits,
+        shard=i, shard_count=n, filter=data, generation=NOW_MS + g).SerializeToString()
+        for g in (0, 1) for i, (n, data) in enumerate(shards)]
+    signed = [coordinator_pb2.SignedLocator(body=b, signature=_sign(HOLDER, signing.LOCATOR, b)).SerializeToString()
+              for b in bodies[:1]]
+    _, big = locator.build([hashlib.sha256(b"%d" % i).digest() for i in range(300)], 300)
+    shard_seeds = [n.to_bytes(4, "little") + data for n, data in shards + big[:1]]
+    return bodies, signed, shard_seeds
+
+
+def _discovery_seeds() -> dict[str, list[bytes]]:
+    edts = _edts()
+    fresh = household_pb2.OpenRoundRequest(consent_id=DISCOVERY_CONSENT, round_id="round-fuzz-0002",
+                                           discovery_tokens=edts, epoch=EPOCH)
+    return {
+        "discover": [coordinator_pb2.DiscoverRequest(consent_id=DISCOVERY_CONSENT, request_id="req-fuzz-0003",
+                                                     discovery_tokens=edts, epoch=EPOCH).SerializeToString(),
+                     coordinator_pb2.DiscoverRequest(consent_id=DISCOVERY_CONSENT, request_id="req-fuzz-0004",
+                                                     discovery_tokens=_edts(EPOCH + 1)[:1],
+                                                     epoch=EPOCH + 1).SerializeToString()],
+        "discover_batch": [coordinator_pb2.DiscoverBatchRequest(request_id="req-fuzz-0005", epoch=EPOCH, households=[
+            coordinator_pb2.HouseholdDiscovery(consent_id=DISCOVERY_CONSENT, discovery_tokens=edts),
+            coordinator_pb2.HouseholdDiscovery(consent_id="c-unknown", discovery_tokens=edts[:1])]).SerializeToString()],
+        "open_round": [fresh.SerializeToString()],
+        "open_round_batch": [household_pb2.OpenRoundBatchRequest(request_id="req-fuzz-0006", households=[
+            fresh, household_pb2.OpenRoundRequest(consent_id=DISCOVERY_CONSENT, round_id="round-fuzz-0003",
+                                                  discovery_tokens=edts[:1], epoch=EPOCH)]).SerializeToString()],
+    }
+
+
+def _checkpoint_seeds() -> tuple[list[bytes], list[bytes]]:
+    """(checkpoint bodies, signed AuditCheckpoint messages): the holder's first checkpoint and one linked to it."""
+    from node.store import audit
+    from node.store.chain import GENESIS
+
+    member = province_uri(HOLDER)
+    first = audit.Checkpoint(member, 3, hashlib.sha256(b"head-3").digest(), NOW_MS - 60_000, audit.NO_PREVIOUS)
+    second = audit.Checkpoint(member, 7, hashlib.sha256(b"head-7").digest(), NOW_MS, first.link)
+    genesis = audit.Checkpoint(member, 0, GENESIS, NOW_MS - 120_000, audit.NO_PREVIOUS)
+    bodies = [c.body() for c in (first, second, genesis)]
+    signer = world().signer(HOLDER)
+    return bodies, [audit.sign_checkpoint(c, signer).blob for c in (first, second)]
+
+
+def _witness_seeds() -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """(audit head bodies, witness lines, witness files) signed by the world's coordinator."""
+    from node.store import witness
+
+    w = world()
+    audit_bodies = [coordinator_pb2.AuditHeadBody(head_index=i, head_hash=hashlib.sha256(b"%d" % i).digest(),
+                                                  at_ms=NOW_MS + i, anchor_index=0).SerializeToString(deterministic=True)
+                    for i in (1, 40)]
+    chain = w.registry.chain
+    index, digest = chain.head()
+    from node.store import ledger as ledger_mod
+
+    ident = ledger_mod.read_identity(chain)
+    lines = []
+    for at in (NOW_MS, NOW_MS + 60_000):
+        body = coordinator_pb2.LedgerHeadBody(ledger_id=ident.ledger_id if ident else b"", epoch=ident.epoch if ident else b"",
+                                              head_index=index, head_hash=digest).SerializeToString()
+        signed = coordinator_pb2.SignedLedgerHead(body=body, signature=_sign("coordinator", signing.REVOCATIONS, body))
+        lines.append(witness.Head(index, digest, ident.epoch if ident else b"", ident.ledger_id if ident else b"",
+                                  signed.SerializeToString(), at, "").to_json_line().encode())
+    audit_signed = coordinator_pb2.SignedAuditHead(body=audit_bodies[0], signature=_sign(
+        "coordinator", signing.AUDIT_HEAD, audit_bodies[0])).SerializeToString()
+    lines.append(witness.Head(1, hashlib.sha256(b"1").digest(), blob=audit_signed, at_ms=NOW_MS).to_json_line().encode())
+    return audit_bodies, lines, [b"\n".join(lines[:2]) + b"\n", lines[0] + b"\n" + b'{"at": 1}\n' + lines[1]]
+
+
+def _key_seeds() -> list[bytes]:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from node.crypto import keyfile
+
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    return [keyfile.pem_of(key), keyfile.pem_of(key, KEY_PASSPHRASE)]
+
+
 def seeds() -> dict[str, list[bytes]]:
     """Target name -> its seed inputs."""
     w = world()
@@ -199,7 +304,20 @@ def seeds() -> dict[str, list[bytes]]:
     l1, l2 = _locked(q1, [WORKER]), _locked(q2, [WORKER, SPOUSE])
     answer_body, answer_file, contribution_body = _answer_seeds()
     record, line = _record_seeds(contribution_body)
+    locator_bodies, signed_locators, shards = _locator_seeds()
+    checkpoint_bodies, checkpoint_messages = _checkpoint_seeds()
+    audit_heads, witness_lines, witness_files = _witness_seeds()
     return {
+        **_discovery_seeds(),
+        "locator_body": locator_bodies,
+        "signed_locator": signed_locators,
+        "locator_shard": shards,
+        "checkpoint": checkpoint_bodies,
+        "checkpoint_message": checkpoint_messages,
+        "audit_head": audit_heads,
+        "witness_line": witness_lines,
+        "witness_dir": witness_files,
+        "private_key": _key_seeds(),
         "answer": [answer_body],
         "contribution": [contribution_body],
         "answer_file": [answer_file],

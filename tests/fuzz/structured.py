@@ -34,7 +34,8 @@ TOML_VALUES: list[Any] = [True, 0, -1, 2**63 - 1, 1.5, "", "x", "510100", "2026-
 DOCUMENTS: dict[str, str] = {
     "standards_canonical": "json", "standards_signed": "json", "decision_record": "json", "results_line": "json",
     "answer_file": "json", "evidence_json": "json", "ingest_jsonl": "jsonl", "standards_toml": "toml",
-    "member_config": "toml", "catalogue_toml": "toml", "policy_toml": "toml",
+    "member_config": "toml", "catalogue_toml": "toml", "policy_toml": "toml", "checkpoint": "json",
+    "witness_line": "json", "witness_dir": "jsonl",
 }
 MESSAGES: dict[str, type[Message]] = {
     "query": verification_pb2.QueryBody, "audit_refusal": verification_pb2.QueryBody,
@@ -44,6 +45,10 @@ MESSAGES: dict[str, type[Message]] = {
     "consent_request": coordinator_pb2.ConsentRequestBody, "answer": verification_pb2.AnswerBody,
     "contribution": household_pb2.ContributionBody, "locked_query": verification_pb2.LockedQuery,
     "locked_batch": verification_pb2.LockedBatch, "signature": common_pb2.Signature,
+    "locator_body": coordinator_pb2.LocatorBody, "signed_locator": coordinator_pb2.SignedLocator,
+    "discover": coordinator_pb2.DiscoverRequest, "discover_batch": coordinator_pb2.DiscoverBatchRequest,
+    "open_round": household_pb2.OpenRoundRequest, "open_round_batch": household_pb2.OpenRoundBatchRequest,
+    "audit_head": coordinator_pb2.AuditHeadBody, "checkpoint_message": coordinator_pb2.AuditCheckpoint,
 }
 STRINGS = ["", "x", "51", "44", "\x00", "é" * 70, "a" * 5000, "req-fuzz-0001", "dibao", "*", "deposit.*", "..", "33"]
 BYTES = [b"", b"\x00", b"\x00" * 32, b"\xff" * 33, b"x" * 5000]

@@ -33,7 +33,8 @@ def test_fuzz_corpus_replays_clean(target: str, path: Path) -> None:
 
 def test_seeds_reach_past_signatures() -> None:
     """The signatures nested in the seeds verify in this process's world (its keys signed them), so fuzzing starts deep."""
-    for target in ("query", "contribution_query", "locked_query", "consent_receipt", "directory"):
+    for target in ("query", "contribution_query", "locked_query", "consent_receipt", "directory", "locator_body",
+                   "signed_locator", "discover", "checkpoint", "checkpoint_message", "audit_head"):
         for path in sorted((FUZZ / "corpus" / target).iterdir()):
             try:
                 harnesses.TARGETS[target].run(path.read_bytes())

@@ -31,6 +31,11 @@ from node.wire.v1 import household_pb2
 NOW_S = 1_795_000_000.0
 NOW_MS = int(NOW_S * 1000)
 TODAY = dt.date(2026, 11, 18)
+#: The discovery epoch of NOW_S (default 7-day epochs): locators and discovery tokens of the seeds are for it.
+EPOCH = int(NOW_S) // (7 * 24 * 3600)
+#: Placeholder consent id in discovery seeds: the harness puts the id of the world's discovery consent there.
+DISCOVERY_CONSENT = "c-fuzz-discovery"
+KEY_PASSPHRASE = b"fuzz-world-passphrase-0001"
 PROVINCES = ("44", "51")  # 44 holds the data and answers; 51 asks
 HOLDER, REQUESTER = "44", "51"
 WORKER = idnumber.make("510104", dt.date(1988, 5, 17), 371)

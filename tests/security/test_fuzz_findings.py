@@ -182,3 +182,35 @@ def test_crl_with_a_bad_version_is_rejected(tmp_path: Path) -> None:
     bad = [p for p in sorted((REGRESSIONS / "crl").glob("crash-*")) if p.name.startswith("crash-0995")]
     with pytest.raises(revocation.CertificateRejected, match="revocation list does not parse"):
         crl.accept(bad[0].read_bytes())
+
+
+def _pki_with_ca_key(tmp_path: Path, regression: str) -> tuple[Path, Path]:
+    """A copy of the fuzz world's PKI whose CA key file is the regression input, and a passphrase file."""
+    import shutil
+
+    from tests.fuzz.world import KEY_PASSPHRASE
+
+    pki = tmp_path / "pki"
+    shutil.copytree(world().root / "pki", pki)
+    (pki / "ca.key").write_bytes((REGRESSIONS / "private_key" / regression).read_bytes())
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_bytes(KEY_PASSPHRASE + b"\n")
+    return pki, passphrase
+
+
+def test_encrypted_key_whose_scrypt_n_is_not_a_power_of_two_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An encrypted key file whose scrypt N is not a power of two is refused (exit 2, one line), not an OpenSSL InternalError."""
+    pki, passphrase = _pki_with_ca_key(tmp_path, "scrypt-n-not-a-power-of-two")
+    line = _one_line_exit_2(hedui("pki", "issue", "--pki", pki, "--province", "32", "--ca-passphrase-file", passphrase))
+    assert "ca.key is not an encrypted key this node reads: scrypt parameters are not valid" in line
+
+
+def test_encrypted_key_asking_for_a_gigabyte_or_minutes_of_scrypt_is_refused_before_deriving(tmp_path: Path) -> None:
+    """An encrypted key file whose scrypt parameters ask for 1 GiB of memory, or 1000 times the work, is refused
+    by its parameters (exit 2, one line) instead of being derived (a node stalled or killed at start)."""
+    for regression in ("scrypt-1gib-of-memory", "scrypt-p-1000"):
+        pki, passphrase = _pki_with_ca_key(tmp_path / regression, regression)
+        line = _one_line_exit_2(hedui("pki", "issue", "--pki", pki, "--province", "32",
+                                      "--ca-passphrase-file", passphrase))
+        assert "scrypt parameters ask for more memory or work than a key file may" in line, regression
+        assert not (pki / "members" / "32").exists()
