@@ -142,7 +142,9 @@ def test_province_down_mid_batch_is_unavailable_then_completed_by_a_rerun(world:
     assert proc.returncode == 0, proc.stderr
     second = records(out)
     assert len(second) == len(first) == len({r["household"] for r in second})
-    assert all(r["routing"]["33"] in ("OK", "NO_MATCH") for r in second)
+    # NOT_HELD: a household 33's locator matched by a false positive (about 2^-16 per member and epoch)
+    # was asked, could not unlock the query and was judged not to hold it: final, like NO_MATCH.
+    assert all(r["routing"]["33"] in ("OK", "NO_MATCH", "NOT_HELD") for r in second)
     assert any(r["routing"]["33"] == "OK" for r in second)
 
 
@@ -163,7 +165,9 @@ def test_a_temporary_refusal_stays_retryable(world: tuple[Federation, Path], inp
     assert held_by_33 and all(r["routing"]["33"] == "UNAVAILABLE" for r in held_by_33)
     assert run_batch(fed, inputs, out).returncode == 0
     second = records(out)
-    assert all(r["routing"]["33"] in ("OK", "NO_MATCH") for r in second)
+    assert all(r["routing"]["33"] in ("OK", "NO_MATCH", "NOT_HELD") for r in second)  # NOT_HELD: see above
+    assert all(r["routing"]["33"] == "OK" for r in second if r["household"] in {h["household"] for h in held_by_33}
+               and r["routing"]["33"] != "NOT_HELD")
     _ = synced
 
 
