@@ -33,6 +33,9 @@ BOUND_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("evidence_digest", "evidence digest"),
 )
 
+#: Bound fields that are repeated (compared as lists).
+_REPEATED: Final[frozenset[str]] = frozenset({"subject_commitments", "discovery_commitments", "scopes"})
+
 #: Under 160 characters, so the coordinator passes it on whole in a route status (it cuts at 200).
 UNBOUND: Final[str] = ("receipt carries no request signed by the requester (as before consents were bound): "
                        "the coordinator alone cannot authorise; register the consent again")
@@ -43,7 +46,7 @@ def _expected(req: coordinator_pb2.ConsentRequestBody, field: str) -> Any:
     if field == "scopes":
         return sorted(set(req.scopes))
     value = getattr(req, field)
-    return list(value) if field in ("subject_commitments", "discovery_commitments") else value
+    return list(value) if field in _REPEATED else value
 
 
 def receipt_body(raw: bytes, signature: common_pb2.Signature, req: coordinator_pb2.ConsentRequestBody,
@@ -85,8 +88,7 @@ def bound_request(body: verification_pb2.ConsentBody, verifier: signing.Verifier
     differing: list[str] = []
     for field, label in BOUND_FIELDS:
         actual = getattr(body, field)
-        if (list(actual) if field in ("subject_commitments", "discovery_commitments", "scopes") else actual) \
-                != _expected(req, field):
+        if (list(actual) if field in _REPEATED else actual) != _expected(req, field):
             if label not in differing:
                 differing.append(label)
     if differing:

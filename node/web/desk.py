@@ -124,14 +124,18 @@ class Desk:
         case = self.cases.get(case_id)
         if case is None:
             raise NotFound(case_id)
-        if account.role is Role.CASEWORKER and case.office != account.office:
-            self.audit(f"forbidden.{action}", account.id, case=case)
-            raise Forbidden(action)
+        self._require_office(account, case.office, action, case=case)
         return case
 
     def list_for(self, account: Account) -> list[Case]:
         self.require(account, Role.CASEWORKER, Role.SUPERVISOR, action="list")
-        return self.cases.list(account.office if account.role is Role.CASEWORKER else None)
+        return self.cases.list(_office_of(account))
+
+    def _require_office(self, account: Account, office: str, action: str, **audited: Any) -> None:
+        """Caseworkers reach their own office's cases and batches only (supervisors every office's)."""
+        if _office_of(account) not in (None, office):
+            self.audit(f"forbidden.{action}", account.id, **audited)
+            raise Forbidden(action)
 
     # -- cases -----------------------------------------------------------------------------
 
@@ -242,14 +246,12 @@ class Desk:
         batch = self.batches.get(batch_id)
         if batch is None:
             raise NotFound(batch_id)
-        if account.role is Role.CASEWORKER and batch.office != account.office:
-            self.audit(f"forbidden.{action}", account.id, batch=batch)
-            raise Forbidden(action)
+        self._require_office(account, batch.office, action, batch=batch)
         return batch
 
     def batch_list(self, account: Account) -> list[Batch]:
         self.require(account, Role.CASEWORKER, Role.SUPERVISOR, action="batch")
-        return self.batches.list(account.office if account.role is Role.CASEWORKER else None)
+        return self.batches.list(_office_of(account))
 
     # -- auditors --------------------------------------------------------------------------
 
@@ -303,3 +305,9 @@ class Desk:
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         except grpc.RpcError as exc:
             return exc.code().name if hasattr(exc, "code") else "UNAVAILABLE"
+
+
+def _office_of(account: Account) -> str | None:
+    """The office an account's view is limited to: a caseworker's own; None (every office) for others."""
+    return account.office if account.role is Role.CASEWORKER else None
+
