@@ -40,6 +40,9 @@ class Limits:
     reserved_feed_rpcs: int = 64  # capacity only the consent, revocation, directory and checkpoint feeds use
     max_feed_calls_per_peer: int = 8  # one caller's share of reserved_feed_rpcs
     max_province_wait_s: float = 15.0  # the longest the coordinator waits on one province, whatever the caller's deadline
+    #: Connections a client keeps to one server (the coordinator to each province, a batch client to its
+    #: coordinator), calls in turn: the kernel spreads connections, not calls, over `--workers` (SO_REUSEPORT).
+    connections_per_peer: int = 4
     probe_checks_per_consent_item: int = 3  # distinct checks at values other than published standards (node.service.probing)
 
 

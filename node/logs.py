@@ -36,6 +36,14 @@ def _request_id_guard(_logger: Any, _method: str, event: dict[str, Any]) -> dict
     return event
 
 
+def _worker(pid: int) -> Any:
+    """A processor naming the worker process of every event."""
+    def add(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        event["worker"] = pid
+        return event
+    return add
+
+
 class _CurrentStderr:
     """Writes to whatever `sys.stderr` is when a line is written, not when logging was configured
     (a test harness swaps it, and a line must never go to an old, closed stream)."""
@@ -47,8 +55,12 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure(level: str = "info", *, json: bool | None = None, stream: Any = None) -> None:
-    """Configure structlog once per process; JSON unless stderr is a terminal. BadInput for an unknown level."""
+def configure(level: str = "info", *, json: bool | None = None, stream: Any = None, worker_pid: int | None = None) -> None:
+    """Configure structlog once per process; JSON unless stderr is a terminal. BadInput for an unknown level.
+
+    `worker_pid` (a `--workers` process) is added to every event as "worker", so the workers'
+    interleaved lines can be told apart.
+    """
     global _configured
     level = check_level(level)
     if json is None:
@@ -59,6 +71,7 @@ def configure(level: str = "info", *, json: bool | None = None, stream: Any = No
         processors=[
             structlog.contextvars.merge_contextvars,
             _request_id_guard,
+            *([_worker(worker_pid)] if worker_pid is not None else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

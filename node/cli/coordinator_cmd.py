@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
         return run_workers_for(args, "coordinator", cfg.listen)
     if not cfg.is_coordinator:
         raise BadInput("this config is a province node's (use `hedui node serve`)")
-    logs.configure(args.log_level or cfg.log_level)
+    logs.configure(args.log_level or cfg.log_level, worker_pid=os.getpid() if args.reuse_port else None)
     asyncio.run(serve_until_signalled(CoordinatorServer(cfg, reuse_port=args.reuse_port), args.listen,
                                       on_ready=port_file_writer(args.port_file)))
     return 0

@@ -208,7 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
         return run_workers_for(args, "node", cfg.listen)
     if cfg.province is None:
         raise BadInput("this config is not a province node's (use `hedui coordinator serve`)")
-    logs.configure(args.log_level or cfg.log_level)
+    logs.configure(args.log_level or cfg.log_level, worker_pid=os.getpid() if args.reuse_port else None)
     server = NodeServer(cfg, reuse_port=args.reuse_port)
     asyncio.run(serve_until_signalled(server, args.listen, on_ready=port_file_writer(args.port_file)))
     return 0

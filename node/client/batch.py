@@ -22,7 +22,6 @@ from typing import Any, Final
 import grpc
 from google.protobuf.message import DecodeError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from grpc import aio
 
 from node import files
 from node.client.client import translate
@@ -40,6 +39,7 @@ from node.domain.regions import COORDINATOR_TLS_NAME, province_uri
 from node.errors import BadInput, HeduiError, Refusal
 from node.member import Member
 from node.server import tls
+from node.server.channel_pool import ChannelPool
 from node.service.consent import SALT_BYTES, commitment
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
@@ -181,14 +181,21 @@ class BatchSession:
             raise BadInput("this node has no coordinator configured")
         self.member = member
         self.deadline_s = deadline_s
-        self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
-                                           options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
-        self.stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        # `[limits] connections_per_peer` connections, calls in turn, so a coordinator's --workers share them
+        self._pool = ChannelPool(member.cfg.coordinator, tls.channel_credentials(member.cfg),
+                                 tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME),
+                                 member.cfg.limits.connections_per_peer, coordinator_pb2_grpc.CoordinatorStub)
+        self._channel = self._pool.channels[0]
         self.signer = signing.AsyncBatchSigner(member.signer)
         self._directory: dict[str, Any] | None = None
 
+    @property
+    def stub(self) -> coordinator_pb2_grpc.CoordinatorStub:
+        """The Coordinator stub of the next connection."""
+        return self._pool.stub()
+
     async def close(self) -> None:
-        await self._channel.close()
+        await self._pool.close()
 
     async def call(self, method: str, request: Any, *, stub: Any = None) -> Any:
         """`method` of the Coordinator service (or of `stub`, on the same channel); HeduiError on failure."""

@@ -23,6 +23,7 @@ from node.crypto import possession
 from node.domain.regions import province_uri
 from node.errors import ErrorCode, Refusal
 from node.server import tls
+from node.server.channel_pool import ChannelPool
 from node.wire.v1 import coordinator_pb2, household_pb2_grpc, verification_pb2, verification_pb2_grpc
 
 MARGIN_S: Final[float] = 0.1
@@ -34,6 +35,7 @@ _IMPLAUSIBLE: Final[str] = "province's held claims were contradicted too often: 
 _NOT_IDENTIFIED: Final[str] = "province's server did not present its announced certificate: nothing sent"
 _NO_LOCATOR: Final[str] = "province has no locator for this discovery epoch"
 T = TypeVar("T")
+_Stubs = tuple[verification_pb2_grpc.VerificationStub, household_pb2_grpc.HouseholdHolderStub]
 
 
 def status_name(status: int) -> str:
@@ -82,45 +84,54 @@ class Router:
         self.directory = directory
         self.claims = claims
         self._credentials = tls.channel_credentials(cfg)
-        # province -> ((endpoint, TLS name), channel, stub): a new announcement (endpoint or certificate) redials
-        self._channels: dict[str, tuple[tuple[str, str], aio.Channel, verification_pb2_grpc.VerificationStub]] = {}
+        # province -> ((endpoint, TLS name), pool): `[limits] connections_per_peer` connections per province,
+        # calls in turn, so a node's --workers share them; a new announcement (endpoint or certificate) redials
+        self._channels: dict[str, tuple[tuple[str, str], ChannelPool[_Stubs]]] = {}
 
     def _bounded(self, timeout: float) -> float:
         """How long to wait on one province: never beyond the configured bound."""
         return min(timeout, self.cfg.limits.max_province_wait_s)
 
-    def _stub(self, province: str) -> verification_pb2_grpc.VerificationStub | None:
+    def _stubs(self, province: str) -> _Stubs | None:
         entry = self.directory.entries().get(province)
         if entry is None:
             return None
         dialled = (entry.endpoint, server_name(entry))
         known = self._channels.get(province)
         if known is not None and known[0] == dialled:
-            return known[2]
+            return known[1].stub()
         if known is not None:
             asyncio.get_running_loop().create_task(known[1].close())
         # An announced HOST:PORT (checked by verify_announcement) is always resolved as a name or
         # address: never read as a gRPC target scheme ("unix:", "vsock:", ...). Every handshake requires
         # the announced certificate's own name (or the province's), so nothing reaches another server.
-        channel = aio.secure_channel(f"dns:///{entry.endpoint}", self._credentials,
-                                     options=tls.channel_options(self.cfg.limits, server_name=dialled[1]))
-        stub = verification_pb2_grpc.VerificationStub(channel)
-        self._channels[province] = (dialled, channel, stub)
-        return stub
+        pool = ChannelPool(f"dns:///{entry.endpoint}", self._credentials,
+                           tls.channel_options(self.cfg.limits, server_name=dialled[1]),
+                           self.cfg.limits.connections_per_peer, _make_stubs)
+        self._channels[province] = (dialled, pool)
+        return pool.stub()
+
+    def _stub(self, province: str) -> verification_pb2_grpc.VerificationStub | None:
+        stubs = self._stubs(province)
+        return None if stubs is None else stubs[0]
 
     def household_stub(self, province: str) -> household_pb2_grpc.HouseholdHolderStub | None:
-        """The province's HouseholdHolder service, on the same channel as its Verification service."""
-        if self._stub(province) is None:
-            return None
-        return household_pb2_grpc.HouseholdHolderStub(self._channels[province][1])
+        """The province's HouseholdHolder service, on the next of its connections (as its Verification service)."""
+        stubs = self._stubs(province)
+        return None if stubs is None else stubs[1]
+
+    def connections(self, province: str) -> int:
+        """How many connections the router keeps to `province` (0 before its first call)."""
+        known = self._channels.get(province)
+        return 0 if known is None else len(known[1])
 
     def bounded(self, timeout: float) -> float:
         """How long to wait on one province: never beyond `[limits] max_province_wait_s`."""
         return self._bounded(timeout)
 
     async def close(self) -> None:
-        for _, channel, _ in self._channels.values():
-            await channel.close()
+        for _, pool in self._channels.values():
+            await pool.close()
         self._channels.clear()
 
     async def _each(self, provinces: Sequence[str], call: Callable[[str], Awaitable[T]]) -> list[T]:
@@ -246,6 +257,10 @@ class Router:
     def _record(self, province: str, requester: str, verdicts: list[bool], request: Any) -> None:
         if self.claims is not None:
             self.claims.record(province, requester, verdicts, request_id=request.request_id)
+
+
+def _make_stubs(channel: aio.Channel) -> _Stubs:
+    return verification_pb2_grpc.VerificationStub(channel), household_pb2_grpc.HouseholdHolderStub(channel)
 
 
 def _trailing_proof(error: grpc.RpcError) -> verification_pb2.PossessionProof | None:

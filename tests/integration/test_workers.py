@@ -61,3 +61,55 @@ def test_two_workers_serve_one_port_and_stop_together(planted: dict[str, Path], 
         report = subprocess.run([*HEDUI, "audit", "verify", "--config", str(fed.configs["44"]), "--json"],
                                 capture_output=True, text=True, timeout=60)
         assert report.returncode == 0 and json.loads(report.stdout)["entries"] >= 20
+
+
+def _serve_workers(config: Path, workers: int) -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
+    """`hedui node serve --workers N` at debug level; returns it once every worker serves, and the
+    list its log lines keep being appended to (read by a thread)."""
+    import threading
+
+    proc = subprocess.Popen([*HEDUI, "--log-level", "debug", "node", "serve", "--config", str(config),
+                             "--listen", "127.0.0.1:0", "--workers", str(workers)], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    events: list[dict[str, object]] = []
+    serving = threading.Semaphore(0)
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            events.append(event)
+            if event.get("event") == "serving":
+                serving.release()
+
+    threading.Thread(target=read, daemon=True).start()
+    for _ in range(workers):
+        assert serving.acquire(timeout=60)
+    return proc, events
+
+
+def test_routed_traffic_reaches_both_workers_of_a_node(planted: dict[str, Path], tmp_path: Path) -> None:
+    """The coordinator keeps several connections to a province and calls over them in turn, so both
+    workers of a `--workers 2` node answer routed queries (counted by the worker pid in their log lines)."""
+    extra = {"limits": {"connections_per_peer": 16}}
+    with run_cluster(["51", "44"], root=tmp_path, data=planted, coordinator_extra=extra) as fed:
+        consent = fed.grant("51", [WORKER], "dibao")
+        fed.stop_node("44")
+        proc, events = _serve_workers(fed.configs["44"], 2)
+        try:
+            workers = {e["worker"] for e in events if e.get("event") == "serving"}
+            assert len(workers) == 2
+            results = [fed.verify("51", [WORKER], ["deposit.balance_total<=2000000"], consent_id=consent.consent_id)
+                       for _ in range(32)]
+            assert all(r.routing.get("44") == "OK" and r.answers and r.answers[0].signature_valid for r in results)
+            router = fed.servers["coordinator"].router
+            assert router.connections("44") == 16
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        answered = [e for e in events if e.get("event") == "answered" and e.get("relayed")]
+        by_worker = {w: sum(1 for e in answered if e["worker"] == w) for w in workers}
+        assert sum(by_worker.values()) >= 32 and all(n > 0 for n in by_worker.values()), by_worker

@@ -1,0 +1,53 @@
+"""Several connections to one server, calls spread over them in turn, so `--workers N` (SO_REUSEPORT) share the load.
+
+The kernel balances connections over a server's worker processes, not calls: over one channel
+every call reaches one worker. Each channel of a pool has its own subchannel pool
+(`grpc.use_local_subchannel_pool`), hence its own TCP connection and TLS handshake (made on
+first use), and the pool hands its channels out round robin.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import grpc
+from grpc import aio
+
+S = TypeVar("S")
+#: The most connections one client opens to one server (a bound on a mistyped setting).
+MAX_CONNECTIONS = 64
+
+
+def pool_options(options: Sequence[tuple[str, Any]], index: int) -> list[tuple[str, Any]]:
+    """`options` for the pool's `index`-th channel: a subchannel of its own (never shared with
+    another channel to the same target), marked by index so no two channels' arguments coincide."""
+    return [*options, ("grpc.use_local_subchannel_pool", 1), ("hedui.pool_channel", index)]
+
+
+class ChannelPool(Generic[S]):
+    """`size` secure aio channels to `target`, each with its stub; `stub()` and `channel()` take them in turn."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials, options: Sequence[tuple[str, Any]],
+                 size: int, make_stub: Callable[[aio.Channel], S]) -> None:
+        count = max(1, min(MAX_CONNECTIONS, size))
+        self.channels = [aio.secure_channel(target, credentials, options=pool_options(options, i)) for i in range(count)]
+        self._stubs = [make_stub(c) for c in self.channels]
+        self._turn = itertools.cycle(range(count))
+
+    def __len__(self) -> int:
+        return len(self.channels)
+
+    def take(self) -> tuple[aio.Channel, S]:
+        """The next channel and its stub, round robin."""
+        i = next(self._turn)
+        return self.channels[i], self._stubs[i]
+
+    def stub(self) -> S:
+        """The next channel's stub."""
+        return self.take()[1]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
