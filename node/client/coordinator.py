@@ -17,7 +17,8 @@ from node import files
 from node.client.client import translate
 from node.client.query import validate_household
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
-from node.coordinator.directory import Entry, verify_directory
+from node.coordinator.directory import Entry
+from node.coordinator.directory_cache import VerifiedDirectory
 from node.crypto import discovery, signing
 from node.crypto.tokens import subject_token
 from node.domain import freetext
@@ -75,6 +76,9 @@ class CoordinatorClient:
         self._channel = grpc.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
                                             options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._verified = VerifiedDirectory(member.verifier)  # a directory verified once per change
+        self._directory: tuple[float, coordinator_pb2.SignedDirectory, dict[str, Entry]] | None = None
+        self._noted = b""  # the directory digest the coordinator last named
 
     def __enter__(self) -> CoordinatorClient:
         return self
@@ -149,8 +153,16 @@ class CoordinatorClient:
         return self._info(self.call("GetConsent", coordinator_pb2.GetConsentRequest(consent_id=consent_id)))
 
     def directory(self, *, max_age_s: float = 30.0) -> dict[str, Entry]:
-        """The verified federation directory, fetched again when older than `max_age_s`."""
+        """The verified federation directory: fetched again when the coordinator named another one
+        (`note_directory`), or, when it named none, when older than `max_age_s`; verified again only
+        when it changed (node.coordinator.directory_cache)."""
         return self._fetch_directory(max_age_s)[2]
+
+    def note_directory(self, digest: bytes) -> None:
+        """The coordinator's current directory digest, as a Discover reply names it: the held
+        directory is kept however old while the digest is its own, and fetched again as soon as not.
+        An empty digest (a coordinator that names none) leaves the age rule."""
+        self._noted = digest
 
     def signed_directory(self, *, max_age_s: float = 30.0) -> coordinator_pb2.SignedDirectory:
         """The signed directory as the coordinator sent it (standards documents in their signed
@@ -158,10 +170,17 @@ class CoordinatorClient:
         return self._fetch_directory(max_age_s)[1]
 
     def _fetch_directory(self, max_age_s: float) -> tuple[float, coordinator_pb2.SignedDirectory, dict[str, Entry]]:
-        cached = getattr(self, "_directory", None)
-        if cached is None or time.monotonic() - cached[0] > max_age_s:
+        cached = self._directory
+        if cached is not None and self._noted:
+            stale = self._noted != self._verified.digest
+        else:
+            stale = cached is None or time.monotonic() - cached[0] > max_age_s
+        if stale:
             signed = self.call("Directory", coordinator_pb2.DirectoryRequest())
-            cached = self._directory = (time.monotonic(), signed, verify_directory(signed, self.member.verifier))
+            cached = self._directory = (time.monotonic(), signed, self._verified.get(signed))
+        elif cached is not None and (verified := self._verified.get(cached[1])) is not cached[2]:
+            cached = self._directory = (cached[0], cached[1], verified)  # a certificate in it changed its verdict
+        assert cached is not None
         return cached
 
     def _info(self, status: coordinator_pb2.ConsentStatus) -> ConsentInfo:

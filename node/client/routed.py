@@ -62,6 +62,7 @@ def routed_verify(
         routing = {s.province: status_name(s.status) for s in found.statuses}
         if not found.holders:
             return VerifyResult(request_id=request_id, answers=[], routing=routing)
+        coordinator.note_directory(found.directory_digest)  # the held directory while it is the current one
         directory = coordinator.directory()
         holders = [h for h in found.holders if h in directory]
         for h in set(found.holders) - set(holders):

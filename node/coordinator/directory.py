@@ -7,6 +7,7 @@ The same holds for the provinces' published standards documents the directory ca
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -176,7 +177,11 @@ class Directory:
         self._announcements: dict[str, coordinator_pb2.SignedAnnouncement] = {}
         self._entries: dict[str, Entry] = {}
         self._signed: coordinator_pb2.SignedDirectory | None = None
+        self._digest: tuple[coordinator_pb2.SignedDirectory | None, bytes] = (None, b"")
         self._stamp: int | None = None
+        # the contactable entries, for the entries and revocations they were filtered under
+        self._contactable: tuple[int, frozenset[int] | None, dict[str, Entry]] = (-1, None, {})
+        self._version = 0  # bumped on every change of _entries
         self._reload()
 
     def _reload(self) -> None:
@@ -195,6 +200,7 @@ class Directory:
                 self._announcements[entry.province] = signed
                 self._entries[entry.province] = entry
                 self._signed = None
+                self._version += 1
 
     def announce(self, peer_province: str, signed: coordinator_pb2.SignedAnnouncement, *, presented: bytes | None) -> Entry:
         """Accept a province's announcement of itself; `presented` is the SHA-256 of the TLS certificate
@@ -210,6 +216,7 @@ class Directory:
             self._announcements[entry.province] = signed
             self._entries[entry.province] = entry
             self._signed = None
+            self._version += 1
             self._persist()
         return entry
 
@@ -224,8 +231,20 @@ class Directory:
         with self._lock:
             self._reload()
             anchor = self.verifier.anchor
-            return {p: e for p, e in self._entries.items()
-                    if not anchor.is_revoked(e.sign_serial) and not anchor.is_revoked(serial_of_tls_name(e.tls_name) or -1)}
+            version, revoked, contactable = self._contactable
+            if version != self._version or revoked is not anchor.revoked_serials:  # filtered once per change
+                revoked = anchor.revoked_serials
+                contactable = {p: e for p, e in self._entries.items()
+                               if not anchor.is_revoked(e.sign_serial) and not anchor.is_revoked(serial_of_tls_name(e.tls_name) or -1)}
+                self._contactable = (self._version, revoked, contactable)
+            return contactable
+
+    def digest(self) -> bytes:
+        """SHA-256 of the current signed directory's body (`DiscoverResponse.directory_digest`)."""
+        signed = self.signed()
+        if self._digest[0] is not signed:
+            self._digest = (signed, hashlib.sha256(signed.body).digest())
+        return self._digest[1]
 
     def signed(self) -> coordinator_pb2.SignedDirectory:
         """The current directory, signed by the coordinator (re-signed only after a change)."""

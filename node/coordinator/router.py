@@ -191,7 +191,8 @@ class Router:
     def discover(self, requester: str, request: coordinator_pb2.DiscoverRequest) -> coordinator_pb2.DiscoverResponse:
         """Which other provinces' locators match any of one household's discovery tokens."""
         held, statuses = self.holds(requester, request.discovery_tokens, request.epoch)
-        return coordinator_pb2.DiscoverResponse(holders=sorted(held), statuses=statuses)
+        return coordinator_pb2.DiscoverResponse(holders=sorted(held), statuses=statuses,
+                                                directory_digest=self.directory.digest())
 
     async def route(self, request: Any, timeout: float, requester: str = "", *, batch: bool = False) -> Any:
         """Forward each sealed query (or query batch) to its province; return every sealed answer unmodified.

@@ -139,11 +139,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             request_ids.check(request.request_id)  # before anything is looked up, forwarded or logged
             self._check_discovery(province, request.consent_id, request.discovery_tokens, request.epoch)
             reply = self.router.discover(province, request)
+            statuses = {s.province: status_name(s.status) for s in reply.statuses}
             await self._audit(audit.coordinator_event(
                 audit.DISCOVER, requester=province, request_id=request.request_id, consent_id=request.consent_id,
-                statuses={s.province: status_name(s.status) for s in reply.statuses}))
+                statuses=statuses))
             self.log.info("discovered", requester=province, consent_id=request.consent_id, request_id=request.request_id,
-                          statuses={s.province: status_name(s.status) for s in reply.statuses})
+                          statuses=statuses)
             return reply
 
     async def Route(self, request: Any, context: aio.ServicerContext) -> Any:
@@ -212,7 +213,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 reply.holders.extend(sorted(found))
             self.log.info("discovered_batch", requester=province, request_id=request.request_id,
                           households=len(replies), statuses={s.province: status_name(s.status) for s in statuses})
-            return coordinator_pb2.DiscoverBatchResponse(households=replies, statuses=statuses)
+            return coordinator_pb2.DiscoverBatchResponse(households=replies, statuses=statuses,
+                                                         directory_digest=self.directory.digest())
 
     async def RouteBatch(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "RouteBatch", self.metrics, self._refusal_hook("RouteBatch", request, context)):

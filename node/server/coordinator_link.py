@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from grpc import aio
 
 from node.coordinator.audit_heads import parse_audit_head
-from node.coordinator.directory import ANNOUNCEMENT, Entry, FederationDirectory, verify_directory
+from node.coordinator.directory import ANNOUNCEMENT, Entry, FederationDirectory
+from node.coordinator.directory_cache import VerifiedDirectory
 from node.crypto import masks, pki, sealing
 from node.crypto.pki import province_of_identity
 from node.domain.regions import COORDINATOR_TLS_NAME, COORDINATOR_URI, province_uri
@@ -58,6 +59,7 @@ class CoordinatorLink:
                                            options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._directory: FederationDirectory = FederationDirectory({})
+        self._verified_directory = VerifiedDirectory(member.verifier)
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._endpoint: str | None = None  # what start() announced
@@ -329,10 +331,12 @@ class CoordinatorLink:
     async def directory(self, *, refresh: bool = False) -> dict[str, Entry]:
         if refresh or not self._directory or time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:
             signed = await self._stub.Directory(coordinator_pb2.DirectoryRequest(), timeout=5)
-            self._directory = verify_directory(signed, self.member.verifier)
+            verified = self._verified_directory.get(signed)  # verified again only when it changed
             self._directory_at = time.monotonic()
-            if self.on_directory is not None:
-                self.on_directory(self._directory)
+            if verified is not self._directory:
+                self._directory = verified
+                if self.on_directory is not None:
+                    self.on_directory(self._directory)
         return self._directory
 
     # -- sealing, for the Verification servicer ---------------------------------------------

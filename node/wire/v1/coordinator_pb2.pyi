@@ -302,12 +302,14 @@ class ProvinceStatus(_message.Message):
     def __init__(self, province: _Optional[str] = ..., status: _Optional[_Union[RouteStatus, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DiscoverResponse(_message.Message):
-    __slots__ = ("holders", "statuses")
+    __slots__ = ("holders", "statuses", "directory_digest")
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     holders: _containers.RepeatedScalarFieldContainer[str]
     statuses: _containers.RepeatedCompositeFieldContainer[ProvinceStatus]
-    def __init__(self, holders: _Optional[_Iterable[str]] = ..., statuses: _Optional[_Iterable[_Union[ProvinceStatus, _Mapping]]] = ...) -> None: ...
+    directory_digest: bytes
+    def __init__(self, holders: _Optional[_Iterable[str]] = ..., statuses: _Optional[_Iterable[_Union[ProvinceStatus, _Mapping]]] = ..., directory_digest: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("province", "query", "possession_commitments")
@@ -452,12 +454,14 @@ class HouseholdHolders(_message.Message):
     def __init__(self, holders: _Optional[_Iterable[str]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DiscoverBatchResponse(_message.Message):
-    __slots__ = ("households", "statuses")
+    __slots__ = ("households", "statuses", "directory_digest")
     HOUSEHOLDS_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     households: _containers.RepeatedCompositeFieldContainer[HouseholdHolders]
     statuses: _containers.RepeatedCompositeFieldContainer[ProvinceStatus]
-    def __init__(self, households: _Optional[_Iterable[_Union[HouseholdHolders, _Mapping]]] = ..., statuses: _Optional[_Iterable[_Union[ProvinceStatus, _Mapping]]] = ...) -> None: ...
+    directory_digest: bytes
+    def __init__(self, households: _Optional[_Iterable[_Union[HouseholdHolders, _Mapping]]] = ..., statuses: _Optional[_Iterable[_Union[ProvinceStatus, _Mapping]]] = ..., directory_digest: _Optional[bytes] = ...) -> None: ...
 
 class RouteBatchRequest(_message.Message):
     __slots__ = ("request_id", "consent_ids", "envelopes")
