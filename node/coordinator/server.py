@@ -155,14 +155,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if not 1 <= len(request.envelopes) <= 64:
                 raise Refusal(ErrorCode.MALFORMED, "1 to 64 envelopes")
             reply = await self.router.route(request, self._timeout(context), province)
+            statuses = {a.province: status_name(a.status) for a in reply.answers}
             await self._audit(audit.coordinator_event(
                 audit.ROUTE, requester=province, request_id=request.request_id, consent_id=request.consent_id,
-                statuses={a.province: status_name(a.status) for a in reply.answers}))
+                statuses=statuses))
             await self._audit_claim_alerts()
-            for answer in reply.answers:
-                self.metrics.fanout(answer.province, status_name(answer.status))
+            for holder, status in statuses.items():
+                self.metrics.fanout(holder, status)
             self.log.info("routed", requester=province, consent_id=request.consent_id, request_id=request.request_id,
-                          statuses={a.province: status_name(a.status) for a in reply.answers})
+                          statuses=statuses)
             return reply
 
 

@@ -35,12 +35,22 @@ class ChannelPool(Generic[S]):
         self.channels = [aio.secure_channel(target, credentials, options=pool_options(options, i)) for i in range(count)]
         self._stubs = [make_stub(c) for c in self.channels]
         self._turn = itertools.cycle(range(count))
+        self._warming = count > 1
+
+    def _warm(self) -> None:
+        """On first use, the other channels start connecting in the background (their handshakes
+        off the path of the calls that will use them)."""
+        self._warming = False
+        for channel in self.channels[1:]:
+            channel.get_state(try_to_connect=True)
 
     def __len__(self) -> int:
         return len(self.channels)
 
     def take(self) -> tuple[aio.Channel, S]:
         """The next channel and its stub, round robin."""
+        if self._warming:
+            self._warm()
         i = next(self._turn)
         return self.channels[i], self._stubs[i]
 

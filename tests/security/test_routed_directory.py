@@ -83,6 +83,9 @@ def test_a_cached_directory_drops_a_member_revoked_since(planted: dict[str, Path
         cache = VerifiedDirectory(member.verifier)
         before = cache.get(signed)
         assert "44" in before and cache.get(signed) is before and cache.verifications == 1
+        assert cache.current() is before and cache.verifications == 1
         member.verifier.anchor.revoked_serials = frozenset({before["44"].sign_serial})
+        held = cache.current()
+        assert held is not None and "44" not in held and "51" in held and cache.verifications == 2
         after = cache.get(signed)
-        assert "44" not in after and "51" in after and cache.verifications == 2
+        assert after is held and cache.verifications == 2
