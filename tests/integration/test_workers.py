@@ -113,3 +113,58 @@ def test_routed_traffic_reaches_both_workers_of_a_node(planted: dict[str, Path],
         answered = [e for e in events if e.get("event") == "answered" and e.get("relayed")]
         by_worker = {w: sum(1 for e in answered if e["worker"] == w) for w in workers}
         assert sum(by_worker.values()) >= 32 and all(n > 0 for n in by_worker.values()), by_worker
+
+
+def test_batch_client_calls_reach_both_workers_of_a_coordinator(planted: dict[str, Path], tmp_path: Path) -> None:
+    """BatchSession keeps several connections to its coordinator and calls over them in turn, so both
+    workers of a `hedui coordinator serve --workers 2` register its consent batches."""
+    import asyncio
+    import threading
+
+    from node.client.batch import BatchSession, Household
+    from node.config import load
+
+    extra = {"limits": {"connections_per_peer": 16}}
+    with run_cluster(["51", "44"], root=tmp_path, data=planted, config_extra=extra) as fed:
+        fed.stop_node("coordinator")
+        proc = subprocess.Popen([*HEDUI, "--log-level", "info", "coordinator", "serve", "--config", str(fed.coordinator_config),
+                                 "--listen", f"127.0.0.1:{fed.coordinator_port}", "--workers", "2"],
+                                stderr=subprocess.PIPE, text=True)
+        events: list[dict[str, object]] = []
+        serving = threading.Semaphore(0)
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                try:
+                    events.append(event := json.loads(line))
+                except ValueError:
+                    continue
+                if event.get("event") == "serving":
+                    serving.release()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            assert serving.acquire(timeout=60) and serving.acquire(timeout=60)
+            member = fed.member("51")
+            assert load(fed.configs["51"]).limits.connections_per_peer == 16
+
+            async def grant() -> list[str]:
+                session = BatchSession(member)
+                try:
+                    errors = []
+                    for i in range(32):
+                        for _, receipt, error in await session.grant([Household(f"h{i}", [WORKER])], "dibao", 30):
+                            errors.append(error if receipt is None else "")
+                    return errors
+                finally:
+                    await session.close()
+
+            assert asyncio.run(grant()) == [""] * 32
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        registered = [e for e in events if e.get("event") == "consents_registered"]
+        workers = {e["worker"] for e in events if e.get("event") == "serving"}
+        assert len(workers) == 2 and len(registered) == 32
+        assert all(any(e["worker"] == w for e in registered) for w in workers), registered
