@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from node.wire.v1 import common_pb2 as node_dot_wire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnode/wire/v1/verification.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\"\x89\x02\n\tQueryBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08subjects\x18\x06 \x03(\x0c\x12\x1f\n\x06\x63hecks\x18\x07 \x03(\x0b\x32\x0f.hedui.v1.Check\x12(\n\x07\x63onsent\x18\x08 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12\x10\n\x08\x61udience\x18\t \x01(\t\x12\x18\n\x10reply_seal_suite\x18\n \x01(\t\x12\x16\n\x0ereply_seal_key\x18\x0b \x01(\x0c\"C\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"[\n\x06Result\x12\x0f\n\x07subject\x18\x01 \x01(\r\x12\r\n\x05\x63heck\x18\x02 \x01(\r\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.hedui.v1.Outcome\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\"\xb1\x01\n\nAnswerBody\x12\x11\n\tresponder\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x18\n\x10\x64igest_algorithm\x18\x04 \x01(\t\x12\x14\n\x0cquery_digest\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61nswered_at_ms\x18\x06 \x01(\x03\x12!\n\x07results\x18\x07 \x03(\x0b\x32\x10.hedui.v1.Result\"D\n\x0cSignedAnswer\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"e\n\rVerifyRequest\x12\'\n\x06signed\x18\x01 \x01(\x0b\x32\x15.hedui.v1.SignedQueryH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x42\x07\n\x05query\"\x82\x01\n\x0eVerifyResponse\x12(\n\x06signed\x18\x01 \x01(\x0b\x32\x16.hedui.v1.SignedAnswerH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x12\x18\n\x10possession_proof\x18\x03 \x01(\x0c\x42\x08\n\x06\x61nswer\"}\n\x0bLockedQuery\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12)\n\x08subjects\x18\x04 \x03(\x0b\x32\x17.hedui.v1.LockedSubject\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\"3\n\rLockedSubject\x12\r\n\x05token\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\"5\n\x0bLockedBatch\x12&\n\x07queries\x18\x01 \x03(\x0b\x32\x15.hedui.v1.LockedQuery\"/\n\x0fPossessionProof\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05proof\x18\x02 \x01(\x0c\"4\n\nQueryBatch\x12&\n\x07queries\x18\x01 \x03(\x0b\x32\x15.hedui.v1.SignedQuery\"e\n\tBatchItem\x12\r\n\x05index\x18\x01 \x01(\r\x12&\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x16.hedui.v1.SignedAnswer\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"1\n\x0b\x41nswerBatch\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.hedui.v1.BatchItem\"6\n\x12VerifyBatchRequest\x12 \n\x06sealed\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\"R\n\x13VerifyBatchResponse\x12 \n\x06sealed\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\x12\x19\n\x11possession_proofs\x18\x02 \x03(\x0c\"\xc7\x03\n\x0b\x43onsentBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x1b\n\x13subject_commitments\x18\x03 \x03(\x0c\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x15\n\rnot_before_ms\x18\x06 \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\t \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\n \x01(\x0c\x12\x18\n\x10registered_at_ms\x18\x0b \x01(\x03\x12\x14\n\x0cledger_index\x18\x0c \x01(\x04\x12\x14\n\x0csubject_salt\x18\r \x01(\x0c\x12\x14\n\x0cledger_epoch\x18\x0e \x01(\x0c\x12\x0f\n\x07request\x18\x0f \x01(\x0c\x12.\n\x11request_signature\x18\x10 \x01(\x0b\x32\x13.hedui.v1.Signature\x12\x1d\n\x15\x64iscovery_commitments\x18\x14 \x03(\x0c\x12\x1d\n\x15\x64iscovery_first_epoch\x18\x15 \x01(\x04\"E\n\rSignedConsent\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature2\x97\x01\n\x0cVerification\x12;\n\x06Verify\x12\x17.hedui.v1.VerifyRequest\x1a\x18.hedui.v1.VerifyResponse\x12J\n\x0bVerifyBatch\x12\x1c.hedui.v1.VerifyBatchRequest\x1a\x1d.hedui.v1.VerifyBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnode/wire/v1/verification.proto\x12\x08hedui.v1\x1a\x19node/wire/v1/common.proto\"\x89\x02\n\tQueryBody\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x03\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08subjects\x18\x06 \x03(\x0c\x12\x1f\n\x06\x63hecks\x18\x07 \x03(\x0b\x32\x0f.hedui.v1.Check\x12(\n\x07\x63onsent\x18\x08 \x01(\x0b\x32\x17.hedui.v1.SignedConsent\x12\x10\n\x08\x61udience\x18\t \x01(\t\x12\x18\n\x10reply_seal_suite\x18\n \x01(\t\x12\x16\n\x0ereply_seal_key\x18\x0b \x01(\x0c\"C\n\x0bSignedQuery\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"[\n\x06Result\x12\x0f\n\x07subject\x18\x01 \x01(\r\x12\r\n\x05\x63heck\x18\x02 \x01(\r\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.hedui.v1.Outcome\x12\r\n\x05\x61s_of\x18\x04 \x01(\t\"\xda\x01\n\nAnswerBody\x12\x11\n\tresponder\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x18\n\x10\x64igest_algorithm\x18\x04 \x01(\t\x12\x14\n\x0cquery_digest\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61nswered_at_ms\x18\x06 \x01(\x03\x12!\n\x07results\x18\x07 \x03(\x0b\x32\x10.hedui.v1.Result\x12\'\n\x06packed\x18\x08 \x01(\x0b\x32\x17.hedui.v1.PackedResults\"A\n\rPackedResults\x12\x10\n\x08outcomes\x18\x01 \x01(\x0c\x12\r\n\x05\x64\x61tes\x18\x02 \x03(\t\x12\x0f\n\x07\x64\x61te_of\x18\x03 \x01(\x0c\"D\n\x0cSignedAnswer\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature\"e\n\rVerifyRequest\x12\'\n\x06signed\x18\x01 \x01(\x0b\x32\x15.hedui.v1.SignedQueryH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x42\x07\n\x05query\"\x82\x01\n\x0eVerifyResponse\x12(\n\x06signed\x18\x01 \x01(\x0b\x32\x16.hedui.v1.SignedAnswerH\x00\x12\"\n\x06sealed\x18\x02 \x01(\x0b\x32\x10.hedui.v1.SealedH\x00\x12\x18\n\x10possession_proof\x18\x03 \x01(\x0c\x42\x08\n\x06\x61nswer\"}\n\x0bLockedQuery\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12)\n\x08subjects\x18\x04 \x03(\x0b\x32\x17.hedui.v1.LockedSubject\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\"3\n\rLockedSubject\x12\r\n\x05token\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\"5\n\x0bLockedBatch\x12&\n\x07queries\x18\x01 \x03(\x0b\x32\x15.hedui.v1.LockedQuery\"/\n\x0fPossessionProof\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05proof\x18\x02 \x01(\x0c\"4\n\nQueryBatch\x12&\n\x07queries\x18\x01 \x03(\x0b\x32\x15.hedui.v1.SignedQuery\"e\n\tBatchItem\x12\r\n\x05index\x18\x01 \x01(\r\x12&\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x16.hedui.v1.SignedAnswer\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"1\n\x0b\x41nswerBatch\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.hedui.v1.BatchItem\"6\n\x12VerifyBatchRequest\x12 \n\x06sealed\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\"R\n\x13VerifyBatchResponse\x12 \n\x06sealed\x18\x01 \x01(\x0b\x32\x10.hedui.v1.Sealed\x12\x19\n\x11possession_proofs\x18\x02 \x03(\x0c\"\xc7\x03\n\x0b\x43onsentBody\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x1b\n\x13subject_commitments\x18\x03 \x03(\x0c\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x15\n\rnot_before_ms\x18\x06 \x01(\x03\x12\x14\n\x0cnot_after_ms\x18\x07 \x01(\x03\x12\x16\n\x0e\x63\x61se_reference\x18\x08 \x01(\t\x12\x1a\n\x12\x65vidence_algorithm\x18\t \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\n \x01(\x0c\x12\x18\n\x10registered_at_ms\x18\x0b \x01(\x03\x12\x14\n\x0cledger_index\x18\x0c \x01(\x04\x12\x14\n\x0csubject_salt\x18\r \x01(\x0c\x12\x14\n\x0cledger_epoch\x18\x0e \x01(\x0c\x12\x0f\n\x07request\x18\x0f \x01(\x0c\x12.\n\x11request_signature\x18\x10 \x01(\x0b\x32\x13.hedui.v1.Signature\x12\x1d\n\x15\x64iscovery_commitments\x18\x14 \x03(\x0c\x12\x1d\n\x15\x64iscovery_first_epoch\x18\x15 \x01(\x04\"E\n\rSignedConsent\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12&\n\tsignature\x18\x02 \x01(\x0b\x32\x13.hedui.v1.Signature2\x97\x01\n\x0cVerification\x12;\n\x06Verify\x12\x17.hedui.v1.VerifyRequest\x1a\x18.hedui.v1.VerifyResponse\x12J\n\x0bVerifyBatch\x12\x1c.hedui.v1.VerifyBatchRequest\x1a\x1d.hedui.v1.VerifyBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,35 +39,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULT']._serialized_start=409
   _globals['_RESULT']._serialized_end=500
   _globals['_ANSWERBODY']._serialized_start=503
-  _globals['_ANSWERBODY']._serialized_end=680
-  _globals['_SIGNEDANSWER']._serialized_start=682
-  _globals['_SIGNEDANSWER']._serialized_end=750
-  _globals['_VERIFYREQUEST']._serialized_start=752
-  _globals['_VERIFYREQUEST']._serialized_end=853
-  _globals['_VERIFYRESPONSE']._serialized_start=856
-  _globals['_VERIFYRESPONSE']._serialized_end=986
-  _globals['_LOCKEDQUERY']._serialized_start=988
-  _globals['_LOCKEDQUERY']._serialized_end=1113
-  _globals['_LOCKEDSUBJECT']._serialized_start=1115
-  _globals['_LOCKEDSUBJECT']._serialized_end=1166
-  _globals['_LOCKEDBATCH']._serialized_start=1168
-  _globals['_LOCKEDBATCH']._serialized_end=1221
-  _globals['_POSSESSIONPROOF']._serialized_start=1223
-  _globals['_POSSESSIONPROOF']._serialized_end=1270
-  _globals['_QUERYBATCH']._serialized_start=1272
-  _globals['_QUERYBATCH']._serialized_end=1324
-  _globals['_BATCHITEM']._serialized_start=1326
-  _globals['_BATCHITEM']._serialized_end=1427
-  _globals['_ANSWERBATCH']._serialized_start=1429
-  _globals['_ANSWERBATCH']._serialized_end=1478
-  _globals['_VERIFYBATCHREQUEST']._serialized_start=1480
-  _globals['_VERIFYBATCHREQUEST']._serialized_end=1534
-  _globals['_VERIFYBATCHRESPONSE']._serialized_start=1536
-  _globals['_VERIFYBATCHRESPONSE']._serialized_end=1618
-  _globals['_CONSENTBODY']._serialized_start=1621
-  _globals['_CONSENTBODY']._serialized_end=2076
-  _globals['_SIGNEDCONSENT']._serialized_start=2078
-  _globals['_SIGNEDCONSENT']._serialized_end=2147
-  _globals['_VERIFICATION']._serialized_start=2150
-  _globals['_VERIFICATION']._serialized_end=2301
+  _globals['_ANSWERBODY']._serialized_end=721
+  _globals['_PACKEDRESULTS']._serialized_start=723
+  _globals['_PACKEDRESULTS']._serialized_end=788
+  _globals['_SIGNEDANSWER']._serialized_start=790
+  _globals['_SIGNEDANSWER']._serialized_end=858
+  _globals['_VERIFYREQUEST']._serialized_start=860
+  _globals['_VERIFYREQUEST']._serialized_end=961
+  _globals['_VERIFYRESPONSE']._serialized_start=964
+  _globals['_VERIFYRESPONSE']._serialized_end=1094
+  _globals['_LOCKEDQUERY']._serialized_start=1096
+  _globals['_LOCKEDQUERY']._serialized_end=1221
+  _globals['_LOCKEDSUBJECT']._serialized_start=1223
+  _globals['_LOCKEDSUBJECT']._serialized_end=1274
+  _globals['_LOCKEDBATCH']._serialized_start=1276
+  _globals['_LOCKEDBATCH']._serialized_end=1329
+  _globals['_POSSESSIONPROOF']._serialized_start=1331
+  _globals['_POSSESSIONPROOF']._serialized_end=1378
+  _globals['_QUERYBATCH']._serialized_start=1380
+  _globals['_QUERYBATCH']._serialized_end=1432
+  _globals['_BATCHITEM']._serialized_start=1434
+  _globals['_BATCHITEM']._serialized_end=1535
+  _globals['_ANSWERBATCH']._serialized_start=1537
+  _globals['_ANSWERBATCH']._serialized_end=1586
+  _globals['_VERIFYBATCHREQUEST']._serialized_start=1588
+  _globals['_VERIFYBATCHREQUEST']._serialized_end=1642
+  _globals['_VERIFYBATCHRESPONSE']._serialized_start=1644
+  _globals['_VERIFYBATCHRESPONSE']._serialized_end=1726
+  _globals['_CONSENTBODY']._serialized_start=1729
+  _globals['_CONSENTBODY']._serialized_end=2184
+  _globals['_SIGNEDCONSENT']._serialized_start=2186
+  _globals['_SIGNEDCONSENT']._serialized_end=2255
+  _globals['_VERIFICATION']._serialized_start=2258
+  _globals['_VERIFICATION']._serialized_end=2409
 # @@protoc_insertion_point(module_scope)
