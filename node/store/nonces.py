@@ -73,7 +73,7 @@ class NonceStore:
         return fresh
 
     def _record_all(self, keys: list[bytes], nonces: Sequence[tuple[str, bytes, int]]) -> list[bool]:
-        """Inside a write transaction: which keys are new (one SELECT per 500), then one INSERT for them all."""
+        """Inside a write transaction: which keys are new (one SELECT per 500), then one INSERT per 500."""
         seen: set[bytes] = set()
         for start in range(0, len(keys), _SELECT_CHUNK):
             chunk = keys[start:start + _SELECT_CHUNK]
@@ -87,11 +87,13 @@ class NonceStore:
             if new:
                 seen.add(key)
                 rows.append((key, issued_at_ms))
-        if rows:
-            cursor = self._db.executemany("INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES (?, ?)", rows)
-            if cursor.rowcount != len(rows):  # cannot happen under the write lock; fail closed if it does
+        for start in range(0, len(rows), _SELECT_CHUNK):  # one INSERT statement per 500 new nonces
+            chunk = rows[start:start + _SELECT_CHUNK]
+            sql = f"INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES {','.join(['(?, ?)'] * len(chunk))}"
+            cursor = self._db.execute(sql, [v for row in chunk for v in row])
+            if cursor.rowcount != len(chunk):  # cannot happen under the write lock; fail closed if it does
                 raise StoreError("nonce store changed while a batch was recorded")
-            self._inserts += len(rows)
+            self._inserts += len(chunk)
         return fresh
 
     def _purge_if_due(self) -> None:
