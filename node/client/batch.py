@@ -277,7 +277,7 @@ class BatchSession:
                 if holder not in directory:
                     continue
                 body = p.body(audience=holder, consent=receipt, request_id=request_id, reply_key=reply_public,
-                              reply_suite=sealing.SUITE_NAME)
+                              reply_suite=sealing.SUITE_NAME, accept_packed=True)
                 per_holder.setdefault(holder, []).append((i, body, body.SerializeToString()))
         flat = [(h, i, body, raw) for h, items in per_holder.items() for i, body, raw in items]
         signatures = await self.signer.sign_many([(signing.QUERY, raw) for *_, raw in flat]) if flat else []

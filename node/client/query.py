@@ -108,7 +108,8 @@ class PreparedQuery:
     possession: tuple[bytes, ...] = ()
 
     def body(self, *, audience: str = "", consent: verification_pb2.SignedConsent | None = None,
-             request_id: str | None = None, reply_key: bytes = b"", reply_suite: str = "") -> verification_pb2.QueryBody:
+             request_id: str | None = None, reply_key: bytes = b"", reply_suite: str = "",
+             accept_packed: bool = False) -> verification_pb2.QueryBody:
         return verification_pb2.QueryBody(
             requester=self.requester,
             request_id=request_id or uuid.uuid4().hex,
@@ -121,6 +122,7 @@ class PreparedQuery:
             audience=audience,
             reply_seal_suite=reply_suite,
             reply_seal_key=reply_key,
+            accept_packed=accept_packed,
         )
 
 

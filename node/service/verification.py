@@ -249,8 +249,8 @@ class VerificationService:
         Each query is authenticated, validated and consent-checked on its own, as in `decide`; the
         checks are parsed once per distinct checks, the nonces of the queries still standing are
         recorded together (node.store.nonces `remember_many`, one write), every query of one item
-        set is looked up in one store lookup, and the results are packed (node.service.packed).
-        Call inside `batch_scope`.
+        set is looked up in one store lookup, and the results are packed (node.service.packed) when
+        the query accepts it (`accept_packed`; else rows, as 0.2 requesters read). Call inside `batch_scope`.
         """
         out: list[Decided | Refusal | None] = [None] * len(queries)
         parsed: dict[tuple[tuple[str, int, int], ...], list[Check] | Refusal] = {}
@@ -294,7 +294,7 @@ class VerificationService:
                 answer = verification_pb2.AnswerBody(
                     responder=self.province, requester=body.requester, request_id=body.request_id,
                     digest_algorithm="sha256", query_digest=query_digest, answered_at_ms=now_ms)
-                if columns.fits():
+                if body.accept_packed and columns.fits():
                     answer.packed.CopyFrom(columns.packed())
                 else:
                     answer.results.extend(columns.rows(len(checks)))

@@ -36,7 +36,8 @@ def fed(planted: dict[str, Path]) -> Iterator[Federation]:
 class Batch:
     """Queries from 51 to 44, one per household, signed under one batch root and sealed as one LockedBatch."""
 
-    def __init__(self, fed: Federation, households: list[list[str]], consent: Any, *, checks: tuple[str, ...] = CHECKS):
+    def __init__(self, fed: Federation, households: list[list[str]], consent: Any, *, checks: tuple[str, ...] = CHECKS,
+                 accept_packed: bool = True):
         m = fed.member("51")
         self.key = X25519PrivateKey.generate()
         self.request_id = uuid.uuid4().hex
@@ -48,7 +49,7 @@ class Batch:
             self.prepared.append(p)
             self.raw.append(p.body(audience="44", consent=receipt, request_id=self.request_id,
                                    reply_key=sealing.public_bytes(self.key.public_key()),
-                                   reply_suite=sealing.SUITE_NAME).SerializeToString())
+                                   reply_suite=sealing.SUITE_NAME, accept_packed=accept_packed).SerializeToString())
         signatures = m.signer.sign_many([(signing.QUERY, b) for b in self.raw])
         self.signed = [verification_pb2.SignedQuery(body=b, signature=s).SerializeToString()
                        for b, s in zip(self.raw, signatures, strict=True)]
@@ -227,3 +228,17 @@ def test_packed_results_are_checked_and_row_answers_still_verify(fed: Federation
     for name, body in broken.items():
         answer = check_answer(_signed_answer(fed, raw, body), query, raw, m.verifier)
         assert not answer.signature_valid and answer.problem, name
+
+
+def test_a_requester_that_does_not_accept_packed_results_gets_rows(fed: Federation) -> None:
+    """A batch query without accept_packed (as a 0.2 requester sends it) is answered with Result rows it can read."""
+    consent = fed.grant("51", [WORKER], "dibao")
+    batch = Batch(fed, [[WORKER]], consent, accept_packed=False)
+    channel, verification = stub(fed)
+    with channel:
+        (item,) = batch.items(verification.VerifyBatch(batch.request(), timeout=10))
+    body = verification_pb2.AnswerBody.FromString(item.answer.body)
+    assert not body.HasField("packed") and len(body.results) == len(CHECKS)
+    query = verification_pb2.QueryBody.FromString(batch.raw[0])
+    answer = check_answer(item.answer, query, batch.raw[0], fed.member("51").verifier, expect_province="44")
+    assert answer.signature_valid and [r.as_of for r in answer.results] == ["2026-10-31", "2026-10-31", None]

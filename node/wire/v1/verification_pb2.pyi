@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QueryBody(_message.Message):
-    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subjects", "checks", "consent", "audience", "reply_seal_suite", "reply_seal_key")
+    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subjects", "checks", "consent", "audience", "reply_seal_suite", "reply_seal_key", "accept_packed")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class QueryBody(_message.Message):
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     REPLY_SEAL_SUITE_FIELD_NUMBER: _ClassVar[int]
     REPLY_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_PACKED_FIELD_NUMBER: _ClassVar[int]
     requester: str
     request_id: str
     nonce: bytes
@@ -31,7 +32,8 @@ class QueryBody(_message.Message):
     audience: str
     reply_seal_suite: str
     reply_seal_key: bytes
-    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subjects: _Optional[_Iterable[bytes]] = ..., checks: _Optional[_Iterable[_Union[_common_pb2.Check, _Mapping]]] = ..., consent: _Optional[_Union[SignedConsent, _Mapping]] = ..., audience: _Optional[str] = ..., reply_seal_suite: _Optional[str] = ..., reply_seal_key: _Optional[bytes] = ...) -> None: ...
+    accept_packed: bool
+    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subjects: _Optional[_Iterable[bytes]] = ..., checks: _Optional[_Iterable[_Union[_common_pb2.Check, _Mapping]]] = ..., consent: _Optional[_Union[SignedConsent, _Mapping]] = ..., audience: _Optional[str] = ..., reply_seal_suite: _Optional[str] = ..., reply_seal_key: _Optional[bytes] = ..., accept_packed: _Optional[bool] = ...) -> None: ...
 
 class SignedQuery(_message.Message):
     __slots__ = ("body", "signature")
