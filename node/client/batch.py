@@ -320,15 +320,14 @@ class BatchSession:
         names = check_names(prepared[0].body()) if prepared else []  # every query of the chunk has these checks
         memo: dict[tuple[int, int, int, str], dict[str, Any]] = {}
         records = []
+        # Every province that answered discovery OK holds none of a household unless it is one of its holders.
+        not_holding = {p: "NO_MATCH" if s == "OK" else s for p, s in contacted.items()}
         for i, ((h, _receipt), holders) in enumerate(zip(chunk, found.households, strict=True)):
-            routing = dict(contacted)
             if holders.error_code:
                 records.append({"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
                                 "error": holders.error, "routing": {}, "answers": [], "evidence": []})
                 continue
-            for p in routing:
-                if routing[p] == "OK":
-                    routing[p] = "NO_MATCH"
+            routing = dict(not_holding)
             household_answers = []
             evidence = []
             for holder in holders.holders:
