@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from node import files
 from node.client.client import translate
 from node.client.coordinator import require_own_request
-from node.client.query import Answer, PreparedQuery, check_answer, locked_envelope
+from node.client.query import Answer, PreparedQuery, check_answer, check_names, locked_envelope, result_dicts
 from node.client.saved_answers import evidence_entry
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.router import status_name
@@ -284,7 +284,7 @@ class BatchSession:
                 if holder not in directory:
                     continue
                 body = p.body(audience=holder, consent=receipt, request_id=request_id, reply_key=reply_public,
-                              reply_suite=sealing.SUITE_NAME)
+                              reply_suite=sealing.SUITE_NAME, accept_packed=True)
                 per_holder.setdefault(holder, []).append((i, body, body.SerializeToString()))
         flat = [(h, i, body, raw) for h, items in per_holder.items() for i, body, raw in items]
         signatures = await self.signer.sign_many([(signing.QUERY, raw) for *_, raw in flat]) if flat else []
@@ -320,28 +320,29 @@ class BatchSession:
                 elif item.error_code:
                     answers[(holder, i)] = (None, ITEM_STATUS.get(item.error_code, "DENIED"))
                 else:
-                    answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder).with_query(
-                        raw, query_signatures[(holder, i)])
+                    answer = check_answer(item.answer, body, raw, m.verifier, expect_province=holder,
+                                          rows=False).with_query(raw, query_signatures[(holder, i)])
                     answers[(holder, i)] = (answer, "OK")
         crl_b64 = base64.b64encode(m.crl.der).decode()
+        names = check_names(prepared[0].body()) if prepared else []  # every query of the chunk has these checks
+        memo: dict[tuple[int, int, int, str], dict[str, Any]] = {}
         records = []
+        # Every province that answered discovery OK holds none of a household unless it is one of its holders.
+        not_holding = {p: "NO_MATCH" if s == "OK" else s for p, s in contacted.items()}
         for i, ((h, _receipt), holders) in enumerate(zip(chunk, found.households, strict=True)):
-            routing = dict(contacted)
             if holders.error_code:
                 records.append({"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
                                 "error": holders.error, "routing": {}, "answers": [], "evidence": []})
                 continue
-            for p in routing:
-                if routing[p] == "OK":
-                    routing[p] = "NO_MATCH"
+            routing = dict(not_holding)
             household_answers = []
             evidence = []
             for holder in holders.holders:
                 answer, status = answers.get((holder, i), (None, "UNAVAILABLE"))
                 routing[holder] = status
                 if answer is not None:
-                    household_answers.append({"province": holder, "signature_valid": answer.signature_valid, "results": [
-                        {"subject": r.subject, "check": r.check, "outcome": r.outcome, "as_of": r.as_of} for r in answer.results]})
+                    household_answers.append({"province": holder, "signature_valid": answer.signature_valid,
+                                              "results": result_dicts(answer, names, memo)})
                     evidence.append(evidence_entry(answer))
             record = {"household": h.key, "consent_id": consent_ids[i], "members": len(h.ids),
                       "routing": dict(sorted(routing.items())), "answers": household_answers, "evidence": evidence}

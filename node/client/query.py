@@ -21,6 +21,7 @@ from node.domain.policy import Policy, UnknownPurpose
 from node.domain.predicate import Check, Comparator, parse_check, require_one_per_item
 from node.domain.regions import province_uri
 from node.errors import BadInput
+from node.service import packed
 from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
 _WIRE_OPS = {
@@ -54,6 +55,8 @@ class Answer:
     problem: str | None = None
     query_body: bytes = b""
     query_signature: common_pb2.Signature | None = None
+    #: The parsed answer body (None when it did not parse).
+    body: verification_pb2.AnswerBody | None = None
 
     def with_query(self, query_body: bytes, signature: common_pb2.Signature | None = None) -> Answer:
         """The same answer, keeping the serialized query it answers and the requester's signature
@@ -105,7 +108,8 @@ class PreparedQuery:
     possession: tuple[bytes, ...] = ()
 
     def body(self, *, audience: str = "", consent: verification_pb2.SignedConsent | None = None,
-             request_id: str | None = None, reply_key: bytes = b"", reply_suite: str = "") -> verification_pb2.QueryBody:
+             request_id: str | None = None, reply_key: bytes = b"", reply_suite: str = "",
+             accept_packed: bool = False) -> verification_pb2.QueryBody:
         return verification_pb2.QueryBody(
             requester=self.requester,
             request_id=request_id or uuid.uuid4().hex,
@@ -118,6 +122,7 @@ class PreparedQuery:
             audience=audience,
             reply_seal_suite=reply_suite,
             reply_seal_key=reply_key,
+            accept_packed=accept_packed,
         )
 
 
@@ -196,8 +201,11 @@ def check_answer(
     verifier: signing.Verifier,
     *,
     expect_province: str | None = None,
+    rows: bool = True,
 ) -> Answer:
-    """Verify a holder's answer: signature, binding to our query, and shape of the results."""
+    """Verify a holder's answer: signature, binding to our query, and shape of the results (rows or
+    columns, node.service.packed). With `rows=False` the answer keeps its parsed body (`body`) and
+    builds no `ResultRow` (a batch reads the columns itself: `result_dicts`)."""
     body = verification_pb2.AnswerBody()
     try:
         body.ParseFromString(signed.body)
@@ -213,25 +221,49 @@ def check_answer(
             problem = "answer comes from another province than asked"
         elif body.query_digest != signing.digest(query_bytes) or body.request_id != query.request_id:
             problem = "answer is bound to another query"
-        elif len(body.results) != len(query.subjects) * len(query.checks):
-            problem = "answer does not cover every subject and check"
-        elif any(r.outcome not in _OUTCOMES for r in body.results):
-            problem = "answer has a result with an unknown outcome"
+        else:
+            problem = packed.problem(body, len(query.subjects) * len(query.checks))
     except (SignatureInvalid, CertificateRejected) as exc:
         problem = str(exc)
-    checks = [f"{c.attribute}{_SYMBOL.get(c.op, '?')}{c.operand}" for c in query.checks]  # a saved query is outside bytes
-    rows = tuple(
+    if not rows:
+        return Answer(province, problem is None, (), signed, problem, body=body)
+    checks = check_names(query)
+    result_rows = tuple(
         ResultRow(
-            subject=r.subject,
-            check=checks[r.check] if r.check < len(checks) else "?",
-            outcome=common_pb2.Outcome.Name(r.outcome) if r.outcome in _OUTCOMES else "?",
-            as_of=r.as_of or None,
+            subject=subject,
+            check=checks[check] if check < len(checks) else "?",
+            outcome=_NAMES.get(outcome, "?"),
+            as_of=as_of or None,
         )
-        for r in body.results
+        for subject, check, outcome, as_of in packed.results(body, len(checks))
     )
-    return Answer(province, problem is None, rows, signed, problem)
+    return Answer(province, problem is None, result_rows, signed, problem, body=body)
 
 
-#: The outcomes an answer may carry: another value (a newer or a broken holder) makes the answer invalid, not a crash.
-_OUTCOMES: Final[frozenset[int]] = frozenset(common_pb2.Outcome.values())
+def check_names(query: verification_pb2.QueryBody) -> list[str]:
+    """The checks of a query as shown in results, e.g. "income.wage_monthly<=300000"."""
+    return [f"{c.attribute}{_SYMBOL.get(c.op, '?')}{c.operand}" for c in query.checks]  # a saved query is outside bytes
+
+
+def result_dicts(answer: Answer, checks: Sequence[str], memo: dict[tuple[int, int, int, str], dict[str, object]],
+                 ) -> list[dict[str, object]]:
+    """The JSON-ready results of a checked answer (as `VerifyResult.to_json` writes them), read from its
+    columns. Equal results share one read-only dict from `memo` (one per distinct subject, check,
+    outcome and date across the caller's answers), so a batch builds no object per result."""
+    body = answer.body
+    if body is None:
+        return [{"subject": r.subject, "check": r.check, "outcome": r.outcome, "as_of": r.as_of} for r in answer.results]
+    out = []
+    for key in packed.results(body, len(checks)):
+        row = memo.get(key)
+        if row is None:
+            subject, check, outcome, as_of = key
+            row = memo[key] = {"subject": subject, "check": checks[check] if check < len(checks) else "?",
+                               "outcome": _NAMES.get(outcome, "?"), "as_of": as_of or None}
+        out.append(row)
+    return out
+
+
+#: Outcome value -> name; another value (a newer or a broken holder) makes the answer invalid, not a crash.
+_NAMES: Final[dict[int, str]] = {v: common_pb2.Outcome.Name(v) for v in common_pb2.Outcome.values()}
 _SYMBOL = {common_pb2.LT: "<", common_pb2.LE: "<=", common_pb2.EQ: "==", common_pb2.NE: "!=", common_pb2.GE: ">=", common_pb2.GT: ">"}

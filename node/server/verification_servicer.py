@@ -16,6 +16,7 @@ from node.errors import ErrorCode, HeduiError, Refusal
 from node.inflight import InFlight
 from node.server.admission import Admission, check_deadline
 from node.server.edge import edge, public_message
+from node.service import packed
 from node.service.possession import Unlocker, signed_query as locked_content
 from node.service.verification import Decided, VerificationService, require_usable_reply_key
 from node.store import audit
@@ -183,23 +184,24 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                               "no query of the batch could be unlocked")
             _prove(context, first_open, proofs[first_open])
             # One requester and a usable reply key, or the whole batch is refused before any query is decided.
-            require_usable_reply_key(locked_content(o).body for o in opened if isinstance(o, Unlocked))
+            contents = {i: locked_content(o) for i, o in enumerate(opened) if isinstance(o, Unlocked)}
+            require_usable_reply_key(q.body for q in contents.values())
             items: list[verification_pb2.BatchItem] = []
             decided: list[tuple[int, Decided]] = []
             refusals: list[audit.AuditRecord] = []
-            with self.service.batch_scope():  # one nonce transaction for the whole batch
-                for index, (locked, unlocked) in enumerate(zip(batch.queries, opened, strict=True)):
-                    query: verification_pb2.SignedQuery | None = None
-                    try:
-                        if isinstance(unlocked, Refusal):
-                            raise unlocked
-                        query = locked_content(unlocked)
-                        decided.append((index, self.service.decide(query, requester, lock=unlocked)))
-                    except Refusal as refusal:
-                        items.append(verification_pb2.BatchItem(index=index, error_code=refusal.code.name,
-                                                                error=public_message(refusal)))
-                        body = query if query is not None else verification_pb2.QueryBody(request_id=locked.request_id)
-                        refusals.append(self._refusal_record(refusal, body, requester))
+            queries = [(contents[i], o) for i, o in enumerate(opened) if isinstance(o, Unlocked)]
+            with self.service.batch_scope():  # one nonce write and one probing transaction for the whole batch
+                outcomes = iter(self.service.decide_batch(queries, requester))
+            for index, (locked, unlocked) in enumerate(zip(batch.queries, opened, strict=True)):
+                outcome = unlocked if isinstance(unlocked, Refusal) else next(outcomes)
+                if isinstance(outcome, Decided):
+                    decided.append((index, outcome))
+                    continue
+                query = contents.get(index)
+                items.append(verification_pb2.BatchItem(index=index, error_code=outcome.code.name,
+                                                        error=public_message(outcome)))
+                body = query if query is not None else verification_pb2.QueryBody(request_id=locked.request_id)
+                refusals.append(self._refusal_record(outcome, body, requester))
             try:
                 if not decided:
                     # Nothing to seal an answer to: refuse the batch with its items' reason, so a
@@ -214,18 +216,20 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 raise
             first = decided[0][1].query
             bodies = [d.answer.SerializeToString() for _, d in decided]
-            records = refusals + [audit.answered(d, b, relayed=requester is None) for (_, d), b in zip(decided, bodies, strict=True)]
+            # One record for the batch's answers (per requester, purpose, checks and probes), naming each query.
+            records = refusals + audit.answered_batch([(d, b) for (_, d), b in zip(decided, bodies, strict=True)],
+                                                      relayed=requester is None)
             signatures, *_ = await asyncio.gather(self.signer.sign_many([(signing.ANSWER, b) for b in bodies]),
                                                   *(self._audit(r) for r in records))
-            outcomes: Counter[int] = Counter()
+            counts: Counter[int] = Counter()
             for (index, d), body, signature in zip(decided, bodies, signatures, strict=True):
                 items.append(verification_pb2.BatchItem(index=index, answer=verification_pb2.SignedAnswer(body=body, signature=signature)))
                 if self.metrics is not None:
-                    outcomes.update(r.outcome for r in d.answer.results)
+                    counts.update(packed.outcome_counts(d.answer))
             items.sort(key=lambda item: item.index)
             self.log.debug("answered_batch", peer=first.requester, queries=len(batch.queries), answered=len(decided))
             if self.metrics is not None:
-                self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in outcomes.items()})
+                self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in counts.items()})
             return verification_pb2.VerifyBatchResponse(
                 sealed=self.unsealer.seal_answer(verification_pb2.AnswerBatch(items=items), first),
                 possession_proofs=proofs)

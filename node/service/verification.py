@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -20,7 +20,8 @@ from node.domain.policy import Policy
 from node.domain.predicate import ONE_PER_ITEM, Check, Comparator, repeated_item
 from node.errors import ErrorCode, Refusal
 from node.service.probing import ProbeLimit
-from node.store.store import Store
+from node.service.packed import Columns
+from node.store.store import Fact, Store
 from node.wire.v1 import common_pb2, verification_pb2
 
 NONCE_MIN, NONCE_MAX = 16, 64
@@ -59,6 +60,7 @@ class Decided:
     answer: verification_pb2.AnswerBody
     items: tuple[str, ...]
     probes: int = 0  # probing budget this query used (node.service.probing)
+    consent_id: str = ""  # the consent the gate accepted (set by decide_batch; "" when not known)
 
 
 def parse_checks(body: verification_pb2.QueryBody, catalogue: Catalogue) -> list[Check]:
@@ -158,6 +160,15 @@ class VerificationService:
         `lock` is the possession lock a sealed query came in: its subjects and request id must be
         the ones the lock named (the holder unlocked it for those).
         """
+        checks, consent_id = self._admit(body, lock)
+        if not self.replay.remember(body.requester, body.nonce, body.issued_at_ms):
+            raise Refusal(ErrorCode.REPLAYED)
+        return checks, consent_id
+
+    def _admit(self, body: verification_pb2.QueryBody, lock: Unlocked | None,
+               parsed: dict[tuple[tuple[str, int, int], ...], list[Check] | Refusal] | None = None,
+               ) -> tuple[list[Check], str]:
+        """Everything `validate` checks but the nonce; `parsed` caches the checks of a batch (parsed once per distinct checks)."""
         request_ids.check(body.request_id)
         if not NONCE_MIN <= len(body.nonce) <= NONCE_MAX:
             raise Refusal(ErrorCode.MALFORMED, "nonce must be 16 to 64 bytes")
@@ -171,16 +182,28 @@ class VerificationService:
         n_subjects, n_checks = len(body.subjects), len(body.checks)
         if not 1 <= n_subjects <= self.limits.max_subjects or not 1 <= n_checks <= self.limits.max_checks:
             raise Refusal(ErrorCode.TOO_MANY, f"1 to {self.limits.max_subjects} subjects and 1 to {self.limits.max_checks} checks")
-        if any(len(s) != TOKEN_BYTES for s in body.subjects):
+        subjects = tuple(body.subjects)
+        if any(len(s) != TOKEN_BYTES for s in subjects):
             raise Refusal(ErrorCode.MALFORMED, "subject tokens must be 32 bytes")
-        if len(set(body.subjects)) != n_subjects:
+        if len(set(subjects)) != n_subjects:
             raise Refusal(ErrorCode.MALFORMED, "subjects must be distinct")
-        if lock is not None and (tuple(body.subjects) != lock.tokens or body.request_id != lock.request_id):
+        if lock is not None and (subjects != lock.tokens or body.request_id != lock.request_id):
             raise Refusal(ErrorCode.MALFORMED, "query does not match the lock it came in")
-        checks = parse_checks(body, self.catalogue)
+        if parsed is None:
+            checks = parse_checks(body, self.catalogue)
+        else:
+            key = tuple((c.attribute, c.op, c.operand) for c in body.checks)
+            known = parsed.get(key)
+            if known is None:
+                try:
+                    known = parse_checks(body, self.catalogue)
+                except Refusal as refusal:
+                    known = refusal
+                parsed[key] = known
+            if isinstance(known, Refusal):
+                raise Refusal(known.code, known.detail)
+            checks = known
         consent_id = self.consent.check(body, checks) if self.consent is not None else ""
-        if not self.replay.remember(body.requester, body.nonce, body.issued_at_ms):
-            raise Refusal(ErrorCode.REPLAYED)
         return checks, consent_id
 
     def decide(self, signed: verification_pb2.SignedQuery, peer_province: str | None, *,
@@ -219,6 +242,66 @@ class VerificationService:
         )
         return Decided(body, query_digest, answer, tuple(c.attribute for c in checks), probes)
 
+    def decide_batch(self, queries: Sequence[tuple[verification_pb2.SignedQuery, Unlocked]],
+                     peer_province: str | None) -> list[Decided | Refusal]:
+        """`decide` for a batch's queries, as columns; one Decided or Refusal per query, in order.
+
+        Each query is authenticated, validated and consent-checked on its own, as in `decide`; the
+        checks are parsed once per distinct checks, the nonces of the queries still standing are
+        recorded together (node.store.nonces `remember_many`, one write), every query of one item
+        set is looked up in one store lookup, and the results are packed (node.service.packed) when
+        the query accepts it (`accept_packed`; else rows, as 0.2 requesters read). Call inside `batch_scope`.
+        """
+        out: list[Decided | Refusal | None] = [None] * len(queries)
+        parsed: dict[tuple[tuple[str, int, int], ...], list[Check] | Refusal] = {}
+        standing: list[tuple[int, verification_pb2.QueryBody, list[Check], str]] = []
+        for i, (signed, lock) in enumerate(queries):
+            try:
+                body = self.authenticate(signed, peer_province)
+                checks, consent_id = self._admit(body, lock, parsed)
+            except Refusal as refusal:
+                out[i] = refusal
+                continue
+            standing.append((i, body, checks, consent_id))
+        fresh = remember_all(self.replay, [(b.requester, b.nonce, b.issued_at_ms) for _, b, _, _ in standing])
+        by_items: dict[tuple[str, ...], list[tuple[int, verification_pb2.QueryBody, list[Check], list[bool], int, str]]] = {}
+        for (i, body, checks, consent_id), new in zip(standing, fresh, strict=True):
+            if not new:
+                out[i] = Refusal(ErrorCode.REPLAYED)
+                continue
+            allowed = [self.policy.allows(body.purpose, c.attribute) for c in checks]
+            probes = 0
+            if self.probes is not None:
+                try:
+                    probes = self.probes.admit(body.requester, consent_id, body.purpose,
+                                               [c for c, ok in zip(checks, allowed, strict=True) if ok])
+                except Refusal as refusal:
+                    out[i] = refusal
+                    continue
+            attributes = tuple(sorted({c.attribute for c, ok in zip(checks, allowed, strict=True) if ok}))
+            by_items.setdefault(attributes, []).append((i, body, checks, allowed, probes, consent_id))
+        now_ms = int(self.clock() * 1000)
+        for attributes, group in by_items.items():
+            tokens = [t for _, body, *_ in group for t in body.subjects]
+            facts = self.store.lookup(tokens, attributes) if attributes else {}
+            offset = 0
+            for i, body, checks, allowed, probes, consent_id in group:
+                signed = queries[i][0]
+                n_subjects = len(body.subjects)
+                columns = _evaluate(checks, allowed, facts, offset, n_subjects)
+                offset += n_subjects
+                query_digest = signing.digest(signed.body)
+                answer = verification_pb2.AnswerBody(
+                    responder=self.province, requester=body.requester, request_id=body.request_id,
+                    digest_algorithm="sha256", query_digest=query_digest, answered_at_ms=now_ms)
+                if body.accept_packed and columns.fits():
+                    answer.packed.CopyFrom(columns.packed())
+                else:
+                    answer.results.extend(columns.rows(len(checks)))
+                out[i] = Decided(body, query_digest, answer, tuple(c.attribute for c in checks), probes, consent_id)
+        assert all(o is not None for o in out)
+        return out  # type: ignore[return-value]
+
     @contextlib.contextmanager
     def batch_scope(self) -> Iterator[None]:
         """Group the replay guard's and the probing ledger's writes for a batch into one transaction each."""
@@ -229,3 +312,29 @@ class VerificationService:
             if self.probes is not None:
                 scopes.enter_context(self.probes.transaction())
             yield
+
+
+def remember_all(replay: ReplayGuard, nonces: list[tuple[str, bytes, int]]) -> list[bool]:
+    """Record every (requester, nonce, issued_at_ms); True for each seen for the first time (in order)."""
+    many = getattr(replay, "remember_many", None)
+    if many is not None:
+        return list(many(nonces))
+    return [replay.remember(*n) for n in nonces]
+
+
+def _evaluate(checks: list[Check], allowed: list[bool], facts: dict[tuple[int, str], Fact],
+              offset: int, n_subjects: int) -> Columns:
+    """The results of one query (subjects offset..offset+n_subjects of a lookup), subject-major."""
+    columns = Columns()
+    add = columns.add
+    for s in range(offset, offset + n_subjects):
+        for check, ok in zip(checks, allowed, strict=True):
+            if not ok:
+                add(common_pb2.DENIED)
+                continue
+            fact = facts.get((s, check.attribute))
+            if fact is None:
+                add(common_pb2.NO_RECORD)
+            else:
+                add(common_pb2.SATISFIED if check.evaluate(fact.value) else common_pb2.NOT_SATISFIED, fact.as_of)
+    return columns

@@ -17,8 +17,8 @@ any string containing a valid resident ID number is refused; a peer-supplied req
 is not valid (`node.domain.request_ids`) is recorded as "invalid", never as it was sent.
 `AuditRecord.to_json` emits exactly `RECORD_KEYS`; records written before ``checks`` existed
 (`LEGACY_RECORD_KEYS`) still parse, with no counts. A record of a batch (one decision for many
-households, e.g. a holder's contributions to many household rounds) adds ``batch``: per
-household the request id, consent id and outcome digest its own record would have carried
+households, e.g. a holder's contributions to many household rounds or its answers to one
+`VerifyBatch`) adds ``batch``: per household the request id, consent id and outcome digest its own record would have carried
 (`BatchEntry`), so one record per batch loses nothing a record per household would hold.
 
 Checkpoints
@@ -317,6 +317,37 @@ def answered(decided: Decided, answer_body: bytes, *, relayed: bool = False,
         outcome_digest=hashlib.sha256(answer_body).hexdigest(),
         extra={**({"via": "coordinator"} if relayed else {}), **({"probes": str(decided.probes)} if decided.probes else {})},
     )
+
+
+def answered_batch(answers: Sequence[tuple[Decided, bytes]], *, relayed: bool = False,
+                   at_ms: int | None = None) -> list[AuditRecord]:
+    """The records of a batch's answers (decided, serialized AnswerBody): one per (requester, purpose,
+    checks, probes) they share, each naming its queries (`batch_entry`: request id, consent id, answer
+    digest), so each carries what `answered` would have for every one of them."""
+    groups: dict[tuple[str, str, tuple[str, ...], int], list[BatchEntry]] = {}
+    first: dict[tuple[str, str, tuple[str, ...], int], str] = {}
+    for decided, body in answers:
+        query = decided.query
+        key = (query.requester, query.purpose, decided.items, decided.probes)
+        first.setdefault(key, query.request_id)
+        groups.setdefault(key, []).append(BatchEntry(query.request_id, decided.consent_id or _consent_id(query),
+                                                     hashlib.sha256(body).hexdigest()))
+    at = _now_ms() if at_ms is None else at_ms
+    return [AuditRecord(at_ms=at, request_id=first[key], requester=requester, decision=ANSWERED, purpose=purpose,
+                        items=items, checks=Counter(items), batch=tuple(entries[i:i + MAX_BATCH_ENTRIES]),
+                        extra={**({"via": "coordinator"} if relayed else {}), **({"probes": str(probes)} if probes else {})})
+            for key, entries in groups.items() for requester, purpose, items, probes in (key,)
+            for i in range(0, len(entries), MAX_BATCH_ENTRIES)]
+
+
+def per_query(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """An audit payload (or export row) as one dict per query it records: a batch record's entries
+    each with the record's shared fields, any other record as itself."""
+    entries = row.get("batch")
+    if not entries:
+        return [dict(row)]
+    shared = {k: v for k, v in row.items() if k != "batch"}
+    return [{**shared, **entry} for entry in entries]
 
 
 def refusal(code: ErrorCode, *, query: verification_pb2.QueryBody | bytes | None = None,

@@ -6,13 +6,14 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
 from node.store.errors import StoreError
 
 _PURGE_EVERY: Final[int] = 1000
+_SELECT_CHUNK: Final[int] = 500
 
 
 class NonceStore:
@@ -50,6 +51,49 @@ class NonceStore:
             fresh = cursor.rowcount == 1
             self._inserts += 1
             self._purge_if_due()
+        return fresh
+
+    def remember_many(self, nonces: Sequence[tuple[str, bytes, int]]) -> list[bool]:
+        """Record many (requester, nonce, issued_at_ms) in one write; per nonce, False when already used
+        (before, or earlier in `nonces`). One row per nonce, as `remember` writes it."""
+        keys = [requester.encode() + b"\x00" + nonce for requester, nonce, _ in nonces]
+        if not keys:
+            return []
+        if self._batching:  # inside transaction(): the batch's own BEGIN IMMEDIATE holds the write lock
+            return self._record_all(keys, nonces)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                fresh = self._record_all(keys, nonces)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._purge_if_due()
+            self._db.execute("COMMIT")
+        return fresh
+
+    def _record_all(self, keys: list[bytes], nonces: Sequence[tuple[str, bytes, int]]) -> list[bool]:
+        """Inside a write transaction: which keys are new (one SELECT per 500), then one INSERT per 500."""
+        seen: set[bytes] = set()
+        for start in range(0, len(keys), _SELECT_CHUNK):
+            chunk = keys[start:start + _SELECT_CHUNK]
+            sql = f"SELECT key FROM nonces WHERE key IN ({','.join('?' * len(chunk))})"
+            seen.update(k for (k,) in self._db.execute(sql, chunk))
+        fresh: list[bool] = []
+        rows: list[tuple[bytes, int]] = []
+        for key, (_, _, issued_at_ms) in zip(keys, nonces, strict=True):
+            new = key not in seen
+            fresh.append(new)
+            if new:
+                seen.add(key)
+                rows.append((key, issued_at_ms))
+        for start in range(0, len(rows), _SELECT_CHUNK):  # one INSERT statement per 500 new nonces
+            chunk = rows[start:start + _SELECT_CHUNK]
+            sql = f"INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES {','.join(['(?, ?)'] * len(chunk))}"
+            cursor = self._db.execute(sql, [v for row in chunk for v in row])
+            if cursor.rowcount != len(chunk):  # cannot happen under the write lock; fail closed if it does
+                raise StoreError("nonce store changed while a batch was recorded")
+            self._inserts += len(chunk)
         return fresh
 
     def _purge_if_due(self) -> None:

@@ -60,7 +60,8 @@ def coordinator_key(fed: Federation) -> signing.Signer:
 def audit_rows(fed: Federation, code: str, after: int = 0) -> list[dict[str, Any]]:
     path = config_mod.load(fed.configs[code]).data_dir / audit.AUDIT_DB
     with audit.AuditLog.open_readonly(path) as log:
-        return [json.loads(e.payload) for e in log.entries(after=after) if e.kind == audit.KIND_RECORD]
+        return [row for e in log.entries(after=after) if e.kind == audit.KIND_RECORD
+                for row in audit.per_query(json.loads(e.payload))]  # a batch record: one row per query
 
 
 def audit_head(fed: Federation, code: str) -> int:

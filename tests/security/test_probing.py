@@ -94,7 +94,8 @@ def uses(fed: Federation, consent_id: str, item: str) -> int:
 
 def audit_rows(fed: Federation, after: int = 0) -> list[dict[str, Any]]:
     with audit.AuditLog.open_readonly(data_dir(fed, "44") / audit.AUDIT_DB) as log:
-        return [json.loads(e.payload) for e in log.entries(after=after) if e.kind == audit.KIND_RECORD]
+        return [row for e in log.entries(after=after) if e.kind == audit.KIND_RECORD
+                for row in audit.per_query(json.loads(e.payload))]  # a batch record: one row per query
 
 
 def audit_head(fed: Federation) -> int:

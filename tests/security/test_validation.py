@@ -72,7 +72,8 @@ def data_dir(fed: Federation, who: str) -> Path:
 def audit_rows(fed: Federation, who: str, after: int = 0) -> list[dict[str, Any]]:
     """The audit records of a member (a province code or "coordinator") after index `after`."""
     with audit.AuditLog.open_readonly(data_dir(fed, who) / audit.AUDIT_DB) as log:
-        return [json.loads(e.payload) for e in log.entries(after=after) if e.kind == audit.KIND_RECORD]
+        return [row for e in log.entries(after=after) if e.kind == audit.KIND_RECORD
+                for row in audit.per_query(json.loads(e.payload))]  # a batch record: one row per query
 
 
 def audit_head(fed: Federation, who: str) -> int:

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class QueryBody(_message.Message):
-    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subjects", "checks", "consent", "audience", "reply_seal_suite", "reply_seal_key")
+    __slots__ = ("requester", "request_id", "nonce", "issued_at_ms", "purpose", "subjects", "checks", "consent", "audience", "reply_seal_suite", "reply_seal_key", "accept_packed")
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class QueryBody(_message.Message):
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     REPLY_SEAL_SUITE_FIELD_NUMBER: _ClassVar[int]
     REPLY_SEAL_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_PACKED_FIELD_NUMBER: _ClassVar[int]
     requester: str
     request_id: str
     nonce: bytes
@@ -31,7 +32,8 @@ class QueryBody(_message.Message):
     audience: str
     reply_seal_suite: str
     reply_seal_key: bytes
-    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subjects: _Optional[_Iterable[bytes]] = ..., checks: _Optional[_Iterable[_Union[_common_pb2.Check, _Mapping]]] = ..., consent: _Optional[_Union[SignedConsent, _Mapping]] = ..., audience: _Optional[str] = ..., reply_seal_suite: _Optional[str] = ..., reply_seal_key: _Optional[bytes] = ...) -> None: ...
+    accept_packed: bool
+    def __init__(self, requester: _Optional[str] = ..., request_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., purpose: _Optional[str] = ..., subjects: _Optional[_Iterable[bytes]] = ..., checks: _Optional[_Iterable[_Union[_common_pb2.Check, _Mapping]]] = ..., consent: _Optional[_Union[SignedConsent, _Mapping]] = ..., audience: _Optional[str] = ..., reply_seal_suite: _Optional[str] = ..., reply_seal_key: _Optional[bytes] = ..., accept_packed: _Optional[bool] = ...) -> None: ...
 
 class SignedQuery(_message.Message):
     __slots__ = ("body", "signature")
@@ -54,7 +56,7 @@ class Result(_message.Message):
     def __init__(self, subject: _Optional[int] = ..., check: _Optional[int] = ..., outcome: _Optional[_Union[_common_pb2.Outcome, str]] = ..., as_of: _Optional[str] = ...) -> None: ...
 
 class AnswerBody(_message.Message):
-    __slots__ = ("responder", "requester", "request_id", "digest_algorithm", "query_digest", "answered_at_ms", "results")
+    __slots__ = ("responder", "requester", "request_id", "digest_algorithm", "query_digest", "answered_at_ms", "results", "packed")
     RESPONDER_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +64,7 @@ class AnswerBody(_message.Message):
     QUERY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     responder: str
     requester: str
     request_id: str
@@ -69,7 +72,18 @@ class AnswerBody(_message.Message):
     query_digest: bytes
     answered_at_ms: int
     results: _containers.RepeatedCompositeFieldContainer[Result]
-    def __init__(self, responder: _Optional[str] = ..., requester: _Optional[str] = ..., request_id: _Optional[str] = ..., digest_algorithm: _Optional[str] = ..., query_digest: _Optional[bytes] = ..., answered_at_ms: _Optional[int] = ..., results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ...) -> None: ...
+    packed: PackedResults
+    def __init__(self, responder: _Optional[str] = ..., requester: _Optional[str] = ..., request_id: _Optional[str] = ..., digest_algorithm: _Optional[str] = ..., query_digest: _Optional[bytes] = ..., answered_at_ms: _Optional[int] = ..., results: _Optional[_Iterable[_Union[Result, _Mapping]]] = ..., packed: _Optional[_Union[PackedResults, _Mapping]] = ...) -> None: ...
+
+class PackedResults(_message.Message):
+    __slots__ = ("outcomes", "dates", "date_of")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    DATES_FIELD_NUMBER: _ClassVar[int]
+    DATE_OF_FIELD_NUMBER: _ClassVar[int]
+    outcomes: bytes
+    dates: _containers.RepeatedScalarFieldContainer[str]
+    date_of: bytes
+    def __init__(self, outcomes: _Optional[bytes] = ..., dates: _Optional[_Iterable[str]] = ..., date_of: _Optional[bytes] = ...) -> None: ...
 
 class SignedAnswer(_message.Message):
     __slots__ = ("body", "signature")
