@@ -224,7 +224,7 @@ def check_answer(
         ResultRow(
             subject=r.subject,
             check=checks[r.check] if r.check < len(checks) else "?",
-            outcome=common_pb2.Outcome.Name(r.outcome) if r.outcome in _OUTCOMES else "?",
+            outcome=_OUTCOME_NAMES.get(r.outcome, "?"),
             as_of=r.as_of or None,
         )
         for r in body.results
@@ -234,4 +234,5 @@ def check_answer(
 
 #: The outcomes an answer may carry: another value (a newer or a broken holder) makes the answer invalid, not a crash.
 _OUTCOMES: Final[frozenset[int]] = frozenset(common_pb2.Outcome.values())
+_OUTCOME_NAMES: Final[dict[int, str]] = {v: common_pb2.Outcome.Name(v) for v in _OUTCOMES}  # named once, not per result
 _SYMBOL = {common_pb2.LT: "<", common_pb2.LE: "<=", common_pb2.EQ: "==", common_pb2.NE: "!=", common_pb2.GE: ">=", common_pb2.GT: ">"}
