@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from node.client.client import AsyncPeerClient, PeerRefused
+from node.client.client import AsyncPeerClient, PeerRefused, PeerUnreachable
 from node.crypto import pki
 from node.crypto.errors import CertificateRejected
 from node.domain.regions import province_tls_name
@@ -152,3 +152,35 @@ def peer_prepare(member: Any) -> Any:
     return prepare(requester=member.province, linkage_key=member.linkage_key, ids=[WORKER], purpose="dibao",
                    checks=CHECKS, catalogue=member.catalogue, policy=member.policy,
                    max_subjects=member.cfg.limits.max_subjects, max_checks=member.cfg.limits.max_checks)
+
+
+async def _concurrent_sends(fed: Federation, consent_id: str, n: int) -> list[Any]:
+    requester = fed.member("51")
+    receipt = fed.receipt("51", consent_id)
+    peer = AsyncPeerClient(requester, fed.addresses["44"], server_name=province_tls_name("44"))
+    try:
+        await peer.wait_ready()
+        prepared = peer_prepare(requester)
+        return list(await asyncio.gather(*(peer.send(prepared, consent=receipt) for _ in range(n)),
+                                         return_exceptions=True))
+    finally:
+        await peer.close()
+
+
+def test_concurrent_answers_each_have_their_audit_record(fed: Federation, consent_id: str) -> None:
+    """32 concurrent Verify calls signed and audited together: 32 answers, 32 audit records, fewer transactions."""
+    auditor = fed.servers["44"].auditor
+    records, transactions = auditor.records, auditor.transactions
+    results = asyncio.run(_concurrent_sends(fed, consent_id, 32))
+    assert all(not isinstance(r, BaseException) and r.answers[0].signature_valid for r in results)
+    assert auditor.records - records == 32
+    assert 1 <= auditor.transactions - transactions < 32
+
+
+def test_no_concurrent_answer_leaves_when_the_audit_log_fails(fed: Federation, consent_id: str) -> None:
+    """With the audit log unwritable, every one of 32 concurrent Verify calls is refused UNAVAILABLE, none answered."""
+    asyncio.run(_concurrent_sends(fed, consent_id, 1))
+    fed.servers["44"].audit_log.close()  # the disk is gone, as far as the node can tell (last test of the module)
+    results = asyncio.run(_concurrent_sends(fed, consent_id, 32))
+    assert all(isinstance(r, PeerUnreachable) and r.status == "UNAVAILABLE" for r in results)
+    assert all("audit log cannot be written" in str(r) for r in results)
