@@ -101,13 +101,14 @@ class Ticket:
         self.pool.give(self._peer)
 
 
-@dataclass(frozen=True, slots=True)
 class Peer:
     """What the TLS peer of one call is: its checked certificate, or why it is not accepted."""
 
-    context: aio.ServicerContext
-    checked: CheckedCertificate | None
-    rejection: Refusal | None
+    __slots__ = ("context", "checked", "rejection")
+
+    def __init__(self, context: aio.ServicerContext, checked: CheckedCertificate | None,
+                 rejection: Refusal | None) -> None:
+        self.context, self.checked, self.rejection = context, checked, rejection
 
 
 # The peer of the call being handled, as `Admission.enter` found it. grpc.aio runs every call in
