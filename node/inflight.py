@@ -9,26 +9,30 @@ call therefore never waits, while 32 concurrent calls share one flush.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Final
 
 DEFAULT_MAX_WAIT_S: Final[float] = 0.002
 
 
 class InFlight:
-    """A counter of calls currently being handled (or sent), for one event loop."""
+    """A counter of calls currently being handled (or sent), for one event loop.
+
+    `with in_flight.track():` counts a call for the duration of the block (the counter is its
+    own context manager: no generator per call; nesting and concurrent blocks just add up).
+    """
 
     def __init__(self) -> None:
         self.n = 0
 
-    @contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self) -> InFlight:
+        return self
+
+    def __enter__(self) -> None:
         self.n += 1
-        try:
-            yield
-        finally:
-            self.n -= 1
+
+    def __exit__(self, *_: object) -> None:
+        self.n -= 1
 
 
 class FlushPolicy:

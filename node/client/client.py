@@ -10,6 +10,7 @@ import grpc
 from grpc import aio
 
 from node.client.query import PreparedQuery, VerifyResult, check_answer, prepare, sign_query
+from node.crypto import signing
 from node.domain.predicate import Check
 from node.errors import HeduiError
 from node.member import Member
@@ -156,8 +157,6 @@ class AsyncPeerClient:
 
     async def _send(self, prepared: PreparedQuery, *, consent: verification_pb2.SignedConsent | None,
                     audience: str, timeout: float, check: bool) -> VerifyResult:
-        from node.crypto import signing
-
         body = prepared.body(audience=audience, consent=consent)
         raw = body.SerializeToString()
         signed = verification_pb2.SignedQuery(body=raw, signature=await self._signer.sign(signing.QUERY, raw))

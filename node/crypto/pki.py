@@ -7,6 +7,7 @@ import hashlib
 import ipaddress
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -564,14 +565,28 @@ class SigningIdentity:
 
 
 @dataclass(frozen=True, slots=True)
-class _Checked:
-    """A certificate that passed the time-independent checks."""
+class CheckedCertificate:
+    """A certificate that passed the time-independent checks (issuer, usages, identity).
+
+    These depend only on the certificate's bytes and the CA, so they are cached by the bytes'
+    digest; what can change — revocation and the validity window against the clock — is
+    checked again on every use (`TrustAnchor.recheck`). The window is kept as POSIX seconds
+    too, so checking it "now" costs a float comparison, not a datetime.
+    """
 
     serial: int
     not_before: _dt.datetime
     not_after: _dt.datetime
     identity: str
     signing: SigningIdentity | None = None
+    not_before_s: float = 0.0
+    not_after_s: float = 0.0
+
+
+def _checked(serial: int, not_before: _dt.datetime, not_after: _dt.datetime, identity: str,
+             signing: SigningIdentity | None = None) -> CheckedCertificate:
+    return CheckedCertificate(serial, not_before, not_after, identity, signing,
+                              not_before.timestamp(), not_after.timestamp())
 
 
 _K = TypeVar("_K")
@@ -623,8 +638,8 @@ class TrustAnchor:
             raise PkiError("the trust anchor is not a CA certificate")
         self.ca_cert: Final[x509.Certificate] = ca_cert
         self.revoked_serials: frozenset[int] = revoked_serials
-        self._signing_cache: _BoundedCache[bytes, _Checked] = _BoundedCache(cache_size)
-        self._tls_cache: _BoundedCache[bytes, _Checked] = _BoundedCache(cache_size)
+        self._signing_cache: _BoundedCache[bytes, CheckedCertificate] = _BoundedCache(cache_size)
+        self._tls_cache: _BoundedCache[bytes, CheckedCertificate] = _BoundedCache(cache_size)
 
     @classmethod
     def load(cls, ca_pem_path: Path) -> TrustAnchor:
@@ -650,35 +665,55 @@ class TrustAnchor:
 
         Raises CertificateRejected with a short public reason.
         """
-        when = _instant(at)
         fingerprint = hashlib.sha256(der).digest()
         checked = self._signing_cache.get(fingerprint)
         if checked is None:
             checked = self._check_signing(der, fingerprint)
-            self._check_live(checked, when)
+            self.recheck(checked, at=at)
             self._signing_cache.put(fingerprint, checked)
         else:
-            self._check_live(checked, when)
+            self.recheck(checked, at=at)
         assert checked.signing is not None
         return checked.signing
 
-    def validate_tls_peer_cert(self, pem_or_der: bytes) -> str:
+    def validate_tls_peer_cert(self, pem_or_der: bytes, *, at: _dt.datetime | None = None) -> str:
         """The hedui identity URI of a TLS peer certificate (PEM from gRPC's auth_context, or DER).
 
         gRPC has verified the chain and validity during the handshake; this also checks the
-        issuer (cheap, cached), clientAuth in the EKU, a single federation identity, and
-        revocation. Raises CertificateRejected.
+        issuer (cheap, cached), clientAuth in the EKU, a single federation identity, and — on
+        every call, cached or not — revocation and the validity window at `at` (default now:
+        a connection may outlive its certificate). Raises CertificateRejected.
         """
+        return self.check_tls_peer(pem_or_der, at=at).identity
+
+    def check_tls_peer(self, pem_or_der: bytes, *, at: _dt.datetime | None = None) -> CheckedCertificate:
+        """`validate_tls_peer_cert`, returning the checked certificate (for `recheck` later in the same call)."""
         key = hashlib.sha256(pem_or_der).digest()
         checked = self._tls_cache.get(key)
         if checked is None:
             checked = self._check_tls(pem_or_der)
             self._tls_cache.put(key, checked)
+        self.recheck(checked, at=at)
+        return checked
+
+    def recheck(self, checked: CheckedCertificate, *, at: _dt.datetime | None = None) -> str:
+        """Check again what may have changed since `checked` was made: revocation, validity at `at` (default now).
+
+        Raises CertificateRejected; returns the certificate's identity.
+        """
         if self.is_revoked(checked.serial):
             raise CertificateRejected("revoked")
+        if at is None:
+            now = time.time()
+            if now < checked.not_before_s:
+                raise CertificateRejected("not yet valid")
+            if now > checked.not_after_s:
+                raise CertificateRejected("expired")
+        else:
+            self._check_live(checked, _instant(at))
         return checked.identity
 
-    def _check_signing(self, der: bytes, fingerprint: bytes) -> _Checked:
+    def _check_signing(self, der: bytes, fingerprint: bytes) -> CheckedCertificate:
         try:
             cert = x509.load_der_x509_certificate(der)
         except _PARSE_ERRORS:
@@ -710,9 +745,9 @@ class TrustAnchor:
             not_after=not_after,
             serial=cert.serial_number,
         )
-        return _Checked(cert.serial_number, not_before, not_after, identity, signing)
+        return _checked(cert.serial_number, not_before, not_after, identity, signing)
 
-    def _check_tls(self, pem_or_der: bytes) -> _Checked:
+    def _check_tls(self, pem_or_der: bytes) -> CheckedCertificate:
         try:
             cert = _parse_cert(pem_or_der)
         except _PARSE_ERRORS:
@@ -725,7 +760,7 @@ class TrustAnchor:
             not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
         except _PARSE_ERRORS:
             raise CertificateRejected("malformed certificate") from None
-        return _Checked(cert.serial_number, not_before, not_after, identity)
+        return _checked(cert.serial_number, not_before, not_after, identity)
 
     def _check_issuer(self, cert: x509.Certificate) -> None:
         try:
@@ -733,7 +768,7 @@ class TrustAnchor:
         except (*_PARSE_ERRORS, InvalidSignature):
             raise CertificateRejected("not issued by the federation CA") from None
 
-    def _check_live(self, checked: _Checked, when: _dt.datetime) -> None:
+    def _check_live(self, checked: CheckedCertificate, when: _dt.datetime) -> None:
         if self.is_revoked(checked.serial):
             raise CertificateRejected("revoked")
         if when < checked.not_before:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -142,7 +142,9 @@ class Signer:
         ]
 
 
-_Pending = list[tuple[str, bytes, "asyncio.Future[common_pb2.Signature]"]]
+# One submission: its messages, the one future it waits on, and whether that future carries a
+# single signature (`sign`) or the list of them (`sign_many`, `submit_many`).
+_Submission = tuple[Sequence[tuple[str, bytes]], "asyncio.Future[Any]", bool]
 
 
 class AsyncBatchSigner:
@@ -152,12 +154,14 @@ class AsyncBatchSigner:
     with `in_flight` given, concurrent calls wait (at most ~2 ms) for each other and share
     one Ed25519 sign (see node.inflight). A blocking key (a PKCS#11 token) signs in a worker
     thread, one batch at a time: the loop keeps serving, and what is asked meanwhile is
-    signed together as the next batch. A file key signs inline (microseconds).
+    signed together as the next batch. A file key signs inline (microseconds). Each
+    submission — one message or many — waits on one future, never one per message.
     """
 
     def __init__(self, signer: Signer, *, in_flight: InFlight | None = None) -> None:
         self.signer = signer
-        self._pending: _Pending = []
+        self._pending: list[_Submission] = []
+        self._messages = 0  # messages in `_pending`
         self._policy = FlushPolicy(self._flush, in_flight)
         self._signing: asyncio.Task[None] | None = None  # the batch a blocking key is signing in a thread
 
@@ -171,41 +175,49 @@ class AsyncBatchSigner:
 
     async def sign(self, domain: str, body: bytes) -> common_pb2.Signature:
         future: asyncio.Future[common_pb2.Signature] = asyncio.get_running_loop().create_future()
-        self._pending.append((domain, body, future))
-        self._policy.submitted(len(self._pending))
+        self._pending.append((((domain, body),), future, True))
+        self._messages += 1
+        self._policy.submitted(self._messages)
         return await future
 
     async def sign_many(self, items: Sequence[tuple[str, bytes]]) -> list[common_pb2.Signature]:
         """Several signatures, coalesced with whatever else is being signed."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[common_pb2.Signature]] = []
-        for domain, body in items:
-            future: asyncio.Future[common_pb2.Signature] = loop.create_future()
-            self._pending.append((domain, body, future))
-            futures.append(future)
-        if futures:
-            self._policy.submitted(len(self._pending) + 10**9)  # a batch caller never waits for others
-        return list(await asyncio.gather(*futures))
+        if not items:
+            return []
+        return await self.submit_many(items)
+
+    def submit_many(self, items: Sequence[tuple[str, bytes]]) -> asyncio.Future[list[common_pb2.Signature]]:
+        """Queue several messages for the next batch (signed on the next loop turn: a batch caller never
+        waits for others); one future resolves with their signatures in order."""
+        future: asyncio.Future[list[common_pb2.Signature]] = asyncio.get_running_loop().create_future()
+        if not items:
+            future.set_result([])
+            return future
+        self._pending.append((items, future, False))
+        self._messages += len(items)
+        self._policy.submitted(self._messages + 10**9)
+        return future
 
     def _flush(self) -> None:
         if self._signing is not None:
             return  # a blocking sign is running: what waits goes in the next batch, when it ends
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._messages = self._pending, [], 0
         if not pending:
             return
+        messages = [m for items, _, _ in pending for m in items]
         if self.signer.blocking:
-            self._signing = asyncio.get_running_loop().create_task(self._sign_in_thread(pending))
+            self._signing = asyncio.get_running_loop().create_task(self._sign_in_thread(pending, messages))
             return
         try:
-            signatures = self.signer.sign_many([(d, b) for d, b, _ in pending])
+            signatures = self.signer.sign_many(messages)
         except Exception as exc:  # pragma: no cover - key failure: fail every waiter
             _settle(pending, exc)
             return
         _settle(pending, signatures)
 
-    async def _sign_in_thread(self, pending: _Pending) -> None:
+    async def _sign_in_thread(self, pending: list[_Submission], messages: list[tuple[str, bytes]]) -> None:
         try:
-            signatures = await asyncio.to_thread(self.signer.sign_many, [(d, b) for d, b, _ in pending])
+            signatures = await asyncio.to_thread(self.signer.sign_many, messages)
         except Exception as exc:  # noqa: BLE001 - key failure: fail every waiter
             _settle(pending, exc)
         else:
@@ -216,14 +228,17 @@ class AsyncBatchSigner:
                 self._flush()
 
 
-def _settle(pending: _Pending, outcome: list[common_pb2.Signature] | Exception) -> None:
-    """Resolve each waiter with its signature, or every one with the key's failure."""
-    for n, (_, _, future) in enumerate(pending):
+def _settle(pending: list[_Submission], outcome: list[common_pb2.Signature] | Exception) -> None:
+    """Resolve each submission with its signature(s), or every one with the key's failure."""
+    at = 0
+    for items, future, single in pending:
+        n = len(items)
         if not future.done():
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
             else:
-                future.set_result(outcome[n])
+                future.set_result(outcome[at] if single else outcome[at : at + n])
+        at += n
 
 
 @dataclass(frozen=True)

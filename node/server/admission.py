@@ -5,14 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from grpc import aio
 
 from node.config import Limits
-from node.crypto.pki import TrustAnchor
+from node.crypto.errors import CertificateRejected
+from node.crypto.pki import CheckedCertificate, TrustAnchor
 from node.errors import ErrorCode, Refusal
-from node.server.edge import peer_identity
+from node.server.edge import peer_certificate, peer_identity
 
 UNAUTHENTICATED_PEER = ""  # the one share every caller without an accepted certificate draws from
 
@@ -99,11 +101,30 @@ class Ticket:
         self.pool.give(self._peer)
 
 
+class Peer:
+    """What the TLS peer of one call is: its checked certificate, or why it is not accepted."""
+
+    __slots__ = ("context", "checked", "rejection")
+
+    def __init__(self, context: aio.ServicerContext, checked: CheckedCertificate | None,
+                 rejection: Refusal | None) -> None:
+        self.context, self.checked, self.rejection = context, checked, rejection
+
+
+# The peer of the call being handled, as `Admission.enter` found it. grpc.aio runs every call in
+# a task of its own and a task copies the context variables it starts with, so a value set by
+# the gate is seen only by the handler of that same call; `admit` also compares the context
+# object, so a value can never stand for another call.
+_PEER: ContextVar[Peer | None] = ContextVar("hedui_admitted_peer", default=None)
+
+
 class Admission:
     """The checks every call passes: a place in a pool before its request is read, then the handler's `admit`.
 
     Calls to `reserved` methods (the feeds that keep nodes in force) have a pool of their own,
     so no amount of other traffic can crowd them out, and use the general pool when it is full.
+    The peer's certificate is parsed and validated once per call (in `identify`); `admit`
+    re-applies only what can change during a call: revocation and the validity window.
     """
 
     def __init__(self, anchor: TrustAnchor, limits: Limits, *, reserved: frozenset[str] = frozenset(),
@@ -115,6 +136,15 @@ class Admission:
         self.feeds = CallPool(limits.reserved_feed_rpcs, limits.max_feed_calls_per_peer, unshared)
         self.reserved = reserved
 
+    def identify(self, context: aio.ServicerContext) -> Peer:
+        """The call's TLS peer, checked once (see `peer_certificate`), remembered for this call's `admit`."""
+        try:
+            peer = Peer(context, peer_certificate(context, self.anchor), None)
+        except Refusal as refusal:
+            peer = Peer(context, None, refusal)
+        _PEER.set(peer)
+        return peer
+
     def enter(self, context: aio.ServicerContext, method: str) -> Ticket:
         """A place for a call to `method` ("/service/Method") in its pool; Refusal(OVERLOADED) when full.
 
@@ -122,28 +152,41 @@ class Admission:
         them holds its own share only. A caller whose certificate is not accepted is let
         through in one shared share, for the handler to refuse (and audit) it.
         """
-        try:
-            identity: str | None = peer_identity(context, self.anchor)
-        except Refusal:
-            identity = None
-        peer = identity or UNAUTHENTICATED_PEER
+        peer = _PEER.get()
+        if peer is None or peer.context is not context:
+            peer = self.identify(context)
+        identity = peer.checked.identity if peer.checked is not None else None
+        share = identity or UNAUTHENTICATED_PEER
         if method in self.reserved:
             try:
-                self.feeds.take(peer)
-                return Ticket(identity, self.feeds, peer)
+                self.feeds.take(share)
+                return Ticket(identity, self.feeds, share)
             except Refusal:
                 pass  # the reserve (or this caller's part of it) is in use: a feed may use the general pool too
-        self.calls.take(peer)
-        return Ticket(identity, self.calls, peer)
+        self.calls.take(share)
+        return Ticket(identity, self.calls, share)
 
     def admit(self, context: aio.ServicerContext) -> str:
         """The caller's federation identity; Refusal when unauthenticated, undeadlined or over its rate."""
-        identity = peer_identity(context, self.anchor)
+        identity = self._identity(context)
         if context.time_remaining() is None:
             raise Refusal(ErrorCode.MALFORMED, "every call must carry a deadline")
         if not self.limiter.allow(identity):
             raise Refusal(ErrorCode.RATE_LIMITED)
         return identity
+
+    def _identity(self, context: aio.ServicerContext) -> str:
+        """The identity `identify` found for this very call, revocation and validity checked again; else a full check."""
+        peer = _PEER.get()
+        if peer is None or peer.context is not context:
+            return peer_identity(context, self.anchor)
+        if peer.rejection is not None:
+            raise peer.rejection
+        assert peer.checked is not None
+        try:
+            return self.anchor.recheck(peer.checked)
+        except CertificateRejected as exc:
+            raise Refusal(ErrorCode.UNAUTHENTICATED, str(exc)) from None
 
 
 def check_deadline(context: aio.ServicerContext) -> None:

@@ -17,7 +17,7 @@ from node.config import MemberConfig
 from node.errors import ErrorCode, Refusal
 from node.server import tls
 from node.server.admission import Admission
-from node.server.edge import peer_identity, refuse
+from node.server.edge import refuse
 
 
 class _Malformed:
@@ -55,8 +55,9 @@ class _Gate:
 
         async def run(requests: Any, context: aio.ServicerContext) -> Any:
             try:
-                if self.check_identity:
-                    peer_identity(context, self.admission.anchor)
+                peer = self.admission.identify(context)  # the one certificate check of this call
+                if self.check_identity and peer.rejection is not None:
+                    raise peer.rejection
                 ticket = self.admission.enter(context, method)
             except Refusal as refusal:
                 await refuse(context, refusal, self.log, method, self.metrics)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from node.config import ConfigError, MemberConfig
+from node.wire.v1 import common_pb2
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -59,6 +61,17 @@ class MemberMetrics:
         for outcome, n in counts.items():
             self._child(OUTCOMES, outcome).inc(n)
 
+    def answered(self, results: Iterable[Any]) -> None:
+        """Count the outcomes of an answer's results (wire `Result`s): one dict update per result, no name lookups."""
+        counts: dict[int, int] = {}
+        for r in results:
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        for code, n in counts.items():
+            child = self._children.get((OUTCOMES, code))
+            if child is None:  # the labelled child of an outcome code, named once
+                child = self._children[(OUTCOMES, code)] = self._child(OUTCOMES, _outcome_name(code))
+            child.inc(n)
+
     def fanout(self, province: str, status: str) -> None:
         FANOUT.labels(self.member, province, status).inc()
 
@@ -76,6 +89,13 @@ class MemberMetrics:
 
     def audit_length(self, n: int) -> None:
         AUDIT_LENGTH.labels(self.member).set(n)
+
+
+def _outcome_name(code: int) -> str:
+    try:
+        return common_pb2.Outcome.Name(code)
+    except ValueError:  # a code this build does not know: counted, not named after a peer's number
+        return "UNKNOWN"
 
 
 def listen_address(cfg: MemberConfig) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from node.domain import request_ids
 from node.errors import ErrorCode, HeduiError, Refusal
 from node.inflight import InFlight
 from node.server.admission import Admission, check_deadline
+from node.server.answer_commit import AnswerCommit
 from node.server.edge import edge, public_message
 from node.service import packed
 from node.service.possession import Unlocker, signed_query as locked_content
@@ -70,6 +71,7 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         self.log = log
         self.unsealer = unsealer
         self.coordinator_identity = coordinator_identity
+        self.answers = AnswerCommit(signer, auditor, self.in_flight)
 
     async def Verify(self, request: verification_pb2.VerifyRequest, context: aio.ServicerContext) -> verification_pb2.VerifyResponse:
         with self.in_flight.track():
@@ -119,17 +121,14 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 raise
             relayed = identity == self.coordinator_identity
             body = decided.answer.SerializeToString()
-            # The answer leaves only once its audit record is durable (AuditUnavailable otherwise).
-            recorded = self.auditor.submit(audit.answered(decided, body, relayed=relayed)) if self.auditor else None
-            signature = await self.signer.sign(signing.ANSWER, body)
-            if recorded is not None:
-                await recorded
+            # The answer leaves only once its audit record is durable (AuditUnavailable otherwise):
+            # signed and recorded with the other calls in flight, one future for this call.
+            signature = await self.answers.commit(signing.ANSWER, body, audit.answered(decided, body, relayed=relayed))
             answer = verification_pb2.SignedAnswer(body=body, signature=signature)
-            outcomes = Counter(r.outcome for r in decided.answer.results)
             log.debug("answered", peer=decided.query.requester, request_id=decided.query.request_id, relayed=relayed,
-                      purpose=decided.query.purpose, items=list(decided.items))
+                      purpose=decided.query.purpose, items=decided.items)  # a no-op below debug: nothing formatted
             if self.metrics is not None:
-                self.metrics.outcomes({common_pb2.Outcome.Name(k): v for k, v in outcomes.items()})
+                self.metrics.answered(decided.answer.results)
             if sealed:
                 assert unlocked is not None
                 return verification_pb2.VerifyResponse(sealed=self.unsealer.seal_answer(answer, decided.query),

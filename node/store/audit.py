@@ -826,7 +826,8 @@ class AsyncAuditor:
     worker thread (fsync off the event loop). While a batch is being written, new records
     queue up and go in the next batch, so under load each fsync carries everything that
     arrived during the previous one. `await record(rec)` returns the entry only once it is
-    committed, and raises `AuditUnavailable` if the write failed.
+    committed, and raises `AuditUnavailable` if the write failed. Each submission — one record
+    or many (`submit_many`) — waits on one future, never one per record.
     """
 
     def __init__(self, log: AuditLog, *, max_batch: int = MAX_BATCH, in_flight: InFlight | None = None) -> None:
@@ -836,7 +837,10 @@ class AsyncAuditor:
         self.transactions = 0  # batches written (each one transaction, one commit fsync)
         self.records = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
-        self._pending: list[tuple[AuditRecord, asyncio.Future[Entry]]] = []
+        # Submissions: their records, the one future they wait on, and whether it carries one entry or a list.
+        self._pending: list[tuple[Sequence[AuditRecord], asyncio.Future[Any], bool]] = []
+        self._waiting = 0  # records in `_pending`
+        self._now = False  # a submission asked not to wait for the calls in flight
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._inflight = False
@@ -853,31 +857,47 @@ class AsyncAuditor:
         With `in_flight` given, the write waits (at most ~2 ms) until every call in flight has
         submitted its record, so concurrent calls share one transaction and one fsync.
         """
+        return self._submit((rec,), True, now=False)
+
+    def submit_many(self, records: Sequence[AuditRecord]) -> asyncio.Future[list[Entry]]:
+        """Queue `records` (written in order, in one transaction with whatever else waits) without waiting
+        for the calls in flight; one future resolves with their entries once committed."""
+        if not records:
+            future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
+            future.set_result([])
+            return future
+        return self._submit(records, False, now=True)
+
+    def _submit(self, records: Sequence[AuditRecord], single: bool, *, now: bool) -> asyncio.Future[Any]:
         if self._closed:
             raise AuditUnavailable("audit log is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Entry] = loop.create_future()
-        self._pending.append((rec, future))
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((records, future, single))
+        self._waiting += len(records)
+        self._now = self._now or now
         if self._scheduled:
             self._nudge(loop)
         else:
             self._schedule(loop)
         return future
 
+    def _everyone(self) -> bool:
+        return self._now or self.in_flight is None or self._waiting >= self.in_flight.n
+
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._scheduled or self._inflight or not self._pending:
             return
         self._scheduled = True
-        everyone = self.in_flight is None or len(self._pending) >= self.in_flight.n
-        if everyone:
+        if self._everyone():
             loop.call_soon(self._flush, loop)
         else:
             self._timer = loop.call_later(0.002, self._flush, loop)
 
     def _nudge(self, loop: asyncio.AbstractEventLoop) -> None:
         """A record arrived while a flush is held back: flush now if everyone has submitted."""
-        timer = getattr(self, "_timer", None)
-        if timer is not None and self.in_flight is not None and len(self._pending) >= self.in_flight.n:
+        timer = self._timer
+        if timer is not None and self._everyone():
             timer.cancel()
             self._timer = None
             loop.call_soon(self._flush, loop)
@@ -887,9 +907,17 @@ class AsyncAuditor:
         self._timer = None
         if self._inflight or not self._pending:
             return
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        taken, size = 0, 0  # whole submissions, up to max_batch records (at least one submission)
+        for records, _, _ in self._pending:
+            if taken and size + len(records) > self.max_batch:
+                break
+            taken += 1
+            size += len(records)
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        self._waiting -= size
+        self._now = self._now and bool(self._pending)
         self._inflight = True
-        records = [r for r, _ in batch]
+        records = [r for group, _, _ in batch for r in group]
         try:
             job = loop.run_in_executor(self._executor, self.log.record_many, records)
         except RuntimeError as exc:  # executor shut down
@@ -898,18 +926,22 @@ class AsyncAuditor:
             return
         job.add_done_callback(lambda f: self._done(loop, batch, f))
 
-    def _done(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[AuditRecord, asyncio.Future[Entry]]],
+    def _done(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Sequence[AuditRecord], asyncio.Future[Any], bool]],
               job: asyncio.Future[list[Entry]]) -> None:
         self._inflight = False
         exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
         if exc is not None:
             self._fail(batch, exc)
         else:
+            entries = job.result()
             self.transactions += 1
-            self.records += len(batch)
-            for (_, future), entry in zip(batch, job.result(), strict=True):
+            self.records += len(entries)
+            at = 0
+            for group, future, single in batch:
+                n = len(group)
                 if not future.done():
-                    future.set_result(entry)
+                    future.set_result(entries[at] if single else entries[at : at + n])
+                at += n
         if self._pending and not self._scheduled:
             self._schedule(loop)
         elif not self._pending:
@@ -919,8 +951,8 @@ class AsyncAuditor:
                     waiter.set_result(None)
 
     @staticmethod
-    def _fail(batch: list[tuple[AuditRecord, asyncio.Future[Entry]]], exc: BaseException) -> None:
-        for _, future in batch:
+    def _fail(batch: list[tuple[Sequence[AuditRecord], asyncio.Future[Any], bool]], exc: BaseException) -> None:
+        for _, future, _ in batch:
             if not future.done():
                 error = AuditUnavailable()  # the public message; the cause stays in __cause__ for logs
                 error.__cause__ = exc

@@ -170,20 +170,20 @@ def test_killed_node_shows_unavailable_while_others_answer(fed: Federation, cons
 class _Stall:
     """A signer that never finishes: the node accepts the call and then hangs."""
 
-    async def sign(self, *_: Any) -> Any:
+    async def commit(self, *_: Any) -> Any:  # stands for the node's answer commit (signing and audit)
         await asyncio.sleep(3600)
 
 
 def test_stalled_node_shows_deadline_exceeded_within_the_deadline(fed: Federation, consent: str) -> None:
     """A node that hangs is reported DEADLINE_EXCEEDED and the reply still arrives within the deadline."""
     servicer = fed.servers["33"].servicer
-    signer, servicer.signer = servicer.signer, _Stall()
+    answers, servicer.answers = servicer.answers, _Stall()
     try:
         started = time.monotonic()
         result = fed.verify("51", [HUSBAND, WIFE], CHECKS, consent_id=consent, deadline_s=2.0)
         elapsed = time.monotonic() - started
     finally:
-        servicer.signer = signer
+        servicer.answers = answers
     assert result.routing == {"44": "OK", "33": "DEADLINE_EXCEEDED"}
     assert [a.province for a in result.answers] == ["44"]
     assert elapsed < 2.0

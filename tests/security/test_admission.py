@@ -150,7 +150,7 @@ def self_route(fed: Federation, code: str, consent_id: str) -> bytes:
 class _Stall:
     """A signer that never finishes: the node accepts a genuine query, then hangs."""
 
-    async def sign(self, *_: Any) -> Any:
+    async def commit(self, *_: Any) -> Any:  # stands for the node's answer commit (signing and audit)
         await asyncio.Event().wait()
 
 
@@ -175,11 +175,11 @@ def synced_since(fed: Federation, code: str, since: float) -> bool:
 def fed(planted: dict[str, Path]) -> Iterator[Federation]:
     with run_cluster(["32", "44", "51"], data=planted) as federation:
         servicer = federation.servers["32"].servicer
-        signer, servicer.signer = servicer.signer, _Stall()
+        answers, servicer.answers = servicer.answers, _Stall()
         try:
             yield federation
         finally:
-            servicer.signer = signer
+            servicer.answers = answers
 
 
 @pytest.fixture(scope="module")

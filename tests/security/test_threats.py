@@ -431,7 +431,7 @@ class _Hold:
     def __init__(self) -> None:
         self.release = asyncio.Event()
 
-    async def sign(self, *_: Any) -> Any:
+    async def commit(self, *_: Any) -> Any:  # stands for the node's answer commit (signing and audit)
         await self.release.wait()
         raise RuntimeError("released")
 
@@ -441,7 +441,7 @@ def test_over_the_concurrency_cap_is_resource_exhausted(tight: Federation) -> No
     receipt = tight.grant("51", [WORKER], "dibao").receipt
     servicer = tight.servers["44"].servicer
     hold = tight.loop.run(_make_hold())
-    signer, servicer.signer = servicer.signer, hold
+    answers, servicer.answers = servicer.answers, hold
     m = tight.member("51")
     results: list[str] = []
 
@@ -464,7 +464,7 @@ def test_over_the_concurrency_cap_is_resource_exhausted(tight: Federation) -> No
         tight.loop.loop.call_soon_threadsafe(hold.release.set)
         for t in threads:
             t.join(timeout=15)
-        servicer.signer = signer
+        servicer.answers = answers
     assert results.count("RESOURCE_EXHAUSTED") >= 3
     _ = m
 
