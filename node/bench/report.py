@@ -94,7 +94,7 @@ def table(out: dict[str, Any]) -> str:
                          f"(split {share1})")
     if "routed_p50_ms" in out:
         rc = out["routed_concurrency"]
-        lines.append(f"routed (routed_verify through the coordinator, {out['national_provinces']} provinces in one process; "
+        lines.append(f"routed (routed_verify through the coordinator, {out['national_provinces']} provinces, nodes in one process; "
                      f"{out['routed_households']} households of 1-3 members, data in 1-2 other provinces):")
         lines.append(_phase_header())
         for key in ("routed_seq", f"routed_c{rc}"):
@@ -112,7 +112,7 @@ def table(out: dict[str, Any]) -> str:
                          f"{out['routed_over_direct_p50']:.2f}x")
     if "batch_households_per_s" in out:
         rounds = ", ".join(f"{r:.0f}" for r in out["batch_rounds_per_s"])
-        lines.append(f"batch (BatchSession, {out['national_provinces']} provinces in one process; "
+        lines.append(f"batch (BatchSession, {out['national_provinces']} provinces, nodes in one process; "
                      f"{out['batch_households']:,} households x 3 members over 2-3 provinces, {out['batch_checks']} checks; "
                      f"chunks of {out['batch_chunk']}, {out['batch_in_flight']} in flight):")
         lines.append(f"  {out['batch_households_per_s']:,.0f} households/s [passes {rounds}], chunk p50 "

@@ -216,8 +216,9 @@ class RpcSetup:
 
 def run_load(setup: RpcSetup, sizes: Sizes, phases: list[dict[str, Any]], *,
              on_start: Callable[[str], None] | None = None,
-             on_end: Callable[[str], None] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Run the load generator in a child process; per phase its numbers and this process's CPU."""
+             on_end: Callable[[str], None] | None = None,
+             server_cpu: Callable[[], float] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Run the load generator in a child process; per phase its numbers and the serving processes' CPU."""
     spec = {
         "verify_target": setup.verify_target, "echo_target": setup.echo_target,
         "config": str(setup.config), "receipt": base64.b64encode(setup.receipt).decode(),
@@ -225,21 +226,21 @@ def run_load(setup: RpcSetup, sizes: Sizes, phases: list[dict[str, Any]], *,
         "seconds": sizes.seconds, "warmup": sizes.warmup, "rounds": sizes.rounds, "phases": phases,
         "first_warmup": 0.0 if sizes.rounds == 1 else 2 * sizes.warmup,
     }
-    return run_child(spec, on_start=on_start, on_end=on_end)
+    return run_child(spec, on_start=on_start, on_end=on_end, **({} if server_cpu is None else {"server_cpu": server_cpu}))
 
 
 @contextlib.contextmanager
 def federation(work: Path, sizes: Sizes) -> Iterator[tuple[Any, RpcSetup, Any]]:
     """Coordinator + two provinces (the provider's store filled), consent granted, echo server up."""
     from node import config as config_mod
-    from node.testing.cluster import run_cluster
+    from node.bench.cluster import bench_cluster
 
     data = work / "data"
     data.mkdir()
     ids = id_numbers(sizes.verify_subjects, region="440106")
     write_facts_csv(data / f"{PROVIDER}.csv", ids, facts_per_subject=5)
     subject = ids[len(ids) // 2]
-    with run_cluster([PROVIDER, REQUESTER], root=work / "fed", data={PROVIDER: data / f"{PROVIDER}.csv"}) as fed:
+    with bench_cluster([PROVIDER, REQUESTER], root=work / "fed", data={PROVIDER: data / f"{PROVIDER}.csv"}) as fed:
         receipt = fed.grant(REQUESTER, [subject], "dibao").receipt
         # One synchronous call end to end first: a broken setup fails here, plainly.
         result = fed.verify(REQUESTER, [subject], list(CHECKS), consent_id=_consent_id(receipt), to=PROVIDER)
