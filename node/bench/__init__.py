@@ -27,9 +27,13 @@ One run measures, on this machine (`--only` picks parts, comma-separated):
 7. `household`: the household means test of `hedui household check-batch` (HouseholdBatchSession:
    OpenRoundBatch + RouteRoundBatch, masked contributions summed, the decision records signed,
    each result line serialized) over the same households, on a published standard of their
-   region, in the same federation; reported beside the per-person batch of the same run.
+   region, in the same federation; reported beside the per-person batch of the same run;
+8. the scale curve (with routed or batch): those parts again at the other sizes of `--scale-provinces`
+   (default 3, 11, 31; fewer households, one round), each figure by size, the least-squares slope per
+   added province, and whether CPU per batch household grows with the number of provinces.
 
-Servers run in this process (parts 1, 5, 6, 7) or as `hedui node serve` subprocesses (3, 4); the
+Province nodes run in this process (parts 1, 5, 6, 7; their coordinator as a `hedui coordinator serve`
+subprocess, as deployed) or as `hedui node serve` subprocesses (3, 4); the
 load generator always runs in a child process (`python -m node.bench --client`, spec on stdin),
 so client and servers do not share a GIL. Only successful, checked calls count: any failed call,
 bad signature, missing or unexpected answer aborts the bench with a non-zero exit. A readable
@@ -41,7 +45,8 @@ household_households_per_s >= 2000, node_rss_mb_1m < 300.
 The package (`python -m node.bench` runs `node.bench.cli.main`): `config` (goals, parts, checks, sizes),
 `data` (generated data), `harness` (machine and CPU accounting, load drivers, the child runner, node
 subprocesses), one module per part (`rpc`, `store`, `node_parts` for rss and workers, `national` with
-`routed` and `batch` for the routed, batch and household parts), `report` (goals and table), `cli`.
+`routed` and `batch` for the routed, batch and household parts), `scale` (the curve), `cluster` (the
+federations, coordinator in a subprocess), `report` (goals and table), `cli`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from node.bench.node_parts import bench_node, node_federation
 from node.bench.report import goals, table
 from node.bench.routed import bench_routed, routed_client_main
 from node.bench.rpc import client_main, federation, rpc_phases, run_load, summarise
+from node.bench.scale import DEFAULT_CURVE, QUICK_CURVE, curve, parse_curve, point_sizes, run_point
 from node.bench.store import bench_ingest, bench_lookups, build_lookup_store
 
 
@@ -122,6 +123,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["national_process"] = (f"{nat.stats['national_provinces']} province nodes (one process, one loop); "
                                           "the coordinator its own process")
             part_s["national"] = time.perf_counter() - t0
+        curve_sizes = args.scale_provinces if args.scale_provinces is not None else (
+            QUICK_CURVE if sizes.quick else DEFAULT_CURVE)
+        if len(curve_sizes) >= 2 and parts & {"routed", "batch"}:
+            t0 = time.perf_counter()
+            points = {}
+            for n in curve_sizes:  # the main run's size reuses its figures; the others get a smaller run of their own
+                points[n] = out if n == sizes.provinces else run_point(
+                    work / f"scale-{n}", point_sizes(sizes, n), routed="routed" in parts, batch="batch" in parts,
+                    hooks=lambda nat: {"server_cpu": nat.fed.server_cpu})
+            out.update(curve(points, sizes.routed_concurrency))
+            part_s["scale"] = time.perf_counter() - t0
     if profile.get("profiler") is not None:
         profile["profiler"].dump_stats(args.profile)
     if out.get("routed_p50_ms") is not None and out.get("direct_p50_ms"):
@@ -157,6 +169,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", type=_parts, default=list(PARTS), metavar="PART[,PART...]",
                    help=f"run only these parts: {', '.join(PARTS)} or all (default all)")
     p.add_argument("--provinces", type=int, default=31, help="provinces of the routed/batch federation (default 31)")
+    p.add_argument("--scale-provinces", type=_curve, metavar="N,N,...",
+                   help="federation sizes of the scale curve of the routed and batch parts (default 3,11,31; quick none; "
+                        "none: no curve); a size other than --provinces runs with fewer households, one round")
     p.add_argument("--routed-concurrency", type=int, default=8, help="threads of the routed throughput phase (default 8)")
     p.add_argument("--batch-households", type=int, help="households per batch pass (default 4096; quick 256)")
     p.add_argument("--batch-chunk", type=int, default=128, help="households per batch message (default 128, as verify-batch)")
@@ -171,6 +186,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.concurrency, args.routed_concurrency, args.batch_chunk, args.batch_in_flight) < 1:
         p.error("--concurrency, --routed-concurrency, --batch-chunk and --batch-in-flight must be at least 1")
     return args
+
+
+def _curve(value: str) -> tuple[int, ...]:
+    try:
+        return parse_curve(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parts(value: str) -> list[str]:

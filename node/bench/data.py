@@ -110,7 +110,7 @@ def plan_households(rng: random.Random, n: int, *, members: tuple[int, int], spr
     plan = []
     for i in range(n):
         m = rng.randint(*members)
-        k = rng.randint(spread[0], min(spread[1], m))
+        k = rng.randint(min(spread[0], len(provinces)), min(spread[1], m, len(provinces)))  # 3 provinces: 2 holders
         chosen = rng.sample(provinces, k)
         where = chosen + [rng.choice(chosen) for _ in range(m - k)]
         rng.shuffle(where)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.bench.config import BATCH_GOAL, HOUSEHOLD_GOAL, NODE_RSS_MB_1M_GOAL, ROUTED_OVER_DIRECT_P50_GOAL, VERIFY_RATIO_C32_GOAL
+from node.bench.scale import curve_table
 
 
 def goals(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -141,6 +142,7 @@ def table(out: dict[str, Any]) -> str:
     if out.get("household_failed_households"):
         lines.append(f"  ! {out['household_failed_households']} households undecided or wrong (not counted), e.g. "
                      f"{out['household_failure_examples'][0][:300]}")
+    lines.extend(curve_table(out))
     if out.get("goals"):
         lines.append("goals:")
         for name, g in out["goals"].items():

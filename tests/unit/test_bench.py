@@ -14,6 +14,7 @@ import pytest
 
 from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households, table,
                         write_facts_csv, write_households)
+from node.bench.scale import curve, curve_table, parse_curve
 from node.domain.idnumber import validate
 
 REQUIRED_POSITIVE = (
@@ -138,3 +139,27 @@ def test_quick_bench_runs_end_to_end() -> None:
     assert summary["national_provinces"] == 31
     assert summary["machine"]["nproc"] >= 1 and summary["machine"]["python"]
     assert summary["code"]["commit"]
+
+
+def test_scale_curve_reports_slopes_and_whether_cost_per_household_grows() -> None:
+    """The curve lists each figure by size, fits the slope per added province, and says CPU per household
+    grows only when the fitted line rises more than the tolerance; its table names every size."""
+    def point(cost: float) -> dict[str, float]:
+        return {"routed_p50_ms": 10.0, "routed_c8_server_cpu_us_per_call": 900.0, "batch_households_per_s": 400.0,
+                "batch_server_cpu_us_per_household": cost, "batch_client_cpu_us_per_household": 100.0,
+                "batch_holders_per_household": 2.5}
+
+    flat = curve({3: point(1000.0), 11: point(1010.0), 31: point(990.0)}, 8)
+    assert flat["scale_provinces"] == [3, 11, 31]
+    assert flat["scale_batch_cpu_us_per_household"] == [1100.0, 1110.0, 1090.0]
+    assert flat["scale_slope_per_province"]["routed_p50_ms"] == pytest.approx(0.0)
+    assert flat["scale_batch_cpu_grows"] is False
+    rising = curve({3: point(1000.0), 11: point(1800.0), 31: point(3800.0)}, 8)
+    assert rising["scale_slope_per_province"]["batch_server_cpu_us_per_household"] == pytest.approx(100.0)
+    assert rising["scale_batch_cpu_grows"] is True
+    text = "\n".join(curve_table(rising))
+    assert "3 prov" in text and "31 prov" in text and "GROWS" in text
+    assert parse_curve("31,3,11") == (3, 11, 31) and parse_curve("none") == ()
+    assert parse_args(["--scale-provinces", "3,11"]).scale_provinces == (3, 11)
+    with pytest.raises(SystemExit):
+        parse_args(["--scale-provinces", "2,40"])
