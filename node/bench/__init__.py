@@ -17,7 +17,9 @@ One run measures, on this machine (`--only` picks parts, comma-separated):
 3. `rss`: resident memory of one `hedui node serve` process (a subprocess) serving that
    1,000,000-subject store, after sequential and C-in-flight Verify of random subjects;
 4. `workers`: Verify C in flight against `hedui node serve --workers 1` and `--workers 2` on the
-   same store (one channel, as the stack's clients use, and several connections);
+   same store (one channel, as the stack's clients use, and several connections); then routed and
+   batch traffic through the coordinator to the `--workers 2` node, with each worker's share of its CPU
+   (read per worker pid from /proc: the split shows whatever spreads the connections over the workers);
 5. `routed`: `routed_verify` through the coordinator of a 31-province federation (households of
    1-3 members whose data sit in 1-2 provinces other than the requester's), sequentially (p50,
    p99) and from several threads (throughput), against the direct Verify p50 of part 1;

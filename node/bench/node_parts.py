@@ -11,6 +11,7 @@ from typing import Any
 
 from node.bench.config import CHECKS, PROVIDER, REQUESTER, Sizes
 from node.bench.harness import NodeProcess, node_process, phase_stats, proc_cpu, proc_status, run_child
+from node.bench.workers_split import bench_split
 
 
 @contextlib.contextmanager
@@ -48,8 +49,8 @@ def bench_node(fed: Any, ids: list[str], sizes: Sizes, parts: set[str], work: Pa
             "rounds": sizes.node_rounds, "first_warmup": 0.0 if sizes.node_rounds == 1 else 2 * sizes.part_warmup}
     out: dict[str, Any] = {"node_store_subjects": len(ids), "node_pool_subjects": len(pool), "node_conns": conns}
 
-    def run_against(node: NodeProcess, phases: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[float]]]:
-        """The child against `node`; per phase name, each worker's share of the node's CPU."""
+    def run_against(node: NodeProcess, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        """The child on `spec` against `node`; per phase name, each worker's share of the node's CPU."""
         shares: dict[str, list[list[float]]] = {}
         marks: dict[str, list[float]] = {}
 
@@ -65,8 +66,7 @@ def bench_node(fed: Any, ids: list[str], sizes: Sizes, parts: set[str], work: Pa
             if hooks.get("on_end"):
                 hooks["on_end"](phase)
 
-        results, info = run_child({**base, "verify_target": node.address, "phases": phases},
-                                  on_start=on_start, on_end=on_end, server_cpu=node.cpu)
+        results, info = run_child(spec, on_start=on_start, on_end=on_end, server_cpu=node.cpu)
         mean_shares = {name: [statistics.fmean(col) for col in zip(*rows, strict=True)] for name, rows in shares.items()}
         return {"results": results, "info": info}, mean_shares
 
@@ -81,7 +81,7 @@ def bench_node(fed: Any, ids: list[str], sizes: Sizes, parts: set[str], work: Pa
         w1_phases = w1_phases[1:]
     config = fed.configs[PROVIDER]
     with node_process(config, 1, work / "node-w1.log") as node:
-        got, _shares = run_against(node, w1_phases)
+        got, _shares = run_against(node, {**base, "verify_target": node.address, "phases": w1_phases})
         status = proc_status(node.pids[0])
         out["node_startup_s"] = node.startup_s
     results = got["results"]
@@ -99,8 +99,9 @@ def bench_node(fed: Any, ids: list[str], sizes: Sizes, parts: set[str], work: Pa
             {"name": "verify_c_conns", "kind": "verify", "concurrency": c, "channels": conns},
         ][1 if sizes.quick else 0:]
         with node_process(config, 2, work / "node-w2.log") as node:
-            got2, shares2 = run_against(node, w2_phases)
+            got2, shares2 = run_against(node, {**base, "verify_target": node.address, "phases": w2_phases})
             out["workers2_rss_mb"] = [proc_status(pid).get("VmRSS") for pid in node.pids]
+            out.update(bench_split(fed, node, ids, sizes, work, run_against))
         r2 = got2["results"]
         w1_one = phase_stats(results, "verify_c", "x")
         w1_conns = phase_stats(results, "verify_c_conns", "x")

@@ -6,6 +6,7 @@ from typing import Any
 
 from node.bench.config import BATCH_GOAL, HOUSEHOLD_GOAL, NODE_RSS_MB_1M_GOAL, ROUTED_OVER_DIRECT_P50_GOAL, VERIFY_RATIO_C32_GOAL
 from node.bench.scale import curve_table
+from node.bench.workers_split import split_lines
 
 
 def goals(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -93,6 +94,7 @@ def table(out: dict[str, Any]) -> str:
             lines.append(f"           over one channel: workers 1 {out['verify_c32_workers1_1conn_per_s']:.0f}/s, workers 2 "
                          f"{out['verify_c32_workers2_1conn_per_s']:.0f}/s = {out['workers_speedup_1conn']:.2f}x "
                          f"(split {share1})")
+        lines.extend(split_lines(out))
     if "routed_p50_ms" in out:
         rc = out["routed_concurrency"]
         lines.append(f"routed (routed_verify through the coordinator, {out['national_provinces']} provinces, nodes in one process; "

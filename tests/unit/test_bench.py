@@ -15,6 +15,7 @@ import pytest
 from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households, table,
                         write_facts_csv, write_households)
 from node.bench.scale import curve, curve_table, parse_curve
+from node.bench.workers_split import split_households, split_lines
 from node.domain.idnumber import validate
 
 REQUIRED_POSITIVE = (
@@ -163,3 +164,19 @@ def test_scale_curve_reports_slopes_and_whether_cost_per_household_grows() -> No
     assert parse_args(["--scale-provinces", "3,11"]).scale_provinces == (3, 11)
     with pytest.raises(SystemExit):
         parse_args(["--scale-provinces", "2,40"])
+
+
+def test_workers_split_households_and_report(tmp_path: Path) -> None:
+    """The split phases' households are all held by the provider (3 members for batch, whole households only),
+    and the table shows each kind of traffic's per-worker CPU split and the connection knob when there is one."""
+    ids = id_numbers(10)
+    expect = split_households(tmp_path / "b.csv", ids, 3)
+    assert list(expect) == ["w000000", "w000001", "w000002"] and all(v == ["44"] for v in expect.values())
+    rows = list(csv.DictReader((tmp_path / "b.csv").open(encoding="utf-8")))
+    assert [r["id_number"] for r in rows] == ids[:9]
+    out = {"workers2_routed_cpu_share": [1.0, 0.0], "workers2_batch_cpu_share": [0.93, 0.07],
+           "workers2_routed_concurrency": 8, "workers2_routed_per_s": 23.0, "workers2_batch_households_per_s": 133.0,
+           "workers2_coordinator_connections_per_peer": None}
+    (line,) = split_lines(out)
+    assert "split 100%/0%" in line and "split 93%/7%" in line and "no connections_per_peer knob" in line
+    assert "connections_per_peer 4" in split_lines({**out, "workers2_coordinator_connections_per_peer": 4})[0]
