@@ -40,10 +40,14 @@ CHECKPOINT_EVERY_S: Final[float] = 60.0
 DIRECTORY_MAX_AGE_S: Final[float] = 30.0
 
 
-def next_poll_delay(failures: int) -> float:
-    """The wait before the feed's next round after `failures` failed rounds in a row: the interval after a
-    good round, else RETRY_AFTER_S doubling with each further failure, up to the interval."""
-    return POLL_INTERVAL_S if failures == 0 else min(RETRY_AFTER_S * 2 ** (failures - 1), POLL_INTERVAL_S)
+def next_poll_delay(failures: int, elapsed: float = 0.0) -> float:
+    """The wait before the feed's next round after `failures` failed rounds in a row, the last one having
+    taken `elapsed` seconds: after a good round what is left of the interval since that round began (a
+    slow round is not followed by a whole interval more), else RETRY_AFTER_S doubling with each further
+    failure, up to the interval."""
+    if failures == 0:
+        return max(0.0, POLL_INTERVAL_S - elapsed)
+    return min(RETRY_AFTER_S * 2 ** (failures - 1), POLL_INTERVAL_S)
 
 
 class CoordinatorLink:
@@ -320,9 +324,12 @@ class CoordinatorLink:
             self.metrics.ledger_change(change.kind)
 
     async def _poll_loop(self, failures: int = 0) -> None:
+        elapsed = 0.0
         while True:
-            await asyncio.sleep(next_poll_delay(failures))  # polling period of the feed (shorter after a failure)
+            await asyncio.sleep(next_poll_delay(failures, elapsed))  # polling period of the feed (shorter after a failure)
+            started = time.monotonic()
             failures = 0 if await self.poll_once() else failures + 1
+            elapsed = time.monotonic() - started
 
     async def poll_once(self) -> bool:
         """One round of the feed: consent updates, the CRL, the directory when due; False when it failed (logged)."""

@@ -69,8 +69,10 @@ def test_consent_feed_runs_while_the_locators_are_built(tmp_path: Path) -> None:
 
 def test_a_failed_sync_is_retried_sooner_than_the_interval() -> None:
     """After a failed feed round the next comes after RETRY_AFTER_S, doubling per failure up to the interval,
-    so one lost reply (3 s deadline) does not leave the view stale for another whole interval."""
+    so one lost reply (3 s deadline) does not leave the view stale for another whole interval; after a good
+    but slow round the next starts one interval after that round began, not an interval after it ended."""
     assert next_poll_delay(0) == POLL_INTERVAL_S
+    assert next_poll_delay(0, 0.4) == POLL_INTERVAL_S - 0.4 and next_poll_delay(0, 2.5) == 0.0
     assert next_poll_delay(1) == RETRY_AFTER_S < POLL_INTERVAL_S
     delays = [next_poll_delay(n) for n in range(1, 12)]
     assert delays == sorted(delays) and delays[-1] == POLL_INTERVAL_S
