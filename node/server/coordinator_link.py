@@ -33,8 +33,22 @@ from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, veri
 T = TypeVar("T")
 CHAIN_LEAD_FILE = "chain-lead.lock"
 POLL_INTERVAL_S: Final[float] = 1.0
+#: After a failed consent sync the next attempt comes this soon (doubling up to POLL_INTERVAL_S), not a whole
+#: interval later: a view refreshed every second fails closed after 4 s, so one lost reply (3 s deadline) must
+#: not cost another full interval on top.
+RETRY_AFTER_S: Final[float] = 0.1
 CHECKPOINT_EVERY_S: Final[float] = 60.0
 DIRECTORY_MAX_AGE_S: Final[float] = 30.0
+
+
+def next_poll_delay(failures: int, elapsed: float = 0.0) -> float:
+    """The wait before the feed's next round after `failures` failed rounds in a row, the last one having
+    taken `elapsed` seconds: after a good round what is left of the interval since that round began (a
+    slow round is not followed by a whole interval more), else RETRY_AFTER_S doubling with each further
+    failure, up to the interval."""
+    if failures == 0:
+        return max(0.0, POLL_INTERVAL_S - elapsed)
+    return min(RETRY_AFTER_S * 2 ** (failures - 1), POLL_INTERVAL_S)
 
 
 class CoordinatorLink:
@@ -98,8 +112,10 @@ class CoordinatorLink:
             await self.directory(refresh=True)  # published standards known before the first query
         except (grpc.RpcError, HeduiError):
             pass  # the poll loop reads it later
+        # The consent feed runs from here on: building the locators below takes seconds on a large store, and
+        # the server already answers queries, which fail closed once the view is older than its staleness bound.
+        self._tasks = [asyncio.create_task(self._poll_loop(0 if synced else 1))]
         await self.publish_locators()  # discoverable from the first query on
-        self._tasks = [asyncio.create_task(self._poll_loop())]
         if self.locators is not None:
             self._tasks.append(asyncio.create_task(self._locator_loop()))
         if self.checkpointer is not None:
@@ -309,24 +325,32 @@ class CoordinatorLink:
         if self.metrics is not None:
             self.metrics.ledger_change(change.kind)
 
-    async def _poll_loop(self) -> None:
-        await asyncio.sleep(POLL_INTERVAL_S)
+    async def _poll_loop(self, failures: int = 0) -> None:
+        elapsed = 0.0
         while True:
-            try:
-                await self.sync_revocations()
-                await self.sync_certificate_revocations()
-                if time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:
-                    members = await self.directory(refresh=True)
-                    self.log.debug("directory_refreshed", members=len(members))
-            except grpc.RpcError as exc:
-                self.log.warning("consent_sync_failed", status=exc.code().name if hasattr(exc, "code") else "?")
-            except Refusal as exc:  # an unverifiable directory or ledger head
-                self.log.warning("coordinator_reply_rejected", reason=str(exc))
-            except HeduiError as exc:
-                self.log.error("revocation_list_rejected", reason=str(exc))
-            except Exception as exc:  # noqa: BLE001 - the feed must keep running (else the node fails closed)
-                self.log.error("sync_failed", error_type=type(exc).__name__)
-            await asyncio.sleep(POLL_INTERVAL_S)  # polling period of the revocation feed
+            await asyncio.sleep(next_poll_delay(failures, elapsed))  # polling period of the feed (shorter after a failure)
+            started = time.monotonic()
+            failures = 0 if await self.poll_once() else failures + 1
+            elapsed = time.monotonic() - started
+
+    async def poll_once(self) -> bool:
+        """One round of the feed: consent updates, the CRL, the directory when due; False when it failed (logged)."""
+        try:
+            await self.sync_revocations()
+            await self.sync_certificate_revocations()
+            if time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:
+                members = await self.directory(refresh=True)
+                self.log.debug("directory_refreshed", members=len(members))
+            return True
+        except grpc.RpcError as exc:
+            self.log.warning("consent_sync_failed", status=exc.code().name if hasattr(exc, "code") else "?")
+        except Refusal as exc:  # an unverifiable directory or ledger head
+            self.log.warning("coordinator_reply_rejected", reason=str(exc))
+        except HeduiError as exc:
+            self.log.error("revocation_list_rejected", reason=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the feed must keep running (else the node fails closed)
+            self.log.error("sync_failed", error_type=type(exc).__name__)
+        return False
 
     async def directory(self, *, refresh: bool = False) -> dict[str, Entry]:
         if refresh or not self._directory or time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:

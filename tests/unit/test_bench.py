@@ -14,6 +14,8 @@ import pytest
 
 from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households, table,
                         write_facts_csv, write_households)
+from node.bench.scale import curve, curve_table, parse_curve
+from node.bench.workers_split import split_households, split_lines
 from node.domain.idnumber import validate
 
 REQUIRED_POSITIVE = (
@@ -117,7 +119,7 @@ def test_quick_bench_runs_end_to_end() -> None:
     """`python -m node.bench --quick --seconds 1` ends with one JSON line whose rates are all positive."""
     proc = subprocess.run(
         [sys.executable, "-m", "node.bench", "--quick", "--seconds", "1"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -138,3 +140,43 @@ def test_quick_bench_runs_end_to_end() -> None:
     assert summary["national_provinces"] == 31
     assert summary["machine"]["nproc"] >= 1 and summary["machine"]["python"]
     assert summary["code"]["commit"]
+
+
+def test_scale_curve_reports_slopes_and_whether_cost_per_household_grows() -> None:
+    """The curve lists each figure by size, fits the slope per added province, and says CPU per household
+    grows only when the fitted line rises more than the tolerance; its table names every size."""
+    def point(cost: float) -> dict[str, float]:
+        return {"routed_p50_ms": 10.0, "routed_c8_server_cpu_us_per_call": 900.0, "batch_households_per_s": 400.0,
+                "batch_server_cpu_us_per_household": cost, "batch_client_cpu_us_per_household": 100.0,
+                "batch_holders_per_household": 2.5}
+
+    flat = curve({3: point(1000.0), 11: point(1010.0), 31: point(990.0)}, 8)
+    assert flat["scale_provinces"] == [3, 11, 31]
+    assert flat["scale_batch_cpu_us_per_household"] == [1100.0, 1110.0, 1090.0]
+    assert flat["scale_slope_per_province"]["routed_p50_ms"] == pytest.approx(0.0)
+    assert flat["scale_batch_cpu_grows"] is False
+    rising = curve({3: point(1000.0), 11: point(1800.0), 31: point(3800.0)}, 8)
+    assert rising["scale_slope_per_province"]["batch_server_cpu_us_per_household"] == pytest.approx(100.0)
+    assert rising["scale_batch_cpu_grows"] is True
+    text = "\n".join(curve_table(rising))
+    assert "3 prov" in text and "31 prov" in text and "GROWS" in text
+    assert parse_curve("31,3,11") == (3, 11, 31) and parse_curve("none") == ()
+    assert parse_args(["--scale-provinces", "3,11"]).scale_provinces == (3, 11)
+    with pytest.raises(SystemExit):
+        parse_args(["--scale-provinces", "2,40"])
+
+
+def test_workers_split_households_and_report(tmp_path: Path) -> None:
+    """The split phases' households are all held by the provider (3 members for batch, whole households only),
+    and the table shows each kind of traffic's per-worker CPU split and the connection knob when there is one."""
+    ids = id_numbers(10)
+    expect = split_households(tmp_path / "b.csv", ids, 3)
+    assert list(expect) == ["w000000", "w000001", "w000002"] and all(v == ["44"] for v in expect.values())
+    rows = list(csv.DictReader((tmp_path / "b.csv").open(encoding="utf-8")))
+    assert [r["id_number"] for r in rows] == ids[:9]
+    out = {"workers2_routed_cpu_share": [1.0, 0.0], "workers2_batch_cpu_share": [0.93, 0.07],
+           "workers2_routed_concurrency": 8, "workers2_routed_per_s": 23.0, "workers2_batch_households_per_s": 133.0,
+           "workers2_coordinator_connections_per_peer": None}
+    (line,) = split_lines(out)
+    assert "split 100%/0%" in line and "split 93%/7%" in line and "no connections_per_peer knob" in line
+    assert "connections_per_peer 4" in split_lines({**out, "workers2_coordinator_connections_per_peer": 4})[0]
