@@ -42,7 +42,7 @@ bad signature, missing or unexpected answer aborts the bench with a non-zero exi
 table goes to stdout, then as the last line one JSON object with every number, the machine and
 the commit, and a `goals` object (goal, value, met, shortfall) for each goal:
 verify_ratio_c32 >= 0.8, routed_over_direct_p50 <= 3, batch_households_per_s >= 2000,
-household_households_per_s >= 2000, node_rss_mb_1m < 300.
+household_households_per_s >= 2000, node_rss_mb_1m < 300, ingest_facts_per_s >= 250000.
 
 The package (`python -m node.bench` runs `node.bench.cli.main`): `config` (goals, parts, checks, sizes),
 `data` (generated data), `harness` (machine and CPU accounting, load drivers, the child runner, node

@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["household_over_batch"] = out["household_households_per_s"] / out["batch_households_per_s"]
     for name, key in (("routed_over_direct_p50", "routed_over_direct_p50"), ("batch", "batch_households_per_s"),
                       ("household", "household_households_per_s"),
-                      ("node_rss_mb_1m", "node_rss_mb_1m"), ("verify_ratio_c32", "verify_ratio_c32")):
+                      ("node_rss_mb_1m", "node_rss_mb_1m"), ("verify_ratio_c32", "verify_ratio_c32"),
+                      ("ingest", "ingest_facts_per_s")):
         g = out["goals"][key]
         out[f"{name}_goal"] = g["goal"]
         out[f"{name}_met"] = g["met"]

@@ -24,6 +24,9 @@ HOUSEHOLD_GOAL: Final[float] = 2000.0  # households per second through check-bat
 NODE_RSS_MB_1M_GOAL: Final[float] = 300.0  # one node process serving 1,000,000 subjects, below
 
 
+INGEST_GOAL: Final[float] = 250_000.0  # facts per second into a fresh store (`hedui ingest` of a generated CSV)
+
+
 PARTS: Final[tuple[str, ...]] = ("rpc", "store", "rss", "workers", "routed", "batch", "household")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.bench.config import BATCH_GOAL, HOUSEHOLD_GOAL, NODE_RSS_MB_1M_GOAL, ROUTED_OVER_DIRECT_P50_GOAL, VERIFY_RATIO_C32_GOAL
+from node.bench.config import BATCH_GOAL, HOUSEHOLD_GOAL, INGEST_GOAL, NODE_RSS_MB_1M_GOAL, ROUTED_OVER_DIRECT_P50_GOAL, VERIFY_RATIO_C32_GOAL
 from node.bench.scale import curve_table
 from node.bench.workers_split import split_lines
 
@@ -18,6 +18,7 @@ def goals(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ("batch_households_per_s", "batch_households_per_s", BATCH_GOAL, True, False),
         ("household_households_per_s", "household_households_per_s", HOUSEHOLD_GOAL, True, False),
         ("node_rss_mb_1m", "node_rss_mb_1m", NODE_RSS_MB_1M_GOAL, False, True),
+        ("ingest_facts_per_s", "ingest_facts_per_s", INGEST_GOAL, True, False),
     )
     result: dict[str, dict[str, Any]] = {}
     for name, key, bound, at_least, strict in specs:

@@ -26,7 +26,7 @@ REQUIRED_POSITIVE = (
     "workers_speedup", "household_households_per_s", "household_over_batch",
 )
 GOALS = {"verify_ratio_c32": 0.8, "routed_over_direct_p50": 3.0, "batch_households_per_s": 2000.0,
-         "household_households_per_s": 2000.0, "node_rss_mb_1m": 300.0}
+         "household_households_per_s": 2000.0, "node_rss_mb_1m": 300.0, "ingest_facts_per_s": 250000.0}
 
 
 def test_id_numbers_are_distinct_and_valid() -> None:
@@ -88,6 +88,8 @@ def test_goals_say_met_and_how_far_off() -> None:
     assert g["node_rss_mb_1m"]["met"] is None
     assert goals({"node_rss_mb_1m": 300.0})["node_rss_mb_1m"]["met"] is False  # strictly below 300
     assert goals({"node_rss_mb_1m": 350.0})["node_rss_mb_1m"]["shortfall"] == pytest.approx(50.0)
+    ingest = goals({"ingest_facts_per_s": 125000.0})["ingest_facts_per_s"]
+    assert ingest["met"] is False and ingest["factor"] == pytest.approx(2.0) and ingest["rule"] == ">="
 
 
 def test_the_table_reports_a_household_only_run() -> None:
