@@ -64,19 +64,24 @@ def mask(secret: bytes, round_key: str, household: str, measure: str) -> int:
     return int.from_bytes(hmac.new(secret, message, hashlib.sha256).digest()[:WIDTH], "big")
 
 
+def masks_of(secret: bytes, round_key: str, household: str, measures: Sequence[str]) -> list[int]:
+    """`mask` of every measure of one household (the message prefix built once; the same values)."""
+    prefix = b"\x00".join((_MASK_LABEL, round_key.encode(), household.encode(), b""))
+    return [int.from_bytes(hmac.digest(secret, prefix + m.encode(), "sha256")[:WIDTH], "big") for m in measures]
+
+
 def masked_sums(values: Sequence[int], measures: Sequence[str], *, own: str, secrets: Mapping[str, bytes],
                 round_key: str, household: str) -> list[int]:
     """`values` (one per measure) plus this holder's masks towards every peer in `secrets`."""
-    out = []
-    for value, measure in zip(values, measures, strict=True):
-        if not 0 <= value < PLAUSIBLE_TOTAL:
-            raise MaskError("a partial sum is out of range")
-        total = value
-        for peer, secret in secrets.items():
-            m = mask(secret, round_key, household, measure)
-            total += m if own < peer else -m
-        out.append(total % MODULUS)
-    return out
+    if len(values) != len(measures):
+        raise ValueError("one value per measure")
+    if not all(0 <= v < PLAUSIBLE_TOTAL for v in values):
+        raise MaskError("a partial sum is out of range")
+    out = list(values)
+    for peer, secret in secrets.items():
+        sign = 1 if own < peer else -1
+        out = [t + sign * m for t, m in zip(out, masks_of(secret, round_key, household, measures), strict=True)]
+    return [t % MODULUS for t in out]
 
 
 def unmask(vectors: Iterable[Sequence[int]], width: int) -> list[int]:

@@ -107,8 +107,9 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
                     queries = list(batch.queries)
                     if not 1 <= len(queries) <= MAX_BATCH:
                         raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} contribution queries per batch")
-                    requester, purpose, reply_key, holders = _one_reply_key(queries)
-                    results = self.service.contribute_many(queries, peer_province, await self._mask_keys(holders))
+                    requester, purpose, reply_key, holders, parsed = _one_reply_key(queries)
+                    results = self.service.contribute_many(queries, peer_province, await self._mask_keys(holders),
+                                                           parsed)
                     done = [(i, c) for i, c in enumerate(results) if isinstance(c, Contribution)]
                     if done:  # at least one query authenticated: the batch's one requester is who signed it
                         fields["peer"] = requester
@@ -185,27 +186,35 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
             await self.auditor.record(record)
 
 
-def _one_reply_key(queries: list[household_pb2.SignedContributionQuery]) -> tuple[str, str, bytes, set[str]]:
-    """The batch's one requester, purpose and usable reply key, and every province its holder sets name.
+def _one_reply_key(queries: list[household_pb2.SignedContributionQuery]) -> tuple[
+        str, str, bytes, set[str], list[household_pb2.ContributionQueryBody | None]]:
+    """The batch's one requester, purpose and usable reply key, every province its holder sets name,
+    and each query's parsed body (None where it does not parse; parsed once for the whole call).
 
     Read from the (not yet authenticated) bodies: a batch naming several, or no usable key, is
     refused whole before anything is decided; each query is still authenticated on its own.
     """
     names: set[tuple[str, str, str, bytes]] = set()
     holders: set[str] = set()
+    parsed: list[household_pb2.ContributionQueryBody | None] = []
     for signed in queries:
         try:
             body = household_pb2.ContributionQueryBody.FromString(signed.body)
+        except DecodeError:
+            parsed.append(None)
+            continue  # refused on its own by the service
+        parsed.append(body)
+        try:
             holders.update(household_pb2.HolderSetBody.FromString(body.holder_set.body).holders)
         except DecodeError:
-            continue  # refused on its own by the service
+            continue  # refused on its own by the service (its holder set does not verify)
         names.add((body.requester, body.purpose, body.reply_seal_suite, body.reply_seal_key))
     if len(names) != 1:
         raise Refusal(ErrorCode.MALFORMED, "a contribution batch has one requester, one purpose and one reply key")
     ((requester, purpose, suite, key),) = names
     if suite != sealing.SUITE_NAME or not sealing.usable_public_key(key):
         raise Refusal(ErrorCode.MALFORMED, "contribution query names no usable reply key")
-    return requester, purpose, key, holders
+    return requester, purpose, key, holders, parsed
 
 
 def _round_id_of(signed: household_pb2.SignedContributionQuery) -> str:
