@@ -65,9 +65,15 @@ def mask(secret: bytes, round_key: str, household: str, measure: str) -> int:
 
 
 def masks_of(secret: bytes, round_key: str, household: str, measures: Sequence[str]) -> list[int]:
-    """`mask` of every measure of one household (the message prefix built once; the same values)."""
-    prefix = b"\x00".join((_MASK_LABEL, round_key.encode(), household.encode(), b""))
-    return [int.from_bytes(hmac.digest(secret, prefix + m.encode(), "sha256")[:WIDTH], "big") for m in measures]
+    """`mask` of every measure of one household, the same values: the HMAC keyed and fed the message
+    prefix (label, round, household) once, then copied per measure."""
+    keyed = hmac.new(secret, b"\x00".join((_MASK_LABEL, round_key.encode(), household.encode(), b"")), hashlib.sha256)
+    out = []
+    for measure in measures:
+        h = keyed.copy()
+        h.update(measure.encode())
+        out.append(int.from_bytes(h.digest()[:WIDTH], "big"))
+    return out
 
 
 def masked_sums(values: Sequence[int], measures: Sequence[str], *, own: str, secrets: Mapping[str, bytes],
