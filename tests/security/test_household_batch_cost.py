@@ -90,12 +90,12 @@ def _contribute(fed: Federation, holder: str, opened: list[Any], reply_key: X255
 
 
 def test_masks_of_a_household_are_the_per_measure_prf() -> None:
-    """`masks_of` (one message prefix per household, hmac.digest) gives exactly PROTOCOL §21's `mask` per measure."""
-    secret = bytes(range(32))
+    """`masks_of` (HMAC written out over SHA-256, one message prefix per household) gives exactly PROTOCOL §21's `mask` per measure."""
     measures = ["financial_assets", "income_monthly", "vehicles", "x" * 40]
-    for household in ("c-000000000000000000000001", "c-" + "9" * 24):
-        expected = [masks.mask(secret, "ab" * 32, household, m) for m in measures]
-        assert masks.masks_of(secret, "ab" * 32, household, measures) == expected
+    for secret in (bytes(range(32)), bytes(range(64)), bytes(range(100))):  # RFC 2104: a key over 64 bytes is hashed
+        for household in ("c-000000000000000000000001", "c-" + "9" * 24):
+            expected = [masks.mask(secret, "ab" * 32, household, m) for m in measures]
+            assert masks.masks_of(secret, "ab" * 32, household, measures) == expected
 
 
 def test_queries_encoded_from_a_shared_part_parse_as_the_single_household_query(fed: Federation,
