@@ -202,13 +202,15 @@ class HouseholdBatchSession(BatchSession):
             return
         flat = [raw for items in per_holder.values() for _, raw in items]
         signatures = iter(await self.signer.sign_many([(signing.CONTRIBUTION_QUERY, raw) for raw in flat]))
-        envelopes = [household_pb2.RoundBatchEnvelope(
-            province=h, rounds=[i for i, _ in items], queries=sealing.seal(
-                household_pb2.ContributionQueryBatch(queries=[
-                    household_pb2.SignedContributionQuery(body=raw, signature=next(signatures)) for _, raw in items
-                ]).SerializeToString(), kind=sealing.QUERY, recipient=province_uri(h),
-                public_key=directory[h].seal_public_key))
-            for h, items in per_holder.items()]
+        envelopes = []
+        for h, items in per_holder.items():
+            batch = household_pb2.ContributionQueryBatch()
+            for _, raw in items:  # added in place: each query copied into the batch once
+                batch.queries.add(body=raw, signature=next(signatures))
+            envelopes.append(household_pb2.RoundBatchEnvelope(
+                province=h, rounds=[i for i, _ in items], queries=sealing.seal(
+                    batch.SerializeToString(), kind=sealing.QUERY, recipient=province_uri(h),
+                    public_key=directory[h].seal_public_key)))
         try:
             reply = await self.call("RouteRoundBatch", household_pb2.RouteRoundBatchRequest(
                 request_id=uuid.uuid4().hex, envelopes=envelopes,

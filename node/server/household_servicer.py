@@ -134,13 +134,17 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
                 recorded = [self.auditor.submit(r) for r in records] if self.auditor is not None else []
                 signatures = await self.signer.sign_many([(signing.CONTRIBUTION, b) for b in bodies])
                 await asyncio.gather(*recorded)  # no contribution leaves without its durable audit record
-                items = [household_pb2.ContributionItem(index=i, error_code=r.code.name, error=public_message(r))
-                         for i, r in enumerate(results) if isinstance(r, Refusal)]
-                items += [household_pb2.ContributionItem(index=i, contribution=household_pb2.SignedContribution(
-                    body=b, signature=s)) for (i, _), b, s in zip(done, bodies, signatures, strict=True)]
-                items.sort(key=lambda item: item.index)
-                sealed = sealing.seal(household_pb2.ContributionBatch(items=items).SerializeToString(),
-                                      kind=sealing.ANSWER, recipient=province_uri(requester), public_key=reply_key)
+                signed = {i: (b, s) for (i, _), b, s in zip(done, bodies, signatures, strict=True)}
+                reply = household_pb2.ContributionBatch()
+                for i, r in enumerate(results):  # in index order, each item built in place (copied once)
+                    if isinstance(r, Refusal):
+                        reply.items.add(index=i, error_code=r.code.name, error=public_message(r))
+                    else:
+                        item = reply.items.add(index=i)
+                        item.contribution.body, signature = signed[i]
+                        item.contribution.signature.CopyFrom(signature)
+                sealed = sealing.seal(reply.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(requester),
+                                      public_key=reply_key)
                 self.log.debug("contributed_batch", peer=requester, households=len(queries), contributed=len(done))
                 return household_pb2.ContributeBatchResponse(contributions=sealed)
 
