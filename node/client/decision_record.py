@@ -46,8 +46,10 @@ def _unb64(text: Any) -> bytes:
 
 def check_contribution(signed: household_pb2.SignedContribution, verifier: signing.Verifier, *,
                        holder_set: household_pb2.SignedHolderSet, requester: str, province: str,
-                       measures: Sequence[str], query_digest: bytes | None = None) -> household_pb2.ContributionBody | str:
-    """The contribution body when it is `province`'s signed answer to this round; else the problem."""
+                       measures: Sequence[str], query_digest: bytes | None = None, round_id: str | None = None,
+                       holder_set_digest: bytes | None = None) -> household_pb2.ContributionBody | str:
+    """The contribution body when it is `province`'s signed answer to this round; else the problem.
+    `round_id` and `holder_set_digest` are `holder_set`'s (computed here when not given)."""
     try:
         verified = verifier.verify(signed.signature, signing.CONTRIBUTION, signed.body)
         body = household_pb2.ContributionBody.FromString(signed.body)
@@ -55,12 +57,15 @@ def check_contribution(signed: household_pb2.SignedContribution, verifier: signi
         return f"contribution signature does not verify: {exc}"
     except DecodeError:
         return "contribution does not parse"
-    round_id = household_pb2.HolderSetBody.FromString(holder_set.body).round_id
+    if round_id is None:
+        round_id = household_pb2.HolderSetBody.FromString(holder_set.body).round_id
+    if holder_set_digest is None:
+        holder_set_digest = hashlib.sha256(holder_set.body).digest()
     if verified.identity.province != body.responder or body.responder != province:
         return "contribution signed by another province than the one asked"
     if body.requester != requester or body.round_id != round_id:
         return "contribution belongs to another round"
-    if body.holder_set_digest != hashlib.sha256(holder_set.body).digest():
+    if body.holder_set_digest != holder_set_digest:
         return "contribution is bound to another holder set"
     if query_digest is not None and body.query_digest != query_digest:
         return "contribution answers another query"

@@ -106,9 +106,10 @@ def household_check(member: Member, ids: Sequence[str], purpose: str, region: st
 def decide(member: Member, standard: Standard, signed_standard: coordinator_pb2.SignedStandards, *, members: int,
            region: str, period: str, purpose: str, consent_id: str, routing: dict[str, str],
            holder_set: household_pb2.SignedHolderSet, answered: Mapping[str, Answered],
-           standard_b64: str | None = None) -> Pending:
-    """The decision on a complete round's contributions, and its record body (unsigned)."""
-    body = household_pb2.HolderSetBody.FromString(holder_set.body)
+           standard_b64: str | None = None, holder_set_body: household_pb2.HolderSetBody | None = None) -> Pending:
+    """The decision on a complete round's contributions, and its record body (unsigned).
+    `holder_set_body` is `holder_set`'s body already parsed."""
+    body = holder_set_body if holder_set_body is not None else household_pb2.HolderSetBody.FromString(holder_set.body)
     missing = tuple(sorted(body.missing))
     measures = sorted(standard.measures)
     totals, as_of, contributions = add_up(answered, measures)
@@ -170,11 +171,29 @@ def contribution_query(member: Member, holder_set: household_pb2.SignedHolderSet
     ).SerializeToString()
 
 
+def contribution_queries(member: Member, holder_set: household_pb2.SignedHolderSet, body: household_pb2.HolderSetBody,
+                         holders: Sequence[str], *, tokens: Sequence[bytes], measures: Sequence[str],
+                         consent: verification_pb2.SignedConsent, purpose: str, reply_public: bytes) -> list[bytes]:
+    """`contribution_query` for each of `holders`: the fields every holder's query shares are encoded once,
+    after each holder's own (nonce, time, audience). Concatenated protobuf messages parse as one
+    message with the fields of both, so each holder reads exactly the query `contribution_query` makes."""
+    shared = household_pb2.ContributionQueryBody(
+        requester=member.province, round_id=body.round_id, purpose=purpose, subjects=tokens, measures=measures,
+        consent=consent, holder_set=holder_set, reply_seal_suite=sealing.SUITE_NAME, reply_seal_key=reply_public,
+    ).SerializeToString()
+    now_ms = int(time.time() * 1000)
+    return [household_pb2.ContributionQueryBody(nonce=os.urandom(16), issued_at_ms=now_ms, audience=h).SerializeToString()
+            + shared for h in holders]
+
+
 def accept(member: Member, signed: household_pb2.SignedContribution, holder_set: household_pb2.SignedHolderSet,
-           province: str, measures: Sequence[str], query: bytes) -> Answered | str:
-    """`province`'s checked answer to the query `query` of this round, or what is wrong with it."""
+           province: str, measures: Sequence[str], query: bytes, *, round_id: str | None = None,
+           holder_set_digest: bytes | None = None) -> Answered | str:
+    """`province`'s checked answer to the query `query` of this round, or what is wrong with it.
+    `round_id` and `holder_set_digest` are the holder set's, when the caller has them already."""
     checked = check_contribution(signed, member.verifier, holder_set=holder_set, requester=member.province,
-                                 province=province, measures=measures, query_digest=hashlib.sha256(query).digest())
+                                 province=province, measures=measures, query_digest=hashlib.sha256(query).digest(),
+                                 round_id=round_id, holder_set_digest=holder_set_digest)
     return checked if isinstance(checked, str) else (checked, signed)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from node.client.batch import ITEM_STATUS, BatchSession, chunked, pipeline
 from node.client.decision_record import canonical
 from node.client.household import (MAX_ROUNDS, Answered, HouseholdResult, Pending, StandardsInForce, accept,
-                                   contribution_query, decide)
+                                   contribution_queries, decide)
 from node.client.query import validate_household
 from node.client.standards import current_period
 from node.coordinator.router import status_name
@@ -66,6 +67,7 @@ class _State:
     routing: dict[str, str] = field(default_factory=dict)
     holder_set: household_pb2.SignedHolderSet | None = None
     body: household_pb2.HolderSetBody | None = None
+    holder_set_digest: bytes = b""  # SHA-256 of holder_set.body (what each contribution is bound to)
     answered: dict[str, Answered] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # holder -> why: failed in transport (may be left out)
     refused: dict[str, str] = field(default_factory=dict)  # holder -> why: refused or invalid (stops the household)
@@ -172,6 +174,7 @@ class HouseholdBatchSession(BatchSession):
                 continue
             s.holder_set = opened.holder_set
             s.body = household_pb2.HolderSetBody.FromString(opened.holder_set.body)
+            s.holder_set_digest = hashlib.sha256(opened.holder_set.body).digest()
             if not repeat:  # a province that held someone of the batch but no one of this household
                 s.routing = {p: "NO_MATCH" if st == "OK" else st for p, st in contacted.items()}
 
@@ -191,21 +194,23 @@ class HouseholdBatchSession(BatchSession):
                 s.routing.update({h: "UNAVAILABLE" for h in s.refused})
                 continue
             asked.append(s)
-            for h in s.body.holders:
-                per_holder.setdefault(h, []).append((len(asked) - 1, contribution_query(
-                    m, s.holder_set, s.body, h, tokens=s.tokens, measures=s.measures, consent=s.household.consent,
-                    purpose=self.purpose, reply_public=reply_public)))
+            raws = contribution_queries(m, s.holder_set, s.body, s.body.holders, tokens=s.tokens, measures=s.measures,
+                                        consent=s.household.consent, purpose=self.purpose, reply_public=reply_public)
+            for h, raw in zip(s.body.holders, raws, strict=True):
+                per_holder.setdefault(h, []).append((len(asked) - 1, raw))
         if not asked:
             return
         flat = [raw for items in per_holder.values() for _, raw in items]
         signatures = iter(await self.signer.sign_many([(signing.CONTRIBUTION_QUERY, raw) for raw in flat]))
-        envelopes = [household_pb2.RoundBatchEnvelope(
-            province=h, rounds=[i for i, _ in items], queries=sealing.seal(
-                household_pb2.ContributionQueryBatch(queries=[
-                    household_pb2.SignedContributionQuery(body=raw, signature=next(signatures)) for _, raw in items
-                ]).SerializeToString(), kind=sealing.QUERY, recipient=province_uri(h),
-                public_key=directory[h].seal_public_key))
-            for h, items in per_holder.items()]
+        envelopes = []
+        for h, items in per_holder.items():
+            batch = household_pb2.ContributionQueryBatch()
+            for _, raw in items:  # added in place: each query copied into the batch once
+                batch.queries.add(body=raw, signature=next(signatures))
+            envelopes.append(household_pb2.RoundBatchEnvelope(
+                province=h, rounds=[i for i, _ in items], queries=sealing.seal(
+                    batch.SerializeToString(), kind=sealing.QUERY, recipient=province_uri(h),
+                    public_key=directory[h].seal_public_key)))
         try:
             reply = await self.call("RouteRoundBatch", household_pb2.RouteRoundBatchRequest(
                 request_id=uuid.uuid4().hex, envelopes=envelopes,
@@ -246,8 +251,9 @@ class HouseholdBatchSession(BatchSession):
                 s.routing[holder] = ITEM_STATUS.get(item.error_code, "DENIED")
                 s.refused[holder] = item.error or item.error_code
             else:
-                assert s.holder_set is not None
-                checked = accept(self.member, item.contribution, s.holder_set, holder, s.measures, query)
+                assert s.holder_set is not None and s.body is not None
+                checked = accept(self.member, item.contribution, s.holder_set, holder, s.measures, query,
+                                 round_id=s.body.round_id, holder_set_digest=s.holder_set_digest)
                 if isinstance(checked, str):
                     s.routing[holder], s.refused[holder] = "INVALID", checked
                 else:
@@ -264,7 +270,8 @@ class HouseholdBatchSession(BatchSession):
                 pending[i] = decide(self.member, s.standard, s.signed_standard, members=len(s.tokens),
                                     region=s.household.region, period=self.period, purpose=self.purpose,
                                     consent_id=s.consent_id, routing=s.routing, holder_set=s.holder_set,
-                                    answered=s.answered, standard_b64=self._b64_of(s.signed_standard))
+                                    answered=s.answered, standard_b64=self._b64_of(s.signed_standard),
+                                    holder_set_body=s.body)
             except HeduiError as exc:  # contributions that do not add up: that household's failure
                 s.error = str(exc)
         signatures = await self.signer.sign_many([(signing.HOUSEHOLD_DECISION, canonical(p.result.record))

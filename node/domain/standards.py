@@ -149,6 +149,15 @@ class Standard:
     publisher: str = ""
     version: int = 0
     example: bool = False
+    _measures: tuple[str, ...] = field(init=False, repr=False, compare=False)  # `measures`, computed once
+
+    def __post_init__(self) -> None:
+        codes = set(self.income_monthly) | set(self.income_annual) | set(self.deductions_12m)
+        for rule in self.rules:
+            codes.update(code for code, _ in RULE_MEASURES.get(rule, ()))
+        if self.homes is not None and self.homes.exception_max is not None:
+            codes.add("floor_area")
+        object.__setattr__(self, "_measures", tuple(sorted(codes)))
 
     def covers(self, period: str) -> bool:
         """True when `period` ("YYYY-MM") lies in [period_from, period_to]."""
@@ -157,12 +166,7 @@ class Standard:
     @property
     def measures(self) -> tuple[str, ...]:
         """Every measure code this standard reads (what a household's totals must hold), sorted."""
-        codes = set(self.income_monthly) | set(self.income_annual) | set(self.deductions_12m)
-        for rule in self.rules:
-            codes.update(code for code, _ in RULE_MEASURES.get(rule, ()))
-        if self.homes is not None and self.homes.exception_max is not None:
-            codes.add("floor_area")
-        return tuple(sorted(codes))
+        return self._measures
 
     def to_json(self) -> dict[str, Any]:
         """The entry as it appears in the canonical document (optional parts left out when absent)."""

@@ -107,8 +107,9 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
                     queries = list(batch.queries)
                     if not 1 <= len(queries) <= MAX_BATCH:
                         raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} contribution queries per batch")
-                    requester, purpose, reply_key, holders = _one_reply_key(queries)
-                    results = self.service.contribute_many(queries, peer_province, await self._mask_keys(holders))
+                    requester, purpose, reply_key, holders, parsed = _one_reply_key(queries)
+                    results = self.service.contribute_many(queries, peer_province, await self._mask_keys(holders),
+                                                           parsed)
                     done = [(i, c) for i, c in enumerate(results) if isinstance(c, Contribution)]
                     if done:  # at least one query authenticated: the batch's one requester is who signed it
                         fields["peer"] = requester
@@ -133,13 +134,17 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
                 recorded = [self.auditor.submit(r) for r in records] if self.auditor is not None else []
                 signatures = await self.signer.sign_many([(signing.CONTRIBUTION, b) for b in bodies])
                 await asyncio.gather(*recorded)  # no contribution leaves without its durable audit record
-                items = [household_pb2.ContributionItem(index=i, error_code=r.code.name, error=public_message(r))
-                         for i, r in enumerate(results) if isinstance(r, Refusal)]
-                items += [household_pb2.ContributionItem(index=i, contribution=household_pb2.SignedContribution(
-                    body=b, signature=s)) for (i, _), b, s in zip(done, bodies, signatures, strict=True)]
-                items.sort(key=lambda item: item.index)
-                sealed = sealing.seal(household_pb2.ContributionBatch(items=items).SerializeToString(),
-                                      kind=sealing.ANSWER, recipient=province_uri(requester), public_key=reply_key)
+                signed = {i: (b, s) for (i, _), b, s in zip(done, bodies, signatures, strict=True)}
+                reply = household_pb2.ContributionBatch()
+                for i, r in enumerate(results):  # in index order, each item built in place (copied once)
+                    if isinstance(r, Refusal):
+                        reply.items.add(index=i, error_code=r.code.name, error=public_message(r))
+                    else:
+                        item = reply.items.add(index=i)
+                        item.contribution.body, signature = signed[i]
+                        item.contribution.signature.CopyFrom(signature)
+                sealed = sealing.seal(reply.SerializeToString(), kind=sealing.ANSWER, recipient=province_uri(requester),
+                                      public_key=reply_key)
                 self.log.debug("contributed_batch", peer=requester, households=len(queries), contributed=len(done))
                 return household_pb2.ContributeBatchResponse(contributions=sealed)
 
@@ -185,27 +190,35 @@ class HouseholdHolderServicer(household_pb2_grpc.HouseholdHolderServicer):
             await self.auditor.record(record)
 
 
-def _one_reply_key(queries: list[household_pb2.SignedContributionQuery]) -> tuple[str, str, bytes, set[str]]:
-    """The batch's one requester, purpose and usable reply key, and every province its holder sets name.
+def _one_reply_key(queries: list[household_pb2.SignedContributionQuery]) -> tuple[
+        str, str, bytes, set[str], list[household_pb2.ContributionQueryBody | None]]:
+    """The batch's one requester, purpose and usable reply key, every province its holder sets name,
+    and each query's parsed body (None where it does not parse; parsed once for the whole call).
 
     Read from the (not yet authenticated) bodies: a batch naming several, or no usable key, is
     refused whole before anything is decided; each query is still authenticated on its own.
     """
     names: set[tuple[str, str, str, bytes]] = set()
     holders: set[str] = set()
+    parsed: list[household_pb2.ContributionQueryBody | None] = []
     for signed in queries:
         try:
             body = household_pb2.ContributionQueryBody.FromString(signed.body)
+        except DecodeError:
+            parsed.append(None)
+            continue  # refused on its own by the service
+        parsed.append(body)
+        try:
             holders.update(household_pb2.HolderSetBody.FromString(body.holder_set.body).holders)
         except DecodeError:
-            continue  # refused on its own by the service
+            continue  # refused on its own by the service (its holder set does not verify)
         names.add((body.requester, body.purpose, body.reply_seal_suite, body.reply_seal_key))
     if len(names) != 1:
         raise Refusal(ErrorCode.MALFORMED, "a contribution batch has one requester, one purpose and one reply key")
     ((requester, purpose, suite, key),) = names
     if suite != sealing.SUITE_NAME or not sealing.usable_public_key(key):
         raise Refusal(ErrorCode.MALFORMED, "contribution query names no usable reply key")
-    return requester, purpose, key, holders
+    return requester, purpose, key, holders, parsed
 
 
 def _round_id_of(signed: household_pb2.SignedContributionQuery) -> str:
