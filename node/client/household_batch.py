@@ -96,7 +96,8 @@ class HouseholdBatchSession(BatchSession):
         member.policy.purpose(purpose)
         self.purpose = purpose
         self.period = period or current_period()
-        self.rounds = household_pb2_grpc.HouseholdRoundsStub(self._channel)
+        # the rounds service over the session's connections, in their turn (a coordinator's --workers share them)
+        self._rounds = self._pool.picker(household_pb2_grpc.HouseholdRoundsStub)
         self._standards: StandardsInForce | None = None
         self._epoch_s = 0  # the coordinator's discovery epoch length, read with the standards
         self._standard_b64: dict[int, str] = {}
@@ -162,7 +163,7 @@ class HouseholdBatchSession(BatchSession):
                       for s in states]
         try:
             reply = await self.call("OpenRoundBatch", household_pb2.OpenRoundBatchRequest(
-                request_id=uuid.uuid4().hex, households=households), stub=self.rounds)
+                request_id=uuid.uuid4().hex, households=households), stub=self._rounds())
         except HeduiError as exc:
             for s in states:
                 s.error = f"the coordinator did not open the round: {exc}"
@@ -215,7 +216,7 @@ class HouseholdBatchSession(BatchSession):
             reply = await self.call("RouteRoundBatch", household_pb2.RouteRoundBatchRequest(
                 request_id=uuid.uuid4().hex, envelopes=envelopes,
                 rounds=[household_pb2.HouseholdRound(consent_id=s.consent_id, holder_set=s.holder_set) for s in asked]),
-                stub=self.rounds)
+                stub=self._rounds())
         except HeduiError as exc:
             for s in asked:
                 s.error = f"the coordinator did not route the round: {exc}"

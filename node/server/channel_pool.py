@@ -16,6 +16,7 @@ import grpc
 from grpc import aio
 
 S = TypeVar("S")
+T = TypeVar("T")
 #: The most connections one client opens to one server (a bound on a mistyped setting).
 MAX_CONNECTIONS = 64
 
@@ -47,12 +48,20 @@ class ChannelPool(Generic[S]):
     def __len__(self) -> int:
         return len(self.channels)
 
-    def take(self) -> tuple[aio.Channel, S]:
-        """The next channel and its stub, round robin."""
+    def _next(self) -> int:
         if self._warming:
             self._warm()
-        i = next(self._turn)
+        return next(self._turn)
+
+    def take(self) -> tuple[aio.Channel, S]:
+        """The next channel and its stub, round robin."""
+        i = self._next()
         return self.channels[i], self._stubs[i]
+
+    def picker(self, make_stub: Callable[[aio.Channel], T]) -> Callable[[], T]:
+        """Stubs of another service over the same channels, handed out in the pool's one turn."""
+        stubs = [make_stub(c) for c in self.channels]
+        return lambda: stubs[self._next()]
 
     def stub(self) -> S:
         """The next channel's stub."""
