@@ -84,10 +84,14 @@ def test_a_plain_file_is_stored_as_the_row_path_stores_it(
     """Many blocks of plain rows, then a re-ingest with corrections, give the same rows, ids and counts."""
     monkeypatch.setattr(bulk, "BLOCK_CHARS", 4096)  # dozens of blocks
     ids = _ids(3000)
-    first = _write(tmp_path / "a.csv", _rows(ids))
+    x_id = "11010519491231002X"  # one person written three ways: one subject
+    spelled = [f"{x_id.lower()},real_estate.count,1,2024-05-31,natural_resources",
+               f"{x_id},real_estate.count,2,2024-04-30,natural_resources",
+               f"  {x_id.lower()},income.wage_monthly,3,2024-04-30,hrss"]
+    first = _write(tmp_path / "a.csv", [*spelled[:1], *_rows(ids), *spelled[1:]])
     again = _write(tmp_path / "b.csv", _rows(ids[::2] + _ids(500, "510104"), shift=3), newline="\r\n", bom=True)
     outcomes = _both(tmp_path, catalogue, [first, first, again])
-    assert outcomes[0][:2] == (9000, 3000) and outcomes[1][2] == 0  # type: ignore[index]
+    assert outcomes[0][:2] == (9003, 3001) and outcomes[1][2] == 0  # type: ignore[index]
 
 
 def test_the_stored_tokens_are_the_subjects_tokens_and_possession_keys(tmp_path: Path, catalogue: Catalogue) -> None:
@@ -161,18 +165,22 @@ def test_a_bad_last_row_leaves_the_store_as_it_was(
 
 
 def test_subjects_are_resolved_a_batch_at_a_time(tmp_path: Path, catalogue: Catalogue) -> None:
-    """A plain file of 2,000 subjects is written without a statement per subject or per row."""
+    """A plain file of 2,000 subjects is written without a statement per subject or per row: into an
+    empty store with no subject SELECT at all, into a filled one with one SELECT per 500 tokens."""
     path = _write(tmp_path / "a.csv", _rows(_ids(2000)))
     with Store.open(tmp_path / "data") as store:
-        statements: list[str] = []
-        store._writer.set_trace_callback(statements.append)
-        report = ingest_file(store, path, linkage_key=KEY, catalogue=catalogue, today=TODAY)
-        store._writer.set_trace_callback(None)
-    assert report.subjects == 2000 and report.facts_written == report.rows == 5999
-    assert not [s for s in statements if "WHERE token = ?" in s]
-    assert sum(1 for s in statements if s.startswith("SELECT token, id, possession FROM subjects")) == 4
-    # executemany traces each row it runs; everything else is a handful of statements.
-    assert sum(1 for s in statements if not s.startswith("INSERT INTO")) < 20
+        for expected_selects in (0, 4):
+            statements: list[str] = []
+            store._writer.set_trace_callback(statements.append)
+            report = ingest_file(store, path, linkage_key=KEY, catalogue=catalogue, today=TODAY)
+            store._writer.set_trace_callback(None)
+            assert report.subjects == 2000 and report.rows == 5999
+            assert not [s for s in statements if "WHERE token = ?" in s]
+            selects = [s for s in statements if s.startswith("SELECT token, id, possession FROM subjects")]
+            assert len(selects) == expected_selects
+            # executemany traces each row it runs; everything else is a handful of statements.
+            assert sum(1 for s in statements if not s.startswith("INSERT INTO")) < 20
+        assert report.facts_written == 0
 
 
 def test_the_check_character_of_ascii_digits_is_the_weighted_sum() -> None:
