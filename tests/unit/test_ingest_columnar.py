@@ -190,3 +190,37 @@ def test_the_check_character_of_ascii_digits_is_the_weighted_sum() -> None:
         digits = f"{n:017d}"
         assert check_character(digits) == "10X98765432"[sum(int(c) * w for c, w in zip(digits, weights, strict=True)) % 11]
     assert check_character("１" * 17) == check_character("1" * 17)  # other digits still take the general path
+
+
+_SCHEMA_1 = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE subjects(id INTEGER PRIMARY KEY, token BLOB NOT NULL UNIQUE CHECK (length(token) = 32));
+CREATE TABLE facts(subject_id INTEGER NOT NULL REFERENCES subjects(id), attribute TEXT NOT NULL,
+    as_of TEXT NOT NULL, source TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (subject_id, attribute, as_of, source)) WITHOUT ROWID;
+CREATE TABLE attributes(code TEXT PRIMARY KEY, aggregate TEXT NOT NULL CHECK (aggregate IN ('sum', 'max'))) WITHOUT ROWID;
+INSERT INTO meta(key, value) VALUES ('schema_version', '1');
+"""
+
+
+def test_subjects_from_schema_1_get_their_possession_keys_as_on_the_row_path(
+        tmp_path: Path, catalogue: Catalogue) -> None:
+    """Re-ingesting into an upgraded schema-1 store fills the same possession keys and counts them the same."""
+    ids = _ids(1200)
+    path = _write(tmp_path / "a.csv", _rows(ids))
+    outcomes = {}
+    for columnar in (True, False):
+        data = tmp_path / f"v1-{columnar}"
+        data.mkdir()
+        with sqlite3.connect(data / STORE_FILE) as db:
+            db.executescript(_SCHEMA_1)
+            db.executemany("INSERT INTO subjects(id, token) VALUES (?, ?)",
+                           [(i + 1, subject_token(KEY, n)) for i, n in enumerate(ids[::3])])
+        db.close()
+        with Store.open(data) as store:
+            report = ingest_file(store, path, linkage_key=KEY, catalogue=catalogue, today=TODAY, columnar=columnar)
+            assert store.missing_possession() == 0
+        outcomes[columnar] = ((report.rows, report.subjects, report.facts_written, report.possession_added),
+                              _dump(data))
+    assert outcomes[True] == outcomes[False]
+    assert outcomes[True][0][3] == 400
