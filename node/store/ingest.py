@@ -6,7 +6,9 @@ file with any bad row is rejected whole, listing every bad line and why; reasons
 contain the ID number or the value. Rows are written inside one transaction as they pass,
 and the transaction is rolled back when any line of the file turns out bad, so a rejected
 file leaves the store exactly as it was. Raw ID numbers become subject tokens (and
-possession keys, node.crypto.possession) at once and are never written.
+possession keys, node.crypto.possession) at once and are never written. A plain, valid CSV file
+takes the columnar fast path (node.store.bulk), which stores exactly what the row-by-row path
+stores; any other file is read row by row, and so is one the fast path gives up on midway.
 """
 
 from __future__ import annotations
