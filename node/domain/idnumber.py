@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import unicodedata
+from operator import mul
 from typing import Final
 
 from node.domain.regions import is_province
@@ -19,6 +20,7 @@ from node.errors import BadInput
 
 _WEIGHTS: Final[tuple[int, ...]] = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK: Final[str] = "10X98765432"
+_DIGIT_BIAS: Final[int] = ord("0") * sum(_WEIGHTS)  # what the ASCII codes add over the digits' values
 _DIGITS: Final[frozenset[str]] = frozenset("0123456789")
 _EARLIEST_BIRTH: Final[_dt.date] = _dt.date(1900, 1, 1)
 # 17 digits (any script), maybe grouped by single spaces or hyphens: the cheap test, in C.
@@ -36,6 +38,8 @@ class InvalidIdNumber(BadInput):
 
 def check_character(first17: str) -> str:
     """The ISO 7064 MOD 11-2 check character for the first 17 digits."""
+    if len(first17) == 17 and first17.isascii() and first17.isdigit():  # ASCII digits: sum their bytes
+        return _CHECK[(sum(map(mul, first17.encode("ascii"), _WEIGHTS)) - _DIGIT_BIAS) % 11]
     total = sum(int(c) * w for c, w in zip(first17, _WEIGHTS, strict=True))
     return _CHECK[total % 11]
 

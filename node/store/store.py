@@ -471,6 +471,7 @@ class Writer:
     """Writes inside one open transaction (see Store.writer)."""
 
     _SELECT_SUBJECT: Final[str] = "SELECT id, possession FROM subjects WHERE token = ?"
+    _SELECT_SUBJECTS: Final[str] = "SELECT token, id, possession FROM subjects WHERE token IN ({tokens})"
     _INSERT_SUBJECTS: Final[str] = "INSERT INTO subjects(id, token, possession) VALUES (?, ?, ?)"
     _SET_POSSESSION: Final[str] = "UPDATE subjects SET possession = ? WHERE id = ?"
     _UPSERT_FACT: Final[str] = (
@@ -479,6 +480,7 @@ class Writer:
         " DO UPDATE SET value = excluded.value WHERE facts.value IS NOT excluded.value"
     )
     _FLUSH_AT: Final[int] = 8192
+    _ALLOCATED_MAX: Final[int] = 1 << 20
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -487,6 +489,9 @@ class Writer:
         # batches (one executemany instead of one INSERT per new subject).
         self._next_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM subjects").fetchone()[0]) + 1
         self._pending: dict[bytes, tuple[int, bytes | None]] = {}
+        # While the store was empty when the transaction began, every subject in it was allocated
+        # by subject_ids(): this map (until it grows past _ALLOCATED_MAX) answers without a SELECT.
+        self._allocated: dict[bytes, int] | None = {} if self._next_id == 1 else None
         self.new_subjects = 0
         self.possession_added = 0  # possession keys given to subjects that had none
 
@@ -505,6 +510,11 @@ class Writer:
                 self._cursor.execute(self._SET_POSSESSION, (self._checked(possession), row[0]))
                 self.possession_added += 1
             return int(row[0])
+        return self._allocate(token, possession)
+
+    def _allocate(self, token: bytes, possession: bytes | None) -> int:
+        """A new subject's id; its row is inserted at the next flush()."""
+        self._allocated = None  # no longer every subject of the store
         if len(token) != TOKEN_BYTES:
             raise StoreError(f"subject tokens must be {TOKEN_BYTES} bytes")
         sid = self._next_id
@@ -514,6 +524,66 @@ class Writer:
         if len(self._pending) >= self._FLUSH_AT:
             self.flush()
         return sid
+
+    def subject_ids(self, tokens: Sequence[bytes], possessions: Sequence[bytes]) -> list[int]:
+        """subject_id(token, possession) of each pair in order, with one SELECT per 500 tokens.
+
+        Same ids, possession keys and counters as calling subject_id() pair by pair: new
+        subjects get ids in the order of their first appearance."""
+        given = dict(zip(tokens, possessions, strict=True))  # distinct tokens, first appearance first
+        pending = self._pending
+        sid = {t: p[0] for t in given if (p := pending.get(t)) is not None}
+        unknown = [t for t in given if t not in sid]
+        fill: list[tuple[bytes, int]] = []  # (possession, id) of stored subjects that have none
+        allocated = self._allocated
+        select = unknown
+        if allocated is not None:
+            sid.update((t, allocated[t]) for t in unknown if t in allocated)
+            select = []
+        for start in range(0, len(select), _CHUNK):
+            chunk = select[start : start + _CHUNK]
+            sql = self._SELECT_SUBJECTS.format(tokens=",".join(["?"] * len(chunk)))
+            for token, known, possession in self._conn.execute(sql, chunk):
+                sid[token] = known
+                if possession is None:
+                    fill.append((self._checked(given[token]), known))
+        if fill:
+            self._conn.executemany(self._SET_POSSESSION, fill)
+            self.possession_added += len(fill)
+        new = [t for t in unknown if t not in sid]
+        if new:
+            keys = [given[t] for t in new]
+            if {len(t) for t in new} != {TOKEN_BYTES}:
+                raise StoreError(f"subject tokens must be {TOKEN_BYTES} bytes")
+            if {len(k) for k in keys} != {POSSESSION_BYTES}:
+                raise StoreError(f"possession keys must be {POSSESSION_BYTES} bytes")
+            ids = range(self._next_id, self._next_id + len(new))
+            sid.update(zip(new, ids, strict=True))
+            if allocated is not None:
+                allocated.update(zip(new, ids, strict=True))
+                if len(allocated) > self._ALLOCATED_MAX:
+                    self._allocated = None  # SELECT from now on
+            pending.update(zip(new, zip(ids, keys, strict=True), strict=True))
+            self._next_id += len(new)
+            self.new_subjects += len(new)
+            if len(pending) >= self._FLUSH_AT:
+                self.flush()
+        return list(map(sid.__getitem__, tokens))
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the transaction undone, with this writer's counters, when the block raises."""
+        allocated = None if self._allocated is None else dict(self._allocated)
+        state = (self._next_id, dict(self._pending), self.new_subjects, self.possession_added, allocated)
+        self._conn.execute("SAVEPOINT writer_part")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK TO writer_part")
+            self._conn.execute("RELEASE writer_part")
+            self._next_id, self._pending, self.new_subjects, self.possession_added, self._allocated = state
+            raise
+        self._conn.execute("RELEASE writer_part")
 
     @staticmethod
     def _checked(possession: bytes) -> bytes:
