@@ -1,0 +1,122 @@
+"""The per-leaf work of a verification batch done once where it may be, with every leaf still checked."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from node.client.query import check_answer
+from node.crypto import merkle, pki, signing
+from node.testing import Federation, run_cluster
+from node.wire.v1 import verification_pb2
+from tests.conftest import SPOUSE, WORKER
+from tests.security.test_batch_columns import Batch, stub
+
+
+@pytest.fixture(scope="module")
+def fed(planted: dict[str, Path]) -> Iterator[Federation]:
+    with run_cluster(["32", "44", "51"], data=planted) as federation:
+        yield federation
+
+
+def _reference_fold(leaf: bytes, index: int, count: int, path: list[bytes]) -> bytes | None:
+    """The recursive audit-path fold merkle.root_from_path used before (RFC 6962 shape)."""
+    if count == 1:
+        return leaf if not path else None
+    if not path:
+        return None
+    k = 1
+    while k << 1 < count:
+        k <<= 1
+    if index < k:
+        sub = _reference_fold(leaf, index, k, path[:-1])
+        return None if sub is None else merkle._node(sub, path[-1])
+    sub = _reference_fold(leaf, index - k, count - k, path[:-1])
+    return None if sub is None else merkle._node(path[-1], sub)
+
+
+def test_audit_paths_fold_to_the_same_root_and_wrong_shapes_are_refused() -> None:
+    """Every leaf's path of trees of 1..70 leaves folds to the root, as the recursive fold did; short, long or tampered paths do not."""
+    for count in range(1, 71):
+        leaves = [merkle.leaf_hash(os.urandom(16), b"leaf %d" % i) for i in range(count)]
+        root, paths = merkle.root_and_paths(leaves)
+        for i, (leaf, path) in enumerate(zip(leaves, paths, strict=True)):
+            assert merkle.root_from_path(leaf, i, count, path) == root == _reference_fold(leaf, i, count, list(path))
+            assert merkle.root_from_path(leaf, i, count, [*path, root]) is None
+            if path:
+                assert merkle.root_from_path(leaf, i, count, path[:-1]) is None
+                assert merkle.root_from_path(leaf, i, count, [path[0][::-1], *path[1:]]) != root
+            if count > 1:
+                assert merkle.root_from_path(leaf, (i + 1) % count, count, path) in (None, _reference_fold(
+                    leaf, (i + 1) % count, count, list(path)))
+                assert merkle.root_from_path(leaf, (i + 1) % count, count, path) != root
+        assert merkle.root_from_path(leaves[0], count, count, paths[0]) is None
+        assert merkle.root_from_path(leaves[0], -1, count, paths[0]) is None
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, anchor: pki.TrustAnchor, name: str) -> list[Any]:
+    calls: list[Any] = []
+    original = getattr(anchor, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(anchor, name, counted)
+    return calls
+
+
+def test_a_batchs_query_certificate_is_checked_once_and_revocation_applies_to_every_leaf(
+        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six leaves signed under one certificate cost one parse of that certificate at the holder; once it is revoked every leaf is refused."""
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao")
+    anchor = fed.servers["44"]._member.verifier.anchor
+    anchor._signing_cache = pki._BoundedCache(pki.CACHE_SIZE)  # forget certificates checked by earlier tests
+    parsed = _count_calls(monkeypatch, anchor, "_check_signing")
+    channel, verification = stub(fed)
+    with channel:
+        batch = Batch(fed, [[WORKER], [WORKER, SPOUSE], [WORKER], [WORKER], [SPOUSE, WORKER], [WORKER]], consent)
+        items = batch.items(verification.VerifyBatch(batch.request(), timeout=10))
+        assert [i.error_code or "OK" for i in items] == ["OK"] * 6
+        certificates = {c[0] for c in parsed}
+        member_signer = fed.member("51").signer.certificate_der
+        assert member_signer in certificates
+        assert len(parsed) == len(certificates)  # the requester's and the coordinator's: each once
+        serial = anchor.validate_signing_cert(member_signer).serial
+        revoked = anchor.revoked_serials
+        anchor.revoked_serials = revoked | {serial}
+        try:
+            again = Batch(fed, [[WORKER], [SPOUSE, WORKER], [WORKER, SPOUSE]], consent)
+            with pytest.raises(grpc.RpcError) as refused:
+                verification.VerifyBatch(again.request(), timeout=10)
+        finally:
+            anchor.revoked_serials = revoked
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # every leaf refused, so the whole batch is
+    assert len(parsed) == len(certificates)
+
+
+def test_answers_of_a_batch_check_the_holders_certificate_once_and_every_answer(
+        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requester checks the holder's signing certificate once for a batch's answers; a tampered answer still fails alone."""
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao")
+    channel, verification = stub(fed)
+    with channel:
+        batch = Batch(fed, [[WORKER], [WORKER, SPOUSE], [WORKER], [SPOUSE, WORKER]], consent)
+        items = batch.items(verification.VerifyBatch(batch.request(), timeout=10))
+    verifier = signing.Verifier(pki.TrustAnchor.load(fed.pki / "ca.pem"))
+    parsed = _count_calls(monkeypatch, verifier.anchor, "_check_signing")
+    checked = []
+    for i, item in enumerate(items):
+        query = verification_pb2.QueryBody.FromString(batch.raw[i])
+        answer = item.answer
+        if i == 2:
+            answer = verification_pb2.SignedAnswer.FromString(answer.SerializeToString())
+            answer.signature.batch.salt = bytes(16)
+        checked.append(check_answer(answer, query, batch.raw[i], verifier, expect_province="44", rows=False))
+    assert [a.signature_valid for a in checked] == [True, True, False, True]
+    assert len(parsed) == 1
