@@ -12,6 +12,8 @@ import pytest
 
 from node.client.query import check_answer
 from node.crypto import merkle, pki, signing
+from node.domain import idnumber
+from node.store import audit
 from node.testing import Federation, run_cluster
 from node.wire.v1 import verification_pb2
 from tests.conftest import SPOUSE, WORKER
@@ -120,3 +122,33 @@ def test_answers_of_a_batch_check_the_holders_certificate_once_and_every_answer(
         checked.append(check_answer(answer, query, batch.raw[i], verifier, expect_province="44", rows=False))
     assert [a.signature_valid for a in checked] == [True, True, False, True]
     assert len(parsed) == 1
+
+
+def test_a_batch_record_scans_its_shared_request_id_once(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder scans the request id a five-household batch shares for ID numbers once at admission and once for its audit record, not per household."""
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao")
+    scanned: list[str] = []
+    original = idnumber.contains_id_number
+
+    def counted(text: str) -> bool:
+        scanned.append(text)
+        return original(text)
+
+    monkeypatch.setattr(idnumber, "contains_id_number", counted)
+    channel, verification = stub(fed)
+    with channel:
+        batch = Batch(fed, [[WORKER], [WORKER, SPOUSE], [WORKER], [SPOUSE, WORKER], [WORKER]], consent)
+        items = batch.items(verification.VerifyBatch(batch.request(), timeout=10))
+    assert [i.error_code or "OK" for i in items] == ["OK"] * 5
+    assert scanned.count(batch.request_id) == 2  # once when the queries are admitted, once for the audit record
+
+
+def test_an_id_number_in_a_batch_entry_is_refused_every_time() -> None:
+    """A batch entry naming an ID number is refused however often it is made: only values that passed the scan are remembered."""
+    value = "r-" + WORKER
+    for _ in range(3):
+        with pytest.raises(ValueError, match="must not contain an ID number"):
+            audit.BatchEntry(value)
+        with pytest.raises(ValueError, match="must not contain an ID number"):
+            audit.BatchEntry("r-ok", consent_id=value)
+    assert value not in audit._SCANNED_CLEAN
