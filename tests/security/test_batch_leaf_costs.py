@@ -13,6 +13,7 @@ import pytest
 from node.client.query import check_answer
 from node.crypto import merkle, pki, signing
 from node.domain import idnumber
+from node.service import consent as consent_mod
 from node.store import audit
 from node.testing import Federation, run_cluster
 from node.wire.v1 import verification_pb2
@@ -152,3 +153,44 @@ def test_an_id_number_in_a_batch_entry_is_refused_every_time() -> None:
         with pytest.raises(ValueError, match="must not contain an ID number"):
             audit.BatchEntry("r-ok", consent_id=value)
     assert value not in audit._SCANNED_CLEAN
+
+
+#: A query refused for its receipt: alone in a batch with answers, or the whole batch's status.
+_CONSENT_INVALID = {"CONSENT_INVALID", "PERMISSION_DENIED: consent receipt not valid for this query: "
+                                       "no query of the batch could be answered"}
+
+
+def _codes(verification: Any, batch: Batch) -> list[str]:
+    """Each query's error code ("OK" when answered); a batch refused whole gives its status for every query."""
+    try:
+        return [i.error_code or "OK" for i in batch.items(verification.VerifyBatch(batch.request(), timeout=10))]
+    except grpc.RpcError as exc:
+        return [f"{exc.code().name}: {exc.details()}"] * len(batch.signed)
+
+
+def test_remembered_receipts_are_still_checked_in_full(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's receipts seen before skip signature verification only: a revoked coordinator certificate and a receipt with another signature are refused."""
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao")
+    anchor = fed.servers["44"]._member.verifier.anchor
+    channel, verification = stub(fed)
+    with channel:
+        households = [[WORKER], [WORKER, SPOUSE], [SPOUSE, WORKER]]
+        assert _codes(verification, Batch(fed, households, consent)) == ["OK"] * 3
+        verified: list[Any] = []
+        original = consent_mod.parse_receipt
+        monkeypatch.setattr(consent_mod, "parse_receipt", lambda *a: verified.append(a) or original(*a))
+        assert _codes(verification, Batch(fed, households, consent)) == ["OK"] * 3
+        assert verified == []  # remembered: no signature verified again
+        receipt = fed.receipt("51", consent.consent_id)
+        serial = anchor.validate_signing_cert(receipt.signature.certificate).serial
+        revoked = anchor.revoked_serials
+        anchor.revoked_serials = revoked | {serial}
+        try:
+            assert set(_codes(verification, Batch(fed, households, consent))) <= _CONSENT_INVALID
+        finally:
+            anchor.revoked_serials = revoked
+        forged = verification_pb2.SignedConsent.FromString(receipt.SerializeToString())
+        forged.signature.value = bytes(64)
+        monkeypatch.setattr(fed, "receipt", lambda *a: forged)
+        assert set(_codes(verification, Batch(fed, households, consent))) <= _CONSENT_INVALID
+        assert len(verified) == 3  # not taken for the remembered receipt: verified, and refused, for each query
