@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,9 @@ import grpc
 import pytest
 
 from node.client.query import check_answer
-from node.crypto import merkle, pki, signing
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from node.crypto import merkle, pki, possession, signing
 from node.domain import idnumber
 from node.service import consent as consent_mod
 from node.store import audit
@@ -194,3 +198,42 @@ def test_remembered_receipts_are_still_checked_in_full(fed: Federation, monkeypa
         monkeypatch.setattr(fed, "receipt", lambda *a: forged)
         assert set(_codes(verification, Batch(fed, households, consent))) <= _CONSENT_INVALID
         assert len(verified) == 3  # not taken for the remembered receipt: verified, and refused, for each query
+
+
+def _reference_lock(signed_query: bytes, tokens: list[bytes], keys: list[bytes], recipient: str, request_id: str,
+                    content_key: bytes, salt: bytes) -> tuple[bytes, bytes]:
+    """A locked query and its commitment computed from the formulas in node.crypto.possession's docstring."""
+    def expand(prk: bytes, label: bytes) -> bytes:
+        return hmac.digest(prk, label + b"\x00" + context + b"\x01", "sha256")
+
+    context = recipient.encode() + b"\x00" + request_id.encode() + b"\x00" + salt
+    subjects = [verification_pb2.LockedSubject(token=t, wrapped_key=AESGCM(expand(k, b"hedui/v1/possession/wrap")).encrypt(
+        bytes(12), content_key, t)) for t, k in zip(tokens, keys, strict=True)]
+    aad = b"hedui/v1/possession/query\x00" + context + b"".join(tokens)
+    ciphertext = AESGCM(expand(content_key, b"hedui/v1/possession/query")).encrypt(bytes(12), signed_query, aad)
+    locked = verification_pb2.LockedQuery(suite=possession.SUITE, request_id=request_id, salt=salt, subjects=subjects,
+                                          ciphertext=ciphertext)
+    proof = expand(content_key, b"hedui/v1/possession/proof")
+    return locked.SerializeToString(), hashlib.sha256(b"hedui/v1/possession/commitment\x00" + proof).digest()
+
+
+def test_possession_locks_are_the_same_bytes_and_open_only_for_a_holder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock built in place in a batch is byte for byte the lock of the documented formulas; it opens with one held key and not without."""
+    tokens = [os.urandom(32) for _ in range(3)]
+    keys = [os.urandom(32) for _ in range(3)]
+    recipient, request_id, query = "hedui://province/44", "r-0123456789", os.urandom(900)
+    randomness = [os.urandom(32), os.urandom(16)]
+    monkeypatch.setattr(possession.os, "urandom", lambda n: randomness[0] if n == 32 else randomness[1])
+    batch = verification_pb2.LockedBatch()
+    locked, commitment = possession.lock(query, tokens=tokens, keys=keys, recipient=recipient, request_id=request_id,
+                                         into=batch.queries.add())
+    expected = _reference_lock(query, tokens, keys, recipient, request_id, *randomness)
+    assert (batch.queries[0].SerializeToString(), commitment) == expected
+    alone, again = possession.lock(query, tokens=tokens, keys=keys, recipient=recipient, request_id=request_id)
+    assert (alone.SerializeToString(), again) == expected
+    opened = possession.unlock(alone, {tokens[1]: keys[1]}, recipient=recipient)
+    assert opened is not None and opened.signed_query == query and opened.tokens == tuple(tokens)
+    assert possession.commitment(opened.proof) == commitment
+    assert possession.unlock(alone, {tokens[1]: keys[0]}, recipient=recipient) is None
+    assert possession.unlock(alone, {}, recipient=recipient) is None
+    assert possession.unlock(alone, {tokens[0]: keys[0]}, recipient="hedui://province/32") is None
