@@ -175,15 +175,15 @@ def locked_envelope(holder: str, queries: Sequence[tuple[PreparedQuery, bytes]],
     LockedBatch (`batch`) for RouteBatch.
     """
     recipient = province_uri(holder)
-    locked, commitments = [], []
-    for prepared, raw in queries:
-        query, commitment = possession.lock(raw, tokens=prepared.tokens, keys=prepared.possession,
-                                            recipient=recipient, request_id=request_id)
-        locked.append(query)
-        commitments.append(commitment)
-    if not batch and len(locked) != 1:
+    if not batch and len(queries) != 1:
         raise ValueError("a single envelope carries exactly one query")
-    message = verification_pb2.LockedBatch(queries=locked) if batch else locked[0]
+    message = verification_pb2.LockedBatch() if batch else verification_pb2.LockedQuery()
+    commitments = []
+    for prepared, raw in queries:  # each query locked in place: no LockedQuery copied into the batch
+        into = message.queries.add() if batch else message
+        _, commitment = possession.lock(raw, tokens=prepared.tokens, keys=prepared.possession,
+                                        recipient=recipient, request_id=request_id, into=into)
+        commitments.append(commitment)
     sealed = sealing.seal(message.SerializeToString(), kind=sealing.QUERY, recipient=recipient, public_key=seal_key)
     return coordinator_pb2.Envelope(province=holder, query=sealed, possession_commitments=commitments)
 

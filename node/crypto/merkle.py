@@ -24,10 +24,7 @@ def _node(left: bytes, right: bytes) -> bytes:
 
 def _split(n: int) -> int:
     """Largest power of two strictly less than n (n >= 2)."""
-    k = 1
-    while k << 1 < n:
-        k <<= 1
-    return k
+    return 1 << ((n - 1).bit_length() - 1)
 
 
 def root(leaves: Sequence[bytes]) -> bytes:
@@ -59,21 +56,27 @@ def root_and_paths(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
 
 
 def root_from_path(leaf: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes | None:
-    """Recompute the root from a leaf and its audit path; None if the path has the wrong shape."""
+    """Recompute the root from a leaf and its audit path; None if the path has the wrong shape.
+
+    The leaf's side at each level is worked out top-down from (index, count), then the path is
+    folded bottom-up: one hash per path entry, no recursion and no copies of the path.
+    """
     if not 0 <= index < count:
         return None
-    return _fold(leaf, index, count, list(path))
-
-
-def _fold(leaf: bytes, index: int, count: int, path: list[bytes]) -> bytes | None:
-    if count == 1:
-        return leaf if not path else None
-    if not path:
+    sides: list[bool] = []  # per level, top first: True when the sibling is on the right
+    while count > 1:
+        k = _split(count)
+        if index < k:
+            sides.append(True)
+            count = k
+        else:
+            sides.append(False)
+            index -= k
+            count -= k
+    if len(sides) != len(path):
         return None
-    k = _split(count)
-    sibling = path[-1]
-    if index < k:
-        sub = _fold(leaf, index, k, path[:-1])
-        return None if sub is None else _node(sub, sibling)
-    sub = _fold(leaf, index - k, count - k, path[:-1])
-    return None if sub is None else _node(sibling, sub)
+    sha256 = hashlib.sha256
+    node = leaf
+    for sibling_right, sibling in zip(reversed(sides), path, strict=True):
+        node = sha256(_NODE + node + sibling).digest() if sibling_right else sha256(_NODE + sibling + node).digest()
+    return node

@@ -638,6 +638,7 @@ class TrustAnchor:
             raise PkiError("the trust anchor is not a CA certificate")
         self.ca_cert: Final[x509.Certificate] = ca_cert
         self.revoked_serials: frozenset[int] = revoked_serials
+        # Keyed by the certificate's bytes themselves (a hit costs a dict lookup, not a SHA-256).
         self._signing_cache: _BoundedCache[bytes, CheckedCertificate] = _BoundedCache(cache_size)
         self._tls_cache: _BoundedCache[bytes, CheckedCertificate] = _BoundedCache(cache_size)
 
@@ -665,16 +666,23 @@ class TrustAnchor:
 
         Raises CertificateRejected with a short public reason.
         """
-        fingerprint = hashlib.sha256(der).digest()
-        checked = self._signing_cache.get(fingerprint)
+        der = bytes(der)
+        checked = self._signing_cache.get(der)
         if checked is None:
-            checked = self._check_signing(der, fingerprint)
+            checked = self._check_signing(der, hashlib.sha256(der).digest())
             self.recheck(checked, at=at)
-            self._signing_cache.put(fingerprint, checked)
+            self._signing_cache.put(der, checked)
         else:
             self.recheck(checked, at=at)
         assert checked.signing is not None
         return checked.signing
+
+    def signing_fingerprint(self, der: bytes) -> bytes:
+        """SHA-256 of a signing certificate's DER; remembered for a certificate already checked (no hashing)."""
+        checked = self._signing_cache.get(bytes(der))
+        if checked is not None and checked.signing is not None:
+            return checked.signing.fingerprint
+        return hashlib.sha256(der).digest()
 
     def validate_tls_peer_cert(self, pem_or_der: bytes, *, at: _dt.datetime | None = None) -> str:
         """The hedui identity URI of a TLS peer certificate (PEM from gRPC's auth_context, or DER).

@@ -73,26 +73,26 @@ def proves(proof: bytes, expected: bytes) -> bool:
 
 
 def lock(signed_query: bytes, *, tokens: Sequence[bytes], keys: Sequence[bytes], recipient: str,
-         request_id: str) -> tuple[verification_pb2.LockedQuery, bytes]:
+         request_id: str, into: verification_pb2.LockedQuery | None = None,
+         ) -> tuple[verification_pb2.LockedQuery, bytes]:
     """Lock a serialized SignedQuery to the possession keys of its subjects; (locked query, commitment).
 
     `tokens` and `keys` are the query's subjects' tokens and possession keys, in QueryBody order;
-    `recipient` is the holder's identity URI.
+    `recipient` is the holder's identity URI. `into` is an empty LockedQuery to fill (e.g. one just
+    added to a LockedBatch, so the batch copies no message); by default a new one.
     """
     if not tokens or len(tokens) != len(keys):
         raise LockError("a locked query needs one possession key per subject")
     content_key, salt = os.urandom(KEY_BYTES), os.urandom(SALT_BYTES)
     context = _context(recipient, request_id, salt)
-    wrap_info = _WRAP + context
-    subjects = [
-        verification_pb2.LockedSubject(
-            token=token, wrapped_key=AESGCM(_expand(key, wrap_info)).encrypt(_NONCE, content_key, token))
-        for token, key in zip(tokens, keys, strict=True)
-    ]
-    aad = _QUERY + context + b"".join(tokens)
-    ciphertext = AESGCM(_expand(content_key, _QUERY + context)).encrypt(_NONCE, signed_query, aad)
-    locked = verification_pb2.LockedQuery(suite=SUITE, request_id=request_id, salt=salt, subjects=subjects,
-                                          ciphertext=ciphertext)
+    wrap_info = _WRAP + context + b"\x01"  # HKDF-Expand's one block (`_expand`), built once for every subject
+    locked = verification_pb2.LockedQuery() if into is None else into
+    locked.suite, locked.request_id, locked.salt = SUITE, request_id, salt
+    add = locked.subjects.add
+    for token, key in zip(tokens, keys, strict=True):
+        add(token=token, wrapped_key=AESGCM(hmac.digest(key, wrap_info, "sha256")).encrypt(_NONCE, content_key, token))
+    query_info = _QUERY + context
+    locked.ciphertext = AESGCM(_expand(content_key, query_info)).encrypt(_NONCE, signed_query, query_info + b"".join(tokens))
     return locked, commitment(_expand(content_key, _PROOF + context))
 
 
@@ -125,24 +125,34 @@ def unlock(locked: verification_pb2.LockedQuery, keys: Mapping[bytes, bytes], *,
     tried (the first that opens ends the search), then one for the content.
     """
     check_shape(locked, max_subjects)
+    return unlock_checked(locked, keys, recipient=recipient)
+
+
+def unlock_checked(locked: verification_pb2.LockedQuery, keys: Mapping[bytes, bytes], *,
+                   recipient: str) -> Unlocked | None:
+    """`unlock` of a locked query that already passed `check_shape` (not checked again)."""
     context = _context(recipient, locked.request_id, locked.salt)
-    wrap_info = _WRAP + context
+    wrap_info = _WRAP + context + b"\x01"  # HKDF-Expand's one block (`_expand`)
     content_key = None
+    tokens: list[bytes] = []
     for subject in locked.subjects:
-        key = keys.get(subject.token)
+        token = subject.token
+        tokens.append(token)
+        if content_key is not None:
+            continue
+        key = keys.get(token)
         if key is None:
             continue
         try:
-            content_key = AESGCM(_expand(key, wrap_info)).decrypt(_NONCE, subject.wrapped_key, subject.token)
+            content_key = AESGCM(hmac.digest(key, wrap_info, "sha256")).decrypt(_NONCE, subject.wrapped_key, token)
         except InvalidTag:
             continue
-        break
     if content_key is None:
         return None
-    tokens = tuple(s.token for s in locked.subjects)
+    query_info = _QUERY + context
     try:
-        signed_query: bytes | None = AESGCM(_expand(content_key, _QUERY + context)).decrypt(
-            _NONCE, locked.ciphertext, _QUERY + context + b"".join(tokens))
+        signed_query: bytes | None = AESGCM(_expand(content_key, query_info)).decrypt(
+            _NONCE, locked.ciphertext, query_info + b"".join(tokens))
     except InvalidTag:
         signed_query = None
-    return Unlocked(_expand(content_key, _PROOF + context), locked.request_id, tokens, signed_query)
+    return Unlocked(_expand(content_key, _PROOF + context), locked.request_id, tuple(tokens), signed_query)

@@ -264,7 +264,7 @@ class Verifier:
         """Return the signer's identity, or raise SignatureInvalid / CertificateRejected."""
         if signature.algorithm not in ALGORITHMS:
             raise SignatureInvalid("unsupported signature algorithm")
-        if hashlib.sha256(signature.certificate).digest() != signature.key_id:
+        if self.anchor.signing_fingerprint(signature.certificate) != signature.key_id:
             raise SignatureInvalid("signature key id does not match its certificate")
         identity = self.anchor.validate_signing_cert(signature.certificate, at=at)
         message = to_be_signed(domain, body)

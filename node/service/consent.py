@@ -190,8 +190,9 @@ class ReceiptGate:
     """Checks that a query's consent receipt covers requester, purpose, subjects, items and time.
 
     A receipt's signatures (the coordinator's, and the requester's on the request it carries,
-    `consent_request.bound_request`) are verified once and remembered (by a digest of the exact
-    signed bytes and signature); every call still checks both certificates (validity,
+    `consent_request.bound_request`) are verified once and remembered (keyed by the receipt's own
+    serialization, i.e. the exact signed bytes and signature: a dict lookup, no digest); every
+    call still checks both certificates (validity, a dict lookup once checked,
     revocation), the time window, revocation of the consent, and coverage.
     """
 
@@ -204,7 +205,7 @@ class ReceiptGate:
         self._cache_size = cache_size
 
     def _receipt(self, receipt: verification_pb2.SignedConsent) -> verification_pb2.ConsentBody:
-        key = hashlib.sha256(receipt.body + b"\x00" + receipt.signature.SerializeToString()).digest()
+        key = receipt.SerializeToString()  # body and signature exactly: equal bytes parse to an equal receipt
         body = self._verified.get(key)
         if body is None:
             body = parse_receipt(receipt, self.verifier)

@@ -46,7 +46,7 @@ class Unlocker:
             if refusal is not None:
                 out.append(refusal)
                 continue
-            unlocked = possession.unlock(locked, keys, recipient=self.identity, max_subjects=self.max_subjects)
+            unlocked = possession.unlock_checked(locked, keys, recipient=self.identity)  # shape checked above
             out.append(unlocked if unlocked is not None else Refusal(ErrorCode.NOT_HELD))
         return out
 

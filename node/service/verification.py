@@ -167,9 +167,13 @@ class VerificationService:
 
     def _admit(self, body: verification_pb2.QueryBody, lock: Unlocked | None,
                parsed: dict[tuple[tuple[str, int, int], ...], list[Check] | Refusal] | None = None,
-               ) -> tuple[list[Check], str]:
-        """Everything `validate` checks but the nonce; `parsed` caches the checks of a batch (parsed once per distinct checks)."""
-        request_ids.check(body.request_id)
+               valid_ids: set[str] | None = None) -> tuple[list[Check], str]:
+        """Everything `validate` checks but the nonce; `parsed` caches the checks of a batch (parsed once per
+        distinct checks), `valid_ids` the request ids of a batch already found valid (a chunk shares one)."""
+        if valid_ids is None or body.request_id not in valid_ids:
+            request_ids.check(body.request_id)
+            if valid_ids is not None:
+                valid_ids.add(body.request_id)
         if not NONCE_MIN <= len(body.nonce) <= NONCE_MAX:
             raise Refusal(ErrorCode.MALFORMED, "nonce must be 16 to 64 bytes")
         if body.audience and body.audience != self.province:
@@ -254,11 +258,12 @@ class VerificationService:
         """
         out: list[Decided | Refusal | None] = [None] * len(queries)
         parsed: dict[tuple[tuple[str, int, int], ...], list[Check] | Refusal] = {}
+        valid_ids: set[str] = set()
         standing: list[tuple[int, verification_pb2.QueryBody, list[Check], str]] = []
         for i, (signed, lock) in enumerate(queries):
             try:
                 body = self.authenticate(signed, peer_province)
-                checks, consent_id = self._admit(body, lock, parsed)
+                checks, consent_id = self._admit(body, lock, parsed, valid_ids)
             except Refusal as refusal:
                 out[i] = refusal
                 continue

@@ -154,11 +154,22 @@ def _canonical(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+#: Field values already scanned and found to hold no ID number (a batch's entries share their request
+#: id, requester and often consent ids: each distinct value is scanned once). Never holds a value
+#: that failed the scan; emptied when full.
+_SCANNED_CLEAN: set[str] = set()
+_SCANNED_MAX: Final[int] = 8192
+
+
 def _check(name: str, value: object, pattern: re.Pattern[str], *, scan: bool = True) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValueError(f"audit record field {name} is not of the allowed form")
-    if scan and idnumber.contains_id_number(value):
-        raise ValueError(f"audit record field {name} must not contain an ID number")
+    if scan and value not in _SCANNED_CLEAN:
+        if idnumber.contains_id_number(value):
+            raise ValueError(f"audit record field {name} must not contain an ID number")
+        if len(_SCANNED_CLEAN) >= _SCANNED_MAX:
+            _SCANNED_CLEAN.clear()
+        _SCANNED_CLEAN.add(value)
     return value
 
 
