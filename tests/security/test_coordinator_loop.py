@@ -17,7 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.crypto import signing
+from node.errors import ErrorCode
 from node.service.consent import SALT_BYTES, commitment
+from node.store import audit
 from node.testing import Federation
 from node.testing.cluster import LoopThread, build_federation
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
@@ -120,3 +122,22 @@ def test_a_replayed_request_in_a_batch_is_still_refused(fed: Federation) -> None
         again = stub.RegisterConsentBatch(batch, timeout=CALL_S)
     assert [i.error_code for i in first.items] == ["", ""]
     assert [i.error_code for i in again.items] == ["REPLAYED", "REPLAYED"]
+
+
+def test_a_grant_batch_is_audited_in_one_transaction_in_request_order(fed: Federation) -> None:
+    """A batch's grant records (and a refused request's record) are written together, in request order,
+    one per consent, after the ledger holds every granted consent."""
+    batch = _batch(fed, 5)
+    batch.requests[2].signature.value = b"\x00" * len(batch.requests[2].signature.value)  # refused, still audited
+    with _channel(fed, "51") as ch:
+        reply = coordinator_pb2_grpc.CoordinatorStub(ch).RegisterConsentBatch(batch, timeout=CALL_S)
+    assert [bool(i.error_code) for i in reply.items] == [False, False, True, False, False]
+    granted = [verification_pb2.ConsentBody.FromString(i.status.receipt.body).consent_id for i in reply.items
+               if not i.error_code]
+    log = fed.servers["coordinator"].audit_log
+    entries = [e for e in log.chain.entries() if e.kind == audit.KIND_RECORD]
+    records = [audit.AuditRecord.from_json(e.payload) for e in entries[-5:]]
+    assert [r.decision for r in records] == [audit.CONSENT_GRANT] * 2 + [audit.refused(ErrorCode.UNAUTHENTICATED)] \
+        + [audit.CONSENT_GRANT] * 2
+    assert [r.consent_id for r in records if r.decision == audit.CONSENT_GRANT] == granted
+    assert len({e.at_ms for e in entries[-5:]}) == 1  # one transaction: the entries share their at_ms
