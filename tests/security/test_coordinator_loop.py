@@ -141,3 +141,41 @@ def test_a_grant_batch_is_audited_in_one_transaction_in_request_order(fed: Feder
         + [audit.CONSENT_GRANT] * 2
     assert [r.consent_id for r in records if r.decision == audit.CONSENT_GRANT] == granted
     assert len({e.at_ms for e in entries[-5:]}) == 1  # one transaction: the entries share their at_ms
+
+
+class _GatedLog:
+    """The coordinator's real audit log; its writes wait until the test lets them go."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def record_many(self, records: Any, **kw: Any) -> Any:
+        self.entered.set()
+        self.release.wait(WAIT_S)
+        return self.inner.record_many(records, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_no_answer_before_the_audit_commit(fed: Federation) -> None:
+    """The coordinator answers an audited call only once its audit records are committed (the writer
+    thread hands the result straight back to the loop), and the loop stays free while it waits."""
+    auditor = fed.servers["coordinator"].servicer.auditor
+    gate = _GatedLog(auditor.log)
+    auditor.log = gate
+    with _channel(fed, "51") as ch:
+        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+        pending = stub.RegisterConsentBatch.future(_batch(fed, 3), timeout=4 * WAIT_S)
+        try:
+            assert gate.entered.wait(WAIT_S), "the batch's audit records were never written"
+            stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S)
+            assert not pending.done(), "answered before its audit records were committed"
+        finally:
+            gate.release.set()
+        reply = pending.result()
+    records = [audit.AuditRecord.from_json(e.payload) for e in gate.inner.chain.entries() if e.kind == audit.KIND_RECORD]
+    granted = [verification_pb2.ConsentBody.FromString(i.status.receipt.body).consent_id for i in reply.items]
+    assert [r.consent_id for r in records[-3:]] == granted
