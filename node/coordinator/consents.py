@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -89,7 +90,10 @@ class ConsentRegistry:
 
     def register_many(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
                       ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
-        """Record many consents in one ledger transaction, with one (batch) signature over the receipts."""
+        """Record many consents in one ledger transaction, with one (batch) signature over the receipts.
+
+        Blocking (signature checks, nonce writes, signing, fsync): async callers run it in a thread
+        (`register_many_async`)."""
         results: list[coordinator_pb2.ConsentStatus | Refusal | None] = [None] * len(requests)
         accepted: list[tuple[int, coordinator_pb2.RegisterConsentRequest, coordinator_pb2.ConsentRequestBody]] = []
         for position, request in enumerate(requests):
@@ -115,13 +119,26 @@ class ConsentRegistry:
                                for raw, sig in zip(raws, signatures, strict=True)]
                 return [(GRANT, b.consent_id, r.SerializeToString()) for b, r in zip(bodies, receipts, strict=True)]
 
+            # The chain serialises appenders itself (its write lock; BEGIN IMMEDIATE across workers), so
+            # self._lock is not held over the signing and the durable commit: a caller on the event loop
+            # (ConsentUpdates, check_active) waits at most for the dictionary update below.
+            entries = self.chain.append_next(build, at_ms=now_ms)
             with self._lock:
-                entries = self.chain.append_next(build, at_ms=now_ms)
                 for (position, *_), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
-                    consent = _Consent(receipt, body, entry.idx)
-                    self._consents[body.consent_id] = consent
+                    # _catch_up on the loop may have read the committed entry first: keep its object.
+                    consent = self._consents.setdefault(body.consent_id, _Consent(receipt, body, entry.idx))
                     results[position] = self._status(consent)
         return [r for r in results if r is not None]
+
+    async def register_many_async(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
+                                  ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
+        """`register_many` in a worker thread: the event loop keeps answering other calls meanwhile."""
+        return await asyncio.to_thread(self.register_many, peer_province, requests)
+
+    async def register_async(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest
+                             ) -> coordinator_pb2.ConsentStatus:
+        """`register` in a worker thread."""
+        return await asyncio.to_thread(self.register, peer_province, request)
 
     def _accept(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentRequestBody:
         try:

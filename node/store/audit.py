@@ -54,6 +54,7 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import re
@@ -930,15 +931,16 @@ class AsyncAuditor:
         self._inflight = True
         records = [r for group, _, _ in batch for r in group]
         try:
-            job = loop.run_in_executor(self._executor, self.log.record_many, records)
+            job = self._executor.submit(self.log.record_many, records)
         except RuntimeError as exc:  # executor shut down
             self._inflight = False
             self._fail(batch, exc)
             return
-        job.add_done_callback(lambda f: self._done(loop, batch, f))
+        # Straight back to the loop from the writer thread: no asyncio wrapper future (and its extra loop turn).
+        job.add_done_callback(lambda f: _call_back(loop, self._done, loop, batch, f))
 
     def _done(self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Sequence[AuditRecord], asyncio.Future[Any], bool]],
-              job: asyncio.Future[list[Entry]]) -> None:
+              job: concurrent.futures.Future[list[Entry]]) -> None:
         self._inflight = False
         exc = job.exception() if not job.cancelled() else asyncio.CancelledError()
         if exc is not None:
@@ -982,6 +984,12 @@ class AsyncAuditor:
         """Stop accepting records and stop the worker (does not close the AuditLog)."""
         self._closed = True
         self._executor.shutdown(wait=True)
+
+
+def _call_back(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Run `callback(*args)` on `loop` from another thread (nothing to do once the loop is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 # -- checkpoints -----------------------------------------------------------------------------
