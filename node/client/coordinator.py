@@ -178,8 +178,10 @@ class CoordinatorClient:
         if stale:
             signed = self.call("Directory", coordinator_pb2.DirectoryRequest())
             cached = self._directory = (time.monotonic(), signed, self._verified.get(signed))
-        elif cached is not None and (verified := self._verified.current() or cached[2]) is not cached[2]:
-            cached = self._directory = (cached[0], cached[1], verified)  # a certificate in it changed its verdict
+        elif cached is not None:
+            verified = self._verified.current()  # None only before the first verification; {} is a verdict
+            if verified is not None and verified is not cached[2]:
+                cached = self._directory = (cached[0], cached[1], verified)  # a certificate in it changed its verdict
         assert cached is not None
         return cached
 

@@ -80,10 +80,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def RegisterConsent(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "RegisterConsent", self.metrics, self._refusal_hook("RegisterConsent", request, context)):
             province = self._province(context)
-            status = await self.consents.register_async(province, request)
-            body = verification_pb2.ConsentBody.FromString(status.receipt.body)
-            await self._audit(audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=body.consent_id,
-                                                      purpose=body.purpose))
+
+            async def register() -> tuple[Any, asyncio.Future[Any]]:
+                status = await self.consents.register_async(province, request)
+                body = verification_pb2.ConsentBody.FromString(status.receipt.body)
+                return status, self.auditor.submit(audit.coordinator_event(
+                    audit.CONSENT_GRANT, requester=province, consent_id=body.consent_id, purpose=body.purpose))
+
+            # Shielded: a caller cancelled (or out of time) while the thread commits the grant does not
+            # stop its audit record from being queued (no ledger entry without its record).
+            status, recorded = await asyncio.shield(asyncio.ensure_future(register()))
+            await recorded
             self.log.info("consent_registered", requester=province, consent_id=status.receipt and _cid(status),
                           ledger_index=status.ledger_index)
             return status
@@ -172,15 +179,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             province = self._province(context)
             if not 1 <= len(request.requests) <= MAX_BATCH:
                 raise Refusal(ErrorCode.TOO_MANY, f"1 to {MAX_BATCH} consents per batch")
-            results = await self.consents.register_many_async(province, list(request.requests))
-            # One submission (one future, one transaction), in request order: not a task per consent on the loop.
-            await self.auditor.submit_many([
-                audit.coordinator_event(audit.refused(r.code), requester=province, request_id=_consent_request_id(q),
-                                        statuses={"call": "RegisterConsentBatch"})
-                if isinstance(r, Refusal) else
-                audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=_cid(r),
-                                        purpose=verification_pb2.ConsentBody.FromString(r.receipt.body).purpose)
-                for q, r in zip(request.requests, results, strict=True)])
+
+            async def register() -> tuple[list[Any], asyncio.Future[Any]]:
+                results = await self.consents.register_many_async(province, list(request.requests))
+                # One submission (one future, one transaction), in request order: not a task per consent on the loop.
+                return results, self.auditor.submit_many([
+                    audit.coordinator_event(audit.refused(r.code), requester=province, request_id=_consent_request_id(q),
+                                            statuses={"call": "RegisterConsentBatch"})
+                    if isinstance(r, Refusal) else
+                    audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=_cid(r),
+                                            purpose=verification_pb2.ConsentBody.FromString(r.receipt.body).purpose)
+                    for q, r in zip(request.requests, results, strict=True)])
+
+            # Shielded, as in RegisterConsent: the records are queued even when the caller went away meanwhile.
+            results, recorded = await asyncio.shield(asyncio.ensure_future(register()))
+            await recorded
             items = [coordinator_pb2.ConsentBatchItem(error_code=r.code.name, error=str(r)) if isinstance(r, Refusal)
                      else coordinator_pb2.ConsentBatchItem(status=r) for r in results]
             self.log.info("consents_registered", requester=province, count=sum(1 for i in items if not i.error_code),

@@ -37,12 +37,15 @@ class NonceStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open nonce store {path}: {exc}") from None
         self._inserts = 0
-        self._batching = False
+        #: The thread inside transaction() (it holds the lock for the whole transaction), else None. Only
+        #: that thread writes without taking the lock; any other (e.g. the coordinator's consent
+        #: registration in a worker thread) waits for the lock, so no two threads share the open transaction.
+        self._batching: int | None = None
 
     def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
         """Record a nonce; False when this requester already used it."""
         key = requester.encode() + b"\x00" + nonce
-        if self._batching:  # inside transaction(): same thread, lock already taken by the batch's owner
+        if self._batching == threading.get_ident():  # inside this thread's transaction(): the lock is held
             cursor = self._db.execute("INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES (?, ?)", (key, issued_at_ms))
             self._inserts += 1
             return cursor.rowcount == 1
@@ -59,7 +62,7 @@ class NonceStore:
         keys = [requester.encode() + b"\x00" + nonce for requester, nonce, _ in nonces]
         if not keys:
             return []
-        if self._batching:  # inside transaction(): the batch's own BEGIN IMMEDIATE holds the write lock
+        if self._batching == threading.get_ident():  # inside this thread's transaction(): lock and BEGIN IMMEDIATE held
             return self._record_all(keys, nonces)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -105,17 +108,21 @@ class NonceStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Record many nonces in one transaction (a batch of queries); duplicates are still seen at once."""
+        """Record many nonces in one transaction (a batch of queries); duplicates are still seen at once.
+
+        The lock is held for the whole transaction: another thread's `remember` waits for its end
+        instead of writing into it (and reading another thread's row count)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._batching = True
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._batching = False
-                self._purge_if_due()
-                self._db.execute("COMMIT")
+            self._batching = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._batching = None
+                try:
+                    self._purge_if_due()
+                finally:
+                    self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

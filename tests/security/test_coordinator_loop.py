@@ -179,3 +179,60 @@ def test_no_answer_before_the_audit_commit(fed: Federation) -> None:
     records = [audit.AuditRecord.from_json(e.payload) for e in gate.inner.chain.entries() if e.kind == audit.KIND_RECORD]
     granted = [verification_pb2.ConsentBody.FromString(i.status.receipt.body).consent_id for i in reply.items]
     assert [r.consent_id for r in records[-3:]] == granted
+
+
+def test_a_grant_committed_after_its_caller_gave_up_is_still_audited(fed: Federation) -> None:
+    """A caller whose deadline passes while its batch is being committed in the worker thread gets
+    DEADLINE_EXCEEDED, and the consents the ledger then holds still get their grant records (found in review:
+    the cancelled handler never queued them)."""
+    consents = fed.servers["coordinator"].servicer.consents
+    gate = _GatedSigner(consents.signer)
+    consents.signer = gate
+    log = fed.servers["coordinator"].audit_log
+    with _channel(fed, "51") as ch:
+        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+        before = stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
+        pending = stub.RegisterConsentBatch.future(_batch(fed, 3), timeout=2.0)
+        try:
+            assert gate.entered.wait(WAIT_S), "the batch never reached its receipt signing"
+            with pytest.raises(grpc.RpcError) as gave_up:
+                pending.result()
+            assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            gate.release.set()
+        deadline = time.monotonic() + WAIT_S
+        while True:  # the thread commits the batch after the caller left; its records follow
+            granted = [e.key for e in consents.chain.entries(after=before)]
+            records = [audit.AuditRecord.from_json(e.payload) for e in log.chain.entries() if e.kind == audit.KIND_RECORD]
+            audited = {r.consent_id for r in records if r.decision == audit.CONSENT_GRANT}
+            if len(granted) == 3 and set(granted) <= audited or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert len(granted) == 3, "the batch was not committed"
+    assert set(granted) <= audited, "consents in the ledger without their grant record"
+
+
+def test_another_thread_waits_for_a_nonce_transaction_instead_of_writing_into_it(tmp_path: Path) -> None:
+    """While one thread holds a nonce transaction (a batch), another thread's remember waits for it to end and
+    still sees a nonce the batch recorded as used (found in review: it wrote into the open transaction)."""
+    from node.store.nonces import NonceStore
+
+    store = NonceStore(tmp_path / "nonces.sqlite", window_ms=600_000)
+    now_ms = int(time.time() * 1000)
+    inside, done = threading.Event(), threading.Event()
+    outcome: list[bool] = []
+
+    def other() -> None:
+        assert inside.wait(WAIT_S)
+        outcome.append(store.remember("51", b"n" * 16, now_ms))
+        done.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with store.transaction():
+        assert store.remember("51", b"n" * 16, now_ms) is True
+        inside.set()
+        assert not done.wait(0.2), "another thread wrote while the transaction was open"
+    worker.join(WAIT_S)
+    assert outcome == [False]  # it waited, then saw the batch's nonce as used
+    store.close()
