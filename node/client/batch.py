@@ -46,6 +46,7 @@ from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, veri
 CHUNK: Final[int] = 128
 IN_FLIGHT: Final[int] = 4
 DAY_MS: Final[int] = 24 * 3600 * 1000
+MESSAGE_MARGIN: Final[int] = 64 * 1024  # below the message limit: gRPC's framing and metadata
 
 
 @dataclass
@@ -188,6 +189,9 @@ class BatchSession:
         self._channel = self._pool.channels[0]
         self.signer = signing.AsyncBatchSigner(member.signer)
         self._directory: dict[str, Any] | None = None
+        #: The largest RouteBatch this session sends (gRPC refuses a message over the limit, whole); a chunk
+        #: whose request would be larger is split in halves.
+        self.max_request_bytes = member.cfg.limits.max_message_bytes - MESSAGE_MARGIN
 
     @property
     def stub(self) -> coordinator_pb2_grpc.CoordinatorStub:
@@ -298,8 +302,13 @@ class BatchSession:
             envelopes = [locked_envelope(h, qs, request_id=request_id, seal_key=directory[h].seal_public_key, batch=True)
                          for h, qs in batches.items()]
             involved = sorted({consent_ids[i] for items in per_holder.values() for i, _, _ in items})
-            reply = await self.call("RouteBatch", coordinator_pb2.RouteBatchRequest(
-                request_id=request_id, consent_ids=involved, envelopes=envelopes))
+            request = coordinator_pb2.RouteBatchRequest(request_id=request_id, consent_ids=involved, envelopes=envelopes)
+            if request.ByteSize() > self.max_request_bytes and len(chunk) > 1:
+                # Too large for one message (large households held in many provinces): each half on its own,
+                # discovered and signed again (the queries built here are never sent, so no nonce is spent).
+                half = len(chunk) // 2
+                return [*await self.verify(chunk[:half], purpose, checks), *await self.verify(chunk[half:], purpose, checks)]
+            reply = await self.call("RouteBatch", request)
             routed = {a.province: a for a in reply.answers}
         answers: dict[tuple[str, int], tuple[Answer | None, str]] = {}
         for holder, items in per_holder.items():

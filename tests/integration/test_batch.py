@@ -188,3 +188,44 @@ def test_household_keys_with_commas_survive_the_consents_file(world: tuple[Feder
     proc = run_batch(fed, {"households": households, "consents": consents}, out)
     assert proc.returncode == 0, proc.stderr
     assert [r["household"] for r in records(out)] == ['odd, "key"']
+
+
+def test_a_chunk_too_large_for_one_message_is_split(world: tuple[Federation, Path], inputs: dict) -> None:
+    """A chunk whose RouteBatch would pass the session's message limit goes as smaller messages (gRPC refuses an
+    oversized message whole), with the same outcomes as one message."""
+    import asyncio
+
+    from node.client.batch import BatchSession, parse_checks, read_consents, read_households
+
+    fed, _ = world
+    member = fed.member(REQUESTER)
+    households, _ = read_households(inputs["households"])
+    consents = read_consents(inputs["consents"])
+    chunk = [(h, consents[h.key]) for h in households if h.key in consents][:8]
+    checks = parse_checks(CHECKS, member, "dibao")
+
+    async def run(limit: int | None) -> tuple[list[dict], list[int]]:
+        session = BatchSession(member)
+        sent: list[int] = []
+        call = session.call
+
+        async def counting(method: str, request: object, **kw: object) -> object:
+            if method == "RouteBatch":
+                sent.append(request.ByteSize())  # type: ignore[attr-defined]
+            return await call(method, request, **kw)
+
+        session.call = counting  # type: ignore[method-assign]
+        if limit is not None:
+            session.max_request_bytes = limit
+        try:
+            return await session.verify(chunk, "dibao", checks), sent
+        finally:
+            await session.close()
+
+    whole, one = asyncio.run(run(None))
+    limit = max(one) // 3
+    split, many = asyncio.run(run(limit))
+    assert len(chunk) == 8 and len(one) == 1
+    assert len(many) >= 3 and all(size <= limit for size in many)
+    assert [r["household"] for r in split] == [h.key for h, _ in chunk]
+    assert outcomes(split) == outcomes(whole) and all(r["answers"] for r in split)
