@@ -212,11 +212,18 @@ class HouseholdBatchSession(BatchSession):
                 province=h, rounds=[i for i, _ in items], queries=sealing.seal(
                     batch.SerializeToString(), kind=sealing.QUERY, recipient=province_uri(h),
                     public_key=directory[h].seal_public_key)))
+        request = household_pb2.RouteRoundBatchRequest(
+            request_id=uuid.uuid4().hex, envelopes=envelopes,
+            rounds=[household_pb2.HouseholdRound(consent_id=s.consent_id, holder_set=s.holder_set) for s in asked])
+        if request.ByteSize() > self.max_request_bytes and len(asked) > 1:
+            # Too large for one message (gRPC refuses it whole): each half of the rounds on its own, with a
+            # fresh reply key; nothing of this request was sent, so no round id is spent.
+            half = len(asked) // 2
+            await self._ask(asked[:half])
+            await self._ask(asked[half:])
+            return
         try:
-            reply = await self.call("RouteRoundBatch", household_pb2.RouteRoundBatchRequest(
-                request_id=uuid.uuid4().hex, envelopes=envelopes,
-                rounds=[household_pb2.HouseholdRound(consent_id=s.consent_id, holder_set=s.holder_set) for s in asked]),
-                stub=self._rounds())
+            reply = await self.call("RouteRoundBatch", request, stub=self._rounds())
         except HeduiError as exc:
             for s in asked:
                 s.error = f"the coordinator did not route the round: {exc}"

@@ -323,3 +323,46 @@ def test_a_holder_audits_one_record_per_batch_naming_each_household(
     assert all(len(e.outcome_digest) == 64 for e in entries)
     payloads = " ".join(e.payload.decode() for e in new)
     assert not [i for ids in inputs["members"].values() for i in ids if i in payloads]
+
+
+def test_rounds_too_large_for_one_message_are_routed_as_several(world: tuple[Federation, Path],
+                                                                inputs: dict[str, Any]) -> None:
+    """A RouteRoundBatch that would pass the session's message limit goes as several smaller ones (gRPC
+    refuses an oversized message whole), and every household is decided as from one message."""
+    import asyncio
+
+    from node.client.batch import read_consents, read_households
+    from node.client.household_batch import BatchHousehold, HouseholdBatchSession
+
+    fed, _ = world
+    member = fed.member(REQUESTER)
+    households, _ = read_households(inputs["households"])
+    receipts = read_consents(inputs["consents"])
+    chunk = [BatchHousehold(h.key, h.ids, "510104", receipts[h.key]) for h in households][:8]
+
+    async def run(limit: int | None) -> tuple[list[dict[str, Any]], list[int]]:
+        session = HouseholdBatchSession(member, "dibao", period=PERIOD)
+        sent: list[int] = []
+        call = session.call
+
+        async def counting(method: str, request: Any, **kw: Any) -> Any:
+            if method == "RouteRoundBatch":
+                sent.append(request.ByteSize())
+            return await call(method, request, **kw)
+
+        session.call = counting  # type: ignore[method-assign]
+        if limit is not None:
+            session.max_request_bytes = limit
+        try:
+            return await session.check(chunk), sent
+        finally:
+            await session.close()
+
+    whole, one = asyncio.run(run(None))
+    limit = max(one) // 3
+    split, many = asyncio.run(run(limit))
+    assert len(chunk) == 8 and len(one) == 1
+    assert len(many) >= 3 and all(size <= limit for size in many)
+    assert [r["household"] for r in split] == [h.key for h in chunk]
+    assert [(r["verdict"], r["totals"]) for r in split] == [(r["verdict"], r["totals"]) for r in whole]
+    assert all("error" not in r and r["missing"] == [] for r in split)
