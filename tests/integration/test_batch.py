@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,20 @@ def run_batch(fed: Federation, inputs: dict, out: Path) -> subprocess.CompletedP
     for c in CHECKS:
         args += ["--check", c]
     return hedui(*args)
+
+
+def record_sizes(session: Any, method: str) -> list[int]:
+    """The sizes of the `method` requests `session` sends from now on (the calls still reach the real coordinator)."""
+    sent: list[int] = []
+    call = session.call
+
+    async def recording(name: str, request: Any, **kw: Any) -> Any:
+        if name == method:
+            sent.append(request.ByteSize())
+        return await call(name, request, **kw)
+
+    session.call = recording
+    return sent
 
 
 def records(path: Path) -> list[dict]:
@@ -206,15 +221,7 @@ def test_a_chunk_too_large_for_one_message_is_split(world: tuple[Federation, Pat
 
     async def run(limit: int | None) -> tuple[list[dict], list[int]]:
         session = BatchSession(member)
-        sent: list[int] = []
-        call = session.call
-
-        async def counting(method: str, request: object, **kw: object) -> object:
-            if method == "RouteBatch":
-                sent.append(request.ByteSize())  # type: ignore[attr-defined]
-            return await call(method, request, **kw)
-
-        session.call = counting  # type: ignore[method-assign]
+        sent = record_sizes(session, "RouteBatch")
         if limit is not None:
             session.max_request_bytes = limit
         try:

@@ -21,7 +21,7 @@ from node.store import audit
 from node.synth import generate
 from node.testing import Federation, run_cluster
 from node.wire.v1 import household_pb2
-from tests.integration.test_batch import hedui
+from tests.integration.test_batch import hedui, record_sizes
 from tests.integration.test_household import PERIOD, STANDARDS, _expected, _verdict
 from tests.oracle import province_values
 
@@ -342,15 +342,7 @@ def test_rounds_too_large_for_one_message_are_routed_as_several(world: tuple[Fed
 
     async def run(limit: int | None) -> tuple[list[dict[str, Any]], list[int]]:
         session = HouseholdBatchSession(member, "dibao", period=PERIOD)
-        sent: list[int] = []
-        call = session.call
-
-        async def counting(method: str, request: Any, **kw: Any) -> Any:
-            if method == "RouteRoundBatch":
-                sent.append(request.ByteSize())
-            return await call(method, request, **kw)
-
-        session.call = counting  # type: ignore[method-assign]
+        sent = record_sizes(session, "RouteRoundBatch")
         if limit is not None:
             session.max_request_bytes = limit
         try:
