@@ -63,13 +63,14 @@ def test_two_workers_serve_one_port_and_stop_together(planted: dict[str, Path], 
         assert report.returncode == 0 and json.loads(report.stdout)["entries"] >= 20
 
 
-def _serve_workers(config: Path, workers: int) -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
-    """`hedui node serve --workers N` at debug level; returns it once every worker serves, and the
+def _serve_workers(config: Path, workers: int, *, role: str = "node", listen: str = "127.0.0.1:0",
+                   level: str = "debug") -> tuple[subprocess.Popen[str], list[dict[str, object]]]:
+    """`hedui {node|coordinator} serve --workers N`; returns it once every worker serves, and the
     list its log lines keep being appended to (read by a thread)."""
     import threading
 
-    proc = subprocess.Popen([*HEDUI, "--log-level", "debug", "node", "serve", "--config", str(config),
-                             "--listen", "127.0.0.1:0", "--workers", str(workers)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*HEDUI, "--log-level", level, role, "serve", "--config", str(config),
+                             "--listen", listen, "--workers", str(workers)], stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     events: list[dict[str, object]] = []
     serving = threading.Semaphore(0)
@@ -119,7 +120,6 @@ def test_batch_client_calls_reach_both_workers_of_a_coordinator(planted: dict[st
     """BatchSession keeps several connections to its coordinator and calls over them in turn, so both
     workers of a `hedui coordinator serve --workers 2` register its consent batches."""
     import asyncio
-    import threading
 
     from node.client.batch import BatchSession, Household
     from node.config import load
@@ -127,25 +127,9 @@ def test_batch_client_calls_reach_both_workers_of_a_coordinator(planted: dict[st
     extra = {"limits": {"connections_per_peer": 16}}
     with run_cluster(["51", "44"], root=tmp_path, data=planted, config_extra=extra) as fed:
         fed.stop_node("coordinator")
-        proc = subprocess.Popen([*HEDUI, "--log-level", "info", "coordinator", "serve", "--config", str(fed.coordinator_config),
-                                 "--listen", f"127.0.0.1:{fed.coordinator_port}", "--workers", "2"],
-                                stderr=subprocess.PIPE, text=True)
-        events: list[dict[str, object]] = []
-        serving = threading.Semaphore(0)
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                try:
-                    events.append(event := json.loads(line))
-                except ValueError:
-                    continue
-                if event.get("event") == "serving":
-                    serving.release()
-
-        threading.Thread(target=read, daemon=True).start()
+        proc, events = _serve_workers(fed.coordinator_config, 2, role="coordinator",
+                                      listen=f"127.0.0.1:{fed.coordinator_port}", level="info")
         try:
-            assert serving.acquire(timeout=60) and serving.acquire(timeout=60)
             member = fed.member("51")
             assert load(fed.configs["51"]).limits.connections_per_peer == 16
 
