@@ -9,7 +9,6 @@ they missed their 3 s deadline, so nodes failed closed (UNAVAILABLE) for reasons
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from node.bench.config import BenchError
-from node.bench.harness import _cpu_seconds, proc_cpu
+from node.bench.harness import _cpu_seconds, proc_cpu, stop_process
 
 COORDINATOR_START_S = 120.0  # at most, for `hedui coordinator serve` to bind and write its port file
 
@@ -41,13 +40,7 @@ def coordinator_process(config: Path, log_path: Path) -> Iterator[tuple[subproce
                 time.sleep(0.05)  # polling a child process's port file, not a test
             yield proc, int(port_file.read_text(encoding="ascii").strip())
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 @contextlib.contextmanager

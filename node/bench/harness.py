@@ -9,12 +9,13 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -345,11 +346,25 @@ class NodeProcess:
         return sum(proc_cpu(pid) for pid in self.pids)
 
 
+def stop_process(proc: subprocess.Popen[Any], workers: Sequence[int] = ()) -> None:
+    """SIGTERM a child server and wait for it; killed (its `workers` too) when it does not stop in 30 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def node_process(config: Path, workers: int, log_path: Path, *, timeout: float = 300.0) -> Iterator[NodeProcess]:
     """`hedui node serve --config CONFIG [--workers N]` on a free port, until every worker logged
     "serving" (store opened and checked, coordinator announced, consent state synced); SIGTERM on exit."""
-    import signal
 
     port = _free_port()
     cmd = [sys.executable, "-m", "node.cli.main", "node", "serve", "--config", str(config),
@@ -377,16 +392,7 @@ def node_process(config: Path, workers: int, log_path: Path, *, timeout: float =
                 time.sleep(0.1)
             yield NodeProcess(proc, f"127.0.0.1:{port}", pids, time.perf_counter() - started)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    for pid in pids:
-                        with contextlib.suppress(OSError):
-                            os.kill(pid, signal.SIGKILL)
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, pids)
 
 
 def _profiler_hooks(args: argparse.Namespace, loop: Any, state: dict[str, Any]) -> dict[str, Any]:
