@@ -204,13 +204,17 @@ class ConsentRegistry:
         """Revoke a consent registered by the same province (idempotent)."""
         if reason not in REVOKE_REASONS:
             raise Refusal(ErrorCode.MALFORMED, f"reason must be one of {', '.join(sorted(REVOKE_REASONS))}")
-        with self._lock:
-            consent = self._get(peer_province, consent_id)
-            if not consent.revoked_at_ms:
-                now_ms = int(self.clock() * 1000)
-                entry = self.chain.append(REVOKE, consent_id, reason.encode(), at_ms=now_ms)
-                consent.revoked_at_ms = now_ms
-                self._revocations.append((entry.idx, consent_id))
+        consent = self._get(peer_province, consent_id)
+        if not consent.revoked_at_ms:
+            def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+                # Inside the ledger transaction: another replica may have revoked it since we caught up.
+                latest = self.chain.latest(consent_id)
+                return [] if latest is not None and latest.kind == REVOKE else [(REVOKE, consent_id, reason.encode())]
+
+            self.chain.append_next(build, at_ms=int(self.clock() * 1000))
+            # The state comes from the ledger, as at every other replica: the first revocation entry counts,
+            # and the feed lists revocations in ledger order even when another replica appended in between.
+            self._catch_up()
         return self._status(consent)
 
     def status(self, peer_province: str, consent_id: str) -> coordinator_pb2.ConsentStatus:
