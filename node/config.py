@@ -121,7 +121,9 @@ class MemberConfig:
     seal_key: Path
     seal_pub: Path
     linkage_key: Path | None
-    coordinator: str | None = None
+    coordinator: str | None = None  # the first of `coordinators` (what single-endpoint callers dial)
+    #: [member] coordinator as a TOML array: the coordinator's replicas, in the order a node dials them.
+    coordinators: tuple[str, ...] = ()
     advertise: str | None = None  # host peers reach this member at (default: the listen host)
     catalogue: Path | None = None
     policy: Path | None = None
@@ -140,6 +142,13 @@ class MemberConfig:
     @property
     def is_coordinator(self) -> bool:
         return self.province is None
+
+    @property
+    def coordinator_endpoints(self) -> tuple[str, ...]:
+        """Every coordinator replica, in order; `coordinator` alone when it was replaced by another endpoint."""
+        if self.coordinators[:1] == (self.coordinator,):
+            return self.coordinators
+        return () if self.coordinator is None else (self.coordinator,)
 
 
 def _limits(raw: Any) -> Limits:
@@ -170,6 +179,17 @@ def _text(value: Any, key: str) -> str | None:
     if idnumber.contains_id_number(value):
         raise ConfigError(f"config key {key} must not contain an ID number")
     return value
+
+
+def _endpoints(value: Any, key: str) -> tuple[str, ...]:
+    """A setting naming one endpoint (a string) or several (an array of distinct strings), in order."""
+    if isinstance(value, list):
+        endpoints = tuple(e for e in (_text(v, key) for v in value) if e)
+        if len(endpoints) != len(value) or len(set(endpoints)) != len(endpoints):
+            raise ConfigError(f"config key {key} must be a string or an array of distinct non-empty strings")
+        return endpoints
+    endpoint = _text(value, key)
+    return () if endpoint is None else (endpoint,)
 
 
 def _resolve(base: Path, value: Any, key: str) -> Path:
@@ -245,6 +265,7 @@ def load(path: Path | str) -> MemberConfig:
         level = logging.get("level", "info")
         if not isinstance(level, str) or level.lower() not in LEVELS:
             raise ConfigError(f"config key logging.level must be one of {', '.join(LEVELS)}")
+        coordinators = _endpoints(member.get("coordinator"), "member.coordinator")
         metrics_path = lambda k: _resolve(base, metrics[k], f"metrics.{k}") if metrics.get(k) else None  # noqa: E731
         allow_plain_remote = metrics.get("allow_plain_remote", False)
         if not isinstance(allow_plain_remote, bool):
@@ -255,7 +276,8 @@ def load(path: Path | str) -> MemberConfig:
             province=_text(member.get("province"), "member.province"),
             listen=_text(member["listen"], "member.listen") or "",
             data_dir=_resolve(base, member["data_dir"], "member.data_dir"),
-            coordinator=_text(member.get("coordinator"), "member.coordinator"),
+            coordinator=coordinators[0] if coordinators else None,
+            coordinators=coordinators,
             advertise=_text(member.get("advertise"), "member.advertise"),
             ca_cert=_resolve(base, keys["ca_cert"], "keys.ca_cert"),
             tls_cert=_resolve(base, keys["tls_cert"], "keys.tls_cert"),

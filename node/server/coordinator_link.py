@@ -24,11 +24,12 @@ from node.member import Member
 from node.server import tls
 from node.server.lead import Lead
 from node.server.locator_publisher import LocatorPublisher
+from node.server.coordinator_replicas import CoordinatorReplicas
 from node.server.metrics import MemberMetrics
 from node.service.consent import LedgerChange, LedgerHead, RevocationView, parse_ledger_head
 from node.store import audit, witness
 from node.store.store import Store
-from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
 T = TypeVar("T")
 CHAIN_LEAD_FILE = "chain-lead.lock"
@@ -69,9 +70,8 @@ class CoordinatorLink:
         self._seal_key, seal_pub = pki.load_seal_keys(member.cfg.seal_key, member.cfg.seal_pub, member.cfg.key_passphrase)
         self.mask_key = masks.mask_key_from_seal_key(self._seal_key)
         self.seal_public = sealing.public_bytes(seal_pub)
-        self._channel = aio.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
-                                           options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
-        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        # Every coordinator replica configured, in order; calls fail over between them (coordinator_replicas).
+        self.replicas = CoordinatorReplicas(member.cfg.coordinator_endpoints, self._open_channel, log)
         self._directory: FederationDirectory = FederationDirectory({})
         self._verified_directory = VerifiedDirectory(member.verifier)
         self._directory_at = 0.0
@@ -82,8 +82,8 @@ class CoordinatorLink:
         self.checkpoint_every_s = checkpoint_every_s
         self.locators = None if store is None else LocatorPublisher(
             member.province, store, member.signer, log, epoch_s=self._epoch_s,
-            send=lambda signed: self._stub.PublishLocator(signed, timeout=30),
-            held=lambda: self._stub.HeldLocators(coordinator_pb2.HeldLocatorsRequest(), timeout=5))
+            send=lambda signed: self._call("PublishLocator", signed, 30),
+            held=lambda: self._call("HeldLocators", coordinator_pb2.HeldLocatorsRequest(), 5))
         self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
         # One process of a node's `--workers` lodges checkpoints and writes witnesses: the one holding this
@@ -139,13 +139,20 @@ class CoordinatorLink:
         return self._endpoint is not None and await self._announce_once(self.announcement(self._endpoint))
 
     def redial(self) -> None:
-        """Reconnect to the coordinator with the (rotated) TLS certificate."""
-        old = self._channel
-        self._channel = aio.secure_channel(self.member.cfg.coordinator, tls.channel_credentials(self.member.cfg),
-                                           options=tls.channel_options(self.member.cfg.limits,
-                                                                       server_name=COORDINATOR_TLS_NAME))
-        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
-        asyncio.get_running_loop().create_task(old.close(grace=5))
+        """Reconnect to the coordinator's replicas with the (rotated) TLS certificate."""
+        loop = asyncio.get_running_loop()
+        for old in self.replicas.dial():
+            loop.create_task(old.close(grace=5))
+
+    def _open_channel(self, endpoint: str, extra: list[tuple[str, Any]]) -> aio.Channel:
+        """A channel to one coordinator replica, with this node's (current) TLS credentials."""
+        cfg = self.member.cfg
+        return aio.secure_channel(endpoint, tls.channel_credentials(cfg),
+                                  options=tls.channel_options(cfg.limits, server_name=COORDINATOR_TLS_NAME) + extra)
+
+    def _call(self, method: str, request: Any, timeout: float) -> Any:
+        """A Coordinator call on the replica that answered last, failing over to the others (an awaitable)."""
+        return self.replicas.call(method, request, timeout)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -154,7 +161,7 @@ class CoordinatorLink:
         if self.locators is not None:
             self.locators.close()
         self._lead.release()  # a node restarted in this process takes the lead again
-        await self._channel.close()
+        await asyncio.gather(*(c.close() for c in self.replicas.channels))
 
     async def _epoch_s(self) -> int:
         return (await self.directory()).discovery_epoch_s
@@ -198,7 +205,7 @@ class CoordinatorLink:
 
     async def _announce_once(self, signed: coordinator_pb2.SignedAnnouncement) -> bool:
         try:
-            await self._stub.Announce(signed, timeout=5)
+            await self._call("Announce", signed, 5)
         except grpc.RpcError as exc:
             self.log.warning("announce_failed", status=exc.code().name if hasattr(exc, "code") else "?")
             return False
@@ -215,8 +222,8 @@ class CoordinatorLink:
         """Sign the audit chain's head (if it moved) and lodge it with the coordinator (one process per node)."""
         if self.checkpointer is not None and self._lead.held():
             try:
-                await self.checkpointer.run_once(self._submit_checkpoint, lambda: self._stub.LatestCheckpoint(
-                    coordinator_pb2.LatestCheckpointRequest(), timeout=5))
+                await self.checkpointer.run_once(self._submit_checkpoint, lambda: self._call(
+                    "LatestCheckpoint", coordinator_pb2.LatestCheckpointRequest(), 5))
             finally:
                 if self.checkpointer.went_back is not None:  # the coordinator lost checkpoints this node lodged
                     lodged, held = self.checkpointer.went_back
@@ -225,7 +232,7 @@ class CoordinatorLink:
 
     async def _submit_checkpoint(self, message: coordinator_pb2.AuditCheckpoint) -> coordinator_pb2.CheckpointAck:
         """Lodge one checkpoint; keep the coordinator's signed audit head from the acknowledgement."""
-        ack = await self._stub.SubmitCheckpoint(message, timeout=5)
+        ack = await self._call("SubmitCheckpoint", message, 5)
         if ack.HasField("audit_head"):
             self._witness_audit_head(ack.audit_head)
         return ack
@@ -271,7 +278,7 @@ class CoordinatorLink:
         """Fetch the federation CRL when it changed; apply it (never an older one) and keep a copy for the CLI."""
         from node.crypto import revocation
 
-        reply = await self._stub.Revocations(coordinator_pb2.RevocationsRequest(known_sha256=self._crl_digest), timeout=3)
+        reply = await self._call("Revocations", coordinator_pb2.RevocationsRequest(known_sha256=self._crl_digest), 3)
         if reply.crl_der and reply.sha256 != self._crl_digest:
             try:
                 count = self.member.crl.accept(reply.crl_der)
@@ -298,8 +305,8 @@ class CoordinatorLink:
         async with self._sync_lock:  # each reply is checked against the head of the request before it
             for _ in range(2):
                 after, epoch = self.revocations.request()
-                reply = await self._stub.ConsentUpdates(
-                    coordinator_pb2.ConsentUpdatesRequest(after_index=after, epoch=epoch), timeout=3)
+                reply = await self._call("ConsentUpdates",
+                                         coordinator_pb2.ConsentUpdatesRequest(after_index=after, epoch=epoch), 3)
                 head = parse_ledger_head(reply.head, self.member.verifier)
                 self._witness(self.ledger_witness, witness.Head(
                     head.index, head.hash, head.epoch, head.ledger_id, reply.head.SerializeToString(deterministic=True),
@@ -354,7 +361,7 @@ class CoordinatorLink:
 
     async def directory(self, *, refresh: bool = False) -> dict[str, Entry]:
         if refresh or not self._directory or time.monotonic() - self._directory_at > DIRECTORY_MAX_AGE_S:
-            signed = await self._stub.Directory(coordinator_pb2.DirectoryRequest(), timeout=5)
+            signed = await self._call("Directory", coordinator_pb2.DirectoryRequest(), 5)
             verified = self._verified_directory.get(signed)  # verified again only when it changed
             self._directory_at = time.monotonic()
             if verified is not self._directory:
