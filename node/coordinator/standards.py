@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from node import files
 from node.coordinator.shared_file import changed_entries
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
@@ -124,8 +124,8 @@ class PublishedStandards:
                 self._held[doc.province] = Held(signed, doc)
 
     def _persist(self) -> None:
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        """Replace the file atomically and durably (fsynced before the publication is acknowledged: a
+        replica that dies next, or the machine, does not lose it)."""
         body = {"standards": [self._held[p].signed.SerializeToString().hex() for p in sorted(self._held)]}
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, self.path)
+        files.write_file(self.path, json.dumps(body), replace=True, mode=files.PUBLIC)
         self._stamp = self.path.stat().st_mtime_ns
