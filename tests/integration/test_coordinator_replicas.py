@@ -25,6 +25,7 @@ from node.client.coordinator import CoordinatorClient
 from node.client.routed import routed_verify
 from node.config import ConfigError
 from node.member import Member
+from node.service.consent import parse_ledger_head
 from node.store import audit, ledger
 from node.store.chain import HashChain
 from node.testing.cluster import Federation, LoopThread, build_federation
@@ -169,6 +170,11 @@ def test_a_consent_and_its_revocation_hold_across_replicas(replicas: Replicas) -
     rep = replicas
     with rep.client("51", 0) as first:
         info = first.grant([WORKER], "dibao")
+    with rep.client("51", 0) as first, rep.client("51", 1) as second:  # one ledger: the same signed head from both
+        heads = [c.stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(), timeout=5).head for c in (first, second)]
+        assert heads[0].body == heads[1].body  # each signature the coordinator's (a token key may sign differently)
+        verifier = rep.member("51", 0).verifier
+        assert parse_ledger_head(heads[0], verifier) == parse_ledger_head(heads[1], verifier)
     with rep.client("51", 1) as second:
         assert second.show(info.consent_id).state == "ACTIVE"
         result = routed_verify(rep.member("51", 1), [WORKER], "dibao", CHECKS, consent=info.receipt, coordinator=second)
@@ -249,6 +255,12 @@ def test_a_killed_replica_loses_nothing_committed(replicas: Replicas) -> None:
         time.sleep(0.05)  # observing a bound, not waiting for readiness
     assert rep.fed.servers["44"].link.replicas.current == 1
     assert _verify_direct(rep, after.receipt) == "OK"
+    # The heads the node witnessed from both replicas (before and after the kill) are all on the one chain.
+    rep.fed.loop.run(rep.fed.servers["44"].link.sync_revocations())
+    witnessed = ["--witness", str(rep.fed.member("44").cfg.data_dir)]
+    for chain in ("ledger", "audit"):
+        report = _run(chain, "verify", "--config", str(rep.fed.coordinator_config), *witnessed)
+        assert report["ok"] and report["witness"]["ok"] and report["witness"]["heads"], report
 
 
 @pytest.mark.slow
