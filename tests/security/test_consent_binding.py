@@ -31,10 +31,12 @@ from node.errors import HeduiError
 from node.member import Member
 from node.service.consent import commitment
 from node.store import audit, ledger
+from node.store.sqlite import ledger as sqlite_ledger
 from node.testing import Federation, run_cluster
 from node.testing.consents import reissue
 from node.testing.standards import standards_document
 from node.wire.v1 import coordinator_pb2, verification_pb2
+from node.store.sqlite.storage import audit_file_readonly
 from tests.conftest import SPOUSE, WORKER
 
 CHECKS = ["deposit.balance_total<=2000000", "income.wage_monthly<300000"]
@@ -59,13 +61,13 @@ def coordinator_key(fed: Federation) -> signing.Signer:
 
 def audit_rows(fed: Federation, code: str, after: int = 0) -> list[dict[str, Any]]:
     path = config_mod.load(fed.configs[code]).data_dir / audit.AUDIT_DB
-    with audit.AuditLog.open_readonly(path) as log:
+    with audit_file_readonly(path) as log:
         return [row for e in log.entries(after=after) if e.kind == audit.KIND_RECORD
                 for row in audit.per_query(json.loads(e.payload))]  # a batch record: one row per query
 
 
 def audit_head(fed: Federation, code: str) -> int:
-    with audit.AuditLog.open_readonly(config_mod.load(fed.configs[code]).data_dir / audit.AUDIT_DB) as log:
+    with audit_file_readonly(config_mod.load(fed.configs[code]).data_dir / audit.AUDIT_DB) as log:
         return log.head()[0]
 
 
@@ -230,7 +232,7 @@ def test_receipt_in_the_ledger_from_before_binding_is_refused_by_the_coordinator
     salt = secrets.token_bytes(16)
     consent_id = "c-" + secrets.token_hex(12)
     data_dir = config_mod.load(fed.coordinator_config).data_dir  # type: ignore[arg-type]
-    chain = ledger.open_ledger(data_dir)
+    chain = sqlite_ledger.open_ledger(data_dir)
     try:
         epoch = ledger.read_identity(chain).epoch  # type: ignore[union-attr]
 

@@ -38,7 +38,7 @@ Safety
     bytes, before touching anything; it then moves the files it replaces (with their -wal,
     -shm and -journal files, which hold committed data or would be replayed onto the wrong
     database) into `pre-restore-<UTC time>/`, never deleting them, and installs each file
-    with os.replace. A restored consent ledger then starts a new epoch (node.store.ledger.restored):
+    with os.replace. A restored consent ledger then starts a new epoch (node.store.sqlite_ledger.restored):
     nodes refuse consents registered after the backup's head, revocations the replaced ledger
     held are re-applied, and `ledger.head` is reset to the new head.
 
@@ -64,8 +64,9 @@ from typing import Any, Final
 from node import __version__
 from node.errors import BadInput
 from node.files import parse_json, write_file
-from node.store import ledger, witness
-from node.store.chain import GENESIS, HASH_BYTES, HashChain
+from node.store import witness
+from node.store.sqlite import ledger as sqlite_ledger
+from node.store.sqlite.chain import GENESIS, HASH_BYTES, HashChain
 from node.store.errors import StoreCorrupt, StoreError
 
 MANIFEST: Final[str] = "MANIFEST.json"
@@ -156,7 +157,7 @@ class RestoreReport:
     identity: str | None
     files: tuple[BackupFile, ...]
     moved_aside: Path | None
-    ledger: ledger.RestoredLedger | None = None  # set when a coordinator's consent ledger was restored
+    ledger: sqlite_ledger.RestoredLedger | None = None  # set when a coordinator's consent ledger was restored
 
     def to_json(self) -> dict[str, Any]:
         out = {"data_dir": str(self.data_dir), "backup_created_at": self.created_at,
@@ -329,20 +330,14 @@ def _verify_chain(path: Path, table: str, expect_head: tuple[int, bytes] | None
     """(ok, reason, entries, head index, head hash) of the chain `table` in the file `path`.
 
     The audit log may have been pruned (its chain then starts at a recorded anchor, not at
-    genesis), so it is verified by node.store.audit.AuditLog when that module is present.
+    genesis), so it is verified by node.store.audit.AuditLog.
     """
     if table == "audit":
-        try:
-            from node.store.audit import AuditLog
-        except ImportError:  # pragma: no cover - the audit log predates pruning
-            AuditLog = None  # noqa: N806
-        if AuditLog is not None:
-            log = AuditLog.open_readonly(path)
-            try:
-                audit = log.verify([expect_head] if expect_head is not None else [])
-            finally:
-                log.close()
-            return audit.ok, audit.reason, audit.count, audit.head_index, audit.head_hash
+        from node.store.audit import AuditLog
+
+        with AuditLog(HashChain.open_readonly(path, table)) as log:
+            audit = log.verify([expect_head] if expect_head is not None else [])
+        return audit.ok, audit.reason, audit.count, audit.head_index, audit.head_hash
     chain = HashChain.open_readonly(path, table)
     try:
         report = chain.verify(expect_head)
@@ -403,8 +398,8 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
         _fsync_subdirs(data_dir)
         _fsync_dir(data_dir)
         # A consent ledger goes back to the backup's head: a new epoch tells every node so.
-        restored_ledger = (ledger.restored(data_dir, moved_aside)
-                           if any(f.name == ledger.LEDGER_FILE for f in files) else None)
+        restored_ledger = (sqlite_ledger.restored(data_dir, moved_aside)
+                           if any(f.name == sqlite_ledger.LEDGER_FILE for f in files) else None)
     except OSError as exc:
         raise BackupError(f"restore into {data_dir} failed: {exc.strerror}: {exc.filename}") from None
     finally:
