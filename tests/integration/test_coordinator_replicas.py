@@ -27,7 +27,7 @@ from node.config import ConfigError
 from node.member import Member
 from node.service.consent import parse_ledger_head
 from node.store import audit, ledger
-from node.store.chain import HashChain
+from node.store.factory import open_audit_log, open_storage, open_storage_readonly
 from node.testing.cluster import Federation, LoopThread, build_federation
 from node.wire.v1 import coordinator_pb2
 from tests.conftest import WORKER
@@ -131,23 +131,18 @@ def _run(*args: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def _ledger_consents(data_dir: Path) -> dict[str, str]:
-    """consent id -> "grant" or "revoke" (the last entry's kind) from the ledger file itself."""
-    chain = HashChain.open_readonly(data_dir / ledger.LEDGER_FILE, table=ledger.TABLE)
-    try:
-        return {e.key: e.kind for e in chain.entries() if e.kind in (ledger.GRANT, ledger.REVOKE)}
-    finally:
-        chain.close()
+def _ledger_consents(cfg: config_mod.MemberConfig) -> dict[str, str]:
+    """consent id -> "grant" or "revoke" (the last entry's kind) from the coordinator's ledger itself."""
+    with open_storage_readonly(cfg) as storage:
+        return {e.key: e.kind for e in storage.ledger().entries() if e.kind in (ledger.GRANT, ledger.REVOKE)}
 
 
-def _audited(data_dir: Path, decision: str) -> set[str]:
+def _audited(cfg: config_mod.MemberConfig, decision: str) -> set[str]:
     """Consent ids the coordinator's audit chain holds a `decision` record for."""
-    log = audit.AuditLog.open_readonly(data_dir / audit.AUDIT_DB)
-    try:
+    with open_storage_readonly(cfg) as storage:
+        log = open_audit_log(storage, cfg)
         return {json.loads(e.payload).get("consent_id", "") for e in log.entries()
                 if e.kind == audit.KIND_RECORD and json.loads(e.payload).get("decision") == decision}
-    finally:
-        log.close()
 
 
 def test_node_config_names_several_coordinator_replicas(tmp_path: Path) -> None:
@@ -241,11 +236,11 @@ def test_a_killed_replica_loses_nothing_committed(replicas: Replicas) -> None:
             second.stub.RegisterConsent(recorder.sent[0], timeout=5)
         assert replayed.value.code() == grpc.StatusCode.ALREADY_EXISTS
         after = second.grant([WORKER], "dibao")  # the next call succeeds through the other replica
-    kinds = _ledger_consents(cfg.data_dir)
+    kinds = _ledger_consents(cfg)
     assert all(kinds[c] == ledger.GRANT for c in [*acknowledged, after.consent_id]) and kinds[revoked.consent_id] == ledger.REVOKE
-    granted = _audited(cfg.data_dir, audit.CONSENT_GRANT)
+    granted = _audited(cfg, audit.CONSENT_GRANT)
     assert set(acknowledged) | {after.consent_id, revoked.consent_id} <= granted
-    assert revoked.consent_id in _audited(cfg.data_dir, audit.CONSENT_REVOKE)
+    assert revoked.consent_id in _audited(cfg, audit.CONSENT_REVOKE)
     assert _run("ledger", "verify", "--config", str(rep.fed.coordinator_config))["ok"]
     assert _run("audit", "verify", "--config", str(rep.fed.coordinator_config))["ok"]
     # The nodes' feed moved to the live replica: their views are refreshed after the kill, so they answer.
@@ -303,12 +298,10 @@ def test_concurrent_registrations_on_both_replicas_keep_the_ledger_linear(replic
     assert len(infos) == 48
     assert len({i.ledger_index for i in infos}) == 48
     cfg = config_mod.load(rep.fed.coordinator_config)
-    chain = HashChain.open_readonly(cfg.data_dir / ledger.LEDGER_FILE, table=ledger.TABLE)
-    try:
+    with open_storage_readonly(cfg) as storage:
+        chain = storage.ledger()
         assert all(chain.entry(i.ledger_index).key == i.consent_id for i in infos)
         assert chain.verify().ok
-    finally:
-        chain.close()
     assert _run("ledger", "verify", "--config", str(rep.fed.coordinator_config))["ok"]
     assert _run("audit", "verify", "--config", str(rep.fed.coordinator_config))["ok"]
 
@@ -317,15 +310,15 @@ def test_a_consent_revoked_at_two_replicas_at_once_is_revoked_once(replicas: Rep
     """Two replicas revoking one consent at the same moment (the other's entry lands between this one's
     catch-up and its append) write one revocation entry, and both then report that one."""
     from node.coordinator.consents import ConsentRegistry
-    from node.store.nonces import NonceStore
 
     rep = replicas
     with rep.client("51", 0) as client:
         info = client.grant([WORKER], "dibao")
     cfg = config_mod.load(rep.fed.coordinator_config)
     m = Member(cfg)
-    nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
-    chains = [ledger.open_ledger(cfg.data_dir) for _ in range(2)]
+    stores = [open_storage(cfg) for _ in range(2)]  # two handles on the shared store, as two replicas hold
+    nonces = stores[0].nonces(window_ms=cfg.limits.clock_skew_s * 1000)
+    chains = [s.ledger() for s in stores]
     try:
         a, b = (ConsentRegistry(c, signer=m.signer, verifier=m.verifier, catalogue=m.catalogue, policy=m.policy,
                                 replay=nonces) for c in chains)
@@ -345,9 +338,8 @@ def test_a_consent_revoked_at_two_replicas_at_once_is_revoked_once(replicas: Rep
         assert len(revocations) == 1 and revocations[0].payload == b"case_closed"
         assert [u.ledger_index for u in b.updates(0).updates] == [revocations[0].idx]
     finally:
-        for c in chains:
-            c.close()
-        nonces.close()
+        for s in stores:
+            s.close()
 
 
 def test_a_household_round_opened_at_one_replica_is_routed_at_the_other(replicas: Replicas) -> None:
