@@ -21,7 +21,7 @@ def peer_server_name(member: Member, target: str, province: str | None = None) -
         raise BadInput("--province must be a two-digit province code")
     entries = _directory(member, required=province is None)
     if province is None:
-        listed = [e for e in entries.values() if e.endpoint == target]
+        listed = [e for e in entries.values() if target in e.endpoints]
         if len(listed) != 1:
             raise BadInput(f"{target} is not a province in the federation directory: name the province "
                            "expected there with --province CODE")

@@ -1,0 +1,83 @@
+"""Trying a member's endpoints in turn within one deadline, and only where a retry cannot repeat a call.
+
+The rule (docs/PROTOCOL.md §10.1): a call moves on to the next endpoint only when the endpoint
+could not be *connected to* (connection refused, no route, TLS handshake refused, no
+connection within the attempt's share of the time): then no request was sent, so no server
+can have processed it. A call that was sent on a connection and then failed (UNAVAILABLE,
+DEADLINE_EXCEEDED, a reset) may have been processed; it is never sent again (a signed query
+re-sent to a replica sharing the nonce store would be refused as a replay anyway) and its
+failure is reported. A failed endpoint goes to the back of the order for `PENALTY_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import grpc
+from grpc import aio
+
+#: How long an endpoint that could not be connected to is tried after the member's others.
+PENALTY_S: Final[float] = 30.0
+#: The least time one connection attempt is given (a shorter share is not worth starting).
+MIN_ATTEMPT_S: Final[float] = 0.05
+#: Reconnection back-off bounds for channels that fail over (gRPC's default grows to 120 s, so a
+#: healed endpoint would stay unused for minutes).
+RECONNECT_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000))
+
+
+class EndpointOrder:
+    """The order to try endpoints in: as listed (a stable order), those that failed lately moved to the back."""
+
+    def __init__(self, *, penalty_s: float = PENALTY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.penalty_s = penalty_s
+        self.clock = clock
+        self._failed: dict[str, float] = {}  # endpoint -> until when it goes last
+        self._lock = threading.Lock()
+
+    def order(self, endpoints: Sequence[str]) -> list[str]:
+        """`endpoints`, the ones under penalty last (each group keeps the listed order)."""
+        now = self.clock()
+        with self._lock:
+            late = {e for e in endpoints if self._failed.get(e, 0.0) > now}
+        return [e for e in endpoints if e not in late] + [e for e in endpoints if e in late]
+
+    def failed(self, endpoint: str) -> None:
+        with self._lock:
+            self._failed[endpoint] = self.clock() + self.penalty_s
+
+    def succeeded(self, endpoint: str) -> None:
+        with self._lock:
+            self._failed.pop(endpoint, None)
+
+
+def attempt_timeout(deadline: float, left: int, now: float) -> float:
+    """The time one connection attempt gets: an equal share of what remains of `deadline` among the
+    `left` endpoints still to try (all of it for the last), never past the deadline."""
+    remaining = deadline - now
+    return max(0.0, remaining if left <= 1 else max(MIN_ATTEMPT_S, remaining / left))
+
+
+async def connected(channel: aio.Channel, timeout: float) -> bool:
+    """Whether `channel` is (or gets) connected within `timeout`; False as soon as its connection
+    attempt fails (refused, unreachable, handshake refused) or the time is up. Nothing is sent."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            return False
+        left = end - loop.time()
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), left)
+        except TimeoutError:
+            return False
+        state = channel.get_state(try_to_connect=True)
+    return True
