@@ -146,7 +146,7 @@ class Router:
             stubs, ok = await pool.connected_stub(failover.attempt_timeout(deadline, len(pools) - k, loop.time()))
             if ok:
                 self._order.succeeded(endpoint)
-                return Dialled(stubs, max(failover.MIN_ATTEMPT_S, deadline - loop.time()), "")
+                return Dialled(stubs, max(0.001, deadline - loop.time()), "")  # never past the deadline
             self._order.failed(endpoint)
             last = stubs
         remaining = deadline - loop.time()

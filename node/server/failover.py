@@ -59,8 +59,8 @@ class EndpointOrder:
 def attempt_timeout(deadline: float, left: int, now: float) -> float:
     """The time one connection attempt gets: an equal share of what remains of `deadline` among the
     `left` endpoints still to try (all of it for the last), never past the deadline."""
-    remaining = deadline - now
-    return max(0.0, remaining if left <= 1 else max(MIN_ATTEMPT_S, remaining / left))
+    remaining = max(0.0, deadline - now)
+    return remaining if left <= 1 else min(remaining, max(MIN_ATTEMPT_S, remaining / left))
 
 
 async def connected(channel: aio.Channel, timeout: float) -> bool:
