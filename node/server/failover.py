@@ -81,3 +81,22 @@ async def connected(channel: aio.Channel, timeout: float) -> bool:
             return False
         state = channel.get_state(try_to_connect=True)
     return True
+
+
+def connected_blocking(channel: grpc.Channel, timeout: float) -> bool:
+    """`connected` for a synchronous channel: True once READY, False when its attempt fails or `timeout` passes."""
+    done = threading.Event()
+    final: list[grpc.ChannelConnectivity] = []
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                     grpc.ChannelConnectivity.SHUTDOWN):
+            final.append(state)
+            done.set()
+
+    channel.subscribe(seen, try_to_connect=True)
+    try:
+        done.wait(timeout)
+    finally:
+        channel.unsubscribe(seen)
+    return final[:1] == [grpc.ChannelConnectivity.READY]

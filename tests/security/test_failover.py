@@ -178,3 +178,16 @@ def test_endpoints_that_never_connect_share_the_deadline_and_the_holder_is_unava
     finally:
         first.close()
         second.close()
+
+
+def test_a_direct_client_fails_over_from_a_refusing_endpoint_to_the_provinces_replica(fed: Federation) -> None:
+    """`hedui verify --to` an endpoint of Sichuan that refuses connections: the client tries Sichuan's other
+    listed endpoint and gets its signed answer (the certificate pinned as for the endpoint named)."""
+    fed.start_node("51")
+    announce_replica(fed, FIRST)
+    consent = fed.grant("32", [WORKER])
+    receipt = fed.receipt("32", consent.consent_id)
+    with fed.client("32", to=FIRST) as peer:
+        assert peer.endpoints[0] == FIRST and fed.addresses["51"] in peer.endpoints  # (and the stopped node's)
+        result = peer.verify([WORKER], "dibao", ["real_estate.count<=1"], consent=receipt)
+    assert [a.province for a in result.answers if a.signature_valid] == ["51"]
