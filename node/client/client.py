@@ -76,6 +76,7 @@ class PeerClient:
         self._options = tls.channel_options(member.cfg.limits, server_name=server_name)
         self._channels: dict[str, grpc.Channel] = {}
         self._order = failover.EndpointOrder()
+        self._watched: set[str] = set()  # endpoints whose connectivity was watched (closed once unwatched)
         self._channel = self._channel_to(target)
         self._stub = verification_pb2_grpc.VerificationStub(self._channel)
 
@@ -92,6 +93,7 @@ class PeerClient:
         order = self._order.order(self.endpoints)
         for k, endpoint in enumerate(order[:-1]):
             channel = self._channel_to(endpoint)
+            self._watched.add(endpoint)
             if failover.connected_blocking(channel, failover.attempt_timeout(deadline, len(order) - k, time.monotonic())):
                 self._order.succeeded(endpoint)
                 return verification_pb2_grpc.VerificationStub(channel)
@@ -109,8 +111,11 @@ class PeerClient:
         self.close()
 
     def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
+        for endpoint, channel in self._channels.items():
+            if endpoint in self._watched:
+                failover.close_when_unwatched(channel)
+            else:
+                channel.close()
 
     def prepare(self, ids: Sequence[str], purpose: str, checks: Sequence[str | Check]) -> PreparedQuery:
         m = self.member

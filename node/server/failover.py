@@ -100,3 +100,11 @@ def connected_blocking(channel: grpc.Channel, timeout: float) -> bool:
     finally:
         channel.unsubscribe(seen)
     return final[:1] == [grpc.ChannelConnectivity.READY]
+
+
+def close_when_unwatched(channel: grpc.Channel) -> None:
+    """Close a synchronous channel `connected_blocking` watched once gRPC's watcher thread has let go of it
+    (it polls for up to 0.2 s after the last unsubscription and fails loudly on a channel closed under it)."""
+    timer = threading.Timer(0.5, channel.close)
+    timer.daemon = True
+    timer.start()
