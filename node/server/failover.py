@@ -24,10 +24,11 @@ from grpc import aio
 PENALTY_S: Final[float] = 30.0
 #: The least time one connection attempt is given (a shorter share is not worth starting).
 MIN_ATTEMPT_S: Final[float] = 0.05
-#: Reconnection back-off bounds for channels that fail over (gRPC's default grows to 120 s, so a
-#: healed endpoint would stay unused for minutes).
+#: Reconnection back-off for channels that fail over: 0.5 s growing to 2 s (gRPC's default grows to 120 s, so
+#: a healed endpoint would stay unused for minutes). gRPC also takes its "min reconnect back-off" as the least
+#: time one connection attempt may take: 5 s, for slow links (a caller's attempt share ends waiting sooner).
 RECONNECT_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
-    ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.min_reconnect_backoff_ms", 5000),
     ("grpc.max_reconnect_backoff_ms", 2000))
 
 
