@@ -288,6 +288,17 @@ class Directory:
             self._persist(now)
         return entry
 
+    def holds(self, signed: coordinator_pb2.SignedAnnouncement) -> bool:
+        """Whether this very announcement is held already (announcing it again only keeps its endpoint fresh)."""
+        try:
+            body = coordinator_pb2.AnnouncementBody.FromString(signed.body)
+        except DecodeError:
+            return False
+        with self._lock:
+            self._reload()
+            held = self._held.get(body.province, {}).get(body.endpoint)
+        return held is not None and held.signed == signed
+
     def _persist(self, now_ms: int) -> None:
         """Store what is held, less endpoints gone stale (a province's last-heard one is always kept)."""
         kept: list[_Held] = []

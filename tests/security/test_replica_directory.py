@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,9 @@ from node.crypto import pki, sealing
 from node.member import Member
 from node.testing.cluster import Federation, build_federation
 from node.wire.v1 import coordinator_pb2
+
+
+HEDUI = [sys.executable, "-m", "node.cli.main"]
 
 
 class Clock:
@@ -143,3 +149,24 @@ def test_coordinator_processes_sharing_the_store_see_each_others_announcements(f
     assert a.entries()["51"].endpoints == b.entries()["51"].endpoints == ("10.0.0.2:7443", "10.0.0.3:7443")
     assert a.digest() != b"" and verify_directory(a.signed(), sc.verifier)["51"].endpoints == \
         verify_directory(b.signed(), sc.verifier)["51"].endpoints
+
+
+def test_a_re_announcement_is_not_audited_again_but_a_new_endpoint_is(planted: dict[str, Path], tmp_path: Path) -> None:
+    """The 30 s refresh (the same signed announcement again) adds no coordinator audit record; a replica's new
+    endpoint does."""
+    from node.testing import run_cluster
+    from tests.security.test_server_identity import announce
+
+    with run_cluster(["32", "51"], root=tmp_path) as running:
+        link = running.servers["51"].link
+
+        def announced() -> int:
+            exported = subprocess.run([*HEDUI, "audit", "export", "--config", str(running.coordinator_config)],
+                                      capture_output=True, text=True, timeout=60)
+            return [json.loads(x)["decision"] for x in exported.stdout.splitlines()].count("announce")
+
+        before = announced()
+        announce(running, "51", link._announced.body)  # what the node re-sends every REANNOUNCE_S
+        assert announced() == before
+        announce(running, "51", link.announcement("127.0.0.2:7443").body)
+        assert announced() == before + 1
