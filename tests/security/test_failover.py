@@ -191,3 +191,36 @@ def test_a_direct_client_fails_over_from_a_refusing_endpoint_to_the_provinces_re
         assert peer.endpoints[0] == FIRST and fed.addresses["51"] in peer.endpoints  # (and the stopped node's)
         result = peer.verify([WORKER], "dibao", ["real_estate.count<=1"], consent=receipt)
     assert [a.province for a in result.answers if a.signature_valid] == ["51"]
+
+
+def test_batches_and_household_rounds_fail_over_as_single_routes_do(tmp_path: Path) -> None:
+    """Guangdong's first endpoint refuses connections: `verify-batch` (RouteBatch) and the household means test
+    (RouteRound) still get Guangdong's answers, from its endpoint that listens."""
+    from node.client.batch import BatchSession, Household, parse_checks
+    from node.testing.standards import standards_document
+    from tests.integration.test_household import EARNER, PERIOD, _csv
+
+    data = {"44": _csv(tmp_path / "44.csv", [(EARNER, "income.wage_monthly", 250000)]),
+            "51": _csv(tmp_path / "51.csv", [(EARNER, "hukou.registered", 1)])}
+    (tmp_path / "standards.toml").write_text(standards_document(), encoding="utf-8")
+    with run_cluster(["51", "44"], data=data, root=tmp_path / "fed") as fed:
+        fed.publish_standards("51", tmp_path / "standards.toml")
+        announce(fed, "44", fed.servers["44"].link.announcement(FIRST).body)
+        assert fed.servers["coordinator"].router.directory.entries()["44"].endpoints[0] == FIRST
+        consent = fed.grant("51", [EARNER])
+        household = fed.household("51", [EARNER], "510104", consent_id=consent.consent_id, period=PERIOD).to_json()
+        assert household["routing"]["44"] == "OK" and household["missing"] == []
+        assert household["totals"]["income_monthly"] == 250000
+        member = fed.member("51")
+        receipt = fed.receipt("51", consent.consent_id)
+
+        async def batch() -> list[dict[str, Any]]:
+            session = BatchSession(member, deadline_s=10)
+            try:
+                return await session.verify([(Household("h1", [EARNER]), receipt)], "dibao",
+                                            parse_checks(["income.wage_monthly<=300000"], member, "dibao"))
+            finally:
+                await session.close()
+
+        (record,) = asyncio.run(batch())
+        assert record["routing"]["44"] == "OK", record
