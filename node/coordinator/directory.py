@@ -232,6 +232,9 @@ class Directory:
         self._entries: dict[str, Entry] = {}
         self._signed: coordinator_pb2.SignedDirectory | None = None
         self._signed_of: tuple[bytes, ...] = ()  # the announcements the signed directory lists
+        # what the selection lists: members (first endpoints), replicas, and their bytes
+        self._listing: tuple[list[coordinator_pb2.SignedAnnouncement], list[coordinator_pb2.SignedAnnouncement],
+                             tuple[bytes, ...]] = ([], [], ())
         self._digest: tuple[coordinator_pb2.SignedDirectory | None, bytes] = (None, b"")
         # the contactable entries, for the entries and revocations they were filtered under
         self._contactable: tuple[int, frozenset[int] | None, dict[str, Entry]] = (-1, None, {})
@@ -267,6 +270,10 @@ class Directory:
             self._entries = entries
             self._version += 1
         self._selected = selected
+        provinces = sorted(selected)
+        members = [selected[p][0].signed for p in provinces]
+        replicas = [h.signed for p in provinces for h in selected[p][1:]]
+        self._listing = (members, replicas, tuple(a.SerializeToString() for a in (*members, *replicas)))
         return selected
 
     def announce(self, peer_province: str, signed: coordinator_pb2.SignedAnnouncement, *, presented: bytes | None) -> Entry:
@@ -333,11 +340,8 @@ class Directory:
         """The current directory, signed by the coordinator (re-signed only after a change of what it lists)."""
         with self._lock:
             self._reload()
-            selected = self._select()
-            provinces = sorted(selected)
-            members = [selected[p][0].signed for p in provinces]
-            replicas = [h.signed for p in provinces for h in selected[p][1:]]
-            listed = tuple(a.SerializeToString() for a in (*members, *replicas))
+            self._select()
+            members, replicas, listed = self._listing
             if listed != self._signed_of:
                 self._signed_of = listed
                 self._signed = None
