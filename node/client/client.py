@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from node.crypto import signing
 from node.domain.predicate import Check
 from node.errors import HeduiError
 from node.member import Member
-from node.server import tls
+from node.server import failover, tls
 from node.wire.v1 import verification_pb2, verification_pb2_grpc
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -64,17 +65,40 @@ class PeerClient:
         self.member = member
         self.target = target
         self.deadline_s = deadline_s or member.cfg.limits.default_deadline_s
+        #: Where to call, in order: `target`, then the province's other listed endpoints (its replicas).
+        self.endpoints: tuple[str, ...] = (target,)
         if server_name is None:
-            from node.client.identity import peer_server_name
+            from node.client.identity import peer_target
 
-            self.province, server_name = peer_server_name(member, target, province)
+            self.province, server_name, self.endpoints = peer_target(member, target, province)
         else:
             self.province = province
-        self._channel = grpc.secure_channel(
-            target, tls.channel_credentials(member.cfg),
-            options=tls.channel_options(member.cfg.limits, server_name=server_name),
-        )
+        self._options = tls.channel_options(member.cfg.limits, server_name=server_name)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._order = failover.EndpointOrder()
+        self._watched: set[str] = set()  # endpoints whose connectivity was watched (closed once unwatched)
+        self._channel = self._channel_to(target)
         self._stub = verification_pb2_grpc.VerificationStub(self._channel)
+
+    def _channel_to(self, endpoint: str) -> grpc.Channel:
+        if endpoint not in self._channels:
+            options = self._options if len(self.endpoints) == 1 else [*self._options, *failover.RECONNECT_OPTIONS]
+            self._channels[endpoint] = grpc.secure_channel(endpoint, tls.channel_credentials(self.member.cfg),
+                                                           options=options)
+        return self._channels[endpoint]
+
+    def _dial(self, deadline: float) -> verification_pb2_grpc.VerificationStub:
+        """The stub to call: on the first endpoint that connects in its share of the time (node.server.failover);
+        the last one tried is called as is (a member with one endpoint is called as it always was)."""
+        order = self._order.order(self.endpoints)
+        for k, endpoint in enumerate(order[:-1]):
+            channel = self._channel_to(endpoint)
+            self._watched.add(endpoint)
+            if failover.connected_blocking(channel, failover.attempt_timeout(deadline, len(order) - k, time.monotonic())):
+                self._order.succeeded(endpoint)
+                return verification_pb2_grpc.VerificationStub(channel)
+            self._order.failed(endpoint)  # nothing was sent to it
+        return verification_pb2_grpc.VerificationStub(self._channel_to(order[-1]))
 
     @classmethod
     def from_config(cls, config_path: Path | str, target: str, **kw: Any) -> PeerClient:
@@ -87,7 +111,11 @@ class PeerClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for endpoint, channel in self._channels.items():
+            if endpoint in self._watched:
+                failover.close_when_unwatched(channel)
+            else:
+                channel.close()
 
     def prepare(self, ids: Sequence[str], purpose: str, checks: Sequence[str | Check]) -> PreparedQuery:
         m = self.member
@@ -114,8 +142,11 @@ class PeerClient:
              audience: str = "") -> VerifyResult:
         body = prepared.body(audience=audience, consent=consent)
         signed = sign_query(self.member.signer, body)
+        deadline = time.monotonic() + self.deadline_s
+        stub = self._stub if len(self.endpoints) == 1 else self._dial(deadline)
         try:
-            response = self._stub.Verify(verification_pb2.VerifyRequest(signed=signed), timeout=self.deadline_s)
+            response = stub.Verify(verification_pb2.VerifyRequest(signed=signed),
+                                   timeout=max(0.001, deadline - time.monotonic()))
         except grpc.RpcError as exc:
             raise translate(exc) from None
         answer = check_answer(response.signed, body, signed.body, self.member.verifier,

@@ -112,10 +112,11 @@ class VerifiedDirectory:
 
 
 def _certificates(signed: coordinator_pb2.SignedDirectory) -> tuple[bytes, ...]:
-    """Every signing certificate a verification of `signed` relies on: the coordinator's, each member's, each publisher's."""
+    """Every signing certificate a verification of `signed` relies on: the coordinator's, each member's
+    (at each of its endpoints), each publisher's."""
     try:
         body = coordinator_pb2.DirectoryBody.FromString(signed.body)
     except DecodeError:  # verify_directory refused it already
         return (signed.signature.certificate,)
-    return (signed.signature.certificate, *(a.signature.certificate for a in body.members),
+    return (signed.signature.certificate, *(a.signature.certificate for a in (*body.members, *body.replicas)),
             *(s.signature.certificate for s in body.standards))

@@ -145,12 +145,12 @@ class HouseholdRoundsServicer:
             timeout = c.router.bounded(c._timeout(context))
 
             def contribute(e: coordinator_pb2.Envelope) -> Callable[[Any], Awaitable[common_pb2.Sealed]]:
-                async def send(stub: Any) -> common_pb2.Sealed:
-                    reply = await stub.Contribute(household_pb2.ContributeRequest(query=e.query), timeout=timeout)
+                async def send(stub: Any, left: float) -> common_pb2.Sealed:
+                    reply = await stub.Contribute(household_pb2.ContributeRequest(query=e.query), timeout=left)
                     return reply.contribution
                 return send
 
-            answers = await asyncio.gather(*(self._forward(e.province, contribute(e)) for e in request.envelopes))
+            answers = await asyncio.gather(*(self._forward(e.province, contribute(e), timeout) for e in request.envelopes))
             shown = await self._routed(province, request.round_id, answers, consent_id=request.consent_id)
             c.log.info("round_routed", requester=province, consent_id=request.consent_id, request_id=request.round_id,
                        statuses=shown)
@@ -187,13 +187,13 @@ class HouseholdRoundsServicer:
             timeout = c.router.bounded(c._timeout(context))
 
             def contribute(e: household_pb2.RoundBatchEnvelope) -> Callable[[Any], Awaitable[common_pb2.Sealed]]:
-                async def send(stub: Any) -> common_pb2.Sealed:
+                async def send(stub: Any, left: float) -> common_pb2.Sealed:
                     reply = await stub.ContributeBatch(household_pb2.ContributeBatchRequest(
-                        request_id=request.request_id, queries=e.queries), timeout=timeout)
+                        request_id=request.request_id, queries=e.queries), timeout=left)
                     return reply.contributions
                 return send
 
-            answers = await asyncio.gather(*(self._forward(e.province, contribute(e)) for e in envelopes))
+            answers = await asyncio.gather(*(self._forward(e.province, contribute(e), timeout) for e in envelopes))
             shown = await self._routed(province, request.request_id, answers, batch=[
                 audit.batch_entry(rid, r.consent_id) for rid, r in zip(round_ids, rounds, strict=True)])
             c.log.info("rounds_routed", requester=province, request_id=request.request_id, households=len(rounds),
@@ -216,15 +216,16 @@ class HouseholdRoundsServicer:
             self.c.metrics.fanout(answer.province, status_name(answer.status))
         return shown
 
-    async def _forward(self, province: str,
-                       send: Callable[[Any], Awaitable[common_pb2.Sealed]]) -> coordinator_pb2.RoutedAnswer:
-        """Call `province`'s HouseholdHolder with `send`; its sealed reply, or the status of its failure."""
-        stub = self.c.router.household_stub(province)
-        if stub is None:
+    async def _forward(self, province: str, send: Callable[[Any, float], Awaitable[common_pb2.Sealed]],
+                       timeout: float) -> coordinator_pb2.RoutedAnswer:
+        """Call `province`'s HouseholdHolder with `send` (on the first of its endpoints that connects, with the
+        time left); its sealed reply, or the status of its failure."""
+        dialled = await self.c.router.dial(province, timeout)
+        if dialled.stubs is None:
             return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE,
-                                                message="province not in the directory")
+                                                message=dialled.reason)
         try:
-            sealed = await send(stub)
+            sealed = await send(dialled.stubs[1], dialled.remaining)
         except grpc.RpcError as exc:
             status, message = status_of(exc)
             return coordinator_pb2.RoutedAnswer(province=province, status=status, message=message)

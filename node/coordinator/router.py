@@ -8,7 +8,8 @@ never longer than `[limits] max_province_wait_s`, however long the caller is pre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -22,7 +23,7 @@ from node.coordinator.locators import LocatorBook
 from node.crypto import possession
 from node.domain.regions import province_uri
 from node.errors import ErrorCode, Refusal
-from node.server import tls
+from node.server import failover, tls
 from node.server.channel_pool import ChannelPool
 from node.wire.v1 import coordinator_pb2, household_pb2_grpc, verification_pb2, verification_pb2_grpc
 
@@ -34,6 +35,8 @@ _NOT_HELD: Final[str] = "province showed no possession of a subject it claimed"
 _IMPLAUSIBLE: Final[str] = "province's held claims were contradicted too often: not routed to"
 _NOT_IDENTIFIED: Final[str] = "province's server did not present its announced certificate: nothing sent"
 _NO_LOCATOR: Final[str] = "province has no locator for this discovery epoch"
+_NOT_LISTED: Final[str] = "province not in the directory"
+_UNREACHABLE: Final[str] = "province unavailable"
 T = TypeVar("T")
 _Stubs = tuple[verification_pb2_grpc.VerificationStub, household_pb2_grpc.HouseholdHolderStub]
 
@@ -84,54 +87,100 @@ class Router:
         self.directory = directory
         self.claims = claims
         self._credentials = tls.channel_credentials(cfg)
-        # province -> ((endpoint, TLS name), pool): `[limits] connections_per_peer` connections per province,
-        # calls in turn, so a node's --workers share them; a new announcement (endpoint or certificate) redials
-        self._channels: dict[str, tuple[tuple[str, str], ChannelPool[_Stubs]]] = {}
+        # province -> (TLS name, endpoint -> pool): `[limits] connections_per_peer` connections per endpoint,
+        # calls in turn, so a node's --workers share them; a new certificate redials, a dropped endpoint is closed
+        self._channels: dict[str, tuple[str, dict[str, ChannelPool[_Stubs]]]] = {}
+        self._order = failover.EndpointOrder()  # a province's endpoints in turn, those failing lately last
 
     def _bounded(self, timeout: float) -> float:
         """How long to wait on one province: never beyond the configured bound."""
         return min(timeout, self.cfg.limits.max_province_wait_s)
 
-    def _stubs(self, province: str) -> _Stubs | None:
+    def _pools(self, province: str) -> list[tuple[str, ChannelPool[_Stubs]]] | None:
+        """The province's endpoints with their connections, in the order to try them; None when it is not listed."""
         entry = self.directory.entries().get(province)
         if entry is None:
             return None
-        dialled = (entry.endpoint, server_name(entry))
+        name = server_name(entry)
         known = self._channels.get(province)
-        if known is not None and known[0] == dialled:
-            return known[1].stub()
-        if known is not None:
-            asyncio.get_running_loop().create_task(known[1].close())
-        # An announced HOST:PORT (checked by verify_announcement) is always resolved as a name or
-        # address: never read as a gRPC target scheme ("unix:", "vsock:", ...). Every handshake requires
-        # the announced certificate's own name (or the province's), so nothing reaches another server.
-        pool = ChannelPool(f"dns:///{entry.endpoint}", self._credentials,
-                           tls.channel_options(self.cfg.limits, server_name=dialled[1]),
-                           self.cfg.limits.connections_per_peer, _make_stubs)
-        self._channels[province] = (dialled, pool)
-        return pool.stub()
+        if known is None or known[0] != name:  # another certificate: every connection is dialled again
+            if known is not None:
+                self._close_later(known[1].values())
+            known = (name, {})
+            self._channels[province] = known
+        pools = known[1]
+        gone = [e for e in pools if e not in entry.endpoints]
+        self._close_later(pools.pop(e) for e in gone)
+        for endpoint in entry.endpoints:
+            if endpoint not in pools:
+                # An announced HOST:PORT (checked by verify_announcement) is always resolved as a name or
+                # address: never read as a gRPC target scheme ("unix:", "vsock:", ...). Every handshake requires
+                # the announced certificate's own name (or the province's), so nothing reaches another server.
+                pools[endpoint] = ChannelPool(
+                    f"dns:///{endpoint}", self._credentials,
+                    [*tls.channel_options(self.cfg.limits, server_name=name), *failover.RECONNECT_OPTIONS],
+                    self.cfg.limits.connections_per_peer, _make_stubs)
+        return [(e, pools[e]) for e in self._order.order(entry.endpoints)]
+
+    @staticmethod
+    def _close_later(pools: Iterable[ChannelPool[_Stubs]]) -> None:
+        for pool in pools:
+            asyncio.get_running_loop().create_task(pool.close())
+
+    async def dial(self, province: str, timeout: float) -> Dialled:
+        """Stubs over a connection to the first of the province's endpoints that connects (each gets its
+        share of `timeout`, node.server.failover), and the time left for the call.
+
+        Only an endpoint that could not be connected to is passed over: nothing was sent to it. When
+        none connects and time is left, the stubs of the last one tried are returned all the same: a
+        call on them fails at once with its connection's error (nothing is sent) unless it has just
+        connected, and that call is then the one send.
+        """
+        pools = self._pools(province)
+        if pools is None:
+            return Dialled(None, 0.0, _NOT_LISTED)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last: _Stubs | None = None
+        for k, (endpoint, pool) in enumerate(pools):
+            stubs, ok = await pool.connected_stub(failover.attempt_timeout(deadline, len(pools) - k, loop.time()))
+            if ok:
+                self._order.succeeded(endpoint)
+                return Dialled(stubs, max(0.001, deadline - loop.time()), "")  # never past the deadline
+            self._order.failed(endpoint)
+            last = stubs
+        remaining = deadline - loop.time()
+        if remaining < failover.MIN_ATTEMPT_S:
+            return Dialled(None, 0.0, _UNREACHABLE)
+        return Dialled(last, remaining, "")
+
+    def _stubs(self, province: str) -> _Stubs | None:
+        pools = self._pools(province)
+        return None if pools is None else pools[0][1].stub()
 
     def _stub(self, province: str) -> verification_pb2_grpc.VerificationStub | None:
         stubs = self._stubs(province)
         return None if stubs is None else stubs[0]
 
     def household_stub(self, province: str) -> household_pb2_grpc.HouseholdHolderStub | None:
-        """The province's HouseholdHolder service, on the next of its connections (as its Verification service)."""
+        """The province's HouseholdHolder service on its first endpoint, on the next of its connections
+        (as its Verification service); `dial` fails over between endpoints."""
         stubs = self._stubs(province)
         return None if stubs is None else stubs[1]
 
     def connections(self, province: str) -> int:
-        """How many connections the router keeps to `province` (0 before its first call)."""
+        """How many connections the router keeps to `province`, over all its endpoints (0 before its first call)."""
         known = self._channels.get(province)
-        return 0 if known is None else len(known[1])
+        return 0 if known is None else sum(len(pool) for pool in known[1].values())
 
     def bounded(self, timeout: float) -> float:
         """How long to wait on one province: never beyond `[limits] max_province_wait_s`."""
         return self._bounded(timeout)
 
     async def close(self) -> None:
-        for _, pool in self._channels.values():
-            await pool.close()
+        for _, pools in self._channels.values():
+            for pool in pools.values():
+                await pool.close()
         self._channels.clear()
 
     async def _each(self, provinces: Sequence[str], call: Callable[[str], Awaitable[T]]) -> list[T]:
@@ -220,17 +269,18 @@ class Router:
             if self.claims is not None and self.claims.refuses(province, requester):
                 return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_IMPLAUSIBLE,
                                                     message=_IMPLAUSIBLE)
-            stub = self._stub(province)
-            if stub is None:
+            dialled = await self.dial(province, timeout)
+            if dialled.stubs is None:
                 return coordinator_pb2.RoutedAnswer(province=province, status=coordinator_pb2.ROUTE_UNAVAILABLE,
-                                                    message="province not in the directory")
+                                                    message=dialled.reason)
+            stub, left = dialled.stubs[0], dialled.remaining
             commitments = list(envelope.possession_commitments)
             try:
                 if batch:
-                    reply = await stub.VerifyBatch(verification_pb2.VerifyBatchRequest(sealed=envelope.query), timeout=timeout)
+                    reply = await stub.VerifyBatch(verification_pb2.VerifyBatchRequest(sealed=envelope.query), timeout=left)
                     verdicts = claims.judge_answer(commitments, reply.possession_proofs)
                 else:
-                    reply = await stub.Verify(verification_pb2.VerifyRequest(sealed=envelope.query), timeout=timeout)
+                    reply = await stub.Verify(verification_pb2.VerifyRequest(sealed=envelope.query), timeout=left)
                     verdicts = claims.judge_answer(commitments, [reply.possession_proof])
             except grpc.RpcError as exc:
                 status, message = _status_of(exc)
@@ -258,6 +308,15 @@ class Router:
     def _record(self, province: str, requester: str, verdicts: list[bool], request: Any) -> None:
         if self.claims is not None:
             self.claims.record(province, requester, verdicts, request_id=request.request_id)
+
+
+@dataclass(frozen=True)
+class Dialled:
+    """A province dialled: stubs to call it on (None: none reached in time, `reason` says why) and the time left."""
+
+    stubs: _Stubs | None
+    remaining: float
+    reason: str
 
 
 def _make_stubs(channel: aio.Channel) -> _Stubs:

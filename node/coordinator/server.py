@@ -117,9 +117,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Announce(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "Announce", self.metrics, self._refusal_hook("Announce", request, context)):
             province = self._province(context)
+            refresh = self.directory.holds(request)  # the 30 s re-announcement: not audited again
             entry = self.directory.announce(province, request, presented=peer_certificate_sha256(context))
-            await self._audit(audit.coordinator_event("announce", requester=province))
-            self.log.info("announced", province=province, endpoint=entry.endpoint)
+            if not refresh:
+                await self._audit(audit.coordinator_event("announce", requester=province))
+            (self.log.debug if refresh else self.log.info)("announced", province=province, endpoint=entry.endpoint)
             return coordinator_pb2.AnnounceResponse()
 
     async def PublishStandards(self, request: Any, context: aio.ServicerContext) -> Any:

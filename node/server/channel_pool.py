@@ -15,6 +15,8 @@ from typing import Any, Generic, TypeVar
 import grpc
 from grpc import aio
 
+from node.server.failover import connected
+
 S = TypeVar("S")
 T = TypeVar("T")
 #: The most connections one client opens to one server (a bound on a mistyped setting).
@@ -66,6 +68,16 @@ class ChannelPool(Generic[S]):
     def stub(self) -> S:
         """The next channel's stub."""
         return self.take()[1]
+
+    async def connected_stub(self, timeout: float) -> tuple[S, bool]:
+        """The next channel's stub, and whether it is connected (another channel's that is connected already,
+        if the next one is not); False when it could not connect within `timeout` (nothing was sent)."""
+        i = self._next()
+        if self.channels[i].get_state() != grpc.ChannelConnectivity.READY:
+            ready = [j for j, c in enumerate(self.channels) if c.get_state() == grpc.ChannelConnectivity.READY]
+            if ready:
+                return self._stubs[ready[0]], True
+        return self._stubs[i], await connected(self.channels[i], timeout)
 
     async def close(self) -> None:
         for channel in self.channels:

@@ -40,6 +40,8 @@ POLL_INTERVAL_S: Final[float] = 1.0
 RETRY_AFTER_S: Final[float] = 0.1
 CHECKPOINT_EVERY_S: Final[float] = 60.0
 DIRECTORY_MAX_AGE_S: Final[float] = 30.0
+#: How often a node announces its endpoint again (well within the directory's `ENDPOINT_TTL_S`, 90 s).
+REANNOUNCE_S: Final[float] = 30.0
 
 
 def next_poll_delay(failures: int, elapsed: float = 0.0) -> float:
@@ -77,6 +79,7 @@ class CoordinatorLink:
         self._directory_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._endpoint: str | None = None  # what start() announced
+        self._announced: coordinator_pb2.SignedAnnouncement | None = None  # and the announcement, sent again
         self._crl_digest = b""
         self._sync_lock = asyncio.Lock()
         self.checkpoint_every_s = checkpoint_every_s
@@ -100,7 +103,7 @@ class CoordinatorLink:
         Returns True when both first attempts succeeded (the node is then fully ready).
         """
         self._endpoint = endpoint
-        signed = self.announcement(endpoint)
+        self._announced = signed = self.announcement(endpoint)
         announced = await self._announce_once(signed)
         try:
             await self.sync_revocations()
@@ -120,8 +123,7 @@ class CoordinatorLink:
             self._tasks.append(asyncio.create_task(self._locator_loop()))
         if self.checkpointer is not None:
             self._tasks.append(asyncio.create_task(self._checkpoint_loop()))
-        if not announced:
-            self._tasks.append(asyncio.create_task(self._announce_loop(signed)))
+        self._tasks.append(asyncio.create_task(self._announce_loop(announced)))
         return announced and synced
 
     def rotate(self, signer: Any) -> None:
@@ -136,7 +138,10 @@ class CoordinatorLink:
 
     async def reannounce(self) -> bool:
         """Announce again (after a rotation: the new TLS certificate's fingerprint and name)."""
-        return self._endpoint is not None and await self._announce_once(self.announcement(self._endpoint))
+        if self._endpoint is None:
+            return False
+        self._announced = self.announcement(self._endpoint)
+        return await self._announce_once(self._announced)
 
     def redial(self) -> None:
         """Reconnect to the coordinator's replicas with the (rotated) TLS certificate."""
@@ -203,20 +208,28 @@ class CoordinatorLink:
         ).SerializeToString()
         return coordinator_pb2.SignedAnnouncement(body=body, signature=self.member.signer.sign(ANNOUNCEMENT, body))
 
-    async def _announce_once(self, signed: coordinator_pb2.SignedAnnouncement) -> bool:
+    async def _announce_once(self, signed: coordinator_pb2.SignedAnnouncement, *, again: bool = False) -> bool:
         try:
             await self._call("Announce", signed, 5)
         except grpc.RpcError as exc:
             self.log.warning("announce_failed", status=exc.code().name if hasattr(exc, "code") else "?")
             return False
-        self.log.info("announced")
+        (self.log.debug if again else self.log.info)("announced")
         return True
 
-    async def _announce_loop(self, signed: coordinator_pb2.SignedAnnouncement) -> None:
+    async def _announce_loop(self, announced: bool) -> None:
+        """Until accepted, announce with back-off; then the same announcement every REANNOUNCE_S, which keeps
+        this endpoint in the directory (an endpoint not heard for `directory.ENDPOINT_TTL_S` drops out)."""
         delay = 0.2
-        while not await self._announce_once(signed):
+        while True:
+            if announced:
+                await asyncio.sleep(REANNOUNCE_S)  # the refresh period, not a readiness wait
+                announced = await self._announce_once(self._announced, again=True)
+                delay = 0.2
+                continue
             await asyncio.sleep(delay)  # retry backoff, not a readiness wait
             delay = min(delay * 2, 5.0)
+            announced = await self._announce_once(self._announced)
 
     async def checkpoint_once(self) -> None:
         """Sign the audit chain's head (if it moved) and lodge it with the coordinator (one process per node)."""

@@ -107,7 +107,8 @@ def test_routed_traffic_reaches_both_workers_of_a_node(planted: dict[str, Path],
                        for _ in range(32)]
             assert all(r.routing.get("44") == "OK" and r.answers and r.answers[0].signature_valid for r in results)
             router = fed.servers["coordinator"].router
-            assert router.connections("44") == 16
+            # 16 per endpoint: the one 44 served at before this restart stays listed until its announcement goes stale
+            assert router.connections("44") == 16 * len(router.directory.entries()["44"].endpoints)
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0

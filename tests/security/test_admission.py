@@ -246,7 +246,7 @@ def test_a_flood_of_held_calls_on_a_node_stops_nobody_else(fed: Federation, cons
 
 def test_a_wait_on_a_stalled_province_ends_within_the_configured_bound(planted: dict[str, Path]) -> None:
     """With `max_province_wait_s = 1`, a routed verification with a 20 s deadline reports the stalled province
-    DEADLINE_EXCEEDED long before its own deadline."""
+    (frozen: its TLS handshake never completes, so nothing is sent) UNAVAILABLE long before its own deadline."""
     bound = {"limits": {"max_province_wait_s": 1.0}}
     # 32 holds WORKER (its locator says so), so the route reaches it: discovery no longer contacts a province.
     with run_cluster(["32", "51"], data={"32": planted["44"]}, coordinator_extra=bound) as federation, \
@@ -255,7 +255,7 @@ def test_a_wait_on_a_stalled_province_ends_within_the_configured_bound(planted: 
         started = time.monotonic()
         result = federation.verify("51", [WORKER], CHECK, consent_id=consent, deadline_s=20)
         elapsed = time.monotonic() - started
-    assert result.routing == {"32": "DEADLINE_EXCEEDED"}
+    assert result.routing == {"32": "UNAVAILABLE"}  # no connection within the bound (PROTOCOL §10.1)
     assert elapsed < 10  # the caller's deadline less the router's margin would be 18 s
 
 

@@ -206,16 +206,18 @@ class DirectoryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DirectoryBody(_message.Message):
-    __slots__ = ("issued_at_ms", "members", "standards", "discovery_epoch_s")
+    __slots__ = ("issued_at_ms", "members", "standards", "discovery_epoch_s", "replicas")
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     STANDARDS_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_EPOCH_S_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     issued_at_ms: int
     members: _containers.RepeatedCompositeFieldContainer[SignedAnnouncement]
     standards: _containers.RepeatedCompositeFieldContainer[SignedStandards]
     discovery_epoch_s: int
-    def __init__(self, issued_at_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ..., standards: _Optional[_Iterable[_Union[SignedStandards, _Mapping]]] = ..., discovery_epoch_s: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[SignedAnnouncement]
+    def __init__(self, issued_at_ms: _Optional[int] = ..., members: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ..., standards: _Optional[_Iterable[_Union[SignedStandards, _Mapping]]] = ..., discovery_epoch_s: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[SignedAnnouncement, _Mapping]]] = ...) -> None: ...
 
 class SignedDirectory(_message.Message):
     __slots__ = ("body", "signature")

@@ -1,0 +1,47 @@
+"""A requester on its own host: reads one JSON command per line on stdin, answers one JSON line on stdout.
+
+Run inside the requester's namespace (`python -m tests.hosts.requester CONFIG`), so its calls leave
+from that host. Commands: {"op": "grant", "ids": [...]} -> {"consent_id"}; {"op": "verify", "ids",
+"checks", "consent_id", "deadline_s"} -> {"elapsed_s", "routing", "answers": [{province, valid,
+query_body (hex)}]}, with the time taken by the routed call alone; {"error"} when a call raised.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from node.client.coordinator import CoordinatorClient, fetch_receipt
+from node.client.routed import routed_verify
+from node.errors import HeduiError
+from node.member import Member
+
+
+def handle(member: Member, command: dict[str, Any]) -> dict[str, Any]:
+    if command["op"] == "grant":
+        with CoordinatorClient(member) as coordinator:
+            return {"consent_id": coordinator.grant(command["ids"], "dibao").consent_id}
+    receipt = fetch_receipt(member, command["consent_id"])
+    started = time.monotonic()
+    result = routed_verify(member, command["ids"], "dibao", command["checks"], consent=receipt,
+                           deadline_s=command["deadline_s"])
+    return {"elapsed_s": time.monotonic() - started, "routing": result.routing, "request_id": result.request_id,
+            "answers": [{"province": a.province, "valid": a.signature_valid, "query_body": a.query_body.hex()}
+                        for a in result.answers]}
+
+
+def main() -> None:
+    member = Member.from_config(sys.argv[1])
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        try:
+            reply = handle(member, json.loads(line))
+        except HeduiError as exc:
+            reply = {"error": str(exc)}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()
