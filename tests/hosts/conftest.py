@@ -18,7 +18,7 @@ from node.cli.coordinator_cmd import coordinator_config
 from node.crypto.pki import init_pki, issue_member
 from node.member import Member
 from node.store.ingest import ingest_file
-from node.store.store import Store
+from node.store.factory import open_storage
 from node.testing.cluster import write_node_config
 from node.testing.netns import Host, Network, NetnsUnavailable
 
@@ -133,8 +133,8 @@ def hosted(planted: dict[str, Path], tmp_path: Path, replica_store: str) -> Iter
         config_mod.write(coordinator, coordinator_config(pki, coordinator_at, tmp_path / "coordinator"))
         for code in ("44", "51"):
             member = Member.from_config(configs[code])
-            with Store.open(member.cfg.data_dir) as store:
-                ingest_file(store, planted[code], linkage_key=member.linkage_key, catalogue=member.catalogue)
+            with open_storage(member.cfg) as storage:
+                ingest_file(storage.facts(), planted[code], linkage_key=member.linkage_key, catalogue=member.catalogue)
         served = {"coordinator": serve(hosts["coord"], "coordinator", coordinator)}
         served["gd"] = serve(hosts["gd"], "node", configs["44"])
         served["sc1"] = serve(hosts["sc1"], "node", configs["51"])  # one config, one data directory: one store

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from node.store.nonces import NonceStore
+from node.store.factory import open_storage
 from node.wire.v1 import verification_pb2
 from tests.conftest import WORKER
 from tests.hosts.conftest import HEDUI, ROOT, HostedFederation
@@ -84,11 +84,9 @@ def test_killing_a_replica_loses_nothing_committed_and_the_other_answers(hosted:
     queries = [verification_pb2.QueryBody.FromString(bytes.fromhex(a["query_body"]))
                for r in [*replies, after] for a in r["answers"] if a["province"] == "51"]  # type: ignore[attr-defined]
     assert len(queries) == 4
-    nonces = NonceStore(sc.cfg.data_dir / "nonces.sqlite", window_ms=sc.cfg.limits.clock_skew_s * 1000)
-    try:  # remember() is False for a nonce the store already holds: none of them was lost
+    with open_storage(sc.cfg) as storage:  # remember() is False for a nonce the store already holds: none was lost
+        nonces = storage.nonces(window_ms=sc.cfg.limits.clock_skew_s * 1000)
         assert [nonces.remember(q.requester, q.nonce, q.issued_at_ms) for q in queries] == [False] * 4
-    finally:
-        nonces.close()
     verified = subprocess.run([*HEDUI, "audit", "verify", "--config", str(fed.configs["51"]), "--json"],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert verified.returncode == 0, verified.stdout + verified.stderr
