@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from node.store.errors import StoreError
 
 MAX_CONNECTIONS: Final[int] = 16  # per URL and process: a server's threads plus a few streams
-_TIMEOUT_S: Final[float] = 30.0
+_TIMEOUT_S: Final[float] = 10.0
 _CONNECT_TIMEOUT_S: Final[int] = 10
 _lock = threading.Lock()
 _pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}

@@ -17,10 +17,14 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION hedui_chain_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE below bigint := coalesce(nullif(current_setting('hedui.remove_below_' || TG_TABLE_NAME, true), '')::bigint, 0);
+DECLARE
+    below bigint := coalesce(nullif(current_setting('hedui.remove_below_' || TG_TABLE_NAME, true), '')::bigint, 0);
+    anchored bigint;
 BEGIN
-    IF OLD.idx < below THEN
-        RETURN OLD;  -- the chain's own prefix removal, in the transaction that records the anchor
+    -- Only remove_prefix's delete passes: it sets the setting and has recorded the anchor first.
+    SELECT idx INTO anchored FROM {ANCHORS} WHERE chain = TG_TABLE_NAME;
+    IF OLD.idx < least(below, coalesce(anchored, 0)) THEN
+        RETURN OLD;
     END IF;
     RAISE EXCEPTION 'append-only: DELETE on % refused', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
 END $$;
