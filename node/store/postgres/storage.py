@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import secrets
 import threading
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+import psycopg
 
 from node.store.errors import StoreError
 from node.store.postgres import pool as pools
@@ -22,8 +25,9 @@ class PgStorage:
     """`[store] url = "postgresql://..."`: every object on one database (a schema per member via
     `?options=-csearch_path%3D<schema>` when several members share a database)."""
 
-    def __init__(self, url: str, *, readonly: bool = False) -> None:
+    def __init__(self, url: str, *, readonly: bool = False, data_dir: Path | None = None) -> None:
         self._url = url
+        self._data_dir = Path(data_dir) if data_dir is not None else Path(".")
         self._readonly = readonly
         self._opened: list[Any] = []
         self._lock = threading.Lock()
@@ -60,18 +64,28 @@ class PgStorage:
         return self._keep(PgChain(self._url, table, prunable=prunable, readonly=self._readonly))
 
     def ledger(self) -> PgChain:
-        """The consent ledger; a new (writable) one gets its identity entry, as node.store.ledger.open_ledger does.
+        """The consent ledger. Writable: as node.store.ledger.open_ledger on SQLite - refuse one that lost
+        committed entries, give a new one its identity - with `ledger.head` in this host's data_dir.
 
-        There is no ledger.head file: a PostgreSQL commit is durable on the server (synchronous_commit on),
-        and the file of one replica's host could not speak for the others.
+        Every replica host keeps its own head file, advanced by its own commits (each recorded head
+        was committed, so each host's check is sound); a host that has none yet takes the current
+        head on first open (trust on first use), since another replica's commits are not its to vouch for.
         """
-        chain = self.chain(LEDGER_TABLE)
-        if not self._readonly:
-            try:
-                chain.append_next(lambda head: _identity_if_missing(chain, head))
-            except BaseException:
-                chain.close()
-                raise
+        if self._readonly:
+            return self.chain(LEDGER_TABLE)
+        from node.store import ledger
+
+        heads = ledger.HeadFile(self._data_dir / ledger.HEAD_FILE)
+        chain = self._keep(PgChain(self._url, LEDGER_TABLE, on_commit=heads.advance))
+        try:
+            problem = ledger.truncation(chain, heads.read())  # type: ignore[arg-type]
+            if problem is not None:
+                raise ledger.LedgerTruncated(f"{problem}; restore a backup (`hedui restore`) or accept the loss "
+                                             "(`hedui ledger new-epoch`)")
+            chain.append_next(lambda head: _identity_if_missing(chain, heads, head))
+        except BaseException:
+            chain.close()
+            raise
         return chain
 
     def audit(self) -> PgChain:
@@ -98,13 +112,24 @@ class PgStorage:
         self.close()
 
 
-def _identity_if_missing(chain: PgChain, head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+def _identity_if_missing(chain: PgChain, heads: Any, head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
     """The ledger.epoch entry of a ledger that has none (inside the append transaction, under the chain lock)."""
     from node.store import ledger
 
+    if heads.read() is None:  # a new ledger, or a replica host opening it for the first time
+        heads.reset(ledger.Head(*head))
     if ledger.read_identity(chain) is not None:  # type: ignore[arg-type]
         return []
     lineage = ((ledger.LEGACY_EPOCH, head[0]),) if head[0] else ()
     identity = ledger.Identity(secrets.token_bytes(16), secrets.token_bytes(16), lineage, head[0] + 1,
                                "upgraded" if head[0] else "created")
     return [(ledger.EPOCH, ledger.IDENTITY_KEY, identity.payload())]
+
+
+def open_url(url: str, data_dir: Path, *, readonly: bool) -> PgStorage:
+    """The factory's opener for "postgresql://..." (and "postgres://..."): libpq URL syntax; data_dir is not used."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ValueError("a postgresql store url is a libpq URL such as postgresql://USER@HOST:PORT/DBNAME") from None
+    return PgStorage(url, readonly=readonly, data_dir=data_dir)
