@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from node.domain import idnumber
-from node.testing.postgres import PostgresServer
+from node.testing.postgres import PostgresServer, shared_server
 
 # A Sichuan-registered migrant worker whose wages and deposits sit in Guangdong (44).
 WORKER = idnumber.make("510104", dt.date(1988, 5, 17), 371)
@@ -50,8 +50,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL server (initdb + pg_ctl in a temp dir) for the session; fails loudly if it cannot start."""
-    with PostgresServer(host="127.0.0.1") as server:
-        yield server
+    yield shared_server()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 from urllib.parse import quote
 
 SUPERUSER: Final[str] = "hedui"
@@ -248,3 +248,45 @@ class PostgresServer:
 
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_shared: PostgresServer | None = None
+
+
+def shared_server() -> PostgresServer:
+    """This process's one throwaway server (started on first use, stopped and removed at exit)."""
+    global _shared
+    if _shared is None:
+        import atexit
+
+        server = PostgresServer(host="127.0.0.1").start()
+        atexit.register(server.close)
+        _shared = server
+    return _shared
+
+
+def postgres_backend(tmp: Path) -> Any:
+    """node.testing.backends' "postgresql" entry: a fresh database on the shared server, raw SQL through psycopg."""
+    import psycopg
+
+    from node.store.postgres.schema import GUARDS
+    from node.testing.backends import Backend
+
+    server = shared_server()
+    name = f"t_{secrets.token_hex(6)}"
+    url = server.create_database(name)
+
+    def run(table: str, statements: Sequence[str], *, unguarded: bool) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if unguarded:
+                for guard in GUARDS:
+                    conn.execute(f'DROP TRIGGER IF EXISTS "{table}_{guard}" ON "{table}"')
+            for statement in statements:
+                conn.execute(statement)
+
+    backend = Backend(name="postgresql", url=url, data_dir=tmp / "data",
+                      sql=lambda table, statement: run(table, [statement], unguarded=False),
+                      tamper=lambda table, statements: run(table, statements, unguarded=True),
+                      refused=(psycopg.errors.RestrictViolation,))
+    backend.cleanup.append(lambda: server.drop_database(name))
+    return backend

@@ -133,6 +133,8 @@ class PgChain:
         try:
             if readonly:
                 with self._conn("opening") as conn:
+                    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',)).fetchone()[0]:
+                        raise pools.missing(f"no {table} chain at {self._location}", self._location)
                     self._check_schema(conn)
             else:
                 self._ensure_schema()

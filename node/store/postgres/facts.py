@@ -117,7 +117,7 @@ class PgStore:
     def _check_version(self) -> None:
         with self._conn("store read") as conn:
             if conn.execute("SELECT to_regclass('store_meta') IS NULL").fetchone()[0]:
-                raise StoreCorrupt(f"{self._location} holds no Hedui fact store")
+                raise pools.missing(f"no fact store at {self._location}", self._location)
             row = conn.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
         if row is None or row[0] != str(SCHEMA_VERSION):
             found = "none" if row is None else row[0]

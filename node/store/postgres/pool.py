@@ -100,3 +100,12 @@ def lock_key(*parts: str) -> int:
     """A signed 64-bit advisory-lock key for these names (stable across processes and hosts)."""
     digest = hashlib.sha256("\x00".join(("hedui", *parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def missing(message: str, location: str) -> StoreError:
+    """The error of a read-only open that found nothing: StoreMissing where the tree has it (issue 14's errors)."""
+    try:
+        from node.store.errors import StoreMissing  # type: ignore[attr-defined]
+    except ImportError:  # before node.store.errors gained StoreMissing
+        return StoreError(message)
+    return StoreMissing(message, location)  # type: ignore[no-any-return]

@@ -75,6 +75,10 @@ class PgStorage:
             return self.chain(LEDGER_TABLE)
         from node.store import ledger
 
+        try:
+            self._data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {self._data_dir}: {exc.strerror}") from None
         heads = ledger.HeadFile(self._data_dir / ledger.HEAD_FILE)
         chain = self._keep(PgChain(self._url, LEDGER_TABLE, on_commit=heads.advance))
         try:
