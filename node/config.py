@@ -136,6 +136,7 @@ class MemberConfig:
     key_passphrase: SecretSource = NO_SECRET  # [keys] passphrase_file / passphrase_credential: opens encrypted key files
     token_key: TokenKey | None = None  # [pkcs11]: the signing key lives in a PKCS#11 token
     discovery: DiscoveryPolicy = field(default_factory=DiscoveryPolicy)  # coordinator only: [discovery]
+    store_url: str = "sqlite:"  # [store] url: where this member's storage lives (node.store.factory)
 
     @property
     def is_coordinator(self) -> bool:
@@ -213,6 +214,16 @@ def _token_key(raw: Any, base: Path) -> TokenKey | None:
                     key_label=_text(raw["key_label"], "pkcs11.key_label") or "")
 
 
+def _store_url(table: Any, path: Path) -> str:
+    """`[store] url` (default "sqlite:": files under data_dir); the scheme is checked when the storage opens."""
+    if not isinstance(table, dict) or set(table) - {"url"}:
+        raise ConfigError(f"config file {path}: [store] must be a table with only url")
+    url = table.get("url", "sqlite:")
+    if not isinstance(url, str) or ":" not in url or not url.strip():
+        raise ConfigError(f'config key store.url in {path} must be a URL such as "sqlite:" or "postgresql://HOST/DB"')
+    return url
+
+
 def load(path: Path | str) -> MemberConfig:
     """Read a config file written by `hedui node init` or `hedui coordinator init`."""
     path = Path(path)
@@ -239,6 +250,7 @@ def load(path: Path | str) -> MemberConfig:
         if not isinstance(discovery_table, dict) or set(discovery_table) - known:
             raise ConfigError(f"config file {path}: [discovery] must be a table of {', '.join(sorted(known))}")
         discovery = DiscoveryPolicy(**discovery_table)
+        store_url = _store_url(raw.get("store", {}), path)
         logging, metrics = raw.get("logging", {}), raw.get("metrics", {})
         if not isinstance(logging, dict) or not isinstance(metrics, dict):
             raise ConfigError(f"config file {path}: [logging] and [metrics] must be tables")
@@ -278,6 +290,7 @@ def load(path: Path | str) -> MemberConfig:
             key_passphrase=_secret(keys, base, "passphrase", "keys"),
             token_key=token_key,
             discovery=discovery,
+            store_url=store_url,
         )
     except KeyError as exc:
         raise ConfigError(f"config file {path} lacks key {exc.args[0]}") from None

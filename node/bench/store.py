@@ -14,12 +14,12 @@ from node.bench.harness import _pct
 
 def bench_ingest(work: Path, n_subjects: int, linkage_key: bytes, catalogue: Any) -> dict[str, Any]:
     """Time ingest_file of a generated 5-facts-per-subject CSV into a fresh store."""
+    from node.store.factory import DEFAULT_URL, open_url
     from node.store.ingest import ingest_file
-    from node.store.store import Store
 
     csv_path = work / "ingest.csv"
     facts = write_facts_csv(csv_path, id_numbers(n_subjects, region="440304"), facts_per_subject=5)
-    with Store.open(work / "ingest-store") as store:
+    with open_url(DEFAULT_URL, work / "ingest-store") as storage, storage.facts() as store:
         started = time.perf_counter()
         report = ingest_file(store, csv_path, linkage_key=linkage_key, catalogue=catalogue)
         seconds = time.perf_counter() - started
@@ -35,8 +35,8 @@ def build_lookup_store(work: Path, n_subjects: int, linkage_key: bytes, catalogu
                        data_dir: Path | None = None) -> tuple[Path, list[str], dict[str, Any]]:
     """A store of `n_subjects` subjects with 2-3 facts each (one ingest) in `data_dir` (default
     work/lookup-store); returns dir, IDs, stats."""
+    from node.store.factory import DEFAULT_URL, open_url
     from node.store.ingest import ingest_file
-    from node.store.store import Store
 
     started = time.perf_counter()
     ids = id_numbers(n_subjects, region="440103")
@@ -44,7 +44,7 @@ def build_lookup_store(work: Path, n_subjects: int, linkage_key: bytes, catalogu
     facts = write_facts_csv(csv_path, ids, facts_per_subject=2.5, seed=11)
     generated = time.perf_counter()
     data_dir = data_dir or work / "lookup-store"
-    with Store.open(data_dir) as store:
+    with open_url(DEFAULT_URL, data_dir) as storage, storage.facts() as store:
         report = ingest_file(store, csv_path, linkage_key=linkage_key, catalogue=catalogue)
         counts = store.counts()
     csv_path.unlink()
@@ -65,12 +65,12 @@ def bench_lookups(data_dir: Path, ids: list[str], linkage_key: bytes, *, seconds
                   warmup: float, pool: int = 100_000, seed: int = 3) -> dict[str, Any]:
     """Store.lookup of one random token x 5 attributes, one at a time, for `seconds`."""
     from node.crypto.tokens import subject_token
-    from node.store.store import Store
+    from node.store.factory import DEFAULT_URL, open_url
 
     rng = random.Random(seed)
     tokens = [subject_token(linkage_key, n) for n in rng.choices(ids, k=min(pool, len(ids) * 4))]
     attrs = list(LOOKUP_ATTRIBUTES)
-    with Store.open(data_dir) as store:
+    with open_url(DEFAULT_URL, data_dir) as storage, storage.facts() as store:
         lookup = store.lookup
         i, n_tokens = 0, len(tokens)
         deadline = time.perf_counter() + warmup

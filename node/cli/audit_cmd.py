@@ -104,13 +104,17 @@ def _load(config_path: Path) -> Any:
     return config.load(config_path)
 
 
-def _audit_path(cfg: Any) -> Path:
-    from node.store.audit import AUDIT_DB
+def _storage(cfg: Any, *, readonly: bool) -> Any:
+    """The member's storage (node.store.factory), holding an audit log: BadInput "no audit log at ..." if none."""
+    from node.store.errors import StoreMissing
+    from node.store.factory import open_storage, open_storage_readonly
 
-    path = cfg.data_dir / AUDIT_DB
-    if not path.exists():
-        raise BadInput(f"no audit log at {path}")
-    return path
+    with open_storage_readonly(cfg) as storage:
+        try:
+            storage.audit()
+        except StoreMissing as exc:
+            raise BadInput(f"no audit log at {exc.location}") from None
+    return open_storage_readonly(cfg) if readonly else open_storage(cfg)
 
 
 def _member_identity(text: str) -> str:
@@ -135,19 +139,18 @@ def _check_out(args: argparse.Namespace) -> None:
 def _verify(args: argparse.Namespace) -> int:
     from node.member import Member
     from node.store.audit import (
-        CHECKPOINT_FILE, AuditLog, CheckpointFile, CheckpointInvalid, iso_utc, read_checkpoint_blobs,
-        verify_checkpoint,
+        CHECKPOINT_FILE, AuditLog, CheckpointInvalid, iso_utc, read_checkpoint_blobs, verify_checkpoint,
     )  # fmt: skip
 
     from node.cli.coordinator_cmd import _summary, _witness_json, _witnessed
     from node.store import witness
 
     cfg = _load(args.config)
-    path = _audit_path(cfg)
+    storage = _storage(cfg, readonly=True)
     heads, invalid_heads = _witnessed(cfg, args.witness, "audit")
     sources: list[tuple[str, int, bytes | None, str | None]] = [
         (f"local {CHECKPOINT_FILE} line {n}", n, blob, problem)
-        for n, blob, problem in CheckpointFile(cfg.data_dir / CHECKPOINT_FILE).read()
+        for n, blob, problem in storage.checkpoints().read()
     ]
     for file in args.checkpoint:
         try:
@@ -176,12 +179,10 @@ def _verify(args: argparse.Namespace) -> int:
         row["status"] = f"invalid: {problem}" if problem else "unchecked"
         checked.append(row)
 
-    log = AuditLog.open_readonly(path)
-    try:
+    with storage:
+        log = AuditLog(storage.audit())
         report = log.verify([*expect, *(h.expect for h in heads)])
         missing_guards = log.missing_guards()
-    finally:
-        log.close()
     for pos, result in zip(expect_of, report.checkpoints[:len(expect)], strict=True):
         checked[pos]["status"] = result.status
     witnessed = None if not args.witness else witness.check_audit(
@@ -228,15 +229,13 @@ def _export(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     since_ms = parse_since(args.since) if args.since else None
     _check_out(args)
-    log = AuditLog.open_readonly(_audit_path(cfg))
-    try:
+    with _storage(cfg, readonly=True) as storage:
+        log = AuditLog(storage.audit())
         if args.out is None:
             count = _write_rows(log.entries(since_ms=since_ms), export_row, sys.stdout)
         else:
             with files.atomic(args.out, replace=args.force) as out:
                 count = _write_rows(log.entries(since_ms=since_ms), export_row, out)
-    finally:
-        log.close()
     if args.out is not None:
         print(f"exported {count} audit entries to {args.out}", file=sys.stderr)
     return 0
@@ -251,12 +250,13 @@ def _write_rows(entries: Any, to_row: Any, out: IO[str]) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from node.store.audit import DAY_MS, AuditLog, iso_utc, retention_days
+    from node.store.audit import DAY_MS, iso_utc, retention_days
+    from node.store.factory import open_audit_log
 
     cfg = _load(args.config)
     days = retention_days(cfg.path)
     now = time.time_ns() // 1_000_000
-    with AuditLog(_audit_path(cfg), retention_days=days) as log:
+    with _storage(cfg, readonly=False) as storage, open_audit_log(storage, cfg) as log:
         removed = log.prune(now)
         anchor, _ = log.anchor()
     cutoff = iso_utc(now - days * DAY_MS)
@@ -273,16 +273,17 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _checkpoint(args: argparse.Namespace) -> int:
     from node.member import Member
-    from node.store.audit import CHECKPOINT_FILE, AuditLog, CheckpointFile, make_checkpoint
+    from node.store.audit import CHECKPOINT_FILE, AuditLog, make_checkpoint
 
     cfg = _load(args.config)
     if cfg.is_coordinator:
         raise BadInput("checkpoints are made by province nodes; on the coordinator use export-checkpoint")
     _check_out(args)
-    file = CheckpointFile(cfg.data_dir / CHECKPOINT_FILE)
-    with AuditLog(_audit_path(cfg)) as log:
-        signed = make_checkpoint(log, Member(cfg).signer, cfg.identity, prev=file.last_link())
-    file.append(signed)
+    with _storage(cfg, readonly=False) as storage:
+        file = storage.checkpoints()
+        with AuditLog(storage.audit()) as log:
+            signed = make_checkpoint(log, Member(cfg).signer, cfg.identity, prev=file.last_link())
+        file.append(signed)
     line = signed.to_json_line()
     if args.out is not None:
         files.write_file(args.out, line + "\n", replace=args.force)
@@ -298,23 +299,22 @@ def _checkpoint(args: argparse.Namespace) -> int:
 def _export_checkpoint(args: argparse.Namespace) -> int:
     from node.member import Member
     from node.store.audit import CheckpointStore
-    from node.store.chain import HashChain
+    from node.store.errors import StoreMissing
+    from node.store.factory import open_storage_readonly
 
     cfg = _load(args.config)
     if not cfg.is_coordinator:
         raise BadInput("export-checkpoint reads the coordinator's ledger: give the coordinator's config")
     _check_out(args)
-    path = cfg.data_dir / "ledger.sqlite"
-    if not path.exists():
-        raise BadInput(f"no ledger at {path}")
-    member = _member_identity(args.member)
-    chain = HashChain.open_readonly(path, table="ledger")
-    try:
+    with open_storage_readonly(cfg) as storage:
+        try:
+            chain = storage.ledger()
+        except StoreMissing as exc:
+            raise BadInput(f"no ledger at {exc.location}") from None
+        member = _member_identity(args.member)
         # Every checkpoint, not just the latest: a history rewritten below an old checkpoint and
         # then checkpointed again is still caught by the old one.
         held = CheckpointStore(chain, Member(cfg).verifier).all_signed(member)
-    finally:
-        chain.close()
     if not held:
         raise BadInput(f"the coordinator holds no checkpoint from {member}")
     text = "".join(signed.to_json_line() + "\n" for signed in held)

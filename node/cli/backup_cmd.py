@@ -3,7 +3,7 @@
 `hedui backup` is safe while the node (or coordinator) runs. `hedui restore` needs it stopped:
 restore refuses when a database it would replace is open by another process, but a server
 started during the restore is not prevented. Key material (the data dir's keys/) is never part
-of a backup; the PKI owner backs it up separately (see node.store.backup).
+of a backup; the PKI owner backs it up separately (see node.store.sqlite.backup).
 
 Exit codes: 0 done; 1 the backup (or the copy just made) fails its checks; 2 bad input or
 refused (missing config, non-empty --out, existing data without --force, node running).
@@ -67,7 +67,7 @@ def _postgres(cfg: Any) -> str | None:
 
 def _backup(args: argparse.Namespace) -> int:
     from node import config
-    from node.store.backup import BackupCorrupt, backup
+    from node.store.sqlite.backup import BackupCorrupt, backup
 
     cfg = config.load(args.config)
     try:
@@ -90,7 +90,7 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from node import config
-    from node.store.backup import BackupCorrupt, restore
+    from node.store.sqlite.backup import BackupCorrupt, restore
 
     cfg = config.load(args.config)
     try:

@@ -109,20 +109,22 @@ def _serve(args: argparse.Namespace) -> int:
 def _ledger_verify(args: argparse.Namespace) -> int:
     from node import config
     from node.store import ledger, witness
-    from node.store.chain import HashChain
-    from node.store.errors import StoreCorrupt
+    from node.store.errors import StoreCorrupt, StoreMissing
+    from node.store.factory import open_storage_readonly
 
     cfg = config.load(args.config)
-    path = cfg.data_dir / ledger.LEDGER_FILE
-    if not path.exists():
-        raise BadInput(f"no ledger at {path}")
+    storage = open_storage_readonly(cfg)
+    try:
+        chain = storage.ledger()
+    except StoreMissing as exc:
+        storage.close()
+        raise BadInput(f"no ledger at {exc.location}") from None
     heads, invalid = _witnessed(cfg, args.witness, "ledger")
     try:
         head = ledger.HeadFile(cfg.data_dir / ledger.HEAD_FILE).read()
         head_problem = None
     except StoreCorrupt as exc:
         head, head_problem = None, str(exc)
-    chain = HashChain.open_readonly(path, table=ledger.TABLE)
     try:
         report = chain.verify()
         identity = ledger.read_identity(chain) if report.ok else None
@@ -131,7 +133,7 @@ def _ledger_verify(args: argparse.Namespace) -> int:
             chain, heads, epoch=b"" if identity is None else identity.epoch,
             ledger_id=b"" if identity is None else identity.ledger_id, lineage=() if identity is None else identity.lineage)
     finally:
-        chain.close()
+        storage.close()
     if head_problem is None and head is None and report.ok and (identity is not None or report.count == 0):
         head_problem = (f"{ledger.HEAD_FILE} is missing: a truncated ledger cannot be told from a complete one "
                         "(if no entry was lost: `hedui ledger new-epoch`)")
@@ -204,7 +206,7 @@ def _summary(report: Any) -> str:
 def _ledger_new_epoch(args: argparse.Namespace) -> int:
     from node import config
     from node.store import ledger
-    from node.store.backup import ensure_idle
+    from node.store.sqlite.backup import ensure_idle
 
     cfg = config.load(args.config)
     path = cfg.data_dir / ledger.LEDGER_FILE

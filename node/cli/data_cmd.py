@@ -32,11 +32,11 @@ def _ingest(args: argparse.Namespace) -> int:
     from node.member import Member
     from node.store.errors import IngestRejected
     from node.store.ingest import ingest_file
-    from node.store.store import Store
+    from node.store.factory import open_storage
 
     member = Member.from_config(args.config)
     reports = []
-    with Store.open(member.cfg.data_dir) as store:
+    with open_storage(member.cfg) as storage, storage.facts() as store:
         for path in args.files:
             try:
                 report = ingest_file(store, path, linkage_key=member.linkage_key, catalogue=member.catalogue)

@@ -145,7 +145,7 @@ def install_member_keys(pki_dir: Path, member: str, data_dir: Path, *, linkage: 
 def _init(args: argparse.Namespace) -> int:
     from node import config
     from node.domain.regions import is_province, province_uri
-    from node.store.store import Store
+    from node.store.factory import open_storage
 
     if not is_province(args.province):
         raise BadInput(f"unknown province code {args.province!r}")
@@ -165,7 +165,8 @@ def _init(args: argparse.Namespace) -> int:
     if args.coordinator:
         member["coordinator"] = args.coordinator
     config.write(args.config, {"member": member, "keys": keys, "logging": {"level": "info"}})
-    Store.open(data_dir).close()
+    with open_storage(config.load(args.config)) as storage:
+        storage.facts().close()
     print(f"node {args.province} configured: {args.config} (data in {data_dir})")
     return 0
 
@@ -236,10 +237,10 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from node import __version__, config
-    from node.store.store import Store
+    from node.store.factory import open_storage
 
     cfg = config.load(args.config)
-    with Store.open(cfg.data_dir) as store:
+    with open_storage(cfg) as storage, storage.facts() as store:
         counts = store.counts()
         counts["subjects_without_possession_key"] = store.missing_possession()  # > 0: re-ingest before serving
     data = {"identity": cfg.identity, "province": cfg.province, "listen": cfg.listen, "version": __version__, **counts}

@@ -21,7 +21,7 @@ from node.errors import ErrorCode, Refusal
 from node.service.consent_request import UNBOUND, receipt_body
 from node.service.verification import ReplayGuard
 from node.store import ledger
-from node.store.chain import HashChain
+from node.store.interfaces import Chain
 from node.store.errors import StoreCorrupt
 from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
@@ -43,7 +43,7 @@ class _Consent:
 class ConsentRegistry:
     """Validates, records and answers for consents; every state change is a ledger entry."""
 
-    def __init__(self, chain: HashChain, *, signer: signing.Signer, verifier: signing.Verifier,
+    def __init__(self, chain: Chain, *, signer: signing.Signer, verifier: signing.Verifier,
                  catalogue: Catalogue, policy: Policy, replay: ReplayGuard,
                  clock: Callable[[], float] = time.time, clock_skew_s: int = 300) -> None:
         self.chain = chain
@@ -60,7 +60,7 @@ class ConsentRegistry:
         self._seen = 0
         identity = ledger.read_identity(chain)
         if identity is None:
-            raise StoreCorrupt(f"{chain.path} has no ledger identity (open it with node.store.ledger.open_ledger)")
+            raise StoreCorrupt(f"{chain.location} has no ledger identity (open it with node.store.ledger.open_ledger)")
         self.identity = identity
         self._signed_head: tuple[tuple[int, bytes], common_pb2.Signature, bytes] | None = None
         self._catch_up()

@@ -32,10 +32,9 @@ from node.server.admission import Admission
 from node.server.edge import edge, peer_certificate_sha256
 from node.server import metrics
 from node.server.metrics import MemberMetrics
-from node.store.nonces import NonceStore
 from node.store import audit
-from node.store import ledger
-from node.store.chain import HashChain
+from node.store.factory import open_audit_log, open_storage
+from node.store.interfaces import Chain
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, household_pb2_grpc, verification_pb2
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
@@ -372,7 +371,7 @@ class CoordinatorServer:
     auditor: audit.AsyncAuditor | None = None
     _closing: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _grace: float = 5.0
-    chain: HashChain | None = None
+    chain: Chain | None = None
     router: Router | None = None
 
     async def start(self, listen: str | None = None) -> int:
@@ -391,9 +390,11 @@ class CoordinatorServer:
         member = Member(cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
-        self.chain = ledger.open_ledger(cfg.data_dir)  # refuses a ledger that lost committed entries
+        storage = open_storage(cfg)
+        close.callback(storage.close)
+        self.chain = storage.ledger()  # refuses a ledger that lost committed entries
         close.callback(self.chain.close)
-        nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
+        nonces = storage.nonces(window_ms=cfg.limits.clock_skew_s * 1000)
         close.callback(nonces.close)
         consents = ConsentRegistry(
             self.chain, signer=member.signer, verifier=member.verifier, catalogue=member.catalogue,
@@ -409,7 +410,7 @@ class CoordinatorServer:
         self.router = Router(cfg, directory, ClaimBook(cfg.claims, log, MemberMetrics(cfg.identity)), locators)
         close.push_async_callback(self.router.close)
         self.crl = member.crl  # the newest CRL accepted; an older crl.pem put back is refused
-        self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
+        self.audit_log = open_audit_log(storage, cfg)
         close.callback(self.audit_log.close)
         self.auditor = audit.AsyncAuditor(self.audit_log)
         close.push_async_callback(self.auditor.aclose)

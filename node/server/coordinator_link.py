@@ -27,7 +27,7 @@ from node.server.locator_publisher import LocatorPublisher
 from node.server.metrics import MemberMetrics
 from node.service.consent import LedgerChange, LedgerHead, RevocationView, parse_ledger_head
 from node.store import audit, witness
-from node.store.store import Store
+from node.store.interfaces import CheckpointStorage, FactStore
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class CoordinatorLink:
                  audit_log: audit.AuditLog | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
                  metrics: MemberMetrics | None = None,
                  on_directory: Callable[[FederationDirectory], None] | None = None,
-                 store: Store | None = None) -> None:
+                 store: FactStore | None = None, checkpoints: CheckpointStorage | None = None) -> None:
         assert member.cfg.coordinator, "node has no coordinator configured"
         self.on_directory = on_directory  # told of every newly verified directory (e.g. its standards)
         self.member = member
@@ -84,8 +84,8 @@ class CoordinatorLink:
             member.province, store, member.signer, log, epoch_s=self._epoch_s,
             send=lambda signed: self._stub.PublishLocator(signed, timeout=30),
             held=lambda: self._stub.HeldLocators(coordinator_pb2.HeldLocatorsRequest(), timeout=5))
-        self.checkpointer = None if audit_log is None else audit.NodeCheckpointer(
-            audit_log, member.signer, member.cfg.identity, audit.CheckpointFile(member.cfg.data_dir / audit.CHECKPOINT_FILE))
+        self.checkpointer = None if audit_log is None or checkpoints is None else audit.NodeCheckpointer(
+            audit_log, member.signer, member.cfg.identity, checkpoints)
         # One process of a node's `--workers` lodges checkpoints and writes witnesses: the one holding this
         # lock (checkpoints of one chain from several processes would not extend each other).
         self._lead = Lead(member.cfg.data_dir / CHAIN_LEAD_FILE)

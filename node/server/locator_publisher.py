@@ -4,7 +4,7 @@ For the current and the next discovery epoch, the node builds a sharded Bloom fi
 (node.crypto.locator) over the epoch discovery tokens of every subject it holds, signs each
 shard and sends it (PublishLocator). It does so at start, when an epoch begins (the next one is
 then built ahead of time), and after every change to the store: an ingest by `hedui data
-ingest` in another process is seen through the store's data version (node.store.store.ChangeWatch),
+ingest` in another process is seen through the store's data version (node.store.interfaces.ChangeWatch),
 read by the coordinator-link loop every second; and again when the coordinator, asked every
 HELD_CHECK_S, no longer holds what it lodged. Stored tokens never leave the node.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from node.crypto import discovery, locator, signing
 from node.server.lead import Lead
-from node.store.store import Store
+from node.store.sqlite.facts import Store
 from node.wire.v1 import coordinator_pb2
 
 LOCK_FILE = "locator.lock"

@@ -30,10 +30,10 @@ from node.service.household import HouseholdService
 from node.service.probing import ProbeLimit, PublishedValues
 from node.service.verification import VerificationService
 from node.store import audit
-from node.store.nonces import NonceStore
 from node.store.probes import PROBES_DB, ProbeLedger, ledger_key
 from node.store.errors import StoreError
-from node.store.store import Store
+from node.store.factory import open_audit_log, open_storage
+from node.store.interfaces import FactStore, NonceStore
 from node.wire.v1 import household_pb2_grpc, verification_pb2, verification_pb2_grpc
 
 SERVICE_NAME = verification_pb2.DESCRIPTOR.services_by_name["Verification"].full_name
@@ -58,7 +58,7 @@ class NodeServer:
     _keys_seen: tuple[int, ...] = ()
     audit_log: audit.AuditLog | None = None
     auditor: audit.AsyncAuditor | None = None
-    store: Store | None = None
+    store: FactStore | None = None
     probes: ProbeLedger | None = None
     link: CoordinatorLink | None = None
     revocations: RevocationView = field(default_factory=RevocationView)
@@ -78,15 +78,17 @@ class NodeServer:
         if cfg.metrics_listen:
             metrics.listen_address(cfg)  # a refused metrics address stops the start before anything opens
         close = self._closing = contextlib.AsyncExitStack()  # stop() undoes start(), last step first
-        self.store = Store.open(cfg.data_dir)
+        storage = open_storage(cfg)
+        close.callback(storage.close)
+        self.store = storage.facts()
         close.callback(self.store.close)
         self.store.check_integrity()  # refuse a corrupt store before anything else
         missing = self.store.missing_possession()
         if missing:  # it would claim subjects whose sealed queries it cannot unlock
             raise StoreError(
-                f"store {self.store.path}: {missing} subjects have no possession key (ingested before store "
+                f"store {self.store.location}: {missing} subjects have no possession key (ingested before store "
                 "schema 2): ingest the departmental files again (hedui ingest; facts are kept) before serving")
-        self.audit_log = audit.AuditLog.for_member(cfg.data_dir, cfg.path)
+        self.audit_log = open_audit_log(storage, cfg)
         close.callback(self.audit_log.close)
         in_flight = InFlight()
         self.auditor = audit.AsyncAuditor(self.audit_log, in_flight=in_flight)
@@ -99,10 +101,10 @@ class NodeServer:
         if cfg.coordinator:
             self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log, metrics=member_metrics,
                                         on_directory=lambda directory: published.update(directory.standards),
-                                        store=self.store)
+                                        store=self.store, checkpoints=storage.checkpoints())
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
-        self._nonces = NonceStore(cfg.data_dir / "nonces.sqlite", window_ms=cfg.limits.clock_skew_s * 1000)
+        self._nonces = storage.nonces(window_ms=cfg.limits.clock_skew_s * 1000)
         close.callback(self._nonces.close)
         seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub, cfg.key_passphrase)
         self.probes = ProbeLedger(cfg.data_dir / PROBES_DB, key=ledger_key(seal_key.private_bytes_raw()))

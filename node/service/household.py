@@ -28,7 +28,7 @@ from node.errors import ErrorCode, Refusal
 from node.service.consent import ReceiptGate
 from node.service.signed import coordinator_signed
 from node.service.verification import NONCE_MAX, NONCE_MIN, TOKEN_BYTES, ReplayGuard
-from node.store.store import Fact, Store
+from node.store.interfaces import Fact, FactStore
 from node.wire.v1 import household_pb2
 
 ROUND_PREFIX: Final[bytes] = b"hedui/v1/round\x00"  # replay key of a round id (the nonce store keeps it)
@@ -65,7 +65,7 @@ def holder_set_digest(signed: household_pb2.SignedHolderSet) -> bytes:
 class HouseholdService:
     """What a province node does with a contribution query; the gRPC servicer only adapts."""
 
-    def __init__(self, *, province: str, store: Store, catalogue: Catalogue, policy: Policy,
+    def __init__(self, *, province: str, store: FactStore, catalogue: Catalogue, policy: Policy,
                  verifier: signing.Verifier, limits: Limits, consent: ReceiptGate | None, replay: ReplayGuard,
                  mask_key: X25519PrivateKey, clock: Callable[[], float] = time.time) -> None:
         self.province = province

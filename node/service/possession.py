@@ -9,14 +9,14 @@ from google.protobuf.message import DecodeError
 from node.crypto import possession
 from node.crypto.possession import LockError, Unlocked
 from node.errors import ErrorCode, Refusal
-from node.store.store import Store
+from node.store.interfaces import FactStore
 from node.wire.v1 import verification_pb2
 
 
 class Unlocker:
     """Opens the locked queries of sealed calls: only those with a subject this store holds."""
 
-    def __init__(self, store: Store, identity: str, *, max_subjects: int = 16) -> None:
+    def __init__(self, store: FactStore, identity: str, *, max_subjects: int = 16) -> None:
         self.store = store
         self.identity = identity
         self.max_subjects = max_subjects

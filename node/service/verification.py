@@ -21,7 +21,7 @@ from node.domain.predicate import ONE_PER_ITEM, Check, Comparator, repeated_item
 from node.errors import ErrorCode, Refusal
 from node.service.probing import ProbeLimit
 from node.service.packed import Columns
-from node.store.store import Fact, Store
+from node.store.interfaces import Fact, FactStore
 from node.wire.v1 import common_pb2, verification_pb2
 
 NONCE_MIN, NONCE_MAX = 16, 64
@@ -109,7 +109,7 @@ class VerificationService:
         self,
         *,
         province: str,
-        store: Store,
+        store: FactStore,
         catalogue: Catalogue,
         policy: Policy,
         verifier: signing.Verifier,
@@ -252,7 +252,7 @@ class VerificationService:
 
         Each query is authenticated, validated and consent-checked on its own, as in `decide`; the
         checks are parsed once per distinct checks, the nonces of the queries still standing are
-        recorded together (node.store.nonces `remember_many`, one write), every query of one item
+        recorded together (NonceStore `remember_many`, one write), every query of one item
         set is looked up in one store lookup, and the results are packed (node.service.packed) when
         the query accepts it (`accept_packed`; else rows, as 0.2 requesters read). Call inside `batch_scope`.
         """

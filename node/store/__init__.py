@@ -1,8 +1,8 @@
-"""The province's fact store (SQLite, subject tokens only) and departmental data ingest."""
+"""Storage: the contracts (interfaces), the factory that opens a config's backend, and what every backend shares."""
 
 from __future__ import annotations
 
 from node.store.errors import IngestRejected, StoreCorrupt, StoreError
-from node.store.store import Fact, Store
+from node.store.interfaces import Fact, FactStore
 
-__all__ = ["Fact", "IngestRejected", "Store", "StoreCorrupt", "StoreError"]
+__all__ = ["Fact", "FactStore", "IngestRejected", "StoreCorrupt", "StoreError"]

@@ -4,7 +4,7 @@ It takes a file only in the form most files have — the exact header, no quotes
 line ends, every row valid and written canonically, no repeated key — and checks each block
 of lines column by column (distinct ID numbers, dates and sources once, values in one regular
 expression pass). At the first thing it does not take it raises GiveUp: the caller undoes its
-writes (Writer.savepoint) and runs the row-by-row path, which stores the same rows and
+writes (FactWriter.savepoint) and runs the row-by-row path, which stores the same rows and
 reports every bad line. What it stores is exactly what the row-by-row path stores.
 """
 
@@ -21,7 +21,7 @@ from typing import Final
 from node.crypto.tokens import possession_keys, subject_tokens
 from node.domain import idnumber
 from node.domain.catalogue import Item
-from node.store.store import Writer
+from node.store.interfaces import FactWriter
 
 BLOCK_CHARS: Final[int] = 1 << 20  # text read per block (about 20,000 lines)
 _TEXTS_MAX: Final[int] = 4096  # good as_of and source texts remembered
@@ -54,7 +54,7 @@ class Columns:
         self.rows = 0
         self.written = 0
 
-    def ingest(self, path: Path, writer: Writer) -> None:
+    def ingest(self, path: Path, writer: FactWriter) -> None:
         """Write every row of the file, or raise GiveUp (or UnicodeDecodeError, OSError)."""
         with path.open("r", encoding="utf-8-sig", newline="") as fh:
             if fh.readline().rstrip("\n").removesuffix("\r") != _HEADER:
@@ -74,7 +74,7 @@ class Columns:
         if self.rows == 0:
             raise GiveUp  # the row-by-row path words the reason
 
-    def _block(self, text: str, writer: Writer) -> None:
+    def _block(self, text: str, writer: FactWriter) -> None:
         """The rows of whole lines of text (each ending in a newline)."""
         if "\"" in text or "\x00" in text:
             raise GiveUp
@@ -120,7 +120,7 @@ class Columns:
                 good.clear()
             good.add(text)
 
-    def _subjects(self, raw_ids: list[str], writer: Writer) -> list[int]:
+    def _subjects(self, raw_ids: list[str], writer: FactWriter) -> list[int]:
         """The subject id of each row, deriving tokens and possession keys once per new ID number."""
         sid_of = self.sid_of
         if len(sid_of) >= self.cache_max:

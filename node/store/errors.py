@@ -15,6 +15,14 @@ class StoreCorrupt(StoreError):
     """The store file is not a Hedui store or fails its integrity check."""
 
 
+class StoreMissing(StoreError):
+    """A read-only open found nothing there yet (no such file or table); `location` says where it looked."""
+
+    def __init__(self, message: str, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
 class IngestRejected(BadInput):
     """A data file was rejected as a whole; nothing from it was stored.
 

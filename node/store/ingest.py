@@ -30,7 +30,7 @@ from node.domain.catalogue import Catalogue, Item
 from node.errors import BadInput
 from node.store import bulk
 from node.store.errors import IngestRejected
-from node.store.store import Store, Writer
+from node.store.interfaces import FactStore, FactWriter
 
 HEADER: Final[tuple[str, ...]] = ("id_number", "attribute", "value", "as_of", "source")
 JSONL_SUFFIXES: Final[frozenset[str]] = frozenset({".jsonl", ".ndjson"})
@@ -63,7 +63,7 @@ class IngestReport:
 
 
 def ingest_file(
-    store: Store,
+    store: FactStore,
     path: Path,
     *,
     linkage_key: bytes,
@@ -115,12 +115,12 @@ class _Job:
         self.possession_added = 0
         self.subject_ids: set[int] = set()
 
-    def run(self, writer: Writer) -> None:
+    def run(self, writer: FactWriter) -> None:
         if self.columnar and not self.jsonl and self._run_columnar(writer):
             return
         self._run_rows(writer)
 
-    def _run_columnar(self, writer: Writer) -> bool:
+    def _run_columnar(self, writer: FactWriter) -> bool:
         """The fast path (node.store.bulk); False, with nothing written, when it gave up on the file."""
         validator = _Validator(self.key, self.catalogue, self.today)
         columns = bulk.Columns(self.key, validator.items, self.today, validator.date_reason,
@@ -135,7 +135,7 @@ class _Job:
         self.subject_ids = columns.subject_ids
         return True
 
-    def _run_rows(self, writer: Writer) -> None:
+    def _run_rows(self, writer: FactWriter) -> None:
         """Row by row: every bad line found and reported (and the reference the fast path matches)."""
         validator = _Validator(self.key, self.catalogue, self.today)
         seen: set[int] = set()

@@ -1,6 +1,6 @@
 """The consent ledger's identity (ledger id, epoch, lineage) and its head file outside SQLite.
 
-A ledger is a hash chain (node.store.chain) in `ledger.sqlite`. Entry kinds:
+A ledger is a hash chain (node.store.interfaces.Chain; SQLite: node.store.sqlite.chain in `ledger.sqlite`). Entry kinds:
 `consent.grant`, `consent.revoke`, the audit checkpoints of node.store.audit, and
 `ledger.epoch` (key `@ledger`): the ledger's identity, appended when the ledger is created,
 when an older ledger is upgraded, and when a new epoch starts (`hedui restore`, `hedui ledger
@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from node.store.chain import GENESIS, Entry, HashChain
+from node.store.chainformat import GENESIS, Entry
+from node.store.interfaces import Chain
 from node.store.errors import StoreCorrupt, StoreError
+from node.store.sqlite.chain import HashChain
 
 LEDGER_FILE: Final[str] = "ledger.sqlite"
 TABLE: Final[str] = "ledger"
@@ -73,7 +75,7 @@ class Identity:
             raise StoreCorrupt(f"ledger entry {entry.idx}: unreadable ledger identity") from None
 
 
-def read_identity(chain: HashChain) -> Identity | None:
+def read_identity(chain: Chain) -> Identity | None:
     """The ledger's current identity (its last ledger.epoch entry); None for a ledger that has none."""
     entry = chain.latest(IDENTITY_KEY)
     return None if entry is None else Identity.from_entry(entry)
@@ -163,7 +165,7 @@ def _parse_slot(raw: bytes) -> Head | None:
     return Head(index, digest) if isinstance(index, int) and index >= 0 and len(digest) == len(GENESIS) else None
 
 
-def truncation(chain: HashChain, head: Head | None) -> str | None:
+def truncation(chain: Chain, head: Head | None) -> str | None:
     """Why `chain` lacks the recorded head entry, or None when it holds it (or nothing is recorded)."""
     if head is None or head.index == 0:
         return None
@@ -196,7 +198,7 @@ def open_ledger(data_dir: Path) -> HashChain:
     return chain
 
 
-def _identity_if_missing(chain: HashChain, heads: HeadFile, head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+def _identity_if_missing(chain: Chain, heads: HeadFile, head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
     """The identity entry of a ledger that has none (runs inside the append transaction)."""
     if read_identity(chain) is not None:
         if heads.read() is None:
@@ -211,7 +213,7 @@ def _identity_if_missing(chain: HashChain, heads: HeadFile, head: tuple[int, byt
     return [(EPOCH, IDENTITY_KEY, identity.payload())]
 
 
-def start_epoch(chain: HashChain, reason: str, carried: Sequence[str] = ()) -> Identity:
+def start_epoch(chain: Chain, reason: str, carried: Sequence[str] = ()) -> Identity:
     """Start a new epoch at the chain's head (re-applying `carried` revocations in it); return its identity."""
     started: list[Identity] = []
 
@@ -238,7 +240,7 @@ def new_epoch(data_dir: Path, reason: str = "new-epoch", carried: Sequence[str] 
     return identity, kept
 
 
-def consents(chain: HashChain) -> tuple[set[str], set[str]]:
+def consents(chain: Chain) -> tuple[set[str], set[str]]:
     """(granted, revoked) consent ids of a ledger."""
     granted: set[str] = set()
     revoked: set[str] = set()

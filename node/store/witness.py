@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Final
 
 from node import files
-from node.store.chain import GENESIS, HashChain
+from node.store.chainformat import GENESIS
 from node.store.errors import StoreError
+from node.store.interfaces import Chain
 
 WITNESS_DIR: Final[str] = "witness"
 LEDGER_HEADS: Final[str] = "ledger-heads.jsonl"
@@ -209,7 +210,7 @@ class WitnessReport:
                 for c in self.checked]
 
 
-def check_ledger(chain: HashChain, heads: Sequence[Head], *, epoch: bytes = b"", ledger_id: bytes = b"",
+def check_ledger(chain: Chain, heads: Sequence[Head], *, epoch: bytes = b"", ledger_id: bytes = b"",
                  lineage: Iterable[tuple[bytes, int]] = ()) -> WitnessReport:
     """Check a (verified) consent ledger against witnessed heads.
 

@@ -17,7 +17,7 @@ from node.crypto.pki import init_pki, issue_member
 from node.domain.regions import province_uri
 from node.member import Member
 from node.store.ingest import ingest_file
-from node.store.store import Store
+from node.store.factory import open_storage
 
 T = TypeVar("T")
 
@@ -60,7 +60,8 @@ def write_node_config(root: Path, pki: Path, code: str, *, coordinator: str | No
         member["coordinator"] = coordinator
     cfg_path = root / f"node{code}.toml"
     config_mod.write(cfg_path, {"member": member, "keys": keys, **(extra or {})})
-    Store.open(data_dir).close()
+    with open_storage(config_mod.load(cfg_path)) as storage:
+        storage.facts().close()
     return cfg_path
 
 
@@ -181,7 +182,7 @@ class Federation:
 
     def ingest(self, code: str, path: Path) -> None:
         m = self.member(code)
-        with Store.open(m.cfg.data_dir) as store:
+        with open_storage(m.cfg) as storage, storage.facts() as store:
             ingest_file(store, path, linkage_key=m.linkage_key, catalogue=m.catalogue)
 
 

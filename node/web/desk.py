@@ -26,7 +26,7 @@ from node.errors import BadInput, HeduiError
 from node.member import Member
 from node.server import tls
 from node.store import audit
-from node.store.store import Store
+from node.store.factory import open_audit_log, open_storage
 from node.web.accounts import Account, Accounts, Role
 from node.web.batches import Batch, Batches
 from node.web.cases import Case, CaseInput, Cases, Status, new_case_id
@@ -77,7 +77,8 @@ class Desk:
                                                            "incomplete": str(b.incomplete), "rejected": str(b.rejected)}))
         self.evidence_dir = data_dir / EVIDENCE_DIR
         self.evidence_dir.mkdir(mode=0o700, exist_ok=True)
-        self.audit_log = audit.AuditLog.for_member(data_dir, self.config_path)
+        self.storage = open_storage(self.member.cfg)
+        self.audit_log = open_audit_log(self.storage, self.member.cfg)
         self._coordinator: CoordinatorClient | None = None
         self._lock = threading.Lock()
 
@@ -86,6 +87,7 @@ class Desk:
         if self._coordinator is not None:
             self._coordinator.__exit__(None, None, None)
         self.audit_log.close()
+        self.storage.close()
         self.db.close()
 
     @property
@@ -281,7 +283,7 @@ class Desk:
         directory = self.coordinator.directory()
         with ThreadPoolExecutor(max_workers=8) as pool:
             health = dict(zip(directory, pool.map(self._health, directory.values()), strict=True))
-        with Store.open(self.member.cfg.data_dir) as store:
+        with self.storage.facts() as store:
             counts, newest = store.counts(), store.newest_as_of()
         refusals = []
         for entry in self.audit_log.entries(since_ms=int(time.time() * 1000) - 7 * audit.DAY_MS):

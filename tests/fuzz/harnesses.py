@@ -47,7 +47,7 @@ from node.service.household import verify_holder_set
 from node.service.possession import signed_query
 from node.service.verification import require_usable_reply_key
 from node.store import audit, witness
-from node.store.chain import HashChain
+from node.store.sqlite.chain import HashChain
 from node.store.ingest import ingest_file
 from node.wire.v1 import common_pb2, coordinator_pb2, household_pb2, verification_pb2
 from tests.fuzz.world import (DISCOVERY_CONSENT, EPOCH, HOLDER, KEY_PASSPHRASE, NOW_MS, NOW_S, REQUESTER, TODAY,

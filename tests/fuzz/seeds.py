@@ -229,7 +229,7 @@ def _discovery_seeds() -> dict[str, list[bytes]]:
 def _checkpoint_seeds() -> tuple[list[bytes], list[bytes]]:
     """(checkpoint bodies, signed AuditCheckpoint messages): the holder's first checkpoint and one linked to it."""
     from node.store import audit
-    from node.store.chain import GENESIS
+    from node.store.sqlite.chain import GENESIS
 
     member = province_uri(HOLDER)
     first = audit.Checkpoint(member, 3, hashlib.sha256(b"head-3").digest(), NOW_MS - 60_000, audit.NO_PREVIOUS)

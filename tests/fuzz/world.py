@@ -24,7 +24,7 @@ from node.service.household import HouseholdService
 from node.service.possession import Unlocker
 from node.service.verification import VerificationService
 from node.store import ledger
-from node.store.store import Store
+from node.store.sqlite.facts import Store
 from node.wire.v1 import household_pb2
 
 #: The harnesses' clock (seconds): seeds carry issue and validity times around it (2026-11-18).

@@ -20,11 +20,12 @@ from node.cli.audit_cmd import parse_since, run
 from node.domain.regions import COORDINATOR_URI, province_uri
 from node.member import Member
 from node.store.audit import (
-    ANSWERED, AUDIT_DB, CHECKPOINT_FILE, DAY_MS, KIND_PRUNE, AuditLog, AuditRecord, CheckpointFile,
-    CheckpointStore, make_checkpoint,
+    ANSWERED, AUDIT_DB, CHECKPOINT_FILE, DAY_MS, KIND_PRUNE, AuditRecord, CheckpointStore, make_checkpoint,
 )  # fmt: skip
-from node.store.chain import HashChain, entry_hash
+from node.store.sqlite.checkpoints import CheckpointFile
+from node.store.sqlite.chain import HashChain, entry_hash
 from node.testing.cluster import Federation, build_federation
+from node.store.sqlite.storage import audit_file, audit_file_readonly
 
 REPO = Path(__file__).resolve().parents[2]
 MEMBER = province_uri("44")
@@ -65,7 +66,7 @@ def hedui_audit(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[
 
 
 def fill(cfg: Path, n: int, *, at_ms: int | None = None) -> None:
-    with AuditLog(data_dir(cfg) / AUDIT_DB) as log:
+    with audit_file(data_dir(cfg) / AUDIT_DB) as log:
         log.record_many([rec(i) for i in range(n)], at_ms=at_ms)
 
 
@@ -99,7 +100,7 @@ def test_rewritten_history_passes_alone_but_not_against_the_coordinator_checkpoi
     fill(cfg, 20)
     node = Member.from_config(cfg)
     db = data_dir(cfg) / AUDIT_DB
-    with AuditLog(db) as log:  # the node lodges its head with the coordinator (the RPC, minus the network)
+    with audit_file(db) as log:  # the node lodges its head with the coordinator (the RPC, minus the network)
         signed = make_checkpoint(log, node.signer, MEMBER)
         CheckpointFile(data_dir(cfg) / CHECKPOINT_FILE).append(signed)
     coordinator = Member.from_config(coord_cfg)
@@ -133,7 +134,7 @@ def test_rewritten_history_passes_alone_but_not_against_the_coordinator_checkpoi
     assert json.loads(out)["checkpoints"][0]["status"] == "mismatch"
 
     # Re-signing the rewritten head with the node's key does not get it past the coordinator either.
-    with AuditLog.open_readonly(db) as log:
+    with audit_file_readonly(db) as log:
         resigned = make_checkpoint(log, node.signer, MEMBER, prev=signed.checkpoint.link)  # linked as it must be
     with HashChain(data_dir(coord_cfg) / "ledger.sqlite", table="ledger") as ledger:
         with pytest.raises(Exception, match="rewritten"):
@@ -150,7 +151,7 @@ def test_checkpoint_file_from_another_member_or_forged_is_rejected(
     code, out, _ = hedui_audit(capsys, "verify", "--config", cfg, "--checkpoint", tmp_path / "mine.jsonl", "--json")
     assert code == 0 and [c["status"] for c in json.loads(out)["checkpoints"]] == ["ok", "ok"]
     coordinator = Member.from_config(fed.coordinator_config)  # type: ignore[arg-type]
-    with AuditLog.open_readonly(data_dir(cfg) / AUDIT_DB) as log:
+    with audit_file_readonly(data_dir(cfg) / AUDIT_DB) as log:
         foreign = make_checkpoint(log, coordinator.signer, COORDINATOR_URI)
     (tmp_path / "foreign.bin").write_bytes(foreign.blob)
     code, out, _ = hedui_audit(capsys, "verify", "--config", cfg, "--checkpoint", tmp_path / "foreign.bin")
@@ -165,10 +166,11 @@ def test_checkpoint_file_from_another_member_or_forged_is_rejected(
 _CHILD = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
-    from node.store.audit import ANSWERED, AsyncAuditor, AuditLog, AuditRecord
+    from node.store.audit import ANSWERED, AsyncAuditor, AuditRecord
+    from node.store.sqlite.storage import audit_file
 
     async def main() -> None:
-        auditor = AsyncAuditor(AuditLog(Path(sys.argv[1])))
+        auditor = AsyncAuditor(audit_file(Path(sys.argv[1])))
         n = 0
         while True:
             batch = [AuditRecord(at_ms=n, request_id=f"req-{n:06d}-{i:02d}", requester="51", decision=ANSWERED,
@@ -206,7 +208,7 @@ def test_sigkill_while_auditing_leaves_a_chain_that_verifies(
     report = json.loads(proc.stdout)
     assert proc.returncode == 0 and report["ok"] and report["entries"] >= last
     assert report["entries"] % 32 == 0  # batches are all or nothing
-    with AuditLog(db) as log:
+    with audit_file(db) as log:
         assert log.record(rec(1)).idx == report["entries"] + 1
 
 
@@ -215,7 +217,7 @@ def test_export_since_filters_and_writes_json_lines(
     """`export --since` keeps only entries at or after T (duration, date or datetime) as JSON lines."""
     cfg = member_config(fed, tmp_path)
     now = parse_since("0s")
-    with AuditLog(data_dir(cfg) / AUDIT_DB) as log:
+    with audit_file(data_dir(cfg) / AUDIT_DB) as log:
         log.record_many([rec(0), rec(1)], at_ms=now - 10 * DAY_MS)
         log.record_many([rec(2)], at_ms=now - 2 * DAY_MS)
         log.record_many([rec(3), rec(4)])
@@ -242,7 +244,7 @@ def test_prune_cli_uses_configured_retention_and_verify_still_passes(
     """`prune` removes entries past [audit] retention_days, keeps newer ones, and the log still verifies."""
     cfg = member_config(fed, tmp_path, audit={"retention_days": 200})
     now = parse_since("0s")
-    with AuditLog(data_dir(cfg) / AUDIT_DB) as log:
+    with audit_file(data_dir(cfg) / AUDIT_DB) as log:
         for age in (400, 250, 201, 199, 30):
             log.record(rec(age), at_ms=now - age * DAY_MS)
     code, out, _ = hedui_audit(capsys, "prune", "--config", cfg, "--json")

@@ -13,8 +13,8 @@ import pytest
 import tomli_w
 
 from node import config
-from node.store.chain import HashChain
-from node.store.store import Store
+from node.store.sqlite.chain import HashChain
+from node.store.sqlite.facts import Store
 from node.testing.cluster import build_federation, set_coordinator
 
 # Until node/cli/main.py registers backup_cmd, this adds it to the real parser (a no-op after).

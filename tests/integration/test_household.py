@@ -30,6 +30,7 @@ from node.synth import generate
 from node.testing import Federation, capture_logs, run_cluster
 from node.testing.standards import standards_document
 from node.wire.v1 import household_pb2, household_pb2_grpc
+from node.store.sqlite.storage import audit_file
 from tests.oracle import province_values
 
 HEDUI = [sys.executable, "-m", "node.cli.main"]
@@ -132,11 +133,10 @@ def test_planted_values_and_id_numbers_reach_no_log_audit_row_or_coordinator_fil
     logged = log_sink.getvalue()
     assert '"round_routed"' in logged, "the coordinator logged no round: the canary proves nothing"
     assert not [n for n in needles if n in logged]
-    from node.store import audit
 
     for who in ("coordinator", "51", "44", "33", "32"):
         cfg_dir = fed.root / ("coordinator" if who == "coordinator" else f"node{who}")
-        with audit.AuditLog(next(cfg_dir.rglob("audit.sqlite"))) as log:
+        with audit_file(next(cfg_dir.rglob("audit.sqlite"))) as log:
             text = json.dumps([e.payload.decode() for e in log.entries()])
         assert not [n for n in needles if n in text], who
         assert "contributed" in text or who == "coordinator"
@@ -331,9 +331,8 @@ def test_a_holder_refuses_a_second_contribution_to_the_same_round(fed: Federatio
         second, refused, _ = session.ask(opened.holder_set, {})
     assert not second and sorted(refused) == ["32", "33", "44", "51"]
     assert all("round id already used" in reason for reason in refused.values()), refused
-    from node.store import audit
 
-    with audit.AuditLog(fed.root / "node44" / "audit.sqlite") as log:
+    with audit_file(fed.root / "node44" / "audit.sqlite") as log:
         decisions = [json.loads(e.payload)["decision"] for e in log.entries()]
     assert "refused:REPLAYED" in decisions
 

@@ -23,6 +23,7 @@ from node.store import audit
 from node.testing import run_cluster
 from node.testing.cluster import Federation
 from node.wire.v1 import coordinator_pb2
+from node.store.sqlite.storage import audit_file_readonly
 
 SICHUAN = shipped("standards/51-sichuan.toml")
 
@@ -66,7 +67,7 @@ def _publish(fed: Federation, caller: str, signed: coordinator_pb2.SignedStandar
 
 def _coordinator_audit(fed: Federation) -> list[dict[str, Any]]:
     cfg = config_mod.load(fed.coordinator_config)
-    with audit.AuditLog.open_readonly(cfg.data_dir / audit.AUDIT_DB) as log:
+    with audit_file_readonly(cfg.data_dir / audit.AUDIT_DB) as log:
         return [json.loads(e.payload) for e in log.entries()]
 
 

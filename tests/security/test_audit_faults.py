@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from node.client.client import PeerRefused, PeerUnreachable
-from node.store.chain import entry_hash
+from node.store.sqlite.chain import entry_hash
 from node.testing import run_cluster
 from tests.conftest import CANARY_DEPOSIT, WORKER
 

@@ -22,6 +22,7 @@ from node.domain.regions import province_uri
 from node.store import audit
 from node.testing import Federation, run_cluster
 from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
+from node.store.sqlite.storage import audit_file_readonly
 from tests.conftest import CANARY_DEPOSIT, SPOUSE, STRANGER, WORKER
 
 CHECKS = ("deposit.balance_total<=2000000", "income.wage_monthly<=300000", "vehicle.count<=1")
@@ -83,12 +84,12 @@ def stub(fed: Federation) -> tuple[grpc.Channel, verification_pb2_grpc.Verificat
 
 def audit_payloads(fed: Federation, after: int) -> list[dict[str, Any]]:
     path = config_mod.load(fed.configs["44"]).data_dir / audit.AUDIT_DB
-    with audit.AuditLog.open_readonly(path) as log:
+    with audit_file_readonly(path) as log:
         return [json.loads(e.payload) for e in log.entries(after=after) if e.kind == audit.KIND_RECORD]
 
 
 def audit_head(fed: Federation) -> int:
-    with audit.AuditLog.open_readonly(config_mod.load(fed.configs["44"]).data_dir / audit.AUDIT_DB) as log:
+    with audit_file_readonly(config_mod.load(fed.configs["44"]).data_dir / audit.AUDIT_DB) as log:
         return log.head()[0]
 
 
@@ -180,7 +181,7 @@ def test_one_audit_record_per_batch_names_each_query(fed: Federation) -> None:
     assert [q["consent_id"] for q in audit.per_query(row)] == [c.consent_id for c in consents]
     text = json.dumps(row)
     assert WORKER not in text and SPOUSE not in text and str(CANARY_DEPOSIT) not in text
-    with audit.AuditLog.open_readonly(config_mod.load(fed.configs["44"]).data_dir / audit.AUDIT_DB) as log:
+    with audit_file_readonly(config_mod.load(fed.configs["44"]).data_dir / audit.AUDIT_DB) as log:
         assert log.verify().ok
 
 

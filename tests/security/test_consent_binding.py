@@ -35,6 +35,7 @@ from node.testing import Federation, run_cluster
 from node.testing.consents import reissue
 from node.testing.standards import standards_document
 from node.wire.v1 import coordinator_pb2, verification_pb2
+from node.store.sqlite.storage import audit_file_readonly
 from tests.conftest import SPOUSE, WORKER
 
 CHECKS = ["deposit.balance_total<=2000000", "income.wage_monthly<300000"]
@@ -59,13 +60,13 @@ def coordinator_key(fed: Federation) -> signing.Signer:
 
 def audit_rows(fed: Federation, code: str, after: int = 0) -> list[dict[str, Any]]:
     path = config_mod.load(fed.configs[code]).data_dir / audit.AUDIT_DB
-    with audit.AuditLog.open_readonly(path) as log:
+    with audit_file_readonly(path) as log:
         return [row for e in log.entries(after=after) if e.kind == audit.KIND_RECORD
                 for row in audit.per_query(json.loads(e.payload))]  # a batch record: one row per query
 
 
 def audit_head(fed: Federation, code: str) -> int:
-    with audit.AuditLog.open_readonly(config_mod.load(fed.configs[code]).data_dir / audit.AUDIT_DB) as log:
+    with audit_file_readonly(config_mod.load(fed.configs[code]).data_dir / audit.AUDIT_DB) as log:
         return log.head()[0]
 
 

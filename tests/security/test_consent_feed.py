@@ -10,7 +10,7 @@ from node import logs
 from node.server.coordinator_link import POLL_INTERVAL_S, RETRY_AFTER_S, CoordinatorLink, next_poll_delay
 from node.server.locator_publisher import build_shards
 from node.service.consent import RevocationView
-from node.store.store import Store
+from node.store.sqlite.facts import Store
 from node.testing.cluster import LoopThread, build_federation
 
 WAIT_S = 30.0  # a bound on waiting for the feed, never a speed requirement

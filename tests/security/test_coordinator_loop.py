@@ -215,7 +215,7 @@ def test_a_grant_committed_after_its_caller_gave_up_is_still_audited(fed: Federa
 def test_another_thread_waits_for_a_nonce_transaction_instead_of_writing_into_it(tmp_path: Path) -> None:
     """While one thread holds a nonce transaction (a batch), another thread's remember waits for it to end and
     still sees a nonce the batch recorded as used (found in review: it wrote into the open transaction)."""
-    from node.store.nonces import NonceStore
+    from node.store.sqlite.nonces import NonceStore
 
     store = NonceStore(tmp_path / "nonces.sqlite", window_ms=600_000)
     now_ms = int(time.time() * 1000)

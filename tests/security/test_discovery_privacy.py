@@ -28,10 +28,10 @@ from node.crypto import discovery, locator, signing
 from node.crypto.tokens import subject_token
 from node.domain import idnumber
 from node.server import base, locator_publisher
-from node.store import audit
 from node.testing import Federation, run_cluster
 from node.testing.standards import standards_document
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
+from node.store.sqlite.storage import audit_file
 from tests.conftest import write_csv
 
 HEDUI = [sys.executable, "-m", "node.cli.main"]
@@ -98,7 +98,7 @@ class Calls:
 
 
 def audit_rows(fed: Federation, code: str) -> int:
-    with audit.AuditLog(fed.root / f"node{code}" / "audit.sqlite") as log:
+    with audit_file(fed.root / f"node{code}" / "audit.sqlite") as log:
         return sum(1 for _ in log.entries())
 
 

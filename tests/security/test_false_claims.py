@@ -28,7 +28,7 @@ from node.domain import idnumber
 from node.errors import ErrorCode, Refusal
 from node.server.node_server import NodeServer
 from node.store import audit
-from node.store.store import Store
+from node.store.sqlite.facts import Store
 from node.testing import Federation, capture_logs, run_cluster
 from node.testing.cluster import LoopThread, build_federation, set_coordinator
 from node.wire.v1 import common_pb2, verification_pb2

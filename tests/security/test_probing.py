@@ -25,11 +25,13 @@ from node.crypto import sealing
 from node.crypto.tokens import possession_key, subject_token
 from node.domain.predicate import parse_check
 from node.domain.regions import province_uri
-from node.store import audit, backup
+from node.store import audit
+from node.store.sqlite import backup
 from node.server.household_servicer import CONTRIBUTED
 from node.store.probes import PROBES_DB, ProbeLedger
 from node.testing import Federation, run_cluster
 from node.wire.v1 import verification_pb2, verification_pb2_grpc
+from node.store.sqlite.storage import audit_file_readonly
 from tests.conftest import WORKER, WORKER_WAGE
 
 BUDGET = 2  # set in the nodes' [limits] below (the default is 3)
@@ -93,13 +95,13 @@ def uses(fed: Federation, consent_id: str, item: str) -> int:
 
 
 def audit_rows(fed: Federation, after: int = 0) -> list[dict[str, Any]]:
-    with audit.AuditLog.open_readonly(data_dir(fed, "44") / audit.AUDIT_DB) as log:
+    with audit_file_readonly(data_dir(fed, "44") / audit.AUDIT_DB) as log:
         return [row for e in log.entries(after=after) if e.kind == audit.KIND_RECORD
                 for row in audit.per_query(json.loads(e.payload))]  # a batch record: one row per query
 
 
 def audit_head(fed: Federation) -> int:
-    with audit.AuditLog.open_readonly(data_dir(fed, "44") / audit.AUDIT_DB) as log:
+    with audit_file_readonly(data_dir(fed, "44") / audit.AUDIT_DB) as log:
         return log.head()[0]
 
 

@@ -34,6 +34,7 @@ from node.service.consent import SALT_BYTES, commitment
 from node.store import audit
 from node.testing import Federation, capture_logs, run_cluster
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2, verification_pb2_grpc
+from node.store.sqlite.storage import audit_file, audit_file_readonly
 from tests.conftest import SPOUSE, WORKER
 
 # A valid GB 11643 number (check character computed), sent where a request id belongs.
@@ -71,13 +72,13 @@ def data_dir(fed: Federation, who: str) -> Path:
 
 def audit_rows(fed: Federation, who: str, after: int = 0) -> list[dict[str, Any]]:
     """The audit records of a member (a province code or "coordinator") after index `after`."""
-    with audit.AuditLog.open_readonly(data_dir(fed, who) / audit.AUDIT_DB) as log:
+    with audit_file_readonly(data_dir(fed, who) / audit.AUDIT_DB) as log:
         return [row for e in log.entries(after=after) if e.kind == audit.KIND_RECORD
                 for row in audit.per_query(json.loads(e.payload))]  # a batch record: one row per query
 
 
 def audit_head(fed: Federation, who: str) -> int:
-    with audit.AuditLog.open_readonly(data_dir(fed, who) / audit.AUDIT_DB) as log:
+    with audit_file_readonly(data_dir(fed, who) / audit.AUDIT_DB) as log:
         return log.head()[0]
 
 
@@ -328,7 +329,7 @@ def test_audit_records_written_before_counts_still_parse_and_verify(tmp_path: Pa
     legacy = json.dumps({"at_ms": 1, "request_id": "req-00000001", "requester": "51", "purpose": "dibao",
                          "consent_id": "c-00aa", "items": ["deposit.balance_total"], "outcome_digest": "ab" * 32,
                          "decision": "answered", "extra": {}}, sort_keys=True, separators=(",", ":")).encode()
-    with audit.AuditLog(tmp_path / audit.AUDIT_DB) as log:
+    with audit_file(tmp_path / audit.AUDIT_DB) as log:
         log.chain.append(audit.KIND_RECORD, "req-00000001", legacy)
         log.record(audit.AuditRecord(at_ms=2, request_id="req-00000002", requester="51", decision="answered",
                                      items=("income.wage_monthly",), checks={"income.wage_monthly": 1}))

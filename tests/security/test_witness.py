@@ -17,9 +17,10 @@ import pytest
 from node.client.client import PeerRefused
 from node.store import audit, ledger
 from node.store.audit import NO_PREVIOUS, Checkpoint, sign_checkpoint
-from node.store.chain import HashChain, entry_hash
+from node.store.sqlite.chain import HashChain, entry_hash
 from node.testing import run_cluster
 from node.wire.v1 import coordinator_pb2
+from node.store.sqlite.storage import audit_file, audit_file_readonly
 from tests.conftest import WORKER
 
 HEDUI = [sys.executable, "-m", "node.cli.main"]
@@ -207,7 +208,7 @@ def test_a_quiet_node_witnesses_the_coordinators_audit_head_from_the_consent_fee
 
 
 def audit_head_of(data_dir: Path) -> tuple[int, bytes]:
-    with audit.AuditLog.open_readonly(data_dir / audit.AUDIT_DB) as log:
+    with audit_file_readonly(data_dir / audit.AUDIT_DB) as log:
         return log.head()
 
 
@@ -221,7 +222,7 @@ def test_the_coordinator_signs_its_audit_head_only_when_it_moved(tmp_path: Path)
     fed = build_federation(tmp_path / "fed", ["44"])
     assert fed.coordinator_config is not None
     member = Member.from_config(fed.coordinator_config)
-    with audit.AuditLog(tmp_path / "audit.sqlite") as log:
+    with audit_file(tmp_path / "audit.sqlite") as log:
         log.record(audit.coordinator_event("announce", requester="44"))
         heads = AuditHeadSigner(log, member.signer)
 
@@ -293,7 +294,7 @@ def test_a_checkpoint_that_does_not_extend_the_held_one_is_refused_and_a_genuine
             assert Checkpoint.parse(c.call("LatestCheckpoint", coordinator_pb2.LatestCheckpointRequest()).body) == held
             # An acknowledgement the node never saw: the coordinator holds a checkpoint the node's memory does not.
             fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44")
-            with audit.AuditLog.open_readonly(tmp_path / "node44" / audit.AUDIT_DB) as log:
+            with audit_file_readonly(tmp_path / "node44" / audit.AUDIT_DB) as log:
                 index, head = log.head()
             c.call("SubmitCheckpoint", _forged(member, node.signer, index, head, held.link))
         fed.verify("51", [WORKER], CHECK, consent_id=consent, to="44")

@@ -18,14 +18,16 @@ from node.errors import ErrorCode, Refusal
 from node.service.verification import Decided
 from node.store.audit import (
     ANSWERED, DAY_MS, KIND_CHECKPOINT, KIND_CHECKPOINT_CONFLICT, KIND_PRUNE, RECORD_KEYS, ROUTE, AsyncAuditor,
-    AuditLog, AuditRecord, AuditUnavailable, Checkpoint, CheckpointFile, CheckpointInvalid, CheckpointStore,
+    AuditLog, AuditRecord, AuditUnavailable, Checkpoint, CheckpointInvalid, CheckpointStore,
     NO_PREVIOUS, NodeCheckpointer, answered,
     coordinator_event, make_checkpoint, refusal, refused, retention_days, verify_checkpoint,
 )  # fmt: skip
-from node.store.chain import HashChain, entry_hash
+from node.store.sqlite.chain import HashChain, entry_hash
 from node.store.errors import StoreCorrupt, StoreError
+from node.store.sqlite.checkpoints import CheckpointFile
 from node.testing.cluster import build_federation
 from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
+from node.store.sqlite.storage import audit_file, audit_file_readonly
 from tests.conftest import CANARY_DEPOSIT, WORKER
 
 TOKEN = bytes(range(32))
@@ -41,7 +43,7 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[AuditLog]:
-    with AuditLog(tmp_path / "audit.sqlite") as audit_log:
+    with audit_file(tmp_path / "audit.sqlite") as audit_log:
         yield audit_log
 
 
@@ -167,14 +169,14 @@ def test_async_auditor_raises_when_the_write_fails_so_no_answer_is_given(tmp_pat
         assert all(isinstance(r, AuditUnavailable) for r in results)
         return results[0] if isinstance(results[0], BaseException) else None
 
-    closed = AuditLog(tmp_path / "a.sqlite")
+    closed = audit_file(tmp_path / "a.sqlite")
     closed.close()  # the database is gone from under the server
     error = asyncio.run(attempt(closed))
     assert isinstance(error, AuditUnavailable) and error.code is ErrorCode.UNAVAILABLE
     assert isinstance(error.__cause__, StoreError)
-    with AuditLog(tmp_path / "b.sqlite"):
+    with audit_file(tmp_path / "b.sqlite"):
         pass
-    readonly = AuditLog.open_readonly(tmp_path / "b.sqlite")  # writes refused by SQLite
+    readonly = audit_file_readonly(tmp_path / "b.sqlite")  # writes refused by SQLite
     try:
         asyncio.run(attempt(readonly))
     finally:
@@ -335,9 +337,9 @@ def test_prune_never_removes_entries_newer_than_retention(log: AuditLog) -> None
 def test_prefix_deleted_without_prune_or_tampered_log_is_caught(log: AuditLog, tmp_path: Path) -> None:
     """Deleting old entries by hand (no prune entry) fails verify, and prune refuses a tampered log."""
     _aged(log, [300, 300, 1], NOW_MS)
-    _sql(log.path, "DROP TRIGGER audit_no_delete", "DELETE FROM audit WHERE idx = 1")
+    _sql(Path(log.location), "DROP TRIGGER audit_no_delete", "DELETE FROM audit WHERE idx = 1")
     assert log.verify().first_bad == 2
-    _sql(log.path, "CREATE TABLE IF NOT EXISTS audit_meta(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _sql(Path(log.location), "CREATE TABLE IF NOT EXISTS audit_meta(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
          "INSERT OR REPLACE INTO audit_meta VALUES ('anchor', "
          f"'{{\"idx\": 2, \"prev\": \"{next(log.entries()).prev_hash.hex()}\"}}')")
     report = log.verify()
@@ -352,7 +354,7 @@ def test_verify_names_an_edited_entry_after_prune(log: AuditLog) -> None:
     log.prune(NOW_MS)
     e = next(e for e in log.entries() if e.idx == 3)
     forged = e.payload.replace(b"answered", b"refused:MALFORMED")
-    _sql(log.path, "DROP TRIGGER audit_no_update", f"UPDATE audit SET payload = x'{forged.hex()}' WHERE idx = 3")
+    _sql(Path(log.location), "DROP TRIGGER audit_no_update", f"UPDATE audit SET payload = x'{forged.hex()}' WHERE idx = 3")
     report = log.verify()
     assert (report.ok, report.first_bad, report.bad_key) == (False, 3, "req-00000002")
     assert report.reason == "entry 3: content does not match its hash"
@@ -370,7 +372,7 @@ def test_retention_is_read_from_config_and_bounded(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="six months"):
         retention_days(cfg)
     with pytest.raises(Exception, match="six months"):
-        AuditLog(tmp_path / "a.sqlite", retention_days=7)
+        audit_file(tmp_path / "a.sqlite", retention_days=7)
 
 
 def test_coordinator_records(log: AuditLog) -> None:

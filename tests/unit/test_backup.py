@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import BadInput
-from node.store.backup import (
+from node.store.sqlite.backup import (
     MANIFEST,
     BackupCorrupt,
     BackupRefused,
@@ -22,9 +22,10 @@ from node.store.backup import (
     backup,
     restore,
 )
-from node.store.chain import HashChain
+from node.store.sqlite.chain import HashChain
 from node.store.errors import StoreCorrupt, StoreError
-from node.store.store import Store
+from node.store.sqlite.facts import Store
+from node.store.sqlite.storage import audit_file, audit_file_readonly
 
 IDENTITY = "urn:hedui:province:51"
 
@@ -297,20 +298,19 @@ def test_restore_refuses_truncated_chain_with_forged_manifest(member: Path, tmp_
 
 def test_pruned_audit_log_is_backed_up_and_restored(tmp_path: Path) -> None:
     """An audit log pruned by retention (its chain starts at an anchor) passes backup and restore checks."""
-    audit = pytest.importorskip("node.store.audit")
     data = tmp_path / "data"
     _add_facts(data, 0, 3)
     now = time.time_ns() // 1_000_000
     with HashChain(data / "audit.sqlite", table="audit") as chain:
         chain.append_many([("audit.record", f"old-{i}", b"{}") for i in range(20)], at_ms=now - 400 * 86_400_000)
         chain.append_many([("audit.record", f"new-{i}", b"{}") for i in range(5)], at_ms=now)
-    with audit.AuditLog(data / "audit.sqlite") as log:
+    with audit_file(data / "audit.sqlite") as log:
         assert log.prune(now) == 20
     out = tmp_path / "bk"
     chain_record = next(f for f in backup(data, out).files if f.name == "audit.sqlite")
     assert (chain_record.chain_entries, chain_record.chain_head_index) == (6, 26)
     restore(out, tmp_path / "new")
-    with audit.AuditLog.open_readonly(tmp_path / "new" / "audit.sqlite") as log:
+    with audit_file_readonly(tmp_path / "new" / "audit.sqlite") as log:
         assert log.verify().ok and log.anchor()[0] == 21
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from node.store.chain import GENESIS, Entry, HashChain, entry_hash
+from node.store.sqlite.chain import GENESIS, Entry, HashChain, entry_hash
 from node.store.errors import StoreCorrupt, StoreError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -269,7 +269,7 @@ def test_two_handles_on_one_file(path: Path) -> None:
 _CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from node.store.chain import HashChain
+    from node.store.sqlite.chain import HashChain
 
     chain = HashChain(Path(sys.argv[1]))
     i = 0

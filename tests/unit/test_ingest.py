@@ -14,7 +14,7 @@ from node.domain.catalogue import Catalogue, load_catalogue
 from node.domain.idnumber import make
 from node.store.errors import IngestRejected
 from node.store.ingest import ingest_file
-from node.store.store import STORE_FILE, Fact, Store
+from node.store.sqlite.facts import STORE_FILE, Fact, Store
 
 KEY = bytes(range(32))
 TODAY = dt.date(2024, 6, 30)

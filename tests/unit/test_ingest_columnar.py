@@ -14,7 +14,7 @@ from node.domain.idnumber import check_character, make
 from node.store import bulk
 from node.store.errors import IngestRejected
 from node.store.ingest import ingest_file
-from node.store.store import STORE_FILE, Store
+from node.store.sqlite.facts import STORE_FILE, Store
 
 KEY = bytes(range(32))
 TODAY = dt.date(2024, 6, 30)

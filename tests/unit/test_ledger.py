@@ -9,7 +9,7 @@ import pytest
 from node.errors import ErrorCode, Refusal
 from node.service.consent import LedgerHead, RevocationView
 from node.store import ledger
-from node.store.chain import HashChain
+from node.store.sqlite.chain import HashChain
 
 L1, L2 = b"l" * 16, b"m" * 16
 E1, E2 = b"1" * 16, b"2" * 16

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from node.store.errors import StoreCorrupt, StoreError
-from node.store.store import STORE_FILE, Fact, Store
+from node.store.sqlite.facts import STORE_FILE, Fact, Store
 
 AGGREGATES = {"deposit.balance_total": "sum", "marriage.married": "max", "vehicle.count": "sum"}
 A, B, C = (bytes([n]) * 32 for n in (1, 2, 3))

@@ -1,4 +1,4 @@
-"""The fact store: SQLite (WAL) keyed by subject tokens; raw ID numbers are never stored.
+"""The fact store (node.store.interfaces.FactStore) on SQLite (WAL), keyed by subject tokens; raw ID numbers are never stored.
 
 Schema (version 2):
 
@@ -29,12 +29,12 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 from node.store.errors import StoreCorrupt, StoreError
+from node.store.interfaces import Fact
 
 STORE_FILE: Final[str] = "store.sqlite"
 SCHEMA_VERSION: Final[int] = 2
@@ -98,14 +98,6 @@ WHERE s.token IN ({tokens}) AND EXISTS (SELECT 1 FROM facts f WHERE f.subject_id
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """The value of one attribute of one subject, and the as-of date it describes."""
-
-    value: int
-    as_of: str
-
-
 class ChangeWatch:
     """`PRAGMA data_version` on a connection of its own: changes when any other connection commits."""
 
@@ -148,10 +140,14 @@ class Store:
             raise StoreError(f"cannot create data directory {data_dir}: {exc.strerror}") from None
         return cls(data_dir / STORE_FILE)
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every connection; the store cannot be used afterwards."""
+        """Close every connection; the store cannot be used afterwards. Idempotent."""
         with self._lock:
             if self._closed:
                 return

@@ -1,4 +1,4 @@
-"""Seen request nonces, persisted: a restart does not reopen the replay window."""
+"""Seen request nonces on SQLite (node.store.interfaces.NonceStore): a restart does not reopen the replay window."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from types import TracebackType
+from typing import Final, Self
 
 from node.store.errors import StoreError
 
@@ -44,6 +45,12 @@ class NonceStore:
 
     def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
         """Record a nonce; False when this requester already used it."""
+        try:
+            return self._remember(requester, nonce, issued_at_ms)
+        except sqlite3.Error as exc:
+            raise StoreError(f"nonce store {self.path}: {type(exc).__name__}: {exc}") from None
+
+    def _remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
         key = requester.encode() + b"\x00" + nonce
         if self._batching == threading.get_ident():  # inside this thread's transaction(): the lock is held
             cursor = self._db.execute("INSERT OR IGNORE INTO nonces (key, issued_at_ms) VALUES (?, ?)", (key, issued_at_ms))
@@ -59,6 +66,12 @@ class NonceStore:
     def remember_many(self, nonces: Sequence[tuple[str, bytes, int]]) -> list[bool]:
         """Record many (requester, nonce, issued_at_ms) in one write; per nonce, False when already used
         (before, or earlier in `nonces`). One row per nonce, as `remember` writes it."""
+        try:
+            return self._remember_many(nonces)
+        except sqlite3.Error as exc:
+            raise StoreError(f"nonce store {self.path}: {type(exc).__name__}: {exc}") from None
+
+    def _remember_many(self, nonces: Sequence[tuple[str, bytes, int]]) -> list[bool]:
         keys = [requester.encode() + b"\x00" + nonce for requester, nonce, _ in nonces]
         if not keys:
             return []
@@ -113,7 +126,10 @@ class NonceStore:
         The lock is held for the whole transaction: another thread's `remember` waits for its end
         instead of writing into it (and reading another thread's row count)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"nonce store {self.path}: {type(exc).__name__}: {exc}") from None
             self._batching = threading.get_ident()
             try:
                 yield
@@ -125,5 +141,13 @@ class NonceStore:
                     self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the connection; idempotent (a later use raises StoreError)."""
         with self._lock:
             self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

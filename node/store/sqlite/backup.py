@@ -65,7 +65,7 @@ from node import __version__
 from node.errors import BadInput
 from node.files import parse_json, write_file
 from node.store import ledger, witness
-from node.store.chain import GENESIS, HASH_BYTES, HashChain
+from node.store.sqlite.chain import GENESIS, HASH_BYTES, HashChain
 from node.store.errors import StoreCorrupt, StoreError
 
 MANIFEST: Final[str] = "MANIFEST.json"
@@ -329,20 +329,14 @@ def _verify_chain(path: Path, table: str, expect_head: tuple[int, bytes] | None
     """(ok, reason, entries, head index, head hash) of the chain `table` in the file `path`.
 
     The audit log may have been pruned (its chain then starts at a recorded anchor, not at
-    genesis), so it is verified by node.store.audit.AuditLog when that module is present.
+    genesis), so it is verified by node.store.audit.AuditLog.
     """
     if table == "audit":
-        try:
-            from node.store.audit import AuditLog
-        except ImportError:  # pragma: no cover - the audit log predates pruning
-            AuditLog = None  # noqa: N806
-        if AuditLog is not None:
-            log = AuditLog.open_readonly(path)
-            try:
-                audit = log.verify([expect_head] if expect_head is not None else [])
-            finally:
-                log.close()
-            return audit.ok, audit.reason, audit.count, audit.head_index, audit.head_hash
+        from node.store.audit import AuditLog
+
+        with AuditLog(HashChain.open_readonly(path, table)) as log:
+            audit = log.verify([expect_head] if expect_head is not None else [])
+        return audit.ok, audit.reason, audit.count, audit.head_index, audit.head_hash
     chain = HashChain.open_readonly(path, table)
     try:
         report = chain.verify(expect_head)

@@ -1,51 +1,49 @@
-"""An append-only, hash-chained log on SQLite: the consent ledger and every node's audit log."""
+"""The hash chain (node.store.interfaces.Chain) on SQLite: the consent ledger, every member's audit log."""
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
-import re
 import sqlite3
-import struct
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from node.store.chainformat import (
+    BROKEN,
+    CHECKPOINT,
+    GENESIS,
+    HASH_BYTES,
+    MISMATCH,
+    Encoded,
+    Entry,
+    VerifyReport,
+    check_at_ms,
+    check_expect_head,
+    check_table,
+    encode_item,
+    entry_hash,
+    link,
+    prefix,
+    verify_rows,
+)
 from node.store.errors import StoreCorrupt, StoreError
+from node.store.interfaces import PrefixRemoval
 
-# Hash encoding (version 1), every integer big-endian:
-#
-#   SHA-256( b"hedui/v1/chain\x00" || u32 len(table) || table
-#            || u64 idx || i64 at_ms
-#            || u32 len(kind) || kind || u32 len(key) || key || u32 len(payload) || payload
-#            || prev_hash )
-#
-# kind, key and table are UTF-8. The table name is length-prefixed like every other
-# variable-length field, so no two (table, entry) pairs share an encoding.
+__all__ = [
+    "BROKEN", "CHECKPOINT", "GENESIS", "HASH_BYTES", "MISMATCH", "Entry", "HashChain", "VerifyReport", "entry_hash",
+]  # fmt: skip
 
-HASH_BYTES: Final[int] = 32
-GENESIS: Final[bytes] = bytes(HASH_BYTES)
-DOMAIN: Final[bytes] = b"hedui/v1/chain\x00"
-_MAX_LEN: Final[int] = 0xFFFF_FFFF
-_I64_MIN: Final[int] = -(2**63)
-_I64_MAX: Final[int] = 2**63 - 1
 _BUSY_TIMEOUT_S: Final[float] = 30.0
-_TABLE_RE: Final[re.Pattern[str]] = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
 _COLUMNS: Final[tuple[str, ...]] = (
     "idx", "at_ms", "kind", "key", "payload", "prev_hash", "hash",
 )  # fmt: skip
 _SELECT: Final[str] = "SELECT idx, at_ms, kind, key, payload, prev_hash, hash FROM {t}"
-_U32: Final[struct.Struct] = struct.Struct(">I")
-_HEAD: Final[struct.Struct] = struct.Struct(">QqI")  # idx, at_ms, len(kind)
-
-BROKEN: Final[str] = "entry {n}: chain broken (missing or reordered entries before it)"
-MISMATCH: Final[str] = "entry {n}: content does not match its hash"
-CHECKPOINT: Final[str] = "entry {n} missing or changed since checkpoint"
-
 _SCHEMA: Final[str] = f"""
 CREATE TABLE IF NOT EXISTS {{t}}(
     idx INTEGER PRIMARY KEY CHECK (idx >= 1),
@@ -75,152 +73,13 @@ WHEN NEW.idx IS NOT (SELECT coalesce(max(idx), 0) + 1 FROM {{t}})
 BEGIN SELECT RAISE(ABORT, 'append-only: idx must be max(idx)+1 and prev_hash the head hash');
 END""",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One entry of a chain; `hash` commits to every other field and to the table name."""
-
-    idx: int
-    at_ms: int
-    kind: str
-    key: str
-    payload: bytes
-    prev_hash: bytes
-    hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    """The outcome of `HashChain.verify`.
-
-    `count` is the number of entries that verified before the first bad one (all of them when
-    `ok`); `head_hash` is the hash of the last entry that verified (GENESIS if none).
-    `first_bad` and `reason` name the first problem; both are None when `ok`.
-    """
-
-    ok: bool
-    count: int
-    first_bad: int | None
-    reason: str | None
-    head_hash: bytes
-
-    def __bool__(self) -> bool:
-        """True exactly when the chain verified, so `if chain.verify():` means what it says."""
-        return self.ok
-
-
-def _prefix(table: str) -> bytes:
-    """The fixed start of every hash input of `table`."""
-    name = table.encode()
-    return DOMAIN + _U32.pack(len(name)) + name
-
-
-def entry_hash(
-    table: str, idx: int, at_ms: int, kind: str, key: str, payload: bytes, prev_hash: bytes
-) -> bytes:
-    """The SHA-256 of one entry in the version-1 encoding (see the comment at the top)."""
-    return _digest(_prefix(table), idx, at_ms, kind.encode(), key.encode(), payload, prev_hash)
-
-
-def _digest(
-    prefix: bytes, idx: int, at_ms: int, kind: bytes, key: bytes, payload: bytes, prev: bytes
-) -> bytes:
-    return hashlib.sha256(
-        b"".join(
-            (
-                prefix,
-                _HEAD.pack(idx, at_ms, len(kind)),
-                kind,
-                _U32.pack(len(key)),
-                key,
-                _U32.pack(len(payload)),
-                payload,
-                prev,
-            )
-        )
-    ).digest()
-
-
-def _check_table(table: str) -> str:
-    """`table` if it is a lowercase SQL identifier (it is both SQL text and hashed)."""
-    if not isinstance(table, str) or not _TABLE_RE.fullmatch(table):
-        raise ValueError("table name must match [a-z][a-z0-9_]{0,62}")
-    if table.startswith("sqlite"):
-        raise ValueError("table names starting with 'sqlite' are reserved")
-    return table
+# A prunable chain's anchor (first retained idx, its prev_hash) lives in `{t}_meta`, row 'anchor':
+# {"idx": n, "prev": hex}; absent = (1, GENESIS).
+_META: Final[str] = "CREATE TABLE IF NOT EXISTS {t}_meta(name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _encode_item(kind: str, key: str, payload: bytes) -> tuple[str, str, bytes, bytes, bytes]:
-    """Check one (kind, key, payload) and return it with kind and key as UTF-8 bytes."""
-    if not isinstance(kind, str) or not kind:
-        raise ValueError("kind must be a non-empty string")
-    if not isinstance(key, str):
-        raise TypeError("key must be a string")
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise TypeError("payload must be bytes")
-    payload = bytes(payload)
-    kind_b, key_b = kind.encode(), key.encode()  # lone surrogates raise UnicodeEncodeError
-    if max(len(kind_b), len(key_b), len(payload)) > _MAX_LEN:
-        raise ValueError("kind, key and payload must each be under 4 GiB")
-    return kind, key, payload, kind_b, key_b
-
-
-def _check_expect_head(expect_head: tuple[int, bytes] | None) -> tuple[int, bytes]:
-    if expect_head is None:
-        return 0, GENESIS
-    idx, digest = expect_head
-    if not isinstance(idx, int) or idx < 0 or not isinstance(digest, bytes):
-        raise ValueError("expect_head must be (index >= 0, hash bytes)")
-    if len(digest) != HASH_BYTES or (idx == 0 and digest != GENESIS):
-        raise ValueError("expect_head hash must be 32 bytes (all zero for index 0)")
-    return idx, digest
-
-
-def _verify_rows(
-    prefix: bytes, rows: Iterable[tuple[Any, ...]], want_idx: int, want_hash: bytes
-) -> VerifyReport:
-    """Walk rows in idx order, recomputing each hash; stop at the first problem."""
-    # One tight loop with local names: this runs once per entry of a possibly large chain.
-    sha256, head, u32 = hashlib.sha256, _HEAD.pack, _U32.pack
-    prev_idx, prev_hash = 0, GENESIS
-
-    def bad(n: int, template: str) -> VerifyReport:
-        return VerifyReport(False, prev_idx, n, template.format(n=n), prev_hash)
-
-    for idx, at_ms, kind, key, payload, stored_prev, stored in rows:
-        if idx != prev_idx + 1 or stored_prev != prev_hash:
-            return bad(idx, BROKEN)
-        try:
-            kind_b, key_b = kind.encode(), key.encode()
-            digest: bytes | None = sha256(
-                b"".join(
-                    (
-                        prefix,
-                        head(idx, at_ms, len(kind_b)),
-                        kind_b,
-                        u32(len(key_b)),
-                        key_b,
-                        u32(len(payload)),
-                        payload,
-                        stored_prev,
-                    )
-                )
-            ).digest()
-        except (AttributeError, TypeError, ValueError, struct.error):
-            digest = None  # a column was given a value of the wrong type: tampered
-        if digest != stored:
-            return bad(idx, MISMATCH)
-        if idx == want_idx and stored != want_hash:
-            return bad(idx, CHECKPOINT)
-        prev_idx, prev_hash = idx, stored
-    if prev_idx < want_idx:
-        return bad(want_idx, CHECKPOINT)
-    return VerifyReport(True, prev_idx, None, None, prev_hash)
 
 
 class HashChain:
@@ -233,13 +92,15 @@ class HashChain:
     """
 
     def __init__(self, path: Path, *, table: str = "entries",
-                 on_commit: Callable[[Entry], None] | None = None) -> None:
+                 on_commit: Callable[[Entry], None] | None = None, prunable: bool = False) -> None:
         """Open (creating if needed) the chain `table` in the SQLite file `path`.
 
         `on_commit(last_entry)` runs after each committed append, under this object's write lock
         (the consent ledger records its head outside SQLite this way, see node.store.ledger).
+        `prunable` also creates the `<table>_meta` table that records the anchor.
         """
-        self._setup(Path(path), _check_table(table), readonly=False)
+        self._prunable = prunable
+        self._setup(Path(path), check_table(table), readonly=False)
         self.restored_guards: tuple[str, ...] = ()
         self._on_commit = on_commit
         self._writer: sqlite3.Connection | None = self._open_writer()
@@ -251,7 +112,8 @@ class HashChain:
         Works on a file whose guards (triggers) were dropped; see `missing_guards()`.
         """
         self = cls.__new__(cls)
-        self._setup(Path(path), _check_table(table), readonly=True)
+        self._prunable = False
+        self._setup(Path(path), check_table(table), readonly=True)
         self.restored_guards = ()
         self._on_commit = None
         self._writer = None
@@ -268,7 +130,7 @@ class HashChain:
         self.path = path
         self.table = table
         self.readonly = readonly
-        self._prefix = _prefix(table)
+        self._prefix = prefix(table)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()  # guards _readers and _closed
@@ -278,6 +140,10 @@ class HashChain:
             f"INSERT INTO {table}(idx, at_ms, kind, key, payload, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -356,6 +222,8 @@ class HashChain:
                 conn.execute(statement)
             for statement in _GUARDS.values():
                 conn.execute(statement.format(t=self.table))
+            if self._prunable:
+                conn.execute(_META.format(t=self.table))
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -442,13 +310,13 @@ class HashChain:
 
     def append(self, kind: str, key: str, payload: bytes, *, at_ms: int | None = None) -> Entry:
         """Append one entry durably (committed and fsynced) and return it."""
-        return self._append([_encode_item(kind, key, payload)], at_ms)[0]
+        return self._append([encode_item(kind, key, payload)], at_ms)[0]
 
     def append_many(
         self, items: Sequence[tuple[str, str, bytes]], *, at_ms: int | None = None
     ) -> list[Entry]:
         """Append several entries in one transaction (all or none); they share one at_ms."""
-        return self._append([_encode_item(*item) for item in items], at_ms)
+        return self._append([encode_item(*item) for item in items], at_ms)
 
     def append_next(
         self,
@@ -462,21 +330,17 @@ class HashChain:
         may write the index its entries will get into their payloads (or decide to append
         nothing) and no other process can append in between.
         """
-        def items(head: tuple[int, bytes]) -> list[tuple[str, str, bytes, bytes, bytes]]:
-            return [_encode_item(*item) for item in build(head)]
+        def items(head: tuple[int, bytes]) -> list[Encoded]:
+            return [encode_item(*item) for item in build(head)]
 
         return self._append(items, at_ms)
 
     def _append(
         self,
-        items: list[tuple[str, str, bytes, bytes, bytes]]
-        | Callable[[tuple[int, bytes]], list[tuple[str, str, bytes, bytes, bytes]]],
+        items: list[Encoded] | Callable[[tuple[int, bytes]], list[Encoded]],
         at_ms: int | None,
     ) -> list[Entry]:
-        if at_ms is None:
-            at_ms = _now_ms()
-        elif not isinstance(at_ms, int) or not _I64_MIN <= at_ms <= _I64_MAX:
-            raise ValueError("at_ms must be a signed 64-bit integer")
+        at_ms = _now_ms() if at_ms is None else check_at_ms(at_ms)
         if not items:
             return []
         with self._write_lock:
@@ -486,7 +350,7 @@ class HashChain:
                 try:
                     head = self._head(conn)
                     batch = items(head) if callable(items) else items
-                    entries = self._link(head, batch, at_ms)
+                    entries = link(self._prefix, head, batch, at_ms)
                     conn.executemany(self._insert_sql, (_row(e) for e in entries))
                     conn.execute("COMMIT")
                 except BaseException:
@@ -504,22 +368,6 @@ class HashChain:
         if self._closed:
             raise StoreError("chain is closed")
         return self._writer
-
-    def _link(
-        self,
-        head: tuple[int, bytes],
-        items: list[tuple[str, str, bytes, bytes, bytes]],
-        at_ms: int,
-    ) -> list[Entry]:
-        """Entries for `items`, numbered and hashed on from `head`."""
-        idx, prev = head
-        out: list[Entry] = []
-        for kind, key, payload, kind_b, key_b in items:
-            idx += 1
-            digest = _digest(self._prefix, idx, at_ms, kind_b, key_b, payload, prev)
-            out.append(Entry(idx, at_ms, kind, key, payload, prev, digest))
-            prev = digest
-        return out
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -600,10 +448,10 @@ class HashChain:
         shorter chain: pass `expect_head` (a head recorded earlier, e.g. a signed checkpoint)
         to check that entry is still present and unchanged.
         """
-        want_idx, want_hash = _check_expect_head(expect_head)
+        want_idx, want_hash = check_expect_head(expect_head)
         rows = self._stream(_SELECT.format(t=self.table) + " ORDER BY idx", ())
         try:
-            return _verify_rows(self._prefix, rows, want_idx, want_hash)
+            return verify_rows(self._prefix, rows, want_idx, want_hash)
         finally:
             rows.close()
 
@@ -615,6 +463,85 @@ class HashChain:
             raise StoreError(f"reading chain {self.table} failed: {exc}") from None
 
 
+    # -- the anchor and prefix removal -------------------------------------------------------
+
+    def anchor(self) -> tuple[int, bytes]:
+        """(first retained index, its prev_hash): (1, GENESIS) until `remove_prefix` first ran."""
+        try:
+            found = _read_anchor(self._reader(), self.table)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading chain {self.table} failed: {exc}") from None
+        if found is None:
+            raise StoreCorrupt(_META_BAD.format(t=self.table))
+        return found
+
+    @contextmanager
+    def snapshot(self) -> Iterator[_Snapshot]:
+        """One read transaction on a connection of its own: the anchor and the rows as of one instant."""
+        if self._closed:
+            raise StoreError("chain is closed")
+        conn = self._connect_reader()
+        try:
+            conn.execute("BEGIN")
+            yield _Snapshot(conn, self.table)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading chain {self.table} failed: {exc}") from None
+        finally:
+            conn.close()
+
+    def remove_prefix(
+        self,
+        plan: Callable[[_View], tuple[int, tuple[str, str, bytes]] | None],
+        *,
+        at_ms: int | None = None,
+    ) -> PrefixRemoval | None:
+        """Append `plan(view)`'s marker and remove the entries before its `keep`, in one transaction.
+
+        The anchor goes into `<table>_meta`; the no-delete guard is dropped for the DELETE and
+        re-created in the same transaction (SQLite DDL is transactional); afterwards the WAL is
+        checkpointed so the removed content does not linger there (secure_delete is on).
+        """
+        at_ms = _now_ms() if at_ms is None else check_at_ms(at_ms)
+        t = self.table
+        with self._write_lock:
+            conn = self._writable()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    view = _View(conn, t)
+                    planned = plan(view)
+                    if planned is None:
+                        _rollback(conn)
+                        return None
+                    keep, item = planned
+                    head = self._head(conn)
+                    if not isinstance(keep, int) or not view.anchor[0] < keep <= head[0] + 1:
+                        raise ValueError("remove_prefix: keep must be above the anchor and at most head + 1")
+                    anchor = view.anchor_for(keep)
+                    removed = view.count_before(keep)
+                    marker = link(self._prefix, head, [encode_item(*item)], at_ms)[0]
+                    conn.execute(self._insert_sql, _row(marker))
+                    conn.execute(_META.format(t=t))
+                    conn.execute(f"INSERT OR REPLACE INTO {t}_meta(name, value) VALUES ('anchor', ?)",
+                                 (json.dumps({"idx": anchor[0], "prev": anchor[1].hex()}),))
+                    conn.execute(f"DROP TRIGGER IF EXISTS {t}_no_delete")
+                    conn.execute(f"DELETE FROM {t} WHERE idx < ?", (keep,))
+                    conn.execute(_GUARDS["no_delete"].format(t=t))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+                try:  # do not leave the removed content in the WAL file either
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+            except sqlite3.Error as exc:
+                raise StoreError(f"removing a prefix of chain {t} failed: {exc}") from None
+            if self._on_commit is not None:
+                self._on_commit(marker)
+        return PrefixRemoval(marker, anchor, removed)
+
+
 def _row(e: Entry) -> tuple[int, int, str, str, bytes, bytes, bytes]:
     return (e.idx, e.at_ms, e.kind, e.key, e.payload, e.prev_hash, e.hash)
 
@@ -623,3 +550,79 @@ def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back if a transaction is still open (SQLite may already have rolled it back)."""
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+_META_BAD: Final[str] = "{t}_meta anchor is malformed"
+
+
+def _read_anchor(conn: sqlite3.Connection, table: str) -> tuple[int, bytes] | None:
+    """(first retained idx, its prev_hash); (1, GENESIS) if never pruned; None if malformed."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (f"{table}_meta",)
+    ).fetchone()
+    if has_meta is None:
+        return 1, GENESIS
+    row = conn.execute(f"SELECT value FROM {table}_meta WHERE name = 'anchor'").fetchone()
+    if row is None:
+        return 1, GENESIS
+    try:
+        raw = json.loads(row[0])
+        idx, prev = raw["idx"], bytes.fromhex(raw["prev"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(idx, int) or idx < 1 or len(prev) != HASH_BYTES or (idx == 1 and prev != GENESIS):
+        return None
+    return idx, prev
+
+
+class _Snapshot:
+    """`HashChain.snapshot`'s view: every read on one connection inside one read transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, table: str) -> None:
+        self._conn = conn
+        self._table = table
+        self.anchor = _read_anchor(conn, table)  # the first read: it fixes the snapshot
+
+    def entries(self) -> Iterator[Entry]:
+        try:
+            for row in self._conn.execute(_SELECT.format(t=self._table) + " ORDER BY idx"):
+                yield Entry(*row)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading chain {self._table} failed: {exc}") from None
+
+
+class _View:
+    """`HashChain.remove_prefix`'s reads, inside its write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, table: str) -> None:
+        self._conn = conn
+        self._table = table
+        found = _read_anchor(conn, table)
+        if found is None:
+            raise StoreCorrupt(_META_BAD.format(t=table))
+        self.anchor = found
+
+    @property
+    def head(self) -> tuple[int, bytes]:
+        row = self._conn.execute(f"SELECT idx, hash FROM {self._table} ORDER BY idx DESC LIMIT 1").fetchone()
+        return (0, GENESIS) if row is None else (row[0], row[1])
+
+    def entry(self, idx: int) -> Entry | None:
+        row = self._conn.execute(_SELECT.format(t=self._table) + " WHERE idx = ?", (idx,)).fetchone()
+        return None if row is None else Entry(*row)
+
+    def first_since(self, at_ms: int) -> int | None:
+        row = self._conn.execute(f"SELECT min(idx) FROM {self._table} WHERE at_ms >= ?", (at_ms,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def count_before(self, idx: int) -> int:
+        return int(self._conn.execute(f"SELECT count(*) FROM {self._table} WHERE idx < ?", (idx,)).fetchone()[0])
+
+    def anchor_for(self, keep: int) -> tuple[int, bytes]:
+        head_idx, head_hash = self.head
+        if keep == head_idx + 1:
+            return keep, head_hash
+        row = self._conn.execute(f"SELECT prev_hash FROM {self._table} WHERE idx = ?", (keep,)).fetchone()
+        if row is None:
+            raise ValueError(f"remove_prefix: no entry {keep} to keep")
+        return keep, row[0]
