@@ -6,6 +6,7 @@ import contextlib
 import os
 import pwd
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -265,6 +266,11 @@ def shared_server() -> PostgresServer:
     return _shared
 
 
+def _dialect(statement: str) -> str:
+    """The contract suite's SQL for PostgreSQL: SQLite's blob literals x'00ff' become bytea literals."""
+    return re.sub(r"\bx'([0-9a-fA-F]*)'", lambda m: f"'\\x{m.group(1)}'::bytea", statement)
+
+
 def postgres_backend(tmp: Path) -> Any:
     """node.testing.backends' "postgresql" entry: a fresh database on the shared server, raw SQL through psycopg."""
     import psycopg
@@ -282,7 +288,7 @@ def postgres_backend(tmp: Path) -> Any:
                 for guard in GUARDS:
                     conn.execute(f'DROP TRIGGER IF EXISTS "{table}_{guard}" ON "{table}"')
             for statement in statements:
-                conn.execute(statement)
+                conn.execute(_dialect(statement))
 
     backend = Backend(name="postgresql", url=url, data_dir=tmp / "data",
                       sql=lambda table, statement: run(table, [statement], unguarded=False),

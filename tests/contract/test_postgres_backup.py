@@ -6,13 +6,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("node.store.sqlite.backup", reason="needs the storage-interface layout (node.store.sqlite, branch iface)")
-
-from node.store import ledger  # noqa: E402
-from node.store.audit import AuditLog  # noqa: E402
-from node.store.factory import open_url  # noqa: E402
-from node.store.postgres import backup as pg_backup  # noqa: E402
-from node.store.sqlite import backup as sqlite_backup  # noqa: E402
+from node.store import ledger
+from node.store.audit import AuditLog
+from node.store.factory import open_url
+from node.store.postgres import backup as pg_backup
+from node.store.sqlite import backup as sqlite_backup
 
 TOKEN, POSSESSION = b"t" * 32, b"p" * 32
 

@@ -15,7 +15,7 @@ from node.store.errors import StoreError
 from node.store.postgres import pool as pools
 
 if TYPE_CHECKING:
-    from node.store.audit import SignedCheckpoint
+    from node.store.audit.checkpoints import SignedCheckpoint
 
 TABLE: Final[str] = "audit_checkpoints"
 _SCHEMA: Final[str] = f"""
@@ -74,7 +74,8 @@ class PgCheckpoints:
 
     def last_link(self) -> tuple[int, bytes]:
         """The `link` of the last readable checkpoint held (`NO_PREVIOUS` if none)."""
-        from node.store.audit import NO_PREVIOUS, Checkpoint, CheckpointInvalid, _message
+        from node.store.audit.checkpoints import Checkpoint, CheckpointInvalid, _message
+        from node.store.audit.records import NO_PREVIOUS
 
         for _, blob, _ in reversed(self.read()):
             if blob is None:
