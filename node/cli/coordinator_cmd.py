@@ -109,6 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _ledger_verify(args: argparse.Namespace) -> int:
     from node import config
     from node.store import ledger, witness
+    from node.store.sqlite import ledger as sqlite_ledger
     from node.store.errors import StoreCorrupt, StoreMissing
     from node.store.factory import open_storage_readonly
 
@@ -121,21 +122,21 @@ def _ledger_verify(args: argparse.Namespace) -> int:
         raise BadInput(f"no ledger at {exc.location}") from None
     heads, invalid = _witnessed(cfg, args.witness, "ledger")
     try:
-        head = ledger.HeadFile(cfg.data_dir / ledger.HEAD_FILE).read()
+        head = sqlite_ledger.HeadFile(cfg.data_dir / sqlite_ledger.HEAD_FILE).read()
         head_problem = None
     except StoreCorrupt as exc:
         head, head_problem = None, str(exc)
     try:
         report = chain.verify()
         identity = ledger.read_identity(chain) if report.ok else None
-        truncated = ledger.truncation(chain, head) if report.ok else None
+        truncated = sqlite_ledger.truncation(chain, head) if report.ok else None
         witnessed = None if not report.ok or not args.witness else witness.check_ledger(
             chain, heads, epoch=b"" if identity is None else identity.epoch,
             ledger_id=b"" if identity is None else identity.ledger_id, lineage=() if identity is None else identity.lineage)
     finally:
         storage.close()
     if head_problem is None and head is None and report.ok and (identity is not None or report.count == 0):
-        head_problem = (f"{ledger.HEAD_FILE} is missing: a truncated ledger cannot be told from a complete one "
+        head_problem = (f"{sqlite_ledger.HEAD_FILE} is missing: a truncated ledger cannot be told from a complete one "
                         "(if no entry was lost: `hedui ledger new-epoch`)")
     lost = [] if witnessed is None else [c.head for c in witnessed.checked if c.status == "lost"]
     cut = bool(lost) and not args.accept_lost  # entries nodes saw, declared lost by the coordinator itself
@@ -205,15 +206,15 @@ def _summary(report: Any) -> str:
 
 def _ledger_new_epoch(args: argparse.Namespace) -> int:
     from node import config
-    from node.store import ledger
+    from node.store.sqlite import ledger as sqlite_ledger
     from node.store.sqlite.backup import ensure_idle
 
     cfg = config.load(args.config)
-    path = cfg.data_dir / ledger.LEDGER_FILE
+    path = cfg.data_dir / sqlite_ledger.LEDGER_FILE
     if not path.exists():
         raise BadInput(f"no ledger at {path}")
     ensure_idle(path)
-    identity, kept = ledger.new_epoch(cfg.data_dir)
+    identity, kept = sqlite_ledger.new_epoch(cfg.data_dir)
     if args.json:
         print(json.dumps({"epoch": identity.epoch.hex(), "kept_index": kept, "ledger_id": identity.ledger_id.hex()}))
     else:

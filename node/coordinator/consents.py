@@ -60,7 +60,7 @@ class ConsentRegistry:
         self._seen = 0
         identity = ledger.read_identity(chain)
         if identity is None:
-            raise StoreCorrupt(f"{chain.location} has no ledger identity (open it with node.store.ledger.open_ledger)")
+            raise StoreCorrupt(f"{chain.location} has no ledger identity (open it with Storage.ledger())")
         self.identity = identity
         self._signed_head: tuple[tuple[int, bytes], common_pb2.Signature, bytes] | None = None
         self._catch_up()

@@ -23,7 +23,7 @@ from node.service.consent import ReceiptGate, RevocationView
 from node.service.household import HouseholdService
 from node.service.possession import Unlocker
 from node.service.verification import VerificationService
-from node.store import ledger
+from node.store.sqlite import ledger as sqlite_ledger
 from node.store.sqlite.facts import Store
 from node.wire.v1 import household_pb2
 
@@ -148,7 +148,7 @@ def world() -> World:
                                   verifier=m.verifier, limits=m.cfg.limits, consent=gate, replay=AcceptAll(),
                                   clock=lambda: NOW_S)
     coordinator = members["coordinator"]
-    registry = ConsentRegistry(ledger.open_ledger(root / "ledger"), signer=coordinator.signer,
+    registry = ConsentRegistry(sqlite_ledger.open_ledger(root / "ledger"), signer=coordinator.signer,
                                verifier=coordinator.verifier, catalogue=coordinator.catalogue,
                                policy=coordinator.policy, replay=AcceptAll(), clock=lambda: NOW_S)
     w = World(

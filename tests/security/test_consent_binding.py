@@ -31,6 +31,7 @@ from node.errors import HeduiError
 from node.member import Member
 from node.service.consent import commitment
 from node.store import audit, ledger
+from node.store.sqlite import ledger as sqlite_ledger
 from node.testing import Federation, run_cluster
 from node.testing.consents import reissue
 from node.testing.standards import standards_document
@@ -231,7 +232,7 @@ def test_receipt_in_the_ledger_from_before_binding_is_refused_by_the_coordinator
     salt = secrets.token_bytes(16)
     consent_id = "c-" + secrets.token_hex(12)
     data_dir = config_mod.load(fed.coordinator_config).data_dir  # type: ignore[arg-type]
-    chain = ledger.open_ledger(data_dir)
+    chain = sqlite_ledger.open_ledger(data_dir)
     try:
         epoch = ledger.read_identity(chain).epoch  # type: ignore[union-attr]
 

@@ -22,7 +22,8 @@ from node.client.client import PeerRefused, PeerUnreachable
 from node.crypto.revocation import revoke
 from node.domain.regions import province_uri
 from node.server import metrics
-from node.store.ledger import HEAD_FILE, LEDGER_FILE, LedgerTruncated
+from node.store.ledger import LedgerTruncated
+from node.store.sqlite.ledger import HEAD_FILE, LEDGER_FILE
 from node.testing import Federation, run_cluster
 from tests.conftest import WORKER
 

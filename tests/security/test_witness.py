@@ -16,6 +16,7 @@ import pytest
 
 from node.client.client import PeerRefused
 from node.store import audit, ledger
+from node.store.sqlite import ledger as sqlite_ledger
 from node.store.audit import NO_PREVIOUS, Checkpoint, sign_checkpoint
 from node.store.sqlite.chain import HashChain, entry_hash
 from node.testing import run_cluster
@@ -94,13 +95,13 @@ def test_a_rewritten_or_truncated_ledger_is_caught_by_a_nodes_witness(planted: d
     indices = [h["index"] for h in heads]
     assert indices == sorted(set(indices)) and len(indices) >= 4, indices
     assert hedui("ledger", "verify", "--config", config, "--witness", witness_dir).returncode == 0
-    names = [ledger.LEDGER_FILE, ledger.HEAD_FILE]
+    names = [sqlite_ledger.LEDGER_FILE, sqlite_ledger.HEAD_FILE]
     saved = snapshot(coordinator, names)
 
     # Rewrite the entry of the first grant and everything after it, and the head file to match.
     first_grant = indices[1]
-    new_head = rewrite_from(coordinator / ledger.LEDGER_FILE, ledger.TABLE, first_grant)
-    ledger.HeadFile(coordinator / ledger.HEAD_FILE).reset(ledger.Head(*new_head))
+    new_head = rewrite_from(coordinator / sqlite_ledger.LEDGER_FILE, ledger.TABLE, first_grant)
+    sqlite_ledger.HeadFile(coordinator / sqlite_ledger.HEAD_FILE).reset(sqlite_ledger.Head(*new_head))
     alone = hedui("ledger", "verify", "--config", config)
     assert alone.returncode == 0, alone.stdout  # the rewrite is consistent on its own...
     caught = hedui("ledger", "verify", "--config", config, "--witness", tmp_path / "node44")
@@ -114,8 +115,8 @@ def test_a_rewritten_or_truncated_ledger_is_caught_by_a_nodes_witness(planted: d
     # Put the original back, then cut off the last two entries (head file moved back with them).
     put_back(coordinator, saved, names)
     assert hedui("ledger", "verify", "--config", config, "--witness", witness_dir).returncode == 0
-    kept = truncate_after(coordinator / ledger.LEDGER_FILE, ledger.TABLE, indices[-1] - 2)
-    ledger.HeadFile(coordinator / ledger.HEAD_FILE).reset(ledger.Head(*kept))
+    kept = truncate_after(coordinator / sqlite_ledger.LEDGER_FILE, ledger.TABLE, indices[-1] - 2)
+    sqlite_ledger.HeadFile(coordinator / sqlite_ledger.HEAD_FILE).reset(sqlite_ledger.Head(*kept))
     assert hedui("ledger", "verify", "--config", config).returncode == 0
     cut = hedui("ledger", "verify", "--config", config, "--witness", witness_dir)
     assert cut.returncode == 1 and cut.stdout.startswith(
@@ -306,7 +307,7 @@ def test_a_checkpoint_that_does_not_extend_the_held_one_is_refused_and_a_genuine
     assert "does not extend" in str(refusals["forked"]) and "forked" in str(refusals["forked"])
     assert "truncated" in str(refusals["truncated"]) and "rewritten" in str(refusals["rewritten"])
     assert "names no previous checkpoint" in str(refusals["unlinked"])
-    with HashChain.open_readonly(tmp_path / "coordinator" / ledger.LEDGER_FILE, ledger.TABLE) as chain:
+    with HashChain.open_readonly(tmp_path / "coordinator" / sqlite_ledger.LEDGER_FILE, ledger.TABLE) as chain:
         mine = [e for e in chain.entries(key=member)]
     # "unlinked" is refused before it is compared; the node's stale attempt is a conflict too.
     assert [e.kind for e in mine].count(audit.KIND_CHECKPOINT_CONFLICT) == 4 + 1

@@ -9,6 +9,7 @@ import pytest
 from node.errors import ErrorCode, Refusal
 from node.service.consent import LedgerHead, RevocationView
 from node.store import ledger
+from node.store.sqlite import ledger as sqlite_ledger
 from node.store.sqlite.chain import HashChain
 
 L1, L2 = b"l" * 16, b"m" * 16
@@ -31,51 +32,51 @@ def synced(head: LedgerHead) -> RevocationView:
 
 def test_head_file_keeps_the_highest_head_and_survives_a_torn_slot(tmp_path: Path) -> None:
     """advance never lowers the head, reset does, and a damaged slot falls back to the previous head."""
-    heads = ledger.HeadFile(tmp_path / ledger.HEAD_FILE)
+    heads = sqlite_ledger.HeadFile(tmp_path / sqlite_ledger.HEAD_FILE)
     with HashChain(tmp_path / "l.sqlite", table="ledger") as chain:
         entries = [chain.append("k", str(i), b"") for i in range(3)]
     heads.advance(entries[1])
     heads.advance(entries[2])
     heads.advance(entries[0])
-    assert heads.read() == ledger.Head(3, entries[2].hash)
+    assert heads.read() == sqlite_ledger.Head(3, entries[2].hash)
     raw = bytearray(heads.path.read_bytes())
     newest = 0 if b'"index": 3' in raw[:256] else 256
     raw[newest + 10] ^= 0xFF
     heads.path.write_bytes(bytes(raw))
-    assert heads.read() == ledger.Head(2, entries[1].hash)
-    heads.reset(ledger.Head(1, entries[0].hash))
-    assert heads.read() == ledger.Head(1, entries[0].hash)
+    assert heads.read() == sqlite_ledger.Head(2, entries[1].hash)
+    heads.reset(sqlite_ledger.Head(1, entries[0].hash))
+    assert heads.read() == sqlite_ledger.Head(1, entries[0].hash)
 
 
 def test_a_new_ledger_gets_an_identity_and_an_older_one_is_upgraded(tmp_path: Path) -> None:
     """open_ledger writes entry 1 (created) on a new ledger, and an identity naming the legacy entries on an old one."""
-    with ledger.open_ledger(tmp_path / "new") as chain:
+    with sqlite_ledger.open_ledger(tmp_path / "new") as chain:
         identity = ledger.read_identity(chain)
         assert identity is not None and identity.index == 1 and identity.reason == "created" and identity.lineage == ()
-    assert ledger.HeadFile(tmp_path / "new" / ledger.HEAD_FILE).read() is not None
+    assert sqlite_ledger.HeadFile(tmp_path / "new" / sqlite_ledger.HEAD_FILE).read() is not None
     (tmp_path / "old").mkdir()
-    with HashChain(tmp_path / "old" / ledger.LEDGER_FILE, table=ledger.TABLE) as chain:
+    with HashChain(tmp_path / "old" / sqlite_ledger.LEDGER_FILE, table=ledger.TABLE) as chain:
         for i in range(4):
             chain.append(ledger.GRANT, f"c-{i}", b"")
-    with ledger.open_ledger(tmp_path / "old") as chain:
+    with sqlite_ledger.open_ledger(tmp_path / "old") as chain:
         identity = ledger.read_identity(chain)
         assert identity is not None and identity.reason == "upgraded" and identity.lineage == ((ledger.LEGACY_EPOCH, 4),)
 
 
 def test_a_ledger_behind_its_head_file_or_without_one_is_not_opened(tmp_path: Path) -> None:
     """The coordinator refuses a ledger that lacks its committed head, or whose head file is gone."""
-    with ledger.open_ledger(tmp_path) as chain:
+    with sqlite_ledger.open_ledger(tmp_path) as chain:
         chain.append(ledger.GRANT, "c-1", b"")
-    heads = ledger.HeadFile(tmp_path / ledger.HEAD_FILE)
-    heads.reset(ledger.Head(9, b"\x01" * 32))
+    heads = sqlite_ledger.HeadFile(tmp_path / sqlite_ledger.HEAD_FILE)
+    heads.reset(sqlite_ledger.Head(9, b"\x01" * 32))
     with pytest.raises(ledger.LedgerTruncated, match="entries 3 to 9 are lost"):
-        ledger.open_ledger(tmp_path)
+        sqlite_ledger.open_ledger(tmp_path)
     heads.path.unlink()
     with pytest.raises(ledger.LedgerTruncated, match="missing"):
-        ledger.open_ledger(tmp_path)
-    identity, kept = ledger.new_epoch(tmp_path)
+        sqlite_ledger.open_ledger(tmp_path)
+    identity, kept = sqlite_ledger.new_epoch(tmp_path)
     assert kept == 2 and identity.lineage[-1][1] == 2
-    ledger.open_ledger(tmp_path).close()
+    sqlite_ledger.open_ledger(tmp_path).close()
 
 
 def test_view_after_a_restore_refuses_what_the_ledger_lost_and_accepts_the_rest() -> None:

@@ -38,7 +38,7 @@ Safety
     bytes, before touching anything; it then moves the files it replaces (with their -wal,
     -shm and -journal files, which hold committed data or would be replayed onto the wrong
     database) into `pre-restore-<UTC time>/`, never deleting them, and installs each file
-    with os.replace. A restored consent ledger then starts a new epoch (node.store.ledger.restored):
+    with os.replace. A restored consent ledger then starts a new epoch (node.store.sqlite_ledger.restored):
     nodes refuse consents registered after the backup's head, revocations the replaced ledger
     held are re-applied, and `ledger.head` is reset to the new head.
 
@@ -64,7 +64,8 @@ from typing import Any, Final
 from node import __version__
 from node.errors import BadInput
 from node.files import parse_json, write_file
-from node.store import ledger, witness
+from node.store import witness
+from node.store.sqlite import ledger as sqlite_ledger
 from node.store.sqlite.chain import GENESIS, HASH_BYTES, HashChain
 from node.store.errors import StoreCorrupt, StoreError
 
@@ -156,7 +157,7 @@ class RestoreReport:
     identity: str | None
     files: tuple[BackupFile, ...]
     moved_aside: Path | None
-    ledger: ledger.RestoredLedger | None = None  # set when a coordinator's consent ledger was restored
+    ledger: sqlite_ledger.RestoredLedger | None = None  # set when a coordinator's consent ledger was restored
 
     def to_json(self) -> dict[str, Any]:
         out = {"data_dir": str(self.data_dir), "backup_created_at": self.created_at,
@@ -397,8 +398,8 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
         _fsync_subdirs(data_dir)
         _fsync_dir(data_dir)
         # A consent ledger goes back to the backup's head: a new epoch tells every node so.
-        restored_ledger = (ledger.restored(data_dir, moved_aside)
-                           if any(f.name == ledger.LEDGER_FILE for f in files) else None)
+        restored_ledger = (sqlite_ledger.restored(data_dir, moved_aside)
+                           if any(f.name == sqlite_ledger.LEDGER_FILE for f in files) else None)
     except OSError as exc:
         raise BackupError(f"restore into {data_dir} failed: {exc.strerror}: {exc.filename}") from None
     finally:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from node.store import ledger
+from node.store.sqlite import ledger as sqlite_ledger
 from node.store.audit import CHECKPOINT_FILE, DEFAULT_RETENTION_DAYS, AuditLog
 from node.store.audit.records import TABLE as AUDIT_TABLE
 from node.store.chainformat import check_table
@@ -83,7 +84,7 @@ class SqliteStorage:
     def ledger(self) -> HashChain:
         if self._readonly:
             return self.chain(ledger.TABLE)
-        return self._keep(ledger.open_ledger(self.directory))
+        return self._keep(sqlite_ledger.open_ledger(self.directory))
 
     def audit(self) -> HashChain:
         return self.chain(AUDIT_TABLE, prunable=True)
