@@ -37,7 +37,7 @@ from typing import Any, Final
 import psycopg
 
 from node.store.audit import CHECKPOINT_FILE
-from node.store.ledger import HEAD_FILE
+from node.store.sqlite.ledger import HEAD_FILE
 from node.store.chainformat import GENESIS
 from node.store.postgres import pool as pools
 from node.store.postgres import schema

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -64,7 +63,7 @@ class PgStorage:
         return self._keep(PgChain(self._url, table, prunable=prunable, readonly=self._readonly))
 
     def ledger(self) -> PgChain:
-        """The consent ledger. Writable: as node.store.ledger.open_ledger on SQLite - refuse one that lost
+        """The consent ledger. Writable: as node.store.sqlite.ledger.open_ledger does - refuse one that lost
         committed entries, give a new one its identity - with `ledger.head` in this host's data_dir.
 
         Every replica host keeps its own head file, advanced by its own commits (each recorded head
@@ -74,15 +73,16 @@ class PgStorage:
         if self._readonly:
             return self.chain(LEDGER_TABLE)
         from node.store import ledger
+        from node.store.sqlite import ledger as heads_file
 
         try:
             self._data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StoreError(f"cannot create data directory {self._data_dir}: {exc.strerror}") from None
-        heads = ledger.HeadFile(self._data_dir / ledger.HEAD_FILE)
+        heads = heads_file.HeadFile(self._data_dir / heads_file.HEAD_FILE)
         chain = self._keep(PgChain(self._url, LEDGER_TABLE, on_commit=heads.advance))
         try:
-            problem = ledger.truncation(chain, heads.read())  # type: ignore[arg-type]
+            problem = heads_file.truncation(chain, heads.read())  # type: ignore[arg-type]
             if problem is not None:
                 raise ledger.LedgerTruncated(f"{problem}; restore a backup (`hedui restore`) or accept the loss "
                                              "(`hedui ledger new-epoch`)")
@@ -119,15 +119,13 @@ class PgStorage:
 def _identity_if_missing(chain: PgChain, heads: Any, head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
     """The ledger.epoch entry of a ledger that has none (inside the append transaction, under the chain lock)."""
     from node.store import ledger
+    from node.store.sqlite.ledger import Head
 
     if heads.read() is None:  # a new ledger, or a replica host opening it for the first time
-        heads.reset(ledger.Head(*head))
-    if ledger.read_identity(chain) is not None:  # type: ignore[arg-type]
+        heads.reset(Head(*head))
+    if ledger.read_identity(chain) is not None:
         return []
-    lineage = ((ledger.LEGACY_EPOCH, head[0]),) if head[0] else ()
-    identity = ledger.Identity(secrets.token_bytes(16), secrets.token_bytes(16), lineage, head[0] + 1,
-                               "upgraded" if head[0] else "created")
-    return [(ledger.EPOCH, ledger.IDENTITY_KEY, identity.payload())]
+    return [(ledger.EPOCH, ledger.IDENTITY_KEY, ledger.first_identity(head).payload())]
 
 
 def open_url(url: str, data_dir: Path, *, readonly: bool) -> PgStorage:
