@@ -296,3 +296,18 @@ def postgres_backend(tmp: Path) -> Any:
                       refused=(psycopg.errors.RestrictViolation,))
     backend.cleanup.append(lambda: server.drop_database(name))
     return backend
+
+
+def put_on_postgres(config_paths: Sequence[Path], server: PostgresServer, *, tcp: bool = False) -> dict[Path, str]:
+    """Give each member config its own fresh database on `server` (`[store] url`); config path -> URL."""
+    import tomllib
+
+    from node import config as config_mod
+
+    urls: dict[Path, str] = {}
+    for path in config_paths:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data["store"] = {"url": server.create_database(tcp=tcp)}
+        config_mod.write(Path(path), data)
+        urls[Path(path)] = data["store"]["url"]
+    return urls
