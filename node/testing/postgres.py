@@ -138,6 +138,11 @@ class PostgresServer:
         """initdb the cluster (UTF-8, C collation, trust on the socket, password over TCP)."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)  # the server user must reach its socket and data directories
+        if self.user is not None:
+            for parent in self.root.resolve().parents:
+                if not parent.stat().st_mode & 0o001:
+                    raise PostgresUnavailable(f"the server runs as {self.user.pw_name}, who cannot enter {parent} "
+                                              "(mode without o+x): give no root, or one under /tmp")
         self._chown(self.root)
         self.sock.mkdir(mode=0o755, exist_ok=True)
         self._chown(self.sock)
@@ -220,6 +225,19 @@ class PostgresServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def pids(self) -> list[int]:
+        """The postmaster and its children now (for CPU accounting); [] when it is not running."""
+        try:
+            main = int((self.data / "postmaster.pid").read_text(encoding="ascii").split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        found = [main]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()[1]) == main:
+                    found.append(int(stat.parent.name))
+        return found
 
     # -- addresses -------------------------------------------------------------------------
 
