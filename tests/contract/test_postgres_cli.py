@@ -69,8 +69,8 @@ def test_audit_verify_on_postgres_catches_an_edited_row(members: dict[str, Path]
     assert report["missing_guards"] == ["audit_no_update"] and "Traceback" not in bad.stderr
 
 
-def test_ledger_verify_on_postgres(members: dict[str, Path]) -> None:
-    """`hedui ledger verify` checks the coordinator's ledger on PostgreSQL and this host's ledger.head."""
+def test_ledger_verify_and_new_epoch_on_postgres(members: dict[str, Path]) -> None:
+    """`hedui ledger verify` checks the ledger on PostgreSQL against this host's ledger.head; `ledger new-epoch` accepts a loss."""
     cfg = members["coordinator"]
     with open_storage(config.load(cfg)) as storage:
         chain = storage.ledger()
@@ -84,6 +84,10 @@ def test_ledger_verify_on_postgres(members: dict[str, Path]) -> None:
         conn.execute("DELETE FROM ledger WHERE idx = 3")
     cut = hedui("ledger", "verify", "--config", cfg, "--json")
     assert cut.returncode == 1 and json.loads(cut.stdout)["truncated"], cut.stdout
+    accepted = hedui("ledger", "new-epoch", "--config", cfg, "--json")  # the operator accepts the loss
+    assert accepted.returncode == 0 and json.loads(accepted.stdout)["kept_index"] == 2, accepted.stderr
+    again = hedui("ledger", "verify", "--config", cfg, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["entries"] == 3, again.stdout
 
 
 def test_backup_and_restore_cli_on_postgres(members: dict[str, Path], planted: dict[str, Path], tmp_path: Path) -> None:

@@ -77,6 +77,35 @@ def _stream(conn: psycopg.Connection, sql: str) -> Iterator[list[Any]]:
             yield rows
 
 
+def ensure_idle(url: str, doing: str) -> None:
+    """DataDirBusy while any Hedui process (a serving replica's pool, application_name hedui) uses the database."""
+    with _connect(url) as conn:
+        others = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                              "AND application_name = 'hedui' AND pid <> pg_backend_pid()").fetchone()[0]
+    if others:
+        raise sqlite_backup.DataDirBusy(f"{others} Hedui connection(s) to {pools.redact(url)} are open: "
+                                        f"stop the member (every replica) before {doing}")
+
+
+def new_epoch(url: str, data_dir: Path, reason: str = "new-epoch") -> tuple[Any, int]:
+    """`hedui ledger new-epoch` on PostgreSQL: a new epoch at the ledger's head, this host's ledger.head reset to it;
+    (identity, last old entry). The coordinator must be stopped (every replica)."""
+    from node.store import ledger
+    from node.store.sqlite.ledger import Head, HeadFile
+
+    ensure_idle(url, "starting a new epoch")
+    chain = PgChain(url, "ledger")
+    try:
+        if chain.head()[0] == 0:
+            raise sqlite_backup.BackupRefused(f"no ledger at {chain.location}")
+        kept = chain.head()[0]
+        identity = ledger.start_epoch(chain, reason)
+        HeadFile(Path(data_dir) / HEAD_FILE).reset(Head(*chain.head()))
+    finally:
+        chain.close()
+    return identity, kept
+
+
 # -- export: PostgreSQL -> SQLite files -----------------------------------------------------------
 
 
@@ -176,12 +205,7 @@ def restore(backup_dir: Path, data_dir: Path, url: str, *, force: bool = False,
     backup_dir, data_dir = Path(backup_dir), Path(data_dir)
     _, files = sqlite_backup._read_manifest(backup_dir)
     names = tuple(f.name for f in files)
-    with _connect(url) as conn:
-        others = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                              "AND application_name = 'hedui' AND pid <> pg_backend_pid()").fetchone()[0]
-        if others:
-            raise sqlite_backup.DataDirBusy(f"{others} Hedui connection(s) to {pools.redact(url)} are open: "
-                                            "stop the member (every replica) before restoring")
+    ensure_idle(url, "restoring")
     local = [n for n in names if n not in HELD]
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
