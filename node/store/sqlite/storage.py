@@ -68,7 +68,9 @@ class SqliteStorage:
         return path
 
     def facts(self) -> Store:
-        return self._keep(Store(self._existing(self.directory / STORE_FILE, "fact store")))
+        if self._readonly:  # SQLite's fact store always opens its writer (schema upgrades, WAL)
+            raise StoreError("the fact store is not opened read-only")
+        return self._keep(Store(self.directory / STORE_FILE))
 
     def nonces(self, *, window_ms: int) -> NonceStore:
         if self._readonly:
