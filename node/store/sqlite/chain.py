@@ -96,7 +96,7 @@ class HashChain:
         """Open (creating if needed) the chain `table` in the SQLite file `path`.
 
         `on_commit(last_entry)` runs after each committed append, under this object's write lock
-        (the consent ledger records its head outside SQLite this way, see node.store.ledger).
+        (the consent ledger records its head outside SQLite this way, see node.store.sqlite.ledger).
         `prunable` also creates the `<table>_meta` table that records the anchor.
         """
         self._prunable = prunable
