@@ -39,7 +39,7 @@ def test_backup_is_checked_and_restores_onto_sqlite(postgres_url: str, tmp_path:
     chains = {f.name: f.chain_entries for f in report.files}
     assert chains == {"audit.sqlite": 2, "ledger.sqlite": 3, "store.sqlite": None}
     sqlite_backup.restore(tmp_path / "bak", tmp_path / "onto-sqlite")
-    storage = open_url("sqlite:", tmp_path / "onto-sqlite", readonly=True)
+    storage = open_url("sqlite:", tmp_path / "onto-sqlite")
     try:
         assert AuditLog(storage.audit()).verify().ok
         assert storage.audit().anchor()[0] == 6

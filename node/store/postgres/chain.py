@@ -1,4 +1,4 @@
-"""A hash chain in one PostgreSQL table: appends serialised by a table lock, guards as PL/pgSQL triggers."""
+"""A hash chain in one PostgreSQL table: appends serialised by an advisory lock, guards as PL/pgSQL triggers."""
 
 from __future__ import annotations
 
@@ -109,9 +109,9 @@ class _Snapshot:
 class PgChain:
     """One chain in one table of a PostgreSQL database; safe from many threads, processes and hosts.
 
-    Every write runs in one transaction that first takes `LOCK TABLE ... IN EXCLUSIVE MODE`
-    (writers of the same chain queue; readers are not blocked), then reads the head, inserts
-    and commits with synchronous_commit on. The triggers refuse UPDATE, TRUNCATE, a DELETE
+    Every write runs in one transaction that first takes the chain's advisory lock (writers of
+    the same chain queue, on every host; readers and vacuum are not blocked), then reads the head,
+    inserts and commits with synchronous_commit on. The triggers refuse UPDATE, TRUNCATE, a DELETE
     other than remove_prefix's, and an INSERT that does not continue the head.
     """
 
@@ -227,8 +227,15 @@ class PgChain:
         return self._append(lambda head: [encode_item(*item) for item in build(head)], at_ms)
 
     def _locked(self, conn: psycopg.Connection) -> Link:
-        """Take the chain's write lock (held to the end of the transaction) and read the head."""
-        conn.execute(f'LOCK TABLE "{self._table}" IN EXCLUSIVE MODE')
+        """Take the chain's write lock (held to the end of the transaction) and read the head.
+
+        A transaction-level advisory lock keyed by schema and table, not LOCK TABLE: it queues every
+        writer of this chain on every host, yet conflicts with no table lock, so (auto)vacuum never
+        stalls an append. A writer that skips it (raw SQL) still cannot fork the chain: idx is the
+        primary key and the append guard checks the head.
+        """
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('hedui-chain:' || current_schema() || '.' || %s, 0))",
+                     (self._table,))
         return self._head(conn)
 
     def _writable(self) -> None:
