@@ -110,3 +110,21 @@ def test_backup_and_restore_cli_on_postgres(members: dict[str, Path], planted: d
         assert storage.audit().head()[0] == 3
         assert storage.facts().counts()["facts"] == 4
     assert hedui("audit", "verify", "--config", cfg).returncode == 0
+
+
+def test_audit_export_checkpoint_prune_and_status_on_postgres(members: dict[str, Path]) -> None:
+    """`hedui audit export`, `checkpoint` (kept in PostgreSQL), `prune` and `node status` work on a PostgreSQL node."""
+    cfg = members["44"]
+    _records(cfg, 4)  # dated 2027-01-15: within the retention, so prune keeps them
+    exported = hedui("audit", "export", "--config", cfg)
+    assert exported.returncode == 0 and len(exported.stdout.splitlines()) == 4, exported.stderr
+    signed = hedui("audit", "checkpoint", "--config", cfg, "--json")
+    assert signed.returncode == 0, signed.stderr
+    with open_storage(config.load(cfg)) as storage:
+        held = storage.checkpoints().read()
+        assert len(held) == 1 and held[0][1] is not None and held[0][2] is None
+    pruned = hedui("audit", "prune", "--config", cfg, "--json")
+    assert pruned.returncode == 0 and json.loads(pruned.stdout)["removed"] == 0, pruned.stdout + pruned.stderr
+    assert hedui("audit", "verify", "--config", cfg).returncode == 0
+    status = hedui("node", "status", "--config", cfg, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["facts"] == 0, status.stderr
