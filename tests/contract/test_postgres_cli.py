@@ -128,3 +128,17 @@ def test_audit_export_checkpoint_prune_and_status_on_postgres(members: dict[str,
     assert hedui("audit", "verify", "--config", cfg).returncode == 0
     status = hedui("node", "status", "--config", cfg, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["facts"] == 0, status.stderr
+
+
+def test_unreachable_postgres_is_one_line_error(members: dict[str, Path]) -> None:
+    """A `[store] url` whose server refuses the connection: exit 2 and one line naming it, no password, no traceback."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nobody listens on it once closed
+    cfg = _on_postgres(members["44"], f"postgresql://hedui:s3cret@127.0.0.1:{port}/nodb")
+    proc = hedui("node", "status", "--config", cfg)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("hedui: cannot connect to PostgreSQL at") and f":{port}/nodb" in proc.stderr
+    assert "s3cret" not in proc.stderr and "Traceback" not in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,9 @@ MAX_CONNECTIONS: Final[int] = 16  # per URL and process: a server's threads plus
 _TIMEOUT_S: Final[float] = 10.0
 _CONNECT_TIMEOUT_S: Final[int] = 10
 _lock = threading.Lock()
+# The pool's own warnings (each failed reconnection) go where the application's logging sends them, never
+# to stderr through logging's last-resort handler (a CLI error is one line).
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 _pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}
 
 
@@ -40,6 +44,11 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
         if found is not None:
             found[1][0] += 1
             return found[0]
+        try:  # first a plain connect: a server that is down or refuses us is one precise error, at once
+            psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S).close()
+        except psycopg.Error as exc:
+            reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {reason}") from None
         pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=_TIMEOUT_S,
                               kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
                               check=ConnectionPool.check_connection, reconnect_timeout=_TIMEOUT_S,
