@@ -81,7 +81,7 @@ class CoordinatorLink:
         self._sync_lock = asyncio.Lock()
         self.checkpoint_every_s = checkpoint_every_s
         self.locators = None if store is None else LocatorPublisher(
-            member.province, store, member.signer, log, epoch_s=self._epoch_s,
+            member.province, store, member.signer, log, lock_dir=member.cfg.data_dir, epoch_s=self._epoch_s,
             send=lambda signed: self._stub.PublishLocator(signed, timeout=30),
             held=lambda: self._stub.HeldLocators(coordinator_pb2.HeldLocatorsRequest(), timeout=5))
         self.checkpointer = None if audit_log is None or checkpoints is None else audit.NodeCheckpointer(

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from node.crypto import discovery, locator, signing
 from node.server.lead import Lead
-from node.store.sqlite.facts import Store
+from node.store.interfaces import FactStore
 from node.wire.v1 import coordinator_pb2
 
 LOCK_FILE = "locator.lock"
@@ -26,7 +27,7 @@ LOCK_FILE = "locator.lock"
 HELD_CHECK_S = 300.0
 
 
-def build_shards(store: Store, epoch: int) -> tuple[int, int, list[tuple[int, bytes]]]:
+def build_shards(store: FactStore, epoch: int) -> tuple[int, int, list[tuple[int, bytes]]]:
     """(subject count, shard bits, shards) of the store's locator for one epoch (CPU-bound: run in a thread;
     the tokens are streamed, only 16 bytes per subject are held while the filters are built)."""
     count = store.held_count()
@@ -41,7 +42,7 @@ def build_shards(store: Store, epoch: int) -> tuple[int, int, list[tuple[int, by
 class LocatorPublisher:
     """Keeps the coordinator's locators of this province current for this and the next epoch."""
 
-    def __init__(self, province: str, store: Store, signer: Any, log: Any, *,
+    def __init__(self, province: str, store: FactStore, signer: Any, log: Any, *, lock_dir: Path,
                  epoch_s: Callable[[], Awaitable[int]],
                  send: Callable[[coordinator_pb2.SignedLocator], Awaitable[Any]],
                  held: Callable[[], Awaitable[coordinator_pb2.HeldLocatorsResponse]] | None = None) -> None:
@@ -55,12 +56,13 @@ class LocatorPublisher:
         self._held_checked = time.monotonic()  # what start() publishes needs no check
         self._generations: dict[int, int] = {}  # epoch -> generation this process last lodged
         self._watch = store.change_watch()
-        # One publisher per node, however many `--workers` processes share the store (node.server.lead).
-        self._lead = Lead(store.path.parent / LOCK_FILE)
+        # One publisher per node, however many `--workers` processes share the store (node.server.lead):
+        # the lock is in the node's data_dir, wherever its store lives.
+        self._lead = Lead(Path(lock_dir) / LOCK_FILE)
         self._published: dict[int, int] = {}  # epoch -> store data version it was built from
         self._generation = 0
         self._lock = asyncio.Lock()
-        self.build: Callable[[Store, int], tuple[int, int, list[tuple[int, bytes]]]] = build_shards
+        self.build: Callable[[FactStore, int], tuple[int, int, list[tuple[int, bytes]]]] = build_shards
 
     def close(self) -> None:
         self._watch.close()

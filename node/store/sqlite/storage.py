@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -41,7 +42,7 @@ class SqliteStorage:
         self.directory = Path(directory)
         self._url = url
         self._readonly = readonly
-        self._opened: list[Any] = []
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()  # what close() closes; a dropped object drops out
         self._lock = threading.Lock()
         if not readonly:
             try:
@@ -59,7 +60,7 @@ class SqliteStorage:
 
     def _keep(self, opened: _T) -> _T:
         with self._lock:
-            self._opened.append(opened)
+            self._opened.add(opened)
         return opened
 
     def _existing(self, path: Path, what: str) -> Path:
@@ -97,7 +98,7 @@ class SqliteStorage:
     def close(self) -> None:
         """Close every store and chain opened from this storage (each close is idempotent)."""
         with self._lock:
-            opened, self._opened = self._opened, []
+            opened, self._opened = list(self._opened), weakref.WeakSet()
         for thing in opened:
             thing.close()
 
