@@ -36,7 +36,8 @@ from node.store.audit.records import (
     _canonical,
     _now_ms,
 )
-from node.store.chainformat import BROKEN, GENESIS, HASH_BYTES, MISMATCH, Entry, entry_hash
+from node.store.chainformat import BROKEN, GENESIS, HASH_BYTES, MISMATCH, Entry, prefix
+from node.store.chainformat import digest as digest_of
 from node.store.chainformat import CHECKPOINT as CHECKPOINT_REASON
 from node.store.errors import StoreCorrupt, StoreError
 from node.store.interfaces import Chain, ChainSnapshot, PrefixView
@@ -103,6 +104,7 @@ def _verify_snapshot(table: str, snap: ChainSnapshot, expect: Sequence[tuple[int
         else:
             want.setdefault(idx, []).append(pos)
     prev_idx, prev_hash = anchor_idx - 1, anchor_prev
+    start, hash_of = prefix(table), digest_of  # the table's hash prefix once, not per entry
     last_prune: tuple[int, bytes] | None = None
     count = 0
 
@@ -122,7 +124,7 @@ def _verify_snapshot(table: str, snap: ChainSnapshot, expect: Sequence[tuple[int
         if idx != prev_idx + 1 or stored_prev != prev_hash:
             return report(idx, BROKEN, key)
         try:
-            digest: bytes | None = entry_hash(table, idx, e.at_ms, kind, key, payload, stored_prev)
+            digest: bytes | None = hash_of(start, idx, e.at_ms, kind.encode(), key.encode(), payload, stored_prev)
         except (AttributeError, TypeError, ValueError, struct.error):
             digest = None  # a field holds a value of the wrong type: tampered
         if digest != stored:
