@@ -43,11 +43,6 @@ def _url(path: Path) -> str:
     return tomllib.loads(path.read_text(encoding="utf-8"))["store"]["url"]
 
 
-# node/server/locator_publisher.py elects its publisher with a lock file at `store.path.parent`, which only the
-# SQLite store has (FactStore names no path): the node cannot start on PostgreSQL until it takes the data dir
-# from its config instead. Strict: this fails loudly (XPASS) the moment that is fixed, so the marker goes then.
-@pytest.mark.xfail(raises=AttributeError, strict=True,
-                   reason="LocatorPublisher uses store.path (SQLite only); see /work/notes/pg.md")
 def test_routed_verification_with_every_store_in_postgres(fed: Federation) -> None:
     """Consent in the coordinator's PostgreSQL ledger, facts and audit records in the nodes' databases: a routed check works."""
     consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
