@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -130,6 +131,7 @@ class PgChain:
         self._insert = (f'INSERT INTO "{table}"(idx, at_ms, kind, key, payload, prev_hash, hash) '
                         "VALUES (%s, %s, %s, %s, %s, %s, %s)")
         self._pool = pools.acquire(url, readonly=readonly)
+        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
             if readonly:
                 with self._conn("opening") as conn:
@@ -162,7 +164,7 @@ class PgChain:
             if self._closed:
                 return
             self._closed = True
-        pools.release(self._pool)
+        self._release()
 
     def __enter__(self) -> Self:
         return self

@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import threading
+import weakref
 from typing import TYPE_CHECKING, Final
 
 import psycopg
@@ -37,6 +38,7 @@ class PgCheckpoints:
         self._closed = False
         self._lock = threading.Lock()
         self._pool = pools.acquire(url, readonly=readonly)
+        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
             if not readonly:
                 with self._conn("creating") as conn, conn.transaction():
@@ -92,4 +94,4 @@ class PgCheckpoints:
             if self._closed:
                 return
             self._closed = True
-        pools.release(self._pool)
+        self._release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from types import TracebackType
@@ -95,6 +96,7 @@ class PgStore:
         self._closed = False
         self._close_lock = threading.Lock()
         self._pool = pools.acquire(url, readonly=readonly)
+        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
             if not readonly:
                 with self._conn("creating store") as conn, conn.transaction():
@@ -129,7 +131,7 @@ class PgStore:
             if self._closed:
                 return
             self._closed = True
-        pools.release(self._pool)
+        self._release()
 
     def __enter__(self) -> Self:
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -45,6 +46,7 @@ class PgNonceStore:
         self._inserts = 0
         self._closed = False
         self._pool = pools.acquire(url)
+        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
             with self._conn() as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
@@ -133,7 +135,7 @@ class PgNonceStore:
             if self._closed:
                 return
             self._closed = True
-        pools.release(self._pool)
+        self._release()
 
     def __enter__(self) -> Self:
         return self

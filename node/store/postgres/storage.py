@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -28,7 +29,7 @@ class PgStorage:
         self._url = url
         self._data_dir = Path(data_dir) if data_dir is not None else Path(".")
         self._readonly = readonly
-        self._opened: list[Any] = []
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()  # what close() closes; a dropped object drops out
         self._lock = threading.Lock()
         self._closed = False
 
@@ -45,7 +46,7 @@ class PgStorage:
             if self._closed:
                 obj.close()
                 raise StoreError("storage is closed")
-            self._opened.append(obj)
+            self._opened.add(obj)
         return obj
 
     def facts(self) -> PgStore:
@@ -104,7 +105,7 @@ class PgStorage:
         """Close whatever this storage opened; idempotent."""
         with self._lock:
             self._closed = True
-            opened, self._opened = self._opened, []
+            opened, self._opened = list(self._opened), weakref.WeakSet()
         for obj in opened:
             obj.close()
 
