@@ -128,8 +128,10 @@ class PgChain:
         self._closed = False
         self._close_lock = threading.Lock()
         self._restored: tuple[str, ...] = ()
+        # One statement per batch, rows in order (the append guard checks each against the one before).
         self._insert = (f'INSERT INTO "{table}"(idx, at_ms, kind, key, payload, prev_hash, hash) '
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s)")
+                        "SELECT i, a, k, y, p, ph, h FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[], %s::bytea[], "
+                        "%s::bytea[], %s::bytea[], %s::bytea[]) WITH ORDINALITY AS u(i, a, k, y, p, ph, h, n) ORDER BY n")
         self._pool = pools.acquire(url, readonly=readonly)
         self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
@@ -189,6 +191,7 @@ class PgChain:
                 self._check_schema(conn)
             conn.execute(schema.FUNCTIONS)
             conn.execute(schema.TABLE.format(t=self._table))
+            conn.execute(schema.APPEND_FUNCTION.format(t=self._table))
             missing = self._missing(conn) if exists else ()
             for name in self._missing(conn):
                 conn.execute(f'DROP TRIGGER IF EXISTS "{self._table}_{name}" ON "{self._table}"')
@@ -255,15 +258,17 @@ class PgChain:
                 batch = items(head) if callable(items) else items
                 entries = link(self._prefix, head, batch, at_ms)
                 if entries:
-                    with conn.cursor() as cur:
-                        cur.executemany(self._insert, [self._params(e) for e in entries])
+                    conn.execute(self._insert, self._columns(entries))
             if entries and self._on_commit is not None:
                 self._on_commit(entries[-1])
         return entries
 
     @staticmethod
-    def _params(e: Entry) -> tuple[Any, ...]:
-        return (e.idx, e.at_ms, e.kind.encode(), e.key.encode(), e.payload, e.prev_hash, e.hash)
+    def _columns(entries: Sequence[Entry]) -> list[list[Any]]:
+        """The INSERT's seven arrays (kind and key as their UTF-8 bytes)."""
+        return [[e.idx for e in entries], [e.at_ms for e in entries], [e.kind.encode() for e in entries],
+                [e.key.encode() for e in entries], [e.payload for e in entries], [e.prev_hash for e in entries],
+                [e.hash for e in entries]]
 
     def remove_prefix(self, plan: Callable[[PrefixView], tuple[int, Item] | None], *,
                       at_ms: int | None = None) -> PrefixRemoval | None:
@@ -287,7 +292,7 @@ class PgChain:
                     raise ValueError("keep must be above the anchor and at most head + 1")
                 new_anchor = view.anchor_for(keep)
                 entry = link(self._prefix, head, [encode_item(*marker)], at_ms)[0]
-                cur.execute(self._insert, self._params(entry))
+                cur.execute(self._insert, self._columns([entry]))
                 cur.execute(f"INSERT INTO {schema.ANCHORS}(chain, idx, prev_hash) VALUES (%s, %s, %s) "
                             "ON CONFLICT (chain) DO UPDATE SET idx = excluded.idx, prev_hash = excluded.prev_hash",
                             (self._table, new_anchor[0], new_anchor[1]))

@@ -29,11 +29,19 @@ BEGIN
     RAISE EXCEPTION 'append-only: DELETE on % refused', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
 END $$;
 
-CREATE OR REPLACE FUNCTION hedui_chain_append() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE TABLE IF NOT EXISTS {ANCHORS}(
+    chain TEXT PRIMARY KEY,
+    idx BIGINT NOT NULL,
+    prev_hash BYTEA NOT NULL
+);
+"""
+
+# One append guard function per chain table: static SQL, so PL/pgSQL plans the head lookup once per session.
+APPEND_FUNCTION: Final[str] = f"""
+CREATE OR REPLACE FUNCTION "hedui_append_{{t}}"() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE head_idx bigint; head_hash bytea;
 BEGIN
-    EXECUTE format('SELECT idx, hash FROM %I.%I ORDER BY idx DESC LIMIT 1', TG_TABLE_SCHEMA, TG_TABLE_NAME)
-        INTO head_idx, head_hash;
+    SELECT idx, hash INTO head_idx, head_hash FROM "{{t}}" ORDER BY idx DESC LIMIT 1;
     IF NEW.idx IS DISTINCT FROM coalesce(head_idx, 0) + 1
        OR NEW.prev_hash IS DISTINCT FROM coalesce(head_hash, '\\x{'00' * HASH_BYTES}'::bytea) THEN
         RAISE EXCEPTION 'append-only: idx must be max(idx)+1 and prev_hash the head hash'
@@ -41,12 +49,6 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-
-CREATE TABLE IF NOT EXISTS {ANCHORS}(
-    chain TEXT PRIMARY KEY,
-    idx BIGINT NOT NULL,
-    prev_hash BYTEA NOT NULL
-);
 """
 
 # kind and key are stored as their UTF-8 bytes: exactly what is hashed (TEXT cannot hold NUL).
@@ -70,7 +72,7 @@ GUARDS: Final[dict[str, str]] = {
     "no_delete": 'CREATE TRIGGER "{t}_no_delete" BEFORE DELETE ON "{t}" FOR EACH ROW EXECUTE FUNCTION hedui_chain_delete()',
     "no_truncate": 'CREATE TRIGGER "{t}_no_truncate" BEFORE TRUNCATE ON "{t}" FOR EACH STATEMENT '
                    "EXECUTE FUNCTION hedui_chain_refuse()",
-    "append_next": 'CREATE TRIGGER "{t}_append_next" BEFORE INSERT ON "{t}" FOR EACH ROW EXECUTE FUNCTION hedui_chain_append()',
+    "append_next": 'CREATE TRIGGER "{t}_append_next" BEFORE INSERT ON "{t}" FOR EACH ROW EXECUTE FUNCTION "hedui_append_{t}"()',
 }
 # Enabled triggers of a table (a disabled one guards nothing, so it counts as missing).
 TRIGGERS_SQL: Final[str] = (
