@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from node.domain import idnumber
+from node.testing.postgres import PostgresServer, shared_server
 
 # A Sichuan-registered migrant worker whose wages and deposits sit in Guangdong (44).
 WORKER = idnumber.make("510104", dt.date(1988, 5, 17), 371)
@@ -42,3 +45,17 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (WORKER, "real_estate.count", 1, "2026-09-30", "natural_resources"),
     ])
     return {"44": gd, "51": sc}
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server (initdb + pg_ctl in a temp dir) for the session; fails loudly if it cannot start."""
+    yield shared_server()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    name = f"t_{secrets.token_hex(6)}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)

@@ -101,28 +101,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     part_s["node"] = time.perf_counter() - t0
                 del ids
         if parts & {"routed", "batch", "household"}:
-            t0 = time.perf_counter()
-            with national(work, sizes, routed="routed" in parts, batch=bool(parts & {"batch", "household"}),
-                          household="household" in parts) as nat:
-                out.update(nat.stats)
-                hooks = {**_profiler_hooks(args, nat.fed.loop, profile), "server_cpu": nat.fed.server_cpu}
-                if nat.routed is not None:
-                    t1 = time.perf_counter()
-                    out.update(bench_routed(nat, sizes, hooks))
-                    part_s["routed"] = time.perf_counter() - t1
-                if "batch" in parts:
-                    t1 = time.perf_counter()
-                    out.update(bench_batch(nat, sizes, hooks))
-                    part_s["batch"] = time.perf_counter() - t1
-                if "household" in parts:
-                    t1 = time.perf_counter()
-                    out.update(bench_household(nat, sizes, hooks))
-                    part_s["household"] = time.perf_counter() - t1
-                rss, peak = _rss_mb()
-                out["national_server_rss_mb"] = rss
-                out["national_process"] = (f"{nat.stats['national_provinces']} province nodes (one process, one loop); "
-                                          "the coordinator its own process")
-            part_s["national"] = time.perf_counter() - t0
+            for n, store in enumerate(args.store):  # the first store's figures are the plain keys (and the goals)
+                t0 = time.perf_counter()
+                figures = _national_parts(args, work, sizes, parts, profile, part_s, store)
+                out.update(figures if n == 0 else {f"{store}_{k}": v for k, v in figures.items()})
+                part_s["national" if n == 0 else f"national_{store}"] = time.perf_counter() - t0
         curve_sizes = args.scale_provinces if args.scale_provinces is not None else (
             QUICK_CURVE if sizes.quick else DEFAULT_CURVE)
         if len(curve_sizes) >= 2 and parts & {"routed", "batch"}:
@@ -158,6 +141,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+
+def _national_parts(args: argparse.Namespace, work: Path, sizes: Sizes, parts: set[str], profile: dict[str, Any],
+                    part_s: dict[str, float], store: str) -> dict[str, Any]:
+    """The routed, batch and household parts on one national federation whose members keep `store`."""
+    out: dict[str, Any] = {"national_store": store}
+    (work / store).mkdir(exist_ok=True)
+    with national(work / store, sizes, routed="routed" in parts, batch=bool(parts & {"batch", "household"}),
+                  household="household" in parts, store=store) as nat:
+        out.update(nat.stats)
+        hooks = {**_profiler_hooks(args, nat.fed.loop, profile), "server_cpu": nat.fed.server_cpu}
+        if nat.routed is not None:
+            t1 = time.perf_counter()
+            out.update(bench_routed(nat, sizes, hooks))
+            part_s["routed" if store == args.store[0] else f"routed_{store}"] = time.perf_counter() - t1
+        if "batch" in parts:
+            t1 = time.perf_counter()
+            out.update(bench_batch(nat, sizes, hooks))
+            part_s["batch" if store == args.store[0] else f"batch_{store}"] = time.perf_counter() - t1
+        if "household" in parts:
+            t1 = time.perf_counter()
+            out.update(bench_household(nat, sizes, hooks))
+            part_s["household" if store == args.store[0] else f"household_{store}"] = time.perf_counter() - t1
+        rss, _ = _rss_mb()
+        out["national_server_rss_mb"] = rss
+        out["national_process"] = (f"{nat.stats['national_provinces']} province nodes (one process, one loop); "
+                                   "the coordinator its own process" + ("; PostgreSQL a local server, one database per "
+                                                                       "member" if store == "postgresql" else ""))
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m node.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes and short phases (for tests)")
@@ -181,6 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-phase", default="verify_c", choices=("verify_c", "verify_seq", "echo_c", "routed_seq",
                                                                       "routed_c", "batch", "household"),
                    help="the phase --profile covers (default verify_c)")
+    p.add_argument("--store", type=_stores, default=["sqlite"], metavar="STORE[,STORE]",
+                   help="the members' storage in the routed, batch and household parts: sqlite (default), postgresql "
+                        "(a throwaway local server, one database per member), or both, e.g. sqlite,postgresql: the "
+                        "parts then run once per store, a later store's figures prefixed with its name")
     p.add_argument("--tmp", help="directory for the temporary stores (default: system temp)")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -194,6 +211,13 @@ def _curve(value: str) -> tuple[int, ...]:
         return parse_curve(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _stores(value: str) -> list[str]:
+    names = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    if not names or set(names) - {"sqlite", "postgresql"}:
+        raise argparse.ArgumentTypeError(f"stores are sqlite and postgresql, not {value!r}")
+    return names
 
 
 def _parts(value: str) -> list[str]:

@@ -44,17 +44,28 @@ def coordinator_process(config: Path, log_path: Path) -> Iterator[tuple[subproce
 
 
 @contextlib.contextmanager
-def bench_cluster(provinces: Sequence[str], *, root: Path, data: dict[str, Path] | None = None) -> Iterator[Any]:
+def bench_cluster(provinces: Sequence[str], *, root: Path, data: dict[str, Path] | None = None,
+                  store: str = "sqlite") -> Iterator[Any]:
     """A federation as node.testing.cluster.run_cluster builds it, but its coordinator a subprocess.
 
     Yields the Federation (nodes in this process on `fed.loop`), with `fed.coordinator_pid` set and
-    `fed.server_cpu()` the CPU seconds so far of every serving process (this one and the coordinator).
+    `fed.server_cpu()` the CPU seconds so far of every serving process (this one, the coordinator and,
+    with `store="postgresql"`, the throwaway PostgreSQL server every member keeps its own database on).
     """
     from node.testing.cluster import LoopThread, build_federation, set_coordinator
 
-    fed = build_federation(root, provinces, data=data)
+    fed = build_federation(root, provinces, data=None if store == "postgresql" else data)
     assert fed.coordinator_config is not None
     with contextlib.ExitStack() as stack:
+        pg_pids: Callable[[], list[int]] = list
+        if store == "postgresql":
+            from node.testing.postgres import PostgresServer, put_on_postgres
+
+            server = stack.enter_context(PostgresServer(settings={"max_connections": "800"}))  # its own dir in /tmp
+            put_on_postgres([fed.coordinator_config, *fed.configs.values()], server)
+            for code, path in (data or {}).items():
+                fed.ingest(code, path)
+            pg_pids = server.pids
         proc, port = stack.enter_context(coordinator_process(fed.coordinator_config, root / "coordinator.log"))
         fed.coordinator_port = port
         fed.addresses["coordinator"] = f"127.0.0.1:{port}"
@@ -63,7 +74,7 @@ def bench_cluster(provinces: Sequence[str], *, root: Path, data: dict[str, Path]
         fed.loop = LoopThread()
         stack.callback(fed.loop.close)
         fed.coordinator_pid = proc.pid
-        fed.server_cpu = serving_cpu(proc.pid)
+        fed.server_cpu = serving_cpu(proc.pid, also=pg_pids)
         try:
             for code in provinces:
                 fed.start_node(code)
@@ -73,7 +84,8 @@ def bench_cluster(provinces: Sequence[str], *, root: Path, data: dict[str, Path]
                 fed.stop_node(code)
 
 
-def serving_cpu(*pids: int) -> Callable[[], float]:
-    """CPU seconds so far of this process and of `pids` (the bench's serving processes)."""
-    return lambda: _cpu_seconds() + sum(proc_cpu(pid) for pid in pids)
+def serving_cpu(*pids: int, also: Callable[[], list[int]] = list) -> Callable[[], float]:
+    """CPU seconds so far of this process, of `pids` (the bench's serving processes) and of the processes
+    `also()` names at each reading (a PostgreSQL server's backends come and go)."""
+    return lambda: _cpu_seconds() + sum(proc_cpu(pid) for pid in (*pids, *also()))
 

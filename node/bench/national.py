@@ -34,7 +34,8 @@ class National:
 
 
 @contextlib.contextmanager
-def national(work: Path, sizes: Sizes, *, routed: bool, batch: bool, household: bool = False) -> Iterator[National]:
+def national(work: Path, sizes: Sizes, *, routed: bool, batch: bool, household: bool = False,
+             store: str = "sqlite") -> Iterator[National]:
     """Coordinator + `sizes.provinces` province nodes in this process (bench_cluster: the coordinator a subprocess), the routed and
     batch households' data ingested where the plan puts it (6 facts per member), nothing about
     them held by the requester. With `household`, the requester publishes HOUSEHOLD_STANDARDS and
@@ -70,7 +71,7 @@ def national(work: Path, sizes: Sizes, *, routed: bool, batch: bool, household: 
     batch_files = (data_dir / "batch.csv", write_households(data_dir / "batch.csv", batch_plan)) if batch else None
     totals = planted_totals(data, batch_plan) if household else None
     started = time.perf_counter()
-    with bench_cluster([REQUESTER, *others], root=work / "national", data=data) as fed:
+    with bench_cluster([REQUESTER, *others], root=work / "national", data=data, store=store) as fed:
         if household:
             (data_dir / "standards.toml").write_text(HOUSEHOLD_STANDARDS, encoding="utf-8")
             fed.publish_standards(REQUESTER, data_dir / "standards.toml")

@@ -128,6 +128,20 @@ def table(out: dict[str, Any]) -> str:
     if out.get("batch_failed_households"):
         lines.append(f"  ! {out['batch_failed_households']} households incomplete or wrong (not counted), e.g. "
                      f"{out['batch_failure_examples'][0][:300]}")
+    for store in ("sqlite", "postgresql"):  # the parts run again on a later --store: its figures, prefixed
+        sub = {k.removeprefix(f"{store}_"): v for k, v in out.items() if k.startswith(f"{store}_")}
+        if "routed_p50_ms" in sub or "batch_households_per_s" in sub:
+            lines.append(f"the same on {store} ({sub.get('national_process', '')}):")
+            if "routed_p50_ms" in sub:
+                lines.append(_phase_header())
+                lines.extend(_phase_line(sub, key) for key in ("routed_seq", f"routed_c{sub['routed_concurrency']}"))
+            if "batch_households_per_s" in sub:
+                lines.append(f"  batch {sub['batch_households_per_s']:,.0f} households/s, chunk p50 "
+                             f"{sub['batch_chunk_p50_ms']:.0f} ms p99 {sub['batch_chunk_p99_ms']:.0f} ms; server CPU "
+                             f"{sub['batch_server_cpu'] * 100:.0f}% ({sub['batch_server_cpu_us_per_household']:.0f} "
+                             f"us/household), other {sub['batch_other_cpu'] * 100:.0f}%")
+            if "household_households_per_s" in sub:
+                lines.append(f"  household {sub['household_households_per_s']:,.0f} households/s")
     if "household_households_per_s" in out:
         rounds = ", ".join(f"{r:.0f}" for r in out["household_rounds_per_s"])
         lines.append(f"household (check-batch's HouseholdBatchSession, same federation and households, each decided on "

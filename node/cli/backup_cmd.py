@@ -59,13 +59,24 @@ def _describe(f: Any) -> str:
     return f"  {f.name}: {f.size} bytes{extra}, sha256 {f.sha256[:16]}"
 
 
+def _postgres(cfg: Any) -> str | None:
+    """The `[store] url` when the member's store is PostgreSQL (backup and restore then go through node.store.postgres)."""
+    url = str(getattr(cfg, "store_url", "") or "")
+    return url if url.lower().startswith(("postgresql:", "postgres:")) else None
+
+
 def _backup(args: argparse.Namespace) -> int:
     from node import config
     from node.store.sqlite.backup import BackupCorrupt, backup
 
     cfg = config.load(args.config)
     try:
-        report = backup(cfg.data_dir, args.out, identity=cfg.identity)
+        if url := _postgres(cfg):  # one REPEATABLE READ snapshot exported to this same format
+            from node.store.postgres.backup import backup as pg_backup
+
+            report = pg_backup(url, cfg.data_dir, args.out, identity=cfg.identity)
+        else:
+            report = backup(cfg.data_dir, args.out, identity=cfg.identity)
     except BackupCorrupt as exc:
         return _invalid(exc)
     if args.json:
@@ -83,7 +94,12 @@ def _restore(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.config)
     try:
-        report = restore(args.backup_dir, cfg.data_dir, force=args.force, expect_identity=cfg.identity)
+        if url := _postgres(cfg):
+            from node.store.postgres.backup import restore as pg_restore
+
+            report = pg_restore(args.backup_dir, cfg.data_dir, url, force=args.force, expect_identity=cfg.identity)
+        else:
+            report = restore(args.backup_dir, cfg.data_dir, force=args.force, expect_identity=cfg.identity)
     except BackupCorrupt as exc:
         return _invalid(exc)
     if args.json:

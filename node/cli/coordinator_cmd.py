@@ -210,11 +210,16 @@ def _ledger_new_epoch(args: argparse.Namespace) -> int:
     from node.store.sqlite.backup import ensure_idle
 
     cfg = config.load(args.config)
-    path = cfg.data_dir / sqlite_ledger.LEDGER_FILE
-    if not path.exists():
-        raise BadInput(f"no ledger at {path}")
-    ensure_idle(path)
-    identity, kept = sqlite_ledger.new_epoch(cfg.data_dir)
+    if cfg.store_url.lower().startswith(("postgresql:", "postgres:")):  # the ledger table, this host's head file
+        from node.store.postgres.backup import new_epoch
+
+        identity, kept = new_epoch(cfg.store_url, cfg.data_dir)
+    else:
+        path = cfg.data_dir / sqlite_ledger.LEDGER_FILE
+        if not path.exists():
+            raise BadInput(f"no ledger at {path}")
+        ensure_idle(path)
+        identity, kept = sqlite_ledger.new_epoch(cfg.data_dir)
     if args.json:
         print(json.dumps({"epoch": identity.epoch.hex(), "kept_index": kept, "ledger_id": identity.ledger_id.hex()}))
     else:

@@ -18,6 +18,7 @@ from typing import Any
 
 from node.store.factory import open_url
 from node.store.interfaces import Storage
+from node.testing.postgres import postgres_backend
 
 
 @dataclass
@@ -71,6 +72,7 @@ def _sqlite(tmp: Path) -> Backend:
 #: name -> make a fresh empty backend in the given temporary directory.
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "sqlite": _sqlite,
+    "postgresql": postgres_backend,  # a fresh database on this process's throwaway server (node.testing.postgres)
 }
 
 

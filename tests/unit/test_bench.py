@@ -116,6 +116,21 @@ def test_only_takes_comma_separated_parts() -> None:
     assert isinstance(parse_args([]), argparse.Namespace)
 
 
+def test_store_option_and_the_figures_of_a_second_store() -> None:
+    """--store takes sqlite, postgresql or both (SQLite by default); a later store's figures print beside the first's."""
+    assert parse_args([]).store == ["sqlite"]
+    assert parse_args(["--store", "sqlite,postgresql"]).store == ["sqlite", "postgresql"]
+    with pytest.raises(SystemExit):
+        parse_args(["--store", "mysql"])
+    out = {"postgresql_batch_households_per_s": 111.0, "postgresql_batch_chunk_p50_ms": 2260.0,
+           "postgresql_batch_chunk_p99_ms": 2300.0, "postgresql_batch_server_cpu": 0.94,
+           "postgresql_batch_server_cpu_us_per_household": 8424.0, "postgresql_batch_other_cpu": 0.9,
+           "postgresql_national_process": "one database per member", "total_s": 1.0}
+    out["goals"] = goals(out)
+    text = table(out)
+    assert "the same on postgresql (one database per member)" in text and "batch 111 households/s" in text
+
+
 @pytest.mark.slow
 def test_quick_bench_runs_end_to_end() -> None:
     """`python -m node.bench --quick --seconds 1` ends with one JSON line whose rates are all positive."""

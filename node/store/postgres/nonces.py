@@ -1,0 +1,145 @@
+"""Seen request nonces in PostgreSQL: one row per nonce, insert-or-refuse atomically across replicas."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Final, Self
+
+import psycopg
+
+from node.store.errors import StoreError
+from node.store.postgres import pool as pools
+
+_PURGE_EVERY: Final[int] = 1000
+_SCHEMA: Final[str] = """
+CREATE TABLE IF NOT EXISTS hedui_nonces(key BYTEA PRIMARY KEY, issued_at_ms BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS hedui_nonces_by_time ON hedui_nonces(issued_at_ms);
+"""
+_INSERT_ONE: Final[str] = "INSERT INTO hedui_nonces(key, issued_at_ms) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+# Duplicates inside one statement are skipped by ON CONFLICT DO NOTHING; RETURNING names the rows inserted.
+_INSERT_MANY: Final[str] = (
+    "INSERT INTO hedui_nonces(key, issued_at_ms) SELECT * FROM unnest(%s::bytea[], %s::bigint[]) "
+    "ON CONFLICT DO NOTHING RETURNING key"
+)
+
+
+def _key(requester: str, nonce: bytes) -> bytes:
+    return requester.encode() + b"\x00" + bytes(nonce)
+
+
+class PgNonceStore:
+    """Remembers (requester, nonce) pairs for twice the clock window in the table hedui_nonces.
+
+    The primary key makes "fresh or replay" one atomic decision of the server: of concurrent
+    inserts of one key from any number of processes or hosts, exactly one inserts a row.
+    """
+
+    def __init__(self, url: str, *, window_ms: int) -> None:
+        self._window_ms = window_ms
+        self._local = threading.local()  # the connection of this thread's open transaction()
+        self._lock = threading.Lock()
+        self._inserts = 0
+        self._closed = False
+        self._pool = pools.acquire(url)
+        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
+        try:
+            with self._conn() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
+                conn.execute(_SCHEMA)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def window_ms(self) -> int:
+        return self._window_ms
+
+    def _conn(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
+        if self._closed:
+            raise StoreError("nonce store is closed")
+        return pools.connection(self._pool, "nonce store write")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[psycopg.Connection]:
+        """This thread's transaction() connection, else a pooled one for one autocommitted statement."""
+        held: psycopg.Connection | None = getattr(self._local, "conn", None)
+        if held is not None:
+            try:
+                yield held
+            except psycopg.Error as exc:
+                raise StoreError(f"nonce store write failed: {pools.describe(exc)}") from None
+            return
+        with self._conn() as conn:
+            yield conn
+
+    def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
+        """Record a nonce; False when this requester already used it."""
+        with self._writing() as conn:
+            fresh = conn.execute(_INSERT_ONE, (_key(requester, nonce), issued_at_ms)).rowcount == 1
+        self._count(1)
+        return fresh
+
+    def remember_many(self, nonces: Sequence[tuple[str, bytes, int]]) -> list[bool]:
+        """Record many in one statement (all or none); per nonce, False when used before or earlier in `nonces`."""
+        keys = [_key(requester, nonce) for requester, nonce, _ in nonces]
+        if not keys:
+            return []
+        with self._writing() as conn:
+            inserted = {bytes(r[0]) for r in conn.execute(_INSERT_MANY, (keys, [n[2] for n in nonces])).fetchall()}
+        fresh: list[bool] = []
+        for key in keys:
+            fresh.append(key in inserted)
+            inserted.discard(key)  # a repeat later in the batch is a replay
+        self._count(len(keys))
+        return fresh
+
+    def _count(self, n: int) -> None:
+        """Forget nonces older than twice the window every _PURGE_EVERY inserts (outside any transaction())."""
+        with self._lock:
+            self._inserts += n
+            due = self._inserts >= _PURGE_EVERY and getattr(self._local, "conn", None) is None
+            if due:
+                self._inserts = 0
+        if due:
+            horizon = int(time.time() * 1000) - 2 * self._window_ms
+            with self._conn() as conn:
+                conn.execute("DELETE FROM hedui_nonces WHERE issued_at_ms < %s", (horizon,))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """This thread's remember calls in one transaction, committed at the end even on an exception.
+
+        Rows are inserted as they are recorded, so a concurrent insert of the same key anywhere
+        waits on the row lock and then sees the replay.
+        """
+        if getattr(self._local, "conn", None) is not None:
+            yield  # nested: the outer transaction commits
+            return
+        with self._conn() as conn:
+            conn.execute("BEGIN")
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
+                conn.execute("COMMIT")  # a failed statement inside makes this a rollback (nothing half-written)
+
+    def close(self) -> None:
+        """Give back the pool; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,120 @@
+"""Connection pools to PostgreSQL, shared per URL within a process, and psycopg errors as store errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Final
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from node.store.errors import StoreError
+
+MAX_CONNECTIONS: Final[int] = 16  # per URL and process: a server's threads plus a few streams
+_TIMEOUT_S: Final[float] = 10.0
+_CONNECT_TIMEOUT_S: Final[int] = 10
+_lock = threading.Lock()
+# The pool's own warnings (each failed reconnection) go where the application's logging sends them, never
+# to stderr through logging's last-resort handler (a CLI error is one line).
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+_pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}
+
+
+def _configure(readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
+    def configure(conn: psycopg.Connection) -> None:
+        """Every session: durable commits whatever the server default, and read-only when asked."""
+        conn.autocommit = True
+        conn.execute("SET synchronous_commit = on")
+        conn.execute("SET application_name = 'hedui'")
+        if readonly:
+            conn.execute("SET default_transaction_read_only = on")
+    return configure
+
+
+def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
+    """The process's pool for `url` (opened on first use, waiting for its first connection); release() it after."""
+    key = (os.getpid(), url, readonly)
+    with _lock:
+        found = _pools.get(key)
+        if found is not None:
+            found[1][0] += 1
+            return found[0]
+        try:  # first a plain connect: a server that is down or refuses us is one precise error, at once
+            psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S).close()
+        except psycopg.Error as exc:
+            reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {reason}") from None
+        pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=_TIMEOUT_S,
+                              kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
+                              check=ConnectionPool.check_connection, reconnect_timeout=_TIMEOUT_S,
+                              name=f"hedui-{'ro' if readonly else 'rw'}", num_workers=1)
+        try:
+            pool.open(wait=True, timeout=_TIMEOUT_S)
+        except PoolTimeout:
+            pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}") from None
+        _pools[key] = (pool, [1])
+        return pool
+
+
+def release(pool: ConnectionPool) -> None:
+    """Give back a pool from acquire(); the last release closes it."""
+    with _lock:
+        for key, (found, refs) in list(_pools.items()):
+            if found is pool:
+                refs[0] -= 1
+                if refs[0] > 0:
+                    return
+                del _pools[key]
+                break
+    pool.close()
+
+
+@contextlib.contextmanager
+def connection(pool: ConnectionPool, what: str) -> Iterator[psycopg.Connection]:
+    """A pooled connection; psycopg and pool errors leave as StoreError naming `what` (no values, no SQL)."""
+    try:
+        with pool.connection() as conn:
+            yield conn
+    except PoolTimeout:
+        raise StoreError(f"{what} failed: no PostgreSQL connection within {_TIMEOUT_S:.0f} s") from None
+    except psycopg.Error as exc:
+        raise StoreError(f"{what} failed: {describe(exc)}") from None
+
+
+def describe(exc: psycopg.Error) -> str:
+    """The error's class, SQLSTATE and primary message: never its DETAIL, which can quote row values."""
+    primary = exc.diag.message_primary if exc.diag is not None else None
+    state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+    text = primary or next(iter(str(exc).splitlines()), "") or "no message"
+    return f"{type(exc).__name__}{state}: {text}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparsable PostgreSQL URL>"
+    host, port, db = info.get("host", "localhost"), info.get("port", "5432"), info.get("dbname", "")
+    return f"postgresql://{info.get('user', '')}@{host}:{port}/{db}"
+
+
+def lock_key(*parts: str) -> int:
+    """A signed 64-bit advisory-lock key for these names (stable across processes and hosts)."""
+    digest = hashlib.sha256("\x00".join(("hedui", *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def missing(message: str, location: str) -> StoreError:
+    """The error of a read-only open that found nothing: StoreMissing where the tree has it (issue 14's errors)."""
+    try:
+        from node.store.errors import StoreMissing  # type: ignore[attr-defined]
+    except ImportError:  # before node.store.errors gained StoreMissing
+        return StoreError(message)
+    return StoreMissing(message, location)  # type: ignore[no-any-return]

@@ -1,0 +1,138 @@
+"""Storage on one PostgreSQL database: the fact store, nonces, chains and checkpoints a member opens."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import psycopg
+
+from node.store.errors import StoreError
+from node.store.postgres import pool as pools
+from node.store.postgres.chain import PgChain
+from node.store.postgres.checkpoints import PgCheckpoints
+from node.store.postgres.facts import PgStore
+from node.store.postgres.nonces import PgNonceStore
+
+LEDGER_TABLE = "ledger"
+AUDIT_TABLE = "audit"
+
+
+class PgStorage:
+    """`[store] url = "postgresql://..."`: every object on one database (a schema per member via
+    `?options=-csearch_path%3D<schema>` when several members share a database)."""
+
+    def __init__(self, url: str, *, readonly: bool = False, data_dir: Path | None = None) -> None:
+        self._url = url
+        self._data_dir = Path(data_dir) if data_dir is not None else Path(".")
+        self._readonly = readonly
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()  # what close() closes; a dropped object drops out
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return pools.redact(self._url)
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    def _keep(self, obj: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                obj.close()
+                raise StoreError("storage is closed")
+            self._opened.add(obj)
+        return obj
+
+    def facts(self) -> PgStore:
+        """The province's fact store (tables subjects, facts, attributes)."""
+        return self._keep(PgStore(self._url, readonly=self._readonly))
+
+    def nonces(self, *, window_ms: int) -> PgNonceStore:
+        """The replay guard's nonces (table hedui_nonces)."""
+        if self._readonly:
+            raise StoreError("the nonce store cannot be opened read-only")
+        return self._keep(PgNonceStore(self._url, window_ms=window_ms))
+
+    def chain(self, table: str, *, prunable: bool = False) -> PgChain:
+        """The chain in `table` (created if absent, unless read-only)."""
+        return self._keep(PgChain(self._url, table, prunable=prunable, readonly=self._readonly))
+
+    def ledger(self) -> PgChain:
+        """The consent ledger. Writable: as node.store.sqlite.ledger.open_ledger does - refuse one that lost
+        committed entries, give a new one its identity - with `ledger.head` in this host's data_dir.
+
+        Every replica host keeps its own head file, advanced by its own commits (each recorded head
+        was committed, so each host's check is sound); a host that has none yet takes the current
+        head on first open (trust on first use), since another replica's commits are not its to vouch for.
+        """
+        if self._readonly:
+            return self.chain(LEDGER_TABLE)
+        from node.store import ledger
+        from node.store.sqlite import ledger as heads_file
+
+        try:
+            self._data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"cannot create data directory {self._data_dir}: {exc.strerror}") from None
+        heads = heads_file.HeadFile(self._data_dir / heads_file.HEAD_FILE)
+        chain = self._keep(PgChain(self._url, LEDGER_TABLE, on_commit=heads.advance))
+        try:
+            problem = heads_file.truncation(chain, heads.read())  # type: ignore[arg-type]
+            if problem is not None:
+                raise ledger.LedgerTruncated(f"{problem}; restore a backup (`hedui restore`) or accept the loss "
+                                             "(`hedui ledger new-epoch`)")
+            chain.append_next(lambda head: _identity_if_missing(chain, heads, head))
+        except BaseException:
+            chain.close()
+            raise
+        return chain
+
+    def audit(self) -> PgChain:
+        """The member's audit chain (prunable)."""
+        return self.chain(AUDIT_TABLE, prunable=True)
+
+    def checkpoints(self) -> PgCheckpoints:
+        """The node's own signed audit checkpoints (table audit_checkpoints)."""
+        return self._keep(PgCheckpoints(self._url, readonly=self._readonly))
+
+    def close(self) -> None:
+        """Close whatever this storage opened; idempotent."""
+        with self._lock:
+            self._closed = True
+            opened, self._opened = list(self._opened), weakref.WeakSet()
+        for obj in opened:
+            obj.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _identity_if_missing(chain: PgChain, heads: Any, head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+    """The ledger.epoch entry of a ledger that has none (inside the append transaction, under the chain lock)."""
+    from node.store import ledger
+    from node.store.sqlite.ledger import Head
+
+    if heads.read() is None:  # a new ledger, or a replica host opening it for the first time
+        heads.reset(Head(*head))
+    if ledger.read_identity(chain) is not None:
+        return []
+    return [(ledger.EPOCH, ledger.IDENTITY_KEY, ledger.first_identity(head).payload())]
+
+
+def open_url(url: str, data_dir: Path, *, readonly: bool) -> PgStorage:
+    """The factory's opener for "postgresql://..." (and "postgres://..."): libpq URL syntax; data_dir is not used."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise ValueError("a postgresql store url is a libpq URL such as postgresql://USER@HOST:PORT/DBNAME") from None
+    return PgStorage(url, readonly=readonly, data_dir=data_dir)

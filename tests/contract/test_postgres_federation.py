@@ -1,0 +1,65 @@
+"""A federation whose coordinator and nodes all keep their storage in PostgreSQL, over real mutual TLS on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.store.audit import AuditLog
+from node.store.factory import open_url
+from node.store.postgres.chain import PgChain
+from node.testing.cluster import Federation, LoopThread, build_federation
+from node.testing.postgres import PostgresServer, put_on_postgres
+from tests.conftest import SPOUSE, WORKER
+
+
+@pytest.fixture
+def fed(tmp_path: Path, planted: dict[str, Path], postgres_server: PostgresServer) -> Iterator[Federation]:
+    """Coordinator, Guangdong (44) and Sichuan (51), each on its own database; data ingested into PostgreSQL."""
+    federation = build_federation(tmp_path, ["44", "51"])
+    assert federation.coordinator_config is not None
+    put_on_postgres([federation.coordinator_config, *federation.configs.values()], postgres_server)
+    for code in ("44", "51"):
+        federation.ingest(code, planted[code])
+    federation.loop = LoopThread()
+    with contextlib.ExitStack() as stack:
+        stack.callback(federation.loop.close)
+        try:
+            federation.start_coordinator()
+            for code in ("44", "51"):
+                federation.start_node(code)
+            yield federation
+        finally:
+            for code in sorted(federation.servers, key=lambda c: c == "coordinator"):
+                federation.stop_node(code)
+
+
+def _url(path: Path) -> str:
+    import tomllib
+
+    return tomllib.loads(path.read_text(encoding="utf-8"))["store"]["url"]
+
+
+def test_routed_verification_with_every_store_in_postgres(fed: Federation) -> None:
+    """Consent in the coordinator's PostgreSQL ledger, facts and audit records in the nodes' databases: a routed check works."""
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
+    result = fed.verify("51", [WORKER, SPOUSE], ["income.wage_monthly<=600000"], consent_id=consent)
+    assert result.routing == {"44": "OK"}
+    outcomes = {(r.subject, r.check): r.outcome for a in result.answers for r in a.results}
+    assert outcomes[(0, "income.wage_monthly<=600000")] == "SATISFIED"
+    assert outcomes[(1, "income.wage_monthly<=600000")] == "NO_RECORD"
+    assert fed.coordinator_config is not None
+    with PgChain(_url(fed.coordinator_config), "ledger", readonly=True) as ledger:
+        assert ledger.verify().ok and ledger.latest(consent) is not None
+    node44 = fed.configs["44"]
+    storage = open_url(_url(node44), node44.parent, readonly=True)
+    try:
+        log = AuditLog(storage.audit())
+        report = log.verify()
+        assert report.ok and report.count >= 1
+        assert any(b"answered" in e.payload for e in storage.audit().entries())
+    finally:
+        storage.close()
