@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from node.bench.batch import batch_client_main, bench_batch, bench_household, household_client_main
-from node.bench.config import BenchError, PARTS, PROVIDER, Sizes, VERIFY_RATIO_C32_GOAL
+from node.bench.config import DEFAULT_STORES, BenchError, PARTS, PROVIDER, Sizes, VERIFY_RATIO_C32_GOAL
 from node.bench.harness import _profiler_hooks, _rss_mb, code_version, machine_info
 from node.bench.national import national
 from node.bench.node_parts import bench_node, node_federation
@@ -101,9 +101,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     part_s["node"] = time.perf_counter() - t0
                 del ids
         if parts & {"routed", "batch", "household"}:
-            for n, store in enumerate(args.store):  # the first store's figures are the plain keys (and the goals)
+            for n, store in enumerate(stores_of(args, quick=sizes.quick)):  # the first store's figures are the plain keys (and the goals)
                 t0 = time.perf_counter()
-                figures = _national_parts(args, work, sizes, parts, profile, part_s, store)
+                # a later store runs the parts the issue compares across stores: routed and batch
+                store_parts = parts if n == 0 else parts & {"routed", "batch"}
+                if not store_parts:
+                    continue
+                figures = _national_parts(args, work, sizes, store_parts, profile, part_s, store, first=n == 0)
                 out.update(figures if n == 0 else {f"{store}_{k}": v for k, v in figures.items()})
                 part_s["national" if n == 0 else f"national_{store}"] = time.perf_counter() - t0
         curve_sizes = args.scale_provinces if args.scale_provinces is not None else (
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _national_parts(args: argparse.Namespace, work: Path, sizes: Sizes, parts: set[str], profile: dict[str, Any],
-                    part_s: dict[str, float], store: str) -> dict[str, Any]:
+                    part_s: dict[str, float], store: str, *, first: bool) -> dict[str, Any]:
     """The routed, batch and household parts on one national federation whose members keep `store`."""
     out: dict[str, Any] = {"national_store": store}
     (work / store).mkdir(exist_ok=True)
@@ -154,21 +158,28 @@ def _national_parts(args: argparse.Namespace, work: Path, sizes: Sizes, parts: s
         if nat.routed is not None:
             t1 = time.perf_counter()
             out.update(bench_routed(nat, sizes, hooks))
-            part_s["routed" if store == args.store[0] else f"routed_{store}"] = time.perf_counter() - t1
+            part_s["routed" if first else f"routed_{store}"] = time.perf_counter() - t1
         if "batch" in parts:
             t1 = time.perf_counter()
             out.update(bench_batch(nat, sizes, hooks))
-            part_s["batch" if store == args.store[0] else f"batch_{store}"] = time.perf_counter() - t1
+            part_s["batch" if first else f"batch_{store}"] = time.perf_counter() - t1
         if "household" in parts:
             t1 = time.perf_counter()
             out.update(bench_household(nat, sizes, hooks))
-            part_s["household" if store == args.store[0] else f"household_{store}"] = time.perf_counter() - t1
+            part_s["household" if first else f"household_{store}"] = time.perf_counter() - t1
         rss, _ = _rss_mb()
         out["national_server_rss_mb"] = rss
         out["national_process"] = (f"{nat.stats['national_provinces']} province nodes (one process, one loop); "
                                    "the coordinator its own process" + ("; PostgreSQL a local server, one database per "
                                                                        "member" if store == "postgresql" else ""))
     return out
+
+
+def stores_of(args: argparse.Namespace, *, quick: bool) -> list[str]:
+    """The stores the national parts run on: `--store`, else SQLite and PostgreSQL (a quick run: SQLite)."""
+    if args.store is not None:
+        return list(args.store)
+    return ["sqlite"] if quick else list(DEFAULT_STORES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -194,10 +205,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-phase", default="verify_c", choices=("verify_c", "verify_seq", "echo_c", "routed_seq",
                                                                       "routed_c", "batch", "household"),
                    help="the phase --profile covers (default verify_c)")
-    p.add_argument("--store", type=_stores, default=["sqlite"], metavar="STORE[,STORE]",
-                   help="the members' storage in the routed, batch and household parts: sqlite (default), postgresql "
-                        "(a throwaway local server, one database per member), or both, e.g. sqlite,postgresql: the "
-                        "parts then run once per store, a later store's figures prefixed with its name")
+    p.add_argument("--store", type=_stores, default=None, metavar="STORE[,STORE]",
+                   help="the members' storage in the routed, batch and household parts: sqlite, postgresql "
+                        "(a throwaway local server, one database per member), or both, e.g. sqlite,postgresql "
+                        "(the default; quick: sqlite): the first store runs every part, a later one the routed and "
+                        "batch parts, its figures prefixed with its name")
     p.add_argument("--tmp", help="directory for the temporary stores (default: system temp)")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

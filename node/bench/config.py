@@ -27,6 +27,8 @@ NODE_RSS_MB_1M_GOAL: Final[float] = 300.0  # one node process serving 1,000,000 
 INGEST_GOAL: Final[float] = 250_000.0  # facts per second into a fresh store (`hedui ingest` of a generated CSV)
 
 
+#: The stores a full run measures the routed and batch parts on (issue 14: PostgreSQL beside SQLite).
+DEFAULT_STORES: Final[list[str]] = ["sqlite", "postgresql"]
 PARTS: Final[tuple[str, ...]] = ("rpc", "store", "rss", "workers", "routed", "batch", "household")
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from node.bench import (FACT_SPECS, MEMBER_FACT_SPECS, PARTS, goals, id_numbers, parse_args, plan_households, table,
                         write_facts_csv, write_households)
+from node.bench.cli import stores_of
 from node.bench.scale import curve, curve_table, parse_curve
 from node.bench.workers_split import split_households, split_lines
 from node.domain.idnumber import validate
@@ -117,8 +118,11 @@ def test_only_takes_comma_separated_parts() -> None:
 
 
 def test_store_option_and_the_figures_of_a_second_store() -> None:
-    """--store takes sqlite, postgresql or both (SQLite by default); a later store's figures print beside the first's."""
-    assert parse_args([]).store == ["sqlite"]
+    """--store takes sqlite, postgresql or both (a full run measures both, a quick one SQLite); a later store's
+    figures print beside the first's."""
+    assert stores_of(parse_args([]), quick=False) == ["sqlite", "postgresql"]
+    assert stores_of(parse_args([]), quick=True) == ["sqlite"]
+    assert stores_of(parse_args(["--store", "postgresql"]), quick=True) == ["postgresql"]
     assert parse_args(["--store", "sqlite,postgresql"]).store == ["sqlite", "postgresql"]
     with pytest.raises(SystemExit):
         parse_args(["--store", "mysql"])
