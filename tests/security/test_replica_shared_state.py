@@ -39,6 +39,13 @@ def fed(tmp_path: Path, planted: dict[str, Path], postgres_server: PostgresServe
                 federation.stop_node(code)
 
 
+def _host_dir(tmp_path: Path, name: str) -> Path:
+    """The other host's data directory (created, as `hedui node init` would have)."""
+    path = tmp_path / name
+    path.mkdir(mode=0o700)
+    return path
+
+
 @contextlib.contextmanager
 def _second(fed: Federation, server: object) -> Iterator[object]:
     assert fed.loop is not None
@@ -55,7 +62,7 @@ def _second(fed: Federation, server: object) -> Iterator[object]:
 
 def test_a_probe_counted_by_one_node_replica_counts_at_the_other(fed: Federation, tmp_path: Path) -> None:
     """A budgeted cut admitted at replica 1 uses the budget replica 2 (another host's data dir) enforces."""
-    cfg = dataclasses.replace(config_mod.load(fed.configs["44"]), data_dir=tmp_path / "host2")
+    cfg = dataclasses.replace(config_mod.load(fed.configs["44"]), data_dir=_host_dir(tmp_path, "host2"))
     one = fed.servers["44"]
     with _second(fed, NodeServer(cfg)) as two:
         assert one.probes.admit("32", "c-1", {"income": "<5000"}, 1) == (None, 1)
@@ -66,7 +73,7 @@ def test_a_probe_counted_by_one_node_replica_counts_at_the_other(fed: Federation
 
 def test_one_checkpoint_lead_and_one_locator_publisher_across_replica_hosts(fed: Federation, tmp_path: Path) -> None:
     """Of two node replicas on two data dirs, only one leads checkpoint lodging and locator publication."""
-    cfg = dataclasses.replace(config_mod.load(fed.configs["44"]), data_dir=tmp_path / "host2")
+    cfg = dataclasses.replace(config_mod.load(fed.configs["44"]), data_dir=_host_dir(tmp_path, "host2"))
     one = fed.servers["44"]
     assert one.link is not None and one.link.locators is not None
     assert one.link._lead.held() and one.link.locators._lead.held()
@@ -83,7 +90,7 @@ def test_one_checkpoint_lead_and_one_locator_publisher_across_replica_hosts(fed:
 def test_coordinator_replicas_on_two_hosts_share_announcements_and_locators(fed: Federation, tmp_path: Path) -> None:
     """A node's announcement and locator lodged at coordinator 1 are served by coordinator 2 on another data dir."""
     assert fed.coordinator_config is not None
-    cfg = dataclasses.replace(config_mod.load(fed.coordinator_config), data_dir=tmp_path / "coord-host2")
+    cfg = dataclasses.replace(config_mod.load(fed.coordinator_config), data_dir=_host_dir(tmp_path, "coord-host2"))
     one = fed.servers["coordinator"]
     assert "44" in one.servicer.directory.entries()
     with _second(fed, CoordinatorServer(cfg)) as two:
