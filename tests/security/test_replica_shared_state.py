@@ -14,10 +14,29 @@ from pathlib import Path
 import pytest
 
 from node import config as config_mod
+from node.client.standards import sign_standards
+from node.domain.standards import parse_standards
+from node.errors import Refusal
 from node.coordinator.server import CoordinatorServer
 from node.server.node_server import NodeServer
 from node.testing.cluster import Federation, LoopThread, build_federation
 from node.testing.postgres import PostgresServer, put_on_postgres
+
+_STANDARDS = """
+province = "44"
+version = 1
+example = true
+[[standard]]
+region = "440100"
+name_zh = "测试市"
+name_en = "Test city"
+purpose = "dibao"
+period_from = "2024-01"
+standard_per_person = 90000
+income_monthly = ["income_monthly"]
+rules = ["income"]
+source = "test figure"
+"""
 
 
 @pytest.fixture
@@ -87,8 +106,8 @@ def test_one_checkpoint_lead_and_one_locator_publisher_across_replica_hosts(fed:
         assert one.link._lead.held() is False
 
 
-def test_coordinator_replicas_on_two_hosts_share_announcements_and_locators(fed: Federation, tmp_path: Path) -> None:
-    """A node's announcement and locator lodged at coordinator 1 are served by coordinator 2 on another data dir."""
+def test_coordinator_replicas_on_two_hosts_share_announcements_locators_and_standards(fed: Federation, tmp_path: Path) -> None:
+    """A node's announcement, locator and standards lodged at coordinator 1 are served by coordinator 2 (another data dir)."""
     assert fed.coordinator_config is not None
     cfg = dataclasses.replace(config_mod.load(fed.coordinator_config), data_dir=_host_dir(tmp_path, "coord-host2"))
     one = fed.servers["coordinator"]
@@ -101,5 +120,13 @@ def test_coordinator_replicas_on_two_hosts_share_announcements_and_locators(fed:
         assert held is not None
         again = two.router.locators.held("44", epoch)  # type: ignore[attr-defined]
         assert again is not None and again.generation == held.generation
+        member = fed.member("44")
+        doc = parse_standards(_STANDARDS, member.catalogue, member.policy)
+        one.servicer.directory.standards.publish("44", sign_standards(member, doc))
+        published = two.servicer.directory.standards  # type: ignore[attr-defined]
+        assert published.revision() == (("44", 1),)
+        with pytest.raises(Refusal):  # the version in force at replica 1 binds replica 2
+            published.publish("44", sign_standards(member, doc))
     assert not (tmp_path / "coord-host2" / "directory.json").exists()
     assert not (tmp_path / "coord-host2" / "locators.sqlite").exists()
+    assert not (tmp_path / "coord-host2" / "standards.json").exists()
