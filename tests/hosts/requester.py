@@ -3,11 +3,14 @@
 Run inside the requester's namespace (`python -m tests.hosts.requester CONFIG`), so its calls leave
 from that host. Commands: {"op": "grant", "ids": [...]} -> {"consent_id"}; {"op": "verify", "ids",
 "checks", "consent_id", "deadline_s"} -> {"elapsed_s", "routing", "answers": [{province, valid,
-query_body (hex)}]}, with the time taken by the routed call alone; {"error"} when a call raised.
+query_body (hex)}]}, with the time taken by the routed call alone; {"error", "elapsed_s"} when a call raised.
+A consent's receipt is fetched once and kept (so a routed call does not depend on fetching it again).
+An optional "via": HOST:PORT sends the command to that coordinator replica only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -19,11 +22,29 @@ from node.errors import HeduiError
 from node.member import Member
 
 
+RECEIPTS: dict[str, Any] = {}
+
+
+def via(member: Member, endpoint: str | None) -> Member:
+    """`member` talking to the coordinator replica at `endpoint` only (itself when None)."""
+    if endpoint is None:
+        return member
+    return dataclasses.replace(member, cfg=dataclasses.replace(member.cfg, coordinator=endpoint,
+                                                               coordinators=(endpoint,)))
+
+
 def handle(member: Member, command: dict[str, Any]) -> dict[str, Any]:
+    member = via(member, command.get("via"))
     if command["op"] == "grant":
         with CoordinatorClient(member) as coordinator:
             return {"consent_id": coordinator.grant(command["ids"], "dibao").consent_id}
-    receipt = fetch_receipt(member, command["consent_id"])
+    if command["op"] == "revoke":
+        with CoordinatorClient(member) as coordinator:
+            coordinator.revoke(command["consent_id"])
+            return {"revoked": command["consent_id"]}
+    if command["consent_id"] not in RECEIPTS:
+        RECEIPTS[command["consent_id"]] = fetch_receipt(member, command["consent_id"])
+    receipt = RECEIPTS[command["consent_id"]]
     started = time.monotonic()
     result = routed_verify(member, command["ids"], "dibao", command["checks"], consent=receipt,
                            deadline_s=command["deadline_s"])
@@ -36,10 +57,11 @@ def main() -> None:
     member = Member.from_config(sys.argv[1])
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
+        started = time.monotonic()
         try:
             reply = handle(member, json.loads(line))
         except HeduiError as exc:
-            reply = {"error": str(exc)}
+            reply = {"error": str(exc), "elapsed_s": time.monotonic() - started}
         print(json.dumps(reply), flush=True)
 
 
