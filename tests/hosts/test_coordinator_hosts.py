@@ -12,12 +12,11 @@ import json
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from node import config as config_mod
-from node.store import ledger
-from node.store.factory import open_storage
+from node.store import audit, ledger
+from node.store.factory import open_audit_log, open_storage, open_storage_readonly
 from node.wire.v1 import coordinator_pb2
 from tests.conftest import WORKER
 from tests.hosts.conftest import HEDUI, ROOT, CoordinatedFederation
@@ -51,10 +50,11 @@ def direct(fed: CoordinatedFederation, via: str, consent_id: str) -> dict[str, A
                checks=CHECK, consent_id=consent_id, deadline_s=DEADLINE_S)
 
 
-def audited_consents(config: Path) -> set[str]:
-    exported = hedui("audit", "export", "--config", str(config))
-    assert exported.returncode == 0, exported.stderr
-    return {json.loads(line).get("consent_id") for line in exported.stdout.splitlines() if line.strip()}
+def audited(cfg: config_mod.MemberConfig, decision: str) -> set[str]:
+    """Consent ids the coordinator's audit chain holds a `decision` record for (read through the storage factory)."""
+    with open_storage_readonly(cfg) as storage:
+        return {json.loads(e.payload).get("consent_id", "") for e in open_audit_log(storage, cfg).entries()
+                if e.kind == audit.KIND_RECORD and json.loads(e.payload).get("decision") == decision}
 
 
 def test_killing_a_coordinator_replica_loses_nothing_committed(coordinated: CoordinatedFederation) -> None:
@@ -86,7 +86,8 @@ def test_killing_a_coordinator_replica_loses_nothing_committed(coordinated: Coor
     for chain in ("ledger", "audit"):
         verified = hedui(chain, "verify", "--config", str(local), "--json")
         assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert set(ids) <= audited_consents(local)
+    assert set(ids) <= audited(cfg, audit.CONSENT_GRANT)
+    assert grants[0]["consent_id"] in audited(cfg, audit.CONSENT_REVOKE)
 
 
 def test_revocation_stays_in_force_within_5s_with_one_coordinator_replica_down(coordinated: CoordinatedFederation) -> None:
