@@ -3,19 +3,22 @@
 `Directory` reads and writes its announcements only through an `AnnouncementStore`. The one
 implementation here is the JSON file `directory.json` in the coordinator's data directory, which
 the workers of one coordinator (and replicas on hosts sharing that filesystem) rewrite under a
-read-modify-write; a database-backed store (one table of (announcement, seen_ms)) implements the
-same two methods.
+read-modify-write. `AnnouncementDocument` keeps the same JSON in the member's storage
+(`Storage.document("directory.json")`: that very file on SQLite, a row on PostgreSQL), so replicas
+on different hosts sharing one database see each other's announcements.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from node import files
+from node.store.interfaces import SharedDocument
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,32 @@ class AnnouncementFile:
         files.write_file(self.path, json.dumps({"members": [h.announcement.hex() for h in heard],
                                                 "seen_ms": [h.seen_ms for h in heard]}), replace=True)
         self._stamp = self.path.stat().st_mtime_ns
+
+
+def _parse(raw: bytes, default_seen_ms: int) -> list[Heard] | None:
+    """directory.json's announcements; None when unreadable (keep what is held)."""
+    try:
+        data = json.loads(raw)
+        members = [bytes.fromhex(a) for a in data.get("members", [])]
+        seen = data.get("seen_ms") or [default_seen_ms] * len(members)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if len(seen) != len(members) or not all(isinstance(s, int) for s in seen):
+        return None
+    return [Heard(a, s) for a, s in zip(members, seen, strict=True)]
+
+
+class AnnouncementDocument:
+    """The directory.json body kept in a `SharedDocument` of the member's storage (same JSON as AnnouncementFile)."""
+
+    def __init__(self, document: SharedDocument) -> None:
+        self.document = document
+        self.path = getattr(document, "path", None)  # the file, when the storage keeps it as one
+
+    def changed(self) -> list[Heard] | None:
+        raw = self.document.changed()
+        return None if raw is None else _parse(raw, int(time.time() * 1000))
+
+    def save(self, heard: Sequence[Heard]) -> None:
+        self.document.write(json.dumps({"members": [h.announcement.hex() for h in heard],
+                                        "seen_ms": [h.seen_ms for h in heard]}).encode())

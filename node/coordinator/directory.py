@@ -220,7 +220,7 @@ class Directory:
         self.discovery_epoch_s = discovery_epoch_s
         self._standards_revision: tuple[tuple[str, int], ...] = ()
         self.store: AnnouncementStore = AnnouncementFile(path) if isinstance(path, Path) else path
-        self.path: Path | None = path if isinstance(path, Path) else None  # directory.json, when the store is that file
+        self.path: Path | None = path if isinstance(path, Path) else getattr(path, "path", None)  # directory.json, when the store is that file
         self.signer = signer
         self.verifier = verifier
         self.clock = clock

@@ -8,13 +8,13 @@ at most `[discovery] max_subjects` subjects (or the province's own bound in
 Shards of one generation are held apart until all arrived (and their counts add up), then
 replace the province's locator for that epoch in one transaction; at most MAX_PENDING
 unfinished generations are kept beside the one in force. Epochs that ended are
-deleted. The locators live in `locators.sqlite` in the data dir, so every coordinator worker
-answers from the same ones; each worker keeps the filters it loaded until the set changes.
+deleted. The locators live in the member's storage (`Storage.locators()`: locators.sqlite in the data
+dir, or tables on PostgreSQL), so every coordinator process and replica answers from the same ones;
+each keeps the filters it loaded until the set changes.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,20 +27,12 @@ from node.config import DiscoveryPolicy
 from node.crypto import discovery, locator, signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.errors import ErrorCode, Refusal
+from node.store.interfaces import LocatorStore
+from node.store.sqlite.locators import LOCATORS_FILE, SqliteLocators
 from node.wire.v1 import coordinator_pb2
 
-LOCATORS_FILE: Final[str] = "locators.sqlite"
+__all__ = ["LOCATORS_FILE", "MAX_PENDING", "Held", "LocatorBook"]
 MAX_PENDING: Final[int] = 2  # unfinished generations kept per province and epoch
-_SCHEMA: Final[str] = """
-CREATE TABLE IF NOT EXISTS shards(
-    province TEXT NOT NULL, epoch INTEGER NOT NULL, generation INTEGER NOT NULL, shard INTEGER NOT NULL,
-    shard_bits INTEGER NOT NULL, subject_count INTEGER NOT NULL, shard_count INTEGER NOT NULL, filter BLOB NOT NULL,
-    PRIMARY KEY (province, epoch, generation, shard)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS active(
-    province TEXT NOT NULL, epoch INTEGER NOT NULL, generation INTEGER NOT NULL, subject_count INTEGER NOT NULL,
-    PRIMARY KEY (province, epoch)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,18 +51,17 @@ class Held:
 class LocatorBook:
     """Accepts signed locator shards and answers which provinces' locators match discovery tokens."""
 
-    def __init__(self, data_dir: Path, verifier: signing.Verifier, policy: DiscoveryPolicy) -> None:
+    def __init__(self, rows: Path | LocatorStore, verifier: signing.Verifier, policy: DiscoveryPolicy) -> None:
         self.verifier = verifier
         self.policy = policy
-        self._db = sqlite3.connect(data_dir / LOCATORS_FILE, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        # a Path is a data dir (its locators.sqlite): what callers gave before storage held the locators
+        self._rows: LocatorStore = SqliteLocators(rows / LOCATORS_FILE) if isinstance(rows, Path) else rows
         self._lock = threading.Lock()
         self._version = -1
         self._held: dict[tuple[str, int], Held] = {}
 
     def close(self) -> None:
-        self._db.close()
+        self._rows.close()
 
     def epochs(self) -> range:
         """The epochs locators are accepted and discovery is answered for."""
@@ -81,14 +72,14 @@ class LocatorBook:
         """Check and keep one shard; True when its generation is complete and now in force."""
         body = self._verified(peer_province, signed)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                complete = self._store(body)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return complete
+            outcome = self._rows.put_shard(body.province, body.epoch, body.generation, body.shard, body.shard_bits,
+                                           body.subject_count, body.shard_count, body.filter,
+                                           oldest_epoch=self.epochs().start, max_pending=MAX_PENDING)
+        if outcome == "older":
+            raise Refusal(ErrorCode.MALFORMED, "locator is older than the one in force")
+        if outcome == "mismatch":
+            raise Refusal(ErrorCode.MALFORMED, "locator shards do not add up to the subject count they claim")
+        return outcome in ("in_force", "complete")
 
     def _verified(self, peer_province: str, signed: coordinator_pb2.SignedLocator) -> coordinator_pb2.LocatorBody:
         try:
@@ -115,63 +106,21 @@ class LocatorBook:
             raise Refusal(ErrorCode.MALFORMED, f"locator refused: {exc}") from None
         return body
 
-    def _store(self, body: coordinator_pb2.LocatorBody) -> bool:
-        db = self._db
-        key = (body.province, body.epoch)
-        row = db.execute("SELECT generation FROM active WHERE province = ? AND epoch = ?", key).fetchone()
-        in_force = row[0] if row is not None else 0
-        if body.generation < in_force:
-            raise Refusal(ErrorCode.MALFORMED, "locator is older than the one in force")
-        if body.generation == in_force:
-            return True  # a shard of the set in force, sent again
-        db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (*key, body.generation, body.shard, body.shard_bits, body.subject_count, body.shard_count,
-                    body.filter))
-        # Generations still arriving side by side (e.g. from a node's several workers) each complete on
-        # their own; beyond the newest MAX_PENDING, older unfinished ones are dropped (bounded storage).
-        db.execute("DELETE FROM shards WHERE province = ? AND epoch = ? AND generation != ? AND generation NOT IN "
-                   "(SELECT DISTINCT generation FROM shards WHERE province = ? AND epoch = ? AND generation != ?"
-                   " ORDER BY generation DESC LIMIT ?)", (*key, in_force, *key, in_force, MAX_PENDING))
-        shards, total, claims = db.execute(
-            "SELECT count(*), sum(shard_count), count(DISTINCT subject_count) FROM shards"
-            " WHERE province = ? AND epoch = ? AND generation = ?", (*key, body.generation)).fetchone()
-        if shards < 1 << body.shard_bits:
-            return False
-        if claims != 1 or total != body.subject_count:
-            raise Refusal(ErrorCode.MALFORMED, "locator shards do not add up to the subject count they claim")
-        db.execute("INSERT OR REPLACE INTO active VALUES (?, ?, ?, ?)", (*key, body.generation, body.subject_count))
-        db.execute("DELETE FROM shards WHERE province = ? AND epoch = ? AND generation < ?", (*key, body.generation))
-        oldest = self.epochs().start
-        db.execute("DELETE FROM shards WHERE epoch < ?", (oldest,))
-        db.execute("DELETE FROM active WHERE epoch < ?", (oldest,))
-        db.execute("INSERT INTO meta VALUES ('version', 1) ON CONFLICT(key) DO UPDATE SET value = value + 1")
-        return True
-
     def _refresh(self) -> None:
-        """Load what changed since this worker last looked (one small read when nothing did), all from one
-        read snapshot: another worker completing a generation in between deletes the older one's shards."""
-        self._db.execute("BEGIN")
-        try:
-            self._load()
-        finally:
-            self._db.execute("COMMIT")
-
-    def _load(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-        version = row[0] if row else 0
-        if version == self._version:
+        """Load what changed since this process last looked (one small read when nothing did), all from one
+        read snapshot: another process completing a generation in between deletes the older one's shards."""
+        found = self._rows.read(self._version, {k: h.generation for k, h in self._held.items()})
+        if found is None:
             return
+        version, sets = found
         held: dict[tuple[str, int], Held] = {}
-        for province, epoch, generation, count in self._db.execute("SELECT * FROM active").fetchall():
-            old = self._held.get((province, epoch))
-            if old is not None and old.generation == generation:
-                held[(province, epoch)] = old
+        for s in sets:
+            key = (s.province, s.epoch)
+            if s.shards is None:
+                held[key] = self._held[key]
                 continue
-            rows = self._db.execute(
-                "SELECT shard_bits, shard_count, filter FROM shards WHERE province = ? AND epoch = ? AND generation = ?"
-                " ORDER BY shard", (province, epoch, generation)).fetchall()
-            held[(province, epoch)] = Held(generation, count, rows[0][0],
-                                           tuple(locator.Shard(f, n) for _, n, f in rows))
+            held[key] = Held(s.generation, s.subject_count, s.shards[0][0],
+                             tuple(locator.Shard(f, n) for _, n, f in s.shards))
         self._held, self._version = held, version
 
     def held(self, province: str, epoch: int) -> Held | None:

@@ -12,6 +12,7 @@ from grpc import aio
 
 from node import __version__, logs
 from node.config import MemberConfig
+from node.coordinator.announcement_store import AnnouncementDocument
 from node.coordinator.audit_heads import AuditHeadSigner
 from node.coordinator.claims import ClaimBook
 from node.coordinator.consents import ConsentRegistry
@@ -403,11 +404,12 @@ class CoordinatorServer:
             policy=member.policy, replay=nonces,
             clock_skew_s=cfg.limits.clock_skew_s,
         )
-        standards = PublishedStandards(cfg.data_dir / "standards.json", member.verifier, catalogue=member.catalogue,
-                                       policy=member.policy)
-        directory = Directory(cfg.data_dir / "directory.json", signer=member.signer, verifier=member.verifier,
-                              standards=standards, discovery_epoch_s=cfg.discovery.epoch_s)
-        locators = LocatorBook(cfg.data_dir, member.verifier, cfg.discovery)
+        # announcements, standards and locators live in the storage, shared by every replica (any host)
+        standards = PublishedStandards(storage.document("standards.json"), member.verifier,
+                                       catalogue=member.catalogue, policy=member.policy)
+        directory = Directory(AnnouncementDocument(storage.document("directory.json")), signer=member.signer,
+                              verifier=member.verifier, standards=standards, discovery_epoch_s=cfg.discovery.epoch_s)
+        locators = LocatorBook(storage.locators(), member.verifier, cfg.discovery)
         close.callback(locators.close)
         self.router = Router(cfg, directory, ClaimBook(cfg.claims, log, MemberMetrics(cfg.identity)), locators)
         close.push_async_callback(self.router.close)

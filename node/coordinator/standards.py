@@ -7,24 +7,21 @@ unchanged in the signed directory, where every member checks the province's own 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from node import files
-from node.coordinator.shared_file import changed_entries
 from node.crypto import signing
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
 from node.domain.standards import MAX_DOCUMENT_BYTES, StandardsDocument, StandardsError, from_canonical
 from node.errors import ErrorCode, Refusal
+from node.store.interfaces import SharedDocument
+from node.store.sqlite.documents import FileDocument
 from node.wire.v1 import coordinator_pb2
 
 PUBLISH_DECISION = "standards.publish"  # the coordinator's audit decision for an accepted publication
@@ -57,17 +54,21 @@ class Held:
 
 
 class PublishedStandards:
-    """The latest standards document of each province; persisted (JSON of hex messages) so a restart keeps it."""
+    """The latest standards document of each province; persisted (JSON of hex messages) so a restart keeps it.
 
-    def __init__(self, path: Path, verifier: signing.Verifier, *, catalogue: Catalogue | None = None,
+    Kept in a shared document (`Storage.document("standards.json")`: that file in the data dir, or a row on
+    PostgreSQL) so every coordinator process and replica serves the same ones; a Path is that file.
+    """
+
+    def __init__(self, path: Path | SharedDocument, verifier: signing.Verifier, *, catalogue: Catalogue | None = None,
                  policy: Policy | None = None) -> None:
-        self.path = path
+        self.path: Path | None = path if isinstance(path, Path) else None
+        self._doc: SharedDocument = FileDocument(path) if isinstance(path, Path) else path
         self.verifier = verifier
         self.catalogue = catalogue
         self.policy = policy
         self._lock = threading.Lock()
         self._held: dict[str, Held] = {}
-        self._stamp: int | None = None
         self._reload()
 
     def publish(self, peer_province: str, signed: coordinator_pb2.SignedStandards) -> StandardsDocument:
@@ -75,7 +76,7 @@ class PublishedStandards:
         doc = verify_standards(signed, self.verifier, catalogue=self.catalogue, policy=self.policy)
         if doc.province != peer_province:
             raise Refusal(ErrorCode.IDENTITY_MISMATCH, "a province publishes only its own standards")
-        with self._lock, self._file_lock():
+        with self._lock, self._doc.locked():
             self._reload()
             held = self._held.get(doc.province)
             if held is not None and doc.version <= held.document.version:
@@ -97,35 +98,27 @@ class PublishedStandards:
             self._reload()
             return tuple((p, self._held[p].document.version) for p in sorted(self._held))
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        """Serialise publications across coordinator worker processes (each re-reads, then writes)."""
-        with open(self.path.with_name(f"{self.path.name}.lock"), "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     def _reload(self) -> None:
         """Re-read the persisted documents when another coordinator worker changed them (each verified again)."""
-        changed = changed_entries(self.path, self._stamp, "standards")
+        changed = self._doc.changed()
         if changed is None:
             return
-        self._stamp, raw = changed
+        try:
+            raw = json.loads(changed).get("standards", [])
+        except (ValueError, AttributeError):
+            return  # unreadable: keep what is held
         for text in raw:
             try:
                 signed = coordinator_pb2.SignedStandards.FromString(bytes.fromhex(text))
                 doc = verify_standards(signed, self.verifier, catalogue=self.catalogue, policy=self.policy)
-            except (Refusal, ValueError, DecodeError):
+            except (Refusal, ValueError, TypeError, DecodeError):
                 continue
             held = self._held.get(doc.province)
             if held is None or doc.version > held.document.version:
                 self._held[doc.province] = Held(signed, doc)
 
     def _persist(self) -> None:
-        """Replace the file atomically and durably (fsynced before the publication is acknowledged: a
+        """Replace the document atomically and durably (committed before the publication is acknowledged: a
         replica that dies next, or the machine, does not lose it)."""
         body = {"standards": [self._held[p].signed.SerializeToString().hex() for p in sorted(self._held)]}
-        files.write_file(self.path, json.dumps(body), replace=True, mode=files.PUBLIC)
-        self._stamp = self.path.stat().st_mtime_ns
+        self._doc.write(json.dumps(body).encode())

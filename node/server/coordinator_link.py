@@ -28,7 +28,7 @@ from node.server.coordinator_replicas import CoordinatorReplicas
 from node.server.metrics import MemberMetrics
 from node.service.consent import LedgerChange, LedgerHead, RevocationView, parse_ledger_head
 from node.store import audit, witness
-from node.store.interfaces import CheckpointStorage, FactStore
+from node.store.interfaces import CheckpointStorage, FactStore, Lease
 from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
 T = TypeVar("T")
@@ -61,7 +61,8 @@ class CoordinatorLink:
                  audit_log: audit.AuditLog | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
                  metrics: MemberMetrics | None = None,
                  on_directory: Callable[[FederationDirectory], None] | None = None,
-                 store: FactStore | None = None, checkpoints: CheckpointStorage | None = None) -> None:
+                 store: FactStore | None = None, checkpoints: CheckpointStorage | None = None,
+                 leases: Callable[[str], Lease] | None = None) -> None:
         assert member.cfg.coordinator, "node has no coordinator configured"
         self.on_directory = on_directory  # told of every newly verified directory (e.g. its standards)
         self.member = member
@@ -85,13 +86,15 @@ class CoordinatorLink:
         self.checkpoint_every_s = checkpoint_every_s
         self.locators = None if store is None else LocatorPublisher(
             member.province, store, member.signer, log, lock_dir=member.cfg.data_dir, epoch_s=self._epoch_s,
+            lead=None if leases is None else leases("locator"),
             send=lambda signed: self._call("PublishLocator", signed, 30),
             held=lambda: self._call("HeldLocators", coordinator_pb2.HeldLocatorsRequest(), 5))
         self.checkpointer = None if audit_log is None or checkpoints is None else audit.NodeCheckpointer(
             audit_log, member.signer, member.cfg.identity, checkpoints)
         # One process of a node's `--workers` lodges checkpoints and writes witnesses: the one holding this
         # lock (checkpoints of one chain from several processes would not extend each other).
-        self._lead = Lead(member.cfg.data_dir / CHAIN_LEAD_FILE)
+        # With `leases` (Storage.lease) the lock is the storage's: one lead across every replica host on PostgreSQL.
+        self._lead: Lease | Lead = Lead(member.cfg.data_dir / CHAIN_LEAD_FILE) if leases is None else leases("chain-lead")
         witnesses = member.cfg.data_dir / witness.WITNESS_DIR  # the coordinator's signed heads, for `--witness`
         self.ledger_witness = witness.WitnessFile(witnesses / witness.LEDGER_HEADS)
         self.audit_witness = witness.WitnessFile(witnesses / witness.AUDIT_HEADS)

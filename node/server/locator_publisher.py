@@ -45,7 +45,8 @@ class LocatorPublisher:
     def __init__(self, province: str, store: FactStore, signer: Any, log: Any, *, lock_dir: Path,
                  epoch_s: Callable[[], Awaitable[int]],
                  send: Callable[[coordinator_pb2.SignedLocator], Awaitable[Any]],
-                 held: Callable[[], Awaitable[coordinator_pb2.HeldLocatorsResponse]] | None = None) -> None:
+                 held: Callable[[], Awaitable[coordinator_pb2.HeldLocatorsResponse]] | None = None,
+                 lead: Any | None = None) -> None:
         self.province = province
         self.store = store
         self.signer = signer
@@ -58,7 +59,8 @@ class LocatorPublisher:
         self._watch = store.change_watch()
         # One publisher per node, however many `--workers` processes share the store (node.server.lead):
         # the lock is in the node's data_dir, wherever its store lives.
-        self._lead = Lead(Path(lock_dir) / LOCK_FILE)
+        # With `lead` (a Storage.lease) the role is the storage's: one publisher across every replica host.
+        self._lead = Lead(Path(lock_dir) / LOCK_FILE) if lead is None else lead
         self._published: dict[int, int] = {}  # epoch -> store data version it was built from
         self._generation = 0
         self._lock = asyncio.Lock()

@@ -30,10 +30,10 @@ from node.service.household import HouseholdService
 from node.service.probing import ProbeLimit, PublishedValues
 from node.service.verification import VerificationService
 from node.store import audit
-from node.store.probes import PROBES_DB, ProbeLedger, ledger_key
+from node.store.probes import ledger_key
 from node.store.errors import StoreError
 from node.store.factory import open_audit_log, open_storage
-from node.store.interfaces import FactStore, NonceStore
+from node.store.interfaces import FactStore, NonceStore, ProbeBudgets
 from node.wire.v1 import household_pb2_grpc, verification_pb2, verification_pb2_grpc
 
 SERVICE_NAME = verification_pb2.DESCRIPTOR.services_by_name["Verification"].full_name
@@ -59,7 +59,7 @@ class NodeServer:
     audit_log: audit.AuditLog | None = None
     auditor: audit.AsyncAuditor | None = None
     store: FactStore | None = None
-    probes: ProbeLedger | None = None
+    probes: ProbeBudgets | None = None
     link: CoordinatorLink | None = None
     revocations: RevocationView = field(default_factory=RevocationView)
 
@@ -101,13 +101,13 @@ class NodeServer:
         if cfg.coordinator:
             self.link = CoordinatorLink(member, self.revocations, log, audit_log=self.audit_log, metrics=member_metrics,
                                         on_directory=lambda directory: published.update(directory.standards),
-                                        store=self.store, checkpoints=storage.checkpoints())
+                                        store=self.store, checkpoints=storage.checkpoints(), leases=storage.lease)
         else:
             log.warning("no_coordinator", note="consents cannot be checked: every query will be refused")
         self._nonces = storage.nonces(window_ms=cfg.limits.clock_skew_s * 1000)
         close.callback(self._nonces.close)
         seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub, cfg.key_passphrase)
-        self.probes = ProbeLedger(cfg.data_dir / PROBES_DB, key=ledger_key(seal_key.private_bytes_raw()))
+        self.probes = storage.probes(key=ledger_key(seal_key.private_bytes_raw()))  # shared by every replica
         close.callback(self.probes.close)
         gate = ReceiptGate(member.verifier, self.revocations)
         service = VerificationService(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GENESIS", "Chain", "ChainSnapshot", "ChangeWatch", "CheckpointStorage", "Entry", "Fact", "FactStore",
     "FactWriter", "NonceStore", "PrefixRemoval", "PrefixView", "Storage", "VerifyReport",
+    "Lease", "LocatorSet", "LocatorStore", "ProbeBudgets", "SharedDocument",
 ]  # fmt: skip
 
 #: (index, hash): a chain head, or an anchor (first retained index, its prev_hash).
@@ -459,3 +460,115 @@ class Storage(_Closeable, Protocol):
     def checkpoints(self) -> CheckpointStorage:
         """The node's own signed audit checkpoints."""
         ...
+
+    def lease(self, name: str) -> Lease:
+        """The singleton role `name` (a lowercase word: "chain-lead", "locator"), not yet taken."""
+        ...
+
+    def document(self, name: str) -> SharedDocument:
+        """The shared document `name` (a file name such as "directory.json"; SQLite: that file in data_dir)."""
+        ...
+
+    def locators(self) -> LocatorStore:
+        """The coordinator's locator book rows (SQLite: locators.sqlite in data_dir)."""
+        ...
+
+    def probes(self, *, key: bytes) -> ProbeBudgets:
+        """The node's probing ledger, cuts digested under `key` (SQLite: probes.sqlite in data_dir)."""
+        ...
+
+
+# -- state the replicas of one member must agree on (issue 14: replicas on several hosts) ------------
+
+
+class Lease(Protocol):
+    """A named singleton role (e.g. the one process that lodges checkpoints): held by at most one process of
+    every process and host sharing the storage, until it releases it or dies (SQLite: a `flock` in the data
+    directory, so one holder per host; PostgreSQL: a session advisory lock, one holder per database)."""
+
+    def held(self) -> bool:
+        """Whether this process holds the lease: True if it does, or takes it now (never waits); False if another
+        holds it. A holder that lost it (its database session ended) gets False until it takes it again."""
+        ...
+
+    def release(self) -> None:
+        """Give the lease up (idempotent); another process may take it at once."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SharedDocument(Protocol):
+    """One small named document (bytes) every process and host sharing the storage reads and rewrites
+    (the coordinator's directory announcements, its published standards)."""
+
+    def changed(self) -> bytes | None:
+        """The document when it changed since this object last read or wrote it (the first call: if it exists);
+        None when it did not (cheap: a stat or one version row)."""
+        ...
+
+    def write(self, body: bytes) -> None:
+        """Replace the document durably and atomically (readers see the old or the new body, whole)."""
+        ...
+
+    def locked(self) -> AbstractContextManager[None]:
+        """Serialise a read-modify-write with every other holder of this document (any process or host)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: One locator shard row: (shard_bits, shard_count, filter).
+ShardRow = tuple[int, int, bytes]
+
+
+@dataclass(frozen=True)
+class LocatorSet:
+    """One province's locator in force for one epoch; `shards` None when the reader already holds that generation."""
+
+    province: str
+    epoch: int
+    generation: int
+    subject_count: int
+    shards: tuple[ShardRow, ...] | None
+
+
+class LocatorStore(Protocol):
+    """The coordinator's locator shards (node.coordinator.locators keeps the checks; this keeps the rows)."""
+
+    def put_shard(self, province: str, epoch: int, generation: int, shard: int, shard_bits: int,
+                  subject_count: int, shard_count: int, filter_bytes: bytes, *, oldest_epoch: int,
+                  max_pending: int) -> str:
+        """In one transaction serialised with every other writer: "older" (below the generation in force,
+        nothing kept), "in_force" (a shard of that generation again), "pending" (kept; its generation is not
+        complete), "mismatch" (complete, but the counts do not add up: nothing kept), "complete" (the
+        generation is now in force; older ones and epochs below `oldest_epoch` deleted; version bumped).
+        Unfinished generations beyond the newest `max_pending` are dropped."""
+        ...
+
+    def read(self, version: int, known: Mapping[tuple[str, int], int]) -> tuple[int, list[LocatorSet]] | None:
+        """None when the version is still `version`; else (version, every set in force) read from one snapshot,
+        with shards only for sets whose generation differs from `known[(province, epoch)]`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ProbeBudgets(Protocol):
+    """The probing ledger (node.store.probes): distinct budgeted cuts per (requester, consent, item), shared by
+    every process and host of the member, never decremented; a query's cuts are admitted all or none."""
+
+    def admit(self, requester: str, consent_id: str, cuts: Mapping[str, str], budget: int) -> tuple[str | None, int]:
+        """Record `cuts` (item -> cut): (None, new uses) when every item stays within `budget` distinct cuts,
+        else (the first item that would exceed it, 0) and nothing is recorded. Atomic across hosts."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group a batch's admits (a performance scope; each admit's verdict is final either way)."""
+        ...
+
+    def uses(self, requester: str, consent_id: str, item: str) -> int:
+        """How many distinct budgeted cuts `requester` used on `item` under `consent_id`."""
+        ...
+
+    def close(self) -> None: ...

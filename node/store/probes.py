@@ -1,7 +1,8 @@
 """The probing ledger: which budgeted cuts each requester used per consent and item; durable, never decremented.
 
 One row per (requester, consent id, item, cut) in ``<data_dir>/probes.sqlite`` (WAL), shared by
-every worker process. A cut is stored only as a keyed digest (HMAC-SHA-256 under a key the node
+every worker process on the host (`Storage.probes()`; on PostgreSQL node.store.postgres.probes keeps the
+same rows in the database, shared by every replica host). A cut is stored only as a keyed digest (HMAC-SHA-256 under a key the node
 derives from its sealing key, not kept in the file), so the file holds no operand. Rows are
 only ever added: a budget, once used, stays used.
 """
@@ -38,6 +39,12 @@ CREATE TRIGGER IF NOT EXISTS probes_no_update BEFORE UPDATE ON probes
 Key = tuple[str, str, str, bytes]
 
 
+def cut_digest(key: bytes, requester: str, consent_id: str, item: str, cut: str) -> bytes:
+    """The stored form of one cut: a keyed digest (every backend stores this, never the operand)."""
+    message = "\x00".join((requester, consent_id, item, cut)).encode()
+    return hmac.digest(key, message, "sha256")[:_DIGEST_BYTES]
+
+
 def ledger_key(secret: bytes) -> bytes:
     """The key cuts are digested under, derived from a node secret (its sealing key) kept outside the file."""
     return hmac.new(secret, b"hedui/v1/probe-ledger", hashlib.sha256).digest()
@@ -64,8 +71,7 @@ class ProbeLedger:
             raise StoreError(f"cannot open probing ledger {path}: {exc}") from None
 
     def _digest(self, requester: str, consent_id: str, item: str, cut: str) -> bytes:
-        message = "\x00".join((requester, consent_id, item, cut)).encode()
-        return hmac.digest(self._key, message, "sha256")[:_DIGEST_BYTES]
+        return cut_digest(self._key, requester, consent_id, item, cut)
 
     def admit(self, requester: str, consent_id: str, cuts: Mapping[str, str], budget: int) -> tuple[str | None, int]:
         """Record `cuts` (item -> cut) as uses, all or none.

@@ -16,6 +16,11 @@ from node.store.postgres.chain import PgChain
 from node.store.postgres.checkpoints import PgCheckpoints
 from node.store.postgres.facts import PgStore
 from node.store.postgres.nonces import PgNonceStore
+from node.store.postgres.documents import PgDocument
+from node.store.postgres.leases import PgLease
+from node.store.postgres.locators import PgLocators
+from node.store.postgres.probes import PgProbeLedger
+from node.store.sqlite.leases import check_name
 
 LEDGER_TABLE = "ledger"
 AUDIT_TABLE = "audit"
@@ -100,6 +105,28 @@ class PgStorage:
     def checkpoints(self) -> PgCheckpoints:
         """The node's own signed audit checkpoints (table audit_checkpoints)."""
         return self._keep(PgCheckpoints(self._url, readonly=self._readonly))
+
+    def lease(self, name: str) -> PgLease:
+        """The singleton role `name`: a session advisory lock, one holder across every host on this database."""
+        return self._keep(PgLease(self._url, check_name(name)))
+
+    def document(self, name: str) -> PgDocument:
+        """The shared document `name` (a row of hedui_documents)."""
+        if not name or "/" in name:
+            raise ValueError(f"a document name is a plain file name: {name!r}")
+        return self._keep(PgDocument(self._url, name))
+
+    def locators(self) -> PgLocators:
+        """The coordinator's locator rows (tables hedui_locator_*)."""
+        if self._readonly:
+            raise StoreError("the locators are not opened read-only")
+        return self._keep(PgLocators(self._url))
+
+    def probes(self, *, key: bytes) -> PgProbeLedger:
+        """The node's probing ledger (table hedui_probes), shared by every replica host."""
+        if self._readonly:
+            raise StoreError("the probing ledger is not opened read-only")
+        return self._keep(PgProbeLedger(self._url, key=key))
 
     def close(self) -> None:
         """Close whatever this storage opened; idempotent."""

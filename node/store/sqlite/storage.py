@@ -4,6 +4,10 @@
     nonces.sqlite         the replay guard (nonces.NonceStore)
     <table>.sqlite        the chain <table>: ledger.sqlite (+ ledger.head), audit.sqlite
     audit-checkpoints.jsonl  the node's own signed checkpoints (checkpoints.CheckpointFile)
+
+and, in the member's data_dir (the same directory unless the url names another), the files replicas on
+one host share: directory.json / standards.json (documents), locators.sqlite, probes.sqlite, and the
+leases' `<name>.lock` files.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from node.store.sqlite.chain import HashChain
 from node.store.sqlite.checkpoints import CheckpointFile
 from node.store.sqlite.facts import STORE_FILE, Store
 from node.store.sqlite.nonces import NonceStore
+from node.store.probes import PROBES_DB, ProbeLedger
+from node.store.sqlite.documents import FileDocument
+from node.store.sqlite.leases import FileLease, check_name
+from node.store.sqlite.locators import LOCATORS_FILE, SqliteLocators
 
 SCHEME: Final[str] = "sqlite"
 NONCES_FILE: Final[str] = "nonces.sqlite"
@@ -38,8 +46,10 @@ def chain_file(directory: Path, table: str) -> Path:
 class SqliteStorage:
     """A member's storage as SQLite files in `directory` (see the module docstring)."""
 
-    def __init__(self, directory: Path, *, readonly: bool = False, url: str = "sqlite:") -> None:
+    def __init__(self, directory: Path, *, readonly: bool = False, url: str = "sqlite:",
+                 local_dir: Path | None = None) -> None:
         self.directory = Path(directory)
+        self.local_dir = Path(local_dir) if local_dir is not None else self.directory  # documents, leases, ...
         self._url = url
         self._readonly = readonly
         self._opened: weakref.WeakSet[Any] = weakref.WeakSet()  # what close() closes; a dropped object drops out
@@ -95,6 +105,24 @@ class SqliteStorage:
     def checkpoints(self) -> CheckpointFile:
         return CheckpointFile(self.directory / CHECKPOINT_FILE)
 
+    def lease(self, name: str) -> FileLease:
+        return self._keep(FileLease(self.local_dir / f"{check_name(name)}.lock"))
+
+    def document(self, name: str) -> FileDocument:
+        if Path(name).name != name or not name:
+            raise ValueError(f"a document name is a plain file name: {name!r}")
+        return FileDocument(self.local_dir / name)
+
+    def locators(self) -> SqliteLocators:
+        if self._readonly:
+            raise StoreError("the locators are not opened read-only")
+        return self._keep(SqliteLocators(self.local_dir / LOCATORS_FILE))
+
+    def probes(self, *, key: bytes) -> ProbeLedger:
+        if self._readonly:
+            raise StoreError("the probing ledger is not opened read-only")
+        return self._keep(ProbeLedger(self.local_dir / PROBES_DB, key=key))
+
     def close(self) -> None:
         """Close every store and chain opened from this storage (each close is idempotent)."""
         with self._lock:
@@ -119,7 +147,7 @@ def open_url(url: str, data_dir: Path, *, readonly: bool) -> SqliteStorage:
         directory = Path(rest[2:])
     else:
         raise ValueError('a sqlite store url is "sqlite:" (the data_dir) or "sqlite:///ABSOLUTE/DIR"')
-    return SqliteStorage(directory, readonly=readonly, url=url)
+    return SqliteStorage(directory, readonly=readonly, url=url, local_dir=Path(data_dir))
 
 
 def audit_file(path: Path, *, retention_days: int = DEFAULT_RETENTION_DAYS) -> AuditLog:
