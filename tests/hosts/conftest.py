@@ -211,11 +211,10 @@ def _federation(net: Network, hosts: dict[str, Host], server: PostgresServer | N
                             replicas, server)
 
 
-#: Whether the two coordinator replicas keep separate data directories. They can once the coordinator's
-#: directory announcements, standards and locators are in Storage (branch `coordstate`); until then they
-#: share ONE data directory on the common filesystem plus PostgreSQL for the store: a KNOWN GAP, not a pass
-#: (with True, test_killing_a_coordinator_replica_loses_nothing_committed fails: see /work/notes/pghosts.md).
-COORDINATOR_DATA_DIRS_SEPARATE = False
+#: Whether the two coordinator replicas keep separate data directories: they do, since the coordinator's
+#: directory announcements, standards and locators are in Storage (branch `coordstate`, merged). False puts
+#: them on ONE data directory on the common filesystem (what these tests had to do before coordstate).
+COORDINATOR_DATA_DIRS_SEPARATE = True
 
 
 @dataclass

@@ -1,9 +1,7 @@
 """Coordinator replicas on two hosts sharing one PostgreSQL: a killed replica loses nothing, a revocation holds with one down.
 
-KNOWN GAP (not a pass): until the coordinator's directory announcements, standards and locators are in Storage
-(branch `coordstate`), the two replicas also share ONE coordinator data directory on the common filesystem
-(tests/hosts/conftest.py COORDINATOR_DATA_DIRS_SEPARATE = False); with separate data directories the killed-replica
-test fails (a replica that did not receive the nodes' announcements and locators routes to nobody).
+Each replica has its own data directory (COORDINATOR_DATA_DIRS_SEPARATE in tests/hosts/conftest.py): the directory
+announcements, locators, standards, ledger, nonces and audit chain they share are all in the one database.
 """
 
 from __future__ import annotations
@@ -61,7 +59,7 @@ def test_killing_a_coordinator_replica_loses_nothing_committed(coordinated: Coor
     """SIGKILL the coordinator replica that registered consents and a revocation: every acknowledged registration and
     the revocation are in the shared ledger, their nonces are still refused as replays, their audit records are
     there, `ledger verify` and `audit verify` pass, and the next registration and routed call succeed at the other
-    (store on PostgreSQL; data dir still shared by both replicas: the known gap in the module docstring)."""
+    (one PostgreSQL database, a data directory per replica)."""
     fed = coordinated
     grants = [ask(fed, "coord1", op="grant", ids=[WORKER]) for _ in range(3)]
     assert all("consent_id" in g for g in grants), grants
@@ -93,7 +91,7 @@ def test_killing_a_coordinator_replica_loses_nothing_committed(coordinated: Coor
 def test_revocation_stays_in_force_within_5s_with_one_coordinator_replica_down(coordinated: CoordinatedFederation) -> None:
     """With the first coordinator replica's host cut off (the one the nodes poll), a revocation acknowledged by the
     other replica is refused by the holder itself within 5 s (the nodes' feed fails over; they never fail closed;
-    store on PostgreSQL, data dir still shared by both replicas: the known gap in the module docstring)."""
+    one PostgreSQL database, a data directory per replica)."""
     fed = coordinated
     consent = ask(fed, "coord2", op="grant", ids=[WORKER])["consent_id"]
     assert answered(direct(fed, "coord2", consent), "44")
