@@ -7,7 +7,8 @@ what a crashed run left (namespaces whose pid no longer runs). `cut(host)` sets 
 switch port down: its packets, and packets to it, are dropped without an answer (a partition,
 not a refusal); `heal(host)` sets it up again. Delay and loss need the kernel's `sch_netem`;
 this harness checks once and `delay()` raises `NetemMissing` (a loud failure, never a skip)
-where it is absent: no user-space stand-in is offered, because a relay would change what a
+where it is absent (tests then fail unless HEDUI_ALLOW_NO_NETEM=1, which scripts/test sets
+only after printing that delay/loss scenarios are NOT run): no user-space stand-in is offered, because a relay would change what a
 cut means (the relay, not the kernel, would hold the connections).
 Everything needs root (CAP_NET_ADMIN); `require_root()` fails a test with the reason otherwise.
 """
@@ -179,6 +180,10 @@ class Network:
         if loss_percent:
             args += ["loss", f"{loss_percent}%"]
         subprocess.run(host.argv(args), check=True, capture_output=True, timeout=30)
+
+    def undelay(self, host: Host) -> None:
+        """Remove the delay/loss `delay()` put on `host`'s link (nothing to do when there is none)."""
+        subprocess.run(host.argv(["tc", "qdisc", "del", "dev", "eth0", "root"]), capture_output=True, timeout=30)
 
     def close(self) -> None:
         """SIGKILL every process a host still runs (ours, by pid), then delete every namespace; always safe to call again."""

@@ -107,7 +107,10 @@ class PostgresServer:
         """Run one PostgreSQL program (as the server's OS user), returning its output."""
         cmd = [*self.wrap, str(self.bin / args[0]), *args[1:]]
         extra: dict[str, object] = {}
-        if self.user is not None:
+        if self.user is not None and self.wrap:  # the wrapper (ip netns exec) needs root: drop to the user after it
+            cmd[len(self.wrap):len(self.wrap)] = ["setpriv", f"--reuid={self.user.pw_uid}",
+                                                 f"--regid={self.user.pw_gid}", "--clear-groups", "--"]
+        elif self.user is not None:
             extra = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
                "HOME": str(self.root)}

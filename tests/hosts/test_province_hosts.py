@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+from node.member import Member
 from node.store.factory import open_storage
 from node.wire.v1 import verification_pb2
 from tests.conftest import WORKER
@@ -80,17 +81,18 @@ def test_killing_a_replica_loses_nothing_committed_and_the_other_answers(hosted:
     after = verify(fed, consent)
     assert after["routing"]["51"] == "OK" and answered_by(fed, after, "51")  # type: ignore[index]
     assert fed.served["sc2"].answered()
-    sc = fed.member("51")
+    local = fed.local_config(fed.configs["51"])  # the shared store, read through the storage factory
+    sc = Member.from_config(local)
     queries = [verification_pb2.QueryBody.FromString(bytes.fromhex(a["query_body"]))
                for r in [*replies, after] for a in r["answers"] if a["province"] == "51"]  # type: ignore[attr-defined]
     assert len(queries) == 4
     with open_storage(sc.cfg) as storage:  # remember() is False for a nonce the store already holds: none was lost
         nonces = storage.nonces(window_ms=sc.cfg.limits.clock_skew_s * 1000)
         assert [nonces.remember(q.requester, q.nonce, q.issued_at_ms) for q in queries] == [False] * 4
-    verified = subprocess.run([*HEDUI, "audit", "verify", "--config", str(fed.configs["51"]), "--json"],
+    verified = subprocess.run([*HEDUI, "audit", "verify", "--config", str(local), "--json"],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    exported = subprocess.run([*HEDUI, "audit", "export", "--config", str(fed.configs["51"])],
+    exported = subprocess.run([*HEDUI, "audit", "export", "--config", str(local)],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert exported.returncode == 0, exported.stderr
     audited = {json.loads(line).get("request_id") for line in exported.stdout.splitlines() if line.strip()}
