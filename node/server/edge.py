@@ -15,6 +15,7 @@ from grpc import aio
 from node.crypto.errors import CertificateRejected
 from node.crypto.pki import CheckedCertificate, TrustAnchor
 from node.errors import ErrorCode, Refusal
+from node.store.errors import StoreCorrupt, StoreError
 
 STATUS: Final[dict[ErrorCode, grpc.StatusCode]] = {
     ErrorCode.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
@@ -88,7 +89,8 @@ async def refuse(context: aio.ServicerContext, refusal: Refusal, log: Any, metho
 
 
 class edge:  # noqa: N801 - used as `async with edge(...)`, like the function it replaced
-    """Run a handler body: refusals become their public status; anything else INTERNAL.
+    """Run a handler body: refusals become their public status; a store out of reach UNAVAILABLE; anything else
+    INTERNAL.
 
     With `metrics` (a MemberMetrics), the call's latency is recorded by method and status;
     `on_refusal` is awaited before a refusal is returned (the coordinator audits them).
@@ -118,6 +120,13 @@ class edge:  # noqa: N801 - used as `async with edge(...)`, like the function it
             elif isinstance(exc, Refusal):
                 status = STATUS[exc.code].name
                 await refuse(self.context, exc, self.log, self.method, self.metrics, self.on_refusal, self.fields)
+            elif isinstance(exc, StoreError) and not isinstance(exc, StoreCorrupt):
+                # the store cannot be reached (a PostgreSQL server down, a pool with no connection): the call may
+                # succeed again, so the caller sees UNAVAILABLE, as when a holder cannot be reached; nothing answered
+                status = "UNAVAILABLE"
+                self.log.error("store_unavailable", error_type=type(exc).__name__, method=self.method,
+                               **(self.fields or {}))
+                await self.context.abort(grpc.StatusCode.UNAVAILABLE, ErrorCode.UNAVAILABLE.value)
             elif isinstance(exc, Exception):  # the edge must never leak internals
                 status = "INTERNAL"
                 self.log.error("internal_error", error_type=type(exc).__name__, method=self.method, **(self.fields or {}))
