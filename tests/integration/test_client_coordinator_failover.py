@@ -161,3 +161,40 @@ def test_node_init_with_two_coordinators_writes_a_node_that_fails_over(replicas:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_a_call_sent_to_a_hung_replica_is_resent_only_when_that_is_safe(replicas: Replicas) -> None:
+    """On a connection made before replica 1 hung: a Route (forwarded to holders) is not sent again, so it
+    fails DEADLINE_EXCEEDED instead of reaching replica 2; a registration is resent and registered once
+    (replica 1, resumed, finds its nonce spent); a read is resent and answered."""
+    import uuid
+
+    from node.client.client import PeerUnreachable
+    from node.client.coordinator import CoordinatorClient
+    from node.member import Member
+    from node.store import ledger
+    from node.store.factory import open_storage_readonly
+    from node.wire.v1 import coordinator_pb2, verification_pb2
+
+    rep = replicas
+    client = CoordinatorClient(Member(config_mod.load(rep.fed.configs["51"])), deadline_s=DEADLINE_S)
+    try:
+        first = client.grant([WORKER], "dibao")  # replica 1 answers: the client's connection to it is up
+        rep.procs[0].send_signal(signal.SIGSTOP)
+        route = coordinator_pb2.RouteRequest(consent_id=first.consent_id, request_id=uuid.uuid4().hex)
+        with pytest.raises(PeerUnreachable) as lost:  # replica 2 would have refused it (no envelopes): not asked
+            client.call("Route", route)
+        assert lost.value.status == "DEADLINE_EXCEEDED"
+        again = client.grant([WORKER], "dibao")  # sent to replica 1 (hung), then resent to replica 2
+        assert client.show(first.consent_id).state == "ACTIVE"
+    finally:
+        client.__exit__()
+        rep.procs[0].send_signal(signal.SIGCONT)
+    with rep.client("51", 0) as resumed:  # replica 1 runs again, its backlog (the first send) handled
+        assert resumed.show(again.consent_id).state == "ACTIVE"
+    cfg = config_mod.load(rep.fed.coordinator_config)
+    with open_storage_readonly(cfg) as storage:
+        requests = [coordinator_pb2.ConsentRequestBody.FromString(verification_pb2.ConsentBody.FromString(
+            verification_pb2.SignedConsent.FromString(e.payload).body).request).request_id
+            for e in storage.ledger().entries() if e.kind == ledger.GRANT]
+    assert requests.count(again.request_id) == 1
