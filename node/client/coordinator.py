@@ -261,8 +261,8 @@ def unanswered(exc: grpc.RpcError, walk: replicas.Walk) -> Exception:
                                "send it again as a new request")
     error = translate(exc)
     if len(walk.order.endpoints) > 1 and code in replicas.FAILOVER:
-        error = PeerUnreachable(code.name, f"no coordinator replica answered ({len(walk.order.endpoints)} configured): "
-                                + str(error).split(": ", 1)[-1])
+        error = PeerUnreachable(code.name, f"no answer from coordinator replica(s) {', '.join(walk.tried)} "
+                                f"({len(walk.order.endpoints)} configured): " + str(error).split(": ", 1)[-1])
     return error
 
 

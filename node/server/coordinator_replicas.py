@@ -98,11 +98,13 @@ class Walk:
         self._todo = order.attempts()
         #: The endpoints a request was sent to that failed without an answer (it may have been processed there).
         self.unanswered: list[str] = []
+        self.tried: list[str] = []  # every endpoint attempted, in order
 
     def next(self) -> Attempt | None:
         if not self._todo:
             return None
         index = self._todo.pop(0)
+        self.tried.append(self.order.endpoints[index])
         share = failover.attempt_timeout(self.deadline, len(self._todo) + 1, time.monotonic())
         return Attempt(index, min(CONNECT_S, share), not self._todo)
 
