@@ -198,3 +198,25 @@ def test_a_call_sent_to_a_hung_replica_is_resent_only_when_that_is_safe(replicas
             verification_pb2.SignedConsent.FromString(e.payload).body).request).request_id
             for e in storage.ledger().entries() if e.kind == ledger.GRANT]
     assert requests.count(again.request_id) == 1
+
+
+def test_the_web_desk_reaches_the_directory_and_probes_every_endpoint_of_a_province(replicas: Replicas) -> None:
+    """With replica 1 killed, the web desk's long-lived coordinator client still reads the directory, and its
+    health probe says SERVING for a province whose first listed endpoint refuses but whose second serves."""
+    import dataclasses
+    import socket
+
+    from node.web.desk import Desk
+
+    rep = replicas
+    rep.kill(0)
+    with socket.socket() as s:  # a port nothing listens on: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        refused = f"127.0.0.1:{s.getsockname()[1]}"
+    desk = Desk(rep.fed.configs["51"])
+    try:
+        entry = desk.coordinator.directory()["44"]
+        assert desk._health(dataclasses.replace(entry, endpoint=refused, endpoints=(refused,))) == "UNAVAILABLE"
+        assert desk._health(dataclasses.replace(entry, endpoint=refused, endpoints=(refused, entry.endpoint))) == "SERVING"
+    finally:
+        desk.close()
