@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
     init.add_argument("--listen", required=True, metavar="HOST:PORT")
     init.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
     init.add_argument("--config", required=True, type=Path, metavar="FILE")
-    init.add_argument("--coordinator", metavar="HOST:PORT", help="the federation coordinator")
+    init.add_argument("--coordinator", action="append", metavar="HOST:PORT[,HOST:PORT]",
+                      help="the federation coordinator; repeat (or comma-separate) for each of its replicas")
     add_config_file_options(init)
     add_key_passphrase_options(init)
     init.set_defaults(func=_init)
@@ -150,8 +151,7 @@ def _init(args: argparse.Namespace) -> int:
     if not is_province(args.province):
         raise BadInput(f"unknown province code {args.province!r}")
     check_hostport(args.listen)
-    if args.coordinator:
-        check_hostport(args.coordinator)
+    coordinators = coordinator_endpoints(args.coordinator or [])
     files = config_file_keys(args)
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -162,13 +162,23 @@ def _init(args: argparse.Namespace) -> int:
         "identity": province_uri(args.province), "province": args.province,
         "listen": args.listen, "data_dir": str(data_dir),
     }
-    if args.coordinator:
-        member["coordinator"] = args.coordinator
+    if coordinators:  # one endpoint stays a string (as before); several replicas are a TOML array
+        member["coordinator"] = coordinators[0] if len(coordinators) == 1 else coordinators
     config.write(args.config, {"member": member, "keys": keys, "logging": {"level": "info"}})
     with open_storage(config.load(args.config)) as storage:
         storage.facts().close()
     print(f"node {args.province} configured: {args.config} (data in {data_dir})")
     return 0
+
+
+def coordinator_endpoints(values: list[str]) -> list[str]:
+    """The `--coordinator` options (each may be a comma list) as distinct HOST:PORT endpoints, in order."""
+    endpoints = [e.strip() for v in values for e in v.split(",")]
+    for endpoint in endpoints:
+        check_hostport(endpoint)
+    if len(set(endpoints)) != len(endpoints):
+        raise BadInput("--coordinator names the same endpoint twice")
+    return endpoints
 
 
 def check_hostport(value: str) -> None:

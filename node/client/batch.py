@@ -24,8 +24,7 @@ from google.protobuf.message import DecodeError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from node import files
-from node.client.client import translate
-from node.client.coordinator import require_own_request
+from node.client.coordinator import require_own_request, unanswered
 from node.client.query import Answer, PreparedQuery, check_answer, check_names, locked_envelope, result_dicts
 from node.client.saved_answers import evidence_entry
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
@@ -36,9 +35,10 @@ from node.domain import freetext, idnumber
 from node.domain.predicate import Check, parse_check, require_one_per_item
 from node.domain.standards import fallback_regions
 from node.domain.regions import COORDINATOR_TLS_NAME, province_uri
-from node.errors import BadInput, HeduiError, Refusal
+from node.errors import BadInput, ErrorCode, HeduiError, Refusal
 from node.member import Member
-from node.server import tls
+from node.server import coordinator_replicas as replicas
+from node.server import failover, tls
 from node.server.channel_pool import ChannelPool
 from node.service.consent import SALT_BYTES, commitment
 from node.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc, verification_pb2
@@ -182,11 +182,17 @@ class BatchSession:
             raise BadInput("this node has no coordinator configured")
         self.member = member
         self.deadline_s = deadline_s
-        # `[limits] connections_per_peer` connections, calls in turn, so a coordinator's --workers share them
-        self._pool = ChannelPool(member.cfg.coordinator, tls.channel_credentials(member.cfg),
-                                 tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME),
-                                 member.cfg.limits.connections_per_peer, coordinator_pb2_grpc.CoordinatorStub)
+        self.endpoints = member.cfg.coordinator_endpoints
+        self._order = replicas.shared_order(self.endpoints)
+        options = tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME)
+        if len(self.endpoints) > 1:
+            options = [*options, *failover.RECONNECT_OPTIONS]
+        # Per replica, `[limits] connections_per_peer` connections, calls in turn, so a coordinator's --workers share them
+        self._pools = [ChannelPool(e, tls.channel_credentials(member.cfg), options, member.cfg.limits.connections_per_peer,
+                                   coordinator_pb2_grpc.CoordinatorStub) for e in self.endpoints]
+        self._pool = self._pools[0]
         self._channel = self._pool.channels[0]
+        self._coordinator = [pool.stub for pool in self._pools]
         self.signer = signing.AsyncBatchSigner(member.signer)
         self._directory: dict[str, Any] | None = None
         #: The largest RouteBatch this session sends (gRPC refuses a message over the limit, whole); a chunk
@@ -195,18 +201,40 @@ class BatchSession:
 
     @property
     def stub(self) -> coordinator_pb2_grpc.CoordinatorStub:
-        """The Coordinator stub of the next connection."""
-        return self._pool.stub()
+        """The Coordinator stub of the current replica's next connection."""
+        return self._pools[self._order.current].stub()
+
+    def pickers(self, make_stub: Callable[[Any], Any]) -> list[Callable[[], Any]]:
+        """Per replica, stubs of another service over its connections, in their turn."""
+        return [pool.picker(make_stub) for pool in self._pools]
 
     async def close(self) -> None:
-        await self._pool.close()
+        for pool in self._pools:
+            await pool.close()
 
-    async def call(self, method: str, request: Any, *, stub: Any = None) -> Any:
-        """`method` of the Coordinator service (or of `stub`, on the same channel); HeduiError on failure."""
+    async def call(self, method: str, request: Any, *, stubs: Sequence[Callable[[], Any]] | None = None) -> Any:
+        """`method` of the Coordinator service (or of the service `stubs` picks, per replica) at the replicas,
+        failing over between them (node.server.coordinator_replicas); HeduiError on failure."""
+        pick = stubs or self._coordinator
+        wait = len(self._pools) == 1  # one replica: a restarting coordinator is waited for within the deadline
+
+        async def connect(index: int, seconds: float) -> bool:
+            return (await self._pools[index].connected_stub(seconds))[1]
+
+        async def invoke(index: int, seconds: float) -> Any:
+            return await getattr(pick[index](), method)(request, timeout=seconds, wait_for_ready=wait)
+
+        walk = replicas.Walk(self._order, method, self.deadline_s)
         try:
-            return await getattr(stub or self.stub, method)(request, timeout=self.deadline_s, wait_for_ready=True)
+            reply = await replicas.call_async(walk, connect, invoke)
         except grpc.RpcError as exc:
-            raise translate(exc) from None
+            raise unanswered(exc, walk) from None
+        if walk.unanswered and method == "RegisterConsentBatch":  # a replica that failed may have recorded some
+            for item in reply.items:
+                if item.error_code == ErrorCode.REPLAYED.name:
+                    item.error = (f"coordinator replica {walk.unanswered[0]} failed after this registration was sent "
+                                  "and may have recorded it: register it again (a new request)")
+        return reply
 
     async def directory(self) -> dict[str, Any]:
         if self._directory is None:

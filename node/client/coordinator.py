@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from node import files
-from node.client.client import translate
+from node.client.client import PeerUnreachable, translate
 from node.client.query import validate_household
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.coordinator.directory import Entry
@@ -25,7 +25,8 @@ from node.domain import freetext
 from node.domain.regions import COORDINATOR_TLS_NAME
 from node.errors import BadInput, ErrorCode, Refusal
 from node.member import Member
-from node.server import tls
+from node.server import coordinator_replicas as replicas
+from node.server import failover, tls
 from node.service.consent import SALT_BYTES, commitment, parse_receipt
 from node.service.consent_request import bound_request
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
@@ -65,17 +66,27 @@ class ConsentInfo:
 
 
 class CoordinatorClient:
-    """Calls the coordinator over mutual TLS as the configured province."""
+    """Calls the coordinator over mutual TLS as the configured province, failing over between its replicas
+    (`[member] coordinator` lists them; node.server.coordinator_replicas holds the rule)."""
 
     def __init__(self, member: Member, *, deadline_s: float | None = None) -> None:
         if not member.cfg.coordinator:
             raise BadInput("this node has no coordinator configured (hedui node init --coordinator HOST:PORT)")
         self.member = member
         self.deadline_s = deadline_s or member.cfg.limits.default_deadline_s
+        self.endpoints = member.cfg.coordinator_endpoints
+        self._order = replicas.shared_order(self.endpoints)  # a client made after another starts where it ended
         # The coordinator's certificate must carry its federation name (checked in every handshake).
-        self._channel = grpc.secure_channel(member.cfg.coordinator, tls.channel_credentials(member.cfg),
-                                            options=tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME))
+        options = tls.channel_options(member.cfg.limits, server_name=COORDINATOR_TLS_NAME)
+        if len(self.endpoints) > 1:
+            options = [*options, *failover.RECONNECT_OPTIONS]
+        credentials = tls.channel_credentials(member.cfg)
+        self._channels = [grpc.secure_channel(e, credentials, options=options) for e in self.endpoints]
+        self._channel = self._channels[0]
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._stubs: dict[Callable[[grpc.Channel], Any], list[Any]] = {
+            coordinator_pb2_grpc.CoordinatorStub: [self.stub, *map(coordinator_pb2_grpc.CoordinatorStub, self._channels[1:])]}
+        self._watched: set[int] = set()  # channels whose connectivity was watched (closed once unwatched)
         self._verified = VerifiedDirectory(member.verifier)  # a directory verified once per change
         self._directory: tuple[float, coordinator_pb2.SignedDirectory, dict[str, Entry]] | None = None
         self._noted = b""  # the directory digest the coordinator last named
@@ -84,15 +95,43 @@ class CoordinatorClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._channel.close()
+        for index, channel in enumerate(self._channels):
+            if index in self._watched:
+                failover.close_when_unwatched(channel)
+            else:
+                channel.close()
 
     def call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+        """`method` of the Coordinator service at the replicas (HeduiError on failure)."""
+        return self.call_service(coordinator_pb2_grpc.CoordinatorStub, method, request, timeout=timeout)
+
+    def call_service(self, make_stub: Callable[[grpc.Channel], Any], method: str, request: Any, *,
+                     timeout: float | None = None) -> Any:
+        """`method` of another service the coordinator serves (`make_stub`, e.g. the household rounds)."""
+        walk = replicas.Walk(self._order, method, timeout or self.deadline_s)
         try:
-            # wait_for_ready: a coordinator that is restarting is waited for within the deadline;
-            # nothing is sent twice, so a retry after a restart is safe.
-            return getattr(self.stub, method)(request, timeout=timeout or self.deadline_s, wait_for_ready=True)
+            return self._walk(walk, make_stub, method, request)
         except grpc.RpcError as exc:
-            raise translate(exc) from None
+            raise unanswered(exc, walk) from None
+
+    def service(self, make_stub: Callable[[grpc.Channel], Any]) -> Any:
+        """A stub-like object for another service whose calls fail over as `call` does."""
+        return _Service(self, make_stub)
+
+    def _walk(self, walk: replicas.Walk, make_stub: Callable[[grpc.Channel], Any], method: str, request: Any) -> Any:
+        stubs = self._stubs.setdefault(make_stub, [make_stub(c) for c in self._channels])
+        # One replica: a coordinator that is restarting is waited for within the deadline (nothing is sent
+        # before it is up). Several: a replica not connected within its share is passed over instead.
+        wait = len(self._channels) == 1
+
+        def connect(index: int, seconds: float) -> bool:
+            self._watched.add(index)
+            return failover.connected_blocking(self._channels[index], seconds)
+
+        def invoke(index: int, seconds: float) -> Any:
+            return getattr(stubs[index], method)(request, timeout=seconds, wait_for_ready=wait)
+
+        return replicas.call_blocking(walk, connect, invoke)
 
     def grant(self, ids: Sequence[str], purpose: str, *, scopes: Sequence[str] = (), days: int = 30,
               evidence: Path | None = None, case_reference: str = "") -> ConsentInfo:
@@ -198,6 +237,33 @@ class CoordinatorClient:
             evidence_sha256=body.evidence_digest.hex(), ledger_index=status.ledger_index,
             revoked_at_ms=status.revoked_at_ms, receipt=status.receipt, request_id=request_id,
         )
+
+
+class _Service:
+    """Another service's methods as attributes, called through `CoordinatorClient.call_service`."""
+
+    def __init__(self, client: CoordinatorClient, make_stub: Callable[[grpc.Channel], Any]) -> None:
+        self._client, self._make_stub = client, make_stub
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        def call(request: Any, *, timeout: float | None = None, wait_for_ready: bool | None = None) -> Any:
+            return self._client.call_service(self._make_stub, method, request, timeout=timeout)
+        return call
+
+
+def unanswered(exc: grpc.RpcError, walk: replicas.Walk) -> Exception:
+    """The walk's failure as a one-line Hedui error; a registration refused as a replay after a replica that
+    may have recorded it failed says so (its nonce is spent: a new request is needed), never "refused"."""
+    code = exc.code() if hasattr(exc, "code") else None
+    if walk.unanswered and code == grpc.StatusCode.ALREADY_EXISTS:
+        return PeerUnreachable("UNAVAILABLE", f"coordinator replica {walk.unanswered[0]} failed after {walk.method} was "
+                               "sent and another replica has seen its nonce: it may have been recorded there; "
+                               "send it again as a new request")
+    error = translate(exc)
+    if len(walk.order.endpoints) > 1 and code in replicas.FAILOVER:
+        error = PeerUnreachable(code.name, f"no answer from coordinator replica(s) {', '.join(walk.tried)} "
+                                f"({len(walk.order.endpoints)} configured): " + str(error).split(": ", 1)[-1])
+    return error
 
 
 def require_own_request(receipt: verification_pb2.SignedConsent, request: bytes, verifier: signing.Verifier) -> None:

@@ -94,7 +94,7 @@ def household_check(member: Member, ids: Sequence[str], purpose: str, region: st
         signed_directory = coordinator.signed_directory()  # one fetch (cached) for members and standards
         directory = coordinator.directory()
         standard, signed_standard = StandardsInForce(m, signed_directory).find(region, purpose, period)
-        rounds = household_pb2_grpc.HouseholdRoundsStub(coordinator._channel)
+        rounds = coordinator.service(household_pb2_grpc.HouseholdRoundsStub)  # fails over as the client does
         session = _Round(m, rounds, directory, consent, consent_id, purpose, tokens, sorted(standard.measures), deadline,
                          discovery=coordinator.discovery_tokens(tokens))
         routing, holder_set, answered = session.run()

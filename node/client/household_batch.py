@@ -97,7 +97,7 @@ class HouseholdBatchSession(BatchSession):
         self.purpose = purpose
         self.period = period or current_period()
         # the rounds service over the session's connections, in their turn (a coordinator's --workers share them)
-        self._rounds = self._pool.picker(household_pb2_grpc.HouseholdRoundsStub)
+        self._rounds = self.pickers(household_pb2_grpc.HouseholdRoundsStub)
         self._standards: StandardsInForce | None = None
         self._epoch_s = 0  # the coordinator's discovery epoch length, read with the standards
         self._standard_b64: dict[int, str] = {}
@@ -163,7 +163,7 @@ class HouseholdBatchSession(BatchSession):
                       for s in states]
         try:
             reply = await self.call("OpenRoundBatch", household_pb2.OpenRoundBatchRequest(
-                request_id=uuid.uuid4().hex, households=households), stub=self._rounds())
+                request_id=uuid.uuid4().hex, households=households), stubs=self._rounds)
         except HeduiError as exc:
             for s in states:
                 s.error = f"the coordinator did not open the round: {exc}"
@@ -223,7 +223,7 @@ class HouseholdBatchSession(BatchSession):
             await self._ask(asked[half:])
             return
         try:
-            reply = await self.call("RouteRoundBatch", request, stub=self._rounds())
+            reply = await self.call("RouteRoundBatch", request, stubs=self._rounds)
         except HeduiError as exc:
             for s in asked:
                 s.error = f"the coordinator did not route the round: {exc}"
