@@ -279,7 +279,8 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
             if anchor is not None:
                 conn.execute(f"INSERT INTO {schema.ANCHORS}(chain, idx, prev_hash) VALUES (%s, %s, %s)",
                              (table, anchor[0], anchor[1]))
-            conn.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER USER')
+            for guard in schema.GUARDS:  # back to ALWAYS (ENABLE TRIGGER USER would leave them origin-only)
+                conn.execute(schema.ENABLE_ALWAYS.format(t=table, name=f"{table}_{guard}"))
         if CHECKPOINT_FILE in names:
             conn.execute(f"ALTER TABLE {CHECKPOINTS} DISABLE TRIGGER USER")
             conn.execute(f"DELETE FROM {CHECKPOINTS}")

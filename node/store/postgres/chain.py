@@ -196,6 +196,7 @@ class PgChain:
             for name in self._missing(conn):
                 conn.execute(f'DROP TRIGGER IF EXISTS "{self._table}_{name}" ON "{self._table}"')
                 conn.execute(schema.GUARDS[name].format(t=self._table))
+                conn.execute(schema.ENABLE_ALWAYS.format(t=self._table, name=f"{self._table}_{name}"))
         self._restored = tuple(f"{self._table}_{g}" for g in missing)
 
     def _check_schema(self, conn: psycopg.Connection) -> None:
@@ -213,7 +214,7 @@ class PgChain:
         return tuple(g for g in schema.GUARDS if f"{self._table}_{g}" not in present)
 
     def missing_guards(self) -> tuple[str, ...]:
-        """Names of the append-only triggers absent (or disabled) on the table."""
+        """Names of the append-only triggers absent or not always-enabled (disabled, origin- or replica-only)."""
         with self._conn("reading") as conn:
             return tuple(f"{self._table}_{g}" for g in self._missing(conn))
 

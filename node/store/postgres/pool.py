@@ -25,10 +25,20 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 _pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}
 
 
+def check_origin(conn: psycopg.Connection) -> None:
+    """StoreError unless the session runs with session_replication_role = origin (in replica mode only
+    always-enabled triggers fire: the facts' change triggers and anything else would silently stop)."""
+    role = conn.execute("SELECT current_setting('session_replication_role')").fetchone()[0]
+    if role != "origin":
+        raise StoreError(f"refusing a PostgreSQL session with session_replication_role = {role!r} (must be 'origin'): "
+                         "check ALTER ROLE/DATABASE settings and the URL's options")
+
+
 def _configure(readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
     def configure(conn: psycopg.Connection) -> None:
         """Every session: durable commits whatever the server default, and read-only when asked."""
         conn.autocommit = True
+        check_origin(conn)
         conn.execute("SET synchronous_commit = on")
         conn.execute("SET application_name = 'hedui'")
         if readonly:
@@ -45,7 +55,8 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
             found[1][0] += 1
             return found[0]
         try:  # first a plain connect: a server that is down or refuses us is one precise error, at once
-            psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S).close()
+            with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True) as probe:
+                check_origin(probe)
         except psycopg.Error as exc:
             reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
             raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {reason}") from None

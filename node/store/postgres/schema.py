@@ -66,7 +66,9 @@ CREATE INDEX IF NOT EXISTS "{{t}}_key" ON "{{t}}"(key, idx);
 """
 COLUMNS: Final[tuple[str, ...]] = ("idx", "at_ms", "kind", "key", "payload", "prev_hash", "hash")
 
-# Guard name suffix -> CREATE TRIGGER statement (the trigger is named "<table>_<suffix>").
+# Guard name suffix -> CREATE TRIGGER statement (the trigger is named "<table>_<suffix>"). Each is then
+# ENABLE ALWAYS: an ordinary or replica-only trigger does not fire in a `session_replication_role = replica`
+# session, so only an always-enabled guard guards.
 GUARDS: Final[dict[str, str]] = {
     "no_update": 'CREATE TRIGGER "{t}_no_update" BEFORE UPDATE ON "{t}" FOR EACH ROW EXECUTE FUNCTION hedui_chain_refuse()',
     "no_delete": 'CREATE TRIGGER "{t}_no_delete" BEFORE DELETE ON "{t}" FOR EACH ROW EXECUTE FUNCTION hedui_chain_delete()',
@@ -74,7 +76,8 @@ GUARDS: Final[dict[str, str]] = {
                    "EXECUTE FUNCTION hedui_chain_refuse()",
     "append_next": 'CREATE TRIGGER "{t}_append_next" BEFORE INSERT ON "{t}" FOR EACH ROW EXECUTE FUNCTION "hedui_append_{t}"()',
 }
-# Enabled triggers of a table (a disabled one guards nothing, so it counts as missing).
+ENABLE_ALWAYS: Final[str] = 'ALTER TABLE "{t}" ENABLE ALWAYS TRIGGER "{name}"'
+# Always-enabled triggers of a table (disabled, origin-only 'O' or replica-only 'R' count as missing).
 TRIGGERS_SQL: Final[str] = (
-    "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal AND tgenabled <> 'D'"
+    "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal AND tgenabled = 'A'"
 )
