@@ -265,7 +265,9 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
                 _copy(conn, db, "SELECT subject_id, attribute, as_of, source, value FROM facts",
                       "facts(subject_id, attribute, as_of, source, value)")
                 _copy(conn, db, "SELECT code, aggregate FROM attributes", "attributes(code, aggregate)")
-        for table in CHAINS:
+        if any(f"{table}.sqlite" in names for table in CHAINS):  # this is a restore: anchors go back too
+            conn.execute(f'ALTER TABLE "{schema.ANCHORS}" DISABLE TRIGGER USER')
+        for table, prunable in CHAINS.items():
             if f"{table}.sqlite" not in names:
                 continue
             conn.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER USER')  # the guards: this is a restore
@@ -279,8 +281,8 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
             if anchor is not None:
                 conn.execute(f"INSERT INTO {schema.ANCHORS}(chain, idx, prev_hash) VALUES (%s, %s, %s)",
                              (table, anchor[0], anchor[1]))
-            for guard in schema.GUARDS:  # back to ALWAYS (ENABLE TRIGGER USER would leave them origin-only)
-                conn.execute(schema.ENABLE_ALWAYS.format(t=table, name=f"{table}_{guard}"))
+            for guard in schema.guards(table, prunable):  # back to ALWAYS (ENABLE TRIGGER USER leaves them origin-only)
+                conn.execute(schema.ENABLE_ALWAYS.format(t=schema.guard_table(guard, table), name=guard))
         if CHECKPOINT_FILE in names:
             conn.execute(f"ALTER TABLE {CHECKPOINTS} DISABLE TRIGGER USER")
             conn.execute(f"DELETE FROM {CHECKPOINTS}")

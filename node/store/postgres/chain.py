@@ -183,21 +183,22 @@ class PgChain:
     # -- schema ------------------------------------------------------------------------------
 
     def _ensure_schema(self) -> None:
-        """Create table, index, functions and guards; re-install (and report) guards someone dropped."""
+        """Create table, index, functions and guards; re-install (and report) guards or functions someone changed."""
         with self._conn("creating") as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
             exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self._table}"',)).fetchone()[0]
             if exists:
                 self._check_schema(conn)
-            conn.execute(schema.FUNCTIONS)
-            conn.execute(schema.TABLE.format(t=self._table))
-            conn.execute(schema.APPEND_FUNCTION.format(t=self._table))
             missing = self._missing(conn) if exists else ()
+            for name, body in schema.bodies(self._table).items():
+                conn.execute(schema.create_function(name, body))
+            conn.execute(schema.ANCHORS_TABLE)
+            conn.execute(schema.TABLE.format(t=self._table))
+            guards = schema.guards(self._table, self._prunable)
             for name in self._missing(conn):
-                conn.execute(f'DROP TRIGGER IF EXISTS "{self._table}_{name}" ON "{self._table}"')
-                conn.execute(schema.GUARDS[name].format(t=self._table))
-                conn.execute(schema.ENABLE_ALWAYS.format(t=self._table, name=f"{self._table}_{name}"))
-        self._restored = tuple(f"{self._table}_{g}" for g in missing)
+                if name in guards:
+                    conn.execute(schema.create_guard(name, schema.guard_table(name, self._table), *guards[name]))
+        self._restored = missing
 
     def _check_schema(self, conn: psycopg.Connection) -> None:
         """StoreCorrupt unless the table exists with exactly the chain's columns."""
@@ -210,13 +211,19 @@ class PgChain:
             raise StoreCorrupt(f"{self._location}: table {self._table!r} is not a hash chain")
 
     def _missing(self, conn: psycopg.Connection) -> tuple[str, ...]:
-        present = {r[0] for r in conn.execute(schema.TRIGGERS_SQL, (f'"{self._table}"',))}
-        return tuple(g for g in schema.GUARDS if f"{self._table}_{g}" not in present)
+        """Guard functions whose source differs ("name()") and guard triggers absent, not always-enabled or altered."""
+        expected = schema.bodies(self._table)
+        found = dict(conn.execute(schema.FUNCTIONS_SQL, (list(expected),)).fetchall())
+        changed = [f"{name}()" for name, body in expected.items() if found.get(name) != body]
+        present = {(r[0], r[1], r[2]) for r in conn.execute(schema.TRIGGERS_SQL, (f'"{self._table}"', schema.ANCHORS))}
+        guards = schema.guards(self._table, self._prunable)
+        return (*changed, *(name for name, (tgtype, fn) in guards.items() if (name, tgtype, fn) not in present))
 
     def missing_guards(self) -> tuple[str, ...]:
-        """Names of the append-only triggers absent or not always-enabled (disabled, origin- or replica-only)."""
+        """Guard triggers absent, altered or not always-enabled (disabled, origin- or replica-only), and guard
+        functions whose source was changed ("name()")."""
         with self._conn("reading") as conn:
-            return tuple(f"{self._table}_{g}" for g in self._missing(conn))
+            return self._missing(conn)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -294,10 +301,11 @@ class PgChain:
                 new_anchor = view.anchor_for(keep)
                 entry = link(self._prefix, head, [encode_item(*marker)], at_ms)[0]
                 cur.execute(self._insert, self._columns([entry]))
+                # The setting first: the anchors' guard lets the anchor move only up to it, in this transaction.
+                cur.execute("SELECT set_config(%s, %s, true)", (schema.REMOVE_BELOW.format(t=self._table), str(keep)))
                 cur.execute(f"INSERT INTO {schema.ANCHORS}(chain, idx, prev_hash) VALUES (%s, %s, %s) "
                             "ON CONFLICT (chain) DO UPDATE SET idx = excluded.idx, prev_hash = excluded.prev_hash",
                             (self._table, new_anchor[0], new_anchor[1]))
-                cur.execute("SELECT set_config(%s, %s, true)", (schema.REMOVE_BELOW.format(t=self._table), str(keep)))
                 cur.execute(f'DELETE FROM "{self._table}" WHERE idx < %s', (keep,))
                 removed = cur.rowcount
             with contextlib.suppress(psycopg.Error):
