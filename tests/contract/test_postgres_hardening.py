@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
 import psycopg
 import pytest
+import tomli_w
 
 from node.store.errors import StoreError
+from node.store.postgres import pool as pools
 from node.store.postgres.chain import PgChain
+from node.testing.cluster import build_federation
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _dbname(url: str) -> str:
@@ -67,3 +77,27 @@ def test_anchor_rows_and_guard_functions_are_guarded(postgres_url: str) -> None:
         with psycopg.connect(postgres_url, autocommit=True) as sql, pytest.raises(psycopg.errors.RestrictViolation):
             sql.execute("UPDATE ledger SET at_ms = 0")
         assert audit.anchor()[0] == 3 and audit.count() == 4  # entries 3..5 and the marker
+
+
+@pytest.mark.parametrize("url", ["postgresql://hedui:s3cr3t@[::1/db", "postgresql://hedui:s3%zzcr3t@localhost/db"])
+def test_malformed_url_never_shows_its_password(tmp_path: Path, url: str) -> None:
+    """backup, restore and ledger new-epoch on a URL libpq cannot parse: exit 2, one line on stderr, no password."""
+    fed = build_federation(tmp_path, ["44"])
+    assert fed.coordinator_config is not None
+    for path in (fed.configs["44"], fed.coordinator_config):
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data["store"] = {"url": url}
+        path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    (tmp_path / "bk").mkdir()
+    for args in (("backup", "--config", fed.configs["44"], "--out", tmp_path / "out"),
+                 ("restore", "--config", fed.configs["44"], "--from", tmp_path / "bk", "--force"),
+                 ("ledger", "new-epoch", "--config", fed.coordinator_config)):
+        done = subprocess.run([sys.executable, "-m", "node.cli.main", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+        assert done.returncode == 2, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "s3" not in done.stderr + done.stdout, done.stderr
+        assert pools.BAD_URL in done.stderr
+    for call in (lambda: pools.acquire(url), lambda: PgChain(url, "audit")):
+        with pytest.raises(StoreError) as caught:
+            call()
+        assert "s3" not in str(caught.value)

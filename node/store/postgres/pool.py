@@ -46,8 +46,35 @@ def _configure(readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
     return configure
 
 
+#: The one message of a URL libpq cannot parse: libpq's own quotes the URI, password included.
+BAD_URL: Final[str] = "the PostgreSQL store url is not a valid libpq URL (such as postgresql://USER@HOST:PORT/DBNAME)"
+
+
+def check_url(url: str) -> str:
+    """`url` when libpq can parse it, else StoreError(BAD_URL): every entry point calls this before connecting."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except (psycopg.Error, TypeError, ValueError):
+        raise StoreError(BAD_URL) from None
+    return url
+
+
+def connect_failure(url: str, exc: psycopg.Error) -> str:
+    """Why connecting to `url` failed, for a message: libpq's first line for a connection error (it names host,
+    port and user, never the password, which is removed should it appear), else a fixed text; never str(exc) of
+    an error raised before any connection existed."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return f"cannot connect to PostgreSQL at {redact(url)}"
+    reason = next(iter(str(exc).strip().splitlines()), "")
+    password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    if password and str(password) in reason:
+        reason = ""
+    return f"cannot connect to PostgreSQL at {redact(url)}" + (f": {reason}" if reason else "")
+
+
 def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
     """The process's pool for `url` (opened on first use, waiting for its first connection); release() it after."""
+    check_url(url)
     key = (os.getpid(), url, readonly)
     with _lock:
         found = _pools.get(key)
@@ -58,8 +85,7 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
             with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True) as probe:
                 check_origin(probe)
         except psycopg.Error as exc:
-            reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
-            raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {reason}") from None
+            raise StoreError(connect_failure(url, exc)) from None
         pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=_TIMEOUT_S,
                               kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
                               check=ConnectionPool.check_connection, reconnect_timeout=_TIMEOUT_S,
@@ -99,11 +125,11 @@ def connection(pool: ConnectionPool, what: str) -> Iterator[psycopg.Connection]:
 
 
 def describe(exc: psycopg.Error) -> str:
-    """The error's class, SQLSTATE and primary message: never its DETAIL, which can quote row values."""
+    """The error's class, SQLSTATE and the server's primary message: never its DETAIL, which can quote row
+    values, nor str(exc) of a client-side error (a URL parse error quotes the URL, password included)."""
     primary = exc.diag.message_primary if exc.diag is not None else None
     state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
-    text = primary or next(iter(str(exc).splitlines()), "") or "no message"
-    return f"{type(exc).__name__}{state}: {text}"
+    return f"{type(exc).__name__}{state}: {primary or 'no server message'}"
 
 
 def redact(url: str) -> str:

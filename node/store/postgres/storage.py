@@ -8,8 +8,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import psycopg
-
 from node.store.errors import StoreError
 from node.store.postgres import pool as pools
 from node.store.postgres.chain import PgChain
@@ -132,7 +130,7 @@ def _identity_if_missing(chain: PgChain, heads: Any, head: tuple[int, bytes]) ->
 def open_url(url: str, data_dir: Path, *, readonly: bool) -> PgStorage:
     """The factory's opener for "postgresql://..." (and "postgres://..."): libpq URL syntax; data_dir is not used."""
     try:
-        psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        raise ValueError("a postgresql store url is a libpq URL such as postgresql://USER@HOST:PORT/DBNAME") from None
+        pools.check_url(url)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
     return PgStorage(url, readonly=readonly, data_dir=data_dir)
