@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -101,3 +102,52 @@ def test_malformed_url_never_shows_its_password(tmp_path: Path, url: str) -> Non
         with pytest.raises(StoreError) as caught:
             call()
         assert "s3" not in str(caught.value)
+
+
+def _opens(url: str) -> list[BaseException | None]:
+    """Open a writable fact store, audit chain, checkpoints and nonces in a thread; [error or None], or [] while it hangs."""
+    from node.store.postgres.checkpoints import PgCheckpoints
+    from node.store.postgres.facts import PgStore
+    from node.store.postgres.nonces import PgNonceStore
+
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            for opened in (PgStore(url), PgChain(url, "audit", prunable=True), PgCheckpoints(url),
+                           PgNonceStore(url, window_ms=1000)):
+                opened.close()
+            result.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            result.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)  # a hang detector, not a speed assertion: without the fix this waits for the writer for ever
+    return result
+
+
+def test_opening_during_an_open_ingest_transaction_does_not_wait_for_it(postgres_url: str) -> None:
+    """With an uncommitted facts write open elsewhere, opens run no DDL and return; a DDL they need fails on its lock timeout."""
+    from node.store.postgres.facts import PgStore
+
+    assert _opens(postgres_url) == [None]  # everything created
+    for needs_ddl in (False, True):
+        if needs_ddl:
+            with psycopg.connect(postgres_url, autocommit=True) as sql:
+                sql.execute("DROP TRIGGER facts_changed ON facts")
+        writer = psycopg.connect(postgres_url)
+        try:
+            writer.execute("INSERT INTO subjects(id, token) VALUES (1, %s)", (b"t" * 32,))
+            writer.execute("INSERT INTO facts(subject_id, attribute, as_of, source, value) "
+                           "VALUES (1, 'a', '2026-01-01', 's', 5)")
+            if not needs_ddl:
+                assert _opens(postgres_url) == [None]
+            else:
+                with pytest.raises(StoreError, match="lock timeout"):
+                    PgStore(postgres_url)
+        finally:
+            writer.rollback()
+            writer.close()
+    assert _opens(postgres_url) == [None]  # the trigger is back once the writer is gone
+

@@ -28,6 +28,7 @@ from node.store.chainformat import (
 )
 from node.store.errors import StoreCorrupt, StoreError
 from node.store.interfaces import Item, Link, PrefixRemoval, PrefixView
+from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 from node.store.postgres import schema
 
@@ -183,22 +184,35 @@ class PgChain:
     # -- schema ------------------------------------------------------------------------------
 
     def _ensure_schema(self) -> None:
-        """Create table, index, functions and guards; re-install (and report) guards or functions someone changed."""
-        with self._conn("creating") as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self._table}"',)).fetchone()[0]
-            if exists:
+        """Create what is missing and re-install (and report) guards or functions someone changed; an open that
+        finds the catalog as expected runs no DDL (DDL waits for table locks: behind an open write, it would stall)."""
+        with self._conn("creating") as conn:
+            if self._complete(conn):
+                return
+            with conn.transaction():
+                ddl.locked(conn)
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self._table}"',)).fetchone()[0]
+                problems = self._missing(conn)
+                for name, body in schema.bodies(self._table).items():
+                    if f"{name}()" in problems:
+                        conn.execute(schema.create_function(name, body))
+                if not ddl.present(conn, (schema.ANCHORS,)):
+                    conn.execute(schema.ANCHORS_TABLE)
+                if not ddl.present(conn, (f'"{self._table}"', f'"{self._table}_key"')):
+                    conn.execute(schema.TABLE.format(t=self._table))
                 self._check_schema(conn)
-            missing = self._missing(conn) if exists else ()
-            for name, body in schema.bodies(self._table).items():
-                conn.execute(schema.create_function(name, body))
-            conn.execute(schema.ANCHORS_TABLE)
-            conn.execute(schema.TABLE.format(t=self._table))
-            guards = schema.guards(self._table, self._prunable)
-            for name in self._missing(conn):
-                if name in guards:
-                    conn.execute(schema.create_guard(name, schema.guard_table(name, self._table), *guards[name]))
-        self._restored = missing
+                guards = schema.guards(self._table, self._prunable)
+                for name in problems:
+                    if name in guards:
+                        conn.execute(schema.create_guard(name, schema.guard_table(name, self._table), *guards[name]))
+        self._restored = problems if exists else ()
+
+    def _complete(self, conn: psycopg.Connection) -> bool:
+        """Table, index and anchors table present (the table a chain's), every guard and guard function as expected."""
+        if not ddl.present(conn, (f'"{self._table}"', f'"{self._table}_key"', schema.ANCHORS)):
+            return False
+        self._check_schema(conn)
+        return not self._missing(conn)
 
     def _check_schema(self, conn: psycopg.Connection) -> None:
         """StoreCorrupt unless the table exists with exactly the chain's columns."""

@@ -13,6 +13,7 @@ from typing import Final, Self
 import psycopg
 
 from node.store.errors import StoreError
+from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 
 _PURGE_EVERY: Final[int] = 1000
@@ -48,9 +49,8 @@ class PgNonceStore:
         self._pool = pools.acquire(url)
         self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
-            with self._conn() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
-                conn.execute(_SCHEMA)
+            with self._conn() as conn:
+                ddl.ensure(conn, lambda c: ddl.present(c, ("hedui_nonces", "hedui_nonces_by_time")), _SCHEMA)
         except BaseException:
             self.close()
             raise

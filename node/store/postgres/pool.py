@@ -18,6 +18,11 @@ from node.store.errors import StoreError
 MAX_CONNECTIONS: Final[int] = 16  # per URL and process: a server's threads plus a few streams
 _TIMEOUT_S: Final[float] = 10.0
 _CONNECT_TIMEOUT_S: Final[int] = 10
+#: Every pooled session's statement_timeout: a statement stuck behind a lock (or a runaway one) fails as a
+#: StoreError and gives its connection back instead of holding it for ever. Far above any statement Hedui
+#: issues (ingest and chain batches are bounded: 5,000 rows per statement); backup/restore use their own
+#: connections without it.
+STATEMENT_TIMEOUT_MS: Final[int] = 60_000
 _lock = threading.Lock()
 # The pool's own warnings (each failed reconnection) go where the application's logging sends them, never
 # to stderr through logging's last-resort handler (a CLI error is one line).
@@ -40,6 +45,7 @@ def _configure(readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
         conn.autocommit = True
         check_origin(conn)
         conn.execute("SET synchronous_commit = on")
+        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         conn.execute("SET application_name = 'hedui'")
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
