@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -151,3 +152,36 @@ def test_opening_during_an_open_ingest_transaction_does_not_wait_for_it(postgres
             writer.close()
     assert _opens(postgres_url) == [None]  # the trigger is back once the writer is gone
 
+
+def test_overlapping_nonce_batches_in_opposite_orders_do_not_deadlock(postgres_url: str) -> None:
+    """Two replicas' remember_many over the same 900 keys, forward and reversed, never deadlock; each key is fresh once."""
+    from node.store.postgres.nonces import PgNonceStore
+
+    stores = [PgNonceStore(postgres_url, window_ms=300_000) for _ in range(2)]
+    try:
+        at = time.time_ns() // 1_000_000
+        for trial in range(5):
+            batch = [("44", f"{trial}-{i:04d}".encode(), at) for i in range(900)]
+            batches = [batch, batch[::-1]]
+            answers: list[list[bool] | BaseException] = [[], []]
+            gate = threading.Barrier(2)
+
+            def run(n: int, batches: list = batches, answers: list = answers, gate: threading.Barrier = gate) -> None:
+                gate.wait()
+                try:
+                    answers[n] = stores[n].remember_many(batches[n])
+                except BaseException as exc:  # noqa: BLE001 - handed to the test
+                    answers[n] = exc
+
+            workers = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            assert not any(isinstance(a, BaseException) for a in answers), answers
+            forward, backward = answers
+            assert isinstance(forward, list) and isinstance(backward, list)
+            assert all(a != b for a, b in zip(forward, backward[::-1], strict=True))  # exactly one of the two
+    finally:
+        for store in stores:
+            store.close()

@@ -24,8 +24,8 @@ CREATE INDEX IF NOT EXISTS hedui_nonces_by_time ON hedui_nonces(issued_at_ms);
 _INSERT_ONE: Final[str] = "INSERT INTO hedui_nonces(key, issued_at_ms) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 # Duplicates inside one statement are skipped by ON CONFLICT DO NOTHING; RETURNING names the rows inserted.
 _INSERT_MANY: Final[str] = (
-    "INSERT INTO hedui_nonces(key, issued_at_ms) SELECT * FROM unnest(%s::bytea[], %s::bigint[]) "
-    "ON CONFLICT DO NOTHING RETURNING key"
+    "INSERT INTO hedui_nonces(key, issued_at_ms) SELECT k, t FROM unnest(%s::bytea[], %s::bigint[]) "
+    "WITH ORDINALITY AS u(k, t, n) ORDER BY n ON CONFLICT DO NOTHING RETURNING key"
 )
 
 
@@ -89,8 +89,11 @@ class PgNonceStore:
         keys = [_key(requester, nonce) for requester, nonce, _ in nonces]
         if not keys:
             return []
+        # In key order: two replicas inserting overlapping batches take the row locks in one order (no deadlock).
+        ordered = sorted(range(len(keys)), key=keys.__getitem__)  # stable: a repeat stays after its first
         with self._writing() as conn:
-            inserted = {bytes(r[0]) for r in conn.execute(_INSERT_MANY, (keys, [n[2] for n in nonces])).fetchall()}
+            inserted = {bytes(r[0]) for r in conn.execute(_INSERT_MANY, ([keys[i] for i in ordered],
+                                                                         [nonces[i][2] for i in ordered])).fetchall()}
         fresh: list[bool] = []
         for key in keys:
             fresh.append(key in inserted)
