@@ -185,3 +185,38 @@ def test_overlapping_nonce_batches_in_opposite_orders_do_not_deadlock(postgres_u
     finally:
         for store in stores:
             store.close()
+
+
+class _FastClock:
+    """A replica's clock an hour ahead (the real clock, shifted)."""
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 3600
+
+    @staticmethod
+    def time_ns() -> int:
+        return time.time_ns() + 3600 * 10**9
+
+
+def test_nonces_are_purged_and_judged_by_the_database_clock(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica with a fast clock purges nothing another replica still accepts; a nonce older than the horizon is never fresh."""
+    from node.store.postgres import nonces as nonces_mod
+
+    window = 60_000
+    honest = nonces_mod.PgNonceStore(postgres_url, window_ms=window)
+    fast = nonces_mod.PgNonceStore(postgres_url, window_ms=window)
+    try:
+        now = time.time_ns() // 1_000_000
+        assert honest.remember("44", b"n" * 16, now - window // 2) is True  # inside the honest replica's window
+        monkeypatch.setattr(nonces_mod, "time", _FastClock, raising=False)
+        ahead = now + 3_600_000
+        assert all(fast.remember_many([("51", f"f{i:04d}".encode(), ahead) for i in range(1000)]))  # its purge runs
+        monkeypatch.undo()
+        assert honest.remember("44", b"n" * 16, now - window // 2) is False  # still remembered: still a replay
+        stale = now - 3 * window  # beyond twice the window by the database clock: maybe seen and purged
+        assert honest.remember("44", b"s" * 16, stale) is False
+        assert honest.remember_many([("44", b"t" * 16, stale), ("44", b"u" * 16, now)]) == [False, True]
+    finally:
+        honest.close()
+        fast.close()
