@@ -220,3 +220,27 @@ def test_nonces_are_purged_and_judged_by_the_database_clock(postgres_url: str, m
     finally:
         honest.close()
         fast.close()
+
+
+def test_reads_inside_append_next_use_the_locked_connection(postgres_url: str) -> None:
+    """With every other pooled connection taken, append_next's build still reads head, entry and latest (no second connection)."""
+    with PgChain(postgres_url, "ledger") as chain:
+        chain.append("grant", "c-1", b"g")
+        pool = pools.acquire(postgres_url)
+        taken = [pool.getconn() for _ in range(pools.MAX_CONNECTIONS - 1)]  # one left: the append's
+        try:
+            seen: list[object] = []
+
+            def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+                latest = chain.latest("c-1")
+                seen.extend([chain.head() == head, chain.entry(1) == latest, latest is not None and latest.kind])
+                return [("revoke", "c-1", b"r")]
+
+            written = chain.append_next(build)
+        finally:
+            for conn in taken:
+                pool.putconn(conn)
+            pools.release(pool)
+        assert seen == [True, True, "grant"] and [e.kind for e in written] == ["revoke"]
+        assert chain.latest("c-1") == written[0]
+    assert pools.POOL_WAIT_S <= 2

@@ -129,6 +129,7 @@ class PgChain:
         self._closed = False
         self._close_lock = threading.Lock()
         self._restored: tuple[str, ...] = ()
+        self._local = threading.local()  # .conn: this thread's locked append transaction (reads inside build use it)
         # One statement per batch, rows in order (the append guard checks each against the one before).
         self._insert = (f'INSERT INTO "{table}"(idx, at_ms, kind, key, payload, prev_hash, hash) '
                         "SELECT i, a, k, y, p, ph, h FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[], %s::bytea[], "
@@ -177,9 +178,22 @@ class PgChain:
         self.close()
 
     def _conn(self, what: str) -> contextlib.AbstractContextManager[psycopg.Connection]:
+        """This thread's locked append connection while append_next's build runs, else a pooled one."""
         if self._closed:
             raise StoreError("chain is closed")
+        held: psycopg.Connection | None = getattr(self._local, "conn", None)
+        if held is not None:
+            return self._held(held, f"{what} chain {self._table}")
         return pools.connection(self._pool, f"{what} chain {self._table}")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _held(conn: psycopg.Connection, what: str) -> Iterator[psycopg.Connection]:
+        """The held connection, its errors as StoreError (as pools.connection words them)."""
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise StoreError(f"{what} failed: {pools.describe(exc)}") from None
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -277,7 +291,14 @@ class PgChain:
         with self._conn("append to") as conn:
             with conn.transaction():
                 head = self._locked(conn)
-                batch = items(head) if callable(items) else items
+                if callable(items):  # build's own reads (head, entry, latest) run here: the locked view, no 2nd connection
+                    self._local.conn = conn
+                    try:
+                        batch = items(head)
+                    finally:
+                        self._local.conn = None
+                else:
+                    batch = items
                 entries = link(self._prefix, head, batch, at_ms)
                 if entries:
                     conn.execute(self._insert, self._columns(entries))

@@ -16,6 +16,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from node.store.errors import StoreError
 
 MAX_CONNECTIONS: Final[int] = 16  # per URL and process: a server's threads plus a few streams
+#: How long a call waits for a free pooled connection (or for the server to come back) before StoreError: below
+#: every call deadline (the shortest RPC deadlines are a few seconds), so a node answers UNAVAILABLE in time
+#: rather than after its caller gave up. Reconnecting and the first open keep _TIMEOUT_S.
+POOL_WAIT_S: Final[float] = 2.0
 _TIMEOUT_S: Final[float] = 10.0
 _CONNECT_TIMEOUT_S: Final[int] = 10
 #: Every pooled session's statement_timeout: a statement stuck behind a lock (or a runaway one) fails as a
@@ -92,7 +96,7 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
                 check_origin(probe)
         except psycopg.Error as exc:
             raise StoreError(connect_failure(url, exc)) from None
-        pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=_TIMEOUT_S,
+        pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=POOL_WAIT_S,
                               kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
                               check=ConnectionPool.check_connection, reconnect_timeout=_TIMEOUT_S,
                               name=f"hedui-{'ro' if readonly else 'rw'}", num_workers=1)
@@ -125,7 +129,7 @@ def connection(pool: ConnectionPool, what: str) -> Iterator[psycopg.Connection]:
         with pool.connection() as conn:
             yield conn
     except PoolTimeout:
-        raise StoreError(f"{what} failed: no PostgreSQL connection within {_TIMEOUT_S:.0f} s") from None
+        raise StoreError(f"{what} failed: no PostgreSQL connection within {POOL_WAIT_S:.0f} s") from None
     except psycopg.Error as exc:
         raise StoreError(f"{what} failed: {describe(exc)}") from None
 
