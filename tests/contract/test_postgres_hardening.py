@@ -244,3 +244,20 @@ def test_reads_inside_append_next_use_the_locked_connection(postgres_url: str) -
         assert seen == [True, True, "grant"] and [e.kind for e in written] == ["revoke"]
         assert chain.latest("c-1") == written[0]
     assert pools.POOL_WAIT_S <= 2
+
+
+def test_a_tail_one_host_read_is_missed_by_that_host(postgres_url: str, tmp_path: Path) -> None:
+    """Host B reads the head host A committed; when the database loses that tail, B refuses the ledger too."""
+    from node.store import ledger
+    from node.store.postgres import PgStorage
+
+    with PgStorage(postgres_url, data_dir=tmp_path / "b") as host_b:
+        reader = host_b.ledger()  # B's ledger.head: the identity entry only
+        with PgStorage(postgres_url, data_dir=tmp_path / "a") as host_a:
+            host_a.ledger().append_many([(ledger.GRANT, f"c-{i}", b"{}") for i in range(5)])
+        assert reader.head()[0] == 6  # B serves the feed and sees A's commits
+    with psycopg.connect(postgres_url, autocommit=True) as sql:  # the database loses the tail (an older copy put back)
+        sql.execute("ALTER TABLE ledger DISABLE TRIGGER USER")
+        sql.execute("DELETE FROM ledger WHERE idx > 3")
+    with PgStorage(postgres_url, data_dir=tmp_path / "b") as host_b, pytest.raises(ledger.LedgerTruncated):
+        host_b.ledger()

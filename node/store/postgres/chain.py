@@ -130,6 +130,8 @@ class PgChain:
         self._close_lock = threading.Lock()
         self._restored: tuple[str, ...] = ()
         self._local = threading.local()  # .conn: this thread's locked append transaction (reads inside build use it)
+        self._on_read: Callable[[Link], None] | None = None
+        self._read_seen = 0
         # One statement per batch, rows in order (the append guard checks each against the one before).
         self._insert = (f'INSERT INTO "{table}"(idx, at_ms, kind, key, payload, prev_hash, hash) '
                         "SELECT i, a, k, y, p, ph, h FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[], %s::bytea[], "
@@ -356,7 +358,15 @@ class PgChain:
     def head(self) -> Link:
         """(index, hash) of the last entry; (0, GENESIS) when the chain is empty."""
         with self._conn("reading") as conn:
-            return self._head(conn)
+            found = self._head(conn)
+        if self._on_read is not None and found[0] > self._read_seen:  # cheap: only a higher head is passed on
+            self._read_seen = found[0]
+            self._on_read(found)
+        return found
+
+    def follow_reads(self, on_read: Callable[[Link], None]) -> None:
+        """Call `on_read(head)` whenever head() reads a head higher than any before (a read head was committed)."""
+        self._on_read = on_read
 
     def _anchor(self, conn: psycopg.Connection) -> Link | None:
         """The recorded anchor ((1, GENESIS) when none); None when malformed."""

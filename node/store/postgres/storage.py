@@ -65,12 +65,14 @@ class PgStorage:
         """The consent ledger. Writable: as node.store.sqlite.ledger.open_ledger does - refuse one that lost
         committed entries, give a new one its identity - with `ledger.head` in this host's data_dir.
 
-        Every replica host keeps its own head file, advanced by its own commits (each recorded head
-        was committed, so each host's check is sound); a host that has none yet takes the current
-        head on first open (trust on first use), since another replica's commits are not its to vouch for.
+        Every replica host keeps its own head file, advanced by its own commits and by the higher heads it
+        reads (each recorded head was committed, so each host's check is sound, and a tail any host saw is
+        missed by it); a host that has none yet takes the current head on first open (trust on first use).
         """
         if self._readonly:
             return self.chain(LEDGER_TABLE)
+        from types import SimpleNamespace
+
         from node.store import ledger
         from node.store.sqlite import ledger as heads_file
 
@@ -86,6 +88,8 @@ class PgStorage:
                 raise ledger.LedgerTruncated(f"{problem}; restore a backup (`hedui restore`) or accept the loss "
                                              "(`hedui ledger new-epoch`)")
             chain.append_next(lambda head: _identity_if_missing(chain, heads, head))
+            # After the checks: a head this host reads (another replica's commit) is vouched for too.
+            chain.follow_reads(lambda head: heads.advance(SimpleNamespace(idx=head[0], hash=head[1])))  # type: ignore[arg-type]
         except BaseException:
             chain.close()
             raise
