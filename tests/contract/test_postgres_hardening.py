@@ -261,3 +261,21 @@ def test_a_tail_one_host_read_is_missed_by_that_host(postgres_url: str, tmp_path
         sql.execute("DELETE FROM ledger WHERE idx > 3")
     with PgStorage(postgres_url, data_dir=tmp_path / "b") as host_b, pytest.raises(ledger.LedgerTruncated):
         host_b.ledger()
+
+
+def test_a_session_cannot_shadow_the_anchors_with_its_own_table(postgres_url: str) -> None:
+    """A temporary hedui_chain_anchors earlier on a session's search_path does not open the audit chain's delete guard."""
+    with PgChain(postgres_url, "audit", prunable=True) as audit:
+        audit.append_many([("k", f"{i}", b"x") for i in range(5)])
+        with psycopg.connect(postgres_url) as sql:
+            sql.execute("CREATE TEMP TABLE hedui_chain_anchors(chain TEXT, idx BIGINT, prev_hash BYTEA)")
+            sql.execute("INSERT INTO pg_temp.hedui_chain_anchors VALUES ('audit', 4, %s)", (b"\0" * 32,))
+            sql.execute("SELECT set_config('hedui.remove_below_audit', '4', true)")
+            with pytest.raises(psycopg.errors.RestrictViolation):
+                sql.execute("DELETE FROM audit WHERE idx < 4")
+        assert audit.count() == 5 and audit.missing_guards() == ()
+        with psycopg.connect(postgres_url, autocommit=True) as sql:  # the same body without the pinned search_path
+            body = sql.execute("SELECT prosrc FROM pg_proc WHERE proname = 'hedui_chain_delete'").fetchone()[0]
+            sql.execute("CREATE OR REPLACE FUNCTION hedui_chain_delete() RETURNS trigger LANGUAGE plpgsql AS $$"
+                        + body + "$$")
+        assert audit.missing_guards() == ("hedui_chain_delete()",)

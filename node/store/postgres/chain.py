@@ -212,6 +212,7 @@ class PgChain:
                 for name, body in schema.bodies(self._table).items():
                     if f"{name}()" in problems:
                         conn.execute(schema.create_function(name, body))
+                        conn.execute(schema.PIN_SEARCH_PATH.format(name=name))
                 if not ddl.present(conn, (schema.ANCHORS,)):
                     conn.execute(schema.ANCHORS_TABLE)
                 if not ddl.present(conn, (f'"{self._table}"', f'"{self._table}_key"')):

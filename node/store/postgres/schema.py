@@ -72,8 +72,18 @@ def bodies(t: str) -> dict[str, str]:
 
 
 def create_function(name: str, body: str) -> str:
-    """CREATE OR REPLACE FUNCTION of a trigger function with this body (dollar-quoted verbatim)."""
+    """CREATE OR REPLACE FUNCTION of a trigger function with this body (dollar-quoted verbatim), its search_path
+    pinned to the schema it is created in with pg_temp last: a session cannot put its own (temporary) anchors
+    or chain table in front of the real ones. Run it, then PIN_SEARCH_PATH with the same name."""
     return f'CREATE OR REPLACE FUNCTION "{name}"() RETURNS trigger LANGUAGE plpgsql AS $$' + body + "$$"
+
+
+# The schema a function was just created in is only known to the server: pin its search_path there (psycopg
+# cannot bind parameters into DDL, so one DO block builds the ALTER with format(%I)).
+PIN_SEARCH_PATH: Final[str] = (
+    "DO $pin$ BEGIN EXECUTE format('ALTER FUNCTION %I() SET search_path = %I, pg_temp', {name!r}, current_schema()); "
+    "END $pin$"
+)
 
 
 ANCHORS_TABLE: Final[str] = f"""
@@ -144,4 +154,8 @@ TRIGGERS_SQL: Final[str] = (
     "WHERE lanname = 'plpgsql')"
 )
 # The source of guard functions (by name, resolved on the search path as the triggers resolved them).
-FUNCTIONS_SQL: Final[str] = "SELECT proname, prosrc FROM pg_proc WHERE oid = ANY(ARRAY(SELECT to_regproc(n) FROM unnest(%s::text[]) n))"
+# A function counts as intact only with the expected body and its search_path pinned to the current schema.
+FUNCTIONS_SQL: Final[str] = (
+    "SELECT proname, CASE WHEN proconfig = ARRAY['search_path=' || quote_ident(current_schema()) || ', pg_temp'] "
+    "THEN prosrc END FROM pg_proc WHERE oid = ANY(ARRAY(SELECT to_regproc(n) FROM unnest(%s::text[]) n))"
+)
