@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -30,6 +32,17 @@ REVOKE: Final[str] = ledger.REVOKE
 CONSENT_REQUEST_DOMAIN: Final[str] = signing.CONSENT_REQUEST
 MAX_VALIDITY_MS: Final[int] = 366 * 24 * 3600 * 1000
 REVOKE_REASONS: Final[frozenset[str]] = frozenset({"applicant_withdrew", "case_closed", "registered_in_error", "other"})
+
+
+# Registrations run on these few threads, not asyncio's default executor (up to 32): each holds one store
+# connection while it appends, so they stay well below a PostgreSQL pool's size (node.store.postgres.pool).
+_WORKERS: Final[ThreadPoolExecutor] = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hedui-consents")
+_T = TypeVar("_T")
+
+
+async def _in_worker(func: Callable[..., _T], *args: object) -> _T:
+    """`func(*args)` on one of _WORKERS, in the caller's context (as asyncio.to_thread)."""
+    return await asyncio.get_running_loop().run_in_executor(_WORKERS, contextvars.copy_context().run, func, *args)
 
 
 @dataclass
@@ -133,12 +146,12 @@ class ConsentRegistry:
     async def register_many_async(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
                                   ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
         """`register_many` in a worker thread: the event loop keeps answering other calls meanwhile."""
-        return await asyncio.to_thread(self.register_many, peer_province, requests)
+        return await _in_worker(self.register_many, peer_province, requests)
 
     async def register_async(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest
                              ) -> coordinator_pb2.ConsentStatus:
         """`register` in a worker thread."""
-        return await asyncio.to_thread(self.register, peer_province, request)
+        return await _in_worker(self.register, peer_province, request)
 
     def _accept(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentRequestBody:
         try:

@@ -296,7 +296,7 @@ def postgres_backend(tmp: Path) -> Any:
     """node.testing.backends' "postgresql" entry: a fresh database on the shared server, raw SQL through psycopg."""
     import psycopg
 
-    from node.store.postgres.schema import GUARDS
+    from node.store.postgres.schema import guard_table, guards
     from node.testing.backends import Backend
 
     server = shared_server()
@@ -306,8 +306,8 @@ def postgres_backend(tmp: Path) -> Any:
     def run(table: str, statements: Sequence[str], *, unguarded: bool) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             if unguarded:
-                for guard in GUARDS:
-                    conn.execute(f'DROP TRIGGER IF EXISTS "{table}_{guard}" ON "{table}"')
+                for guard in guards(table, True):
+                    conn.execute(f'DROP TRIGGER IF EXISTS "{guard}" ON "{guard_table(guard, table)}"')
             for statement in statements:
                 conn.execute(_dialect(statement))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import psycopg
 import pytest
@@ -150,14 +151,15 @@ def test_server_restart_loses_nothing_committed_and_pools_reconnect() -> None:
         try:
             chain, nonces, facts = storage.audit(), storage.nonces(window_ms=60_000), storage.facts()
             written = chain.append_many([("k", str(i), b"v") for i in range(50)])
-            assert nonces.remember("req", b"once", 1)
+            issued = time.time_ns() // 1_000_000  # inside the window (an older nonce is never fresh)
+            assert nonces.remember("req", b"once", issued)
             with facts.writer() as w:
                 sid = w.subject_id(b"t" * 32, b"p" * 32)
                 assert w.upsert_facts([(sid, "income.wage_monthly", "2026-10-31", "hrss", 567800)]) == 1
             server.restart("immediate")
             assert chain.head() == (50, written[-1].hash)
             assert chain.verify().count == 50
-            assert not nonces.remember("req", b"once", 1)
+            assert not nonces.remember("req", b"once", issued)
             assert facts.lookup([b"t" * 32], ["income.wage_monthly"])[(0, "income.wage_monthly")].value == 567800
             assert chain.append("k", "after", b"").idx == 51
         finally:

@@ -57,8 +57,13 @@ _APP: Final[str] = "hedui-backup"
 @contextlib.contextmanager
 def _connect(url: str) -> Iterator[psycopg.Connection]:
     """A connection of its own (not a pool's), as application hedui-backup; psycopg errors as BackupError."""
+    pools.check_url(url)
     try:
-        with psycopg.connect(url, autocommit=True, application_name=_APP, connect_timeout=10) as conn:
+        conn = psycopg.connect(url, autocommit=True, application_name=_APP, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise sqlite_backup.BackupError(pools.connect_failure(url, exc)) from None
+    try:
+        with conn:
             conn.execute("SET synchronous_commit = on")
             yield conn
     except psycopg.Error as exc:
@@ -90,6 +95,7 @@ def ensure_idle(url: str, doing: str) -> None:
 def new_epoch(url: str, data_dir: Path, reason: str = "new-epoch") -> tuple[Any, int]:
     """`hedui ledger new-epoch` on PostgreSQL: a new epoch at the ledger's head, this host's ledger.head reset to it;
     (identity, last old entry). The coordinator must be stopped (every replica)."""
+    pools.check_url(url)  # first: libpq's own parse errors quote the URL, password included
     from node.store import ledger
     from node.store.sqlite.ledger import Head, HeadFile
 
@@ -175,6 +181,7 @@ def _export_chain(conn: psycopg.Connection, table: str, prunable: bool, path: Pa
 
 def backup(url: str, data_dir: Path, out: Path, *, identity: str | None = None) -> sqlite_backup.BackupReport:
     """Back up the member whose store is at `url` (and whose data_dir holds its other files) into `out`."""
+    pools.check_url(url)  # first: libpq's own parse errors quote the URL, password included
     data_dir, out = Path(data_dir), Path(out)
     sqlite_backup._check_destination(out)
     try:
@@ -202,6 +209,7 @@ def backup(url: str, data_dir: Path, out: Path, *, identity: str | None = None) 
 def restore(backup_dir: Path, data_dir: Path, url: str, *, force: bool = False,
             expect_identity: str | None = None) -> sqlite_backup.RestoreReport:
     """Install a backup into the PostgreSQL store at `url` (and data_dir's local files); the member must be stopped."""
+    pools.check_url(url)  # first: libpq's own parse errors quote the URL, password included
     backup_dir, data_dir = Path(backup_dir), Path(data_dir)
     _, files = sqlite_backup._read_manifest(backup_dir)
     names = tuple(f.name for f in files)
@@ -265,7 +273,9 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
                 _copy(conn, db, "SELECT subject_id, attribute, as_of, source, value FROM facts",
                       "facts(subject_id, attribute, as_of, source, value)")
                 _copy(conn, db, "SELECT code, aggregate FROM attributes", "attributes(code, aggregate)")
-        for table in CHAINS:
+        if any(f"{table}.sqlite" in names for table in CHAINS):  # this is a restore: anchors go back too
+            conn.execute(f'ALTER TABLE "{schema.ANCHORS}" DISABLE TRIGGER USER')
+        for table, prunable in CHAINS.items():
             if f"{table}.sqlite" not in names:
                 continue
             conn.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER USER')  # the guards: this is a restore
@@ -279,7 +289,8 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
             if anchor is not None:
                 conn.execute(f"INSERT INTO {schema.ANCHORS}(chain, idx, prev_hash) VALUES (%s, %s, %s)",
                              (table, anchor[0], anchor[1]))
-            conn.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER USER')
+            for guard in schema.guards(table, prunable):  # back to ALWAYS (ENABLE TRIGGER USER leaves them origin-only)
+                conn.execute(schema.ENABLE_ALWAYS.format(t=schema.guard_table(guard, table), name=guard))
         if CHECKPOINT_FILE in names:
             conn.execute(f"ALTER TABLE {CHECKPOINTS} DISABLE TRIGGER USER")
             conn.execute(f"DELETE FROM {CHECKPOINTS}")

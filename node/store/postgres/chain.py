@@ -28,6 +28,7 @@ from node.store.chainformat import (
 )
 from node.store.errors import StoreCorrupt, StoreError
 from node.store.interfaces import Item, Link, PrefixRemoval, PrefixView
+from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 from node.store.postgres import schema
 
@@ -128,6 +129,9 @@ class PgChain:
         self._closed = False
         self._close_lock = threading.Lock()
         self._restored: tuple[str, ...] = ()
+        self._local = threading.local()  # .conn: this thread's locked append transaction (reads inside build use it)
+        self._on_read: Callable[[Link], None] | None = None
+        self._read_seen = 0
         # One statement per batch, rows in order (the append guard checks each against the one before).
         self._insert = (f'INSERT INTO "{table}"(idx, at_ms, kind, key, payload, prev_hash, hash) '
                         "SELECT i, a, k, y, p, ph, h FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[], %s::bytea[], "
@@ -176,27 +180,56 @@ class PgChain:
         self.close()
 
     def _conn(self, what: str) -> contextlib.AbstractContextManager[psycopg.Connection]:
+        """This thread's locked append connection while append_next's build runs, else a pooled one."""
         if self._closed:
             raise StoreError("chain is closed")
+        held: psycopg.Connection | None = getattr(self._local, "conn", None)
+        if held is not None:
+            return self._held(held, f"{what} chain {self._table}")
         return pools.connection(self._pool, f"{what} chain {self._table}")
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _held(conn: psycopg.Connection, what: str) -> Iterator[psycopg.Connection]:
+        """The held connection, its errors as StoreError (as pools.connection words them)."""
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise StoreError(f"{what} failed: {pools.describe(exc)}") from None
 
     # -- schema ------------------------------------------------------------------------------
 
     def _ensure_schema(self) -> None:
-        """Create table, index, functions and guards; re-install (and report) guards someone dropped."""
-        with self._conn("creating") as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self._table}"',)).fetchone()[0]
-            if exists:
+        """Create what is missing and re-install (and report) guards or functions someone changed; an open that
+        finds the catalog as expected runs no DDL (DDL waits for table locks: behind an open write, it would stall)."""
+        with self._conn("creating") as conn:
+            if self._complete(conn):
+                return
+            with conn.transaction():
+                ddl.locked(conn)
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self._table}"',)).fetchone()[0]
+                problems = self._missing(conn)
+                for name, body in schema.bodies(self._table).items():
+                    if f"{name}()" in problems:
+                        conn.execute(schema.create_function(name, body))
+                        conn.execute(schema.PIN_SEARCH_PATH.format(name=name))
+                if not ddl.present(conn, (schema.ANCHORS,)):
+                    conn.execute(schema.ANCHORS_TABLE)
+                if not ddl.present(conn, (f'"{self._table}"', f'"{self._table}_key"')):
+                    conn.execute(schema.TABLE.format(t=self._table))
                 self._check_schema(conn)
-            conn.execute(schema.FUNCTIONS)
-            conn.execute(schema.TABLE.format(t=self._table))
-            conn.execute(schema.APPEND_FUNCTION.format(t=self._table))
-            missing = self._missing(conn) if exists else ()
-            for name in self._missing(conn):
-                conn.execute(f'DROP TRIGGER IF EXISTS "{self._table}_{name}" ON "{self._table}"')
-                conn.execute(schema.GUARDS[name].format(t=self._table))
-        self._restored = tuple(f"{self._table}_{g}" for g in missing)
+                guards = schema.guards(self._table, self._prunable)
+                for name in problems:
+                    if name in guards:
+                        conn.execute(schema.create_guard(name, schema.guard_table(name, self._table), *guards[name]))
+        self._restored = problems if exists else ()
+
+    def _complete(self, conn: psycopg.Connection) -> bool:
+        """Table, index and anchors table present (the table a chain's), every guard and guard function as expected."""
+        if not ddl.present(conn, (f'"{self._table}"', f'"{self._table}_key"', schema.ANCHORS)):
+            return False
+        self._check_schema(conn)
+        return not self._missing(conn)
 
     def _check_schema(self, conn: psycopg.Connection) -> None:
         """StoreCorrupt unless the table exists with exactly the chain's columns."""
@@ -209,13 +242,19 @@ class PgChain:
             raise StoreCorrupt(f"{self._location}: table {self._table!r} is not a hash chain")
 
     def _missing(self, conn: psycopg.Connection) -> tuple[str, ...]:
-        present = {r[0] for r in conn.execute(schema.TRIGGERS_SQL, (f'"{self._table}"',))}
-        return tuple(g for g in schema.GUARDS if f"{self._table}_{g}" not in present)
+        """Guard functions whose source differs ("name()") and guard triggers absent, not always-enabled or altered."""
+        expected = schema.bodies(self._table)
+        found = dict(conn.execute(schema.FUNCTIONS_SQL, (list(expected),)).fetchall())
+        changed = [f"{name}()" for name, body in expected.items() if found.get(name) != body]
+        present = {(r[0], r[1], r[2]) for r in conn.execute(schema.TRIGGERS_SQL, (f'"{self._table}"', schema.ANCHORS))}
+        guards = schema.guards(self._table, self._prunable)
+        return (*changed, *(name for name, (tgtype, fn) in guards.items() if (name, tgtype, fn) not in present))
 
     def missing_guards(self) -> tuple[str, ...]:
-        """Names of the append-only triggers absent (or disabled) on the table."""
+        """Guard triggers absent, altered or not always-enabled (disabled, origin- or replica-only), and guard
+        functions whose source was changed ("name()")."""
         with self._conn("reading") as conn:
-            return tuple(f"{self._table}_{g}" for g in self._missing(conn))
+            return self._missing(conn)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -255,7 +294,14 @@ class PgChain:
         with self._conn("append to") as conn:
             with conn.transaction():
                 head = self._locked(conn)
-                batch = items(head) if callable(items) else items
+                if callable(items):  # build's own reads (head, entry, latest) run here: the locked view, no 2nd connection
+                    self._local.conn = conn
+                    try:
+                        batch = items(head)
+                    finally:
+                        self._local.conn = None
+                else:
+                    batch = items
                 entries = link(self._prefix, head, batch, at_ms)
                 if entries:
                     conn.execute(self._insert, self._columns(entries))
@@ -293,10 +339,11 @@ class PgChain:
                 new_anchor = view.anchor_for(keep)
                 entry = link(self._prefix, head, [encode_item(*marker)], at_ms)[0]
                 cur.execute(self._insert, self._columns([entry]))
+                # The setting first: the anchors' guard lets the anchor move only up to it, in this transaction.
+                cur.execute("SELECT set_config(%s, %s, true)", (schema.REMOVE_BELOW.format(t=self._table), str(keep)))
                 cur.execute(f"INSERT INTO {schema.ANCHORS}(chain, idx, prev_hash) VALUES (%s, %s, %s) "
                             "ON CONFLICT (chain) DO UPDATE SET idx = excluded.idx, prev_hash = excluded.prev_hash",
                             (self._table, new_anchor[0], new_anchor[1]))
-                cur.execute("SELECT set_config(%s, %s, true)", (schema.REMOVE_BELOW.format(t=self._table), str(keep)))
                 cur.execute(f'DELETE FROM "{self._table}" WHERE idx < %s', (keep,))
                 removed = cur.rowcount
             with contextlib.suppress(psycopg.Error):
@@ -312,7 +359,15 @@ class PgChain:
     def head(self) -> Link:
         """(index, hash) of the last entry; (0, GENESIS) when the chain is empty."""
         with self._conn("reading") as conn:
-            return self._head(conn)
+            found = self._head(conn)
+        if self._on_read is not None and found[0] > self._read_seen:  # cheap: only a higher head is passed on
+            self._read_seen = found[0]
+            self._on_read(found)
+        return found
+
+    def follow_reads(self, on_read: Callable[[Link], None]) -> None:
+        """Call `on_read(head)` whenever head() reads a head higher than any before (a read head was committed)."""
+        self._on_read = on_read
 
     def _anchor(self, conn: psycopg.Connection) -> Link | None:
         """The recorded anchor ((1, GENESIS) when none); None when malformed."""

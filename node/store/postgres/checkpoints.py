@@ -13,6 +13,7 @@ import psycopg
 
 from node import files
 from node.store.errors import StoreError
+from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 
 if TYPE_CHECKING:
@@ -41,9 +42,9 @@ class PgCheckpoints:
         self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
             if not readonly:
-                with self._conn("creating") as conn, conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
-                    conn.execute(_SCHEMA)
+                with self._conn("creating") as conn:
+                    ddl.ensure(conn, lambda c: ddl.present(c, (TABLE,), ("hedui_checkpoints_refuse",), (
+                        (TABLE, f"{TABLE}_append_only"), (TABLE, f"{TABLE}_no_truncate"))), _SCHEMA)
         except BaseException:
             self.close()
             raise

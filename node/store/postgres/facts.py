@@ -14,6 +14,7 @@ import psycopg
 
 from node.store.errors import StoreCorrupt, StoreError
 from node.store.interfaces import Fact
+from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 
 SCHEMA_VERSION: Final[int] = 2  # the SQLite store's schema 2: subjects carry their possession key
@@ -55,6 +56,14 @@ CREATE OR REPLACE TRIGGER facts_changed AFTER INSERT OR UPDATE OR DELETE OR TRUN
 CREATE OR REPLACE TRIGGER attributes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON attributes
     FOR EACH STATEMENT EXECUTE FUNCTION hedui_store_changed();
 """
+
+
+
+def _complete(conn: psycopg.Connection) -> bool:
+    """Whether every object of _SCHEMA exists (then opening runs no DDL, which would wait behind an ingest)."""
+    return ddl.present(conn, (*_TABLES, "subjects_without_possession"), ("hedui_store_changed",),
+                       tuple((t, f"{t}_changed") for t in ("subjects", "facts", "attributes")))
+
 
 # Per (subject, attribute): that attribute's latest as_of, then that date's rows (one per source).
 _LOOKUP_SQL: Final[str] = """
@@ -99,9 +108,8 @@ class PgStore:
         self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
             if not readonly:
-                with self._conn("creating store") as conn, conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
-                    conn.execute(_SCHEMA)
+                with self._conn("creating store") as conn:
+                    ddl.ensure(conn, _complete, _SCHEMA)
             self._check_version()
         except BaseException:
             self.close()

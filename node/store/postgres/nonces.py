@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Final, Self
@@ -13,6 +12,7 @@ from typing import Final, Self
 import psycopg
 
 from node.store.errors import StoreError
+from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 
 _PURGE_EVERY: Final[int] = 1000
@@ -20,12 +20,19 @@ _SCHEMA: Final[str] = """
 CREATE TABLE IF NOT EXISTS hedui_nonces(key BYTEA PRIMARY KEY, issued_at_ms BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS hedui_nonces_by_time ON hedui_nonces(issued_at_ms);
 """
-_INSERT_ONE: Final[str] = "INSERT INTO hedui_nonces(key, issued_at_ms) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+# One clock for every replica: the database's. Rows older than twice the window by now() are purged, so a nonce
+# issued before that horizon is never recorded as fresh (it may have been seen and purged): it answers "used".
+_HORIZON: Final[str] = "(extract(epoch FROM now()) * 1000)::bigint - %(keep)s"
+_INSERT_ONE: Final[str] = (
+    "INSERT INTO hedui_nonces(key, issued_at_ms) SELECT %(key)s, %(at)s::bigint "
+    f"WHERE %(at)s::bigint >= {_HORIZON} ON CONFLICT DO NOTHING"
+)
 # Duplicates inside one statement are skipped by ON CONFLICT DO NOTHING; RETURNING names the rows inserted.
 _INSERT_MANY: Final[str] = (
-    "INSERT INTO hedui_nonces(key, issued_at_ms) SELECT * FROM unnest(%s::bytea[], %s::bigint[]) "
-    "ON CONFLICT DO NOTHING RETURNING key"
+    "INSERT INTO hedui_nonces(key, issued_at_ms) SELECT k, t FROM unnest(%(keys)s::bytea[], %(ats)s::bigint[]) "
+    f"WITH ORDINALITY AS u(k, t, n) WHERE t >= {_HORIZON} ORDER BY n ON CONFLICT DO NOTHING RETURNING key"
 )
+_PURGE: Final[str] = f"DELETE FROM hedui_nonces WHERE issued_at_ms < {_HORIZON}"
 
 
 def _key(requester: str, nonce: bytes) -> bytes:
@@ -33,7 +40,7 @@ def _key(requester: str, nonce: bytes) -> bytes:
 
 
 class PgNonceStore:
-    """Remembers (requester, nonce) pairs for twice the clock window in the table hedui_nonces.
+    """Remembers (requester, nonce) pairs for twice the clock window, by the database's clock, in hedui_nonces.
 
     The primary key makes "fresh or replay" one atomic decision of the server: of concurrent
     inserts of one key from any number of processes or hosts, exactly one inserts a row.
@@ -48,9 +55,8 @@ class PgNonceStore:
         self._pool = pools.acquire(url)
         self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
         try:
-            with self._conn() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("schema"),))
-                conn.execute(_SCHEMA)
+            with self._conn() as conn:
+                ddl.ensure(conn, lambda c: ddl.present(c, ("hedui_nonces", "hedui_nonces_by_time")), _SCHEMA)
         except BaseException:
             self.close()
             raise
@@ -80,7 +86,8 @@ class PgNonceStore:
     def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
         """Record a nonce; False when this requester already used it."""
         with self._writing() as conn:
-            fresh = conn.execute(_INSERT_ONE, (_key(requester, nonce), issued_at_ms)).rowcount == 1
+            fresh = conn.execute(_INSERT_ONE, {"key": _key(requester, nonce), "at": issued_at_ms,
+                                               "keep": 2 * self._window_ms}).rowcount == 1
         self._count(1)
         return fresh
 
@@ -89,8 +96,12 @@ class PgNonceStore:
         keys = [_key(requester, nonce) for requester, nonce, _ in nonces]
         if not keys:
             return []
+        # In key order: two replicas inserting overlapping batches take the row locks in one order (no deadlock).
+        ordered = sorted(range(len(keys)), key=keys.__getitem__)  # stable: a repeat stays after its first
         with self._writing() as conn:
-            inserted = {bytes(r[0]) for r in conn.execute(_INSERT_MANY, (keys, [n[2] for n in nonces])).fetchall()}
+            inserted = {bytes(r[0]) for r in conn.execute(_INSERT_MANY, {
+                "keys": [keys[i] for i in ordered], "ats": [nonces[i][2] for i in ordered],
+                "keep": 2 * self._window_ms}).fetchall()}
         fresh: list[bool] = []
         for key in keys:
             fresh.append(key in inserted)
@@ -99,16 +110,16 @@ class PgNonceStore:
         return fresh
 
     def _count(self, n: int) -> None:
-        """Forget nonces older than twice the window every _PURGE_EVERY inserts (outside any transaction())."""
+        """Forget nonces older than twice the window by the database's now() every _PURGE_EVERY inserts (outside
+        any transaction()); a replica's own clock, fast or slow, decides nothing here."""
         with self._lock:
             self._inserts += n
             due = self._inserts >= _PURGE_EVERY and getattr(self._local, "conn", None) is None
             if due:
                 self._inserts = 0
         if due:
-            horizon = int(time.time() * 1000) - 2 * self._window_ms
             with self._conn() as conn:
-                conn.execute("DELETE FROM hedui_nonces WHERE issued_at_ms < %s", (horizon,))
+                conn.execute(_PURGE, {"keep": 2 * self._window_ms})
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

@@ -16,8 +16,17 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from node.store.errors import StoreError
 
 MAX_CONNECTIONS: Final[int] = 16  # per URL and process: a server's threads plus a few streams
+#: How long a call waits for a free pooled connection (or for the server to come back) before StoreError: below
+#: every call deadline (the shortest RPC deadlines are a few seconds), so a node answers UNAVAILABLE in time
+#: rather than after its caller gave up. Reconnecting and the first open keep _TIMEOUT_S.
+POOL_WAIT_S: Final[float] = 2.0
 _TIMEOUT_S: Final[float] = 10.0
 _CONNECT_TIMEOUT_S: Final[int] = 10
+#: Every pooled session's statement_timeout: a statement stuck behind a lock (or a runaway one) fails as a
+#: StoreError and gives its connection back instead of holding it for ever. Far above any statement Hedui
+#: issues (ingest and chain batches are bounded: 5,000 rows per statement); backup/restore use their own
+#: connections without it.
+STATEMENT_TIMEOUT_MS: Final[int] = 60_000
 _lock = threading.Lock()
 # The pool's own warnings (each failed reconnection) go where the application's logging sends them, never
 # to stderr through logging's last-resort handler (a CLI error is one line).
@@ -25,19 +34,57 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 _pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}
 
 
+def check_origin(conn: psycopg.Connection) -> None:
+    """StoreError unless the session runs with session_replication_role = origin (in replica mode only
+    always-enabled triggers fire: the facts' change triggers and anything else would silently stop)."""
+    role = conn.execute("SELECT current_setting('session_replication_role')").fetchone()[0]
+    if role != "origin":
+        raise StoreError(f"refusing a PostgreSQL session with session_replication_role = {role!r} (must be 'origin'): "
+                         "check ALTER ROLE/DATABASE settings and the URL's options")
+
+
 def _configure(readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
     def configure(conn: psycopg.Connection) -> None:
         """Every session: durable commits whatever the server default, and read-only when asked."""
         conn.autocommit = True
+        check_origin(conn)
         conn.execute("SET synchronous_commit = on")
+        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         conn.execute("SET application_name = 'hedui'")
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
     return configure
 
 
+#: The one message of a URL libpq cannot parse: libpq's own quotes the URI, password included.
+BAD_URL: Final[str] = "the PostgreSQL store url is not a valid libpq URL (such as postgresql://USER@HOST:PORT/DBNAME)"
+
+
+def check_url(url: str) -> str:
+    """`url` when libpq can parse it, else StoreError(BAD_URL): every entry point calls this before connecting."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except (psycopg.Error, TypeError, ValueError):
+        raise StoreError(BAD_URL) from None
+    return url
+
+
+def connect_failure(url: str, exc: psycopg.Error) -> str:
+    """Why connecting to `url` failed, for a message: libpq's first line for a connection error (it names host,
+    port and user, never the password, which is removed should it appear), else a fixed text; never str(exc) of
+    an error raised before any connection existed."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return f"cannot connect to PostgreSQL at {redact(url)}"
+    reason = next(iter(str(exc).strip().splitlines()), "")
+    password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    if password and str(password) in reason:
+        reason = ""
+    return f"cannot connect to PostgreSQL at {redact(url)}" + (f": {reason}" if reason else "")
+
+
 def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
     """The process's pool for `url` (opened on first use, waiting for its first connection); release() it after."""
+    check_url(url)
     key = (os.getpid(), url, readonly)
     with _lock:
         found = _pools.get(key)
@@ -45,11 +92,11 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
             found[1][0] += 1
             return found[0]
         try:  # first a plain connect: a server that is down or refuses us is one precise error, at once
-            psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S).close()
+            with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True) as probe:
+                check_origin(probe)
         except psycopg.Error as exc:
-            reason = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
-            raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {reason}") from None
-        pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=_TIMEOUT_S,
+            raise StoreError(connect_failure(url, exc)) from None
+        pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=POOL_WAIT_S,
                               kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
                               check=ConnectionPool.check_connection, reconnect_timeout=_TIMEOUT_S,
                               name=f"hedui-{'ro' if readonly else 'rw'}", num_workers=1)
@@ -82,17 +129,17 @@ def connection(pool: ConnectionPool, what: str) -> Iterator[psycopg.Connection]:
         with pool.connection() as conn:
             yield conn
     except PoolTimeout:
-        raise StoreError(f"{what} failed: no PostgreSQL connection within {_TIMEOUT_S:.0f} s") from None
+        raise StoreError(f"{what} failed: no PostgreSQL connection within {POOL_WAIT_S:.0f} s") from None
     except psycopg.Error as exc:
         raise StoreError(f"{what} failed: {describe(exc)}") from None
 
 
 def describe(exc: psycopg.Error) -> str:
-    """The error's class, SQLSTATE and primary message: never its DETAIL, which can quote row values."""
+    """The error's class, SQLSTATE and the server's primary message: never its DETAIL, which can quote row
+    values, nor str(exc) of a client-side error (a URL parse error quotes the URL, password included)."""
     primary = exc.diag.message_primary if exc.diag is not None else None
     state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
-    text = primary or next(iter(str(exc).splitlines()), "") or "no message"
-    return f"{type(exc).__name__}{state}: {text}"
+    return f"{type(exc).__name__}{state}: {primary or 'no server message'}"
 
 
 def redact(url: str) -> str:

@@ -10,13 +10,13 @@ ANCHORS: Final[str] = "hedui_chain_anchors"
 #: The transaction-local setting remove_prefix sets so the delete guard lets entries below it go.
 REMOVE_BELOW: Final[str] = "hedui.remove_below_{t}"
 
-FUNCTIONS: Final[str] = f"""
-CREATE OR REPLACE FUNCTION hedui_chain_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+# Guard function name -> its PL/pgSQL body, exactly as pg_proc.prosrc holds it (compared at every open).
+BODIES: Final[dict[str, str]] = {
+    "hedui_chain_refuse": """
 BEGIN
     RAISE EXCEPTION 'append-only: % on % refused', TG_OP, TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
-END $$;
-
-CREATE OR REPLACE FUNCTION hedui_chain_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+END """,
+    "hedui_chain_delete": f"""
 DECLARE
     below bigint := coalesce(nullif(current_setting('hedui.remove_below_' || TG_TABLE_NAME, true), '')::bigint, 0);
     anchored bigint;
@@ -27,18 +27,28 @@ BEGIN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'append-only: DELETE on % refused', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
-END $$;
-
-CREATE TABLE IF NOT EXISTS {ANCHORS}(
-    chain TEXT PRIMARY KEY,
-    idx BIGINT NOT NULL,
-    prev_hash BYTEA NOT NULL
-);
-"""
+END """,
+    # An anchor row is never updated down, moved or deleted; it is written only by remove_prefix's transaction
+    # (which sets hedui.remove_below_<chain> to the new anchor first) and only upwards.
+    "hedui_anchor_guard": """
+DECLARE
+    below text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'append-only: DELETE on % refused', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
+    END IF;
+    below := nullif(current_setting('hedui.remove_below_' || NEW.chain, true), '');
+    IF below IS NULL OR NEW.idx IS DISTINCT FROM below::bigint OR NEW.idx <= 1
+       OR (TG_OP = 'UPDATE' AND (NEW.chain IS DISTINCT FROM OLD.chain OR NEW.idx <= OLD.idx)) THEN
+        RAISE EXCEPTION 'append-only: % on % refused (anchors only move up, inside remove_prefix)', TG_OP, TG_TABLE_NAME
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    RETURN NEW;
+END """,
+}
 
 # One append guard function per chain table: static SQL, so PL/pgSQL plans the head lookup once per session.
-APPEND_FUNCTION: Final[str] = f"""
-CREATE OR REPLACE FUNCTION "hedui_append_{{t}}"() RETURNS trigger LANGUAGE plpgsql AS $$
+APPEND_BODY: Final[str] = f"""
 DECLARE head_idx bigint; head_hash bytea;
 BEGIN
     SELECT idx, hash INTO head_idx, head_hash FROM "{{t}}" ORDER BY idx DESC LIMIT 1;
@@ -48,7 +58,40 @@ BEGIN
             USING ERRCODE = 'restrict_violation';
     END IF;
     RETURN NEW;
-END $$;
+END """
+
+
+def append_function(t: str) -> str:
+    """The name of the per-table append guard function."""
+    return f"hedui_append_{t}"
+
+
+def bodies(t: str) -> dict[str, str]:
+    """Every guard function a chain table relies on -> its expected body."""
+    return {**BODIES, append_function(t): APPEND_BODY.format(t=t)}
+
+
+def create_function(name: str, body: str) -> str:
+    """CREATE OR REPLACE FUNCTION of a trigger function with this body (dollar-quoted verbatim), its search_path
+    pinned to the schema it is created in with pg_temp last: a session cannot put its own (temporary) anchors
+    or chain table in front of the real ones. Run it, then PIN_SEARCH_PATH with the same name."""
+    return f'CREATE OR REPLACE FUNCTION "{name}"() RETURNS trigger LANGUAGE plpgsql AS $$' + body + "$$"
+
+
+# The schema a function was just created in is only known to the server: pin its search_path there (psycopg
+# cannot bind parameters into DDL, so one DO block builds the ALTER with format(%I)).
+PIN_SEARCH_PATH: Final[str] = (
+    "DO $pin$ BEGIN EXECUTE format('ALTER FUNCTION %I() SET search_path = %I, pg_temp', {name!r}, current_schema()); "
+    "END $pin$"
+)
+
+
+ANCHORS_TABLE: Final[str] = f"""
+CREATE TABLE IF NOT EXISTS {ANCHORS}(
+    chain TEXT PRIMARY KEY,
+    idx BIGINT NOT NULL,
+    prev_hash BYTEA NOT NULL
+);
 """
 
 # kind and key are stored as their UTF-8 bytes: exactly what is hashed (TEXT cannot hold NUL).
@@ -66,15 +109,53 @@ CREATE INDEX IF NOT EXISTS "{{t}}_key" ON "{{t}}"(key, idx);
 """
 COLUMNS: Final[tuple[str, ...]] = ("idx", "at_ms", "kind", "key", "payload", "prev_hash", "hash")
 
-# Guard name suffix -> CREATE TRIGGER statement (the trigger is named "<table>_<suffix>").
-GUARDS: Final[dict[str, str]] = {
-    "no_update": 'CREATE TRIGGER "{t}_no_update" BEFORE UPDATE ON "{t}" FOR EACH ROW EXECUTE FUNCTION hedui_chain_refuse()',
-    "no_delete": 'CREATE TRIGGER "{t}_no_delete" BEFORE DELETE ON "{t}" FOR EACH ROW EXECUTE FUNCTION hedui_chain_delete()',
-    "no_truncate": 'CREATE TRIGGER "{t}_no_truncate" BEFORE TRUNCATE ON "{t}" FOR EACH STATEMENT '
-                   "EXECUTE FUNCTION hedui_chain_refuse()",
-    "append_next": 'CREATE TRIGGER "{t}_append_next" BEFORE INSERT ON "{t}" FOR EACH ROW EXECUTE FUNCTION "hedui_append_{t}"()',
-}
-# Enabled triggers of a table (a disabled one guards nothing, so it counts as missing).
+# pg_trigger.tgtype bits.
+_ROW, _BEFORE, _INSERT, _DELETE, _UPDATE, _TRUNCATE = 1, 2, 4, 8, 16, 32
+_EVENTS: Final[dict[int, str]] = {_INSERT: "INSERT", _DELETE: "DELETE", _UPDATE: "UPDATE", _TRUNCATE: "TRUNCATE"}
+
+
+def guards(t: str, prunable: bool) -> dict[str, tuple[int, str]]:
+    """Trigger name -> (tgtype, function) of every guard of chain `t`, the anchors table's included.
+
+    A non-prunable chain's delete guard always refuses (no setting or anchor opens it).
+    """
+    return {
+        f"{t}_no_update": (_ROW | _BEFORE | _UPDATE, "hedui_chain_refuse"),
+        f"{t}_no_delete": (_ROW | _BEFORE | _DELETE, "hedui_chain_delete" if prunable else "hedui_chain_refuse"),
+        f"{t}_no_truncate": (_BEFORE | _TRUNCATE, "hedui_chain_refuse"),
+        f"{t}_append_next": (_ROW | _BEFORE | _INSERT, append_function(t)),
+        f"{ANCHORS}_guard": (_ROW | _BEFORE | _INSERT | _UPDATE | _DELETE, "hedui_anchor_guard"),
+        f"{ANCHORS}_no_truncate": (_BEFORE | _TRUNCATE, "hedui_chain_refuse"),
+    }
+
+
+def guard_table(name: str, t: str) -> str:
+    """The table a guard of chain `t` sits on."""
+    return ANCHORS if name.startswith(f"{ANCHORS}_") else t
+
+
+def create_guard(name: str, table: str, tgtype: int, function: str) -> str:
+    """DROP + CREATE + ENABLE ALWAYS of one guard trigger (an ordinary or replica-only trigger does not fire
+    in a `session_replication_role = replica` session, so only an always-enabled guard guards)."""
+    events = " OR ".join(word for bit, word in _EVENTS.items() if tgtype & bit)
+    each = "ROW" if tgtype & _ROW else "STATEMENT"
+    return (f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"; '
+            f'CREATE TRIGGER "{name}" BEFORE {events} ON "{table}" FOR EACH {each} EXECUTE FUNCTION "{function}"(); '
+            f'ALTER TABLE "{table}" ENABLE ALWAYS TRIGGER "{name}"')
+
+
+ENABLE_ALWAYS: Final[str] = 'ALTER TABLE "{t}" ENABLE ALWAYS TRIGGER "{name}"'
+# The triggers that guard: always-enabled ('D' disabled, 'O' origin-only, 'R' replica-only do not count), no WHEN
+# clause, no column list, a PL/pgSQL function; with their type and function name (compared with guards()).
 TRIGGERS_SQL: Final[str] = (
-    "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal AND tgenabled <> 'D'"
+    "SELECT t.tgname, t.tgtype, p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+    "WHERE t.tgrelid = ANY(ARRAY[to_regclass(%s), to_regclass(%s)]) AND NOT t.tgisinternal AND t.tgenabled = 'A' "
+    "AND t.tgqual IS NULL AND cardinality(t.tgattr::int2[]) = 0 AND p.prolang = (SELECT oid FROM pg_language "
+    "WHERE lanname = 'plpgsql')"
+)
+# The source of guard functions (by name, resolved on the search path as the triggers resolved them).
+# A function counts as intact only with the expected body and its search_path pinned to the current schema.
+FUNCTIONS_SQL: Final[str] = (
+    "SELECT proname, CASE WHEN proconfig = ARRAY['search_path=' || quote_ident(current_schema()) || ', pg_temp'] "
+    "THEN prosrc END FROM pg_proc WHERE oid = ANY(ARRAY(SELECT to_regproc(n) FROM unnest(%s::text[]) n))"
 )

@@ -8,8 +8,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import psycopg
-
 from node.store.errors import StoreError
 from node.store.postgres import pool as pools
 from node.store.postgres.chain import PgChain
@@ -72,12 +70,14 @@ class PgStorage:
         """The consent ledger. Writable: as node.store.sqlite.ledger.open_ledger does - refuse one that lost
         committed entries, give a new one its identity - with `ledger.head` in this host's data_dir.
 
-        Every replica host keeps its own head file, advanced by its own commits (each recorded head
-        was committed, so each host's check is sound); a host that has none yet takes the current
-        head on first open (trust on first use), since another replica's commits are not its to vouch for.
+        Every replica host keeps its own head file, advanced by its own commits and by the higher heads it
+        reads (each recorded head was committed, so each host's check is sound, and a tail any host saw is
+        missed by it); a host that has none yet takes the current head on first open (trust on first use).
         """
         if self._readonly:
             return self.chain(LEDGER_TABLE)
+        from types import SimpleNamespace
+
         from node.store import ledger
         from node.store.sqlite import ledger as heads_file
 
@@ -93,6 +93,8 @@ class PgStorage:
                 raise ledger.LedgerTruncated(f"{problem}; restore a backup (`hedui restore`) or accept the loss "
                                              "(`hedui ledger new-epoch`)")
             chain.append_next(lambda head: _identity_if_missing(chain, heads, head))
+            # After the checks: a head this host reads (another replica's commit) is vouched for too.
+            chain.follow_reads(lambda head: heads.advance(SimpleNamespace(idx=head[0], hash=head[1])))  # type: ignore[arg-type]
         except BaseException:
             chain.close()
             raise
@@ -159,7 +161,7 @@ def _identity_if_missing(chain: PgChain, heads: Any, head: tuple[int, bytes]) ->
 def open_url(url: str, data_dir: Path, *, readonly: bool) -> PgStorage:
     """The factory's opener for "postgresql://..." (and "postgres://..."): libpq URL syntax; data_dir is not used."""
     try:
-        psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        raise ValueError("a postgresql store url is a libpq URL such as postgresql://USER@HOST:PORT/DBNAME") from None
+        pools.check_url(url)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
     return PgStorage(url, readonly=readonly, data_dir=data_dir)
