@@ -97,10 +97,6 @@ def test_a_postgresql_restart_loses_nothing_committed(hosted: HostedFederation) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "product gap (node/store/postgres/pool.py, node/server/edge.py): with PostgreSQL down a store call waits for the "
-    "pool's 10 s connection timeout, past the caller's deadline, and the StoreError then reaches the edge as "
-    "INTERNAL; the caller sees DEADLINE_EXCEEDED, not UNAVAILABLE within its deadline (see /work/notes/pghosts.md)"))
 @ON_POSTGRESQL
 def test_a_call_while_postgresql_is_down_is_refused_unavailable_within_the_deadline(hosted: HostedFederation) -> None:
     """With PostgreSQL down, a routed call is refused as UNAVAILABLE within the caller's deadline (fail closed: no
