@@ -24,7 +24,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,6 +200,18 @@ def verify_checkpoint(blob: bytes | coordinator_pb2.AuditCheckpoint, verifier: s
 def signed_from_blob(blob: bytes | coordinator_pb2.AuditCheckpoint, verifier: signing.Verifier, **kw: Any) -> SignedCheckpoint:
     message = _message(blob)
     return SignedCheckpoint(verify_checkpoint(message, verifier, **kw), message)
+
+
+def last_link(rows: Sequence[tuple[int, bytes | None, str | None]]) -> tuple[int, bytes]:
+    """The `link` of the last readable checkpoint of a book's rows (`NO_PREVIOUS` if none): what the next extends."""
+    for _, blob, _ in reversed(rows):
+        if blob is None:
+            continue
+        try:
+            return Checkpoint.parse(_message(blob).body).link
+        except CheckpointInvalid:
+            continue
+    return NO_PREVIOUS
 
 
 def read_checkpoint_blobs(path: Path) -> list[tuple[int, bytes | None, str | None]]:

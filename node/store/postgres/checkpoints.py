@@ -77,17 +77,9 @@ class PgCheckpoints:
 
     def last_link(self) -> tuple[int, bytes]:
         """The `link` of the last readable checkpoint held (`NO_PREVIOUS` if none)."""
-        from node.store.audit.checkpoints import Checkpoint, CheckpointInvalid, _message
-        from node.store.audit.records import NO_PREVIOUS
+        from node.store.audit.checkpoints import last_link
 
-        for _, blob, _ in reversed(self.read()):
-            if blob is None:
-                continue
-            try:
-                return Checkpoint.parse(_message(blob).body).link
-            except CheckpointInvalid:
-                continue
-        return NO_PREVIOUS
+        return last_link(self.read())
 
     def close(self) -> None:
         """Give back the pool; idempotent."""

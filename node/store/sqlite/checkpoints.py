@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from node import files
-from node.store.audit.checkpoints import Checkpoint, CheckpointInvalid, SignedCheckpoint, _message, read_checkpoint_blobs
-from node.store.audit.records import NO_PREVIOUS
+from node.store.audit.checkpoints import SignedCheckpoint, last_link, read_checkpoint_blobs
 from node.store.errors import StoreError
 
 
@@ -32,11 +31,4 @@ class CheckpointFile:
 
     def last_link(self) -> tuple[int, bytes]:
         """The `link` of the last readable checkpoint in the file (`NO_PREVIOUS` if none): what the next extends."""
-        for _, blob, _ in reversed(self.read()):
-            if blob is None:
-                continue
-            try:
-                return Checkpoint.parse(_message(blob).body).link
-            except CheckpointInvalid:
-                continue
-        return NO_PREVIOUS
+        return last_link(self.read())
