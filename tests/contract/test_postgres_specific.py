@@ -178,3 +178,38 @@ def test_server_down_is_a_store_error_then_recovers() -> None:
             server.restart()
             assert chain.append("k", "2", b"").idx == 2
             assert [e.key for e in chain.entries()] == ["1", "2"]
+
+
+def test_while_the_server_is_down_only_the_first_access_waits_the_full_pool_wait() -> None:
+    """A call that touches the store several times while PostgreSQL is down is refused within about one pool wait:
+    after one wait ran out, further accesses wait only DOWN_WAIT_S; the first access after the server is back
+    (within the pool's short reconnect retry) gets a connection and full waits resume."""
+    from node.store.postgres import pool as pools
+
+    with PostgresServer() as server:
+        url = server.create_database("downwait")
+        with PgChain(url, "audit", prunable=True) as chain:
+            chain.append("k", "1", b"")
+            server.stop("immediate")
+            waits = []
+            for _ in range(3):
+                with pytest.raises(StoreError) as refused:
+                    chain.append("k", "lost", b"")
+                waits.append(str(refused.value))
+            assert f"within {pools.POOL_WAIT_S:g} s" in waits[0], waits
+            assert all(f"within {pools.DOWN_WAIT_S:g} s" in w for w in waits[1:]), waits
+            server.restart()
+            # the pool's own retry gives up after RECONNECT_S; from then on every access starts an attempt at once
+            tries, deadline = 0, time.monotonic() + pools.RECONNECT_S + 10 * pools.DOWN_WAIT_S + 5
+            while True:
+                tries += 1
+                try:
+                    assert chain.append("k", "2", b"").idx == 2
+                    break
+                except StoreError as exc:
+                    assert f"within {pools.DOWN_WAIT_S:g} s" in str(exc)
+                    assert time.monotonic() < deadline, f"no connection after the restart ({tries} tries)"
+            server.stop("immediate")
+            with pytest.raises(StoreError, match=f"within {pools.POOL_WAIT_S:g} s"):  # back to the full wait
+                chain.append("k", "lost", b"")
+            server.restart()

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Final
 
@@ -18,8 +19,19 @@ from node.store.errors import StoreError
 MAX_CONNECTIONS: Final[int] = 16  # per URL and process: a server's threads plus a few streams
 #: How long a call waits for a free pooled connection (or for the server to come back) before StoreError: below
 #: every call deadline (the shortest RPC deadlines are a few seconds), so a node answers UNAVAILABLE in time
-#: rather than after its caller gave up. Reconnecting and the first open keep _TIMEOUT_S.
+#: rather than after its caller gave up. The first open keeps _TIMEOUT_S; see DOWN_WAIT_S and RECONNECT_S for a
+#: server that went away.
 POOL_WAIT_S: Final[float] = 2.0
+#: Once a wait for a connection ran out, the pool is taken as down: its further calls wait only this long (time
+#: enough for a connection the pool already has, or opens at once, against a server that is back) until one gets a
+#: connection again. A call that touches the store several times is so refused within about one POOL_WAIT_S
+#: while PostgreSQL is down, not one POOL_WAIT_S per access; once it is back, a call gets a connection within about
+#: RECONNECT_S.
+DOWN_WAIT_S: Final[float] = 0.25
+#: How long the pool itself retries a lost connection (with backoff) before leaving reconnection to demand, where
+#: every call that finds no connection starts an attempt at once: short, so that a server that is back is found
+#: by the next call (a longer retry sleeps through its backoff, seconds, while calls fail).
+RECONNECT_S: Final[float] = 1.0
 _TIMEOUT_S: Final[float] = 10.0
 _CONNECT_TIMEOUT_S: Final[int] = 10
 #: Every pooled session's statement_timeout: a statement stuck behind a lock (or a runaway one) fails as a
@@ -32,6 +44,7 @@ _lock = threading.Lock()
 # to stderr through logging's last-resort handler (a CLI error is one line).
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 _pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}
+_down: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()  # pools whose last wait ran out (see DOWN_WAIT_S)
 
 
 def check_origin(conn: psycopg.Connection) -> None:
@@ -98,7 +111,7 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
             raise StoreError(connect_failure(url, exc)) from None
         pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=POOL_WAIT_S,
                               kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
-                              check=ConnectionPool.check_connection, reconnect_timeout=_TIMEOUT_S,
+                              check=ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S,
                               name=f"hedui-{'ro' if readonly else 'rw'}", num_workers=1)
         try:
             pool.open(wait=True, timeout=_TIMEOUT_S)
@@ -124,12 +137,18 @@ def release(pool: ConnectionPool) -> None:
 
 @contextlib.contextmanager
 def connection(pool: ConnectionPool, what: str) -> Iterator[psycopg.Connection]:
-    """A pooled connection; psycopg and pool errors leave as StoreError naming `what` (no values, no SQL)."""
+    """A pooled connection; psycopg and pool errors leave as StoreError naming `what` (no values, no SQL).
+    The wait is POOL_WAIT_S, or DOWN_WAIT_S while the pool is down (its last wait ran out)."""
+    down = pool in _down
     try:
-        with pool.connection() as conn:
+        with pool.connection(timeout=DOWN_WAIT_S if down else None) as conn:
+            if down:
+                _down.discard(pool)
             yield conn
     except PoolTimeout:
-        raise StoreError(f"{what} failed: no PostgreSQL connection within {POOL_WAIT_S:.0f} s") from None
+        _down.add(pool)
+        waited = DOWN_WAIT_S if down else POOL_WAIT_S
+        raise StoreError(f"{what} failed: no PostgreSQL connection within {waited:g} s") from None
     except psycopg.Error as exc:
         raise StoreError(f"{what} failed: {describe(exc)}") from None
 
