@@ -17,9 +17,12 @@ from types import FrameType
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Bind (without listening) with SO_REUSEPORT, so workers can bind the same port; port 0 picks one."""
+    """Bind (without listening) with SO_REUSEPORT, so workers can bind the same port, and SO_REUSEADDR, as every
+    server does (gRPC's listeners too), so a restart binds over the TIME_WAIT connections its predecessor left;
+    port 0 picks one."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host.strip("[]"), port))
     return sock, sock.getsockname()[1]

@@ -80,15 +80,17 @@ def _serve_workers(config: Path, workers: int, *, role: str = "node", listen: st
         for line in proc.stderr:
             try:
                 event = json.loads(line)
-            except ValueError:
-                continue
+            except ValueError:  # a CLI error is one plain line
+                event = {"line": line.rstrip()}
             events.append(event)
             if event.get("event") == "serving":
                 serving.release()
 
     threading.Thread(target=read, daemon=True).start()
     for _ in range(workers):
-        assert serving.acquire(timeout=60)
+        if not serving.acquire(timeout=60):
+            proc.kill()
+            raise AssertionError(f"not every worker serves after 60 s (exit code {proc.wait()}); its stderr: {events}")
     return proc, events
 
 
