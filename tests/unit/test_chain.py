@@ -520,3 +520,27 @@ def test_verify_streams(big: HashChain) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000
+
+
+def test_a_prefix_removed_while_a_reader_holds_a_snapshot_leaves_the_wal_once_it_ends(path: Path) -> None:
+    """remove_prefix does not wait for a reader's open snapshot to checkpoint the WAL (it holds the writer lock):
+    the removed payloads stay in the WAL only until the first append after the snapshot ended truncates it."""
+    secret = b"removed-payload-7f3a"
+    with HashChain(path, table="log", prunable=True) as chain, HashChain(path, table="log", prunable=True) as other:
+        chain.append_many([("rec", f"k{i}", secret + bytes([i])) for i in range(3)], at_ms=1_000)
+        chain.append("rec", "kept", b"kept", at_ms=5_000)
+
+        def plan(view):  # type: ignore[no-untyped-def]  # keep the entry at 5_000 and later
+            keep = view.first_since(2_000)
+            return keep, ("marker", "", b"cut")
+
+        wal = Path(f"{path}-wal")
+        with other.snapshot() as snap:
+            assert [e.idx for e in snap.entries()] == [1, 2, 3, 4]
+            assert chain.remove_prefix(plan, at_ms=6_000) is not None  # returns although the snapshot is open
+            assert [e.idx for e in snap.entries()] == [1, 2, 3, 4]  # the snapshot still sees its instant
+            assert wal.stat().st_size > 0  # the checkpoint could not run past the reader
+        chain.append("rec", "after", b"after", at_ms=7_000)  # the first append after it ended truncates the WAL
+        assert wal.stat().st_size == 0
+        assert secret not in path.read_bytes()
+        assert [e.idx for e in chain.entries()] == [4, 5, 6] and chain.anchor()[0] == 4

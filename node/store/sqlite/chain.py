@@ -136,6 +136,7 @@ class HashChain:
         self._lock = threading.Lock()  # guards _readers and _closed
         self._write_lock = threading.Lock()
         self._closed = False
+        self._wal_pending = False  # a prefix was removed and the WAL not yet truncated (a reader held it)
         self._insert_sql = (
             f"INSERT INTO {table}(idx, at_ms, kind, key, payload, prev_hash, hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -356,11 +357,27 @@ class HashChain:
                 except BaseException:
                     _rollback(conn)
                     raise
+                if self._wal_pending:
+                    self._truncate_wal(conn)
             except sqlite3.Error as exc:
                 raise StoreError(f"append to chain {self.table} failed: {exc}") from None
             if entries and self._on_commit is not None:
                 self._on_commit(entries[-1])
         return entries
+
+    def _truncate_wal(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint and truncate the WAL so removed entries do not linger in it or in the file's old pages,
+        without waiting for readers (the writer lock is held): a reader's open snapshot (a backup, an export)
+        makes it fail at once, and it is tried again after each append until it succeeds."""
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        except sqlite3.Error:
+            busy = 1
+        self._wal_pending = bool(busy)
 
     def _writable(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -499,7 +516,8 @@ class HashChain:
 
         The anchor goes into `<table>_meta`; the no-delete guard is dropped for the DELETE and
         re-created in the same transaction (SQLite DDL is transactional); afterwards the WAL is
-        checkpointed so the removed content does not linger there (secure_delete is on).
+        checkpointed so the removed content does not linger there (secure_delete is on): at once, or, while a
+        reader holds a snapshot, after the first append once it has ended (`_truncate_wal`).
         """
         at_ms = _now_ms() if at_ms is None else check_at_ms(at_ms)
         t = self.table
@@ -531,10 +549,7 @@ class HashChain:
                 except BaseException:
                     _rollback(conn)
                     raise
-                try:  # do not leave the removed content in the WAL file either
-                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error:
-                    pass
+                self._truncate_wal(conn)  # do not leave the removed content in the WAL file either
             except sqlite3.Error as exc:
                 raise StoreError(f"removing a prefix of chain {t} failed: {exc}") from None
             if self._on_commit is not None:
