@@ -70,6 +70,21 @@ def _lodge(store: CheckpointStore, signed: SignedCheckpoint) -> str:
     return "accepted"
 
 
+def _race(first: Chain, second: Chain, verifier: signing.Verifier, lodged: list[SignedCheckpoint]) -> list[str]:
+    """Lodge lodged[0] through `first` and lodged[1] through `second` at once, each receiver pausing after its read."""
+    barrier = threading.Barrier(2, timeout=3)
+    stores = [CheckpointStore(_PausingChain(chain, barrier), verifier)  # type: ignore[arg-type]
+              for chain in (first, second)]
+    results: list[str] = ["", ""]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _lodge(stores[i], lodged[i])))
+               for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
 def test_two_receivers_on_separate_stores_lodge_conflicting_checkpoints_one_wins(
         backend: Backend, member: dict[str, Any]) -> None:
     """Two receivers with their own storage objects lodging two different successors at once: one is kept, the
@@ -81,16 +96,7 @@ def test_two_receivers_on_separate_stores_lodge_conflicting_checkpoints_one_wins
         CheckpointStore(first_ledger, verifier).receive(base.message, MEMBER)
         rivals = [_checkpoint(member["signer"], 7, base.checkpoint.link),
                   _checkpoint(member["signer"], 8, base.checkpoint.link)]
-        barrier = threading.Barrier(2, timeout=3)
-        stores = [CheckpointStore(_PausingChain(ledger, barrier), verifier)  # type: ignore[arg-type]
-                  for ledger in (first_ledger, second_ledger)]
-        results: list[str] = ["", ""]
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _lodge(stores[i], rivals[i])))
-                   for i in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        results = _race(first_ledger, second_ledger, verifier, rivals)
         assert sorted(r.split(":")[0] for r in results) == ["accepted", "refused MALFORMED"], results
         refused = next(r for r in results if r.startswith("refused"))
         assert "does not extend the one held" in refused
@@ -99,6 +105,17 @@ def test_two_receivers_on_separate_stores_lodge_conflicting_checkpoints_one_wins
         kinds = [e.kind for e in first_ledger.entries(key=MEMBER)]
         assert kinds == [KIND_CHECKPOINT, KIND_CHECKPOINT, KIND_CHECKPOINT_CONFLICT]
         assert first_ledger.verify().ok
+
+
+def test_two_receivers_lodging_the_same_checkpoint_at_once_keep_it_once(
+        backend: Backend, member: dict[str, Any]) -> None:
+    """The same checkpoint lodged through two storage objects at once (a resend racing its original) is kept once."""
+    verifier = _verifier(member["ca"])
+    with backend.open() as first_storage, backend.open() as second_storage:
+        first_ledger, second_ledger = first_storage.ledger(), second_storage.ledger()
+        signed = _checkpoint(member["signer"], 3, (0, b"\0" * 32))
+        assert _race(first_ledger, second_ledger, verifier, [signed, signed]) == ["accepted", "accepted"]
+        assert [e.kind for e in first_ledger.entries(key=MEMBER)] == [KIND_CHECKPOINT]
 
 
 _CHILD = """
