@@ -22,7 +22,6 @@ import base64
 import binascii
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -324,7 +323,6 @@ class CheckpointStore:
         self.verifier = verifier
         self.clock = clock
         self.clock_skew_ms = clock_skew_s * 1000
-        self._lock = threading.Lock()
 
     def receive(self, message: bytes | coordinator_pb2.AuditCheckpoint, peer_identity: str) -> Entry:
         """Verify and keep a checkpoint lodged by `peer_identity` (its TLS identity).
@@ -345,19 +343,38 @@ class CheckpointStore:
             raise Refusal(ErrorCode.CLOCK_WINDOW, "checkpoint is dated in the future")
         if checkpoint.prev is None:
             raise Refusal(ErrorCode.MALFORMED, "checkpoint names no previous checkpoint (prev_index, prev_digest)")
-        with self._lock:
-            held = self._latest_entry(checkpoint.member)
-            previous = None if held is None else Checkpoint.parse(_message(held.payload).body)
-            if held is not None and previous is not None and previous.expect_head == checkpoint.expect_head:
-                return held
-            problem = extension_problem(previous, checkpoint)
-            if problem is not None:
-                earlier = self._held_with_head(checkpoint)
-                if earlier is not None:  # a late duplicate of one already held
-                    return earlier
-                self.chain.append(KIND_CHECKPOINT_CONFLICT, checkpoint.member, signed.blob)
-                raise Refusal(ErrorCode.MALFORMED, f"checkpoint does not extend the one held: {problem}")
-            return self.chain.append(KIND_CHECKPOINT, checkpoint.member, signed.blob)
+        outcome: list[Entry | str] = []  # what build decided: the entry already held, or why it conflicts
+
+        def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+            decided = self._decide(checkpoint)
+            outcome[:] = [decided]
+            if isinstance(decided, Entry):
+                return []
+            kind = KIND_CHECKPOINT if decided == "" else KIND_CHECKPOINT_CONFLICT
+            return [(kind, checkpoint.member, signed.blob)]
+
+        # The check and the append in one transaction under the chain's write lock (every process and host):
+        # two replicas lodging two different checkpoints at once cannot both find the same one held.
+        appended = self.chain.append_next(build)
+        decided = outcome[0]
+        if isinstance(decided, Entry):
+            return decided
+        if decided:
+            raise Refusal(ErrorCode.MALFORMED, f"checkpoint does not extend the one held: {decided}")
+        return appended[0]
+
+    def _decide(self, checkpoint: Checkpoint) -> Entry | str:
+        """Inside the locked append: the entry holding `checkpoint` already, else "" (it extends the one held)
+        or why it does not."""
+        held = self._latest_entry(checkpoint.member)
+        previous = None if held is None else Checkpoint.parse(_message(held.payload).body)
+        if held is not None and previous is not None and previous.expect_head == checkpoint.expect_head:
+            return held
+        problem = extension_problem(previous, checkpoint)
+        if problem is None:
+            return ""
+        earlier = self._held_with_head(checkpoint)  # a late duplicate of one already held
+        return problem if earlier is None else earlier
 
     def _held_with_head(self, checkpoint: Checkpoint) -> Entry | None:
         """An earlier held checkpoint of the same member with the same index and head, if any."""

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 import time
 from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import psycopg
 
@@ -31,6 +29,7 @@ from node.store.interfaces import Item, Link, PrefixRemoval, PrefixView
 from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 from node.store.postgres import schema
+from node.store.postgres.pooled import Pooled
 
 _PAGE: Final[int] = 2000  # entries per page of entries() and per fetch of a snapshot
 _SELECT: Final[str] = 'SELECT idx, at_ms, kind, key, payload, prev_hash, hash FROM "{t}"'
@@ -108,7 +107,7 @@ class _Snapshot:
             yield Entry(*row)
 
 
-class PgChain:
+class PgChain(Pooled):
     """One chain in one table of a PostgreSQL database; safe from many threads, processes and hosts.
 
     Every write runs in one transaction that first takes the chain's advisory lock (writers of
@@ -123,12 +122,10 @@ class PgChain:
         self._table = check_table(table)
         self._prefix = prefix(table)
         self._prunable = prunable
-        self.readonly = readonly
         self._on_commit = on_commit
         self._location = f"{pools.redact(url)} table {table}"
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._restored: tuple[str, ...] = ()
+        self.what = f"chain {table}"
+        self.guards = schema.chain_guards(table, prunable)
         self._local = threading.local()  # .conn: this thread's locked append transaction (reads inside build use it)
         self._on_read: Callable[[Link], None] | None = None
         self._read_seen = 0
@@ -136,57 +133,35 @@ class PgChain:
         self._insert = (f'INSERT INTO "{table}"(idx, at_ms, kind, key, payload, prev_hash, hash) '
                         "SELECT i, a, k, y, p, ph, h FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[], %s::bytea[], "
                         "%s::bytea[], %s::bytea[], %s::bytea[]) WITH ORDINALITY AS u(i, a, k, y, p, ph, h, n) ORDER BY n")
-        self._pool = pools.acquire(url, readonly=readonly)
-        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
-        try:
-            if readonly:
-                with self._conn("opening") as conn:
-                    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table}"',)).fetchone()[0]:
-                        raise pools.missing(f"no {table} chain at {self._location}", self._location)
-                    self._check_schema(conn)
-            else:
-                self._ensure_schema()
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(url, readonly=readonly)
 
-    # -- properties and lifecycle ------------------------------------------------------------
+    def _open(self) -> None:
+        if not self.readonly:
+            self._ensure_schema()
+            return
+        with self._conn("opening") as conn:
+            if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self._table}"',)).fetchone()[0]:
+                raise pools.missing(f"no {self._table} chain at {self._location}", self._location)
+            self._check_schema(conn)
+
+    # -- properties --------------------------------------------------------------------------
 
     @property
     def table(self) -> str:
         return self._table
 
     @property
-    def restored_guards(self) -> tuple[str, ...]:
-        return self._restored
-
-    @property
     def location(self) -> str:
         return self._location
-
-    def close(self) -> None:
-        """Give back the pool; idempotent."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def _conn(self, what: str) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """This thread's locked append connection while append_next's build runs, else a pooled one."""
         if self._closed:
-            raise StoreError("chain is closed")
+            raise StoreError(f"{self.what} is closed")
         held: psycopg.Connection | None = getattr(self._local, "conn", None)
         if held is not None:
-            return self._held(held, f"{what} chain {self._table}")
-        return pools.connection(self._pool, f"{what} chain {self._table}")
+            return self._held(held, self._label(what))
+        return super()._conn(what)
 
     @staticmethod
     @contextlib.contextmanager
@@ -208,28 +183,21 @@ class PgChain:
             with conn.transaction():
                 ddl.locked(conn)
                 exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{self._table}"',)).fetchone()[0]
-                problems = self._missing(conn)
-                for name, body in schema.bodies(self._table).items():
-                    if f"{name}()" in problems:
-                        conn.execute(schema.create_function(name, body))
-                        conn.execute(schema.PIN_SEARCH_PATH.format(name=name))
+                problems = self.guards.missing(conn)
                 if not ddl.present(conn, (schema.ANCHORS,)):
                     conn.execute(schema.ANCHORS_TABLE)
                 if not ddl.present(conn, (f'"{self._table}"', f'"{self._table}_key"')):
                     conn.execute(schema.TABLE.format(t=self._table))
                 self._check_schema(conn)
-                guards = schema.guards(self._table, self._prunable)
-                for name in problems:
-                    if name in guards:
-                        conn.execute(schema.create_guard(name, schema.guard_table(name, self._table), *guards[name]))
-        self._restored = problems if exists else ()
+                self.guards.install(conn, problems)
+        self.restored_guards = problems if exists else ()
 
     def _complete(self, conn: psycopg.Connection) -> bool:
         """Table, index and anchors table present (the table a chain's), every guard and guard function as expected."""
         if not ddl.present(conn, (f'"{self._table}"', f'"{self._table}_key"', schema.ANCHORS)):
             return False
         self._check_schema(conn)
-        return not self._missing(conn)
+        return not self.guards.missing(conn)
 
     def _check_schema(self, conn: psycopg.Connection) -> None:
         """StoreCorrupt unless the table exists with exactly the chain's columns."""
@@ -240,21 +208,6 @@ class PgChain:
             raise StoreCorrupt(f"{self._location}: no chain table {self._table!r}")
         if columns != schema.COLUMNS:
             raise StoreCorrupt(f"{self._location}: table {self._table!r} is not a hash chain")
-
-    def _missing(self, conn: psycopg.Connection) -> tuple[str, ...]:
-        """Guard functions whose source differs ("name()") and guard triggers absent, not always-enabled or altered."""
-        expected = schema.bodies(self._table)
-        found = dict(conn.execute(schema.FUNCTIONS_SQL, (list(expected),)).fetchall())
-        changed = [f"{name}()" for name, body in expected.items() if found.get(name) != body]
-        present = {(r[0], r[1], r[2]) for r in conn.execute(schema.TRIGGERS_SQL, (f'"{self._table}"', schema.ANCHORS))}
-        guards = schema.guards(self._table, self._prunable)
-        return (*changed, *(name for name, (tgtype, fn) in guards.items() if (name, tgtype, fn) not in present))
-
-    def missing_guards(self) -> tuple[str, ...]:
-        """Guard triggers absent, altered or not always-enabled (disabled, origin- or replica-only), and guard
-        functions whose source was changed ("name()")."""
-        with self._conn("reading") as conn:
-            return self._missing(conn)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -419,7 +372,7 @@ class PgChain:
         if limit is not None and limit < 0:
             raise ValueError("limit must be >= 0")
         if self._closed:
-            raise StoreError("chain is closed")
+            raise StoreError(f"{self.what} is closed")
         return self._pages(after, key, since_ms, limit)
 
     def _pages(self, after: int, key: str | None, since_ms: int | None, limit: int | None) -> Iterator[Entry]:

@@ -4,55 +4,42 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import threading
-import weakref
 from typing import TYPE_CHECKING, Final
-
-import psycopg
 
 from node import files
 from node.store.errors import StoreError
-from node.store.postgres import ddl
-from node.store.postgres import pool as pools
+from node.store.postgres import ddl, schema
+from node.store.postgres.pooled import Pooled
 
 if TYPE_CHECKING:
     from node.store.audit.checkpoints import SignedCheckpoint
 
 TABLE: Final[str] = "audit_checkpoints"
-_SCHEMA: Final[str] = f"""
-CREATE TABLE IF NOT EXISTS {TABLE}(pos BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, line TEXT NOT NULL);
-CREATE OR REPLACE FUNCTION hedui_checkpoints_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'append-only: % on % refused', TG_OP, TG_TABLE_NAME USING ERRCODE = 'restrict_violation'; END $$;
-CREATE OR REPLACE TRIGGER {TABLE}_append_only BEFORE UPDATE OR DELETE ON {TABLE}
-    FOR EACH ROW EXECUTE FUNCTION hedui_checkpoints_refuse();
-CREATE OR REPLACE TRIGGER {TABLE}_no_truncate BEFORE TRUNCATE ON {TABLE}
-    FOR EACH STATEMENT EXECUTE FUNCTION hedui_checkpoints_refuse();
-"""
+_REFUSE: Final[str] = "hedui_checkpoints_refuse"
+_SCHEMA: Final[str] = (f"CREATE TABLE IF NOT EXISTS {TABLE}(pos BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                        "line TEXT NOT NULL)")
+GUARDS: Final[ddl.Guards] = ddl.Guards(
+    {_REFUSE: schema.BODIES["hedui_chain_refuse"]},  # the chains' refusal, under this table's own function name
+    {f"{TABLE}_append_only": (TABLE, ddl.ROW | ddl.BEFORE | ddl.UPDATE | ddl.DELETE, _REFUSE),
+     f"{TABLE}_no_truncate": (TABLE, ddl.BEFORE | ddl.TRUNCATE, _REFUSE)})
 
 
-class PgCheckpoints:
-    """CheckpointStorage: each row holds the JSON line audit-checkpoints.jsonl would hold (the blob authoritative)."""
+class PgCheckpoints(Pooled):
+    """CheckpointStorage: each row holds the JSON line audit-checkpoints.jsonl would hold (the blob authoritative).
+
+    The rows are append-only by always-enabled triggers (`GUARDS`: reported by missing_guards(), restored by a
+    writable open).
+    """
+
+    what = "checkpoint storage"
+    relations = (TABLE,)
+    guards = GUARDS
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
-        self.readonly = readonly
-        self._closed = False
-        self._lock = threading.Lock()
-        self._pool = pools.acquire(url, readonly=readonly)
-        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
-        try:
-            if not readonly:
-                with self._conn("creating") as conn:
-                    ddl.ensure(conn, lambda c: ddl.present(c, (TABLE,), ("hedui_checkpoints_refuse",), (
-                        (TABLE, f"{TABLE}_append_only"), (TABLE, f"{TABLE}_no_truncate"))), _SCHEMA)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(url, _SCHEMA, readonly=readonly)
 
-    def _conn(self, what: str) -> contextlib.AbstractContextManager[psycopg.Connection]:
-        if self._closed:
-            raise StoreError("checkpoint storage is closed")
-        return pools.connection(self._pool, f"{what} audit checkpoints")
+    def _label(self, doing: str) -> str:
+        return f"{doing} audit checkpoints"
 
     def append(self, signed: SignedCheckpoint) -> None:
         """Keep one signed checkpoint durably (one committed INSERT)."""
@@ -80,11 +67,3 @@ class PgCheckpoints:
         from node.store.audit.checkpoints import last_link
 
         return last_link(self.read())
-
-    def close(self) -> None:
-        """Give back the pool; idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._release()

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import psycopg
 
@@ -16,6 +13,7 @@ from node.store.errors import StoreCorrupt, StoreError
 from node.store.interfaces import Fact
 from node.store.postgres import ddl
 from node.store.postgres import pool as pools
+from node.store.postgres.pooled import Pooled
 
 SCHEMA_VERSION: Final[int] = 2  # the SQLite store's schema 2: subjects carry their possession key
 TOKEN_BYTES: Final[int] = 32
@@ -47,22 +45,19 @@ CREATE TABLE IF NOT EXISTS attributes(
 CREATE TABLE IF NOT EXISTS store_version(one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), v BIGINT NOT NULL);
 INSERT INTO store_version(one, v) VALUES (true, 0) ON CONFLICT DO NOTHING;
 INSERT INTO store_meta(key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') ON CONFLICT DO NOTHING;
-CREATE OR REPLACE FUNCTION hedui_store_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN UPDATE store_version SET v = v + 1; RETURN NULL; END $$;
-CREATE OR REPLACE TRIGGER subjects_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON subjects
-    FOR EACH STATEMENT EXECUTE FUNCTION hedui_store_changed();
-CREATE OR REPLACE TRIGGER facts_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON facts
-    FOR EACH STATEMENT EXECUTE FUNCTION hedui_store_changed();
-CREATE OR REPLACE TRIGGER attributes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON attributes
-    FOR EACH STATEMENT EXECUTE FUNCTION hedui_store_changed();
 """
 
-
-
-def _complete(conn: psycopg.Connection) -> bool:
-    """Whether every object of _SCHEMA exists (then opening runs no DDL, which would wait behind an ingest)."""
-    return ddl.present(conn, (*_TABLES, "subjects_without_possession"), ("hedui_store_changed",),
-                       tuple((t, f"{t}_changed") for t in ("subjects", "facts", "attributes")))
+_CHANGED: Final[str] = "hedui_store_changed"
+# The change triggers bump store_version on every committed change (ChangeWatch): always-enabled, so a session in
+# replica mode cannot change facts unseen; reported by missing_guards(), restored by a writable open.
+GUARDS: Final[ddl.Guards] = ddl.Guards(
+    {_CHANGED: """
+BEGIN
+    UPDATE store_version SET v = v + 1;
+    RETURN NULL;
+END """},
+    {f"{t}_changed": (t, ddl.INSERT | ddl.UPDATE | ddl.DELETE | ddl.TRUNCATE, _CHANGED)
+     for t in ("subjects", "facts", "attributes")})
 
 
 # Per (subject, attribute): that attribute's latest as_of, then that date's rows (one per source).
@@ -96,33 +91,27 @@ class PgChangeWatch:
         """Nothing to release (the store's pool serves the reads)."""
 
 
-class PgStore:
+class PgStore(Pooled):
     """The fact store of one province in a PostgreSQL database; safe from many threads, processes and hosts."""
 
+    what = "store"
+    relations = (*_TABLES, "subjects_without_possession")
+    guards = GUARDS
+
     def __init__(self, url: str, *, readonly: bool = False) -> None:
-        self.readonly = readonly
         self._location = pools.redact(url)
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._pool = pools.acquire(url, readonly=readonly)
-        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
-        try:
-            if not readonly:
-                with self._conn("creating store") as conn:
-                    ddl.ensure(conn, _complete, _SCHEMA)
-            self._check_version()
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(url, _SCHEMA, readonly=readonly)
+
+    def _open(self) -> None:
+        super()._open()
+        self._check_version()
+
+    def _label(self, doing: str) -> str:
+        return doing if doing.startswith("store") else f"{doing} store"  # "store read", "creating store"
 
     @property
     def location(self) -> str:
         return self._location
-
-    def _conn(self, what: str) -> contextlib.AbstractContextManager[psycopg.Connection]:
-        if self._closed:
-            raise StoreError("store is closed")
-        return pools.connection(self._pool, what)
 
     def _check_version(self) -> None:
         with self._conn("store read") as conn:
@@ -132,21 +121,6 @@ class PgStore:
         if row is None or row[0] != str(SCHEMA_VERSION):
             found = "none" if row is None else row[0]
             raise StoreError(f"store {self._location} has schema version {found}; this node needs {SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        """Give back the pool; idempotent."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # -- reads -------------------------------------------------------------------------------
 

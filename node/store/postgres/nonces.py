@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import psycopg
 
 from node.store.errors import StoreError
-from node.store.postgres import ddl
 from node.store.postgres import pool as pools
+from node.store.postgres.pooled import Pooled
 
 _PURGE_EVERY: Final[int] = 1000
 _SCHEMA: Final[str] = """
@@ -39,36 +37,29 @@ def _key(requester: str, nonce: bytes) -> bytes:
     return requester.encode() + b"\x00" + bytes(nonce)
 
 
-class PgNonceStore:
+class PgNonceStore(Pooled):
     """Remembers (requester, nonce) pairs for twice the clock window, by the database's clock, in hedui_nonces.
 
     The primary key makes "fresh or replay" one atomic decision of the server: of concurrent
     inserts of one key from any number of processes or hosts, exactly one inserts a row.
     """
 
+    what = "nonce store"
+    relations = ("hedui_nonces", "hedui_nonces_by_time")
+
     def __init__(self, url: str, *, window_ms: int) -> None:
         self._window_ms = window_ms
         self._local = threading.local()  # the connection of this thread's open transaction()
         self._lock = threading.Lock()
         self._inserts = 0
-        self._closed = False
-        self._pool = pools.acquire(url)
-        self._release = weakref.finalize(self, pools.release, self._pool)  # also if dropped unclosed
-        try:
-            with self._conn() as conn:
-                ddl.ensure(conn, lambda c: ddl.present(c, ("hedui_nonces", "hedui_nonces_by_time")), _SCHEMA)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(url, _SCHEMA)
 
     @property
     def window_ms(self) -> int:
         return self._window_ms
 
-    def _conn(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
-        if self._closed:
-            raise StoreError("nonce store is closed")
-        return pools.connection(self._pool, "nonce store write")
+    def _label(self, doing: str) -> str:
+        return f"{self.what} {doing}"
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[psycopg.Connection]:
@@ -80,7 +71,7 @@ class PgNonceStore:
             except psycopg.Error as exc:
                 raise StoreError(f"nonce store write failed: {pools.describe(exc)}") from None
             return
-        with self._conn() as conn:
+        with self._conn("write") as conn:
             yield conn
 
     def remember(self, requester: str, nonce: bytes, issued_at_ms: int) -> bool:
@@ -118,7 +109,7 @@ class PgNonceStore:
             if due:
                 self._inserts = 0
         if due:
-            with self._conn() as conn:
+            with self._conn("write") as conn:
                 conn.execute(_PURGE, {"keep": 2 * self._window_ms})
 
     @contextlib.contextmanager
@@ -131,7 +122,7 @@ class PgNonceStore:
         if getattr(self._local, "conn", None) is not None:
             yield  # nested: the outer transaction commits
             return
-        with self._conn() as conn:
+        with self._conn("write") as conn:
             conn.execute("BEGIN")
             self._local.conn = conn
             try:
@@ -139,18 +130,3 @@ class PgNonceStore:
             finally:
                 self._local.conn = None
                 conn.execute("COMMIT")  # a failed statement inside makes this a rollback (nothing half-written)
-
-    def close(self) -> None:
-        """Give back the pool; idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Final
 
+from node.store.postgres import ddl
 from node.store.postgres import pool as pools
 from node.store.postgres.pooled import Pooled
 from node.store.probes import Key, cut_digest
@@ -21,19 +22,24 @@ _SCHEMA: Final[str] = """
 CREATE TABLE IF NOT EXISTS hedui_probes(
     requester TEXT NOT NULL, consent_id TEXT NOT NULL, item TEXT NOT NULL, cut BYTEA NOT NULL, at_ms BIGINT NOT NULL,
     PRIMARY KEY (requester, consent_id, item, cut));
-CREATE OR REPLACE FUNCTION hedui_probes_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'probe uses are never removed or changed' USING ERRCODE = 'restrict_violation'; END $$;
-CREATE OR REPLACE TRIGGER hedui_probes_append_only BEFORE UPDATE OR DELETE ON hedui_probes
-    FOR EACH ROW EXECUTE FUNCTION hedui_probes_refuse();
-CREATE OR REPLACE TRIGGER hedui_probes_no_truncate BEFORE TRUNCATE ON hedui_probes
-    FOR EACH STATEMENT EXECUTE FUNCTION hedui_probes_refuse();
 """
+_REFUSE: Final[str] = "hedui_probes_refuse"
+# Uses are never removed or changed: always-enabled guards (reported by missing_guards(), restored by a writable open).
+GUARDS: Final[ddl.Guards] = ddl.Guards(
+    {_REFUSE: """
+BEGIN
+    RAISE EXCEPTION 'probe uses are never removed or changed' USING ERRCODE = 'restrict_violation';
+END """},
+    {"hedui_probes_append_only": ("hedui_probes", ddl.ROW | ddl.BEFORE | ddl.UPDATE | ddl.DELETE, _REFUSE),
+     "hedui_probes_no_truncate": ("hedui_probes", ddl.BEFORE | ddl.TRUNCATE, _REFUSE)})
 
 
 class PgProbeLedger(Pooled):
     """node.store.interfaces.ProbeBudgets in the table hedui_probes (same digests as the SQLite ProbeLedger)."""
 
     what = "probing ledger"
+    relations = ("hedui_probes",)
+    guards = GUARDS
 
     def __init__(self, url: str, *, key: bytes) -> None:
         super().__init__(url, _SCHEMA)

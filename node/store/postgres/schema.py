@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Final
 
 from node.store.chainformat import HASH_BYTES
+from node.store.postgres import ddl
+from node.store.postgres.ddl import BEFORE, DELETE, INSERT, ROW, TRUNCATE, UPDATE
 
 ANCHORS: Final[str] = "hedui_chain_anchors"
 #: The transaction-local setting remove_prefix sets so the delete guard lets entries below it go.
@@ -71,21 +73,6 @@ def bodies(t: str) -> dict[str, str]:
     return {**BODIES, append_function(t): APPEND_BODY.format(t=t)}
 
 
-def create_function(name: str, body: str) -> str:
-    """CREATE OR REPLACE FUNCTION of a trigger function with this body (dollar-quoted verbatim), its search_path
-    pinned to the schema it is created in with pg_temp last: a session cannot put its own (temporary) anchors
-    or chain table in front of the real ones. Run it, then PIN_SEARCH_PATH with the same name."""
-    return f'CREATE OR REPLACE FUNCTION "{name}"() RETURNS trigger LANGUAGE plpgsql AS $$' + body + "$$"
-
-
-# The schema a function was just created in is only known to the server: pin its search_path there (psycopg
-# cannot bind parameters into DDL, so one DO block builds the ALTER with format(%I)).
-PIN_SEARCH_PATH: Final[str] = (
-    "DO $pin$ BEGIN EXECUTE format('ALTER FUNCTION %I() SET search_path = %I, pg_temp', {name!r}, current_schema()); "
-    "END $pin$"
-)
-
-
 ANCHORS_TABLE: Final[str] = f"""
 CREATE TABLE IF NOT EXISTS {ANCHORS}(
     chain TEXT PRIMARY KEY,
@@ -109,9 +96,7 @@ CREATE INDEX IF NOT EXISTS "{{t}}_key" ON "{{t}}"(key, idx);
 """
 COLUMNS: Final[tuple[str, ...]] = ("idx", "at_ms", "kind", "key", "payload", "prev_hash", "hash")
 
-# pg_trigger.tgtype bits.
-_ROW, _BEFORE, _INSERT, _DELETE, _UPDATE, _TRUNCATE = 1, 2, 4, 8, 16, 32
-_EVENTS: Final[dict[int, str]] = {_INSERT: "INSERT", _DELETE: "DELETE", _UPDATE: "UPDATE", _TRUNCATE: "TRUNCATE"}
+ENABLE_ALWAYS: Final[str] = ddl.ENABLE_ALWAYS
 
 
 def guards(t: str, prunable: bool) -> dict[str, tuple[int, str]]:
@@ -120,12 +105,12 @@ def guards(t: str, prunable: bool) -> dict[str, tuple[int, str]]:
     A non-prunable chain's delete guard always refuses (no setting or anchor opens it).
     """
     return {
-        f"{t}_no_update": (_ROW | _BEFORE | _UPDATE, "hedui_chain_refuse"),
-        f"{t}_no_delete": (_ROW | _BEFORE | _DELETE, "hedui_chain_delete" if prunable else "hedui_chain_refuse"),
-        f"{t}_no_truncate": (_BEFORE | _TRUNCATE, "hedui_chain_refuse"),
-        f"{t}_append_next": (_ROW | _BEFORE | _INSERT, append_function(t)),
-        f"{ANCHORS}_guard": (_ROW | _BEFORE | _INSERT | _UPDATE | _DELETE, "hedui_anchor_guard"),
-        f"{ANCHORS}_no_truncate": (_BEFORE | _TRUNCATE, "hedui_chain_refuse"),
+        f"{t}_no_update": (ROW | BEFORE | UPDATE, "hedui_chain_refuse"),
+        f"{t}_no_delete": (ROW | BEFORE | DELETE, "hedui_chain_delete" if prunable else "hedui_chain_refuse"),
+        f"{t}_no_truncate": (BEFORE | TRUNCATE, "hedui_chain_refuse"),
+        f"{t}_append_next": (ROW | BEFORE | INSERT, append_function(t)),
+        f"{ANCHORS}_guard": (ROW | BEFORE | INSERT | UPDATE | DELETE, "hedui_anchor_guard"),
+        f"{ANCHORS}_no_truncate": (BEFORE | TRUNCATE, "hedui_chain_refuse"),
     }
 
 
@@ -134,28 +119,7 @@ def guard_table(name: str, t: str) -> str:
     return ANCHORS if name.startswith(f"{ANCHORS}_") else t
 
 
-def create_guard(name: str, table: str, tgtype: int, function: str) -> str:
-    """DROP + CREATE + ENABLE ALWAYS of one guard trigger (an ordinary or replica-only trigger does not fire
-    in a `session_replication_role = replica` session, so only an always-enabled guard guards)."""
-    events = " OR ".join(word for bit, word in _EVENTS.items() if tgtype & bit)
-    each = "ROW" if tgtype & _ROW else "STATEMENT"
-    return (f'DROP TRIGGER IF EXISTS "{name}" ON "{table}"; '
-            f'CREATE TRIGGER "{name}" BEFORE {events} ON "{table}" FOR EACH {each} EXECUTE FUNCTION "{function}"(); '
-            f'ALTER TABLE "{table}" ENABLE ALWAYS TRIGGER "{name}"')
-
-
-ENABLE_ALWAYS: Final[str] = 'ALTER TABLE "{t}" ENABLE ALWAYS TRIGGER "{name}"'
-# The triggers that guard: always-enabled ('D' disabled, 'O' origin-only, 'R' replica-only do not count), no WHEN
-# clause, no column list, a PL/pgSQL function; with their type and function name (compared with guards()).
-TRIGGERS_SQL: Final[str] = (
-    "SELECT t.tgname, t.tgtype, p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
-    "WHERE t.tgrelid = ANY(ARRAY[to_regclass(%s), to_regclass(%s)]) AND NOT t.tgisinternal AND t.tgenabled = 'A' "
-    "AND t.tgqual IS NULL AND cardinality(t.tgattr::int2[]) = 0 AND p.prolang = (SELECT oid FROM pg_language "
-    "WHERE lanname = 'plpgsql')"
-)
-# The source of guard functions (by name, resolved on the search path as the triggers resolved them).
-# A function counts as intact only with the expected body and its search_path pinned to the current schema.
-FUNCTIONS_SQL: Final[str] = (
-    "SELECT proname, CASE WHEN proconfig = ARRAY['search_path=' || quote_ident(current_schema()) || ', pg_temp'] "
-    "THEN prosrc END FROM pg_proc WHERE oid = ANY(ARRAY(SELECT to_regproc(n) FROM unnest(%s::text[]) n))"
-)
+def chain_guards(t: str, prunable: bool) -> ddl.Guards:
+    """Every guard function and trigger of chain `t` (missing_guards reports them, a writable open restores them)."""
+    return ddl.Guards(bodies(t), {name: (guard_table(name, t), tgtype, fn)
+                                  for name, (tgtype, fn) in guards(t, prunable).items()})
