@@ -19,6 +19,8 @@ from node.store.factory import open_audit_log, open_storage
 from node.testing.cluster import build_federation
 from node.testing.postgres import PostgresServer
 
+pytestmark = pytest.mark.slow  # each test runs several CLI processes against PostgreSQL: scripts/test and CI run them
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -143,6 +143,7 @@ def test_nonce_replay_refused_across_processes(postgres_url: str) -> None:
         assert sum(column) == 1
 
 
+@pytest.mark.slow
 def test_server_restart_loses_nothing_committed_and_pools_reconnect() -> None:
     """An immediate (crash-like) PostgreSQL restart keeps every committed entry, nonce and fact; the open objects work on."""
     with PostgresServer() as server:
@@ -166,6 +167,7 @@ def test_server_restart_loses_nothing_committed_and_pools_reconnect() -> None:
             storage.close()
 
 
+@pytest.mark.slow
 def test_server_down_is_a_store_error_then_recovers() -> None:
     """With the server stopped an append raises StoreError (nothing written); after start the next append continues the head."""
     with PostgresServer() as server:
@@ -180,6 +182,7 @@ def test_server_down_is_a_store_error_then_recovers() -> None:
             assert [e.key for e in chain.entries()] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_while_the_server_is_down_only_the_first_access_waits_the_full_pool_wait() -> None:
     """A call that touches the store several times while PostgreSQL is down is refused within about one pool wait:
     after one wait ran out, further accesses wait only DOWN_WAIT_S; the first access after the server is back

@@ -43,6 +43,7 @@ def test_seeds_reach_past_signatures() -> None:
                     f"{target}/{path.name}: {refusal}; regenerate the seeds: python -m tests.fuzz.seeds")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="atheris wheels are for Linux")
 def test_bounded_fuzz_run_finds_nothing(tmp_path: Path) -> None:
     """A short coverage-guided run over all targets (every committed input first, then mutations) breaks no contract."""

@@ -12,12 +12,16 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
+
 from node import config as config_mod
 from node.store import audit, ledger
 from node.store.factory import open_audit_log, open_storage, open_storage_readonly
 from node.wire.v1 import coordinator_pb2
 from tests.conftest import WORKER
 from tests.hosts.conftest import HEDUI, ROOT, CoordinatedFederation
+
+pytestmark = pytest.mark.slow  # federations across network namespaces (root): scripts/test and CI run them
 
 CHECK = ["real_estate.count<=1"]
 DEADLINE_S = 3.0

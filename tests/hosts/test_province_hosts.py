@@ -7,11 +7,15 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from node.member import Member
 from node.store.factory import open_storage
 from node.wire.v1 import verification_pb2
 from tests.conftest import WORKER
 from tests.hosts.conftest import HEDUI, ROOT, HostedFederation
+
+pytestmark = pytest.mark.slow  # federations across network namespaces (root): scripts/test and CI run them
 
 CHECK = ["real_estate.count<=1"]
 DEADLINE_S = 3.0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.hosts.conftest import HostedFederation
+
+pytestmark = pytest.mark.slow  # federations across network namespaces (root): scripts/test and CI run them
 
 
 def test_one_sichuan_replica_publishes_the_locators(hosted: HostedFederation) -> None:

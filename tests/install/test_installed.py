@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds and installs the wheel into fresh venvs: scripts/test and CI run them
+
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE_TOOLS = ("unshare", "ip", "jq", "awk")
 

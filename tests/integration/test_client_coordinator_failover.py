@@ -109,6 +109,7 @@ def _standards(root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_with_both_replicas_down_a_command_fails_with_one_line_within_its_deadline(
         replicas: Replicas, fault: str) -> None:
