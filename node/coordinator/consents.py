@@ -79,7 +79,9 @@ class ConsentRegistry:
         self._catch_up()
 
     def _catch_up(self) -> None:
-        """Apply ledger entries written since we last looked (other coordinator workers share the ledger)."""
+        """Apply ledger entries written since we last looked (other workers share the ledger).
+
+        Run on the event loop's thread only: worker threads (registrations, revocations) append, never apply."""
         if self.chain.head()[0] <= self._seen:
             return
         for entry in self.chain.entries(after=self._seen):
@@ -214,21 +216,43 @@ class ConsentRegistry:
         return consent
 
     def revoke(self, peer_province: str, consent_id: str, reason: str) -> coordinator_pb2.ConsentStatus:
-        """Revoke a consent registered by the same province (idempotent)."""
-        if reason not in REVOKE_REASONS:
-            raise Refusal(ErrorCode.MALFORMED, f"reason must be one of {', '.join(sorted(REVOKE_REASONS))}")
-        consent = self._get(peer_province, consent_id)
+        """Revoke a consent registered by the same province (idempotent). Blocking: the loop uses `revoke_async`."""
+        consent = self._revocable(peer_province, consent_id, reason)
         if not consent.revoked_at_ms:
-            def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
-                # Inside the ledger transaction: another replica may have revoked it since we caught up.
-                latest = self.chain.latest(consent_id)
-                return [] if latest is not None and latest.kind == REVOKE else [(REVOKE, consent_id, reason.encode())]
-
-            self.chain.append_next(build, at_ms=int(self.clock() * 1000))
-            # The state comes from the ledger, as at every other replica: the first revocation entry counts,
-            # and the feed lists revocations in ledger order even when another replica appended in between.
+            self._append_revocation(consent_id, reason)
             self._catch_up()
         return self._status(consent)
+
+    async def revoke_async(self, peer_province: str, consent_id: str, reason: str) -> coordinator_pb2.ConsentStatus:
+        """`revoke` with its ledger append in a worker thread: the loop is not held while the append waits
+        for the chain's write lock (a grant batch's signing and commit), and feeds and checks keep answering.
+
+        Only the append leaves the loop. The registry's state is changed on the loop alone, by `_catch_up`
+        reading the ledger (as for another replica's revocation), and before this returns: once the revocation
+        is acknowledged every later check of this process sees it; the ledger orders it with grants and with
+        other replicas' revocations of the same consent (the first revocation entry counts)."""
+        consent = self._revocable(peer_province, consent_id, reason)
+        if not consent.revoked_at_ms:
+            await _in_worker(self._append_revocation, consent_id, reason)
+            self._catch_up()
+        return self._status(self._consents[consent_id])
+
+    def _revocable(self, peer_province: str, consent_id: str, reason: str) -> _Consent:
+        """The peer's consent named `consent_id` (caught up with the ledger); Refusal for a bad reason or another's consent."""
+        if reason not in REVOKE_REASONS:
+            raise Refusal(ErrorCode.MALFORMED, f"reason must be one of {', '.join(sorted(REVOKE_REASONS))}")
+        return self._get(peer_province, consent_id)
+
+    def _append_revocation(self, consent_id: str, reason: str) -> None:
+        """Append the consent's revocation unless the ledger already holds one; touches no registry state."""
+        def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+            # Inside the ledger transaction: another replica or call may have revoked it since we caught up.
+            latest = self.chain.latest(consent_id)
+            return [] if latest is not None and latest.kind == REVOKE else [(REVOKE, consent_id, reason.encode())]
+
+        # The state comes from the ledger (the caller's _catch_up), as at every other replica: the first
+        # revocation entry counts, and the feed lists revocations in ledger order.
+        self.chain.append_next(build, at_ms=int(self.clock() * 1000))
 
     def status(self, peer_province: str, consent_id: str) -> coordinator_pb2.ConsentStatus:
         return self._status(self._get(peer_province, consent_id))

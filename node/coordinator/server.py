@@ -98,8 +98,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def RevokeConsent(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "RevokeConsent", self.metrics, self._refusal_hook("RevokeConsent", request, context)):
             province = self._province(context)
-            status = self.consents.revoke(province, request.consent_id, request.reason or "other")
-            await self._audit(audit.coordinator_event(audit.CONSENT_REVOKE, requester=province, consent_id=request.consent_id))
+
+            async def revoke() -> tuple[Any, asyncio.Future[Any]]:
+                status = await self.consents.revoke_async(province, request.consent_id, request.reason or "other")
+                return status, self.auditor.submit(audit.coordinator_event(
+                    audit.CONSENT_REVOKE, requester=province, consent_id=request.consent_id))
+
+            # Shielded, as in RegisterConsent: a caller gone while the thread appends does not stop the record.
+            status, recorded = await asyncio.shield(asyncio.ensure_future(revoke()))
+            await recorded
             self.log.info("consent_revoked", requester=province, consent_id=request.consent_id)
             return status
 
