@@ -62,9 +62,11 @@ class _WatchedChain:
         return getattr(self.inner, name)
 
 
-@pytest.fixture()
-def fed(tmp_path: Path) -> Iterator[Federation]:
-    fed = build_federation(tmp_path, ["44", "51"])
+@pytest.fixture(params=["sqlite", "postgres"])
+def fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+    """A coordinator on each store: the ledger's write lock is a file lock on SQLite, an advisory lock on PostgreSQL."""
+    extra = {"store": {"url": request.getfixturevalue("postgres_url")}} if request.param == "postgres" else {}
+    fed = build_federation(tmp_path, ["44", "51"], coordinator_extra=extra)
     fed.loop = LoopThread()
     try:
         fed.start_coordinator()
