@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import secrets
 import threading
 import time
@@ -45,6 +46,13 @@ async def _in_worker(func: Callable[..., _T], *args: object) -> _T:
     return await asyncio.get_running_loop().run_in_executor(_WORKERS, contextvars.copy_context().run, func, *args)
 
 
+@dataclass(frozen=True)
+class Resent:
+    """A registration sent again after its nonce was spent, which the ledger holds: the status of what it registered."""
+
+    status: coordinator_pb2.ConsentStatus
+
+
 @dataclass
 class _Consent:
     receipt: verification_pb2.SignedConsent
@@ -70,6 +78,7 @@ class ConsentRegistry:
         self._lock = threading.Lock()
         self._consents: dict[str, _Consent] = {}
         self._revocations: list[tuple[int, str]] = []
+        self._by_request: dict[bytes, str] = {}  # SHA-256 of a signed request body -> the consent it registered
         self._seen = 0
         identity = ledger.read_identity(chain)
         if identity is None:
@@ -86,10 +95,11 @@ class ConsentRegistry:
             return
         for entry in self.chain.entries(after=self._seen):
             self._seen = entry.idx
-            if entry.kind == GRANT and entry.key not in self._consents:
+            if entry.kind == GRANT and entry.key not in self._consents:  # this process's own: indexed by register_many
                 receipt = verification_pb2.SignedConsent.FromString(entry.payload)
                 body = verification_pb2.ConsentBody.FromString(receipt.body)
                 self._consents[entry.key] = _Consent(receipt, body, entry.idx)
+                self._by_request[_digest(body.request)] = entry.key
             elif entry.kind == REVOKE and entry.key in self._consents and not self._consents[entry.key].revoked_at_ms:
                 self._consents[entry.key].revoked_at_ms = entry.at_ms
                 self._revocations.append((entry.idx, entry.key))
@@ -142,18 +152,46 @@ class ConsentRegistry:
                 for (position, *_), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
                     # _catch_up on the loop may have read the committed entry first: keep its object.
                     consent = self._consents.setdefault(body.consent_id, _Consent(receipt, body, entry.idx))
+                    self._by_request[_digest(body.request)] = body.consent_id
                     results[position] = self._status(consent)
         return [r for r in results if r is not None]
 
     async def register_many_async(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
-                                  ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
-        """`register_many` in a worker thread: the event loop keeps answering other calls meanwhile."""
-        return await _in_worker(self.register_many, peer_province, requests)
+                                  ) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
+        """`register_many` in a worker thread (the event loop keeps answering other calls meanwhile), then, on the
+        loop, a request refused as a replay that the ledger holds is answered as `Resent` (see `_resent`)."""
+        results = await _in_worker(self.register_many, peer_province, requests)
+        return self._resent(peer_province, requests, results)
 
     async def register_async(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest
-                             ) -> coordinator_pb2.ConsentStatus:
-        """`register` in a worker thread."""
-        return await _in_worker(self.register, peer_province, request)
+                             ) -> coordinator_pb2.ConsentStatus | Resent:
+        """`register` in a worker thread (a resend of a registered request: `Resent`)."""
+        (result,) = await self.register_many_async(peer_province, [request])
+        if isinstance(result, Refusal):
+            raise result
+        return result
+
+    def _resent(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest],
+                results: list[coordinator_pb2.ConsentStatus | Refusal]) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
+        """Each REPLAYED result whose very request (byte for byte, signed by the same province) the ledger holds
+        as the status of that consent: a client whose replica failed after sending can confirm its registration.
+
+        Only a request that passed every other check reaches the nonce check, so only its own signer learns the
+        receipt, which it could ask for with GetConsent anyway. A nonce spent without a ledger entry (a replica
+        killed between the two, or one still committing it) stays REPLAYED."""
+        if not any(isinstance(r, Refusal) and r.code is ErrorCode.REPLAYED for r in results):
+            return list(results)
+        self._catch_up()  # the registration may come from another replica or worker
+        answered: list[coordinator_pb2.ConsentStatus | Resent | Refusal] = []
+        for request, result in zip(requests, results, strict=True):
+            consent = None
+            if isinstance(result, Refusal) and result.code is ErrorCode.REPLAYED:
+                consent = self._consents.get(self._by_request.get(_digest(request.body), ""))
+            if consent is not None and consent.body.requester == peer_province and consent.body.request == request.body:
+                answered.append(Resent(self._status(consent)))
+            else:
+                answered.append(result)
+        return answered
 
     def _accept(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentRequestBody:
         try:
@@ -311,3 +349,8 @@ class ConsentRegistry:
             state=coordinator_pb2.REVOKED if consent.revoked_at_ms else coordinator_pb2.ACTIVE,
             revoked_at_ms=consent.revoked_at_ms, ledger_index=consent.ledger_index,
         )
+
+
+def _digest(request_body: bytes) -> bytes:
+    """The key of a signed consent request in the registry's request index."""
+    return hashlib.sha256(request_body).digest()
