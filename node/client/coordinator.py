@@ -253,12 +253,16 @@ class _Service:
 
 def unanswered(exc: grpc.RpcError, walk: replicas.Walk) -> Exception:
     """The walk's failure as a one-line Hedui error; a registration refused as a replay after a replica that
-    may have recorded it failed says so (its nonce is spent: a new request is needed), never "refused"."""
+    may have recorded it failed says so (its nonce is spent: a new request is needed), never "refused".
+
+    A resend the ledger holds is answered with its receipt (the registration is confirmed); a replay refusal
+    means the nonce was spent without a ledger entry the replica asked could see: the failed replica may have
+    died between the two, or may still be committing it."""
     code = exc.code() if hasattr(exc, "code") else None
     if walk.unanswered and code == grpc.StatusCode.ALREADY_EXISTS:
         return PeerUnreachable("UNAVAILABLE", f"coordinator replica {walk.unanswered[0]} failed after {walk.method} was "
-                               "sent and another replica has seen its nonce: it may have been recorded there; "
-                               "send it again as a new request")
+                               "sent and another replica has seen its nonce but not its registration: it may still "
+                               "be recorded there; send it again as a new request")
     error = translate(exc)
     if len(walk.order.endpoints) > 1 and code in replicas.FAILOVER:
         error = PeerUnreachable(code.name, f"no answer from coordinator replica(s) {', '.join(walk.tried)} "

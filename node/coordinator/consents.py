@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import secrets
 import threading
 import time
@@ -45,6 +46,13 @@ async def _in_worker(func: Callable[..., _T], *args: object) -> _T:
     return await asyncio.get_running_loop().run_in_executor(_WORKERS, contextvars.copy_context().run, func, *args)
 
 
+@dataclass(frozen=True)
+class Resent:
+    """A registration sent again after its nonce was spent, which the ledger holds: the status of what it registered."""
+
+    status: coordinator_pb2.ConsentStatus
+
+
 @dataclass
 class _Consent:
     receipt: verification_pb2.SignedConsent
@@ -70,6 +78,7 @@ class ConsentRegistry:
         self._lock = threading.Lock()
         self._consents: dict[str, _Consent] = {}
         self._revocations: list[tuple[int, str]] = []
+        self._by_request: dict[bytes, str] = {}  # SHA-256 of a signed request body -> the consent it registered
         self._seen = 0
         identity = ledger.read_identity(chain)
         if identity is None:
@@ -79,15 +88,18 @@ class ConsentRegistry:
         self._catch_up()
 
     def _catch_up(self) -> None:
-        """Apply ledger entries written since we last looked (other coordinator workers share the ledger)."""
+        """Apply ledger entries written since we last looked (other workers share the ledger).
+
+        Run on the event loop's thread only: worker threads (registrations, revocations) append, never apply."""
         if self.chain.head()[0] <= self._seen:
             return
         for entry in self.chain.entries(after=self._seen):
             self._seen = entry.idx
-            if entry.kind == GRANT and entry.key not in self._consents:
+            if entry.kind == GRANT and entry.key not in self._consents:  # this process's own: indexed by register_many
                 receipt = verification_pb2.SignedConsent.FromString(entry.payload)
                 body = verification_pb2.ConsentBody.FromString(receipt.body)
                 self._consents[entry.key] = _Consent(receipt, body, entry.idx)
+                self._by_request[_digest(body.request)] = entry.key
             elif entry.kind == REVOKE and entry.key in self._consents and not self._consents[entry.key].revoked_at_ms:
                 self._consents[entry.key].revoked_at_ms = entry.at_ms
                 self._revocations.append((entry.idx, entry.key))
@@ -140,18 +152,46 @@ class ConsentRegistry:
                 for (position, *_), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
                     # _catch_up on the loop may have read the committed entry first: keep its object.
                     consent = self._consents.setdefault(body.consent_id, _Consent(receipt, body, entry.idx))
+                    self._by_request[_digest(body.request)] = body.consent_id
                     results[position] = self._status(consent)
         return [r for r in results if r is not None]
 
     async def register_many_async(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
-                                  ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
-        """`register_many` in a worker thread: the event loop keeps answering other calls meanwhile."""
-        return await _in_worker(self.register_many, peer_province, requests)
+                                  ) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
+        """`register_many` in a worker thread (the event loop keeps answering other calls meanwhile), then, on the
+        loop, a request refused as a replay that the ledger holds is answered as `Resent` (see `_resent`)."""
+        results = await _in_worker(self.register_many, peer_province, requests)
+        return self._resent(peer_province, requests, results)
 
     async def register_async(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest
-                             ) -> coordinator_pb2.ConsentStatus:
-        """`register` in a worker thread."""
-        return await _in_worker(self.register, peer_province, request)
+                             ) -> coordinator_pb2.ConsentStatus | Resent:
+        """`register` in a worker thread (a resend of a registered request: `Resent`)."""
+        (result,) = await self.register_many_async(peer_province, [request])
+        if isinstance(result, Refusal):
+            raise result
+        return result
+
+    def _resent(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest],
+                results: list[coordinator_pb2.ConsentStatus | Refusal]) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
+        """Each REPLAYED result whose very request (byte for byte, signed by the same province) the ledger holds
+        as the status of that consent: a client whose replica failed after sending can confirm its registration.
+
+        Only a request that passed every other check reaches the nonce check, so only its own signer learns the
+        receipt, which it could ask for with GetConsent anyway. A nonce spent without a ledger entry (a replica
+        killed between the two, or one still committing it) stays REPLAYED."""
+        if not any(isinstance(r, Refusal) and r.code is ErrorCode.REPLAYED for r in results):
+            return list(results)
+        self._catch_up()  # the registration may come from another replica or worker
+        answered: list[coordinator_pb2.ConsentStatus | Resent | Refusal] = []
+        for request, result in zip(requests, results, strict=True):
+            consent = None
+            if isinstance(result, Refusal) and result.code is ErrorCode.REPLAYED:
+                consent = self._consents.get(self._by_request.get(_digest(request.body), ""))
+            if consent is not None and consent.body.requester == peer_province and consent.body.request == request.body:
+                answered.append(Resent(self._status(consent)))
+            else:
+                answered.append(result)
+        return answered
 
     def _accept(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentRequestBody:
         try:
@@ -214,21 +254,43 @@ class ConsentRegistry:
         return consent
 
     def revoke(self, peer_province: str, consent_id: str, reason: str) -> coordinator_pb2.ConsentStatus:
-        """Revoke a consent registered by the same province (idempotent)."""
-        if reason not in REVOKE_REASONS:
-            raise Refusal(ErrorCode.MALFORMED, f"reason must be one of {', '.join(sorted(REVOKE_REASONS))}")
-        consent = self._get(peer_province, consent_id)
+        """Revoke a consent registered by the same province (idempotent). Blocking: the loop uses `revoke_async`."""
+        consent = self._revocable(peer_province, consent_id, reason)
         if not consent.revoked_at_ms:
-            def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
-                # Inside the ledger transaction: another replica may have revoked it since we caught up.
-                latest = self.chain.latest(consent_id)
-                return [] if latest is not None and latest.kind == REVOKE else [(REVOKE, consent_id, reason.encode())]
-
-            self.chain.append_next(build, at_ms=int(self.clock() * 1000))
-            # The state comes from the ledger, as at every other replica: the first revocation entry counts,
-            # and the feed lists revocations in ledger order even when another replica appended in between.
+            self._append_revocation(consent_id, reason)
             self._catch_up()
         return self._status(consent)
+
+    async def revoke_async(self, peer_province: str, consent_id: str, reason: str) -> coordinator_pb2.ConsentStatus:
+        """`revoke` with its ledger append in a worker thread: the loop is not held while the append waits
+        for the chain's write lock (a grant batch's signing and commit), and feeds and checks keep answering.
+
+        Only the append leaves the loop. The registry's state is changed on the loop alone, by `_catch_up`
+        reading the ledger (as for another replica's revocation), and before this returns: once the revocation
+        is acknowledged every later check of this process sees it; the ledger orders it with grants and with
+        other replicas' revocations of the same consent (the first revocation entry counts)."""
+        consent = self._revocable(peer_province, consent_id, reason)
+        if not consent.revoked_at_ms:
+            await _in_worker(self._append_revocation, consent_id, reason)
+            self._catch_up()
+        return self._status(self._consents[consent_id])
+
+    def _revocable(self, peer_province: str, consent_id: str, reason: str) -> _Consent:
+        """The peer's consent named `consent_id` (caught up with the ledger); Refusal for a bad reason or another's consent."""
+        if reason not in REVOKE_REASONS:
+            raise Refusal(ErrorCode.MALFORMED, f"reason must be one of {', '.join(sorted(REVOKE_REASONS))}")
+        return self._get(peer_province, consent_id)
+
+    def _append_revocation(self, consent_id: str, reason: str) -> None:
+        """Append the consent's revocation unless the ledger already holds one; touches no registry state."""
+        def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
+            # Inside the ledger transaction: another replica or call may have revoked it since we caught up.
+            latest = self.chain.latest(consent_id)
+            return [] if latest is not None and latest.kind == REVOKE else [(REVOKE, consent_id, reason.encode())]
+
+        # The state comes from the ledger (the caller's _catch_up), as at every other replica: the first
+        # revocation entry counts, and the feed lists revocations in ledger order.
+        self.chain.append_next(build, at_ms=int(self.clock() * 1000))
 
     def status(self, peer_province: str, consent_id: str) -> coordinator_pb2.ConsentStatus:
         return self._status(self._get(peer_province, consent_id))
@@ -287,3 +349,8 @@ class ConsentRegistry:
             state=coordinator_pb2.REVOKED if consent.revoked_at_ms else coordinator_pb2.ACTIVE,
             revoked_at_ms=consent.revoked_at_ms, ledger_index=consent.ledger_index,
         )
+
+
+def _digest(request_body: bytes) -> bytes:
+    """The key of a signed consent request in the registry's request index."""
+    return hashlib.sha256(request_body).digest()

@@ -15,7 +15,7 @@ from node.config import MemberConfig
 from node.coordinator.announcement_store import AnnouncementDocument
 from node.coordinator.audit_heads import AuditHeadSigner
 from node.coordinator.claims import ClaimBook
-from node.coordinator.consents import ConsentRegistry
+from node.coordinator.consents import ConsentRegistry, Resent
 from node.coordinator.directory import Directory
 from node.coordinator.locators import LocatorBook
 from node.coordinator.household_servicer import HouseholdRoundsServicer
@@ -43,6 +43,7 @@ MAX_DISCOVERY_TOKENS = 16
 MAX_BATCH = 512  # households per batch message
 CLAIMS_IMPLAUSIBLE = "claims.implausible"  # audit decision: a province is no longer routed to
 LOCATOR_DECISION = "locator"  # audit decision: a province's locator for an epoch is in force
+RESENT = {"resent": "confirmed"}  # on a consent.grant record: a resend of a registered request, answered with its receipt
 # What nodes need to stay in force (consents, CRL, directory, announce, checkpoints): their own capacity.
 FEEDS = frozenset(f"/{SERVICE_NAME}/{m}" for m in ("ConsentUpdates", "Revocations", "Directory", "Announce", "SubmitCheckpoint",
                                                    "PublishLocator", "HeldLocators"))
@@ -82,10 +83,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             province = self._province(context)
 
             async def register() -> tuple[Any, asyncio.Future[Any]]:
-                status = await self.consents.register_async(province, request)
+                result = await self.consents.register_async(province, request)
+                status = _status(result)
                 body = verification_pb2.ConsentBody.FromString(status.receipt.body)
                 return status, self.auditor.submit(audit.coordinator_event(
-                    audit.CONSENT_GRANT, requester=province, consent_id=body.consent_id, purpose=body.purpose))
+                    audit.CONSENT_GRANT, requester=province, consent_id=body.consent_id, purpose=body.purpose,
+                    statuses=RESENT if isinstance(result, Resent) else None))
 
             # Shielded: a caller cancelled (or out of time) while the thread commits the grant does not
             # stop its audit record from being queued (no ledger entry without its record).
@@ -98,8 +101,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def RevokeConsent(self, request: Any, context: aio.ServicerContext) -> Any:
         async with edge(context, self.log, "RevokeConsent", self.metrics, self._refusal_hook("RevokeConsent", request, context)):
             province = self._province(context)
-            status = self.consents.revoke(province, request.consent_id, request.reason or "other")
-            await self._audit(audit.coordinator_event(audit.CONSENT_REVOKE, requester=province, consent_id=request.consent_id))
+
+            async def revoke() -> tuple[Any, asyncio.Future[Any]]:
+                status = await self.consents.revoke_async(province, request.consent_id, request.reason or "other")
+                return status, self.auditor.submit(audit.coordinator_event(
+                    audit.CONSENT_REVOKE, requester=province, consent_id=request.consent_id))
+
+            # Shielded, as in RegisterConsent: a caller gone while the thread appends does not stop the record.
+            status, recorded = await asyncio.shield(asyncio.ensure_future(revoke()))
+            await recorded
             self.log.info("consent_revoked", requester=province, consent_id=request.consent_id)
             return status
 
@@ -189,16 +199,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     audit.coordinator_event(audit.refused(r.code), requester=province, request_id=_consent_request_id(q),
                                             statuses={"call": "RegisterConsentBatch"})
                     if isinstance(r, Refusal) else
-                    audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=_cid(r),
-                                            purpose=verification_pb2.ConsentBody.FromString(r.receipt.body).purpose)
+                    audit.coordinator_event(audit.CONSENT_GRANT, requester=province, consent_id=_cid(_status(r)),
+                                            purpose=verification_pb2.ConsentBody.FromString(_status(r).receipt.body).purpose,
+                                            statuses=RESENT if isinstance(r, Resent) else None)
                     for q, r in zip(request.requests, results, strict=True)])
 
             # Shielded, as in RegisterConsent: the records are queued even when the caller went away meanwhile.
             results, recorded = await asyncio.shield(asyncio.ensure_future(register()))
             await recorded
             items = [coordinator_pb2.ConsentBatchItem(error_code=r.code.name, error=str(r)) if isinstance(r, Refusal)
-                     else coordinator_pb2.ConsentBatchItem(status=r) for r in results]
+                     else coordinator_pb2.ConsentBatchItem(status=_status(r)) for r in results]
             self.log.info("consents_registered", requester=province, count=sum(1 for i in items if not i.error_code),
+                          resent=sum(1 for r in results if isinstance(r, Resent)),
                           refused=sum(1 for i in items if i.error_code))
             return coordinator_pb2.RegisterConsentBatchResponse(items=items)
 
@@ -351,6 +363,11 @@ def _consent_request_id(request: coordinator_pb2.RegisterConsentRequest) -> str:
         return request_ids.shown(coordinator_pb2.ConsentRequestBody.FromString(request.body).request_id)
     except Exception:  # noqa: BLE001 - undecodable body: no request id to record
         return ""
+
+
+def _status(result: coordinator_pb2.ConsentStatus | Resent) -> coordinator_pb2.ConsentStatus:
+    """A registration's status, whether just registered or confirmed as resent."""
+    return result.status if isinstance(result, Resent) else result
 
 
 def _cid(status: coordinator_pb2.ConsentStatus) -> str:

@@ -114,14 +114,19 @@ def test_other_calls_are_answered_while_a_grant_batch_is_registered(fed: Federat
 
 
 def test_a_replayed_request_in_a_batch_is_still_refused(fed: Federation) -> None:
-    """Registering off the loop keeps the nonce check: the same signed request sent again is REPLAYED."""
+    """Registering off the loop keeps the nonce check: the same signed requests sent again register nothing
+    new; the ledger holds them, so each is answered with the receipt it already has (SECURITY G45)."""
     batch = _batch(fed, 2)
     with _channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         first = stub.RegisterConsentBatch(batch, timeout=CALL_S)
+        head = stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
         again = stub.RegisterConsentBatch(batch, timeout=CALL_S)
+        after = stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
     assert [i.error_code for i in first.items] == ["", ""]
-    assert [i.error_code for i in again.items] == ["REPLAYED", "REPLAYED"]
+    assert [i.error_code for i in again.items] == ["", ""]
+    assert [i.status for i in again.items] == [i.status for i in first.items]
+    assert after == head
 
 
 def test_a_grant_batch_is_audited_in_one_transaction_in_request_order(fed: Federation) -> None:

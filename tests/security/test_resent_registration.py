@@ -1,0 +1,132 @@
+"""A registration sent again after its nonce was spent is confirmed from the ledger (SECURITY G45): the very
+same signed request the ledger holds is answered with its receipt and registers nothing new; a spent nonce
+without a ledger entry, or another request reusing a nonce, is still refused as a replay."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from node import config as config_mod
+from node.client.coordinator import require_own_request
+from node.coordinator.consents import CONSENT_REQUEST_DOMAIN, GRANT
+from node.coordinator.server import RESENT
+from node.service.consent import SALT_BYTES, commitment
+from node.store import audit
+from node.store.factory import open_storage
+from node.testing import Federation
+from node.testing.cluster import LoopThread, build_federation
+from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+
+CALL_S = 10.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+    """A coordinator on each store (SQLite keeps nonces and the ledger in two files, so they cannot share a commit)."""
+    extra = {"store": {"url": request.getfixturevalue("postgres_url")}} if request.param == "postgres" else {}
+    fed = build_federation(tmp_path, ["44", "51"], coordinator_extra=extra)
+    fed.loop = LoopThread()
+    try:
+        fed.start_coordinator()
+        yield fed
+    finally:
+        for code in list(fed.servers):
+            fed.stop_node(code)
+        fed.loop.close()
+
+
+def _channel(fed: Federation, member: str) -> grpc.Channel:
+    folder = fed.pki / "members" / member
+    creds = grpc.ssl_channel_credentials(root_certificates=(fed.pki / "ca.pem").read_bytes(),
+                                         private_key=(folder / "tls.key").read_bytes(),
+                                         certificate_chain=(folder / "tls.pem").read_bytes())
+    return grpc.secure_channel(fed.addresses["coordinator"], creds)
+
+
+def _body(nonce: bytes | None = None, purpose: str = "dibao") -> coordinator_pb2.ConsentRequestBody:
+    now_ms = int(time.time() * 1000)
+    salt = os.urandom(SALT_BYTES)
+    return coordinator_pb2.ConsentRequestBody(
+        requester="51", request_id=uuid.uuid4().hex, nonce=nonce or os.urandom(16), issued_at_ms=now_ms, purpose=purpose,
+        subject_salt=salt, subject_commitments=[commitment(salt, os.urandom(32))],
+        not_before_ms=now_ms - 60_000, not_after_ms=now_ms + 86_400_000)
+
+
+def _signed(fed: Federation, body: coordinator_pb2.ConsentRequestBody) -> coordinator_pb2.RegisterConsentRequest:
+    raw = body.SerializeToString()
+    return coordinator_pb2.RegisterConsentRequest(body=raw, signature=fed.member("51").signer.sign(CONSENT_REQUEST_DOMAIN, raw))
+
+
+def _head(stub: coordinator_pb2_grpc.CoordinatorStub) -> int:
+    return stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
+
+
+def _grant_records(fed: Federation, consent_id: str) -> list[audit.AuditRecord]:
+    entries = fed.servers["coordinator"].audit_log.chain.entries()
+    records = [audit.AuditRecord.from_json(e.payload) for e in entries if e.kind == audit.KIND_RECORD]
+    return [r for r in records if r.decision == audit.CONSENT_GRANT and r.consent_id == consent_id]
+
+
+def test_a_resent_registration_is_confirmed_with_its_receipt(fed: Federation) -> None:
+    """The same signed request sent again is answered with the receipt the ledger holds (the client's own check
+    of it passes), no ledger entry is added, and the confirmation is audited as a resent grant."""
+    request = _signed(fed, _body())
+    with _channel(fed, "51") as ch:
+        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+        first = stub.RegisterConsent(request, timeout=CALL_S)
+        head = _head(stub)
+        with fed.coordinator("51") as client:  # the client's resend after a replica failed: a plain answer
+            again = client.call("RegisterConsent", request)
+        after = _head(stub)
+    consent_id = verification_pb2.ConsentBody.FromString(first.receipt.body).consent_id
+    assert again == first
+    require_own_request(again.receipt, request.body, fed.member("51").verifier)
+    assert after == head
+    assert [e.kind for e in fed.servers["coordinator"].chain.entries(key=consent_id)] == [GRANT]
+    assert [r.extra for r in _grant_records(fed, consent_id)] == [{}, RESENT]
+
+
+def test_a_resent_batch_confirms_only_what_the_ledger_holds(fed: Federation) -> None:
+    """In a batch, a resent registered request is confirmed, a fresh one registered and a request reusing
+    another's nonce refused as a replay, each on its own."""
+    registered = _signed(fed, _body())
+    with _channel(fed, "51") as ch:
+        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+        first = stub.RegisterConsent(registered, timeout=CALL_S)
+        reused = _signed(fed, _body(nonce=coordinator_pb2.ConsentRequestBody.FromString(registered.body).nonce,
+                                    purpose="tekun"))
+        head = _head(stub)
+        reply = stub.RegisterConsentBatch(coordinator_pb2.RegisterConsentBatchRequest(
+            requests=[registered, _signed(fed, _body()), reused]), timeout=CALL_S)
+        after = _head(stub)
+    assert [i.error_code for i in reply.items] == ["", "", "REPLAYED"]
+    assert reply.items[0].status == first
+    assert reply.items[1].status.ledger_index == head + 1 and after == head + 1
+
+
+def test_a_spent_nonce_without_a_registration_is_still_refused(fed: Federation) -> None:
+    """A nonce spent with no ledger entry (a replica killed between its two writes) leaves the request a
+    replay: ALREADY_EXISTS, nothing registered."""
+    body = _body()
+    cfg = config_mod.load(fed.coordinator_config)
+    with open_storage(cfg) as storage:  # what the killed replica wrote before it died
+        nonces = storage.nonces(window_ms=cfg.limits.clock_skew_s * 1000)
+        try:
+            assert nonces.remember(body.requester, body.nonce, body.issued_at_ms)
+        finally:
+            nonces.close()
+    with _channel(fed, "51") as ch:
+        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+        head = _head(stub)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RegisterConsent(_signed(fed, body), timeout=CALL_S)
+        after = _head(stub)
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert after == head
