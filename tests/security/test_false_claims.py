@@ -369,6 +369,27 @@ def test_false_positives_of_a_province_holding_nothing_never_stop_routing_to_it(
         assert '"claims_implausible"' not in log_sink.getvalue()
 
 
+def test_a_false_claimer_is_still_caught_when_the_requester_discovers_much(data: dict[str, Path]) -> None:
+    """After many discoveries by 51, the hostile province's locator is expected to give a few false positives:
+    its contradictions are excluded as soon as they exceed what those explain, no later."""
+    alpha, sample = ClaimPolicy().false_positive_alpha, CLAIMS["claims"]["min_sample"]
+    with hostile_cluster(data, ["51", "44", "33"]) as fed:
+        coordinator = fed.servers["coordinator"]
+        judge = coordinator.router.claims
+        epoch = discovery.current_epoch(coordinator.router.locators.policy.epoch_s)
+        rate = coordinator.router.locators.held("33", epoch).false_match_rate
+        households = next(h for h in range(1, 129) if claims.false_positive_bound(16 * h * rate, alpha) > sample + 1)
+        _discover_many(fed, "51", households)
+        consent = fed.grant("51", [HUSBAND, WIFE], "dibao").consent_id
+        statuses = []
+        while not statuses or statuses[-1] == "NOT_HELD":
+            assert len(statuses) < 20, "the false claimer was never excluded"
+            statuses.append(verify(fed, "51", consent).routing["33"])
+        contradicted = len(statuses) - 1
+        assert statuses[-1] == "IMPLAUSIBLE"
+        assert contradicted == claims.false_positive_bound(judge.expected("33", "51"), alpha) > sample
+
+
 _SCHEMA_1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE subjects(id INTEGER PRIMARY KEY, token BLOB NOT NULL UNIQUE CHECK (length(token) = 32));
