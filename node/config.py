@@ -52,13 +52,16 @@ class ClaimPolicy:
 
     Per (holder, requester): over the last `window` judged claims (at least `min_sample`), a
     share of contradicted ones of `max_contradiction_rate` or more stops routing that
-    requester's queries to the holder; once `min_requesters` requesters did so, nobody's are.
+    requester's queries to the holder, unless the holder's locator false positives on that
+    requester's discoveries explain its contradictions (they reach that many with probability
+    above `false_positive_alpha`); once `min_requesters` requesters did so, nobody's are.
     """
 
     min_sample: int = 20
     max_contradiction_rate: float = 0.2
     window: int = 200
     min_requesters: int = 3
+    false_positive_alpha: float = 1e-9
 
     def __post_init__(self) -> None:
         for name in ("min_sample", "window", "min_requesters"):
@@ -68,6 +71,9 @@ class ClaimPolicy:
         rate = self.max_contradiction_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
             raise ConfigError("claims.max_contradiction_rate must be a number in (0, 1]")
+        alpha = self.false_positive_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 1e-100 <= alpha < 1:
+            raise ConfigError("claims.false_positive_alpha must be a number in [1e-100, 1)")
         if self.min_sample > self.window:
             raise ConfigError("claims.min_sample must not exceed claims.window")
 

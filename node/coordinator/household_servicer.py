@@ -52,7 +52,8 @@ class HouseholdRoundsServicer:
                 consent = c.consents.check_active(province, request.consent_id)
                 if len(set(request.discovery_tokens)) != len(consent.subject_commitments):
                     raise Refusal(ErrorCode.MALFORMED, "a round covers every member of the consented household")
-                held, statuses = c.router.holds(province, list(request.discovery_tokens), request.epoch)
+                held, statuses = c.router.holds(province, list(request.discovery_tokens), request.epoch,
+                                                judged=False)  # contribution queries are not claim-checked (G24)
                 unknown = {s.province for s in statuses if s.status in ROUTE_FAILURES}
                 signed = self.rounds.open(province, request.consent_id, request.round_id, held, missing=unknown)
             body = household_pb2.HolderSetBody.FromString(signed.body)
@@ -89,7 +90,7 @@ class HouseholdRoundsServicer:
                         asked[i] = list(h.discovery_tokens)
                 except Refusal as refusal:
                     refused[i] = refusal
-            holders, statuses = c.router.holders_of(province, asked, epoch)
+            holders, statuses = c.router.holders_of(province, asked, epoch, judged=False)  # not claim-checked (G24)
             unknown = {s.province for s in statuses if s.status in ROUTE_FAILURES}
             bodies: dict[int, bytes] = {}
             with self.rounds.transaction():  # every round id of the batch remembered in one transaction

@@ -43,6 +43,7 @@ class Held:
     subject_count: int
     shard_bits: int
     shards: tuple[locator.Shard, ...]
+    false_match_rate: float  # the chance it matches an edt of someone it does not hold (shards equally likely)
 
     def contains(self, edt: bytes) -> bool:
         return self.shards[locator.shard_of(edt, self.shard_bits)].contains(edt)
@@ -119,8 +120,9 @@ class LocatorBook:
             if s.shards is None:
                 held[key] = self._held[key]
                 continue
-            held[key] = Held(s.generation, s.subject_count, s.shards[0][0],
-                             tuple(locator.Shard(f, n) for _, n, f in s.shards))
+            shards = tuple(locator.Shard(f, n) for _, n, f in s.shards)
+            held[key] = Held(s.generation, s.subject_count, s.shards[0][0], shards,
+                             sum(shard.false_positive_rate for shard in shards) / len(shards))
         self._held, self._version = held, version
 
     def held(self, province: str, epoch: int) -> Held | None:
@@ -129,9 +131,10 @@ class LocatorBook:
             self._refresh()
             return self._held.get((province, epoch))
 
-    def matches(self, provinces: Sequence[str], edts: Sequence[bytes],
-                epoch: int) -> dict[str, set[int] | None]:
-        """Per province, the indexes of `edts` its locator for `epoch` matches (None: it has none)."""
+    def matches(self, provinces: Sequence[str], edts: Sequence[bytes], epoch: int,
+                rates: dict[str, float] | None = None) -> dict[str, set[int] | None]:
+        """Per province, the indexes of `edts` its locator for `epoch` matches (None: it has none); into
+        `rates`, per province with a locator, its `Held.false_match_rate` (what the claim checks expect)."""
         if epoch not in self.epochs():
             raise Refusal(ErrorCode.MALFORMED, "discovery epoch is not current: derive it from the directory's "
                                                "discovery_epoch_s")
@@ -141,4 +144,6 @@ class LocatorBook:
             for province in provinces:
                 held = self._held.get((province, epoch))
                 out[province] = None if held is None else {i for i, e in enumerate(edts) if held.contains(e)}
+                if held is not None and rates is not None:
+                    rates[province] = held.false_match_rate
             return out

@@ -186,19 +186,26 @@ class Router:
     async def _each(self, provinces: Sequence[str], call: Callable[[str], Awaitable[T]]) -> list[T]:
         return list(await asyncio.gather(*(call(p) for p in provinces)))
 
-    def holds(self, requester: str, edts: Sequence[bytes],
-              epoch: int) -> tuple[dict[str, set[int]], list[coordinator_pb2.ProvinceStatus]]:
+    def holds(self, requester: str, edts: Sequence[bytes], epoch: int, *,
+              judged: bool = True) -> tuple[dict[str, set[int]], list[coordinator_pb2.ProvinceStatus]]:
         """Which other provinces' locators match which of the discovery tokens (indexes per province).
 
         Answered from the locators alone: no province is contacted, so none learns of the query.
         A province without a locator for the epoch is UNAVAILABLE (it may hold data; it cannot be
-        told); one no longer routed to (node.coordinator.claims) is IMPLAUSIBLE.
+        told); one no longer routed to (node.coordinator.claims) is IMPLAUSIBLE. When the matches
+        lead to `judged` (locked, routed) queries, the false matches each locator is expected to
+        give are added to the claim checks, which then do not take them for false claims.
         """
         if self.locators is None:
             raise Refusal(ErrorCode.UNAVAILABLE, "this coordinator holds no locators")
         provinces = sorted(p for p in self.directory.entries() if p != requester)
         refused = {p for p in provinces if self.claims is not None and self.claims.refuses(p, requester)}
-        found = self.locators.matches([p for p in provinces if p not in refused], edts, epoch)
+        rates: dict[str, float] = {}
+        found = self.locators.matches([p for p in provinces if p not in refused], edts, epoch, rates)
+        if judged and self.claims is not None and rates:
+            distinct = len(set(edts))
+            for province, rate in rates.items():
+                self.claims.discovered(province, requester, distinct * rate)
         held: dict[str, set[int]] = {}
         statuses: list[coordinator_pb2.ProvinceStatus] = []
         for province in provinces:
@@ -216,8 +223,8 @@ class Router:
                 statuses.append(coordinator_pb2.ProvinceStatus(province=province, status=coordinator_pb2.ROUTE_NO_MATCH))
         return held, statuses
 
-    def holders_of(self, requester: str, households: Sequence[Sequence[bytes] | None],
-                   epoch: int) -> tuple[list[set[str]], list[coordinator_pb2.ProvinceStatus]]:
+    def holders_of(self, requester: str, households: Sequence[Sequence[bytes] | None], epoch: int, *,
+                   judged: bool = True) -> tuple[list[set[str]], list[coordinator_pb2.ProvinceStatus]]:
         """Per household (None: not asked), the other provinces whose locators match any of its
         discovery tokens, from one `holds` over every household's tokens."""
         tokens: list[bytes] = []
@@ -231,7 +238,7 @@ class Router:
         found: list[set[str]] = [set() for _ in households]
         if not tokens:
             return found, []
-        held, statuses = self.holds(requester, tokens, epoch)
+        held, statuses = self.holds(requester, tokens, epoch, judged=judged)
         for province, indexes in held.items():
             for index in indexes:
                 found[owner[index]].add(province)

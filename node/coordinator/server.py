@@ -290,7 +290,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         for alert in self.router.claims.drain_alerts():
             await self._audit(audit.coordinator_event(CLAIMS_IMPLAUSIBLE, requester=alert.requester, statuses={
                 "holder": alert.holder, "scope": alert.scope, "judged": str(alert.judged),
-                "contradicted": str(alert.contradicted)}))
+                "contradicted": str(alert.contradicted), "expected_false_positives": f"{alert.expected:.6f}"}))
 
     @staticmethod
     def _event(decision: str, requester: str, request_id: str, consent_id: str, call: str) -> audit.AuditRecord:

@@ -10,7 +10,9 @@ be exactly those of a filter of its claimed key count, and its fill (share of se
 what that many keys can set, plus a margin of six standard deviations. A filter at fill f
 matches an unknown token with probability f^16, so a province cannot claim to hold everyone
 (an all-ones filter is refused) except by putting everyone's tokens in it, which the
-coordinator's bound on a province's subject count refuses.
+coordinator's bound on a province's subject count refuses. That f^16 of a loaded shard
+(`Shard.false_positive_rate`) is what the coordinator's claim checks expect of honest false
+positives (node.coordinator.claims).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def max_fill(count: int, size_bits: int, hashes: int) -> float:
 class Shard:
     """A loaded, checked shard: membership of discovery tokens."""
 
-    __slots__ = ("_bloom", "count", "fill", "nbytes")
+    __slots__ = ("_bloom", "count", "false_positive_rate", "fill", "nbytes")
 
     def __init__(self, data: bytes, count: int) -> None:
         # Before building the reference filter (its size follows the claim, not the bytes sent):
@@ -104,6 +106,8 @@ class Shard:
         self._bloom = rbloom.Bloom.load_bytes(data, _hash)
         self.count = count
         self.nbytes = len(data)
+        # An unknown token sets each of its `hashes` bit positions uniformly: it matches when all are set.
+        self.false_positive_rate = self.fill ** hashes if count else 0.0
 
     def contains(self, edt: bytes) -> bool:
         """Whether the token may be in the shard (false positives ~2^-16; never a false negative)."""

@@ -14,6 +14,8 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import pytest
 
 from node import config
 from node.client import routed
+from node.config import ClaimPolicy
+from node.coordinator import claims
 from node.crypto import discovery, locator, possession, sealing
 from node.crypto.tokens import possession_key, subject_token
 from node.domain import idnumber
@@ -31,7 +35,7 @@ from node.store import audit
 from node.store.sqlite.facts import Store
 from node.testing import Federation, capture_logs, run_cluster
 from node.testing.cluster import LoopThread, build_federation, set_coordinator
-from node.wire.v1 import common_pb2, verification_pb2
+from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 from tests.conftest import write_csv
 
 HUSBAND = idnumber.make("511702", dt.date(1985, 4, 9), 219)
@@ -287,6 +291,103 @@ def test_batch_queries_to_a_false_holder_stay_locked_and_are_counted(data: dict[
         consent = fed.grant("51", [HUSBAND], "dibao").consent_id
         assert verify(fed, "51", consent, [HUSBAND]).routing["33"] == "NOT_HELD"  # 3rd contradicted claim
         assert verify(fed, "51", consent, [HUSBAND]).routing["33"] == "IMPLAUSIBLE"
+
+
+def _false_positives(fed: Federation, requester: str, holder: str, count: int) -> list[str]:
+    """`count` ID numbers `holder` does not hold whose discovery tokens its locator (as the coordinator holds
+    it) matches all the same: its false positives, found by trying ID numbers in turn (~2^16 per match)."""
+    book = fed.servers["coordinator"].router.locators
+    epoch = discovery.current_epoch(book.policy.epoch_s)
+    held = book.held(holder, epoch)
+    others = [h for p in fed.configs if p not in (requester, holder) and (h := book.held(p, epoch)) is not None]
+    key, found, day = fed.member(requester).linkage_key, [], dt.date(1950, 1, 1)
+    while len(found) < count:
+        for seq in range(1, 1000):
+            number = idnumber.make("511702", day, seq)
+            edt = discovery.discovery_token(subject_token(key, number), epoch)
+            if held.contains(edt) and not any(o.contains(edt) for o in others):
+                found.append(number)
+        day += dt.timedelta(days=1)
+    return found[:count]
+
+
+def _discover_many(fed: Federation, requester: str, households: int) -> int:
+    """Discover `households` consented households of 16 members (one DiscoverBatch): the requester's discovery
+    volume. Returns how many discovery tokens it sent."""
+    sent = 0
+    with fed.coordinator(requester) as c:
+        asked = []
+        for h in range(households):
+            ids = [idnumber.make("511702", dt.date(2001, 1, 1) + dt.timedelta(days=h), seq) for seq in range(1, 17)]
+            consent = c.grant(ids, "dibao").consent_id
+            epoch, edts = c.discovery_tokens([subject_token(c.member.linkage_key, n) for n in ids])
+            asked.append(coordinator_pb2.HouseholdDiscovery(consent_id=consent, discovery_tokens=edts))
+            sent += len(edts)
+        reply = c.call("DiscoverBatch", coordinator_pb2.DiscoverBatchRequest(request_id=uuid.uuid4().hex,
+                                                                             households=asked, epoch=epoch))
+        assert not [h.error for h in reply.households if h.error_code]
+    return sent
+
+
+def test_false_positives_of_a_province_holding_nothing_never_stop_routing_to_it(
+        data: dict[str, Path], tmp_path: Path, log_sink: io.StringIO) -> None:
+    """Province 33 holds none of 51's applicants, so its locator's false positives are all it is routed by 51
+    (each NOT_HELD); judged against 51's discovery volume they are expected, so 33 is never excluded, and when
+    it later holds one of 51's applicants that query is answered (B27)."""
+    residents = write_csv(tmp_path / "33.csv", [(idnumber.make("330102", dt.date(1970, 1, 1) + dt.timedelta(days=i), 11),
+                                                 "vehicle.count", 1, "2026-10-31", "mps") for i in range(300)])
+    alpha, sample = ClaimPolicy().false_positive_alpha, CLAIMS["claims"]["min_sample"]
+    with run_cluster(["51", "44", "33"], data={"44": data["44"], "33": residents}, coordinator_extra=CLAIMS) as fed:
+        coordinator = fed.servers["coordinator"]
+        book, judge = coordinator.router.locators, coordinator.router.claims
+        epoch = discovery.current_epoch(book.policy.epoch_s)
+        rate = book.held("33", epoch).false_match_rate  # of 300 subjects: near the design's 2^-16
+        # Without discovery volume, min_sample contradictions from false positives alone would exclude 33.
+        assert claims.false_positive_bound(sample * rate, alpha) <= sample
+        # 51's volume: enough households of 16 that false positives explain one contradiction more than sent.
+        households = next(h for h in range(1, 129) if claims.false_positive_bound(16 * h * rate, alpha) > sample + 1)
+        sent = _discover_many(fed, "51", households)
+        assert judge.expected("33", "51") == pytest.approx(sent * rate)
+        strangers = _false_positives(fed, "51", "33", sample)
+        for number in strangers:
+            consent = fed.grant("51", [number], "dibao").consent_id
+            assert fed.verify("51", [number], CHECKS, consent_id=consent).routing == {"44": "NO_MATCH",
+                                                                                         "33": "NOT_HELD"}
+        contradicted = [json.loads(line) for line in log_sink.getvalue().splitlines() if '"claim_contradicted"' in line]
+        assert [(c["holder"], c["requester"]) for c in contradicted] == [("33", "51")] * len(strangers)
+        assert not judge.refuses("33", "51")
+        before = book.held("33", epoch).generation
+        fed.ingest("33", write_csv(tmp_path / "late.csv", [(WIFE, "income.wage_monthly", 300000, "2026-10-31", "hrss")]))
+        deadline = time.monotonic() + 30
+        while (now := book.held("33", epoch)) is None or now.generation == before:
+            assert time.monotonic() < deadline, "33 did not lodge a new locator after the ingest"
+            time.sleep(0.05)  # waiting for the node's loop to notice (a condition, not a fixed delay)
+        consent = fed.grant("51", [WIFE], "dibao").consent_id
+        result = fed.verify("51", [WIFE], CHECKS, consent_id=consent)
+        assert result.routing == {"44": "NO_MATCH", "33": "OK"}
+        assert [a.province for a in result.answers] == ["33"] and result.answers[0].signature_valid
+        assert '"claims_implausible"' not in log_sink.getvalue()
+
+
+def test_a_false_claimer_is_still_caught_when_the_requester_discovers_much(data: dict[str, Path]) -> None:
+    """After many discoveries by 51, the hostile province's locator is expected to give a few false positives:
+    its contradictions are excluded as soon as they exceed what those explain, no later."""
+    alpha, sample = ClaimPolicy().false_positive_alpha, CLAIMS["claims"]["min_sample"]
+    with hostile_cluster(data, ["51", "44", "33"]) as fed:
+        coordinator = fed.servers["coordinator"]
+        judge = coordinator.router.claims
+        epoch = discovery.current_epoch(coordinator.router.locators.policy.epoch_s)
+        rate = coordinator.router.locators.held("33", epoch).false_match_rate
+        households = next(h for h in range(1, 129) if claims.false_positive_bound(16 * h * rate, alpha) > sample + 1)
+        _discover_many(fed, "51", households)
+        consent = fed.grant("51", [HUSBAND, WIFE], "dibao").consent_id
+        statuses = []
+        while not statuses or statuses[-1] == "NOT_HELD":
+            assert len(statuses) < 20, "the false claimer was never excluded"
+            statuses.append(verify(fed, "51", consent).routing["33"])
+        contradicted = len(statuses) - 1
+        assert statuses[-1] == "IMPLAUSIBLE"
+        assert contradicted == claims.false_positive_bound(judge.expected("33", "51"), alpha) > sample
 
 
 _SCHEMA_1 = """
