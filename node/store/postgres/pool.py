@@ -45,6 +45,37 @@ _lock = threading.Lock()
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 _pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}
 _down: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()  # pools whose last wait ran out (see DOWN_WAIT_S)
+#: What an opener meets while `hedui restore` (or `hedui ledger new-epoch`) holds RESTORE_LOCK exclusive.
+RESTORING: Final[str] = "a restore (or new epoch) of this PostgreSQL store is in progress: start again when it has finished"
+_restoring: set[str] = set()  # URLs this process itself holds RESTORE_LOCK exclusive on (see restoring())
+
+
+def restore_lock() -> int:
+    """The session advisory lock every pooled Hedui session holds SHARED for its whole life (taken when it
+    connects) and a restore holds EXCLUSIVE for its whole run: a restore starts only when no Hedui session is
+    open, and no session opens until it has finished (SECURITY G47)."""
+    return lock_key("restore")
+
+
+def hold_shared(conn: psycopg.Connection, url: str) -> None:
+    """Take the restore lock shared on this session (never waiting); StoreError(RESTORING) while a restore holds it.
+    Sessions of a restore's own process (restoring(url)) skip it."""
+    if url in _restoring:
+        return
+    if not conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (restore_lock(),)).fetchone()[0]:
+        raise StoreError(f"{redact(url)}: {RESTORING}")
+
+
+@contextlib.contextmanager
+def restoring(url: str) -> Iterator[None]:
+    """For the block, this process holds the restore lock exclusive on `url`: its own pools do not take it shared."""
+    with _lock:
+        _restoring.add(url)
+    try:
+        yield
+    finally:
+        with _lock:
+            _restoring.discard(url)
 
 
 def check_origin(conn: psycopg.Connection) -> None:
@@ -56,11 +87,12 @@ def check_origin(conn: psycopg.Connection) -> None:
                          "check ALTER ROLE/DATABASE settings and the URL's options")
 
 
-def _configure(readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
+def _configure(url: str, readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
     def configure(conn: psycopg.Connection) -> None:
-        """Every session: durable commits whatever the server default, and read-only when asked."""
+        """Every session: the restore lock shared, durable commits whatever the server default, read-only when asked."""
         conn.autocommit = True
         check_origin(conn)
+        hold_shared(conn, url)
         conn.execute("SET synchronous_commit = on")
         conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         conn.execute("SET application_name = 'hedui'")
@@ -107,10 +139,11 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
         try:  # first a plain connect: a server that is down or refuses us is one precise error, at once
             with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True) as probe:
                 check_origin(probe)
+                hold_shared(probe, url)  # a restore in progress: this one line, not a pool retrying until its timeout
         except psycopg.Error as exc:
             raise StoreError(connect_failure(url, exc)) from None
         pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=POOL_WAIT_S,
-                              kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
+                              kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(url, readonly),
                               check=ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S,
                               name=f"hedui-{'ro' if readonly else 'rw'}", num_workers=1)
         try:
