@@ -220,3 +220,10 @@ def test_restore_refused_while_another_process_holds_the_store_open(member: Path
     finally:
         holder.communicate("\n", timeout=60)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "stop the member" in refused.stderr
+
+
+def test_backup_help_says_what_is_left_out() -> None:
+    """`hedui backup --help` says locators are not backed up (nodes lodge them again) and `restore --help` that spent budgets stay spent."""
+    shown = hedui("backup", "--help").stdout.replace("\n", " ")
+    assert "locators: every node lodges its own again" in " ".join(shown.split())
+    assert "spent budgets stay spent" in " ".join(hedui("restore", "--help").stdout.split())
