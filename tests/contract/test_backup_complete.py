@@ -222,6 +222,29 @@ def test_restore_refused_while_another_process_holds_the_store_open(member: Path
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "stop the member" in refused.stderr
 
 
+def test_a_process_whose_sessions_were_gone_during_a_restore_refuses_afterwards(member: Path, tmp_path: Path) -> None:
+    """A process that had the store open while PostgreSQL dropped its sessions, and a restore ran meanwhile, refuses
+    every later store access with one line (restart it) instead of serving the replaced store's state from memory."""
+    assert hedui("backup", "--config", member, "--out", tmp_path / "bk").returncode == 0
+    cfg = config.load(member)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from node.store.factory import open_url; "
+                               "s = open_url(sys.argv[1], sys.argv[2]); f = s.facts(); print(f.counts()['facts'], flush=True); "
+                               "sys.stdin.readline()\ntry:\n    print(f.counts())\nexcept Exception as exc:\n    print(exc)",
+                               cfg.store_url, str(cfg.data_dir)],
+                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "1\n"
+        with psycopg.connect(cfg.store_url, autocommit=True) as conn:  # as a PostgreSQL restart would
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hedui'")
+            _wait_for(conn, "SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'hedui'")
+        put = hedui("restore", "--config", member, "--from", tmp_path / "bk", "--force")
+    finally:
+        out, err = holder.communicate("\n", timeout=120)
+    assert put.returncode == 0, put.stderr
+    assert out.splitlines()[-1].endswith(f"failed: {pools.RESTORED}"), out + err
+    assert hedui("ledger", "verify", "--config", member).returncode == 0  # a process started afterwards opens it
+
+
 def test_backup_help_says_what_is_left_out() -> None:
     """`hedui backup --help` says locators are not backed up (nodes lodge them again) and `restore --help` that spent budgets stay spent."""
     shown = hedui("backup", "--help").stdout.replace("\n", " ")

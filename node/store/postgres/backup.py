@@ -25,7 +25,10 @@ A restore (and a new epoch) holds the restore advisory lock EXCLUSIVE on a conne
 its first read to its last write; every pooled Hedui session holds it SHARED from the moment it connects
 (node.store.postgres.pool.hold_shared). So it is refused while any Hedui process has the store open, and
 a replica that starts during it fails at once with one line (pool.RESTORING) instead of reading or
-keeping the replaced ledger's state (SECURITY G47).
+keeping the replaced ledger's state (SECURITY G47). Each restore also adds a row to hedui_restores in
+its transaction: a process that had the store open but no session alive (a PostgreSQL restart dropped
+them, so the lock could not show it) sees the count change when it reconnects and refuses every later
+access (pool.RESTORED: restart it) rather than serve what it holds in memory of the replaced store.
 """
 
 from __future__ import annotations
@@ -342,6 +345,9 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
         if PROBES_DB in names:
             backup_state.import_probes(conn, stage / PROBES_DB)
         backup_state.import_documents(conn, stage, names)
+        # A process that had the store open, with no session alive for the lock to show it, refuses on reconnecting.
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {pools.RESTORES_TABLE}(at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(f"INSERT INTO {pools.RESTORES_TABLE} DEFAULT VALUES")
 
 
 @contextlib.contextmanager
