@@ -135,6 +135,19 @@ def test_sqlite_backup_carries_standards_and_an_older_backup_still_restores(tmp_
     assert _budget("sqlite:", tmp_path / "old") == (2, (None, 0), ("income.wage_monthly", 0))
 
 
+def test_sqlite_restore_over_an_unreadable_probes_file_replaces_nothing(tmp_path: Path) -> None:
+    """A restore whose replaced probes.sqlite cannot be read (its uses cannot be carried over) is refused, nothing replaced."""
+    data = tmp_path / "data"
+    _spend("sqlite:", data, ["a"])
+    sqlite_backup.backup(data, tmp_path / "bak")
+    (data / "probes.sqlite").write_bytes(b"not a database" * 100)
+    held = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    with pytest.raises(sqlite_backup.BackupError, match="cannot carry the probe uses"):
+        sqlite_backup.restore(tmp_path / "bak", data, force=True)
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == held
+    assert not list(data.glob("pre-restore-*"))
+
+
 def _on_postgres(path: Path, url: str) -> Path:
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     data["store"] = {"url": url}
