@@ -1,9 +1,11 @@
 """`hedui backup` and `hedui restore`: consistent copies of a member's databases, and putting them back.
 
 `hedui backup` is safe while the node (or coordinator) runs. `hedui restore` needs it stopped:
-restore refuses when a database it would replace is open by another process, but a server
-started during the restore is not prevented. Key material (the data dir's keys/) is never part
-of a backup; the PKI owner backs it up separately (see node.store.sqlite.backup).
+restore refuses when a database it would replace is open by another process; on PostgreSQL it also
+keeps every Hedui process out until it has finished (a replica started meanwhile fails with one
+line), on SQLite a server started during the restore is not prevented. Key material (the data
+dir's keys/) is never part of a backup; the PKI owner backs it up separately (see
+node.store.sqlite.backup). Locators are not backed up: every node lodges its own again.
 
 Exit codes: 0 done; 1 the backup (or the copy just made) fails its checks; 2 bad input or
 refused (missing config, non-empty --out, existing data without --force, node running).
@@ -23,10 +25,12 @@ _EXIT_INVALID = 1  # node.cli.main.EXIT_INVALID: a checked artefact is invalid
 def register(sub: Any) -> None:
     backup = sub.add_parser(
         "backup", help="copy a member's databases and state consistently (safe while it runs)",
-        description="Copy store, audit and ledger databases (whichever exist) with SQLite's online backup "
-                    "API, plus directory.json and audit-checkpoints.jsonl, into a new directory with a "
-                    "MANIFEST.json; every copy is integrity-checked and hash chains verified. Keys are not "
-                    "included: the PKI owner backs them up separately.")
+        description="Copy store, audit, ledger and probing-budget databases (whichever exist) with SQLite's "
+                    "online backup API (on PostgreSQL: one snapshot of the same tables), plus directory.json, "
+                    "standards.json and audit-checkpoints.jsonl, into a new directory with a MANIFEST.json; every "
+                    "copy is integrity-checked and hash chains verified. Keys are not included: the PKI owner "
+                    "backs them up separately. Nor are a coordinator's locators: every node lodges its own again "
+                    "at start and within 5 minutes of finding them gone.")
     backup.add_argument("--config", required=True, type=Path, metavar="FILE")
     backup.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="new directory to create (must not exist, or be empty)")
@@ -36,8 +40,11 @@ def register(sub: Any) -> None:
     restore = sub.add_parser(
         "restore", help="restore a backup into a stopped member's data dir",
         description="Check a backup (manifest SHA-256s, integrity, hash chains) and install it into the "
-                    "config's data dir. The node must be stopped. Existing databases are refused unless "
-                    "--force, which moves them (with their -wal/-shm) to DATA_DIR/pre-restore-<time>/. A "
+                    "config's data dir (or its PostgreSQL store). The node must be stopped (every replica); on "
+                    "PostgreSQL no Hedui process can open the store until the restore has finished. Existing "
+                    "databases are refused unless --force, which moves them (with their -wal/-shm) to "
+                    "DATA_DIR/pre-restore-<time>/; probe uses recorded after the backup are kept (spent budgets "
+                    "stay spent). A bad or truncated backup changes nothing. A "
                     "coordinator's consent ledger then starts a new epoch: nodes refuse every consent registered "
                     "after the backup's head (a warning names it) and revocations the replaced ledger held are "
                     "re-applied.")

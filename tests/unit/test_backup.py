@@ -89,7 +89,7 @@ def test_backup_manifest_lists_every_file_with_matching_sha256(member: Path, tmp
     for f in manifest["files"]:
         data = (out / f["name"]).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (f["size"], f["sha256"])
-    assert manifest["identity"] == IDENTITY and manifest["format"] == "hedui-backup/1"
+    assert manifest["identity"] == IDENTITY and manifest["format"] == "hedui-backup/2"
     assert manifest["hedui_version"] and manifest["created_at"].endswith("Z")
     chains = {f["name"]: f["chain"] for f in manifest["files"] if "chain" in f}
     assert chains["audit.sqlite"]["entries"] == 30 and chains["ledger.sqlite"]["entries"] == 10

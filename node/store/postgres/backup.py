@@ -1,10 +1,12 @@
 """`hedui backup`/`restore` for a PostgreSQL store, in the SQLite backup directory format of node.store.sqlite.backup.
 
 Backup: the store's tables (facts, audit and ledger chains with their anchors, the node's
-checkpoints) are read in ONE `REPEATABLE READ, READ ONLY` transaction - one snapshot across
-all of them, consistent while replicas keep writing - and written as store.sqlite,
-audit.sqlite, ledger.sqlite and audit-checkpoints.jsonl into a private export directory,
-next to what the data directory itself holds (probes.sqlite, directory.json, witnesses).
+checkpoints, the probing budgets, the shared documents directory.json and standards.json) are
+read in ONE `REPEATABLE READ, READ ONLY` transaction - one snapshot across all of them,
+consistent while replicas keep writing - and written as store.sqlite, audit.sqlite,
+ledger.sqlite, audit-checkpoints.jsonl, probes.sqlite, directory.json and standards.json into a
+private export directory, next to what the data directory itself holds (witnesses). The
+coordinator's locators are left out (node.store.postgres.backup_state says why).
 node.store.sqlite.backup.backup then copies, checks (integrity, every chain verified) and
 manifests that directory exactly as it does a SQLite member's. So a PostgreSQL backup is
 verified, restored and audited offline by the same code, and can be restored onto either
@@ -13,12 +15,20 @@ backend.
 Restore: the current PostgreSQL contents are exported the same way into a staging
 directory, node.store.sqlite.backup.restore installs the backup over it with --force (every
 check, the replaced contents moved aside, a restored ledger's new epoch with the replaced
-ledger's revocations carried over), and the staged result replaces the tables in one
-transaction. The replaced contents stay in DATA_DIR/pre-restore-<time>/ as SQLite files.
+ledger's revocations carried over, the replaced probe uses merged in), and the staged result
+replaces the tables in one transaction (probe uses are only ever added). The replaced contents stay in DATA_DIR/pre-restore-<time>/ as SQLite files.
 This host's ledger.head is reset to the restored ledger's new head (the old one kept aside); other
 replica hosts' head files record the replaced ledger's heads: remove them there (each host then
-takes the current head on its next start). Refused while another Hedui process is connected to
-the database (pg_stat_activity).
+takes the current head on its next start).
+
+A restore (and a new epoch) holds the restore advisory lock EXCLUSIVE on a connection of its own from
+its first read to its last write; every pooled Hedui session holds it SHARED from the moment it connects
+(node.store.postgres.pool.hold_shared). So it is refused while any Hedui process has the store open, and
+a replica that starts during it fails at once with one line (pool.RESTORING) instead of reading or
+keeping the replaced ledger's state (SECURITY G47). Each restore also adds a row to hedui_restores in
+its transaction: a process that had the store open but no session alive (a PostgreSQL restart dropped
+them, so the lock could not show it) sees the count change when it reconnects and refuses every later
+access (pool.RESTORED: restart it) rather than serve what it holds in memory of the replaced store.
 """
 
 from __future__ import annotations
@@ -39,6 +49,8 @@ import psycopg
 from node.store.audit import CHECKPOINT_FILE
 from node.store.sqlite.ledger import HEAD_FILE
 from node.store.chainformat import GENESIS
+from node.store.probes import PROBES_DB
+from node.store.postgres import backup_state
 from node.store.postgres import pool as pools
 from node.store.postgres import schema
 from node.store.postgres.chain import PgChain, _text
@@ -49,7 +61,8 @@ from node.store.sqlite.chain import HashChain
 from node.store.sqlite.facts import STORE_FILE, Store
 
 CHAINS: Final[dict[str, bool]] = {"audit": True, "ledger": False}  # chain table -> prunable
-HELD: Final[tuple[str, ...]] = (STORE_FILE, "audit.sqlite", "ledger.sqlite", CHECKPOINT_FILE)  # in PostgreSQL
+HELD: Final[tuple[str, ...]] = (STORE_FILE, "audit.sqlite", "ledger.sqlite", CHECKPOINT_FILE,
+                                 *backup_state.HELD)  # in PostgreSQL
 _BATCH: Final[int] = 5000
 _APP: Final[str] = "hedui-backup"
 
@@ -82,6 +95,19 @@ def _stream(conn: psycopg.Connection, sql: str) -> Iterator[list[Any]]:
             yield rows
 
 
+@contextlib.contextmanager
+def exclusive(url: str, doing: str) -> Iterator[None]:
+    """For the block, the restore lock held exclusive on a connection of its own (DataDirBusy while any Hedui session
+    holds it shared): no Hedui session opens on `url` until the block ends; this process's own pools skip it."""
+    with _connect(url) as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (pools.restore_lock(),)).fetchone()[0]:
+            raise sqlite_backup.DataDirBusy(f"a Hedui process has {pools.redact(url)} open (or a restore runs): "
+                                            f"stop the member (every replica) before {doing}")
+        ensure_idle(url, doing)  # also a process that connects without the lock (an older Hedui)
+        with pools.restoring(url):
+            yield
+
+
 def ensure_idle(url: str, doing: str) -> None:
     """DataDirBusy while any Hedui process (a serving replica's pool, application_name hedui) uses the database."""
     with _connect(url) as conn:
@@ -99,16 +125,16 @@ def new_epoch(url: str, data_dir: Path, reason: str = "new-epoch") -> tuple[Any,
     from node.store import ledger
     from node.store.sqlite.ledger import Head, HeadFile
 
-    ensure_idle(url, "starting a new epoch")
-    chain = PgChain(url, "ledger")
-    try:
-        if chain.head()[0] == 0:
-            raise sqlite_backup.BackupRefused(f"no ledger at {chain.location}")
-        kept = chain.head()[0]
-        identity = ledger.start_epoch(chain, reason)
-        HeadFile(Path(data_dir) / HEAD_FILE).reset(Head(*chain.head()))
-    finally:
-        chain.close()
+    with exclusive(url, "starting a new epoch"):
+        chain = PgChain(url, "ledger")
+        try:
+            if chain.head()[0] == 0:
+                raise sqlite_backup.BackupRefused(f"no ledger at {chain.location}")
+            kept = chain.head()[0]
+            identity = ledger.start_epoch(chain, reason)
+            HeadFile(Path(data_dir) / HEAD_FILE).reset(Head(*chain.head()))
+        finally:
+            chain.close()
     return identity, kept
 
 
@@ -134,6 +160,9 @@ def export(url: str, dest: Path, names: tuple[str, ...] = HELD) -> list[str]:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write("".join(f"{line}\n" for line in lines))
                 written.append(CHECKPOINT_FILE)
+        if PROBES_DB in names and backup_state.export_probes(conn, dest / PROBES_DB):
+            written.append(PROBES_DB)
+        written += backup_state.export_documents(conn, dest, names)
     return written
 
 
@@ -191,11 +220,11 @@ def backup(url: str, data_dir: Path, out: Path, *, identity: str | None = None) 
         raise sqlite_backup.BackupError(f"cannot create backup directory {out}: {exc.strerror}") from None
     try:
         for name in sqlite_backup.STATE_FILES:  # before the snapshot, as the SQLite backup does
-            if name != CHECKPOINT_FILE and (data := sqlite_backup._read_state_file(data_dir / name)) is not None:
+            if name not in HELD and (data := sqlite_backup._read_state_file(data_dir / name)) is not None:
                 (tmp / name).parent.mkdir(mode=0o700, exist_ok=True)
                 sqlite_backup._write_new(tmp / name, data)
         for name in sqlite_backup.DATABASES:
-            if name not in HELD and (data_dir / name).is_file():  # e.g. probes.sqlite stays a local file
+            if name not in HELD and (data_dir / name).is_file():  # none today: every database is in PostgreSQL
                 sqlite_backup._snapshot(data_dir / name, tmp / name)
         export(url, tmp)
         return sqlite_backup.backup(tmp, out, identity=identity)
@@ -212,8 +241,13 @@ def restore(backup_dir: Path, data_dir: Path, url: str, *, force: bool = False,
     pools.check_url(url)  # first: libpq's own parse errors quote the URL, password included
     backup_dir, data_dir = Path(backup_dir), Path(data_dir)
     _, files = sqlite_backup._read_manifest(backup_dir)
-    names = tuple(f.name for f in files)
-    ensure_idle(url, "restoring")
+    with exclusive(url, "restoring"):  # from the first read of the replaced contents to the last write
+        return _restore(backup_dir, data_dir, url, tuple(f.name for f in files), force, expect_identity)
+
+
+def _restore(backup_dir: Path, data_dir: Path, url: str, names: tuple[str, ...], force: bool,
+             expect_identity: str | None) -> sqlite_backup.RestoreReport:
+    """restore() under the exclusive restore lock."""
     local = [n for n in names if n not in HELD]
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -262,6 +296,14 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
         from node.store.postgres.checkpoints import PgCheckpoints
 
         PgCheckpoints(url).close()
+    if PROBES_DB in names:
+        from node.store.postgres.probes import PgProbeLedger
+
+        PgProbeLedger(url, key=b"").close()
+    for name in (n for n in backup_state.DOCUMENTS if n in names):
+        from node.store.postgres.documents import PgDocument
+
+        PgDocument(url, name).close()
     with _connect(url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (pools.lock_key("facts-writer"),))
         if STORE_FILE in names:
@@ -300,6 +342,12 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
                 lines = data[: data.rfind(b"\n") + 1].decode().splitlines()
                 _copy_rows(conn, f"{CHECKPOINTS}(line)", ((line,) for line in lines if line.strip()))
             conn.execute(f"ALTER TABLE {CHECKPOINTS} ENABLE TRIGGER USER")
+        if PROBES_DB in names:
+            backup_state.import_probes(conn, stage / PROBES_DB)
+        backup_state.import_documents(conn, stage, names)
+        # A process that had the store open, with no session alive for the lock to show it, refuses on reconnecting.
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {pools.RESTORES_TABLE}(at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(f"INSERT INTO {pools.RESTORES_TABLE} DEFAULT VALUES")
 
 
 @contextlib.contextmanager

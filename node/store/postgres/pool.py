@@ -45,6 +45,49 @@ _lock = threading.Lock()
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 _pools: dict[tuple[int, str, bool], tuple[ConnectionPool, list[int]]] = {}
 _down: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()  # pools whose last wait ran out (see DOWN_WAIT_S)
+#: What an opener meets while `hedui restore` (or `hedui ledger new-epoch`) holds restore_lock() exclusive.
+RESTORING: Final[str] = "a restore (or new epoch) of this PostgreSQL store is in progress: start again when it has finished"
+#: What a process meets that had the store open before a restore ran (all its sessions were gone, e.g. after a
+#: PostgreSQL restart, so the restore did not see it): what it holds in memory is the replaced store's.
+RESTORED: Final[str] = "the PostgreSQL store was restored since this process opened it: restart it"
+RESTORES_TABLE: Final[str] = "hedui_restores"  # one row per restore (node.store.postgres.backup writes it)
+_restoring: set[str] = set()  # URLs this process itself holds restore_lock() exclusive on (see restoring())
+_fenced: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()  # pools that met a restore made since they opened
+
+
+def restore_lock() -> int:
+    """The session advisory lock every pooled Hedui session holds SHARED for its whole life (taken when it
+    connects) and a restore holds EXCLUSIVE for its whole run: a restore starts only when no Hedui session is
+    open, and no session opens until it has finished (SECURITY G47)."""
+    return lock_key("restore")
+
+
+def hold_shared(conn: psycopg.Connection, url: str) -> None:
+    """Take the restore lock shared on this session (never waiting); StoreError(RESTORING) while a restore holds it.
+    Sessions of a restore's own process (restoring(url)) skip it."""
+    if url in _restoring:
+        return
+    if not conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (restore_lock(),)).fetchone()[0]:
+        raise StoreError(f"{redact(url)}: {RESTORING}")
+
+
+def restores(conn: psycopg.Connection) -> int:
+    """How many restores the store has had (rows of hedui_restores; 0 before the first)."""
+    if conn.execute("SELECT to_regclass(%s) IS NULL", (RESTORES_TABLE,)).fetchone()[0]:
+        return 0
+    return int(conn.execute(f"SELECT count(*) FROM {RESTORES_TABLE}").fetchone()[0])
+
+
+@contextlib.contextmanager
+def restoring(url: str) -> Iterator[None]:
+    """For the block, this process holds the restore lock exclusive on `url`: its own pools do not take it shared."""
+    with _lock:
+        _restoring.add(url)
+    try:
+        yield
+    finally:
+        with _lock:
+            _restoring.discard(url)
 
 
 def check_origin(conn: psycopg.Connection) -> None:
@@ -56,11 +99,20 @@ def check_origin(conn: psycopg.Connection) -> None:
                          "check ALTER ROLE/DATABASE settings and the URL's options")
 
 
-def _configure(readonly: bool):  # noqa: ANN202 - a psycopg_pool callback
+def _configure(url: str, readonly: bool, owner: list[ConnectionPool]):  # noqa: ANN202 - a psycopg_pool callback
+    seen: list[int] = []  # the restore count the pool's first session found
+
     def configure(conn: psycopg.Connection) -> None:
-        """Every session: durable commits whatever the server default, and read-only when asked."""
+        """Every session: the restore lock shared (and no restore since the pool's first session), durable commits
+        whatever the server default, read-only when asked."""
         conn.autocommit = True
         check_origin(conn)
+        hold_shared(conn, url)
+        count = restores(conn)
+        if seen and seen[0] != count and url not in _restoring:
+            _fenced.update(owner)
+            raise StoreError(RESTORED)
+        seen[:] = [count]
         conn.execute("SET synchronous_commit = on")
         conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         conn.execute("SET application_name = 'hedui'")
@@ -107,12 +159,15 @@ def acquire(url: str, *, readonly: bool = False) -> ConnectionPool:
         try:  # first a plain connect: a server that is down or refuses us is one precise error, at once
             with psycopg.connect(url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=True) as probe:
                 check_origin(probe)
+                hold_shared(probe, url)  # a restore in progress: this one line, not a pool retrying until its timeout
         except psycopg.Error as exc:
             raise StoreError(connect_failure(url, exc)) from None
+        owner: list[ConnectionPool] = []
         pool = ConnectionPool(url, min_size=1, max_size=MAX_CONNECTIONS, open=False, timeout=POOL_WAIT_S,
-                              kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(readonly),
+                              kwargs={"connect_timeout": _CONNECT_TIMEOUT_S}, configure=_configure(url, readonly, owner),
                               check=ConnectionPool.check_connection, reconnect_timeout=RECONNECT_S,
                               name=f"hedui-{'ro' if readonly else 'rw'}", num_workers=1)
+        owner.append(pool)
         try:
             pool.open(wait=True, timeout=_TIMEOUT_S)
         except PoolTimeout:
@@ -139,6 +194,8 @@ def release(pool: ConnectionPool) -> None:
 def connection(pool: ConnectionPool, what: str) -> Iterator[psycopg.Connection]:
     """A pooled connection; psycopg and pool errors leave as StoreError naming `what` (no values, no SQL).
     The wait is POOL_WAIT_S, or DOWN_WAIT_S while the pool is down (its last wait ran out)."""
+    if pool in _fenced:
+        raise StoreError(f"{what} failed: {RESTORED}")
     down = pool in _down
     try:
         with pool.connection(timeout=DOWN_WAIT_S if down else None) as conn:
@@ -146,6 +203,8 @@ def connection(pool: ConnectionPool, what: str) -> Iterator[psycopg.Connection]:
                 _down.discard(pool)
             yield conn
     except PoolTimeout:
+        if pool in _fenced:
+            raise StoreError(f"{what} failed: {RESTORED}") from None
         _down.add(pool)
         waited = DOWN_WAIT_S if down else POOL_WAIT_S
         raise StoreError(f"{what} failed: no PostgreSQL connection within {waited:g} s") from None

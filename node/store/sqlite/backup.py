@@ -7,8 +7,9 @@ What is copied
     readers never block the writer). Each database is consistent on its own; the copies are
     not one cross-database snapshot (a fact written between two copies may be in one and not
     the other), which nothing relies on.
-    directory.json, audit-checkpoints.jsonl and a node's witness/ files (the coordinator's
-    signed heads it kept, node.store.witness), when present: read whole in one go. Writers
+    directory.json, standards.json (a coordinator's published standards), audit-checkpoints.jsonl
+    and a node's witness/ files (the coordinator's signed heads it kept, node.store.witness), when
+    present: read whole in one go. Writers
     replace directory.json atomically; of the append-only .jsonl only complete lines are kept.
     They are copied *before* the databases, so a checkpoint in the backup never names an audit
     entry that the (later) audit snapshot lacks.
@@ -20,7 +21,10 @@ What is not copied: the keys directory
     combined with the linkage key to confirm whose records a token holds, and restoring data
     never rolls keys back past a rotation or re-issue.
     Also not copied: nonces.sqlite (the replay guard's memory of the last clock window, useless
-    once that window has passed) and earlier pre-restore-*/ directories.
+    once that window has passed), a coordinator's locators.sqlite (signed filters for the current
+    and next discovery epoch, which every node lodges again at start and within
+    node.server.locator_publisher.HELD_CHECK_S of finding them gone), lease lock files, and earlier
+    pre-restore-*/ directories.
 
 Layout of a backup directory
     MANIFEST.json plus one file per copied item. The manifest records the format, creation
@@ -38,7 +42,9 @@ Safety
     bytes, before touching anything; it then moves the files it replaces (with their -wal,
     -shm and -journal files, which hold committed data or would be replayed onto the wrong
     database) into `pre-restore-<UTC time>/`, never deleting them, and installs each file
-    with os.replace. A restored consent ledger then starts a new epoch (node.store.sqlite_ledger.restored):
+    with os.replace. The probe uses of a replaced probes.sqlite are merged into the restored one
+    first (a budget spent after the backup stays spent; a replaced file that cannot be read refuses
+    the restore, nothing replaced). A restored consent ledger then starts a new epoch (node.store.sqlite_ledger.restored):
     nodes refuse consents registered after the backup's head, revocations the replaced ledger
     held are re-applied, and `ledger.head` is reset to the new head.
 
@@ -63,14 +69,18 @@ from typing import Any, Final
 
 from node import __version__
 from node.errors import BadInput
+from node import files as files_mod
 from node.files import parse_json, write_file
 from node.store import witness
+from node.store.probes import PROBES_DB
+from node.store.sqlite import documents
 from node.store.sqlite import ledger as sqlite_ledger
 from node.store.sqlite.chain import GENESIS, HASH_BYTES, HashChain
 from node.store.errors import StoreCorrupt, StoreError
 
 MANIFEST: Final[str] = "MANIFEST.json"
-FORMAT: Final[str] = "hedui-backup/1"
+FORMAT: Final[str] = "hedui-backup/2"  # /2 added standards.json (an older Hedui refuses it by format)
+READABLE: Final[frozenset[str]] = frozenset({"hedui-backup/1", FORMAT})  # /1: the same layout, fewer state files
 # Database file -> the hash-chain table it holds (None: not a chain).
 DATABASES: Final[dict[str, str | None]] = {
     "store.sqlite": None,
@@ -79,7 +89,7 @@ DATABASES: Final[dict[str, str | None]] = {
     "probes.sqlite": None,  # the probing ledger: a restore must not hand back spent budgets
 }
 STATE_FILES: Final[tuple[str, ...]] = (
-    "directory.json", "audit-checkpoints.jsonl",
+    "directory.json", "audit-checkpoints.jsonl", "standards.json",
     # A node's witnesses of the coordinator's chains (node.store.witness): lost with the data dir otherwise.
     f"{witness.WITNESS_DIR}/{witness.LEDGER_HEADS}", f"{witness.WITNESS_DIR}/{witness.AUDIT_HEADS}",
 )
@@ -387,6 +397,8 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
             for target in replaced:
                 if target.name in DATABASES and target.is_file():
                     ensure_idle(target)
+            if (data_dir / PROBES_DB).is_file() and (stage / PROBES_DB).is_file():
+                _merge_probes(stage / PROBES_DB, data_dir / PROBES_DB)
             conflicts = _existing(replaced)  # closing a probe may have folded a -wal into its database
             moved_aside = _aside_dir(data_dir)
             for path in conflicts:
@@ -394,6 +406,8 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
             _fsync_dir(moved_aside)
         for f in files:
             (data_dir / f.name).parent.mkdir(mode=0o700, exist_ok=True)
+            if f.name in documents.PUBLIC:  # as FileDocument.write leaves it: readable on the host
+                os.chmod(stage / f.name, files_mod.PUBLIC)
             os.replace(stage / f.name, data_dir / f.name)
         _fsync_subdirs(data_dir)
         _fsync_dir(data_dir)
@@ -405,6 +419,23 @@ def restore(backup_dir: Path, data_dir: Path, *, force: bool = False,
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return RestoreReport(data_dir, str(manifest["created_at"]), identity, tuple(checked), moved_aside, restored_ledger)
+
+
+def _merge_probes(staged: Path, replaced: Path) -> None:
+    """Add the replaced probes.sqlite's uses to the staged copy (probe uses are only ever added)."""
+    try:
+        db = sqlite3.connect(staged.resolve().as_uri(), uri=True, isolation_level=None)  # uri: the ATTACH's mode=ro
+        try:
+            db.execute("ATTACH DATABASE ? AS replaced", (f"{replaced.resolve().as_uri()}?mode=ro",))
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT OR IGNORE INTO main.probes(requester, consent_id, item, cut, at_ms) "
+                       "SELECT requester, consent_id, item, cut, at_ms FROM replaced.probes")
+            db.execute("COMMIT")
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"cannot carry the probe uses of {replaced} into the restored one ({exc}); move it away "
+                          "to restore without them") from None
 
 
 def _existing(targets: list[Path]) -> list[Path]:
@@ -429,7 +460,7 @@ def _read_manifest(backup_dir: Path) -> tuple[dict[str, Any], list[BackupFile]]:
         manifest = parse_json(raw)
     except ValueError:
         raise BackupCorrupt(bad) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise BackupCorrupt(f"{bad} (format {found!r}, expected {FORMAT!r})")
     if not isinstance(manifest.get("created_at"), str) or not isinstance(manifest.get("identity"), str | None):
