@@ -321,14 +321,19 @@ def postgres_backend(tmp: Path) -> Any:
 
 def put_on_postgres(config_paths: Sequence[Path], server: PostgresServer, *, tcp: bool = False) -> dict[Path, str]:
     """Give each member config its own fresh database on `server` (`[store] url`); config path -> URL."""
+    urls = {Path(path): server.create_database(tcp=tcp) for path in config_paths}
+    for path, url in urls.items():
+        store_at(path, url)
+    return urls
+
+
+def store_at(config_path: Path, url: str) -> Path:
+    """Point the member config at `url` (its `[store] url`); returns the config's path."""
     import tomllib
 
     from node import config as config_mod
 
-    urls: dict[Path, str] = {}
-    for path in config_paths:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        data["store"] = {"url": server.create_database(tcp=tcp)}
-        config_mod.write(Path(path), data)
-        urls[Path(path)] = data["store"]["url"]
-    return urls
+    data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    data["store"] = {"url": url}
+    config_mod.write(config_path, data)
+    return config_path

@@ -9,12 +9,10 @@ import stat
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import psycopg
 import pytest
-import tomli_w
 
 from node import config
 from node.store import ledger
@@ -23,7 +21,7 @@ from node.store.postgres import backup as pg_backup
 from node.store.postgres import pool as pools
 from node.store.sqlite import backup as sqlite_backup
 from node.testing.cluster import build_federation
-from node.testing.postgres import PostgresServer
+from node.testing.postgres import PostgresServer, store_at
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = b"k" * 32
@@ -148,17 +146,10 @@ def test_sqlite_restore_over_an_unreadable_probes_file_replaces_nothing(tmp_path
     assert not list(data.glob("pre-restore-*"))
 
 
-def _on_postgres(path: Path, url: str) -> Path:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data["store"] = {"url": url}
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def member(tmp_path: Path, postgres_url: str) -> Path:
     """Province 44's node config on a fresh PostgreSQL database, with probe uses, documents, a fact and a grant."""
-    cfg = _on_postgres(build_federation(tmp_path, ["44"]).configs["44"], postgres_url)
+    cfg = store_at(build_federation(tmp_path, ["44"]).configs["44"], postgres_url)
     _spend(postgres_url, config.load(cfg).data_dir, ["a", "b"])
     return cfg
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import psycopg
 import pytest
-import tomli_w
 
 from node import config
 from node.store import ledger
 from node.store.audit import ANSWERED, AuditRecord
 from node.store.factory import open_audit_log, open_storage
 from node.testing.cluster import build_federation
-from node.testing.postgres import PostgresServer
+from node.testing.postgres import PostgresServer, store_at
 
 pytestmark = pytest.mark.slow  # each test runs several CLI processes against PostgreSQL: scripts/test and CI run them
 
@@ -30,20 +28,13 @@ def hedui(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           timeout=120, cwd=REPO)
 
 
-def _on_postgres(path: Path, url: str) -> Path:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data["store"] = {"url": url}
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def members(tmp_path: Path, postgres_server: PostgresServer) -> dict[str, Path]:
     """Province 44's node and the coordinator, each on its own fresh PostgreSQL database."""
     fed = build_federation(tmp_path, ["44"])
     assert fed.coordinator_config is not None
-    return {"44": _on_postgres(fed.configs["44"], postgres_server.create_database()),
-            "coordinator": _on_postgres(fed.coordinator_config, postgres_server.create_database())}
+    return {"44": store_at(fed.configs["44"], postgres_server.create_database()),
+            "coordinator": store_at(fed.coordinator_config, postgres_server.create_database())}
 
 
 def _records(cfg_path: Path, n: int) -> None:
@@ -71,7 +62,7 @@ def test_audit_verify_on_postgres_catches_an_edited_row(members: dict[str, Path]
     assert report["missing_guards"] == ["audit_no_update"] and "Traceback" not in bad.stderr
 
 
-def test_ledger_verify_and_new_epoch_on_postgres(members: dict[str, Path]) -> None:
+def test_ledger_verify_and_new_epochstore_at(members: dict[str, Path]) -> None:
     """`hedui ledger verify` checks the ledger on PostgreSQL against this host's ledger.head; `ledger new-epoch` accepts a loss."""
     cfg = members["coordinator"]
     with open_storage(config.load(cfg)) as storage:
@@ -92,7 +83,7 @@ def test_ledger_verify_and_new_epoch_on_postgres(members: dict[str, Path]) -> No
     assert again.returncode == 0 and json.loads(again.stdout)["entries"] == 3, again.stdout
 
 
-def test_backup_and_restore_cli_on_postgres(members: dict[str, Path], planted: dict[str, Path], tmp_path: Path) -> None:
+def test_backup_and_restore_clistore_at(members: dict[str, Path], planted: dict[str, Path], tmp_path: Path) -> None:
     """`hedui backup` of a PostgreSQL node verifies; `hedui restore --force` puts its facts and audit back."""
     cfg = members["44"]
     ingested = hedui("ingest", "--config", cfg, planted["44"])
@@ -114,7 +105,7 @@ def test_backup_and_restore_cli_on_postgres(members: dict[str, Path], planted: d
     assert hedui("audit", "verify", "--config", cfg).returncode == 0
 
 
-def test_audit_export_checkpoint_prune_and_status_on_postgres(members: dict[str, Path]) -> None:
+def test_audit_export_checkpoint_prune_and_statusstore_at(members: dict[str, Path]) -> None:
     """`hedui audit export`, `checkpoint` (kept in PostgreSQL), `prune` and `node status` work on a PostgreSQL node."""
     cfg = members["44"]
     _records(cfg, 4)  # dated 2027-01-15: within the retention, so prune keeps them
@@ -139,7 +130,7 @@ def test_unreachable_postgres_is_one_line_error(members: dict[str, Path]) -> Non
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nobody listens on it once closed
-    cfg = _on_postgres(members["44"], f"postgresql://hedui:s3cret@127.0.0.1:{port}/nodb")
+    cfg = store_at(members["44"], f"postgresql://hedui:s3cret@127.0.0.1:{port}/nodb")
     proc = hedui("node", "status", "--config", cfg)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("hedui: cannot connect to PostgreSQL at") and f":{port}/nodb" in proc.stderr

@@ -3,10 +3,8 @@ never held by the signing and durable ledger commit of a grant batch)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,80 +13,34 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.crypto import signing
 from node.errors import ErrorCode
-from node.service.consent import SALT_BYTES, commitment
 from node.store import audit
 from node.testing import Federation
-from node.testing.cluster import LoopThread, build_federation
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+from tests.security.coordinator_harness import WAIT_S, GatedSigner, channel, coordinator_only, signed
 
-WAIT_S = 30.0  # a bound on waiting for the parked batch, never a speed requirement
 CALL_S = 10.0  # deadline of the calls made while the batch is parked: they fail only if the loop is held
 BATCH = 64
 
 
-class _GatedSigner:
-    """The coordinator's real signer; its batch signing (the receipts) waits until the test lets it go."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def sign_many(self, items: Any) -> Any:
-        self.entered.set()
-        self.release.wait(WAIT_S)
-        return self.inner.sign_many(items)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 @pytest.fixture()
 def fed(tmp_path: Path) -> Iterator[Federation]:
-    fed = build_federation(tmp_path, ["44", "51"])
-    fed.loop = LoopThread()
-    try:
-        fed.start_coordinator()
+    with coordinator_only(tmp_path) as fed:
         yield fed
-    finally:
-        for code in list(fed.servers):
-            fed.stop_node(code)
-        fed.loop.close()
-
-
-def _channel(fed: Federation, member: str) -> grpc.Channel:
-    folder = fed.pki / "members" / member
-    creds = grpc.ssl_channel_credentials(root_certificates=(fed.pki / "ca.pem").read_bytes(),
-                                         private_key=(folder / "tls.key").read_bytes(),
-                                         certificate_chain=(folder / "tls.pem").read_bytes())
-    return grpc.secure_channel(fed.addresses["coordinator"], creds)
 
 
 def _batch(fed: Federation, n: int) -> coordinator_pb2.RegisterConsentBatchRequest:
-    m = fed.member("51")
-    now_ms = int(time.time() * 1000)
-    requests = []
-    for _ in range(n):
-        salt = os.urandom(SALT_BYTES)
-        raw = coordinator_pb2.ConsentRequestBody(
-            requester="51", request_id=uuid.uuid4().hex, nonce=os.urandom(16), issued_at_ms=now_ms, purpose="dibao",
-            subject_salt=salt, subject_commitments=[commitment(salt, os.urandom(32))],
-            not_before_ms=now_ms - 60_000, not_after_ms=now_ms + 86_400_000,
-        ).SerializeToString()
-        requests.append(coordinator_pb2.RegisterConsentRequest(body=raw, signature=m.signer.sign(CONSENT_REQUEST_DOMAIN, raw)))
-    return coordinator_pb2.RegisterConsentBatchRequest(requests=requests)
+    return coordinator_pb2.RegisterConsentBatchRequest(requests=[signed(fed) for _ in range(n)])
 
 
 def test_other_calls_are_answered_while_a_grant_batch_is_registered(fed: Federation) -> None:
     """While a grant batch is being signed and committed, ConsentUpdates and health still answer (and see the
     ledger without the batch); the batch then commits whole, its receipts on consecutive ledger entries."""
     consents = fed.servers["coordinator"].servicer.consents
-    gate = _GatedSigner(consents.signer)
+    gate = GatedSigner(consents.signer)
     consents.signer = gate
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         before = stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
         pending = stub.RegisterConsentBatch.future(_batch(fed, BATCH), timeout=4 * WAIT_S)
@@ -117,7 +69,7 @@ def test_a_replayed_request_in_a_batch_is_still_refused(fed: Federation) -> None
     """Registering off the loop keeps the nonce check: the same signed requests sent again register nothing
     new; the ledger holds them, so each is answered with the receipt it already has (SECURITY G45)."""
     batch = _batch(fed, 2)
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         first = stub.RegisterConsentBatch(batch, timeout=CALL_S)
         head = stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
@@ -134,7 +86,7 @@ def test_a_grant_batch_is_audited_in_one_transaction_in_request_order(fed: Feder
     one per consent, after the ledger holds every granted consent."""
     batch = _batch(fed, 5)
     batch.requests[2].signature.value = b"\x00" * len(batch.requests[2].signature.value)  # refused, still audited
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         reply = coordinator_pb2_grpc.CoordinatorStub(ch).RegisterConsentBatch(batch, timeout=CALL_S)
     assert [bool(i.error_code) for i in reply.items] == [False, False, True, False, False]
     granted = [verification_pb2.ConsentBody.FromString(i.status.receipt.body).consent_id for i in reply.items
@@ -171,7 +123,7 @@ def test_no_answer_before_the_audit_commit(fed: Federation) -> None:
     auditor = fed.servers["coordinator"].servicer.auditor
     gate = _GatedLog(auditor.log)
     auditor.log = gate
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         pending = stub.RegisterConsentBatch.future(_batch(fed, 3), timeout=4 * WAIT_S)
         try:
@@ -191,10 +143,10 @@ def test_a_grant_committed_after_its_caller_gave_up_is_still_audited(fed: Federa
     DEADLINE_EXCEEDED, and the consents the ledger then holds still get their grant records (found in review:
     the cancelled handler never queued them)."""
     consents = fed.servers["coordinator"].servicer.consents
-    gate = _GatedSigner(consents.signer)
+    gate = GatedSigner(consents.signer)
     consents.signer = gate
     log = fed.servers["coordinator"].audit_log
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         before = stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
         pending = stub.RegisterConsentBatch.future(_batch(fed, 3), timeout=2.0)

@@ -4,9 +4,6 @@ without a ledger entry, or another request reusing a nonce, is still refused as 
 
 from __future__ import annotations
 
-import os
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +12,13 @@ import pytest
 
 from node import config as config_mod
 from node.client.coordinator import require_own_request
-from node.coordinator.consents import CONSENT_REQUEST_DOMAIN, GRANT
+from node.coordinator.consents import GRANT
 from node.coordinator.server import RESENT
-from node.service.consent import SALT_BYTES, commitment
 from node.store import audit
 from node.store.factory import open_storage
 from node.testing import Federation
-from node.testing.cluster import LoopThread, build_federation
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+from tests.security.coordinator_harness import channel, consent_body, coordinator_only, signed
 
 CALL_S = 10.0
 
@@ -31,37 +27,8 @@ CALL_S = 10.0
 def fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
     """A coordinator on each store (SQLite keeps nonces and the ledger in two files, so they cannot share a commit)."""
     extra = {"store": {"url": request.getfixturevalue("postgres_url")}} if request.param == "postgres" else {}
-    fed = build_federation(tmp_path, ["44", "51"], coordinator_extra=extra)
-    fed.loop = LoopThread()
-    try:
-        fed.start_coordinator()
+    with coordinator_only(tmp_path, extra) as fed:
         yield fed
-    finally:
-        for code in list(fed.servers):
-            fed.stop_node(code)
-        fed.loop.close()
-
-
-def _channel(fed: Federation, member: str) -> grpc.Channel:
-    folder = fed.pki / "members" / member
-    creds = grpc.ssl_channel_credentials(root_certificates=(fed.pki / "ca.pem").read_bytes(),
-                                         private_key=(folder / "tls.key").read_bytes(),
-                                         certificate_chain=(folder / "tls.pem").read_bytes())
-    return grpc.secure_channel(fed.addresses["coordinator"], creds)
-
-
-def _body(nonce: bytes | None = None, purpose: str = "dibao") -> coordinator_pb2.ConsentRequestBody:
-    now_ms = int(time.time() * 1000)
-    salt = os.urandom(SALT_BYTES)
-    return coordinator_pb2.ConsentRequestBody(
-        requester="51", request_id=uuid.uuid4().hex, nonce=nonce or os.urandom(16), issued_at_ms=now_ms, purpose=purpose,
-        subject_salt=salt, subject_commitments=[commitment(salt, os.urandom(32))],
-        not_before_ms=now_ms - 60_000, not_after_ms=now_ms + 86_400_000)
-
-
-def _signed(fed: Federation, body: coordinator_pb2.ConsentRequestBody) -> coordinator_pb2.RegisterConsentRequest:
-    raw = body.SerializeToString()
-    return coordinator_pb2.RegisterConsentRequest(body=raw, signature=fed.member("51").signer.sign(CONSENT_REQUEST_DOMAIN, raw))
 
 
 def _head(stub: coordinator_pb2_grpc.CoordinatorStub) -> int:
@@ -77,8 +44,8 @@ def _grant_records(fed: Federation, consent_id: str) -> list[audit.AuditRecord]:
 def test_a_resent_registration_is_confirmed_with_its_receipt(fed: Federation) -> None:
     """The same signed request sent again is answered with the receipt the ledger holds (the client's own check
     of it passes), no ledger entry is added, and the confirmation is audited as a resent grant."""
-    request = _signed(fed, _body())
-    with _channel(fed, "51") as ch:
+    request = signed(fed, consent_body())
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         first = stub.RegisterConsent(request, timeout=CALL_S)
         head = _head(stub)
@@ -96,15 +63,15 @@ def test_a_resent_registration_is_confirmed_with_its_receipt(fed: Federation) ->
 def test_a_resent_batch_confirms_only_what_the_ledger_holds(fed: Federation) -> None:
     """In a batch, a resent registered request is confirmed, a fresh one registered and a request reusing
     another's nonce refused as a replay, each on its own."""
-    registered = _signed(fed, _body())
-    with _channel(fed, "51") as ch:
+    registered = signed(fed, consent_body())
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         first = stub.RegisterConsent(registered, timeout=CALL_S)
-        reused = _signed(fed, _body(nonce=coordinator_pb2.ConsentRequestBody.FromString(registered.body).nonce,
+        reused = signed(fed, consent_body(nonce=coordinator_pb2.ConsentRequestBody.FromString(registered.body).nonce,
                                     purpose="tekun"))
         head = _head(stub)
         reply = stub.RegisterConsentBatch(coordinator_pb2.RegisterConsentBatchRequest(
-            requests=[registered, _signed(fed, _body()), reused]), timeout=CALL_S)
+            requests=[registered, signed(fed, consent_body()), reused]), timeout=CALL_S)
         after = _head(stub)
     assert [i.error_code for i in reply.items] == ["", "", "REPLAYED"]
     assert reply.items[0].status == first
@@ -114,7 +81,7 @@ def test_a_resent_batch_confirms_only_what_the_ledger_holds(fed: Federation) -> 
 def test_a_spent_nonce_without_a_registration_is_still_refused(fed: Federation) -> None:
     """A nonce spent with no ledger entry (a replica killed between its two writes) leaves the request a
     replay: ALREADY_EXISTS, nothing registered."""
-    body = _body()
+    body = consent_body()
     cfg = config_mod.load(fed.coordinator_config)
     with open_storage(cfg) as storage:  # what the killed replica wrote before it died
         nonces = storage.nonces(window_ms=cfg.limits.clock_skew_s * 1000)
@@ -122,11 +89,11 @@ def test_a_spent_nonce_without_a_registration_is_still_refused(fed: Federation) 
             assert nonces.remember(body.requester, body.nonce, body.issued_at_ms)
         finally:
             nonces.close()
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         head = _head(stub)
         with pytest.raises(grpc.RpcError) as refused:
-            stub.RegisterConsent(_signed(fed, body), timeout=CALL_S)
+            stub.RegisterConsent(signed(fed, body), timeout=CALL_S)
         after = _head(stub)
     assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert after == head

@@ -4,9 +4,7 @@ acknowledged no consent check of that coordinator passes it."""
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,34 +13,15 @@ from typing import Any
 import grpc
 import pytest
 
-from node.coordinator.consents import CONSENT_REQUEST_DOMAIN, GRANT, REVOKE
+from node.coordinator.consents import GRANT, REVOKE
 from node.errors import ErrorCode
-from node.service.consent import SALT_BYTES, commitment
 from node.store import audit
 from node.testing import Federation
-from node.testing.cluster import LoopThread, build_federation
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
+from tests.security.coordinator_harness import WAIT_S, GatedSigner, channel, coordinator_only, signed
 
-WAIT_S = 30.0  # a bound on waiting for a parked call, never a speed requirement
 CALL_S = 10.0  # deadline of the calls made while the batch is parked: they fail only if the loop is held
 BATCH = 64
-
-
-class _GatedSigner:
-    """The coordinator's real signer; its batch signing (inside the batch's ledger transaction) waits for the test."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def sign_many(self, items: Any) -> Any:
-        self.entered.set()
-        self.release.wait(WAIT_S)
-        return self.inner.sign_many(items)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 class _WatchedChain:
@@ -66,35 +45,8 @@ class _WatchedChain:
 def fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
     """A coordinator on each store: the ledger's write lock is a file lock on SQLite, an advisory lock on PostgreSQL."""
     extra = {"store": {"url": request.getfixturevalue("postgres_url")}} if request.param == "postgres" else {}
-    fed = build_federation(tmp_path, ["44", "51"], coordinator_extra=extra)
-    fed.loop = LoopThread()
-    try:
-        fed.start_coordinator()
+    with coordinator_only(tmp_path, extra) as fed:
         yield fed
-    finally:
-        for code in list(fed.servers):
-            fed.stop_node(code)
-        fed.loop.close()
-
-
-def _channel(fed: Federation, member: str) -> grpc.Channel:
-    folder = fed.pki / "members" / member
-    creds = grpc.ssl_channel_credentials(root_certificates=(fed.pki / "ca.pem").read_bytes(),
-                                         private_key=(folder / "tls.key").read_bytes(),
-                                         certificate_chain=(folder / "tls.pem").read_bytes())
-    return grpc.secure_channel(fed.addresses["coordinator"], creds)
-
-
-def _request(fed: Federation) -> coordinator_pb2.RegisterConsentRequest:
-    m = fed.member("51")
-    now_ms = int(time.time() * 1000)
-    salt = os.urandom(SALT_BYTES)
-    raw = coordinator_pb2.ConsentRequestBody(
-        requester="51", request_id=uuid.uuid4().hex, nonce=os.urandom(16), issued_at_ms=now_ms, purpose="dibao",
-        subject_salt=salt, subject_commitments=[commitment(salt, os.urandom(32))],
-        not_before_ms=now_ms - 60_000, not_after_ms=now_ms + 86_400_000,
-    ).SerializeToString()
-    return coordinator_pb2.RegisterConsentRequest(body=raw, signature=m.signer.sign(CONSENT_REQUEST_DOMAIN, raw))
 
 
 def _consent_id(status: coordinator_pb2.ConsentStatus) -> str:
@@ -120,13 +72,13 @@ def test_a_revocation_waits_for_a_grant_batch_off_the_loop(fed: Federation) -> N
     the whole batch, is in the feed, and every check refuses the consent once the revocation has returned."""
     server = fed.servers["coordinator"]
     consents = server.servicer.consents
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-        consent_id = _consent_id(stub.RegisterConsent(_request(fed), timeout=CALL_S))
+        consent_id = _consent_id(stub.RegisterConsent(signed(fed), timeout=CALL_S))
         before = stub.ConsentUpdates(coordinator_pb2.ConsentUpdatesRequest(after_index=0), timeout=CALL_S).head_index
-        gate = _GatedSigner(consents.signer)
+        gate = GatedSigner(consents.signer)
         consents.signer = gate
-        batch = coordinator_pb2.RegisterConsentBatchRequest(requests=[_request(fed) for _ in range(BATCH)])
+        batch = coordinator_pb2.RegisterConsentBatchRequest(requests=[signed(fed) for _ in range(BATCH)])
         granted = stub.RegisterConsentBatch.future(batch, timeout=4 * WAIT_S)
         try:
             assert gate.entered.wait(WAIT_S), "the batch never reached its receipt signing"
@@ -161,9 +113,9 @@ def test_a_revocation_waits_for_a_grant_batch_off_the_loop(fed: Federation) -> N
 def test_concurrent_revocations_of_one_consent_write_one_entry(fed: Federation) -> None:
     """Several revocations of one consent sent at once (each off the loop) all answer REVOKED with the same
     time, the ledger holds one revocation entry and the feed lists it once."""
-    with _channel(fed, "51") as ch:
+    with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-        consent_id = _consent_id(stub.RegisterConsent(_request(fed), timeout=CALL_S))
+        consent_id = _consent_id(stub.RegisterConsent(signed(fed), timeout=CALL_S))
         calls = [stub.RevokeConsent.future(coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, reason="case_closed"),
                                            timeout=WAIT_S) for _ in range(6)]
         statuses = [c.result() for c in calls]
@@ -180,9 +132,9 @@ def test_concurrent_revocations_of_one_consent_write_one_entry(fed: Federation) 
 def test_a_revocation_is_refused_for_another_province_and_a_bad_reason(fed: Federation) -> None:
     """The revocation's checks stay on the loop before any append: another province's consent and an unknown
     reason are refused, and the consent stays active."""
-    with _channel(fed, "51") as ch51, _channel(fed, "44") as ch44:
+    with channel(fed, "51") as ch51, channel(fed, "44") as ch44:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch51)
-        consent_id = _consent_id(stub.RegisterConsent(_request(fed), timeout=CALL_S))
+        consent_id = _consent_id(stub.RegisterConsent(signed(fed), timeout=CALL_S))
         with pytest.raises(grpc.RpcError) as other:
             coordinator_pb2_grpc.CoordinatorStub(ch44).RevokeConsent(
                 coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, reason="other"), timeout=CALL_S)
