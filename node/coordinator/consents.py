@@ -25,7 +25,7 @@ from node.service.consent_request import UNBOUND, receipt_body
 from node.service.verification import ReplayGuard
 from node.store import ledger
 from node.store.interfaces import Chain
-from node.store.errors import StoreCorrupt
+from node.store.errors import StoreCorrupt, StoreError
 from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
 GRANT: Final[str] = ledger.GRANT
@@ -181,7 +181,11 @@ class ConsentRegistry:
         killed between the two, or one still committing it) stays REPLAYED."""
         if not any(isinstance(r, Refusal) and r.code is ErrorCode.REPLAYED for r in results):
             return list(results)
-        self._catch_up()  # the registration may come from another replica or worker
+        try:
+            self._catch_up()  # the registration may come from another replica or worker
+        except StoreError:
+            pass  # the look-up uses what this process holds: a resend may stay REPLAYED, never fail the call
+            # (the batch's fresh grants are committed: their audit records must still be submitted)
         answered: list[coordinator_pb2.ConsentStatus | Resent | Refusal] = []
         for request, result in zip(requests, results, strict=True):
             consent = None
@@ -261,7 +265,8 @@ class ConsentRegistry:
             self._catch_up()
         return self._status(consent)
 
-    async def revoke_async(self, peer_province: str, consent_id: str, reason: str) -> coordinator_pb2.ConsentStatus:
+    async def revoke_async(self, peer_province: str, consent_id: str, reason: str, *,
+                           on_appended: Callable[[], None] | None = None) -> coordinator_pb2.ConsentStatus:
         """`revoke` with its ledger append in a worker thread: the loop is not held while the append waits
         for the chain's write lock (a grant batch's signing and commit), and feeds and checks keep answering.
 
@@ -272,6 +277,8 @@ class ConsentRegistry:
         consent = self._revocable(peer_province, consent_id, reason)
         if not consent.revoked_at_ms:
             await _in_worker(self._append_revocation, consent_id, reason)
+            if on_appended is not None:
+                on_appended()  # before the catch-up's store read: a committed revocation is audited even if it fails
             self._catch_up()
         return self._status(self._consents[consent_id])
 

@@ -103,9 +103,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             province = self._province(context)
 
             async def revoke() -> tuple[Any, asyncio.Future[Any]]:
-                status = await self.consents.revoke_async(province, request.consent_id, request.reason or "other")
-                return status, self.auditor.submit(audit.coordinator_event(
-                    audit.CONSENT_REVOKE, requester=province, consent_id=request.consent_id))
+                recorded: list[asyncio.Future[Any]] = []
+
+                def record() -> None:  # once the revocation is in the ledger (or, if it already was, after the call)
+                    recorded.append(self.auditor.submit(audit.coordinator_event(
+                        audit.CONSENT_REVOKE, requester=province, consent_id=request.consent_id)))
+
+                status = await self.consents.revoke_async(province, request.consent_id, request.reason or "other",
+                                                          on_appended=record)
+                if not recorded:
+                    record()
+                return status, recorded[0]
 
             # Shielded, as in RegisterConsent: a caller gone while the thread appends does not stop the record.
             status, recorded = await asyncio.shield(asyncio.ensure_future(revoke()))

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
+from node.store.errors import StoreError
 from node.service.consent import SALT_BYTES, commitment
 from node.testing import Federation
 from node.testing.cluster import LoopThread, build_federation
@@ -36,6 +37,30 @@ class GatedSigner:
         self.entered.set()
         self.release.wait(WAIT_S)
         return self.inner.sign_many(items)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class LoopReadsFail:
+    """The coordinator's real ledger, whose `head()` on the event loop fails while `failing` is set (the store out
+    of reach after a worker thread committed): worker threads' appends go through. With `after_append`, the
+    first append sets `failing`."""
+
+    def __init__(self, inner: Any, *, after_append: bool = False) -> None:
+        self.inner = inner
+        self.failing = False
+        self.after_append = after_append
+
+    def head(self) -> tuple[int, bytes]:
+        if self.failing and threading.current_thread().name == "hedui-loop":
+            raise StoreError("reading chain ledger failed: no PostgreSQL connection within 0.25 s")
+        return self.inner.head()  # type: ignore[no-any-return]
+
+    def append_next(self, build: Any, **kw: Any) -> Any:
+        done = self.inner.append_next(build, **kw)
+        self.failing = self.failing or self.after_append
+        return done
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

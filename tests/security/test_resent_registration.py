@@ -18,7 +18,7 @@ from node.store import audit
 from node.store.factory import open_storage
 from node.testing import Federation
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
-from tests.security.coordinator_harness import channel, consent_body, coordinator_only, signed
+from tests.security.coordinator_harness import LoopReadsFail, channel, consent_body, coordinator_only, signed
 
 CALL_S = 10.0
 
@@ -97,3 +97,26 @@ def test_a_spent_nonce_without_a_registration_is_still_refused(fed: Federation) 
         after = _head(stub)
     assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert after == head
+
+
+def test_a_resend_in_a_batch_whose_look_up_fails_still_audits_the_grants_it_committed(fed: Federation) -> None:
+    """When the ledger read of the resend look-up fails after the batch's fresh grants were committed, the call
+    still answers, and every committed grant has its audit record (no ledger entry without its record)."""
+    consents = fed.servers["coordinator"].servicer.consents
+    registered, fresh = signed(fed, consent_body()), signed(fed, consent_body())
+    with channel(fed, "51") as ch:
+        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+        stub.RegisterConsent(registered, timeout=CALL_S)
+        watched = LoopReadsFail(consents.chain)
+        consents.chain, watched.failing = watched, True
+        try:
+            reply = stub.RegisterConsentBatch(coordinator_pb2.RegisterConsentBatchRequest(requests=[registered, fresh]),
+                                              timeout=CALL_S)
+        finally:
+            consents.chain, watched.failing = watched.inner, False
+    assert [i.error_code for i in reply.items] == ["", ""]  # the resend confirmed from what this process holds
+    fresh_id = reply.items[1].status.receipt and verification_pb2.ConsentBody.FromString(
+        reply.items[1].status.receipt.body).consent_id
+    grants = [e.key for e in consents.chain.entries() if e.kind == GRANT]
+    assert fresh_id in grants and len(grants) == 2
+    assert [r.extra for r in _grant_records(fed, fresh_id)] == [{}]

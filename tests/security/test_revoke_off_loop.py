@@ -18,7 +18,7 @@ from node.errors import ErrorCode
 from node.store import audit
 from node.testing import Federation
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
-from tests.security.coordinator_harness import WAIT_S, GatedSigner, channel, coordinator_only, signed
+from tests.security.coordinator_harness import WAIT_S, GatedSigner, LoopReadsFail, channel, coordinator_only, signed
 
 CALL_S = 10.0  # deadline of the calls made while the batch is parked: they fail only if the loop is held
 BATCH = 64
@@ -145,3 +145,29 @@ def test_a_revocation_is_refused_for_another_province_and_a_bad_reason(fed: Fede
     assert reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ACTIVE in checked
     assert [e.kind for e in fed.servers["coordinator"].chain.entries(key=consent_id)] == [GRANT]
+
+
+def test_a_revocation_committed_before_its_catch_up_failed_has_its_audit_record(fed: Federation) -> None:
+    """A revocation appended by the worker thread is audited even when the loop's ledger read after it fails (the
+    call is refused UNAVAILABLE, the revocation is in the ledger, and so is its consent.revoke record)."""
+    consents = fed.servers["coordinator"].servicer.consents
+    with channel(fed, "51") as ch:
+        stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+        consent_id = _consent_id(stub.RegisterConsent(signed(fed), timeout=CALL_S))
+        watched = LoopReadsFail(consents.chain, after_append=True)
+        consents.chain = watched
+        try:
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.RevokeConsent(coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, reason="case_closed"),
+                                   timeout=CALL_S)
+        finally:
+            consents.chain = watched.inner
+        again = stub.RevokeConsent(coordinator_pb2.RevokeConsentRequest(consent_id=consent_id, reason="case_closed"),
+                                   timeout=CALL_S)  # the caseworker retries: the state comes from the ledger
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert [e.kind for e in fed.servers["coordinator"].chain.entries(key=consent_id)] == [GRANT, REVOKE]
+    assert again.state == coordinator_pb2.REVOKED
+    server = fed.servers["coordinator"]
+    records = [audit.AuditRecord.from_json(e.payload) for e in server.audit_log.chain.entries()
+               if e.kind == audit.KIND_RECORD]  # the retry's record is written after the failed call's (one queue)
+    assert [r.consent_id for r in records if r.decision == audit.CONSENT_REVOKE] == [consent_id, consent_id]
