@@ -17,14 +17,17 @@ from types import FrameType
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Bind (without listening) with SO_REUSEPORT, so workers can bind the same port, and SO_REUSEADDR, as every
-    server does (gRPC's listeners too), so a restart binds over the TIME_WAIT connections its predecessor left;
-    port 0 picks one."""
+    """Bind (without listening) with SO_REUSEPORT, so workers (same user) can bind the same port; port 0 picks one.
+
+    SO_REUSEADDR is set for the bind only, as every server does (gRPC's listeners too), so a restart binds over
+    the TIME_WAIT connections its predecessor left; it is cleared once bound, because on a socket that is not
+    listening it would let another user's SO_REUSEADDR socket bind and listen on the port first."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host.strip("[]"), port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
     return sock, sock.getsockname()[1]
 
 
