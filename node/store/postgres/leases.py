@@ -8,6 +8,7 @@ from typing import Final
 
 import psycopg
 
+from node.store.errors import StoreError
 from node.store.postgres import pool as pools
 
 _CONNECT_TIMEOUT_S: Final[int] = 3
@@ -33,10 +34,14 @@ class PgLease:
         self._checked = 0.0
         self._failed = -_RETRY_S
         self._lock = threading.Lock()
+        self._restores: int | None = None  # the store's restore count its first session found (pool.restores)
 
     def held(self) -> bool:
         """Never raises for a database that is down: not reachable means not held (another holder may lead)."""
         with self._lock:
+            if pools.fenced(self._url):  # restored since this process opened it: it leads nothing until restarted
+                self._drop()
+                return False
             now = time.monotonic()
             if self._conn is not None:
                 if now - self._checked < _CHECK_S:
@@ -58,8 +63,14 @@ class PgLease:
             try:
                 for statement in _SESSION:
                     conn.execute(statement)
+                pools.hold_shared(conn, self._url)  # like every Hedui session: no lease taken during a restore
+                count = pools.restores(conn)
+                if self._restores is not None and count != self._restores:  # restored since: as the pools do
+                    pools.fence(self._url)
+                    raise StoreError(pools.RESTORED)
+                self._restores = count
                 (taken,) = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
-            except psycopg.Error:
+            except (psycopg.Error, StoreError):
                 conn.close()
                 self._failed = now
                 return False

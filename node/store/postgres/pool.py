@@ -53,6 +53,7 @@ RESTORED: Final[str] = "the PostgreSQL store was restored since this process ope
 RESTORES_TABLE: Final[str] = "hedui_restores"  # one row per restore (node.store.postgres.backup writes it)
 _restoring: set[str] = set()  # URLs this process itself holds restore_lock() exclusive on (see restoring())
 _fenced: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()  # pools that met a restore made since they opened
+_fenced_urls: set[str] = set()  # URLs of those pools: this process's leases on them are given up (see fenced())
 
 
 def restore_lock() -> int:
@@ -69,6 +70,17 @@ def hold_shared(conn: psycopg.Connection, url: str) -> None:
         return
     if not conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (restore_lock(),)).fetchone()[0]:
         raise StoreError(f"{redact(url)}: {RESTORING}")
+
+
+def fence(url: str) -> None:
+    """Mark `url` restored since this process opened it (see fenced())."""
+    _fenced_urls.add(url)
+
+
+def fenced(url: str) -> bool:
+    """Whether a pool of this process on `url` met a restore made since it opened (it refuses with RESTORED): the
+    process must not lead anything on that store either (leases give themselves up) until it is restarted."""
+    return url in _fenced_urls
 
 
 def restores(conn: psycopg.Connection) -> int:
@@ -111,6 +123,7 @@ def _configure(url: str, readonly: bool, owner: list[ConnectionPool]):  # noqa: 
         count = restores(conn)
         if seen and seen[0] != count and url not in _restoring:
             _fenced.update(owner)
+            fence(url)
             raise StoreError(RESTORED)
         seen[:] = [count]
         conn.execute("SET synchronous_commit = on")
