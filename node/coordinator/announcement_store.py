@@ -1,11 +1,10 @@
 """Where the directory keeps the announcements it accepted and when each was last heard: the seam to a shared store.
 
-`Directory` reads and writes its announcements only through an `AnnouncementStore`. The one
-implementation here is the JSON file `directory.json` in the coordinator's data directory, which
-the workers of one coordinator (and replicas on hosts sharing that filesystem) rewrite under a
-read-modify-write. `AnnouncementDocument` keeps the same JSON in the member's storage
-(`Storage.document("directory.json")`: that very file on SQLite, a row on PostgreSQL), so replicas
-on different hosts sharing one database see each other's announcements.
+`Directory` reads and writes its announcements only through an `AnnouncementStore`.
+`AnnouncementDocument` keeps them as JSON in the member's storage (`Storage.document("directory.json")`:
+the file `directory.json` in the data directory on SQLite, a row on PostgreSQL), so every worker and
+replica sharing the storage sees each other's announcements; each accepted announcement is a
+read-modify-write under the document's lock (`locked()`), so two replicas accepting at once keep both.
 """
 
 from __future__ import annotations
@@ -13,12 +12,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from node import files
 from node.store.interfaces import SharedDocument
+from node.store.sqlite.documents import FileDocument
 
 
 @dataclass(frozen=True)
@@ -40,37 +40,9 @@ class AnnouncementStore(Protocol):
         """Replace the stored announcements with `heard` (atomically: a reader sees the old or the new list)."""
         ...
 
-
-class AnnouncementFile:
-    """`directory.json`: {"members": [hex announcement…], "seen_ms": [ms…]} (parallel lists; a file from
-    before replicas has no "seen_ms", its announcements count as heard when the file was written)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: int | None = None
-
-    def changed(self) -> list[Heard] | None:
-        try:
-            stamp = self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-        if stamp == self._stamp:
-            return None
-        try:
-            data = json.loads(self.path.read_text())
-            members = [bytes.fromhex(raw) for raw in data.get("members", [])]
-            seen = data.get("seen_ms") or [stamp // 1_000_000] * len(members)
-        except (ValueError, TypeError, AttributeError):
-            return None  # being replaced right now, or unreadable: keep what is held, read it next time
-        if len(seen) != len(members) or not all(isinstance(s, int) for s in seen):
-            return None
-        self._stamp = stamp
-        return [Heard(a, s) for a, s in zip(members, seen, strict=True)]
-
-    def save(self, heard: Sequence[Heard]) -> None:
-        files.write_file(self.path, json.dumps({"members": [h.announcement.hex() for h in heard],
-                                                "seen_ms": [h.seen_ms for h in heard]}), replace=True)
-        self._stamp = self.path.stat().st_mtime_ns
+    def locked(self) -> AbstractContextManager[None]:
+        """Serialise a read-modify-write (`changed`, then `save`) with every other process and host sharing the store."""
+        ...
 
 
 def _parse(raw: bytes, default_seen_ms: int) -> list[Heard] | None:
@@ -100,3 +72,11 @@ class AnnouncementDocument:
     def save(self, heard: Sequence[Heard]) -> None:
         self.document.write(json.dumps({"members": [h.announcement.hex() for h in heard],
                                         "seen_ms": [h.seen_ms for h in heard]}).encode())
+
+    def locked(self) -> AbstractContextManager[None]:
+        return self.document.locked()
+
+
+def announcement_file(path: Path) -> AnnouncementDocument:
+    """The announcements in the JSON file `path` (directory.json, as the SQLite storage keeps it)."""
+    return AnnouncementDocument(FileDocument(path))

@@ -26,7 +26,7 @@ from node.coordinator.standards import PublishedStandards, verify_standards
 from node.crypto.errors import CertificateRejected, SignatureInvalid
 from node.domain.regions import province_tls_name
 from node.domain.standards import StandardsDocument
-from node.coordinator.announcement_store import AnnouncementFile, AnnouncementStore, Heard
+from node.coordinator.announcement_store import AnnouncementStore, Heard, announcement_file
 from node.service.signed import coordinator_signed
 from node.errors import ErrorCode, Refusal
 from node.wire.v1 import coordinator_pb2
@@ -219,7 +219,7 @@ class Directory:
         self.standards = standards
         self.discovery_epoch_s = discovery_epoch_s
         self._standards_revision: tuple[tuple[str, int], ...] = ()
-        self.store: AnnouncementStore = AnnouncementFile(path) if isinstance(path, Path) else path
+        self.store: AnnouncementStore = announcement_file(path) if isinstance(path, Path) else path
         self.path: Path | None = path if isinstance(path, Path) else getattr(path, "path", None)  # directory.json, when the store is that file
         self.signer = signer
         self.verifier = verifier
@@ -288,7 +288,7 @@ class Directory:
         if presented is None or entry.tls_cert_sha256 != presented:
             raise Refusal(ErrorCode.IDENTITY_MISMATCH, "the announced TLS certificate is not the one this call came with")
         issued = coordinator_pb2.AnnouncementBody.FromString(signed.body).issued_at_ms
-        with self._lock:
+        with self._lock, self.store.locked():  # read, add, write: no other replica's write in between (G48)
             self._reload()
             now = int(self.clock() * 1000)
             self._held.setdefault(entry.province, {})[entry.endpoint] = _Held(signed, entry, issued, now)

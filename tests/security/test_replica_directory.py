@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,62 @@ def test_a_re_announcement_is_not_audited_again_but_a_new_endpoint_is(planted: d
         assert announced() == before
         announce(running, "51", link.announcement("127.0.0.2:7443").body)
         assert announced() == before + 1
+
+
+class _SlowSave:
+    """A replica's real announcement store whose write waits (at most 2 s) for the other replica to have read the
+    store too: the interleaving in which an unlocked read-modify-write loses one announcement."""
+
+    def __init__(self, inner: object, other_read: threading.Event, read: threading.Event) -> None:
+        self.inner, self.other_read, self.read = inner, other_read, read
+
+    def changed(self) -> object:
+        found = self.inner.changed()  # type: ignore[attr-defined]
+        self.read.set()
+        return found
+
+    def save(self, heard: object) -> None:
+        self.other_read.wait(2.0)
+        self.inner.save(heard)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_two_replicas_accepting_at_once_keep_both_announcements(fed: Federation, tmp_path: Path, store: str,
+                                                                request: pytest.FixtureRequest) -> None:
+    """Two coordinator replicas sharing the storage accept two provinces' announcements at the same instant:
+    each is a read-modify-write under the document's lock, so the stored directory keeps both (SECURITY G48)."""
+    from node.coordinator.announcement_store import AnnouncementDocument, announcement_file
+    from node.store.factory import open_url
+
+    coordinator = Member(config_mod.load(fed.coordinator_config))
+    storage = None
+    if store == "postgresql":
+        storage = open_url(request.getfixturevalue("postgres_url"), tmp_path)
+
+        def shared() -> object:
+            return AnnouncementDocument(storage.document("directory.json"))  # type: ignore[union-attr]
+    else:
+        def shared() -> object:
+            return announcement_file(tmp_path / "directory.json")
+    try:
+        reads = {code: threading.Event() for code in ("44", "51")}
+        replicas = {code: Directory(_SlowSave(shared(), reads["51" if code == "44" else "44"], reads[code]),
+                                    signer=coordinator.signer, verifier=coordinator.verifier)
+                    for code in ("44", "51")}
+        for event in reads.values():
+            event.clear()  # the replicas' first reads (at construction) do not count
+        signed = {code: announcement(fed.member(code), f"10.0.0.{code}:7443") for code in ("44", "51")}
+        threads = [threading.Thread(target=replicas[code].announce, args=(code, signed[code][0]),
+                                    kwargs={"presented": signed[code][1]}) for code in ("44", "51")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        fresh = Directory(shared(), signer=coordinator.signer, verifier=coordinator.verifier)  # type: ignore[arg-type]
+        assert sorted(fresh.entries()) == ["44", "51"]
+    finally:
+        if storage is not None:
+            storage.close()
