@@ -183,6 +183,9 @@ def _verify(args: argparse.Namespace) -> int:
         log = AuditLog(storage.audit())
         report = log.verify([*expect, *(h.expect for h in heads)])
         missing_guards = log.missing_guards()
+        table_guards = storage.missing_guards()  # the checkpoint book's, probing ledger's, facts' (PostgreSQL)
+    by_store = {"audit": list(missing_guards), **{what: list(names) for what, names in table_guards.items()}}
+    missing_guards = tuple(name for names in by_store.values() for name in names)
     for pos, result in zip(expect_of, report.checkpoints[:len(expect)], strict=True):
         checked[pos]["status"] = result.status
     witnessed = None if not args.witness else witness.check_audit(
@@ -195,6 +198,7 @@ def _verify(args: argparse.Namespace) -> int:
             "ok": ok, "entries": report.count, "anchor": report.anchor_index, "head_index": report.head_index,
             "head": report.head_hash.hex(), "first_bad": report.first_bad, "reason": report.reason,
             "bad_key": report.bad_key, "checkpoints": checked, "missing_guards": list(missing_guards),
+            "missing_guards_by_store": by_store,
             **_witness_json(args.witness, witnessed, invalid_heads),
         }))  # fmt: skip
     elif witnessed is not None and not witnessed.ok:
@@ -216,7 +220,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"audit log intact: {span}, head {report.head_hash.hex()[:16]}; checkpoints: {summary}"
               + ("" if witnessed is None else f"; witnessed heads: {_summary(witnessed)}"))
     if missing_guards and not args.json:
-        print(f"warning: append-only guards missing: {', '.join(missing_guards)}", file=sys.stderr)
+        print(f"warning: store guards missing: {', '.join(missing_guards)}", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -441,6 +441,8 @@ class CoordinatorServer:
         self.crl = member.crl  # the newest CRL accepted; an older crl.pem put back is refused
         self.audit_log = open_audit_log(storage, cfg)
         close.callback(self.audit_log.close)
+        if storage.restored_guards():  # someone dropped or changed them: names only
+            log.warning("store_guards_restored", guards=list(storage.restored_guards()))
         self.auditor = audit.AsyncAuditor(self.audit_log)
         close.push_async_callback(self.auditor.aclose)
         checkpoints = audit.CheckpointStore(self.chain, member.verifier, clock_skew_s=cfg.limits.clock_skew_s)

@@ -109,6 +109,8 @@ class NodeServer:
         seal_key, _ = pki.load_seal_keys(cfg.seal_key, cfg.seal_pub, cfg.key_passphrase)
         self.probes = storage.probes(key=ledger_key(seal_key.private_bytes_raw()))  # shared by every replica
         close.callback(self.probes.close)
+        if storage.restored_guards():  # someone dropped or changed them: names only
+            log.warning("store_guards_restored", guards=list(storage.restored_guards()))
         gate = ReceiptGate(member.verifier, self.revocations)
         service = VerificationService(
             province=cfg.province,

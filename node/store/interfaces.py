@@ -477,6 +477,15 @@ class Storage(_Closeable, Protocol):
         """The node's probing ledger, cuts digested under `key` (SQLite: probes.sqlite in data_dir)."""
         ...
 
+    def restored_guards(self) -> tuple[str, ...]:
+        """Names of the guards the objects this Storage opened found missing and re-installed (each once)."""
+        ...
+
+    def missing_guards(self) -> dict[str, tuple[str, ...]]:
+        """Guards missing now of the stores that are not chains ("checkpoints", "probes", "facts" -> names; only
+        stores that exist and have guards, so {} on SQLite); reads only."""
+        ...
+
 
 # -- state the replicas of one member must agree on (issue 14: replicas on several hosts) ------------
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from node.store import ledger
 from node.store.audit import AuditLog
 from node.store.factory import open_url
 from node.store.postgres import backup as pg_backup
+from node.store.postgres import probes
+from node.store.postgres.chain import PgChain
+from node.store.postgres.checkpoints import PgCheckpoints
+from node.store.postgres.facts import PgStore
 from node.store.sqlite import backup as sqlite_backup
 
 TOKEN, POSSESSION = b"t" * 32, b"p" * 32
@@ -89,3 +94,31 @@ def test_restore_refused_while_a_member_is_connected(postgres_url: str, tmp_path
         assert AuditLog(chain).verify().ok  # nothing was touched
     finally:
         running.close()
+
+
+def test_restore_into_postgres_leaves_every_guard_always_enabled(postgres_url: str, tmp_path: Path) -> None:
+    """After a PostgreSQL restore no guard of the chains, checkpoint book, probing ledger or facts is missing
+    (none left origin-only), and a replica-mode session cannot change a lodged checkpoint."""
+    data = tmp_path / "data"
+    _populate(postgres_url, data)
+    with PgCheckpoints(postgres_url) as book, psycopg.connect(postgres_url, autocommit=True) as sql:
+        sql.execute("INSERT INTO audit_checkpoints(line) VALUES ('{}')")
+        assert book.missing_guards() == ()
+    with probes.PgProbeLedger(postgres_url, key=b"k" * 32) as budgets:
+        assert budgets.admit("r", "c", {"i": "cut"}, 3) == (None, 1)
+    pg_backup.backup(postgres_url, data, tmp_path / "bak")
+    pg_backup.restore(tmp_path / "bak", data, postgres_url, force=True)
+    opened = (PgCheckpoints(postgres_url, readonly=True), PgStore(postgres_url, readonly=True), PgChain(postgres_url, "audit", prunable=True, readonly=True),
+              PgChain(postgres_url, "ledger", readonly=True))
+    try:
+        assert [o.missing_guards() for o in opened] == [()] * len(opened)
+        with psycopg.connect(postgres_url) as sql:  # read-only: a ledger's open would restore what it finds missing
+            assert probes.GUARDS.missing(sql) == ()
+    finally:
+        for o in opened:
+            o.close()
+    with psycopg.connect(postgres_url, autocommit=True) as sql:
+        sql.execute("SET session_replication_role = replica")
+        for statement in ("UPDATE audit_checkpoints SET line = 'x'", "DELETE FROM audit_checkpoints"):
+            with pytest.raises(psycopg.errors.RestrictViolation):
+                sql.execute(statement)

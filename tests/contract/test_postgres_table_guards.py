@@ -4,11 +4,12 @@ facts' change triggers are always-enabled, source-checked by missing_guards() an
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import pytest
 
+from node.store.postgres.chain import PgChain
 from node.store.postgres.checkpoints import PgCheckpoints
 from node.store.postgres.facts import PgStore
 from node.store.postgres.probes import PgProbeLedger
@@ -98,3 +99,39 @@ def test_fact_changes_are_counted_even_in_replica_mode_and_their_triggers_restor
             with _replica(postgres_url) as sql:
                 sql.execute(statement)
             assert watch.version() > before, statement
+
+
+_PERMISSIVE: Final[str] = ("BEGIN IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; RETURN NEW; END")
+# (open it writable, a row to insert, the guard to re-point with its table, event and function, an UPDATE it refuses)
+_REPOINTED: dict[str, tuple[Callable[..., Any], str, tuple[str, str, str, str], str]] = {
+    "checkpoints": (PgCheckpoints, "INSERT INTO audit_checkpoints(line) VALUES ('{}')",
+                    ("audit_checkpoints_append_only", "audit_checkpoints", "UPDATE OR DELETE",
+                     "hedui_checkpoints_refuse"), "UPDATE audit_checkpoints SET line = 'x'"),
+    "chain": (lambda url: PgChain(url, "audit", prunable=True), "",
+              ("audit_no_update", "audit", "UPDATE", "hedui_chain_refuse"), "UPDATE audit SET at_ms = 0"),
+}
+
+
+@pytest.mark.parametrize("which", sorted(_REPOINTED))
+def test_guard_repointed_at_a_same_named_function_in_another_schema_is_reported_and_restored(
+        postgres_url: str, which: str) -> None:
+    """A guard trigger re-created to run a permissive same-named function in another schema is missing, and a
+    writable open points it back at the real function, which refuses the change again."""
+    opener, insert, (trigger, table, events, function), update = _REPOINTED[which]
+    with opener(postgres_url) as opened:
+        if which == "chain":
+            opened.append("k", "a", b"1")
+        with psycopg.connect(postgres_url, autocommit=True) as sql:
+            if insert:
+                sql.execute(insert)
+            sql.execute("CREATE SCHEMA evil")
+            sql.execute(f"CREATE FUNCTION evil.{function}() RETURNS trigger LANGUAGE plpgsql AS $$ {_PERMISSIVE} $$")
+            sql.execute(f"DROP TRIGGER {trigger} ON {table}")
+            sql.execute(f"CREATE TRIGGER {trigger} BEFORE {events} ON {table} FOR EACH ROW "
+                        f"EXECUTE FUNCTION evil.{function}()")
+            sql.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger}")
+        assert opened.missing_guards() == (trigger,)
+    with opener(postgres_url) as reopened:
+        assert reopened.restored_guards == (trigger,) and reopened.missing_guards() == ()
+    with _replica(postgres_url) as sql, pytest.raises(psycopg.errors.RestrictViolation):
+        sql.execute(update)

@@ -54,6 +54,7 @@ from node.store.postgres import backup_state
 from node.store.postgres import pool as pools
 from node.store.postgres import schema
 from node.store.postgres.chain import PgChain, _text
+from node.store.postgres.checkpoints import GUARDS as CHECKPOINT_GUARDS
 from node.store.postgres.checkpoints import TABLE as CHECKPOINTS
 from node.store.postgres.facts import PgStore
 from node.store.sqlite import backup as sqlite_backup
@@ -341,7 +342,8 @@ def _import(url: str, stage: Path, names: tuple[str, ...]) -> None:
                 data = path.read_bytes()
                 lines = data[: data.rfind(b"\n") + 1].decode().splitlines()
                 _copy_rows(conn, f"{CHECKPOINTS}(line)", ((line,) for line in lines if line.strip()))
-            conn.execute(f"ALTER TABLE {CHECKPOINTS} ENABLE TRIGGER USER")
+            for guard, (table, _, _) in CHECKPOINT_GUARDS.triggers.items():  # ALWAYS, as before (not origin-only)
+                conn.execute(schema.ENABLE_ALWAYS.format(t=table, name=guard))
         if PROBES_DB in names:
             backup_state.import_probes(conn, stage / PROBES_DB)
         backup_state.import_documents(conn, stage, names)

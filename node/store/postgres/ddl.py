@@ -86,18 +86,24 @@ def create_guard(name: str, table: str, tgtype: int, function: str) -> str:
 ENABLE_ALWAYS: Final[str] = 'ALTER TABLE "{t}" ENABLE ALWAYS TRIGGER "{name}"'
 # The triggers that guard: always-enabled ('D' disabled, 'O' origin-only, 'R' replica-only do not count), no WHEN
 # clause, no column list, a PL/pgSQL function; with their table, type and function name (compared with Guards).
+# The function is the trigger's own (t.tgfoid) and must live in the current schema, as the table does: a trigger
+# re-pointed at a same-named function in another schema does not count (a trigger function takes no arguments,
+# so the name in this schema is that one row, whose source and search_path _FUNCTIONS_SQL checks).
 _TRIGGERS_SQL: Final[str] = (
     "SELECT c.relname, t.tgname, t.tgtype, p.proname FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
     "JOIN pg_class c ON c.oid = t.tgrelid "
     "WHERE t.tgrelid = ANY(ARRAY(SELECT to_regclass(quote_ident(r)) FROM unnest(%s::text[]) r)) "
+    "AND c.relnamespace = to_regnamespace(quote_ident(current_schema())) AND p.pronamespace = c.relnamespace "
     "AND NOT t.tgisinternal AND t.tgenabled = 'A' AND t.tgqual IS NULL AND cardinality(t.tgattr::int2[]) = 0 "
     "AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql')"
 )
-# The source of guard functions (by name, resolved on the search path as the triggers resolved them).
+# The source of guard functions, by name in the current schema (the one the triggers' functions must be in; not
+# the search path, where another schema's function of the same name may come first or a trigger's may not be).
 # A function counts as intact only with the expected body and its search_path pinned to the current schema.
 _FUNCTIONS_SQL: Final[str] = (
     "SELECT proname, CASE WHEN proconfig = ARRAY['search_path=' || quote_ident(current_schema()) || ', pg_temp'] "
-    "THEN prosrc END FROM pg_proc WHERE oid = ANY(ARRAY(SELECT to_regproc(n) FROM unnest(%s::text[]) n))"
+    "THEN prosrc END FROM pg_proc WHERE oid = ANY(ARRAY(SELECT to_regproc(quote_ident(current_schema()) || '.' "
+    "|| quote_ident(n)) FROM unnest(%s::text[]) n))"
 )
 
 

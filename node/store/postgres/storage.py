@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from node.store.errors import StoreError
+from node.store.postgres import checkpoints, facts, probes
 from node.store.postgres import pool as pools
 from node.store.postgres.chain import PgChain
 from node.store.postgres.checkpoints import PgCheckpoints
@@ -22,6 +23,9 @@ from node.store.sqlite.leases import check_name
 
 LEDGER_TABLE = "ledger"
 AUDIT_TABLE = "audit"
+# What missing_guards() checks besides the chains: name -> (a table it guards, that must exist, and its guards).
+TABLE_GUARDS = {"checkpoints": (checkpoints.TABLE, checkpoints.GUARDS), "probes": ("hedui_probes", probes.GUARDS),
+                "facts": ("facts", facts.GUARDS)}
 
 
 class PgStorage:
@@ -33,6 +37,7 @@ class PgStorage:
         self._data_dir = Path(data_dir) if data_dir is not None else Path(".")
         self._readonly = readonly
         self._opened: weakref.WeakSet[Any] = weakref.WeakSet()  # what close() closes; a dropped object drops out
+        self._restored: dict[str, None] = {}  # guard names the objects opened re-installed, in order, once each
         self._lock = threading.Lock()
         self._closed = False
 
@@ -50,7 +55,25 @@ class PgStorage:
                 obj.close()
                 raise StoreError("storage is closed")
             self._opened.add(obj)
+            self._restored.update(dict.fromkeys(getattr(obj, "restored_guards", ())))
         return obj
+
+    def restored_guards(self) -> tuple[str, ...]:
+        """Names of the guards the objects this storage opened found missing and re-installed (chains, checkpoint
+        book, probing ledger, facts), each once."""
+        with self._lock:
+            return tuple(self._restored)
+
+    def missing_guards(self) -> dict[str, tuple[str, ...]]:
+        """The guards missing now of the checkpoint book, probing ledger and facts ("checkpoints", "probes",
+        "facts" -> names, as their missing_guards() gives them), for those whose table exists; changes nothing."""
+        pool = pools.acquire(self._url, readonly=True)
+        try:
+            with pools.connection(pool, "reading guards") as conn:
+                return {what: guards.missing(conn) for what, (table, guards) in TABLE_GUARDS.items()
+                        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]}
+        finally:
+            pools.release(pool)
 
     def facts(self) -> PgStore:
         """The province's fact store (tables subjects, facts, attributes)."""

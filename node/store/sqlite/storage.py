@@ -53,6 +53,7 @@ class SqliteStorage:
         self._url = url
         self._readonly = readonly
         self._opened: weakref.WeakSet[Any] = weakref.WeakSet()  # what close() closes; a dropped object drops out
+        self._restored: dict[str, None] = {}  # guard names the chains opened re-installed, in order, once each
         self._lock = threading.Lock()
         if not readonly:
             try:
@@ -71,7 +72,17 @@ class SqliteStorage:
     def _keep(self, opened: _T) -> _T:
         with self._lock:
             self._opened.add(opened)
+            self._restored.update(dict.fromkeys(getattr(opened, "restored_guards", ())))
         return opened
+
+    def restored_guards(self) -> tuple[str, ...]:
+        """Names of the guards the chains this storage opened found missing and re-installed, each once."""
+        with self._lock:
+            return tuple(self._restored)
+
+    def missing_guards(self) -> dict[str, tuple[str, ...]]:
+        """{}: besides the chains' triggers SQLite has no guards (the checkpoint book is a JSONL file)."""
+        return {}
 
     def _existing(self, path: Path, what: str) -> Path:
         if self._readonly and not path.is_file():
