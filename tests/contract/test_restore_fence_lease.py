@@ -86,3 +86,21 @@ def test_no_lease_is_taken_while_a_restore_holds_the_store(member: Path) -> None
         finally:
             lease.release()
         restore.execute("SELECT pg_advisory_unlock(%s)", (pools.restore_lock(),))
+
+
+def test_the_restore_lock_outlives_a_server_idle_session_timeout(postgres_url: str) -> None:
+    """The restore's lock session sits idle for the whole restore: a database-wide idle_session_timeout does not
+    end it (and the lock with it), so no Hedui session can open meanwhile."""
+    from node.store.postgres.backup import exclusive
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        dbname = admin.execute("SELECT current_database()").fetchone()[0]
+        admin.execute(f'ALTER DATABASE "{dbname}" SET idle_session_timeout = 500')
+        try:
+            with exclusive(postgres_url, "this test"):
+                time.sleep(1.5)  # three timeouts of an idle session: the one the test is about, not a wait for readiness
+                with psycopg.connect(postgres_url, autocommit=True) as other:
+                    assert not other.execute("SELECT pg_try_advisory_lock_shared(%s)",
+                                             (pools.restore_lock(),)).fetchone()[0]
+        finally:
+            admin.execute(f'ALTER DATABASE "{dbname}" RESET idle_session_timeout')

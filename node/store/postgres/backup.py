@@ -101,6 +101,10 @@ def exclusive(url: str, doing: str) -> Iterator[None]:
     """For the block, the restore lock held exclusive on a connection of its own (DataDirBusy while any Hedui session
     holds it shared): no Hedui session opens on `url` until the block ends; this process's own pools skip it."""
     with _connect(url) as conn:
+        # This session sits idle for the whole block: a server-side idle_session_timeout (PostgreSQL 14+) must not
+        # end it, or the lock would go with it mid-restore.
+        if conn.execute("SELECT count(*) FROM pg_settings WHERE name = 'idle_session_timeout'").fetchone()[0]:
+            conn.execute("SET idle_session_timeout = 0")
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (pools.restore_lock(),)).fetchone()[0]:
             raise sqlite_backup.DataDirBusy(f"a Hedui process has {pools.redact(url)} open (or a restore runs): "
                                             f"stop the member (every replica) before {doing}")
