@@ -106,17 +106,16 @@ class PostgresServer:
     def _run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run one PostgreSQL program (as the server's OS user), returning its output."""
         cmd = [*self.wrap, str(self.bin / args[0]), *args[1:]]
-        extra: dict[str, object] = {}
-        if self.user is not None and self.wrap:  # the wrapper (ip netns exec) needs root: drop to the user after it
+        # Dropping to the server's user is setpriv's job (after the wrapper, ip netns exec, which needs root), never
+        # subprocess's user=/group=: those make Python fork() instead of vfork(), and in a process running gRPC
+        # (the bench, a test's servers) the forked child runs gRPC's fork handlers and can abort before exec.
+        if self.user is not None:
             cmd[len(self.wrap):len(self.wrap)] = ["setpriv", f"--reuid={self.user.pw_uid}",
                                                  f"--regid={self.user.pw_gid}", "--clear-groups", "--"]
-        elif self.user is not None:
-            extra = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
                "HOME": str(self.root)}
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=self.root, env=env, timeout=timeout,
-                                  **extra)  # type: ignore[call-overload]
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=self.root, env=env, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise PostgresUnavailable(f"{args[0]} failed: {exc}") from None
         if check and done.returncode != 0:
