@@ -23,6 +23,7 @@ from node.server.metrics import MemberMetrics
 from node.inflight import InFlight
 from node.member import Member
 from node.server.coordinator_link import CoordinatorLink
+from node.server.store_threads import StoreThreads
 from node.server.verification_servicer import VerificationServicer
 from node.service.consent import ReceiptGate, RevocationView
 from node.service.possession import Unlocker
@@ -124,11 +125,14 @@ class NodeServer:
             probes=ProbeLimit(self.probes, published, member.catalogue, budget=cfg.limits.probe_checks_per_consent_item),
         )
         self.batch_signer = signing.AsyncBatchSigner(member.signer, in_flight=in_flight)
+        store_threads = StoreThreads(storage.threaded)  # closed before the stores it uses (ExitStack order)
+        close.callback(store_threads.close)
         servicer = VerificationServicer(
             service, self.batch_signer, anchor, Admission(anchor, cfg.limits, relay=COORDINATOR_URI), log,
             coordinator_identity=COORDINATOR_URI,
             unsealer=self.link, metrics=member_metrics, auditor=self.auditor, in_flight=in_flight,
             unlocker=Unlocker(self.store, cfg.identity, max_subjects=cfg.limits.max_subjects),
+            store_threads=store_threads,
         )
         self.servicer = servicer
         household = self.household_servicer = self._household_servicer(member, gate, log, in_flight)

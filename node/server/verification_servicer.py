@@ -17,6 +17,7 @@ from node.inflight import InFlight
 from node.server.admission import Admission, check_deadline
 from node.server.answer_commit import AnswerCommit
 from node.server.edge import edge, public_message
+from node.server.store_threads import StoreThreads
 from node.service import packed
 from node.service.possession import Unlocker, signed_query as locked_content
 from node.service.verification import Decided, VerificationService, require_usable_reply_key
@@ -59,8 +60,11 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
         auditor: audit.AsyncAuditor | None = None,
         in_flight: InFlight | None = None,
         unlocker: Unlocker | None = None,
+        store_threads: StoreThreads | None = None,
     ) -> None:
         self.unlocker = unlocker
+        # The stores' part of a decision (VerificationService.answer) runs here: off the loop on PostgreSQL.
+        self._stores = (store_threads or StoreThreads(threaded=False)).run
         self.metrics = metrics
         self.auditor = auditor
         self.in_flight = in_flight or InFlight()
@@ -109,7 +113,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                     raise Refusal(ErrorCode.MALFORMED, "request carries no query")
                 if sealed:
                     require_usable_reply_key([signed_query.body])  # refused (and audited) before anything is decided
-                decided = self.service.decide(signed_query, requester, lock=unlocked)
+                admitted = self.service.admit(signed_query, requester, lock=unlocked)
+                decided = await self._stores(self.service.answer, admitted)
                 fields.update(peer=decided.query.requester, request_id=decided.query.request_id)
                 check_deadline(context)
             except Refusal as refusal:
@@ -189,8 +194,13 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             decided: list[tuple[int, Decided]] = []
             refusals: list[audit.AuditRecord] = []
             queries = [(contents[i], o) for i, o in enumerate(opened) if isinstance(o, Unlocked)]
-            with self.service.batch_scope():  # one nonce write and one probing transaction for the whole batch
-                outcomes = iter(self.service.decide_batch(queries, requester))
+            admitted = self.service.admit_batch(queries, requester)
+
+            def answer() -> list[Decided | Refusal]:
+                with self.service.batch_scope():  # one nonce write and one probing transaction for the whole batch
+                    return self.service.answer_batch(admitted)
+
+            outcomes = iter(await self._stores(answer))
             for index, (locked, unlocked) in enumerate(zip(batch.queries, opened, strict=True)):
                 outcome = unlocked if isinstance(unlocked, Refusal) else next(outcomes)
                 if isinstance(outcome, Decided):

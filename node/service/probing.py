@@ -41,22 +41,23 @@ class PublishedValues:
 
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
-        self._documents: dict[str, StandardsDocument] | None = None
-        self._revision: tuple[tuple[str, int], ...] = ()
-        self._cache: dict[tuple[str, str, tuple[str, ...]], Operands] = {}
+        # (documents, their revision, operands cache), replaced whole by `update`: `operands` may run on a store
+        # thread (node.server.store_threads) while the loop updates, and reads all three as of one update.
+        self._state: tuple[dict[str, StandardsDocument] | None, tuple[tuple[str, int], ...],
+                           dict[tuple[str, str, tuple[str, ...]], Operands]] = (None, (), {})
         self._months: tuple[int, tuple[str, ...]] = (-1, ())  # (minute, months around it)
 
     @property
     def known(self) -> bool:
         """True once a verified directory has been read (an empty set of documents counts)."""
-        return self._documents is not None
+        return self._state[0] is not None
 
     def update(self, documents: Mapping[str, StandardsDocument]) -> None:
         """Adopt the documents of a newly verified directory (province -> its document in force)."""
         revision = tuple(sorted((p, d.version) for p, d in documents.items()))
-        if self._documents is not None and revision == self._revision:
+        if self._state[0] is not None and revision == self._state[1]:
             return
-        self._documents, self._revision, self._cache = dict(documents), revision, {}
+        self._state = (dict(documents), revision, {})
 
     def operands(self, requester: str, purpose: str, now_s: float) -> Operands:
         """item -> operands free for `requester`'s checks under `purpose` now: its own province's figures."""
@@ -65,12 +66,13 @@ class PublishedValues:
             self._months = (minute, months_around(now_s))
         months = self._months[1]
         key = (requester, purpose, months)
-        found = self._cache.get(key)
+        documents, _, cache = self._state  # one update's documents and cache, whatever `update` does meanwhile
+        found = cache.get(key)
         if found is None:
-            doc = (self._documents or {}).get(requester)
+            doc = (documents or {}).get(requester)
             standards = () if doc is None else (
                 s for s in doc.standards if s.purpose == purpose and any(s.covers(m) for m in months))
-            found = self._cache[key] = published_operands(standards, self.catalogue)
+            found = cache[key] = published_operands(standards, self.catalogue)
         return found
 
 

@@ -51,6 +51,16 @@ class ReplayGuard(Protocol):
         """Record the nonce; False when it was already seen."""
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A query that passed every check but the nonce (`VerificationService.admit`): what `answer` needs."""
+
+    signed: verification_pb2.SignedQuery
+    body: verification_pb2.QueryBody
+    checks: list[Check]
+    consent_id: str
+
+
 @dataclass(frozen=True)
 class Decided:
     """A verified query and the answer body the node will sign."""
@@ -154,22 +164,14 @@ class VerificationService:
             raise Refusal(ErrorCode.NOT_ADDRESSED_HERE)
         return body
 
-    def validate(self, body: verification_pb2.QueryBody, *, lock: Unlocked | None = None) -> tuple[list[Check], str]:
-        """Refuse malformed, stale, replayed, misaddressed or oversized queries; the checks and the consent id.
-
-        `lock` is the possession lock a sealed query came in: its subjects and request id must be
-        the ones the lock named (the holder unlocked it for those).
-        """
-        checks, consent_id = self._admit(body, lock)
-        if not self.replay.remember(body.requester, body.nonce, body.issued_at_ms):
-            raise Refusal(ErrorCode.REPLAYED)
-        return checks, consent_id
-
     def _admit(self, body: verification_pb2.QueryBody, lock: Unlocked | None,
                parsed: dict[tuple[tuple[str, int, int], ...], list[Check] | Refusal] | None = None,
                valid_ids: set[str] | None = None) -> tuple[list[Check], str]:
-        """Everything `validate` checks but the nonce; `parsed` caches the checks of a batch (parsed once per
-        distinct checks), `valid_ids` the request ids of a batch already found valid (a chunk shares one)."""
+        """Refuse malformed, stale, misaddressed, oversized or unconsented queries (everything but a replay, which
+        `answer` refuses); the checks and the consent id. `lock` is the possession lock a sealed query came in:
+        its subjects and request id must be the ones the lock named (the holder unlocked it for those).
+        `parsed` caches the checks of a batch (parsed once per distinct checks), `valid_ids` the request ids
+        of a batch already found valid (a chunk shares one)."""
         if valid_ids is None or body.request_id not in valid_ids:
             request_ids.check(body.request_id)
             if valid_ids is not None:
@@ -213,8 +215,25 @@ class VerificationService:
     def decide(self, signed: verification_pb2.SignedQuery, peer_province: str | None, *,
                lock: Unlocked | None = None) -> Decided:
         """Authenticate, validate and evaluate a query; the caller signs the answer."""
+        return self.answer(self.admit(signed, peer_province, lock=lock))
+
+    # `decide` in two steps, for servers whose stores wait on the network (Storage.threaded): `admit` reads
+    # and updates the in-memory state the event loop also changes (consent view, receipt and certificate
+    # caches) and runs on the loop; `answer` touches only the stores (nonce, probing budget, facts), which
+    # are then safe to use from a worker thread, and pure evaluation.
+
+    def admit(self, signed: verification_pb2.SignedQuery, peer_province: str | None, *,
+              lock: Unlocked | None = None) -> Admitted:
+        """Authenticate the query and check everything but its nonce (on the event loop's thread)."""
         body = self.authenticate(signed, peer_province)
-        checks, consent_id = self.validate(body, lock=lock)
+        checks, consent_id = self._admit(body, lock)
+        return Admitted(signed, body, checks, consent_id)
+
+    def answer(self, admitted: Admitted) -> Decided:
+        """Record the nonce (REPLAYED if seen), spend the probing budget and evaluate from the store."""
+        signed, body, checks, consent_id = admitted.signed, admitted.body, admitted.checks, admitted.consent_id
+        if not self.replay.remember(body.requester, body.nonce, body.issued_at_ms):
+            raise Refusal(ErrorCode.REPLAYED)
         allowed = [self.policy.allows(body.purpose, c.attribute) for c in checks]
         probes = 0  # checks the policy denies reveal nothing and use no budget
         if self.probes is not None:
@@ -256,18 +275,29 @@ class VerificationService:
         set is looked up in one store lookup, and the results are packed (node.service.packed) when
         the query accepts it (`accept_packed`; else rows, as 0.2 requesters read). Call inside `batch_scope`.
         """
-        out: list[Decided | Refusal | None] = [None] * len(queries)
+        return self.answer_batch(self.admit_batch(queries, peer_province))
+
+    def admit_batch(self, queries: Sequence[tuple[verification_pb2.SignedQuery, Unlocked]],
+                    peer_province: str | None) -> list[Admitted | Refusal]:
+        """`admit` for each query of a batch (checks parsed once per distinct checks), on the event loop's thread."""
+        out: list[Admitted | Refusal] = []
         parsed: dict[tuple[tuple[str, int, int], ...], list[Check] | Refusal] = {}
         valid_ids: set[str] = set()
-        standing: list[tuple[int, verification_pb2.QueryBody, list[Check], str]] = []
-        for i, (signed, lock) in enumerate(queries):
+        for signed, lock in queries:
             try:
                 body = self.authenticate(signed, peer_province)
                 checks, consent_id = self._admit(body, lock, parsed, valid_ids)
             except Refusal as refusal:
-                out[i] = refusal
+                out.append(refusal)
                 continue
-            standing.append((i, body, checks, consent_id))
+            out.append(Admitted(signed, body, checks, consent_id))
+        return out
+
+    def answer_batch(self, admitted: Sequence[Admitted | Refusal]) -> list[Decided | Refusal]:
+        """`answer` for a batch's admitted queries (refusals pass through), as `decide_batch` describes: the
+        nonces in one write, one store lookup per item set. Call inside `batch_scope`, on one thread."""
+        out: list[Decided | Refusal | None] = [a if isinstance(a, Refusal) else None for a in admitted]
+        standing = [(i, a.body, a.checks, a.consent_id) for i, a in enumerate(admitted) if isinstance(a, Admitted)]
         fresh = remember_all(self.replay, [(b.requester, b.nonce, b.issued_at_ms) for _, b, _, _ in standing])
         by_items: dict[tuple[str, ...], list[tuple[int, verification_pb2.QueryBody, list[Check], list[bool], int, str]]] = {}
         for (i, body, checks, consent_id), new in zip(standing, fresh, strict=True):
@@ -291,7 +321,7 @@ class VerificationService:
             facts = self.store.lookup(tokens, attributes) if attributes else {}
             offset = 0
             for i, body, checks, allowed, probes, consent_id in group:
-                signed = queries[i][0]
+                signed = admitted[i].signed  # type: ignore[union-attr]  # only Admitted reach a group
                 n_subjects = len(body.subjects)
                 columns = _evaluate(checks, allowed, facts, offset, n_subjects)
                 offset += n_subjects

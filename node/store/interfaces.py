@@ -434,6 +434,13 @@ class Storage(_Closeable, Protocol):
     @property
     def readonly(self) -> bool: ...
 
+    @property
+    def threaded(self) -> bool:
+        """True when every store call waits on the network and the stores may be used from any thread
+        (PostgreSQL: pooled connections): servers then run store work off the event loop
+        (node.server.store_threads). False for SQLite, whose connections stay on their thread."""
+        ...
+
     def facts(self) -> FactStore:
         """The province's fact store (created empty if absent, unless read-only)."""
         ...

@@ -63,3 +63,38 @@ def test_routed_verification_with_every_store_in_postgres(fed: Federation) -> No
         assert any(b"answered" in e.payload for e in storage.audit().entries())
     finally:
         storage.close()
+
+
+@pytest.mark.slow
+def test_a_store_call_that_waits_does_not_hold_the_nodes_event_loop(fed: Federation) -> None:
+    """On PostgreSQL a node's store work for a query runs off its event loop (node.server.store_threads, SECURITY
+    G40): while 44's fact lookup waits on a lock, the loop (which also runs the consent feed, every other call
+    and here the coordinator) keeps running; once the lock is released the query is answered."""
+    import asyncio
+    import threading
+    import time
+
+    import psycopg
+
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
+    result: dict[str, object] = {}
+    with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE facts IN ACCESS EXCLUSIVE MODE")  # 44's lookup waits behind this
+        asking = threading.Thread(target=lambda: result.update(answer=fed.verify(
+            "51", [WORKER, SPOUSE], ["income.wage_monthly<=600000"], consent_id=consent, deadline_s=60)))
+        asking.start()
+        try:
+            with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as watch:
+                deadline = time.monotonic() + 30
+                while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND application_name = 'hedui'").fetchone()[0]:
+                    assert time.monotonic() < deadline, "44's lookup never reached the locked table"
+                    time.sleep(0.02)  # polling the server's own view of its sessions: a condition, not a delay
+            # The lookup is waiting now; the loop must still run (blocked, this would wait for the lock).
+            fed.loop.run(asyncio.sleep(0), timeout=20)
+        finally:
+            blocker.execute("COMMIT")
+            asking.join(timeout=60)
+    answer = result["answer"]
+    assert answer.routing == {"44": "OK"}  # type: ignore[attr-defined]

@@ -49,6 +49,10 @@ class PgStorage:
     def readonly(self) -> bool:
         return self._readonly
 
+    @property
+    def threaded(self) -> bool:
+        return True  # pooled connections, any thread; every call a round trip
+
     def _keep(self, obj: Any) -> Any:
         with self._lock:
             if self._closed:

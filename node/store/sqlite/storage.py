@@ -69,6 +69,10 @@ class SqliteStorage:
     def readonly(self) -> bool:
         return self._readonly
 
+    @property
+    def threaded(self) -> bool:
+        return False  # connections stay on the thread that opened them
+
     def _keep(self, opened: _T) -> _T:
         with self._lock:
             self._opened.add(opened)
