@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -38,10 +39,12 @@ def members(tmp_path: Path, postgres_server: PostgresServer) -> dict[str, Path]:
 
 
 def _records(cfg_path: Path, n: int) -> None:
+    """`n` audit records dated an hour ago: well within the retention, so prune keeps them (on any date)."""
     cfg = config.load(cfg_path)
+    at_ms = int((time.time() - 3600) * 1000)
     with open_storage(cfg) as storage:
         log = open_audit_log(storage, cfg)
-        log.record_many([AuditRecord(at_ms=1_800_000_000_000, request_id=f"req-{i:08d}", requester="51", decision=ANSWERED,
+        log.record_many([AuditRecord(at_ms=at_ms, request_id=f"req-{i:08d}", requester="51", decision=ANSWERED,
                                      purpose="dibao", items=("income.wage_monthly",), outcome_digest=f"{i:064x}")
                          for i in range(n)])
 
@@ -108,7 +111,7 @@ def test_backup_and_restore_clistore_at(members: dict[str, Path], planted: dict[
 def test_audit_export_checkpoint_prune_and_statusstore_at(members: dict[str, Path]) -> None:
     """`hedui audit export`, `checkpoint` (kept in PostgreSQL), `prune` and `node status` work on a PostgreSQL node."""
     cfg = members["44"]
-    _records(cfg, 4)  # dated 2027-01-15: within the retention, so prune keeps them
+    _records(cfg, 4)  # within the retention: prune keeps them
     exported = hedui("audit", "export", "--config", cfg)
     assert exported.returncode == 0 and len(exported.stdout.splitlines()) == 4, exported.stderr
     signed = hedui("audit", "checkpoint", "--config", cfg, "--json")

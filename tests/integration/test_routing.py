@@ -175,18 +175,20 @@ class _Stall:
 
 
 def test_stalled_node_shows_deadline_exceeded_within_the_deadline(fed: Federation, consent: str) -> None:
-    """A node that hangs is reported DEADLINE_EXCEEDED and the reply still arrives within the deadline."""
+    """A node that hangs is reported DEADLINE_EXCEEDED and the reply still arrives within the deadline: the
+    client's own gRPC deadline would fail the call (DEADLINE_EXCEEDED raised) had the reply come later.
+
+    The coordinator gives each province the caller's remaining time less 10 % (router.per_province_timeout),
+    so the reply has 10 % of the deadline to come back: at 5 s that is 0.5 s, which a pause of the loaded
+    test process does not use up (at 2 s the 0.2 s left only 0.12-0.15 s measured slack)."""
     servicer = fed.servers["33"].servicer
     answers, servicer.answers = servicer.answers, _Stall()
     try:
-        started = time.monotonic()
-        result = fed.verify("51", [HUSBAND, WIFE], CHECKS, consent_id=consent, deadline_s=2.0)
-        elapsed = time.monotonic() - started
+        result = fed.verify("51", [HUSBAND, WIFE], CHECKS, consent_id=consent, deadline_s=5.0)
     finally:
         servicer.answers = answers
     assert result.routing == {"44": "OK", "33": "DEADLINE_EXCEEDED"}
     assert [a.province for a in result.answers] == ["44"]
-    assert elapsed < 2.0
 
 
 def test_ledger_verifier_catches_an_edited_row(fed: Federation) -> None:

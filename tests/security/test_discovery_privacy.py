@@ -39,7 +39,7 @@ EARNER = idnumber.make("510104", dt.date(1980, 3, 1), 201)
 SPOUSE = idnumber.make("510104", dt.date(1982, 6, 2), 202)
 OTHER = idnumber.make("320102", dt.date(1990, 5, 6), 203)  # held by 32, never asked about
 LATE = idnumber.make("510104", dt.date(1999, 9, 9), 204)  # ingested into 44 while it runs
-EPOCH_S = 3600
+EPOCH_S = 7 * 24 * 3600  # the default: an epoch boundary falling mid-test (it waits on one epoch's locator) is ~1e-5 likely
 COORDINATOR_SERVICES = ("hedui.v1.Coordinator", "hedui.v1.HouseholdRounds")
 # 32's own bound (from its population, say) is tighter than the federation's.
 CONFIG = {"discovery": {"epoch_s": EPOCH_S, "max_subjects": 1000, "max_subjects_of": {"32": 50}}}
