@@ -233,7 +233,7 @@ def test_a_killed_replica_loses_nothing_committed(replicas: Replicas) -> None:
     with rep.client("51", 1) as second:
         assert all(second.show(c).state == "ACTIVE" for c in acknowledged)
         assert second.show(revoked.consent_id).state == "REVOKED"
-        # the nonce committed at the dead replica: nothing registered again, the ledger's receipt confirmed (G45)
+        # registered at the dead replica: the ledger holds it, so nothing is registered again and its receipt is confirmed (G45)
         resent = second.stub.RegisterConsent(recorder.sent[0], timeout=5)
         assert verification_pb2.ConsentBody.FromString(resent.receipt.body).consent_id == acknowledged[0]
         after = second.grant([WORKER], "dibao")  # the next call succeeds through the other replica
