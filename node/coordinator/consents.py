@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import secrets
@@ -24,7 +25,7 @@ from node.errors import ErrorCode, Refusal
 from node.service.consent_request import UNBOUND, receipt_body
 from node.store import ledger
 from node.store.interfaces import Chain, Entry
-from node.store.errors import StoreCorrupt
+from node.store.errors import StoreCorrupt, StoreError
 from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
 GRANT: Final[str] = ledger.GRANT
@@ -122,10 +123,14 @@ class ConsentRegistry:
 
     async def register_many_async(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
                                   ) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
-        """`register_many` in a worker thread (the event loop keeps answering other calls meanwhile)."""
+        """`register_many` in a worker thread (the event loop keeps answering other calls meanwhile), then, on the
+        loop, the registry brought up to the ledger, so the next registration's `_held` reads little."""
         results, appended = await _in_worker(self._register, peer_province, requests)
-        if appended and appended[0].idx == self._seen + 1:  # on the loop: nothing lies between, and register indexed them
-            self._seen = appended[-1].idx  # (so the next registration's `_held` need not read them again)
+        if appended and appended[0].idx == self._seen + 1:  # nothing lies between: `_register` indexed them itself
+            self._seen = appended[-1].idx
+        elif appended or any(isinstance(r, Resent) for r in results):  # another worker's or replica's entries
+            with contextlib.suppress(StoreError, DecodeError):  # the grants are committed: answer and audit them;
+                self._catch_up()  # the next call that needs the registry reads the ledger again
         return results
 
     async def register_async(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest

@@ -88,8 +88,9 @@ def test_a_request_whose_nonce_a_killed_replica_spent_is_registered(fed: Federat
 
 
 def test_a_resend_in_a_batch_whose_look_up_fails_still_audits_the_grants_it_committed(fed: Federation) -> None:
-    """When the ledger read of the resend look-up fails after the batch's fresh grants were committed, the call
-    still answers, and every committed grant has its audit record (no ledger entry without its record)."""
+    """When the store's reads on the event loop fail after the batch's fresh grants were committed, the call still
+    answers (the resend decided inside the append transaction), and every committed grant has its audit record
+    (no ledger entry without its record)."""
     consents = fed.servers["coordinator"].servicer.consents
     registered, fresh = signed(fed, consent_body()), signed(fed, consent_body())
     with channel(fed, "51") as ch:
