@@ -184,3 +184,46 @@ def test_a_resent_request_of_a_revoked_consent_stays_revoked(fed: Federation) ->
         again = stub.RegisterConsent(request, timeout=CALL_S)
     assert _consent_id(again) == consent_id and again.state == coordinator_pb2.REVOKED
     assert len(_grants_of(fed, request)) == 1
+
+
+class _Reads:
+    """The coordinator's real ledger; counts the entries each registration's look-up (on a worker thread) reads."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.read: list[int] = []
+
+    def entries(self, **kw: Any) -> Iterator[Any]:
+        found = list(self.inner.entries(**kw))
+        if threading.current_thread().name.startswith("hedui-consents"):
+            self.read.append(len(found))
+        return iter(found)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_registration_reads_only_the_ledger_entries_its_registry_has_not_indexed(fed: Federation) -> None:
+    """Inside its append transaction a registration reads no entry this coordinator registered itself, and an
+    entry another replica wrote is read by one registration only (the loop then catches up)."""
+    cfg = config_mod.load(fed.coordinator_config)
+    member = Member(cfg)
+    consents = fed.servers["coordinator"].servicer.consents
+    consents.chain = reads = _Reads(consents.chain)
+    try:
+        with channel(fed, "51") as ch:
+            stub = coordinator_pb2_grpc.CoordinatorStub(ch)
+            for _ in range(3):
+                stub.RegisterConsent(signed(fed), timeout=CALL_S)
+            with open_storage(cfg) as storage:  # another replica registers one
+                chain = storage.ledger()
+                try:
+                    ConsentRegistry(chain, signer=member.signer, verifier=member.verifier, catalogue=member.catalogue,
+                                    policy=member.policy).register("51", signed(fed))
+                finally:
+                    chain.close()
+            for _ in range(2):
+                stub.RegisterConsent(signed(fed), timeout=CALL_S)
+    finally:
+        consents.chain = reads.inner
+    assert reads.read == [0, 0, 0, 1, 0]
