@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import secrets
@@ -22,9 +23,8 @@ from node.domain.catalogue import Catalogue
 from node.domain.policy import Policy
 from node.errors import ErrorCode, Refusal
 from node.service.consent_request import UNBOUND, receipt_body
-from node.service.verification import ReplayGuard
 from node.store import ledger
-from node.store.interfaces import Chain
+from node.store.interfaces import Chain, Entry
 from node.store.errors import StoreCorrupt, StoreError
 from node.wire.v1 import common_pb2, coordinator_pb2, verification_pb2
 
@@ -48,7 +48,7 @@ async def _in_worker(func: Callable[..., _T], *args: object) -> _T:
 
 @dataclass(frozen=True)
 class Resent:
-    """A registration sent again after its nonce was spent, which the ledger holds: the status of what it registered."""
+    """A registration whose very signed request the ledger already holds (sent again, or twice): what it registered."""
 
     status: coordinator_pb2.ConsentStatus
 
@@ -65,21 +65,20 @@ class ConsentRegistry:
     """Validates, records and answers for consents; every state change is a ledger entry."""
 
     def __init__(self, chain: Chain, *, signer: signing.Signer, verifier: signing.Verifier,
-                 catalogue: Catalogue, policy: Policy, replay: ReplayGuard,
+                 catalogue: Catalogue, policy: Policy,
                  clock: Callable[[], float] = time.time, clock_skew_s: int = 300) -> None:
         self.chain = chain
         self.signer = signer
         self.verifier = verifier
         self.catalogue = catalogue
         self.policy = policy
-        self.replay = replay
         self.clock = clock
         self.clock_skew_ms = clock_skew_s * 1000
         self._lock = threading.Lock()
         self._consents: dict[str, _Consent] = {}
         self._revocations: list[tuple[int, str]] = []
         self._by_request: dict[bytes, str] = {}  # SHA-256 of a signed request body -> the consent it registered
-        self._seen = 0
+        self._seen = 0  # moved only after its entry is applied: `_held` reads it from worker threads
         identity = ledger.read_identity(chain)
         if identity is None:
             raise StoreCorrupt(f"{chain.location} has no ledger identity (open it with Storage.ledger())")
@@ -94,108 +93,142 @@ class ConsentRegistry:
         if self.chain.head()[0] <= self._seen:
             return
         for entry in self.chain.entries(after=self._seen):
-            self._seen = entry.idx
             if entry.kind == GRANT and entry.key not in self._consents:  # this process's own: indexed by register_many
-                receipt = verification_pb2.SignedConsent.FromString(entry.payload)
-                body = verification_pb2.ConsentBody.FromString(receipt.body)
-                self._consents[entry.key] = _Consent(receipt, body, entry.idx)
-                self._by_request[_digest(body.request)] = entry.key
+                consent = self._consents[entry.key] = _granted(entry)
+                self._by_request[_digest(consent.body.request)] = entry.key
             elif entry.kind == REVOKE and entry.key in self._consents and not self._consents[entry.key].revoked_at_ms:
                 self._consents[entry.key].revoked_at_ms = entry.at_ms
                 self._revocations.append((entry.idx, entry.key))
             elif entry.kind == ledger.EPOCH:
                 self.identity = ledger.Identity.from_entry(entry)
+            self._seen = entry.idx  # after the entry is indexed: every entry up to `_seen` is in `_by_request`
 
     def register(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentStatus:
-        """Record a consent signed by the requesting province; return the coordinator's receipt."""
+        """Record a consent signed by the requesting province; return the coordinator's receipt (the one the
+        ledger already holds when this very request was registered before)."""
         (result,) = self.register_many(peer_province, [request])
+        if isinstance(result, Refusal):
+            raise result
+        return result.status if isinstance(result, Resent) else result
+
+    def register_many(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
+                      ) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
+        """Record many consents in one ledger transaction, with one (batch) signature over the receipts.
+
+        Idempotent by the ledger: a request whose very signed body the ledger holds as a grant (sent again after
+        a replica failed, racing its twin at another worker or replica, or twice in this batch) appends nothing
+        and is answered `Resent`, decided inside the append's transaction. Blocking (signature checks, signing,
+        fsync): async callers run it in a thread (`register_many_async`)."""
+        return self._register(peer_province, requests)[0]
+
+    async def register_many_async(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
+                                  ) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
+        """`register_many` in a worker thread (the event loop keeps answering other calls meanwhile), then, on the
+        loop, the registry brought up to the ledger, so the next registration's `_held` reads little."""
+        results, appended = await _in_worker(self._register, peer_province, requests)
+        if appended and appended[0].idx == self._seen + 1:  # nothing lies between: `_register` indexed them itself
+            self._seen = appended[-1].idx
+        elif appended or any(isinstance(r, Resent) for r in results):  # another worker's or replica's entries
+            with contextlib.suppress(StoreError, DecodeError):  # the grants are committed: answer and audit them;
+                self._catch_up()  # the next call that needs the registry reads the ledger again
+        return results
+
+    async def register_async(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest
+                             ) -> coordinator_pb2.ConsentStatus | Resent:
+        """`register` in a worker thread (a request the ledger already holds: `Resent`)."""
+        (result,) = await self.register_many_async(peer_province, [request])
         if isinstance(result, Refusal):
             raise result
         return result
 
-    def register_many(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
-                      ) -> list[coordinator_pb2.ConsentStatus | Refusal]:
-        """Record many consents in one ledger transaction, with one (batch) signature over the receipts.
-
-        Blocking (signature checks, nonce writes, signing, fsync): async callers run it in a thread
-        (`register_many_async`)."""
-        results: list[coordinator_pb2.ConsentStatus | Refusal | None] = [None] * len(requests)
+    def _register(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
+                  ) -> tuple[list[coordinator_pb2.ConsentStatus | Resent | Refusal], list[Entry]]:
+        """`register_many`'s answers, and the ledger entries it appended."""
+        results: list[coordinator_pb2.ConsentStatus | Resent | Refusal | None] = [None] * len(requests)
         accepted: list[tuple[int, coordinator_pb2.RegisterConsentRequest, coordinator_pb2.ConsentRequestBody]] = []
         for position, request in enumerate(requests):
             try:
                 accepted.append((position, request, self._accept(peer_province, request)))
             except Refusal as refusal:
                 results[position] = refusal
+        entries: list[Entry] = []
         if accepted:
             now_ms = int(self.clock() * 1000)
             # The receipt carries the requester's signed request unmodified: holders check it matches.
             bodies = [receipt_body(request.body, request.signature, req, "c-" + secrets.token_hex(12), now_ms)
                       for _, request, req in accepted]
+            fresh: list[tuple[int, verification_pb2.ConsentBody]] = []  # (position, receipt body) to append
+            held: dict[int, _Consent | int | Refusal] = {}  # position -> the ledger's consent, or the position of its twin
             receipts: list[verification_pb2.SignedConsent] = []
 
             def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
-                # Inside the ledger transaction: the receipt names its own entry, even with
-                # several coordinator workers appending to one ledger.
-                for offset, body in enumerate(bodies, start=1):
+                # Inside the ledger transaction (the chain's write lock, across workers and replicas): what the
+                # ledger holds is decided here, and the receipt names its own entry.
+                fresh.clear()
+                held.clear()
+                found = self._held({request.body for _, request, _ in accepted})
+                first: dict[bytes, int] = {}  # request body -> position of its first occurrence appended now
+                for (position, request, _), body in zip(accepted, bodies, strict=True):
+                    if request.body in found:
+                        consent = found[request.body]
+                        held[position] = consent if consent.body.requester == peer_province else Refusal(ErrorCode.REPLAYED)
+                    elif request.body in first:
+                        held[position] = first[request.body]
+                    else:
+                        first[request.body] = position
+                        fresh.append((position, body))
+                if not fresh:
+                    return []
+                for offset, (_, body) in enumerate(fresh, start=1):
                     body.ledger_index, body.ledger_epoch = head[0] + offset, self.identity.epoch
-                raws = [b.SerializeToString() for b in bodies]
+                raws = [b.SerializeToString() for _, b in fresh]
                 signatures = self.signer.sign_many([(signing.CONSENT, raw) for raw in raws])
                 receipts[:] = [verification_pb2.SignedConsent(body=raw, signature=sig)
                                for raw, sig in zip(raws, signatures, strict=True)]
-                return [(GRANT, b.consent_id, r.SerializeToString()) for b, r in zip(bodies, receipts, strict=True)]
+                return [(GRANT, b.consent_id, r.SerializeToString()) for (_, b), r in zip(fresh, receipts, strict=True)]
 
             # The chain serialises appenders itself (its write lock; BEGIN IMMEDIATE across workers), so
             # self._lock is not held over the signing and the durable commit: a caller on the event loop
             # (ConsentUpdates, check_active) waits at most for the dictionary update below.
             entries = self.chain.append_next(build, at_ms=now_ms)
+            statuses: dict[int, coordinator_pb2.ConsentStatus] = {}
             with self._lock:
-                for (position, *_), body, receipt, entry in zip(accepted, bodies, receipts, entries, strict=True):
+                for (position, body), receipt, entry in zip(fresh, receipts, entries, strict=True):
                     # _catch_up on the loop may have read the committed entry first: keep its object.
                     consent = self._consents.setdefault(body.consent_id, _Consent(receipt, body, entry.idx))
                     self._by_request[_digest(body.request)] = body.consent_id
-                    results[position] = self._status(consent)
-        return [r for r in results if r is not None]
+                    statuses[position] = self._status(consent)
+            for position, what in held.items():  # a twin earlier in this batch, or what the ledger held before
+                results[position] = (Resent(statuses[what]) if isinstance(what, int) else
+                                     what if isinstance(what, Refusal) else Resent(self._status(what)))
+            for position, status in statuses.items():
+                results[position] = status
+        return [r for r in results if r is not None], entries
 
-    async def register_many_async(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest]
-                                  ) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
-        """`register_many` in a worker thread (the event loop keeps answering other calls meanwhile), then, on the
-        loop, a request refused as a replay that the ledger holds is answered as `Resent` (see `_resent`)."""
-        results = await _in_worker(self.register_many, peer_province, requests)
-        return self._resent(peer_province, requests, results)
+    def _held(self, requests: set[bytes]) -> dict[bytes, _Consent]:
+        """The consents the ledger holds for these signed request bodies, with their revocations, as of the open
+        append transaction: call it inside `append_next`'s build only (its reads see every replica's commits).
 
-    async def register_async(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest
-                             ) -> coordinator_pb2.ConsentStatus | Resent:
-        """`register` in a worker thread (a resend of a registered request: `Resent`)."""
-        (result,) = await self.register_many_async(peer_province, [request])
-        if isinstance(result, Refusal):
-            raise result
-        return result
-
-    def _resent(self, peer_province: str, requests: Sequence[coordinator_pb2.RegisterConsentRequest],
-                results: list[coordinator_pb2.ConsentStatus | Refusal]) -> list[coordinator_pb2.ConsentStatus | Resent | Refusal]:
-        """Each REPLAYED result whose very request (byte for byte, signed by the same province) the ledger holds
-        as the status of that consent: a client whose replica failed after sending can confirm its registration.
-
-        Only a request that passed every other check reaches the nonce check, so only its own signer learns the
-        receipt, which it could ask for with GetConsent anyway. A nonce spent without a ledger entry (a replica
-        killed between the two, or one still committing it) stays REPLAYED."""
-        if not any(isinstance(r, Refusal) and r.code is ErrorCode.REPLAYED for r in results):
-            return list(results)
-        try:
-            self._catch_up()  # the registration may come from another replica or worker
-        except StoreError:
-            pass  # the look-up uses what this process holds: a resend may stay REPLAYED, never fail the call
-            # (the batch's fresh grants are committed: their audit records must still be submitted)
-        answered: list[coordinator_pb2.ConsentStatus | Resent | Refusal] = []
-        for request, result in zip(requests, results, strict=True):
-            consent = None
-            if isinstance(result, Refusal) and result.code is ErrorCode.REPLAYED:
-                consent = self._consents.get(self._by_request.get(_digest(request.body), ""))
-            if consent is not None and consent.body.requester == peer_province and consent.body.request == request.body:
-                answered.append(Resent(self._status(consent)))
-            else:
-                answered.append(result)
-        return answered
+        Entries up to `_seen` are indexed in `_by_request` (`_catch_up` moves `_seen` after indexing, and this
+        process's own appends are indexed before `register_many_async` moves it); the rest are read from the
+        ledger here. Touches no registry state (worker threads never apply entries)."""
+        seen = self._seen  # first: every entry up to it is indexed
+        found: dict[bytes, _Consent] = {}
+        revoked: dict[str, int] = {}  # consent id -> when the ledger's first revocation of it was recorded
+        for entry in self.chain.entries(after=seen):
+            if entry.kind == GRANT:
+                consent = self._consents.get(entry.key) or _granted(entry)
+                if consent.body.request in requests:
+                    found.setdefault(consent.body.request, consent)
+            elif entry.kind == REVOKE:
+                revoked.setdefault(entry.key, entry.at_ms)
+        with self._lock:
+            for request in requests - found.keys():
+                consent = self._consents.get(self._by_request.get(_digest(request), ""))
+                if consent is not None and consent.body.request == request:
+                    found[request] = consent
+        return {request: _Consent(c.receipt, c.body, c.ledger_index, c.revoked_at_ms or revoked.get(c.body.consent_id, 0))
+                for request, c in found.items()}
 
     def _accept(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentRequestBody:
         try:
@@ -246,8 +279,7 @@ class ConsentRegistry:
             raise Refusal(ErrorCode.MALFORMED, str(exc)) from None
         if req.evidence_digest and (req.evidence_algorithm != "sha256" or len(req.evidence_digest) != 32):
             raise Refusal(ErrorCode.MALFORMED, "evidence digest must be a SHA-256")
-        if not self.replay.remember(req.requester, req.nonce, req.issued_at_ms):
-            raise Refusal(ErrorCode.REPLAYED)
+        # No nonce store: the ledger itself refuses to hold one signed request twice (`_held`, inside the append).
 
     def _get(self, peer_province: str, consent_id: str) -> _Consent:
         self._catch_up()
@@ -356,6 +388,12 @@ class ConsentRegistry:
             state=coordinator_pb2.REVOKED if consent.revoked_at_ms else coordinator_pb2.ACTIVE,
             revoked_at_ms=consent.revoked_at_ms, ledger_index=consent.ledger_index,
         )
+
+
+def _granted(entry: Entry) -> _Consent:
+    """The consent a GRANT entry of the ledger records."""
+    receipt = verification_pb2.SignedConsent.FromString(entry.payload)
+    return _Consent(receipt, verification_pb2.ConsentBody.FromString(receipt.body), entry.idx)
 
 
 def _digest(request_body: bytes) -> bytes:

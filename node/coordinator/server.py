@@ -426,8 +426,7 @@ class CoordinatorServer:
         close.callback(nonces.close)
         consents = ConsentRegistry(
             self.chain, signer=member.signer, verifier=member.verifier, catalogue=member.catalogue,
-            policy=member.policy, replay=nonces,
-            clock_skew_s=cfg.limits.clock_skew_s,
+            policy=member.policy, clock_skew_s=cfg.limits.clock_skew_s,
         )
         # announcements, standards and locators live in the storage, shared by every replica (any host)
         standards = PublishedStandards(storage.document("standards.json"), member.verifier,

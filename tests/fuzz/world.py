@@ -150,7 +150,7 @@ def world() -> World:
     coordinator = members["coordinator"]
     registry = ConsentRegistry(sqlite_ledger.open_ledger(root / "ledger"), signer=coordinator.signer,
                                verifier=coordinator.verifier, catalogue=coordinator.catalogue,
-                               policy=coordinator.policy, replay=AcceptAll(), clock=lambda: NOW_S)
+                               policy=coordinator.policy, clock=lambda: NOW_S)
     w = World(
         root=root, members=members, store=store, ingest_store=ingest_store,
         verification=VerificationService(**common),

@@ -167,7 +167,7 @@ def test_node_init_with_two_coordinators_writes_a_node_that_fails_over(replicas:
 def test_a_call_sent_to_a_hung_replica_is_resent_only_when_that_is_safe(replicas: Replicas) -> None:
     """On a connection made before replica 1 hung: a Route (forwarded to holders) is not sent again, so it
     fails DEADLINE_EXCEEDED instead of reaching replica 2; a registration is resent and registered once
-    (replica 1, resumed, finds its nonce spent); a read is resent and answered."""
+    (replica 1, resumed, finds it in the ledger); a read is resent and answered."""
     import uuid
 
     from node.client.client import PeerUnreachable

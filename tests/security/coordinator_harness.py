@@ -1,5 +1,6 @@
 """A coordinator alone on loopback (real mutual TLS, SQLite or PostgreSQL) for tests of its consent calls:
-channels as a member, signed registration requests, a signer whose batch signing waits for the test."""
+the `fed` fixture (one on each store), channels as a member, signed registration requests, a signer whose batch
+signing waits for the test, ledgers whose reads or appends fail."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from node.coordinator.consents import CONSENT_REQUEST_DOMAIN
 from node.store.errors import StoreError
@@ -42,6 +44,28 @@ class GatedSigner:
         return getattr(self.inner, name)
 
 
+class AppendFailsOnce:
+    """The coordinator's real ledger; its next append runs `build` inside the real transaction, then fails (rolled
+    back) as when the replica died before its commit; later appends go through. `attempted` counts appends."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.attempted = 0
+
+    def append_next(self, build: Any, **kw: Any) -> Any:
+        self.attempted += 1
+        if self.attempted > 1:
+            return self.inner.append_next(build, **kw)
+
+        def dies(head: Any) -> Any:
+            build(head)
+            raise StoreError("append to chain ledger failed: the connection to the store was lost")
+        return self.inner.append_next(dies, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class LoopReadsFail:
     """The coordinator's real ledger, whose `head()` on the event loop fails while `failing` is set (the store out
     of reach after a worker thread committed): worker threads' appends go through. With `after_append`, the
@@ -64,6 +88,15 @@ class LoopReadsFail:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+@pytest.fixture(name="fed", params=["sqlite", "postgres"])
+def coordinator_fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+    """`fed`: a coordinator on each store (the ledger's write lock a file lock on SQLite, an advisory lock on
+    PostgreSQL); a test module imports it to use it."""
+    extra = {"store": {"url": request.getfixturevalue("postgres_url")}} if request.param == "postgres" else {}
+    with coordinator_only(tmp_path, extra) as fed:
+        yield fed
 
 
 @contextlib.contextmanager

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,7 +16,8 @@ from node.errors import ErrorCode
 from node.store import audit
 from node.testing import Federation
 from node.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, verification_pb2
-from tests.security.coordinator_harness import WAIT_S, GatedSigner, LoopReadsFail, channel, coordinator_only, signed
+from tests.security.coordinator_harness import WAIT_S, GatedSigner, LoopReadsFail, channel, signed
+from tests.security.coordinator_harness import coordinator_fed  # noqa: F401  (the `fed` fixture)
 
 CALL_S = 10.0  # deadline of the calls made while the batch is parked: they fail only if the loop is held
 BATCH = 64
@@ -39,14 +38,6 @@ class _WatchedChain:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def fed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
-    """A coordinator on each store: the ledger's write lock is a file lock on SQLite, an advisory lock on PostgreSQL."""
-    extra = {"store": {"url": request.getfixturevalue("postgres_url")}} if request.param == "postgres" else {}
-    with coordinator_only(tmp_path, extra) as fed:
-        yield fed
 
 
 def _consent_id(status: coordinator_pb2.ConsentStatus) -> str:
