@@ -281,3 +281,18 @@ def test_a_cut_still_partitions_an_emulated_host(emulated: netns.Network) -> Non
     emulated.heal(b)
     assert reach(a, b.address) == "hi"
     assert emulated.emulated_by == {"b": "linkemu"}
+
+
+def test_a_drop_budget_stops_the_loss_after_that_many_frames(emulated: netns.Network) -> None:
+    """With 100 % loss and a budget of 5, the emulator drops exactly 5 of b's frames and forwards the rest: at
+    least 15 of 20 datagrams arrive (a bounded loss, what keeps the federation's lossy phase deterministic)."""
+    a, b = emulated.host("a"), emulated.host("b")
+    receiver = serving(a, RECEIVER)
+    serving(b)
+    assert reach(a, b.address) == "hi"
+    emulated.delay(b, 0, loss_percent=100, max_drops=5)
+    sent = b.run([sys.executable, "-c", SENDER, a.address, "20"], capture_output=True, text=True, timeout=300)
+    assert sent.returncode == 0, sent.stderr
+    assert receiver.stdout is not None
+    assert int(receiver.stdout.readline()) >= 15
+    assert emulated.link_stats(b)["dropped"] == 5
