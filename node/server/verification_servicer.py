@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -20,12 +22,36 @@ from node.server.edge import edge, public_message
 from node.server.store_threads import StoreThreads
 from node.service import packed
 from node.service.possession import Unlocker, signed_query as locked_content
-from node.service.verification import Decided, VerificationService, require_usable_reply_key
+from node.service.verification import Admitted, Decided, VerificationService, require_usable_reply_key
 from node.store import audit
 from node.wire.v1 import common_pb2, verification_pb2, verification_pb2_grpc
 
 
 MAX_BATCH = 512
+_T = TypeVar("_T")
+
+
+def _rechecked(service: VerificationService, admitted: Admitted | Refusal, outcome: Decided | Refusal) -> Decided | Refusal:
+    """A decided query whose consent the loop still vouches for (VerificationService.recheck), else its refusal."""
+    if isinstance(outcome, Decided) and isinstance(admitted, Admitted):
+        try:
+            service.recheck(admitted)
+        except Refusal as refusal:
+            return refusal
+    return outcome
+
+
+async def _settle_abandoned(future: asyncio.Future[_T], abandoned: Callable[[_T | Refusal], Awaitable[None]]) -> None:
+    """Wait for store work whose caller went away and audit its outcome (a failure of the work itself is not
+    audited, as for a call that waited)."""
+    try:
+        outcome: _T | Refusal = await future
+    except Refusal as refusal:
+        outcome = refusal
+    except Exception:  # noqa: BLE001 - a store failure: nothing was decided
+        return
+    with contextlib.suppress(Exception):  # an audit failure: nobody is left to refuse (the auditor logs it)
+        await abandoned(outcome)
 
 
 def _prove(context: aio.ServicerContext, index: int, proof: bytes) -> None:
@@ -64,7 +90,8 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
     ) -> None:
         self.unlocker = unlocker
         # The stores' part of a decision (VerificationService.answer) runs here: off the loop on PostgreSQL.
-        self._stores = (store_threads or StoreThreads(threaded=False)).run
+        self._threads = store_threads or StoreThreads(threaded=False)
+        self._abandoned: set[asyncio.Task[None]] = set()  # audits of calls whose caller left during store work
         self.metrics = metrics
         self.auditor = auditor
         self.in_flight = in_flight or InFlight()
@@ -114,7 +141,19 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 if sealed:
                     require_usable_reply_key([signed_query.body])  # refused (and audited) before anything is decided
                 admitted = self.service.admit(signed_query, requester, lock=unlocked)
-                decided = await self._stores(self.service.answer, admitted)
+                relayed = identity == self.coordinator_identity
+                query, who, lock_id = signed_query, requester, lock_request_id
+
+                async def abandoned(outcome: Decided | Refusal) -> None:  # the nonce is spent: audit as if answered
+                    if isinstance(outcome, Refusal):
+                        await self._audit_refusal(outcome, query, who, identity, lock_request_id=lock_id)
+                    else:
+                        raw = outcome.answer.SerializeToString()
+                        await self.answers.commit(signing.ANSWER, raw, audit.answered(outcome, raw, relayed=relayed))
+
+                decided = await self._off_loop(lambda: self.service.answer(admitted), abandoned)
+                if self._threads.threaded:
+                    self.service.recheck(admitted)
                 fields.update(peer=decided.query.requester, request_id=decided.query.request_id)
                 check_deadline(context)
             except Refusal as refusal:
@@ -124,7 +163,6 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                     fields.setdefault("request_id", lock_request_id)
                 await self._audit_refusal(refusal, signed_query, requester, identity, lock_request_id=lock_request_id)
                 raise
-            relayed = identity == self.coordinator_identity
             body = decided.answer.SerializeToString()
             # The answer leaves only once its audit record is durable (AuditUnavailable otherwise):
             # signed and recorded with the other calls in flight, one future for this call.
@@ -190,9 +228,6 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             # One requester and a usable reply key, or the whole batch is refused before any query is decided.
             contents = {i: locked_content(o) for i, o in enumerate(opened) if isinstance(o, Unlocked)}
             require_usable_reply_key(q.body for q in contents.values())
-            items: list[verification_pb2.BatchItem] = []
-            decided: list[tuple[int, Decided]] = []
-            refusals: list[audit.AuditRecord] = []
             queries = [(contents[i], o) for i, o in enumerate(opened) if isinstance(o, Unlocked)]
             admitted = self.service.admit_batch(queries, requester)
 
@@ -200,17 +235,23 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                 with self.service.batch_scope():  # one nonce write and one probing transaction for the whole batch
                     return self.service.answer_batch(admitted)
 
-            outcomes = iter(await self._stores(answer))
-            for index, (locked, unlocked) in enumerate(zip(batch.queries, opened, strict=True)):
-                outcome = unlocked if isinstance(unlocked, Refusal) else next(outcomes)
-                if isinstance(outcome, Decided):
-                    decided.append((index, outcome))
-                    continue
-                query = contents.get(index)
-                items.append(verification_pb2.BatchItem(index=index, error_code=outcome.code.name,
-                                                        error=public_message(outcome)))
-                body = query if query is not None else verification_pb2.QueryBody(request_id=locked.request_id)
-                refusals.append(self._refusal_record(outcome, body, requester))
+            def sort(results: list[Decided | Refusal]) -> tuple[list[verification_pb2.BatchItem],
+                                                                   list[tuple[int, Decided]], list[audit.AuditRecord]]:
+                return self._sort_batch(batch, opened, contents, iter(results), requester)
+
+            async def abandoned(results: list[Decided | Refusal] | Refusal) -> None:  # nonces spent: audit them
+                if isinstance(results, Refusal):
+                    return  # answer_batch refuses per query; nothing was decided as a whole
+                _, done, records = sort(results)
+                if done:
+                    records += audit.answered_batch([(d, d.answer.SerializeToString()) for _, d in done],
+                                                    relayed=requester is None)
+                await asyncio.gather(*(self._audit(r) for r in records))
+
+            outcomes = await self._off_loop(answer, abandoned)
+            if self._threads.threaded:
+                outcomes = [_rechecked(self.service, a, o) for a, o in zip(admitted, outcomes, strict=True)]
+            items, decided, refusals = sort(outcomes)
             try:
                 if not decided:
                     # Nothing to seal an answer to: refuse the batch with its items' reason, so a
@@ -242,6 +283,42 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
             return verification_pb2.VerifyBatchResponse(
                 sealed=self.unsealer.seal_answer(verification_pb2.AnswerBatch(items=items), first),
                 possession_proofs=proofs)
+
+    def _sort_batch(self, batch: verification_pb2.LockedBatch, opened: list[Unlocked | Refusal],
+                    contents: dict[int, verification_pb2.SignedQuery], outcomes: Iterator[Decided | Refusal],
+                    requester: str | None) -> tuple[list[verification_pb2.BatchItem], list[tuple[int, Decided]],
+                                                    list[audit.AuditRecord]]:
+        """A batch's refused items (unlock and decision refusals, in order) with their audit records, and its
+        decided queries by index; `outcomes` are answer_batch's, one per unlocked query."""
+        items: list[verification_pb2.BatchItem] = []
+        decided: list[tuple[int, Decided]] = []
+        refusals: list[audit.AuditRecord] = []
+        for index, (locked, unlocked) in enumerate(zip(batch.queries, opened, strict=True)):
+            outcome = unlocked if isinstance(unlocked, Refusal) else next(outcomes)
+            if isinstance(outcome, Decided):
+                decided.append((index, outcome))
+                continue
+            query = contents.get(index)
+            items.append(verification_pb2.BatchItem(index=index, error_code=outcome.code.name,
+                                                    error=public_message(outcome)))
+            body = query if query is not None else verification_pb2.QueryBody(request_id=locked.request_id)
+            refusals.append(self._refusal_record(outcome, body, requester))
+        return items, decided, refusals
+
+    async def _off_loop(self, work: Callable[[], _T], abandoned: Callable[[_T | Refusal], Awaitable[None]]) -> _T:
+        """`work()`: on a store thread for threaded stores (the loop serving meanwhile), else inline. Its nonce and
+        budget are spent once it starts, so when the caller goes away (cancelled: a deadline, a reset) while
+        it runs, it is still finished and `abandoned(outcome)` audits it then, as the call would have."""
+        if not self._threads.threaded:
+            return work()
+        future = asyncio.ensure_future(self._threads.run(work))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            task = asyncio.get_running_loop().create_task(_settle_abandoned(future, abandoned))
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+            raise
 
     @staticmethod
     def _refusal_record(refusal: Refusal, query: verification_pb2.SignedQuery | verification_pb2.QueryBody,

@@ -91,11 +91,12 @@ class ProbeLimit:
         """Record the query's budgeted checks; return how many new uses they took. Refusal when one item's
         budget would be exceeded (nothing recorded), or when published standards are not known yet."""
         checks = list(checks)
-        operands = self.published.operands(requester, purpose, self.clock()) if self.published.known else _NONE
+        known = self.published.known  # read once: the loop may learn the standards while a store thread runs this
+        operands = self.published.operands(requester, purpose, self.clock()) if known else _NONE
         cuts = budgeted(checks, self.catalogue, operands)
         if not cuts:
             return 0
-        if not self.published.known:  # do not spend budget on checks that may be at published values
+        if not known:  # do not spend budget on checks that may be at published values
             raise Refusal(ErrorCode.UNAVAILABLE, "published standards are not known yet")
         over, new = self.ledger.admit(requester, consent_id, cuts, self.budget)
         if over is not None:

@@ -229,6 +229,12 @@ class VerificationService:
         checks, consent_id = self._admit(body, lock)
         return Admitted(signed, body, checks, consent_id)
 
+    def recheck(self, admitted: Admitted) -> None:
+        """The consent check of `admit` again, on the loop once `answer` ran on a store thread: a revocation
+        applied, or the view gone stale, while the thread worked refuses the answer (the bound of T6c holds)."""
+        if self.consent is not None:
+            self.consent.check(admitted.body, admitted.checks)
+
     def answer(self, admitted: Admitted) -> Decided:
         """Record the nonce (REPLAYED if seen), spend the probing budget and evaluate from the store."""
         signed, body, checks, consent_id = admitted.signed, admitted.body, admitted.checks, admitted.consent_id

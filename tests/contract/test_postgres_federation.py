@@ -98,3 +98,72 @@ def test_a_store_call_that_waits_does_not_hold_the_nodes_event_loop(fed: Federat
             asking.join(timeout=60)
     answer = result["answer"]
     assert answer.routing == {"44": "OK"}  # type: ignore[attr-defined]
+
+
+def _answered_records(config_path: Path) -> int:
+    storage = open_url(_url(config_path), config_path.parent, readonly=True)
+    try:
+        return sum(b"answered" in e.payload for e in storage.audit().entries())
+    finally:
+        storage.close()
+
+
+@pytest.mark.slow
+def test_a_query_whose_caller_left_during_store_work_is_still_audited(fed: Federation) -> None:
+    """Off the loop, a query's nonce and budget are spent once its store work starts: when the caller's deadline
+    passes meanwhile (the coordinator cancels 44's call), the work still finishes and 44 audits the answer."""
+    import time
+
+    import psycopg
+
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
+    before = _answered_records(fed.configs["44"])
+    with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE facts IN ACCESS EXCLUSIVE MODE")
+        try:
+            result = fed.verify("51", [WORKER, SPOUSE], ["income.wage_monthly<=600000"], consent_id=consent,
+                                deadline_s=2.0)
+        finally:
+            blocker.execute("COMMIT")
+    assert result.routing == {"44": "DEADLINE_EXCEEDED"}
+    deadline = time.monotonic() + 30
+    while _answered_records(fed.configs["44"]) == before:
+        assert time.monotonic() < deadline, "the abandoned query was never audited at 44"
+        time.sleep(0.05)  # polling the audit chain for the record: a condition, not a delay
+
+
+@pytest.mark.slow
+def test_a_consent_revoked_while_the_store_work_ran_is_not_answered(fed: Federation) -> None:
+    """The consent is checked on the loop before the store work and again after it (VerificationService.recheck):
+    a revocation 44 applies while its lookup waits refuses the answer, so the 5 s revocation bound holds."""
+    import threading
+    import time
+
+    import psycopg
+
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
+    result: dict[str, object] = {}
+    with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE facts IN ACCESS EXCLUSIVE MODE")
+        asking = threading.Thread(target=lambda: result.update(answer=fed.verify(
+            "51", [WORKER, SPOUSE], ["income.wage_monthly<=600000"], consent_id=consent, deadline_s=60)))
+        asking.start()
+        try:
+            with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as watch:
+                deadline = time.monotonic() + 30
+                while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND application_name = 'hedui'").fetchone()[0]:
+                    assert time.monotonic() < deadline, "44's lookup never reached the locked table"
+                    time.sleep(0.02)  # polling the server's own view of its sessions: a condition, not a delay
+            fed.revoke("51", consent)
+            view = fed.servers["44"].revocations
+            while consent not in view.revoked:
+                assert time.monotonic() < deadline + 30, "44 never applied the revocation"
+                time.sleep(0.02)  # waiting for 44's consent feed to apply it: a condition
+        finally:
+            blocker.execute("COMMIT")
+            asking.join(timeout=60)
+    answer = result["answer"]
+    assert answer.routing == {"44": "DENIED"} and not answer.answers, answer  # type: ignore[attr-defined]
