@@ -53,6 +53,16 @@ class Resent:
     status: coordinator_pb2.ConsentStatus
 
 
+@dataclass(frozen=True)
+class _Scan:
+    """What `ConsentRegistry._scan` found among ledger entries: grants by signed request, first revocations by
+    consent id, and the last entry read."""
+
+    found: dict[bytes, _Consent]
+    revoked: dict[str, int]
+    last: int
+
+
 @dataclass
 class _Consent:
     receipt: verification_pb2.SignedConsent
@@ -160,13 +170,17 @@ class ConsentRegistry:
             fresh: list[tuple[int, verification_pb2.ConsentBody]] = []  # (position, receipt body) to append
             held: dict[int, _Consent | int | Refusal] = {}  # position -> the ledger's consent, or the position of its twin
             receipts: list[verification_pb2.SignedConsent] = []
+            wanted = {request.body for _, request, _ in accepted}
+            # Read what this registry has not indexed yet before taking the write lock (a standby replica may be
+            # far behind): inside it, `_held` reads only the entries appended since.
+            early = self._scan(wanted, self._seen)
 
             def build(head: tuple[int, bytes]) -> list[tuple[str, str, bytes]]:
                 # Inside the ledger transaction (the chain's write lock, across workers and replicas): what the
                 # ledger holds is decided here, and the receipt names its own entry.
                 fresh.clear()
                 held.clear()
-                found = self._held({request.body for _, request, _ in accepted})
+                found = self._held(wanted, early)
                 first: dict[bytes, int] = {}  # request body -> position of its first occurrence appended now
                 for (position, request, _), body in zip(accepted, bodies, strict=True):
                     if request.body in found:
@@ -205,30 +219,45 @@ class ConsentRegistry:
                 results[position] = status
         return [r for r in results if r is not None], entries
 
-    def _held(self, requests: set[bytes]) -> dict[bytes, _Consent]:
-        """The consents the ledger holds for these signed request bodies, with their revocations, as of the open
-        append transaction: call it inside `append_next`'s build only (its reads see every replica's commits).
-
-        Entries up to `_seen` are indexed in `_by_request` (`_catch_up` moves `_seen` after indexing, and this
-        process's own appends are indexed before `register_many_async` moves it); the rest are read from the
-        ledger here. Touches no registry state (worker threads never apply entries)."""
-        seen = self._seen  # first: every entry up to it is indexed
+    def _scan(self, requests: set[bytes], after: int) -> _Scan:
+        """The grants of these signed request bodies and the first revocations among the ledger entries after
+        `after` (no registry state touched: worker threads never apply entries)."""
         found: dict[bytes, _Consent] = {}
         revoked: dict[str, int] = {}  # consent id -> when the ledger's first revocation of it was recorded
-        for entry in self.chain.entries(after=seen):
+        last = after
+        for entry in self.chain.entries(after=after):
+            last = entry.idx
             if entry.kind == GRANT:
                 consent = self._consents.get(entry.key) or _granted(entry)
                 if consent.body.request in requests:
                     found.setdefault(consent.body.request, consent)
             elif entry.kind == REVOKE:
                 revoked.setdefault(entry.key, entry.at_ms)
+        return _Scan(found, revoked, last)
+
+    def _held(self, requests: set[bytes], early: _Scan) -> dict[bytes, _Consent]:
+        """The consents the ledger holds for these signed request bodies, with their revocations, as of the open
+        append transaction: call it inside `append_next`'s build only (its reads see every replica's commits).
+
+        Entries up to `_seen` are indexed in `_by_request` (`_catch_up` moves `_seen` after indexing, and this
+        process's own appends are indexed before `register_many_async` moves it); `early` scanned the entries
+        after the `_seen` of before the lock (outside it, `_register`); only those after both are read here."""
+        seen = self._seen  # first: every entry up to it is indexed
+        late = self._scan(requests, max(seen, early.last))
+        found = {**late.found, **early.found}  # the first grant of a request is the earlier one
+        revoked = {**late.revoked, **early.revoked}
         with self._lock:
             for request in requests - found.keys():
                 consent = self._consents.get(self._by_request.get(_digest(request), ""))
                 if consent is not None and consent.body.request == request:
                     found[request] = consent
-        return {request: _Consent(c.receipt, c.body, c.ledger_index, c.revoked_at_ms or revoked.get(c.body.consent_id, 0))
-                for request, c in found.items()}
+        held: dict[bytes, _Consent] = {}
+        for request, c in found.items():
+            # A revocation among the entries the loop applied since the early scan is on the registry's object.
+            known = self._consents.get(c.body.consent_id)
+            revoked_at = (known.revoked_at_ms if known is not None else 0) or c.revoked_at_ms
+            held[request] = _Consent(c.receipt, c.body, c.ledger_index, revoked_at or revoked.get(c.body.consent_id, 0))
+        return held
 
     def _accept(self, peer_province: str, request: coordinator_pb2.RegisterConsentRequest) -> coordinator_pb2.ConsentRequestBody:
         try:

@@ -75,9 +75,11 @@ class LoopReadsFail:
         self.inner = inner
         self.failing = False
         self.after_append = after_append
+        self.refused = 0  # reads on the loop that failed
 
     def head(self) -> tuple[int, bytes]:
         if self.failing and threading.current_thread().name == "hedui-loop":
+            self.refused += 1
             raise StoreError("reading chain ledger failed: no PostgreSQL connection within 0.25 s")
         return self.inner.head()  # type: ignore[no-any-return]
 

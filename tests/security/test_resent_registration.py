@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from node import config as config_mod
 from node.client.coordinator import require_own_request
-from node.coordinator.consents import GRANT
+from node.coordinator.consents import GRANT, ConsentRegistry
+from node.member import Member
 from node.coordinator.server import RESENT
 from node.store import audit
 from node.store.factory import open_storage
@@ -93,9 +94,20 @@ def test_a_resend_in_a_batch_whose_look_up_fails_still_audits_the_grants_it_comm
     (no ledger entry without its record)."""
     consents = fed.servers["coordinator"].servicer.consents
     registered, fresh = signed(fed, consent_body()), signed(fed, consent_body())
+    cfg = config_mod.load(fed.coordinator_config)
     with channel(fed, "51") as ch:
         stub = coordinator_pb2_grpc.CoordinatorStub(ch)
         stub.RegisterConsent(registered, timeout=CALL_S)
+        # Another replica registers one meanwhile: the batch's entries then do not follow the registry's last,
+        # so the loop must read the ledger after the batch (the read that fails here).
+        member = Member(cfg)
+        with open_storage(cfg) as storage:
+            chain = storage.ledger()
+            try:
+                ConsentRegistry(chain, signer=member.signer, verifier=member.verifier, catalogue=member.catalogue,
+                                policy=member.policy).register("51", signed(fed, consent_body()))
+            finally:
+                chain.close()
         watched = LoopReadsFail(consents.chain)
         consents.chain, watched.failing = watched, True
         try:
@@ -107,5 +119,6 @@ def test_a_resend_in_a_batch_whose_look_up_fails_still_audits_the_grants_it_comm
     fresh_id = reply.items[1].status.receipt and verification_pb2.ConsentBody.FromString(
         reply.items[1].status.receipt.body).consent_id
     grants = [e.key for e in consents.chain.entries() if e.kind == GRANT]
-    assert fresh_id in grants and len(grants) == 2
+    assert fresh_id in grants and len(grants) == 3
+    assert watched.refused >= 1  # the loop's read after the batch was tried, and failed
     assert [r.extra for r in _grant_records(fed, fresh_id)] == [{}]
