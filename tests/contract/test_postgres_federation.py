@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,19 +66,16 @@ def test_routed_verification_with_every_store_in_postgres(fed: Federation) -> No
         storage.close()
 
 
-@pytest.mark.slow
-def test_a_store_call_that_waits_does_not_hold_the_nodes_event_loop(fed: Federation) -> None:
-    """On PostgreSQL a node's store work for a query runs off its event loop (node.server.store_threads, SECURITY
-    G40): while 44's fact lookup waits on a lock, the loop (which also runs the consent feed, every other call
-    and here the coordinator) keeps running; once the lock is released the query is answered."""
-    import asyncio
+@contextlib.contextmanager
+def _asked_while_facts_locked(fed: Federation, consent: str) -> Iterator[dict[str, Any]]:
+    """51 asks 44 (routed, 60 s deadline) while 44's `facts` table is locked; yields once 44's lookup waits on the
+    lock (PostgreSQL's own view of its sessions), then releases it and waits for the answer (`["answer"]`)."""
     import threading
     import time
 
     import psycopg
 
-    consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
     with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as blocker:
         blocker.execute("BEGIN")
         blocker.execute("LOCK TABLE facts IN ACCESS EXCLUSIVE MODE")  # 44's lookup waits behind this
@@ -91,13 +89,24 @@ def test_a_store_call_that_waits_does_not_hold_the_nodes_event_loop(fed: Federat
                                         "AND application_name = 'hedui'").fetchone()[0]:
                     assert time.monotonic() < deadline, "44's lookup never reached the locked table"
                     time.sleep(0.02)  # polling the server's own view of its sessions: a condition, not a delay
-            # The lookup is waiting now; the loop must still run (blocked, this would wait for the lock).
-            fed.loop.run(asyncio.sleep(0), timeout=20)
+            yield result
         finally:
             blocker.execute("COMMIT")
             asking.join(timeout=60)
-    answer = result["answer"]
-    assert answer.routing == {"44": "OK"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_a_store_call_that_waits_does_not_hold_the_nodes_event_loop(fed: Federation) -> None:
+    """On PostgreSQL a node's store work for a query runs off its event loop (node.server.store_threads, SECURITY
+    G40): while 44's fact lookup waits on a lock, the loop (which also runs the consent feed, every other call
+    and here the coordinator) keeps running; once the lock is released the query is answered."""
+    import asyncio
+
+    consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
+    with _asked_while_facts_locked(fed, consent) as result:
+        # The lookup is waiting now; the loop must still run (blocked, this would wait for the lock).
+        fed.loop.run(asyncio.sleep(0), timeout=20)
+    assert result["answer"].routing == {"44": "OK"}
 
 
 def _answered_records(config_path: Path) -> int:
@@ -137,33 +146,14 @@ def test_a_query_whose_caller_left_during_store_work_is_still_audited(fed: Feder
 def test_a_consent_revoked_while_the_store_work_ran_is_not_answered(fed: Federation) -> None:
     """The consent is checked on the loop before the store work and again after it (VerificationService.recheck):
     a revocation 44 applies while its lookup waits refuses the answer, so the 5 s revocation bound holds."""
-    import threading
     import time
 
-    import psycopg
-
     consent = fed.grant("51", [WORKER, SPOUSE], "dibao").consent_id
-    result: dict[str, object] = {}
-    with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as blocker:
-        blocker.execute("BEGIN")
-        blocker.execute("LOCK TABLE facts IN ACCESS EXCLUSIVE MODE")
-        asking = threading.Thread(target=lambda: result.update(answer=fed.verify(
-            "51", [WORKER, SPOUSE], ["income.wage_monthly<=600000"], consent_id=consent, deadline_s=60)))
-        asking.start()
-        try:
-            with psycopg.connect(_url(fed.configs["44"]), autocommit=True) as watch:
-                deadline = time.monotonic() + 30
-                while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                        "AND application_name = 'hedui'").fetchone()[0]:
-                    assert time.monotonic() < deadline, "44's lookup never reached the locked table"
-                    time.sleep(0.02)  # polling the server's own view of its sessions: a condition, not a delay
-            fed.revoke("51", consent)
-            view = fed.servers["44"].revocations
-            while consent not in view.revoked:
-                assert time.monotonic() < deadline + 30, "44 never applied the revocation"
-                time.sleep(0.02)  # waiting for 44's consent feed to apply it: a condition
-        finally:
-            blocker.execute("COMMIT")
-            asking.join(timeout=60)
+    with _asked_while_facts_locked(fed, consent) as result:
+        fed.revoke("51", consent)
+        view, deadline = fed.servers["44"].revocations, time.monotonic() + 30
+        while consent not in view.revoked:
+            assert time.monotonic() < deadline, "44 never applied the revocation"
+            time.sleep(0.02)  # waiting for 44's consent feed to apply it: a condition
     answer = result["answer"]
-    assert answer.routing == {"44": "DENIED"} and not answer.answers, answer  # type: ignore[attr-defined]
+    assert answer.routing == {"44": "DENIED"} and not answer.answers, answer
