@@ -17,7 +17,7 @@ import pytest
 from node import config as config_mod
 from node.store import audit, ledger
 from node.store.factory import open_audit_log, open_storage, open_storage_readonly
-from node.wire.v1 import coordinator_pb2
+from node.wire.v1 import verification_pb2
 from tests.conftest import WORKER
 from tests.hosts.conftest import HEDUI, ROOT, CoordinatedFederation
 
@@ -61,7 +61,7 @@ def audited(cfg: config_mod.MemberConfig, decision: str) -> set[str]:
 
 def test_killing_a_coordinator_replica_loses_nothing_committed(coordinated: CoordinatedFederation) -> None:
     """SIGKILL the coordinator replica that registered consents and a revocation: every acknowledged registration and
-    the revocation are in the shared ledger, their nonces are still refused as replays, their audit records are
+    the revocation are in the shared ledger, with their signed requests (a resend is answered from it), their audit records are
     there, `ledger verify` and `audit verify` pass, and the next registration and routed call succeed at the other
     (one PostgreSQL database, a data directory per replica)."""
     fed = coordinated
@@ -82,9 +82,14 @@ def test_killing_a_coordinator_replica_loses_nothing_committed(coordinated: Coor
     with open_storage(cfg) as storage:
         granted, revoked = ledger.consents(storage.ledger())
         assert set(ids) <= granted and revoked == {grants[0]["consent_id"]}
-        nonces = storage.nonces(window_ms=cfg.limits.clock_skew_s * 1000)
-        bodies = [coordinator_pb2.ConsentRequestBody.FromString(bytes.fromhex(g["request_body"])) for g in grants]
-        assert [nonces.remember(b.requester, b.nonce, b.issued_at_ms) for b in bodies] == [False] * 3
+        # Each acknowledged grant holds its very signed request: a resend of it at any replica is answered with
+        # that consent and registers nothing (registrations are idempotent by the ledger, SECURITY G45).
+        requests = {}
+        for entry in storage.ledger().entries():
+            if entry.kind == ledger.GRANT:
+                receipt = verification_pb2.SignedConsent.FromString(entry.payload)
+                requests[entry.key] = verification_pb2.ConsentBody.FromString(receipt.body).request
+        assert [requests[g["consent_id"]] for g in grants] == [bytes.fromhex(g["request_body"]) for g in grants]
     for chain in ("ledger", "audit"):
         verified = hedui(chain, "verify", "--config", str(local), "--json")
         assert verified.returncode == 0, verified.stdout + verified.stderr
