@@ -142,11 +142,11 @@ class VerificationServicer(verification_pb2_grpc.VerificationServicer):
                     require_usable_reply_key([signed_query.body])  # refused (and audited) before anything is decided
                 admitted = self.service.admit(signed_query, requester, lock=unlocked)
                 relayed = identity == self.coordinator_identity
-                query, who, lock_id = signed_query, requester, lock_request_id
 
                 async def abandoned(outcome: Decided | Refusal) -> None:  # the nonce is spent: audit as if answered
                     if isinstance(outcome, Refusal):
-                        await self._audit_refusal(outcome, query, who, identity, lock_request_id=lock_id)
+                        await self._audit_refusal(outcome, signed_query, requester, identity,
+                                                  lock_request_id=lock_request_id)
                     else:
                         raw = outcome.answer.SerializeToString()
                         await self.answers.commit(signing.ANSWER, raw, audit.answered(outcome, raw, relayed=relayed))
